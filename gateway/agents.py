@@ -1,0 +1,100 @@
+"""The agent directory: agents.yaml (authoritative for what it defines) plus CLI-created agents."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.config import AgentSpec, GrantSpec
+from gateway.policy import EMPTY_GRANT, Grant, compile_grant
+from gateway.store.base import AgentRecord, Store
+
+_STORE_AGENT_TTL = 1.0  # seconds a store agent's definition is reused before re-reading
+
+
+@dataclass(frozen=True)
+class Agent:
+    id: str
+    owner: str
+    cost_center: str | None
+    source: str  # "config" | "store"
+    disabled: bool
+    grant: Grant
+    delegators: tuple[str, ...] = ()
+    jwks: dict[str, Any] | None = None
+    secret_hash: str | None = None
+
+
+def _from_spec(agent_id: str, spec: AgentSpec, record: AgentRecord | None) -> Agent:
+    return Agent(
+        id=agent_id,
+        owner=spec.owner,
+        cost_center=spec.cost_center,
+        source="config",
+        disabled=spec.disabled or bool(record and record.disabled),
+        grant=compile_grant(spec.grant),
+        delegators=spec.delegators,
+        jwks=spec.jwks,
+        secret_hash=record.secret_hash if record else None,
+    )
+
+
+def _from_record(record: AgentRecord) -> Agent:
+    grant = compile_grant(GrantSpec.model_validate(record.grant)) if record.grant else EMPTY_GRANT
+    return Agent(
+        id=record.id,
+        owner=record.owner,
+        cost_center=record.cost_center,
+        source=record.source,
+        disabled=record.disabled,
+        grant=grant,
+        jwks=record.jwks,
+        secret_hash=record.secret_hash,
+    )
+
+
+class AgentDirectory:
+    """Looks agents up by id. Config definitions win; credentials and the disabled flag live in the store."""
+
+    def __init__(self, store: Store, specs: dict[str, AgentSpec]) -> None:
+        self.store = store
+        self.specs = specs
+        self._cache: dict[str, tuple[float, Agent | None]] = {}
+
+    async def sync(self, now: float) -> None:
+        """Write agents.yaml's agents into the store so every process and replica sees them."""
+        records = {
+            agent_id: AgentRecord(
+                id=agent_id,
+                owner=spec.owner,
+                cost_center=spec.cost_center,
+                source="config",
+                disabled=spec.disabled,
+                created_at=now,
+                jwks=spec.jwks,
+                grant=spec.grant.model_dump(mode="json"),
+            )
+            for agent_id, spec in self.specs.items()
+        }
+        await self.store.sync_config_agents(records, now)
+
+    async def get(self, agent_id: str, *, fresh: bool = False) -> Agent | None:
+        """The agent, or None. Store reads are reused for a second unless `fresh`."""
+        now = time.monotonic()
+        cached = self._cache.get(agent_id)
+        if cached is not None and not fresh and now - cached[0] < _STORE_AGENT_TTL:
+            return cached[1]
+        record = await self.store.get_agent(agent_id)
+        spec = self.specs.get(agent_id)
+        if spec is not None:
+            agent: Agent | None = _from_spec(agent_id, spec, record)
+        else:
+            agent = _from_record(record) if record is not None else None
+        self._cache[agent_id] = (now, agent)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        return agent
+
+    def forget(self, agent_id: str) -> None:
+        self._cache.pop(agent_id, None)

@@ -1,0 +1,301 @@
+"""create_app(): the gateway's collaborators wired once, and the Starlette app that serves them."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.abc
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway.agents import AgentDirectory
+from gateway.audit import Audit
+from gateway.audit.records import Fingerprints
+from gateway.budgets import Budgets
+from gateway.config import AgentSpec, GatewayConfig, load_agents
+from gateway.edge import Edge, metadata_url
+from gateway.errors import Unavailable
+from gateway.exchanges import Exchanges
+from gateway.fanout import Fanout
+from gateway.front import Front
+from gateway.identity.keys import KeyRing
+from gateway.identity.tokens import Tokens
+from gateway.manifests import UpstreamSpec, load_manifests
+from gateway.pipeline import Pipeline
+from gateway.sealing import Sealer, load_key
+from gateway.sessions import Sessions
+from gateway.store import Store, open_store
+from gateway.upstream import Upstreams
+from gateway.views import Names, View
+
+log = logging.getLogger("gateway.app")
+
+SWEEP_EVERY = 1.0  # seconds between checks for sessions that ended elsewhere or expired
+
+
+@dataclass
+class Gateway:
+    """Every collaborator, built once per process."""
+
+    config: GatewayConfig
+    clock: Callable[[], float]
+    store: Store
+    audit: Audit
+    keys: KeyRing
+    tokens: Tokens
+    agents: AgentDirectory
+    sessions: Sessions
+    upstreams: Upstreams
+    names: Names
+    budgets: Budgets
+    pipeline: Pipeline
+    fanout: Fanout
+    exchanges: Exchanges
+    fingerprints: Fingerprints
+    credential_key: bytes
+    task_group: anyio.abc.TaskGroup | None = None
+    ready: anyio.Event = field(default_factory=anyio.Event)  # set once startup has finished
+
+    def max_session_lifetime(self) -> float:
+        """The longest any token can live: how long a retired signing key must keep verifying."""
+        lifetimes = [spec.grant.budget.session_ttl or 0.0 for spec in self.agents.specs.values()]
+        return max([self.config.session_defaults.ttl, *lifetimes])
+
+    def spawn(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self.task_group is None:
+            raise Unavailable("the gateway is not running")
+        self.task_group.start_soon(fn, *args)
+
+
+def build_gateway(
+    config: GatewayConfig,
+    *,
+    clock: Callable[[], float] = time.time,
+    agents: dict[str, AgentSpec] | None = None,
+    manifests: dict[str, UpstreamSpec] | None = None,
+) -> Gateway:
+    """Wire the collaborators from configuration. Nothing is opened or started yet.
+
+    Raises:
+        ConfigError: agents.yaml or a manifest is invalid.
+    """
+    agent_specs = load_agents(config.agents) if agents is None else agents
+    specs = load_manifests(config) if manifests is None else manifests
+    store = open_store(config)
+    audit = Audit(config.audit.path, config.instance, fsync=config.audit.fsync, clock=clock)
+    keys = KeyRing(config.signing_key)
+    tokens = Tokens(keys, config.public_url, clock)
+    directory = AgentDirectory(store, agent_specs)
+    sessions = Sessions(store, directory, tokens, audit, config.session_defaults, clock)
+    upstreams = Upstreams(specs, stderr_dir=config.state_dir / "logs")
+    budgets = Budgets(store, audit, clock)
+    fingerprints = Fingerprints(load_key(config.state_dir / "fingerprint.key"))
+    gateway = Gateway(
+        config=config,
+        clock=clock,
+        store=store,
+        audit=audit,
+        keys=keys,
+        tokens=tokens,
+        agents=directory,
+        sessions=sessions,
+        upstreams=upstreams,
+        names=Names(upstreams),
+        budgets=budgets,
+        pipeline=Pipeline(upstreams, budgets, audit, fingerprints, clock),
+        fanout=Fanout(),
+        exchanges=None,  # type: ignore[arg-type]  # needs spawn; set below
+        fingerprints=fingerprints,
+        credential_key=load_key(config.state_dir / "credential.key"),
+    )
+    gateway.exchanges = Exchanges(Sealer(load_key(config.state_dir / "state.key")), gateway.spawn, clock)
+    return gateway
+
+
+def create_app(gateway: Gateway) -> Starlette:
+    """The ASGI app: MCP endpoints behind the edge, plus metadata and health routes."""
+    config = gateway.config
+    front = Front(gateway)
+    security = TransportSecuritySettings(
+        enable_dns_rebinding_protection=False,  # the edge checks Host and Origin before anything else
+    )
+    views = {"/mcp": View(gateway.upstreams, gateway.names, None)}
+    views.update(
+        {f"/servers/{name}/mcp": View(gateway.upstreams, gateway.names, name) for name in gateway.upstreams.servers}
+    )
+    managers = {
+        path: StreamableHTTPSessionManager(app=front.server(view), json_response=False, security_settings=security)
+        for path, view in views.items()
+    }
+    edge_apps = {path: StreamableHTTPASGIApp(manager) for path, manager in managers.items()}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            await gateway.store.open()
+            stack.push_async_callback(gateway.store.close)
+            gateway.keys.load()
+            await gateway.audit.open()
+            stack.push_async_callback(gateway.audit.close)
+            await gateway.agents.sync(gateway.clock())
+            await gateway.audit.emit("gateway.started", public_url=config.public_url,
+                                     servers=sorted(gateway.upstreams.servers))
+            await stack.enter_async_context(gateway.upstreams.run())
+            gateway.names.rebuild(strict=True)
+            gateway.upstreams.on_change(_on_change(gateway))
+            gateway.upstreams.on_update(gateway.fanout.updated)
+            for manager in managers.values():
+                await stack.enter_async_context(manager.run())
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            gateway.task_group = tg
+            gateway.sessions.on_end(_on_session_end(gateway, edge))
+            tg.start_soon(_watch_sessions, gateway, edge)
+            tg.start_soon(edge.failures.run)
+            gateway.ready.set()
+            try:
+                yield
+            finally:
+                gateway.task_group = None
+                tg.cancel_scope.cancel()
+                with anyio.CancelScope(shield=True):
+                    await edge.failures.flush()
+                    await gateway.audit.emit("gateway.stopped")
+
+    routes = [
+        Route("/healthz", _healthz),
+        Route("/readyz", _readyz(gateway)),
+        Route("/.well-known/oauth-authorization-server", _as_metadata(config)),
+        Route("/jwks.json", _jwks(gateway)),
+        Route("/.well-known/oauth-protected-resource{path:path}", _pr_metadata(config, set(views))),
+    ]
+    edge = Edge(gateway, edge_apps)
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(_EdgeMiddleware, edge=edge)])
+    app.state.gateway = gateway
+    return app
+
+
+class _EdgeMiddleware:
+    """Puts the edge in front of the router: MCP paths go to the edge, the rest fall through."""
+
+    def __init__(self, app: ASGIApp, edge: Edge) -> None:
+        edge.fallback = app
+        self.edge = edge
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.edge(scope, receive, send)
+
+
+def _on_change(gateway: Gateway) -> Callable[[str, str], Any]:
+    async def changed(server: str, kind: str) -> None:
+        if kind == "tools" or kind == "prompts":
+            gateway.names.rebuild()
+        await gateway.fanout.changed(server, kind)
+
+    return changed
+
+
+def _on_session_end(gateway: Gateway, edge: Edge) -> Callable[[str], Any]:
+    async def ended(sid: str) -> None:
+        await edge.end_session(sid)
+        gateway.fanout.drop_session(sid)
+        gateway.upstreams.release(sid)
+
+    return ended
+
+
+async def _watch_sessions(gateway: Gateway, edge: Edge) -> None:
+    """Catch ends this process did not cause: expiry, and closes by the CLI or another replica."""
+    while True:
+        await anyio.sleep(SWEEP_EVERY)
+        try:
+            await gateway.sessions.sweep()
+            now = gateway.clock()
+            for sid in edge.active_sids():
+                session = await gateway.store.get_session(sid)
+                if session is None or session.ended_state(now) is not None:
+                    await gateway.sessions.notify_ended(sid)
+        except Unavailable as exc:
+            log.warning("session watch: %s", exc)
+
+
+async def _healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+def _readyz(gateway: Gateway) -> Callable[[Request], Any]:
+    async def readyz(request: Request) -> Response:
+        problems: dict[str, str] = {}
+        try:
+            await gateway.store.ping()
+        except Unavailable as exc:
+            problems["store"] = str(exc)
+        if not gateway.audit.healthy:
+            try:
+                await gateway.audit.probe()
+            except Unavailable as exc:
+                problems["audit"] = str(exc)
+        upstreams = {name: ("up" if u.up else "down") for name, u in gateway.upstreams.servers.items()}
+        body = {"status": "not ready" if problems else "ready", "problems": problems, "upstreams": upstreams}
+        return JSONResponse(body, status_code=503 if problems else 200)
+
+    return readyz
+
+
+def _as_metadata(config: GatewayConfig) -> Callable[[Request], Any]:
+    base = config.public_url
+    document = {
+        "issuer": base,
+        "token_endpoint": f"{base}/oauth/token",
+        "revocation_endpoint": f"{base}/oauth/revoke",
+        "introspection_endpoint": f"{base}/oauth/introspect",
+        "jwks_uri": f"{base}/jwks.json",
+        "grant_types_supported": ["client_credentials", "urn:ietf:params:oauth:grant-type:token-exchange"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": ["EdDSA", "ES256", "RS256"],
+        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post",
+                                                       "private_key_jwt", "none"],
+        "response_types_supported": [],
+    }
+
+    async def metadata(request: Request) -> Response:
+        return JSONResponse(document)
+
+    return metadata
+
+
+def _pr_metadata(config: GatewayConfig, paths: set[str]) -> Callable[[Request], Any]:
+    async def metadata(request: Request) -> Response:
+        path = request.path_params["path"] or ""
+        if path not in paths and path != "":
+            return JSONResponse({"error": "not_found"}, status_code=404)
+        return JSONResponse({
+            "resource": f"{config.public_url}{path}",
+            "authorization_servers": [config.public_url],
+            "bearer_methods_supported": ["header"],
+            "resource_signing_alg_values_supported": ["EdDSA"],
+            "resource_name": "MCP identity gateway",
+        })
+
+    return metadata
+
+
+def _jwks(gateway: Gateway) -> Callable[[Request], Any]:
+    async def jwks(request: Request) -> Response:
+        return JSONResponse(gateway.keys.jwks(gateway.clock()))
+
+    return jwks
+
+
+__all__ = ["Gateway", "build_gateway", "create_app", "metadata_url"]

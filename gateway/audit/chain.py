@@ -1,0 +1,24 @@
+"""The hash chain: each record's `hash` covers the record without `hash`.
+
+SHA-256 over JSON with sorted keys, no whitespace, UTF-8 (RFC 8785 style for
+the values the gateway writes: strings, integers, booleans, null, and finite
+floats, which Python renders in their shortest round-trip form).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+GENESIS = "0" * 64
+
+
+def canonical(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def record_hash(record: dict[str, Any]) -> str:
+    """The hash of a record, ignoring any `hash` field it already carries."""
+    body = {k: v for k, v in record.items() if k != "hash"}
+    return hashlib.sha256(canonical(body)).hexdigest()

@@ -1,0 +1,39 @@
+"""`mcp-gateway serve`: run the gateway."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+from gateway.config import load_gateway_config
+
+
+def register(commands: Any, common: argparse.ArgumentParser) -> None:
+    serve = commands.add_parser("serve", parents=[common], help="run the gateway")
+    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    serve.set_defaults(run=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gateway.app import build_gateway, create_app
+    from gateway.logs import configure
+
+    configure(args.log_level)
+    config = load_gateway_config(Path(args.config))
+    app = create_app(build_gateway(config))
+    fast = importlib.util.find_spec("uvloop") is not None and importlib.util.find_spec("httptools") is not None
+    uvicorn.run(
+        app,
+        host=config.listen.host,
+        port=config.listen.port,
+        log_config=None,
+        access_log=False,
+        loop="uvloop" if fast else "asyncio",
+        http="httptools" if fast else "h11",
+        timeout_graceful_shutdown=5,
+    )
+    return 0

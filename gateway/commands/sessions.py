@@ -1,0 +1,143 @@
+"""`mcp-gateway sessions ...`: open, list, close, revoke and resume agent sessions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from gateway.commands._context import opened, operator, require, run
+from gateway.durations import parse_duration
+from gateway.errors import GatewayError
+
+STATES = ["active", "suspended", "closed", "expired", "revoked"]
+
+
+def _duration(value: str) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _count(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return number
+
+
+def register(commands: Any, common: argparse.ArgumentParser) -> None:
+    group = commands.add_parser("sessions", help="agent sessions").add_subparsers(dest="action", required=True)
+
+    open_ = group.add_parser("open", parents=[common], help="open a session and print its token")
+    open_.add_argument("--agent", required=True)
+    open_.add_argument("--on-behalf-of", metavar="SUBJECT")
+    open_.add_argument("--task", metavar="TEXT")
+    open_.add_argument("--ttl", type=_duration, metavar="DURATION", help="e.g. 30m, 8h (clamped to the grant)")
+    open_.add_argument("--json", action="store_true", help="print the session as JSON, token included")
+    open_.set_defaults(run=_open)
+
+    list_ = group.add_parser("list", parents=[common], help="list sessions")
+    list_.add_argument("--agent")
+    list_.add_argument("--state", choices=STATES)
+    list_.add_argument("--json", action="store_true")
+    list_.set_defaults(run=_list)
+
+    close = group.add_parser("close", parents=[common], help="close a session (the task is done)")
+    close.add_argument("sid")
+    close.set_defaults(run=_close)
+
+    revoke = group.add_parser("revoke", parents=[common], help="revoke a session, or every session of an agent")
+    target = revoke.add_mutually_exclusive_group(required=True)
+    target.add_argument("sid", nargs="?")
+    target.add_argument("--agent")
+    revoke.set_defaults(run=_revoke)
+
+    resume = group.add_parser("resume", parents=[common], help="lift a budget stop")
+    resume.add_argument("sid")
+    resume.add_argument("--add-tokens", type=_count, default=0, metavar="N")
+    resume.add_argument("--add-calls", type=_count, default=0, metavar="N")
+    resume.set_defaults(run=_resume)
+
+
+def _open(args: argparse.Namespace) -> int:
+    async def body() -> int:
+        async with opened(args) as gw:
+            session, token = await gw.sessions.open(
+                args.agent, on_behalf_of=args.on_behalf_of, task=args.task, ttl=args.ttl, via=operator()
+            )
+        if args.json:
+            print(json.dumps({"session_id": session.sid, "agent": session.agent, "expires_at": session.expires_at,
+                              "access_token": token}))
+        else:
+            print(token)
+        return 0
+
+    return run(body)
+
+
+def _list(args: argparse.Namespace) -> int:
+    async def body() -> int:
+        async with opened(args) as gw:
+            sessions = await gw.store.list_sessions(args.agent, args.state, now=gw.clock())
+        if args.json:
+            print(json.dumps([s.__dict__ for s in sessions], default=str))
+            return 0
+        print(f"{'SESSION':<28} {'AGENT':<20} {'STATE':<10} {'CALLS':>6} {'TOKENS':>8}  TASK")
+        for s in sessions:
+            print(f"{s.sid:<28} {s.agent:<20} {s.state:<10} {s.calls:>6} {s.tokens:>8}  {s.task or ''}")
+        return 0
+
+    return run(body)
+
+
+def _close(args: argparse.Namespace) -> int:
+    return _end(args, "closed")
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    if args.agent:
+        async def body() -> int:
+            async with opened(args) as gw:
+                require(await gw.agents.get(args.agent) is not None, f"no agent {args.agent!r}")
+                sids = await gw.sessions.end_agent(args.agent, "revoked", actor=operator())
+            print(f"revoked {len(sids)} session(s) of {args.agent}")
+            return 0
+
+        return run(body)
+    return _end(args, "revoked")
+
+
+def _end(args: argparse.Namespace, state: str) -> int:
+    async def body() -> int:
+        async with opened(args) as gw:
+            if not await gw.sessions.end(args.sid, state, state, actor=operator()):  # type: ignore[arg-type]
+                session = await gw.store.get_session(args.sid)
+                if session is None:
+                    raise GatewayError(f"no session {args.sid!r}")
+                raise GatewayError(f"session {args.sid} is already {session.state}")
+        print(f"{state} {args.sid}")
+        return 0
+
+    return run(body)
+
+
+def _resume(args: argparse.Namespace) -> int:
+    async def body() -> int:
+        async with opened(args) as gw:
+            session = await gw.store.resume_session(args.sid, args.add_calls, args.add_tokens, gw.clock())
+            if session is None:
+                raise GatewayError(f"no live session {args.sid!r}")
+            await gw.audit.emit(
+                "session.resumed", agent=session.agent, owner=session.owner, session=session.sid,
+                task=session.task, actor=operator(), add_calls=args.add_calls, add_tokens=args.add_tokens,
+                durable=True,
+            )
+        print(f"resumed {args.sid}: calls limit {session.calls_limit}, tokens limit {session.tokens_limit}")
+        return 0
+
+    return run(body)

@@ -1,0 +1,327 @@
+"""gateway.yaml and agents.yaml -> validated, frozen models.
+
+Relative paths resolve against the file that names them; `${env:VAR}` in
+gateway.yaml reads the environment. A bad file stops startup with one line:
+`<file>: <field>: <reason>`. Unknown fields are errors, never ignored.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gateway.durations import Duration
+from gateway.errors import ConfigError
+
+_ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
+SERVER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- gateway.yaml
+
+
+class Listen(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(8765, ge=0, le=65535)
+
+
+class AuditSettings(_Model):
+    path: Path = Path("./.state/audit.jsonl")
+    fsync: Literal["always", "batch"] = "always"  # batch: fsync at most every batch_interval
+    batch_interval: Duration = 0.005
+    rotate_bytes: int = Field(104_857_600, gt=0)
+    checkpoint_every: int = Field(1000, gt=0)  # records between signed checkpoints
+    checkpoint_interval: Duration = 60.0  # seconds between signed checkpoints
+
+
+class SessionDefaults(_Model):
+    ttl: Duration = 3600.0
+    idle_timeout: Duration = 900.0
+
+
+class IdentityProvider(_Model):
+    issuer: str
+    jwks_url: str
+    audience: str
+    algorithms: tuple[str, ...] = ("RS256", "ES256", "EdDSA")
+
+
+class GatewayConfig(_Model):
+    """Static process settings (gateway.yaml). Every default is documented in README."""
+
+    public_url: str
+    listen: Listen = Listen()
+    instance: str = Field(default_factory=lambda: os.uname().nodename)  # audit `gateway` field
+    state_dir: Path = Path("./.state")
+    signing_key: Path = Path("./.state/signing.pem")
+    secrets_dir: Path = Path("./secrets")
+    upstream_hosts: tuple[str, ...] = ("127.0.0.1", "localhost")
+    store: str = "sqlite:///.state/gateway.db"
+    audit: AuditSettings = AuditSettings()
+    manifests: Path = Path("./tool_manifests")
+    agents: Path = Path("./agents.yaml")
+    admin_token: str | None = None
+    metrics_public: bool = False
+    session_defaults: SessionDefaults = SessionDefaults()
+    require_pins: bool = False
+    identity_providers: tuple[IdentityProvider, ...] = ()
+    call_timeout: Duration = 60.0  # per upstream request
+    allowed_origins: tuple[str, ...] = ()  # browser Origins accepted besides public_url's own
+    allowed_hosts: tuple[str, ...] = ()  # Host headers accepted besides public_url's and listen's
+
+    @field_validator("public_url")
+    @classmethod
+    def _canonical_public_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an absolute http(s) URL")
+        if value.endswith("/") or parts.query or parts.fragment:
+            raise ValueError("must be canonical: no trailing slash, query or fragment")
+        if parts.scheme == "http" and not _is_loopback(parts.hostname):
+            raise ValueError("plain http is allowed only for loopback hosts")
+        return value
+
+    @field_validator("admin_token")
+    @classmethod
+    def _strong_admin_token(cls, value: str | None) -> str | None:
+        if value is not None and len(value) < 16:
+            raise ValueError("must be at least 16 characters")
+        return value
+
+    @property
+    def store_is_sqlite(self) -> bool:
+        return self.store.startswith("sqlite:")
+
+    @property
+    def sqlite_path(self) -> Path:
+        return Path(self.store.removeprefix("sqlite://"))
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# ---------------------------------------------------------------- agents.yaml
+
+
+class ArgumentRule(_Model):
+    """One argument's constraint. `pattern` is a full match and needs `max_length`."""
+
+    enum: tuple[Any, ...] | None = None
+    path_prefix: str | None = None
+    pattern: str | None = None
+    max_length: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> ArgumentRule:
+        if self.enum is None and self.path_prefix is None and self.pattern is None and self.max_length is None:
+            raise ValueError("a rule needs at least one of enum, path_prefix, pattern, max_length")
+        if self.pattern is not None:
+            if self.max_length is None:
+                raise ValueError("pattern requires max_length")
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern does not compile: {exc}") from None
+        if self.path_prefix is not None and not self.path_prefix.startswith("/"):
+            raise ValueError("path_prefix must be an absolute path")
+        return self
+
+
+class Budget(_Model):
+    session_tokens: int | None = Field(None, gt=0)
+    session_calls: int | None = Field(None, gt=0)
+    session_ttl: Duration | None = None
+    idle_timeout: Duration | None = None
+    daily_tokens: int | None = Field(None, gt=0)
+    max_active_sessions: int | None = Field(None, gt=0)
+    calls_per_minute: int | None = Field(None, gt=0)
+    loop_repeats: int | None = Field(None, gt=0)
+    loop_window: Duration = 60.0
+    tool_calls: dict[str, int] = {}  # per `server.tool` call caps within a session
+
+
+class GrantSpec(_Model):
+    tools: tuple[str, ...] = ()
+    resources: tuple[str, ...] = ()
+    prompts: tuple[str, ...] = ()
+    arguments: dict[str, dict[str, ArgumentRule]] = {}
+    budget: Budget = Budget()
+    alerts: tuple[float, ...] = (0.5, 0.8, 1.0)
+
+    @field_validator("tools")
+    @classmethod
+    def _tool_refs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for ref in value:
+            server, dot, tool = ref.partition(".")
+            if not dot or not server or not tool:
+                raise ValueError(f"{ref!r} must be server.tool (globs allowed)")
+        return value
+
+    @field_validator("arguments")
+    @classmethod
+    def _argument_refs(cls, value: dict[str, dict[str, ArgumentRule]]) -> dict[str, dict[str, ArgumentRule]]:
+        for ref in value:
+            server, dot, tool = ref.partition(".")
+            if not dot or not server or not tool or any(c in ref for c in "*?["):
+                raise ValueError(f"{ref!r} must name one tool as server.tool (no globs)")
+        return value
+
+    @field_validator("alerts")
+    @classmethod
+    def _shares(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0 < share <= 1 for share in value):
+            raise ValueError("alert shares must be in (0, 1]")
+        return tuple(sorted(value))
+
+
+class AgentSpec(_Model):
+    owner: str
+    cost_center: str | None = None
+    delegators: tuple[str, ...] = ()
+    grant: GrantSpec = GrantSpec()
+    jwks: dict[str, Any] | None = None  # public keys for private_key_jwt client authentication
+    disabled: bool = False
+
+    @field_validator("owner")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        if not re.fullmatch(r"[^@\s]+@[^@\s]+", value):
+            raise ValueError("must be an email address")
+        return value
+
+
+class AgentsFile(_Model):
+    agents: dict[str, AgentSpec] = {}
+
+    @field_validator("agents")
+    @classmethod
+    def _ids(cls, value: dict[str, AgentSpec]) -> dict[str, AgentSpec]:
+        for agent_id in value:
+            if not AGENT_ID.match(agent_id):
+                raise ValueError(f"agent id {agent_id!r} must match {AGENT_ID.pattern}")
+        return value
+
+
+AGENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+# ---------------------------------------------------------------- loading
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse one YAML file, turning every failure into a one-line ConfigError."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+
+
+def validation_message(path: Path, exc: ValidationError) -> str:
+    """`<file>: <field>: <reason>` for the first error pydantic found."""
+    err = exc.errors()[0]
+    field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    reason = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        reason = "unknown field"
+    return f"{path}: {field}: {reason}"
+
+
+def _expand_env(value: Any, path: Path) -> Any:
+    if isinstance(value, str):
+
+        def lookup(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in os.environ:
+                raise ConfigError(f"{path}: ${{env:{name}}} is not set in the environment")
+            return os.environ[name]
+
+        return _ENV_REF.sub(lookup, value)
+    if isinstance(value, dict):
+        return {k: _expand_env(v, path) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, path) for v in value]
+    return value
+
+
+def _resolve(base: Path, value: Path) -> Path:
+    return value if value.is_absolute() else (base / value).resolve()
+
+
+def load_gateway_config(path: Path) -> GatewayConfig:
+    """Read gateway.yaml, expand `${env:VAR}`, validate, and resolve relative paths.
+
+    Raises:
+        ConfigError: the file is missing, malformed, or a field is invalid.
+    """
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: (top level): expected a mapping of settings")
+    raw = _expand_env(raw, path)
+    try:
+        config = GatewayConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(validation_message(path, exc)) from None
+    base = path.resolve().parent
+    store = config.store
+    if store.startswith("sqlite:///"):
+        store = f"sqlite://{_resolve(base, Path(store.removeprefix('sqlite:///')))}"
+    elif not store.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"{path}: store: expected sqlite:///PATH or postgresql://...")
+    return config.model_copy(
+        update={
+            "state_dir": _resolve(base, config.state_dir),
+            "signing_key": _resolve(base, config.signing_key),
+            "secrets_dir": _resolve(base, config.secrets_dir),
+            "manifests": _resolve(base, config.manifests),
+            "agents": _resolve(base, config.agents),
+            "audit": config.audit.model_copy(update={"path": _resolve(base, config.audit.path)}),
+            "store": store,
+        }
+    )
+
+
+def load_agents(path: Path) -> dict[str, AgentSpec]:
+    """Read agents.yaml; a missing file means no configured agents.
+
+    Raises:
+        ConfigError: the file is malformed or a field is invalid.
+    """
+    if not path.exists():
+        return {}
+    raw = read_yaml(path)
+    if raw is None:
+        return {}
+    try:
+        return AgentsFile.model_validate(raw).agents
+    except ValidationError as exc:
+        raise ConfigError(validation_message(path, exc)) from None
+
+
+def glob_matches(pattern: str, value: str) -> bool:
+    """Case-sensitive shell-style glob match, used by grants and delegators alike."""
+    return fnmatch.fnmatchcase(value, pattern)

@@ -1,0 +1,34 @@
+"""Human durations ("90s", "15m", "8h", "1d") to seconds."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+
+
+def parse_duration(value: Any) -> float:
+    """Return `value` in seconds.
+
+    Raises:
+        ValueError: not a positive number of seconds or a `<number><s|m|h|d>` string.
+    """
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 30s, 15m, 8h or 1d")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    else:
+        raise ValueError(f"{value!r} is not a duration like 30s, 15m, 8h or 1d")
+    if seconds <= 0:
+        raise ValueError("a duration must be positive")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+"""A config field holding seconds, written as a number or a `15m`-style string."""

@@ -1,0 +1,87 @@
+"""The gateway's one exception tree.
+
+Every layer raises one of these; the HTTP edge and the MCP front translate them
+into the answers DESIGN.md's Errors table fixes, in one place each.
+
+    GatewayError
+    ├── ConfigError           a bad file, field or CLI argument (startup, CLI)
+    ├── AuthError             HTTP 401 invalid_token (bad token, ended session)
+    ├── Unavailable           HTTP 503: identity, session store or audit sink down
+    │   ├── StoreUnavailable
+    │   └── AuditUnavailable
+    ├── Denied                not granted: answered exactly as "unknown"
+    ├── ArgumentViolation     a grant constraint failed: tool result isError
+    ├── Stopped               budget, rate or loop stop: tool result isError
+    └── UpstreamError         upstream down, crashed or failed
+        └── UpstreamTimeout
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class GatewayError(Exception):
+    """Root of every error the gateway raises on purpose."""
+
+
+class ConfigError(GatewayError):
+    """A configuration file, manifest or CLI argument is invalid.
+
+    The message is one line naming the file, the field and the reason.
+    """
+
+
+class AuthError(GatewayError):
+    """The request's credential is missing, invalid, or its session has ended."""
+
+    def __init__(self, reason: str, *, error: str = "invalid_token") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.error = error
+
+
+class Unavailable(GatewayError):
+    """Something the gateway must consult to decide safely cannot be consulted."""
+
+
+class StoreUnavailable(Unavailable):
+    """The session store cannot be read or written."""
+
+
+class AuditUnavailable(Unavailable):
+    """The audit sink cannot durably record."""
+
+
+class Denied(GatewayError):
+    """Not granted. The wire answer must equal the one an unknown name gets."""
+
+
+class ArgumentViolation(GatewayError):
+    """An argument breaks a grant constraint."""
+
+    def __init__(self, argument: str, rule: str) -> None:
+        super().__init__(f"argument {argument!r} violates the grant: {rule}")
+        self.argument = argument
+        self.rule = rule
+
+
+class Stopped(GatewayError):
+    """A budget, rate-limit or loop stop. The agent is told plainly to stop."""
+
+    def __init__(self, limit: str, message: str, detail: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.detail = detail
+
+
+class UpstreamError(GatewayError):
+    """The upstream tool server is down, crashed or failed the request."""
+
+    outcome = "error"
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream did not answer within the call timeout."""
+
+    outcome = "timeout"

@@ -1,0 +1,371 @@
+"""The MCP server that agents talk to: one low-level `Server` per view.
+
+Handlers read the authenticated principal the HTTP edge put on the request,
+project the upstream catalogs through its grant (views.py), and hand tool
+calls to the pipeline. Everything not granted is answered exactly as if it did
+not exist.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import mcp_types as types
+from mcp.server.connection import allowed_log_levels
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel import Server
+from mcp.shared.exceptions import MCPError
+from mcp.shared.message import ServerMessageMetadata
+from mcp.shared.subscriptions import event_to_notification
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+from gateway import metering
+from gateway.budgets import stop_detail
+from gateway.errors import Stopped, Unavailable, UpstreamError
+from gateway.fanout import Listener, listen_meta
+from gateway.principal import Principal
+from gateway.views import View
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+log = logging.getLogger("gateway.front")
+
+PRINCIPAL = "gateway.principal"
+Ctx = ServerRequestContext[Any, Any]
+
+_RESULT_TYPES: dict[str, type[Any]] = {
+    "sampling/createMessage": types.CreateMessageResult,
+    "elicitation/create": types.ElicitResult,
+    "roots/list": types.ListRootsResult,
+}
+
+
+def principal_of(ctx: Ctx) -> Principal:
+    request = ctx.request
+    principal = request.scope.get(PRINCIPAL) if request is not None else None
+    if not isinstance(principal, Principal):  # the HTTP edge authenticates every request first
+        raise MCPError(types.INVALID_REQUEST, "unauthenticated")
+    return principal
+
+
+def is_modern(ctx: Ctx) -> bool:
+    return ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
+
+
+def request_fields(ctx: Ctx) -> dict[str, Any]:
+    """The per-request audit fields: which MCP session, protocol and client."""
+    request = ctx.request
+    client = ctx.session.client_params.client_info.name if ctx.session.client_params else None
+    return {
+        "mcp_session": request.headers.get("mcp-session-id") if request is not None else None,
+        "protocol_version": ctx.protocol_version,
+        "client": client,
+    }
+
+
+LEGACY_RESOURCE_NOT_FOUND = -32002  # 2025-11-25; retired in 2026-07-28, which uses -32602
+STOPPED = -32010  # a budget, rate or loop stop on a method other than tools/call
+UNAVAILABLE = -32011  # store or audit sink unavailable: nothing was forwarded
+
+
+def resource_not_found(ctx: Ctx, uri: str) -> MCPError:
+    """The one answer for a resource that is not granted and one that does not exist."""
+    code = types.INVALID_PARAMS if is_modern(ctx) else LEGACY_RESOURCE_NOT_FOUND
+    return MCPError(code, f"Resource not found: {uri}", {"uri": uri})
+
+
+def unknown_prompt(name: str) -> MCPError:
+    return MCPError(types.INVALID_PARAMS, f"Unknown prompt: {name}")
+
+
+def stopped_error(stop: Stopped) -> MCPError:
+    return MCPError(STOPPED, str(stop), stop_detail(stop))
+
+
+def unavailable_error(exc: Exception) -> MCPError:
+    return MCPError(UNAVAILABLE, f"Service unavailable, nothing was forwarded: {exc}")
+
+
+class ContextDownstream:
+    """The agent behind one inbound request: where its call's progress, logs and questions go."""
+
+    def __init__(self, ctx: Ctx, sid: str) -> None:
+        self.ctx = ctx
+        self.sid = sid
+
+    async def ask(self, request: types.InputRequest) -> types.InputResponse | types.ErrorData:
+        ctx = self.ctx
+        if is_modern(ctx) or not ctx.session.can_send_request:
+            return types.ErrorData(code=types.INVALID_REQUEST, message="the client cannot receive requests")
+        result_type = _RESULT_TYPES[request.method]
+        if isinstance(request, types.CreateMessageRequest) and request.params.tools:
+            result_type = types.CreateMessageResultWithTools
+        try:
+            return await ctx.session.send_request(  # type: ignore[no-any-return]
+                request, result_type, metadata=ServerMessageMetadata(related_request_id=ctx.request_id)
+            )
+        except MCPError as exc:
+            return exc.error
+
+    async def progress(self, progress: float, total: float | None, message: str | None) -> None:
+        await self.ctx.session.report_progress(progress, total, message)
+
+    async def log(self, params: types.LoggingMessageNotificationParams) -> None:
+        ctx = self.ctx
+        if params.level in allowed_log_levels(ctx.protocol_version, ctx.meta):
+            await ctx.session.send_notification(
+                types.LoggingMessageNotification(params=params), related_request_id=ctx.request_id
+            )
+
+
+class Front:
+    """Builds the MCP servers for `/mcp` and `/servers/<name>/mcp`."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+
+    def server(self, view: View) -> Server[Any]:
+        name = "mcp-identity-gateway" if view.server is None else f"mcp-identity-gateway/{view.server}"
+        handlers = _Handlers(self.gw, view)
+        server: Server[Any] = Server(
+            name,
+            version="0.1.0",
+            instructions=None,
+            get_tool_input_schema=lambda _name: None,  # arguments are checked by the grant and the upstream
+            on_list_tools=handlers.list_tools,
+            on_call_tool=handlers.call_tool,
+            on_list_resources=handlers.list_resources,
+            on_list_resource_templates=handlers.list_resource_templates,
+            on_read_resource=handlers.read_resource,
+            on_subscribe_resource=handlers.subscribe,
+            on_unsubscribe_resource=handlers.unsubscribe,
+            on_subscriptions_listen=handlers.listen,
+            on_list_prompts=handlers.list_prompts,
+            on_get_prompt=handlers.get_prompt,
+            on_completion=handlers.complete,
+        )
+        server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, handlers.set_level)
+        return server
+
+
+class _Handlers:
+    def __init__(self, gw: Gateway, view: View) -> None:
+        self.gw = gw
+        self.view = view
+
+    def _principal(self, ctx: Ctx) -> Principal:
+        principal = principal_of(ctx)
+        mcp_session = ctx.request.headers.get("mcp-session-id") if ctx.request is not None else None
+        if mcp_session and not is_modern(ctx):
+            self.gw.fanout.remember(mcp_session, Listener(principal.sid, self.view, session=ctx.session))
+        return principal
+
+    # ------------------------------------------------------------ tools
+
+    async def list_tools(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+        principal = self._principal(ctx)
+        tools = self.view.tools(principal.grant)
+        await self.gw.audit.emit(
+            "tools.listed", **principal.audit_fields(), **request_fields(ctx), server=self.view.server,
+            count=len(tools),
+        )
+        return types.ListToolsResult(tools=tools)
+
+    async def call_tool(
+        self, ctx: Ctx, params: types.CallToolRequestParams
+    ) -> types.CallToolResult | types.InputRequiredResult:
+        principal = self._principal(ctx)
+        leg = ContextDownstream(ctx, principal.sid)
+        try:
+            if params.request_state is not None:
+                return await self.gw.exchanges.resume(principal.sid, params.request_state, params.input_responses, leg)
+            admitted = await self.gw.pipeline.admit(
+                principal, params.name, self.view.resolve_tool(params.name), params.arguments, request_fields(ctx)
+            )
+            if isinstance(admitted, types.CallToolResult):
+                return admitted
+            if is_modern(ctx):
+                return await self.gw.exchanges.start(
+                    principal.sid, leg, lambda downstream: self.gw.pipeline.forward(admitted, downstream)
+                )
+            return await self.gw.pipeline.forward(admitted, leg)
+        except Unavailable as exc:
+            raise unavailable_error(exc) from None
+
+    # ------------------------------------------------------------ resources
+
+    async def list_resources(
+        self, ctx: Ctx, params: types.PaginatedRequestParams | None
+    ) -> types.ListResourcesResult:
+        return types.ListResourcesResult(resources=self.view.resources(self._principal(ctx).grant))
+
+    async def list_resource_templates(
+        self, ctx: Ctx, params: types.PaginatedRequestParams | None
+    ) -> types.ListResourceTemplatesResult:
+        return types.ListResourceTemplatesResult(resource_templates=self.view.templates(self._principal(ctx).grant))
+
+    async def read_resource(self, ctx: Ctx, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
+        principal = self._principal(ctx)
+        target = self.view.resolve_uri(principal.grant, params.uri)
+        fields = {**principal.audit_fields(), **request_fields(ctx), "resource": params.uri}
+        if target is None:
+            await self.gw.audit.emit("resource.read", **fields, decision="deny", reason="unknown_or_not_granted")
+            raise resource_not_found(ctx, params.uri)
+        upstream, uri = target
+        await self._admit_other(principal, fields | {"server": upstream.name}, "resource.read")
+        try:
+            result = await upstream.request(principal.sid, lambda s: s.read_resource(uri))
+        except MCPError as exc:
+            if exc.code in (LEGACY_RESOURCE_NOT_FOUND, types.INVALID_PARAMS):
+                raise resource_not_found(ctx, params.uri) from None
+            raise
+        except UpstreamError as exc:
+            raise MCPError(types.INTERNAL_ERROR, str(exc)) from None
+        contents = [c.model_copy(update={"uri": self.view.uri_out(upstream.name, c.uri)}) for c in result.contents]
+        result = result.model_copy(update={"contents": contents})
+        tokens = metering.count(result)
+        await self.gw.budgets.settle(principal, tokens)
+        await self.gw.audit.emit("resource.read", **fields, server=upstream.name, decision="allow",
+                                 response_tokens=tokens, outcome="ok")
+        return result
+
+    async def _admit_other(self, principal: Principal, fields: dict[str, Any], event: str) -> None:
+        """A budget check for reads and prompts: no call is counted, but a stopped session stays stopped."""
+        try:
+            await self.gw.budgets.check(principal)
+        except Stopped as stop:
+            await self.gw.audit.emit(event, **fields, decision="deny", reason=stop.limit)
+            raise stopped_error(stop) from None
+        except Unavailable as exc:
+            raise unavailable_error(exc) from None
+
+    def _listener(self, ctx: Ctx, principal: Principal) -> Listener:
+        mcp_session = ctx.request.headers.get("mcp-session-id") if ctx.request is not None else None
+        listener = self.gw.fanout.session_listener(mcp_session) if mcp_session else None
+        if listener is None:
+            raise MCPError(types.INVALID_REQUEST, "resources/subscribe needs an MCP session")
+        return listener
+
+    async def subscribe(self, ctx: Ctx, params: types.SubscribeRequestParams) -> types.EmptyResult:
+        principal = self._principal(ctx)
+        target = self.view.resolve_uri(principal.grant, params.uri)
+        if target is None:
+            raise resource_not_found(ctx, params.uri)
+        try:
+            await self.gw.fanout.subscribe(self._listener(ctx, principal), target[0], target[1], params.uri)
+        except UpstreamError as exc:
+            raise MCPError(types.INTERNAL_ERROR, str(exc)) from None
+        return types.EmptyResult()
+
+    async def unsubscribe(self, ctx: Ctx, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
+        principal = self._principal(ctx)
+        target = self.view.resolve_uri(principal.grant, params.uri)
+        if target is None:
+            raise resource_not_found(ctx, params.uri)
+        await self.gw.fanout.unsubscribe(self._listener(ctx, principal), target[0], target[1])
+        return types.EmptyResult()
+
+    async def listen(
+        self, ctx: Ctx, params: types.SubscriptionsListenRequestParams
+    ) -> types.SubscriptionsListenResult:
+        """A 2026-07-28 change stream: acknowledged first, then the events this agent may see."""
+        principal = self._principal(ctx)
+        if ctx.request_id is None:
+            raise MCPError(types.INVALID_REQUEST, "subscriptions/listen requires a request id")
+        requested = params.notifications
+        uris = tuple(requested.resource_subscriptions or ())
+        honored = types.SubscriptionFilter(
+            tools_list_changed=True if requested.tools_list_changed else None,
+            prompts_list_changed=True if requested.prompts_list_changed else None,
+            resources_list_changed=True if requested.resources_list_changed else None,
+            resource_subscriptions=list(uris) or None,
+        )
+        meta = listen_meta(ctx.request_id)
+        send, receive = anyio.create_memory_object_stream[Any](256)
+        listener = Listener(principal.sid, self.view, honored=honored, uris=frozenset(uris), queue=send)
+        self.gw.fanout.add_stream(listener)
+        try:
+            for uri in uris:  # an ungranted URI is acknowledged like an unknown one, and never fires
+                target = self.view.resolve_uri(principal.grant, uri)
+                if target is not None:
+                    try:
+                        await self.gw.fanout.subscribe(listener, target[0], target[1], uri)
+                    except (UpstreamError, MCPError) as exc:
+                        log.info("listen: subscribing %s failed: %s", uri, exc)
+            await ctx.session.send_notification(
+                types.SubscriptionsAcknowledgedNotification(
+                    params=types.SubscriptionsAcknowledgedNotificationParams(notifications=honored, _meta=meta)
+                ),
+                related_request_id=ctx.request_id,
+            )
+            async with receive:
+                async for event in receive:
+                    await ctx.session.send_notification(
+                        event_to_notification(event, meta), related_request_id=ctx.request_id
+                    )
+        finally:
+            self.gw.fanout.remove_stream(listener)
+            send.close()
+        return types.SubscriptionsListenResult(_meta=meta)
+
+    # ------------------------------------------------------------ prompts, completion, logging
+
+    async def list_prompts(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListPromptsResult:
+        return types.ListPromptsResult(prompts=self.view.prompts(self._principal(ctx).grant))
+
+    async def get_prompt(self, ctx: Ctx, params: types.GetPromptRequestParams) -> types.GetPromptResult:
+        principal = self._principal(ctx)
+        target = self.view.resolve_prompt(principal.grant, params.name)
+        fields = {**principal.audit_fields(), **request_fields(ctx), "prompt": params.name}
+        if target is None:
+            await self.gw.audit.emit("prompt.get", **fields, decision="deny", reason="unknown_or_not_granted")
+            raise unknown_prompt(params.name)
+        upstream, name = target
+        await self._admit_other(principal, fields | {"server": upstream.name}, "prompt.get")
+        request_tokens = metering.count(params.arguments)
+        try:
+            result = await upstream.request(principal.sid, lambda s: s.get_prompt(name, params.arguments))
+        except UpstreamError as exc:
+            raise MCPError(types.INTERNAL_ERROR, str(exc)) from None
+        tokens = metering.count(result)
+        await self.gw.budgets.settle(principal, request_tokens + tokens)
+        await self.gw.audit.emit("prompt.get", **fields, server=upstream.name, decision="allow",
+                                 request_tokens=request_tokens, response_tokens=tokens, outcome="ok")
+        return result
+
+    async def complete(self, ctx: Ctx, params: types.CompleteRequestParams) -> types.CompleteResult:
+        principal = self._principal(ctx)
+        ref = params.ref
+        if isinstance(ref, types.PromptReference):
+            prompt = self.view.resolve_prompt(principal.grant, ref.name)
+            if prompt is None:
+                raise unknown_prompt(ref.name)
+            upstream, upstream_ref = prompt[0], ref.model_copy(update={"name": prompt[1]})
+        else:
+            resource = self.view.resolve_uri(principal.grant, ref.uri)
+            if resource is None:
+                raise resource_not_found(ctx, ref.uri)
+            upstream, upstream_ref = resource[0], ref.model_copy(update={"uri": resource[1]})
+        argument = {"name": params.argument.name, "value": params.argument.value}
+        context = params.context.arguments if params.context else None
+        try:
+            return await upstream.request(
+                principal.sid, lambda s: s.complete(upstream_ref, argument, context_arguments=context)
+            )
+        except UpstreamError as exc:
+            raise MCPError(types.INTERNAL_ERROR, str(exc)) from None
+
+    async def set_level(self, ctx: Ctx, params: types.SetLevelRequestParams) -> types.EmptyResult:
+        """Forwarded only to this session's own (per-session) upstream connections; shared ones are not ours to set."""
+        principal = self._principal(ctx)
+        for upstream in self.view.upstreams.servers.values():
+            if upstream.spec.isolation == "per_session" and self.view.server in (None, upstream.name):
+                try:
+                    await upstream.request(principal.sid, lambda s: s.set_logging_level(params.level))
+                except (UpstreamError, MCPError) as exc:
+                    log.info("setLevel on %s failed: %s", upstream.name, exc)
+        return types.EmptyResult()
+

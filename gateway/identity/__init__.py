@@ -1,0 +1,1 @@
+"""Who is calling: signing keys, session tokens, agent credentials, OAuth endpoints."""

@@ -1,0 +1,19 @@
+"""Store backends behind one Protocol; `open_store` picks one from the config URL."""
+
+from __future__ import annotations
+
+from gateway.config import GatewayConfig
+from gateway.store.base import AgentRecord, Reservation, SessionRecord, SessionState, Store
+
+__all__ = ["AgentRecord", "Reservation", "SessionRecord", "SessionState", "Store", "open_store"]
+
+
+def open_store(config: GatewayConfig) -> Store:
+    """The configured backend, not yet opened."""
+    if config.store_is_sqlite:
+        from gateway.store.sqlite import SQLiteStore
+
+        return SQLiteStore(config.sqlite_path)
+    from gateway.store.postgres import PostgresStore  # type: ignore[import-not-found]
+
+    return PostgresStore(config.store)  # type: ignore[no-any-return]

@@ -1,0 +1,275 @@
+"""One supervised MCP client connection to an upstream server.
+
+The connection is owned by one long-lived task (the SDK requires a client to
+be entered and exited in the same task). When the server dies (a stdio child
+crashes, an HTTP session is lost) in-flight requests fail with a clear error
+and the task reconnects with exponential backoff; callers wait for the next
+healthy connection up to their own timeout.
+
+Requests the server sends back (sampling, elicitation, roots) are delivered to
+the `Downstream` of the call that caused them. A shared connection can only
+attribute them when exactly one call is in flight; otherwise they are refused,
+never guessed. Per-session connections belong to one agent session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import anyio
+import anyio.abc
+import httpx2
+import mcp_types as types
+from mcp import Client
+from mcp.client.session import ClientRequestContext, ClientSession, IncomingMessage
+from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+
+from gateway.errors import UpstreamError
+from gateway.manifests import UpstreamSpec
+
+log = logging.getLogger("gateway.upstream")
+
+BACKOFF_INITIAL = 0.1
+BACKOFF_MAX = 10.0
+STABLE_AFTER = 30.0  # seconds up before the backoff resets
+
+
+class Downstream(Protocol):
+    """Where a call's server-initiated traffic goes: the agent that made the call."""
+
+    sid: str
+
+    async def ask(self, request: types.InputRequest) -> types.InputResponse | types.ErrorData:
+        """Forward a sampling, elicitation or roots request to the agent and return its answer."""
+        ...
+
+    async def progress(self, progress: float, total: float | None, message: str | None) -> None: ...
+
+    async def log(self, params: types.LoggingMessageNotificationParams) -> None: ...
+
+
+Hook = Callable[["Connection", types.ServerNotification], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def _watched(transport: Any, closed: anyio.Event) -> AsyncIterator[Any]:
+    """Wrap a transport so `closed` fires when the server side of it ends."""
+    async with transport as (read, write):
+        send, receive = anyio.create_memory_object_stream[Any](0)
+
+        async def pump() -> None:
+            try:
+                async with send:
+                    async for item in read:
+                        await send.send(item)
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream):
+                pass
+            finally:
+                closed.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pump)
+            try:
+                yield receive, write
+            finally:
+                tg.cancel_scope.cancel()
+
+
+class Connection:
+    """A supervised client connection; `run()` is its owning task."""
+
+    def __init__(
+        self,
+        spec: UpstreamSpec,
+        *,
+        on_notification: Hook,
+        on_connected: Callable[[Connection, ClientSession], Awaitable[None]],
+        owner_sid: str | None = None,
+        stderr_dir: Path | None = None,
+    ) -> None:
+        self.spec = spec
+        self.owner_sid = owner_sid  # per_session connections belong to one agent session
+        self._on_notification = on_notification
+        self._on_connected = on_connected
+        self._stderr_dir = stderr_dir
+        self._client: Client | None = None
+        self._ready = anyio.Event()
+        self._stop = anyio.Event()
+        self._routes: list[Downstream] = []
+        self.restarts = 0
+        self.last_error: str | None = None
+        self.server_capabilities: types.ServerCapabilities | None = None
+        self.protocol_version: str | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Connect, serve until the server goes away, reconnect with backoff; until `close()`."""
+        backoff = BACKOFF_INITIAL
+        started = False
+        while not self._stop.is_set():
+            closed = anyio.Event()
+            up_since = anyio.current_time()
+            try:
+                async with contextlib.AsyncExitStack() as stack:
+                    errlog = stack.enter_context(self._errlog())
+                    client = await stack.enter_async_context(self._client_for(closed, errlog))
+                    self._client = client
+                    self.protocol_version = client.protocol_version
+                    self.server_capabilities = client.server_capabilities
+                    await self._on_connected(self, client.session)
+                    self.last_error = None
+                    self._ready.set()
+                    if not started:
+                        started = True
+                        task_status.started()
+                    log.info("upstream %s connected (%s)", self.spec.name, client.protocol_version)
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(_set_when, self._stop, closed)
+                        await closed.wait()
+                        tg.cancel_scope.cancel()
+            except Exception as exc:  # any failure to connect or serve means: reconnect
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("upstream %s failed: %s", self.spec.name, self.last_error)
+            finally:
+                self._ready = anyio.Event()
+                self._client = None
+            if self._stop.is_set():
+                break
+            if not started:
+                started = True
+                task_status.started()  # let startup proceed; callers see the server as down
+            if anyio.current_time() - up_since > STABLE_AFTER:
+                backoff = BACKOFF_INITIAL
+            self.restarts += 1
+            log.info("upstream %s reconnecting in %.1fs", self.spec.name, backoff)
+            with anyio.move_on_after(backoff):
+                await self._stop.wait()
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def close(self) -> None:
+        self._stop.set()
+
+    @property
+    def up(self) -> bool:
+        return self._client is not None and self._ready.is_set()
+
+    def _client_for(self, closed: anyio.Event, errlog: Any) -> Client:
+        spec = self.spec
+        if spec.transport == "stdio":
+            assert spec.command is not None and spec.cwd is not None
+            spec.cwd.mkdir(parents=True, exist_ok=True, mode=0o700)
+            params = StdioServerParameters(command=spec.command, args=list(spec.args), env=spec.env, cwd=spec.cwd)
+            transport: Any = stdio_client(params, errlog=errlog)
+        else:
+            assert spec.url is not None
+            http = create_mcp_http_client(headers=spec.headers or None)
+            transport = _http_transport(spec.url, http)
+        return Client(
+            _watched(transport, closed),
+            mode="auto",
+            sampling_callback=self._sampling,
+            elicitation_callback=self._elicitation,
+            list_roots_callback=self._roots,
+            message_handler=self._message,
+            client_info=types.Implementation(name="mcp-identity-gateway", version="0.1.0"),
+            cache=None,
+        )
+
+    def _errlog(self) -> Any:
+        """Where a stdio server's stderr goes: a log file per server under the state dir."""
+        if self._stderr_dir is None:
+            return open(os.devnull, "w")
+        self._stderr_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return (self._stderr_dir / f"{self.spec.name}.stderr.log").open("a")
+
+    # ------------------------------------------------------------ requests
+
+    async def session(self, timeout: float) -> ClientSession:
+        """The live client session, waiting up to `timeout` for a reconnect.
+
+        Raises:
+            UpstreamError: the server is not reachable in time.
+        """
+        with anyio.move_on_after(timeout):
+            await self._ready.wait()
+        client = self._client
+        if client is None or not self._ready.is_set():
+            detail = f": {self.last_error}" if self.last_error else ""
+            raise UpstreamError(f"upstream server {self.spec.name!r} is unavailable{detail}")
+        return client.session
+
+    @contextlib.contextmanager
+    def routed(self, downstream: Downstream) -> Any:
+        """Mark a call in flight so server-initiated requests can find their caller."""
+        self._routes.append(downstream)
+        try:
+            yield
+        finally:
+            self._routes.remove(downstream)
+
+    def _route(self) -> Downstream | None:
+        if self.owner_sid is not None:
+            return self._routes[-1] if self._routes else None
+        return self._routes[0] if len(self._routes) == 1 else None
+
+    async def _sampling(
+        self, context: ClientRequestContext, params: types.CreateMessageRequestParams
+    ) -> types.CreateMessageResult | types.CreateMessageResultWithTools | types.ErrorData:
+        return await self._ask(types.CreateMessageRequest(params=params))  # type: ignore[return-value]
+
+    async def _elicitation(
+        self, context: ClientRequestContext, params: types.ElicitRequestParams
+    ) -> types.ElicitResult | types.ErrorData:
+        return await self._ask(types.ElicitRequest(params=params))  # type: ignore[return-value]
+
+    async def _roots(self, context: ClientRequestContext) -> types.ListRootsResult | types.ErrorData:
+        # Agents' roots describe their machines; only a per-session server may ask its own agent.
+        if self.owner_sid is None or not self._routes:
+            return types.ListRootsResult(roots=[])
+        return await self._ask(types.ListRootsRequest())  # type: ignore[return-value]
+
+    async def _ask(self, request: types.InputRequest) -> types.InputResponse | types.ErrorData:
+        route = self._route()
+        if route is None:
+            log.warning("upstream %s sent %s with no attributable caller; refused", self.spec.name, request.method)
+            return types.ErrorData(
+                code=types.INVALID_REQUEST,
+                message="the gateway cannot attribute this request to one caller (use isolation: per_session)",
+            )
+        return await route.ask(request)
+
+    async def _message(self, message: IncomingMessage) -> None:
+        if isinstance(message, Exception):
+            log.warning("upstream %s transport error: %s", self.spec.name, message)
+            return
+        await self._on_notification(self, message)
+
+    async def forward_log(self, params: types.LoggingMessageNotificationParams) -> None:
+        """Upstream log lines reach only an agent they can be attributed to (per-session servers)."""
+        if self.owner_sid is None:
+            return
+        route = self._route()
+        if route is not None:
+            await route.log(params)
+
+
+async def _set_when(stop: anyio.Event, closed: anyio.Event) -> None:
+    await stop.wait()
+    closed.set()
+
+
+def _http_transport(url: str, http: httpx2.AsyncClient) -> Any:
+    @contextlib.asynccontextmanager
+    async def transport() -> AsyncIterator[Any]:
+        async with http, streamable_http_client(url, http_client=http) as streams:
+            yield streams
+
+    return transport()

@@ -1,0 +1,246 @@
+"""All upstream servers: their connections, catalogs and change notifications.
+
+`Upstreams.run()` owns every connection task for the app's lifetime; shutdown
+cancels them, which closes each client and reaps each stdio child.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import anyio.abc
+import mcp_types as types
+from mcp.client.session import ClientSession
+from mcp.shared.exceptions import MCPError
+
+from gateway.errors import UpstreamError, UpstreamTimeout
+from gateway.manifests import UpstreamSpec
+from gateway.upstream.connection import Connection, Downstream
+
+log = logging.getLogger("gateway.upstream")
+
+T = TypeVar("T")
+CONNECT_WAIT = 10.0  # longest a call waits for a (re)connecting upstream
+_PAGE_CAP = 100
+
+ChangeListener = Callable[[str, str], Awaitable[None]]  # (server, "tools" | "resources" | "prompts")
+UpdateListener = Callable[[Connection, str], Awaitable[None]]  # (connection, upstream resource uri)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """What one server offers, as last listed (tools already narrowed by its manifest)."""
+
+    tools: Mapping[str, types.Tool] = field(default_factory=dict)
+    resources: tuple[types.Resource, ...] = ()
+    templates: tuple[types.ResourceTemplate, ...] = ()
+    prompts: Mapping[str, types.Prompt] = field(default_factory=dict)
+    capabilities: types.ServerCapabilities | None = None
+    all_tools: Mapping[str, types.Tool] = field(default_factory=dict)  # before the manifest's filter
+
+
+class Upstream:
+    """One upstream server."""
+
+    def __init__(self, spec: UpstreamSpec, hub: Upstreams) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.hub = hub
+        self.catalog = Catalog()
+        self.main = self._connection(None)
+        self._per_session: dict[str, Connection] = {}
+        self._refresh_lock = anyio.Lock()
+        self.hidden: frozenset[str] = frozenset()  # quarantined tools (pin mismatch)
+
+    def _connection(self, sid: str | None) -> Connection:
+        return Connection(
+            self.spec,
+            on_notification=self._notification,
+            on_connected=self._connected,
+            owner_sid=sid,
+            stderr_dir=self.hub.stderr_dir,
+        )
+
+    @property
+    def up(self) -> bool:
+        return self.main.up
+
+    def tools(self) -> Mapping[str, types.Tool]:
+        """The tools this server exposes now: listed, allowed by its manifest, not quarantined."""
+        if not self.hidden:
+            return self.catalog.tools
+        return {name: tool for name, tool in self.catalog.tools.items() if name not in self.hidden}
+
+    def connection_for(self, sid: str) -> Connection:
+        """Shared: the one connection. Per-session: this session's own, started on first use."""
+        if self.spec.isolation == "shared":
+            return self.main
+        connection = self._per_session.get(sid)
+        if connection is None:
+            connection = self._per_session[sid] = self._connection(sid)
+            self.hub.spawn(connection.run)
+        return connection
+
+    def release(self, sid: str) -> None:
+        """The session ended: close its own connection, if any."""
+        connection = self._per_session.pop(sid, None)
+        if connection is not None:
+            connection.close()
+
+    async def request(
+        self,
+        sid: str,
+        fn: Callable[[ClientSession], Awaitable[T]],
+        downstream: Downstream | None = None,
+    ) -> T:
+        """Run one request on the right connection with the server's timeout.
+
+        Raises:
+            UpstreamError: unavailable, crashed mid-request (connection closed).
+            UpstreamTimeout: no answer within the timeout.
+            MCPError: the server answered with a JSON-RPC error (passed through).
+        """
+        connection = self.connection_for(sid)
+        session = await connection.session(min(self.spec.timeout, CONNECT_WAIT))
+        routed = connection.routed(downstream) if downstream is not None else contextlib.nullcontext()
+        try:
+            with routed, anyio.fail_after(self.spec.timeout):
+                return await fn(session)
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"upstream server {self.name!r} did not answer within {self.spec.timeout:g}s"
+            ) from None
+        except MCPError as exc:
+            if exc.code == types.CONNECTION_CLOSED:
+                raise UpstreamError(f"upstream server {self.name!r} closed the connection (it will be restarted)") from exc
+            raise
+
+    # ------------------------------------------------------------ catalog
+
+    async def _connected(self, connection: Connection, session: ClientSession) -> None:
+        if connection is self.main:
+            await self.refresh(session)
+
+    async def refresh(self, session: ClientSession | None = None) -> None:
+        """Re-list everything the server offers and tell the hub what changed."""
+        async with self._refresh_lock:
+            session = session or await self.main.session(CONNECT_WAIT)
+            caps = self.main.server_capabilities or types.ServerCapabilities()
+            tools = await _all_pages(session.list_tools, "tools") if caps.tools else []
+            resources = await _all_pages(session.list_resources, "resources") if caps.resources else []
+            templates = (
+                await _all_pages(session.list_resource_templates, "resource_templates") if caps.resources else []
+            )
+            prompts = await _all_pages(session.list_prompts, "prompts") if caps.prompts else []
+            old = self.catalog
+            all_tools = {t.name: t for t in tools}
+            self.catalog = Catalog(
+                tools={n: t for n, t in all_tools.items() if self.spec.exposes(n)},
+                resources=tuple(resources),
+                templates=tuple(templates),
+                prompts={p.name: p for p in prompts},
+                capabilities=caps,
+                all_tools=all_tools,
+            )
+        changed = [
+            kind
+            for kind, before, after in (
+                ("tools", old.all_tools, self.catalog.all_tools),
+                ("resources", (old.resources, old.templates), (self.catalog.resources, self.catalog.templates)),
+                ("prompts", old.prompts, self.catalog.prompts),
+            )
+            if before != after
+        ]
+        for kind in changed:
+            await self.hub.changed(self.name, kind)
+
+    async def _notification(self, connection: Connection, message: types.ServerNotification) -> None:
+        if isinstance(message, types.ResourceUpdatedNotification):
+            await self.hub.updated(connection, message.params.uri)
+        elif isinstance(
+            message,
+            types.ToolListChangedNotification | types.ResourceListChangedNotification | types.PromptListChangedNotification,
+        ):
+            if connection is self.main:
+                self.hub.spawn(self._refresh_quietly)
+        elif isinstance(message, types.LoggingMessageNotification):
+            await connection.forward_log(message.params)
+
+    async def _refresh_quietly(self) -> None:
+        try:
+            await self.refresh()
+        except (UpstreamError, MCPError) as exc:
+            log.warning("upstream %s: re-listing after list_changed failed: %s", self.name, exc)
+
+
+async def _all_pages(method: Callable[..., Awaitable[Any]], attribute: str) -> list[Any]:
+    items: list[Any] = []
+    cursor: str | None = None
+    for _ in range(_PAGE_CAP):
+        params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
+        page = await method(params=params)
+        items.extend(getattr(page, attribute))
+        cursor = page.next_cursor
+        if not cursor:
+            break
+    return items
+
+
+class Upstreams:
+    """Every configured upstream, and the task group that owns their connections."""
+
+    def __init__(self, specs: Mapping[str, UpstreamSpec], *, stderr_dir: Path | None = None) -> None:
+        self.stderr_dir = stderr_dir
+        self.servers: dict[str, Upstream] = {name: Upstream(spec, self) for name, spec in specs.items()}
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._change_listeners: list[ChangeListener] = []
+        self._update_listeners: list[UpdateListener] = []
+
+    def __getitem__(self, name: str) -> Upstream:
+        return self.servers[name]
+
+    def get(self, name: str) -> Upstream | None:
+        return self.servers.get(name)
+
+    def on_change(self, listener: ChangeListener) -> None:
+        self._change_listeners.append(listener)
+
+    def on_update(self, listener: UpdateListener) -> None:
+        self._update_listeners.append(listener)
+
+    async def changed(self, server: str, kind: str) -> None:
+        for listener in self._change_listeners:
+            await listener(server, kind)
+
+    async def updated(self, connection: Connection, uri: str) -> None:
+        for listener in self._update_listeners:
+            await listener(connection, uri)
+
+    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        if self._tg is None:
+            raise UpstreamError("the gateway is shutting down")
+        self._tg.start_soon(fn, *args)
+
+    def release(self, sid: str) -> None:
+        for upstream in self.servers.values():
+            upstream.release(sid)
+
+    @contextlib.asynccontextmanager
+    async def run(self) -> AsyncIterator[Upstreams]:
+        """Connect every upstream (waiting for each first attempt) and keep them up until exit."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            async with anyio.create_task_group() as starting:
+                for upstream in self.servers.values():
+                    starting.start_soon(tg.start, upstream.main.run)
+            try:
+                yield self
+            finally:
+                self._tg = None
+                tg.cancel_scope.cancel()
