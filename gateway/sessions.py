@@ -99,17 +99,15 @@ class Sessions:
                 "(max_active_sessions); close one first",
                 error="access_denied",
             )
-        token = self._sign(agent, session)
         identity = _identity(agent, session)
         await self.audit.emit(
             "session.opened", durable=True, **identity, expires_at=session.expires_at, via=via,
             remote_addr=remote_addr,
         )
-        await self._issued(agent, session, token, via, remote_addr)
-        return session, token
+        return session, await self._issue(agent, session, via, remote_addr)
 
-    def _sign(self, agent: Agent, session: SessionRecord) -> str:
-        return self.tokens.issue(
+    async def _issue(self, agent: Agent, session: SessionRecord, via: str, remote_addr: str | None) -> str:
+        token, jti = self.tokens.issue(
             sid=session.sid,
             agent=agent.id,
             subject=session.on_behalf_of,
@@ -117,15 +115,11 @@ class Sessions:
             task=session.task,
             grant=agent.grant.version,
         )
-
-    async def _issued(
-        self, agent: Agent, session: SessionRecord, token: str, via: str, remote_addr: str | None
-    ) -> None:
-        claims = self.tokens.verify(token)
         await self.audit.emit(
-            "token.issued", durable=True, **_identity(agent, session), jti=claims.jti,
+            "token.issued", durable=True, **_identity(agent, session), jti=jti,
             expires_at=session.expires_at, via=via, remote_addr=remote_addr,
         )
+        return token
 
     async def renew(self, sid: str, agent_id: str, ttl: float | None, *, via: str,
                     remote_addr: str | None = None) -> tuple[SessionRecord, str]:
@@ -144,9 +138,7 @@ class Sessions:
         renewed = await self.store.renew_session(sid, now + lifetime, now)
         if renewed is None:
             raise AuthError("the session has ended and cannot be renewed", error="invalid_grant")
-        token = self._sign(agent, renewed)
-        await self._issued(agent, renewed, token, via, remote_addr)
-        return renewed, token
+        return renewed, await self._issue(agent, renewed, via, remote_addr)
 
     async def authenticate(self, token: str, *, remote_addr: str | None = None) -> Principal:
         """The principal a bearer token stands for, checked against the live session.

@@ -62,8 +62,11 @@ class Tokens:
         task: str | None = None,
         grant: str | None = None,
         scope: str | None = None,
-    ) -> str:
-        """Sign a session token. `subject` other than the agent makes it a delegated token (RFC 8693 `act`)."""
+    ) -> tuple[str, str]:
+        """Sign a session token; returns (token, jti).
+
+        A `subject` other than the agent makes it a delegated token (RFC 8693 `act`).
+        """
         now = self.clock()
         claims: dict[str, Any] = {
             "iss": self.issuer,
@@ -84,7 +87,8 @@ class Tokens:
         if scope is not None:
             claims["scope"] = scope
         kid, key = self.keys.sign_key()
-        return jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": kid, "typ": TOKEN_TYPE})
+        token = jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": kid, "typ": TOKEN_TYPE})
+        return token, claims["jti"]
 
     def verify(self, token: str) -> TokenClaims:
         """Verify a bearer token.
