@@ -152,10 +152,11 @@ def create_app(gateway: Gateway) -> Starlette:
             await gateway.agents.sync(gateway.clock())
             await gateway.audit.emit("gateway.started", public_url=config.public_url,
                                      servers=sorted(gateway.upstreams.servers))
-            await stack.enter_async_context(gateway.upstreams.run())
-            gateway.names.rebuild(strict=True)
             gateway.upstreams.on_change(_on_change(gateway))
             gateway.upstreams.on_update(gateway.fanout.updated)
+            gateway.upstreams.on_log(gateway.fanout.log)
+            await stack.enter_async_context(gateway.upstreams.run())
+            gateway.names.rebuild(strict=True)
             for manager in managers.values():
                 await stack.enter_async_context(manager.run())
             tg = await stack.enter_async_context(anyio.create_task_group())

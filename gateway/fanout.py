@@ -147,6 +147,15 @@ class Fanout:
             if not await listener.deliver(ResourceUpdated(uri=known_as)):
                 self._forget(listener)
 
+    async def log(self, sid: str, params: types.LoggingMessageNotificationParams) -> None:
+        """A per-session server's log line with no call in flight: to that session's handshake-era streams."""
+        for listener in [x for x in self._sessions.values() if x.sid == sid]:
+            assert listener.session is not None
+            try:
+                await listener.session.send_notification(types.LoggingMessageNotification(params=params))
+            except Exception:  # a vanished client surfaces as any transport error; forget it
+                self._forget(listener)
+
     def _forget(self, listener: Listener) -> None:
         for key, known in list(self._sessions.items()):
             if known is listener:
@@ -162,7 +171,7 @@ class Fanout:
         async with self._lock:
             sub = self._subs.get(key)
             if sub is None:
-                await upstream.request(listener.sid, lambda s: s.subscribe_resource(uri))
+                await upstream.subscribe(listener.sid, uri, True)
                 sub = self._subs[key] = _Subscription(upstream, connection, uri)
             sub.listeners[listener] = known_as
 
@@ -180,7 +189,7 @@ class Fanout:
 
 async def _unsubscribe_upstream(sub: _Subscription) -> None:
     try:
-        await sub.upstream.request(sub.connection.owner_sid or "", lambda s: s.unsubscribe_resource(sub.uri))
+        await sub.upstream.subscribe(sub.connection.owner_sid or "", sub.uri, False)
     except Exception as exc:  # background task boundary: best effort, the upstream may be gone
         log.info("unsubscribing %s from %s failed: %s", sub.uri, sub.upstream.name, exc)
 

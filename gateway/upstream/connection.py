@@ -30,6 +30,8 @@ from mcp.client.session import ClientRequestContext, ClientSession, IncomingMess
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp.shared.subscriptions import event_to_notification
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from gateway.errors import UpstreamError
 from gateway.manifests import UpstreamSpec
@@ -103,6 +105,9 @@ class Connection:
         self._ready = anyio.Event()
         self._stop = anyio.Event()
         self._routes: list[Downstream] = []
+        self._watched: set[str] = set()
+        self._relisten = anyio.Event()
+        self._listen_scope = anyio.CancelScope()
         self.restarts = 0
         self.last_error: str | None = None
         self.server_capabilities: types.ServerCapabilities | None = None
@@ -133,6 +138,8 @@ class Connection:
                     log.info("upstream %s connected (%s)", self.spec.name, client.protocol_version)
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(_set_when, self._stop, closed)
+                        if client.protocol_version in MODERN_PROTOCOL_VERSIONS:
+                            tg.start_soon(self._listen, client)
                         await closed.wait()
                         tg.cancel_scope.cancel()
             except Exception as exc:  # any failure to connect or serve means: reconnect
@@ -156,6 +163,46 @@ class Connection:
 
     def close(self) -> None:
         self._stop.set()
+
+    # ------------------------------------------------------------ 2026-07-28 change stream
+
+    def watch(self, uri: str, on: bool) -> None:
+        """Add or drop a resource URI on this connection's listen stream (2026-07-28 upstreams)."""
+        before = set(self._watched)
+        if on:
+            self._watched.add(uri)
+        else:
+            self._watched.discard(uri)
+        if self._watched != before:
+            self._relisten.set()
+            self._listen_scope.cancel()
+
+    @property
+    def modern(self) -> bool:
+        return self.protocol_version in MODERN_PROTOCOL_VERSIONS
+
+    async def _listen(self, client: Client) -> None:
+        """A 2026-07-28 server announces changes only on a `subscriptions/listen` stream: keep one open."""
+        caps = client.server_capabilities
+        flags = {
+            "tools_list_changed": bool(caps.tools and caps.tools.list_changed),
+            "prompts_list_changed": bool(caps.prompts and caps.prompts.list_changed),
+            "resources_list_changed": bool(caps.resources and caps.resources.list_changed),
+        }
+        subscribable = bool(caps.resources and caps.resources.subscribe)
+        while True:
+            self._relisten = anyio.Event()
+            if any(flags.values()) or (subscribable and self._watched):
+                try:
+                    async with client.listen(**flags, resource_subscriptions=sorted(self._watched)) as subscription:
+                        with anyio.CancelScope() as self._listen_scope:
+                            async for event in subscription:
+                                await self._on_notification(self, event_to_notification(event, {}))
+                except Exception as exc:  # the stream is best effort: never let it take the connection down
+                    log.info("upstream %s: listen stream ended: %s", self.spec.name, exc)
+            if not self._relisten.is_set():
+                with anyio.move_on_after(BACKOFF_MAX):
+                    await self._relisten.wait()
 
     @property
     def up(self) -> bool:
@@ -252,18 +299,15 @@ class Connection:
             return
         await self._on_notification(self, message)
 
-    async def forward_log(self, params: types.LoggingMessageNotificationParams) -> None:
-        """Upstream log lines reach only an agent they can be attributed to (per-session servers)."""
-        if self.owner_sid is None:
-            return
-        route = self._route()
-        if route is not None:
-            await route.log(params)
+    def attributable_route(self) -> Downstream | None:
+        """The caller a per-session connection's unsolicited traffic belongs to, if a call is in flight."""
+        return self._route() if self.owner_sid is not None else None
 
 
 async def _set_when(stop: anyio.Event, closed: anyio.Event) -> None:
     await stop.wait()
     closed.set()
+
 
 
 def _http_transport(url: str, http: httpx2.AsyncClient) -> Any:

@@ -31,6 +31,7 @@ _PAGE_CAP = 100
 
 ChangeListener = Callable[[str, str], Awaitable[None]]  # (server, "tools" | "resources" | "prompts")
 UpdateListener = Callable[[Connection, str], Awaitable[None]]  # (connection, upstream resource uri)
+LogListener = Callable[[str, types.LoggingMessageNotificationParams], Awaitable[None]]  # (sid, params)
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,21 @@ class Upstream:
                 raise UpstreamError(f"upstream server {self.name!r} closed the connection (it will be restarted)") from exc
             raise
 
+    async def subscribe(self, sid: str, uri: str, on: bool) -> None:
+        """Start or stop resource updates for `uri` on the connection serving `sid`.
+
+        Raises:
+            UpstreamError, MCPError: as for `request`.
+        """
+        connection = self.connection_for(sid)
+        await connection.session(min(self.spec.timeout, CONNECT_WAIT))
+        if connection.modern:  # 2026-07-28: subscriptions ride the listen stream
+            connection.watch(uri, on)
+        elif on:
+            await self.request(sid, lambda s: s.subscribe_resource(uri))
+        else:
+            await self.request(sid, lambda s: s.unsubscribe_resource(uri))
+
     # ------------------------------------------------------------ catalog
 
     async def _connected(self, connection: Connection, session: ClientSession) -> None:
@@ -169,8 +185,13 @@ class Upstream:
         ):
             if connection is self.main:
                 self.hub.spawn(self._refresh_quietly)
-        elif isinstance(message, types.LoggingMessageNotification):
-            await connection.forward_log(message.params)
+        elif isinstance(message, types.LoggingMessageNotification) and connection.owner_sid is not None:
+            # Log lines reach only the agent they can be attributed to: a per-session server's own caller.
+            route = connection.attributable_route()
+            if route is not None:
+                await route.log(message.params)
+            else:
+                await self.hub.session_log(connection.owner_sid, message.params)
 
     async def _refresh_quietly(self) -> None:
         try:
@@ -201,6 +222,7 @@ class Upstreams:
         self._tg: anyio.abc.TaskGroup | None = None
         self._change_listeners: list[ChangeListener] = []
         self._update_listeners: list[UpdateListener] = []
+        self._log_listeners: list[LogListener] = []
 
     def __getitem__(self, name: str) -> Upstream:
         return self.servers[name]
@@ -213,6 +235,13 @@ class Upstreams:
 
     def on_update(self, listener: UpdateListener) -> None:
         self._update_listeners.append(listener)
+
+    def on_log(self, listener: LogListener) -> None:
+        self._log_listeners.append(listener)
+
+    async def session_log(self, sid: str, params: types.LoggingMessageNotificationParams) -> None:
+        for listener in self._log_listeners:
+            await listener(sid, params)
 
     async def changed(self, server: str, kind: str) -> None:
         for listener in self._change_listeners:
