@@ -26,6 +26,7 @@ from gateway.budgets import stop_detail
 from gateway.errors import Stopped, Unavailable, UpstreamError
 from gateway.fanout import Listener, listen_meta
 from gateway.principal import Principal
+from gateway.upstream import Downstream
 from gateway.views import View
 
 if TYPE_CHECKING:
@@ -187,11 +188,14 @@ class _Handlers:
             )
             if isinstance(admitted, types.CallToolResult):
                 return admitted
+            server = admitted.upstream.name
+
+            async def forward(downstream: Downstream) -> types.CallToolResult:
+                return self.view.result_out(server, await self.gw.pipeline.forward(admitted, downstream))
+
             if is_modern(ctx):
-                return await self.gw.exchanges.start(
-                    principal.sid, leg, lambda downstream: self.gw.pipeline.forward(admitted, downstream)
-                )
-            return await self.gw.pipeline.forward(admitted, leg)
+                return await self.gw.exchanges.start(principal.sid, leg, forward)
+            return await forward(leg)
         except Unavailable as exc:
             raise unavailable_error(exc) from None
 

@@ -129,6 +129,22 @@ class View:
     def uri_out(self, server: str, uri: str) -> str:
         return uri if self.server is not None else exposed_uri(server, uri)
 
+    def result_out(self, server: str, result: types.CallToolResult) -> types.CallToolResult:
+        """Resource links and embedded resources in a tool result, named as this view names resources."""
+        if self.server is not None or not any(
+            isinstance(c, types.ResourceLink | types.EmbeddedResource) for c in result.content
+        ):
+            return result
+        content: list[types.ContentBlock] = []
+        for block in result.content:
+            if isinstance(block, types.ResourceLink):
+                block = block.model_copy(update={"uri": exposed_uri(server, block.uri)})
+            elif isinstance(block, types.EmbeddedResource):
+                inner = block.resource.model_copy(update={"uri": exposed_uri(server, block.resource.uri)})
+                block = block.model_copy(update={"resource": inner})
+            content.append(block)
+        return result.model_copy(update={"content": content})
+
     def resolve_uri(self, grant: Grant, exposed: str) -> tuple[Upstream, str] | None:
         """The upstream and original URI of a resource this agent may read; None otherwise."""
         target = (self.server, exposed) if self.server is not None else split_uri(exposed)

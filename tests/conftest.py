@@ -4,7 +4,7 @@ import pytest
 import structlog
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def anyio_backend() -> str:
     return "asyncio"
 

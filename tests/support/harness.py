@@ -72,6 +72,14 @@ def everything_stdio_manifest(name: str = "everything", **extra: Any) -> dict[st
     }
 
 
+def dynamic_manifest(name: str = "dynamic", **extra: Any) -> dict[str, Any]:
+    """tests/support/servers/dynamic.py: audio, run-time tools, its environment, slow calls."""
+    return {
+        "name": name, "owner": "platform@example.com", "transport": "stdio", "command": sys.executable,
+        "args": [str(Path(__file__).with_name("servers") / "dynamic.py")], "tools": "*", **extra,
+    }
+
+
 def http_manifest(name: str, url: str, **extra: Any) -> dict[str, Any]:
     return {"name": name, "owner": "platform@example.com", "transport": "http", "url": url, "tools": "*", **extra}
 
