@@ -88,6 +88,8 @@ def build_gateway(
 ) -> Gateway:
     """Wire the collaborators from configuration. Nothing is opened or started yet.
 
+    Call it inside the event loop that will run the gateway (its locks and events belong to it).
+
     Raises:
         ConfigError: agents.yaml or a manifest is invalid.
     """

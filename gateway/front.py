@@ -184,7 +184,8 @@ class _Handlers:
             if params.request_state is not None:
                 return await self.gw.exchanges.resume(principal.sid, params.request_state, params.input_responses, leg)
             admitted = await self.gw.pipeline.admit(
-                principal, params.name, self.view.resolve_tool(params.name), params.arguments, request_fields(ctx)
+                principal, params.name, self.view.resolve_tool(principal.grant, params.name), params.arguments,
+                request_fields(ctx),
             )
             if isinstance(admitted, types.CallToolResult):
                 return admitted

@@ -24,7 +24,7 @@ from gateway.audit import Audit
 from gateway.audit.records import Fingerprints
 from gateway.budgets import Budgets, stop_detail
 from gateway.errors import Stopped, UpstreamError
-from gateway.policy import decide
+from gateway.policy import NOT_GRANTED, decide
 from gateway.principal import Principal
 from gateway.upstream import Downstream, Upstream, Upstreams
 
@@ -83,7 +83,7 @@ class Pipeline:
         self,
         principal: Principal,
         exposed: str,
-        target: tuple[str, str] | None,
+        target: tuple[Upstream, str] | None,
         arguments: dict[str, Any] | None,
         context: dict[str, Any],
     ) -> Admitted | types.CallToolResult:
@@ -95,20 +95,18 @@ class Pipeline:
         """
         call_id = secrets.token_hex(8)
         identity = {**principal.audit_fields(), **context, "call_id": call_id}
-        upstream = self.upstreams.get(target[0]) if target else None
-        if target is None or upstream is None or target[1] not in upstream.tools():
+        if target is None:  # not granted, or no such tool: one answer for both
             await self.audit.emit("tool.call", durable=True, **identity, tool=exposed, decision="deny",
                                   reason="unknown_or_not_granted")
             raise unknown_tool(exposed)
-        server, tool = target
-        identity.update(server=server, tool=tool)
-        decision = decide(principal.grant, server, tool, arguments)
+        upstream, tool = target
+        identity.update(server=upstream.name, tool=tool)
+        decision = decide(principal.grant, upstream.name, tool, arguments)
+        if decision is NOT_GRANTED:  # the view already checked; kept so the gate never depends on the caller
+            raise unknown_tool(exposed)
         if not decision.allowed:
             await self.audit.emit("tool.call", durable=True, **identity, decision="deny",
-                                  reason=decision.reason if decision.reason != "argument" else "argument_constraint",
-                                  error=f"{decision.argument}: {decision.rule}" if decision.argument else None)
-            if decision.reason == "not_granted":
-                raise unknown_tool(exposed)
+                                  reason="argument_constraint", error=f"{decision.argument}: {decision.rule}")
             return error_result(
                 f"Invalid arguments for tool {exposed}: argument {decision.argument!r} {decision.rule}."
             )

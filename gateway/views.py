@@ -79,11 +79,20 @@ class View:
     def tool_name(self, server: str, tool: str) -> str | None:
         return tool if self.server is not None else self.names.tools.exposed(server, tool)
 
-    def resolve_tool(self, exposed: str) -> tuple[str, str] | None:
-        """(server, tool) for an exposed name; None when this view has no such name."""
-        if self.server is not None:
-            return self.server, exposed
-        return self.names.tools.resolve(exposed)
+    def resolve_tool(self, grant: Grant, exposed: str) -> tuple[Upstream, str] | None:
+        """The call gate: the upstream and tool an exposed name calls, if this agent may see it; else None.
+
+        The same questions `tools()` asks, so listing and calling cannot disagree.
+        """
+        target = (self.server, exposed) if self.server is not None else self.names.tools.resolve(exposed)
+        if target is None:
+            return None
+        upstream = self.upstreams.get(target[0])
+        if upstream is None or target[1] not in upstream.tools() or not grant.allows_tool(upstream.name, target[1]):
+            return None
+        if self.tool_name(upstream.name, target[1]) != exposed:
+            return None
+        return upstream, target[1]
 
     # prompts
 

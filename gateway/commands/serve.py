@@ -24,10 +24,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     configure(args.log_level)
     config = load_gateway_config(Path(args.config))
-    app = create_app(build_gateway(config))
+    config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     fast = importlib.util.find_spec("uvloop") is not None and importlib.util.find_spec("httptools") is not None
     uvicorn.run(
-        app,
+        lambda: create_app(build_gateway(config)),  # built inside the server's event loop
+        factory=True,
         host=config.listen.host,
         port=config.listen.port,
         log_config=None,

@@ -278,10 +278,9 @@ class Connection:
         return await self._ask(types.ElicitRequest(params=params))  # type: ignore[return-value]
 
     async def _roots(self, context: ClientRequestContext) -> types.ListRootsResult | types.ErrorData:
-        # Agents' roots describe their machines; only a per-session server may ask its own agent.
-        if self.owner_sid is None or not self._routes:
-            return types.ListRootsResult(roots=[])
-        return await self._ask(types.ListRootsRequest())  # type: ignore[return-value]
+        # An agent's roots are places on the agent's machine; the upstream runs on the gateway's.
+        # They mean nothing to it and would leak the agent's layout, so the gateway offers none.
+        return types.ListRootsResult(roots=[])
 
     async def _ask(self, request: types.InputRequest) -> types.InputResponse | types.ErrorData:
         route = self._route()

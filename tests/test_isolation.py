@@ -1,0 +1,200 @@
+"""Two agents on one gateway: each sees and calls exactly its grant, and nothing of the other's traffic."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import mcp_types as types
+import pytest
+from mcp.shared.exceptions import MCPError
+
+from tests.support.harness import Harness, everything_stdio_manifest, running_gateway, time_manifest
+
+pytestmark = pytest.mark.anyio
+
+AGENTS = {
+    "alice-bot": {
+        "owner": "alice@example.com",
+        "grant": {"tools": ["time.*", "everything.echo", "everything.trigger-*", "shared.*"]},
+    },
+    "bob-bot": {
+        "owner": "bob@example.com",
+        "grant": {"tools": ["time.get_current_time", "everything.*", "shared.*"], "resources": ["everything"]},
+    },
+}
+ALICE_TOOLS = {
+    "time__get_current_time", "time__convert_time", "everything__echo", "everything__trigger-long-running-operation",
+    "everything__trigger-sampling-request", "everything__trigger-elicitation-request",
+}
+
+
+@pytest.fixture(scope="module")
+async def gw(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Harness]:
+    manifests = [
+        time_manifest(),
+        everything_stdio_manifest(isolation="per_session"),
+        everything_stdio_manifest("shared", isolation="shared"),
+    ]
+    async with running_gateway(tmp_path_factory.mktemp("isolation"), manifests=manifests, agents=AGENTS) as gw:
+        yield gw
+
+
+async def unknown_tool_error(client: Any, name: str) -> types.ErrorData:
+    with pytest.raises(MCPError) as raised:
+        await client.call_tool(name, {})
+    return raised.value.error
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_each_agent_sees_exactly_its_grant_and_nothing_else_exists_for_it(gw: Harness, mode: str) -> None:
+    alice, bob = await gw.open_session("alice-bot"), await gw.open_session("bob-bot")
+    async with gw.client(alice, mode=mode) as a, gw.client(bob, mode=mode) as b:
+        alice_tools = {t.name for t in (await a.list_tools()).tools}
+        bob_tools = {t.name for t in (await b.list_tools()).tools}
+        assert ALICE_TOOLS <= alice_tools
+        assert alice_tools - ALICE_TOOLS <= {n for n in alice_tools if n.startswith(("everything__trigger-", "shared__"))}
+        assert "time__convert_time" not in bob_tools and "everything__get-sum" in bob_tools
+        assert "everything__get-sum" not in alice_tools
+
+        for name in sorted(alice_tools & {"time__get_current_time", "everything__echo"}):
+            args = {"timezone": "UTC"} if name.startswith("time") else {"message": "x"}
+            assert not (await a.call_tool(name, args)).is_error
+
+        denied = await unknown_tool_error(a, "everything__get-sum")
+        missing = await unknown_tool_error(a, "everything__no-such-tool")
+        assert (denied.code, denied.message) == (types.INVALID_PARAMS, "Unknown tool: everything__get-sum")
+        assert (missing.code, missing.message) == (types.INVALID_PARAMS, "Unknown tool: everything__no-such-tool")
+        assert denied.data == missing.data
+        bob_denied = await unknown_tool_error(b, "time__convert_time")
+        assert bob_denied.message == "Unknown tool: time__convert_time"
+
+        # Resources: bob's grant has them, alice's does not; for alice they do not exist.
+        assert (await b.list_resources()).resources
+        assert (await a.list_resources()).resources == []
+        uri = (await b.list_resources()).resources[0].uri
+        with pytest.raises(MCPError) as not_granted:
+            await a.read_resource(uri)
+        with pytest.raises(MCPError) as not_there:
+            await a.read_resource("everything+demo://no/such/resource")
+        assert not_granted.value.error.code == not_there.value.error.code
+        assert not_granted.value.error.message.replace(uri, "URI") == not_there.value.error.message.replace(
+            "everything+demo://no/such/resource", "URI"
+        )
+
+
+async def test_concurrent_callers_get_only_their_own_results_and_progress(gw: Harness) -> None:
+    alice, bob = await gw.open_session("alice-bot"), await gw.open_session("bob-bot")
+    progress: dict[str, list[float]] = {"alice": [], "bob": []}
+    results: dict[str, list[str]] = {"alice": [], "bob": []}
+
+    async def run(who: str, token: str, steps: int) -> None:
+        async def on_progress(value: float, total: float | None, message: str | None) -> None:
+            progress[who].append(value)
+            assert total == steps
+
+        async with gw.client(token) as client:
+            for i in range(5):
+                echo = await client.call_tool("everything__echo", {"message": f"{who}-{i}"})
+                results[who].append(echo.content[0].text)
+            await client.session.call_tool(
+                "everything__trigger-long-running-operation", {"duration": 0.2 * steps, "steps": steps},
+                progress_callback=on_progress,
+            )
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run, "alice", alice, 2)
+        tg.start_soon(run, "bob", bob, 4)
+    assert results == {w: [f"Echo: {w}-{i}" for i in range(5)] for w in ("alice", "bob")}
+    assert progress == {"alice": [1.0, 2.0], "bob": [1.0, 2.0, 3.0, 4.0]}
+
+
+def recording_sampler(who: str, seen: list[tuple[str, str]], gate: anyio.Event | None = None) -> Any:
+    async def sample(context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+        seen.append((who, params.messages[0].content.text))  # type: ignore[union-attr]
+        if gate is not None:
+            await gate.wait()
+        return types.CreateMessageResult(
+            role="assistant", model="m", content=types.TextContent(type="text", text=f"{who} answered")
+        )
+
+    return sample
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_sampling_goes_to_the_agent_whose_call_caused_it(gw: Harness, mode: str) -> None:
+    seen: list[tuple[str, str]] = []
+    alice, bob = await gw.open_session("alice-bot"), await gw.open_session("bob-bot")
+    async with (
+        gw.client(alice, mode=mode, sampling_callback=recording_sampler("alice", seen)) as a,
+        gw.client(bob, mode=mode, sampling_callback=recording_sampler("bob", seen)) as b,
+    ):
+        await b.list_tools()
+        for tool in ("everything__trigger-sampling-request", "shared__trigger-sampling-request"):
+            result = await a.call_tool(tool, {"prompt": "from-alice"})
+            assert "alice answered" in result.content[0].text
+    assert seen and all(who == "alice" and "from-alice" in text for who, text in seen)
+
+
+async def test_a_shared_server_refuses_requests_it_cannot_attribute_rather_than_guess(gw: Harness) -> None:
+    """Two callers in flight on one shared connection: a sampling request is never delivered to the wrong one."""
+    seen: list[tuple[str, str]] = []
+    gate = anyio.Event()
+    moved = {"alice": anyio.Event(), "bob": anyio.Event()}  # set when a caller was asked, or finished
+    outcomes: dict[str, str] = {}
+
+    def sampler(who: str) -> Any:
+        inner = recording_sampler(who, seen, gate)
+
+        async def sample(context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+            moved[who].set()
+            return await inner(context, params)  # type: ignore[no-any-return]
+
+        return sample
+
+    async def call(who: str, token: str, started: anyio.Event | None) -> None:
+        async with gw.client(token, mode="legacy", sampling_callback=sampler(who)) as client:
+            if started is not None:
+                await started.wait()
+            try:
+                result = await client.call_tool("shared__trigger-sampling-request", {"prompt": f"from-{who}"})
+                outcomes[who] = str(result.content)
+            except MCPError as exc:
+                outcomes[who] = exc.message
+        moved[who].set()
+
+    alice, bob = await gw.open_session("alice-bot"), await gw.open_session("bob-bot")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(call, "alice", alice, None)
+        tg.start_soon(call, "bob", bob, moved["alice"])  # bob calls while alice's call waits on its answer
+        with anyio.fail_after(15):
+            await moved["bob"].wait()
+        gate.set()
+    assert ("alice", "Resource trigger-sampling-request context: from-alice") in seen
+    assert all(text.endswith(f"from-{who}") for who, text in seen), seen
+    assert "bob" not in {who for who, _ in seen}, "bob's request arrived while two calls were in flight"
+    assert set(outcomes) == {"alice", "bob"}
+
+
+async def test_logs_of_a_per_session_server_reach_only_its_own_agent(gw: Harness) -> None:
+    alice_lines: list[Any] = []
+    bob_lines: list[Any] = []
+    got = anyio.Event()
+
+    async def alice_log(params: types.LoggingMessageNotificationParams) -> None:
+        alice_lines.append(params)
+        got.set()
+
+    async def bob_log(params: types.LoggingMessageNotificationParams) -> None:
+        bob_lines.append(params)
+
+    alice, bob = await gw.open_session("alice-bot"), await gw.open_session("bob-bot")
+    async with (
+        gw.client(bob, mode="legacy", logging_callback=bob_log) as b,
+        gw.client(alice, mode="legacy", logging_callback=alice_log) as a,
+    ):
+        await b.call_tool("everything__toggle-simulated-logging", {})
+        await b.call_tool("everything__toggle-simulated-logging", {})
+        await a.list_tools()
+    assert bob_lines and not alice_lines
