@@ -21,8 +21,9 @@ AGENTS = {
     },
     "bob-bot": {
         "owner": "bob@example.com",
-        "grant": {"tools": ["time.get_current_time", "everything.*", "shared.*"], "resources": ["everything"]},
+        "grant": {"tools": ["time.get_current_time", "everything.*", "shared.*"], "resources": ["everything", "shared"]},
     },
+    "carol-bot": {"owner": "carol@example.com", "grant": {"tools": ["shared.*"], "resources": ["shared"]}},
 }
 ALICE_TOOLS = {
     "time__get_current_time", "time__convert_time", "everything__echo", "everything__trigger-long-running-operation",
@@ -51,7 +52,9 @@ async def unknown_tool_error(client: Any, name: str) -> types.ErrorData:
 async def test_each_agent_sees_exactly_its_grant_and_nothing_else_exists_for_it(gw: Harness, mode: str) -> None:
     alice, bob = await gw.open_session("alice-bot"), await gw.open_session("bob-bot")
     async with gw.client(alice, mode=mode) as a, gw.client(bob, mode=mode) as b:
-        alice_tools = {t.name for t in (await a.list_tools()).tools}
+        listed = await a.list_tools()
+        assert listed.cache_scope == "private"  # a filtered list is never publicly cacheable
+        alice_tools = {t.name for t in listed.tools}
         bob_tools = {t.name for t in (await b.list_tools()).tools}
         assert ALICE_TOOLS <= alice_tools
         assert alice_tools - ALICE_TOOLS <= {n for n in alice_tools if n.startswith(("everything__trigger-", "shared__"))}
@@ -198,3 +201,75 @@ async def test_logs_of_a_per_session_server_reach_only_its_own_agent(gw: Harness
         await b.call_tool("everything__toggle-simulated-logging", {})
         await a.list_tools()
     assert bob_lines and not alice_lines
+
+
+async def test_a_paused_calls_request_state_is_useless_to_another_session(gw: Harness) -> None:
+    alice, bob = await gw.open_session("alice-bot"), await gw.open_session("bob-bot")
+    async with gw.client(alice, mode="auto") as a, gw.client(bob, mode="auto") as b:
+        paused = await a.session.call_tool(
+            "everything__trigger-sampling-request", {"prompt": "x"}, allow_input_required=True
+        )
+        assert isinstance(paused, types.InputRequiredResult) and paused.request_state
+        (key,) = paused.input_requests or {}
+        answer = types.CreateMessageResult(role="assistant", model="m",
+                                           content=types.TextContent(type="text", text="stolen"))
+        for client, state in ((b, paused.request_state), (a, paused.request_state[:-3] + "abc")):
+            with pytest.raises(MCPError) as refused:
+                await client.session.call_tool(
+                    "everything__trigger-sampling-request", {"prompt": "x"}, input_responses={key: answer},
+                    request_state=state, allow_input_required=True,
+                )
+            assert "requestState is invalid" in refused.value.message
+        done = await a.session.call_tool(
+            "everything__trigger-sampling-request", {"prompt": "x"}, input_responses={key: answer},
+            request_state=paused.request_state, allow_input_required=True,
+        )
+        assert isinstance(done, types.CallToolResult) and "stolen" in done.content[0].text
+
+
+async def test_shared_subscriptions_are_refcounted_and_delivered_only_to_subscribers(gw: Harness) -> None:
+    first, second = "demo://resource/static/document/architecture.md", "demo://resource/dynamic/text/1"
+    got: dict[str, list[str]] = {"bob": [], "carol": []}
+    arrived = {"bob": anyio.Condition(), "carol": anyio.Condition()}
+
+    def handler(who: str) -> Any:
+        async def on_message(message: Any) -> None:
+            if isinstance(message, types.ResourceUpdatedNotification):
+                async with arrived[who]:
+                    got[who].append(message.params.uri)
+                    arrived[who].notify_all()
+
+        return on_message
+
+    async def until(who: str, count: int) -> None:
+        with anyio.fail_after(10):
+            async with arrived[who]:
+                while len(got[who]) < count:
+                    await arrived[who].wait()
+
+    alice, bob, carol = [await gw.open_session(a) for a in ("alice-bot", "bob-bot", "carol-bot")]
+    url = gw.server_url("shared")
+    async with (
+        gw.client(alice, mode="legacy", url=url) as a,
+        gw.client(bob, mode="legacy", message_handler=handler("bob"), url=url) as b,
+        gw.client(carol, mode="legacy", message_handler=handler("carol"), url=url) as c,
+    ):
+        with pytest.raises(MCPError):  # alice's grant has no resources: the URI does not exist for her
+            await a.session.subscribe_resource(first)
+        await b.session.subscribe_resource(first)
+        await c.session.subscribe_resource(first)
+        await c.session.subscribe_resource(second)
+
+        await c.call_tool("toggle-subscriber-updates", {})  # the server sends one round now
+        await until("bob", 1)
+        await until("carol", 2)
+        await c.call_tool("toggle-subscriber-updates", {})
+        assert got["bob"] == [first] and sorted(got["carol"]) == sorted([first, second])
+
+        await c.session.unsubscribe_resource(first)  # bob still holds `first` upstream
+        await c.call_tool("toggle-subscriber-updates", {})
+        await until("bob", 2)
+        await until("carol", 3)
+        await c.call_tool("toggle-subscriber-updates", {})
+    assert got["bob"] == [first, first]
+    assert got["carol"][2:] == [second]
