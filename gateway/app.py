@@ -118,11 +118,11 @@ def build_gateway(
         budgets=budgets,
         pipeline=Pipeline(upstreams, budgets, audit, fingerprints, clock),
         fanout=Fanout(),
-        exchanges=None,  # type: ignore[arg-type]  # needs spawn; set below
+        # Paused calls run in the app's task group, which exists once the lifespan has started.
+        exchanges=Exchanges(Sealer(load_key(config.state_dir / "state.key")), lambda *a: gateway.spawn(*a), clock),
         fingerprints=fingerprints,
         credential_key=load_key(config.state_dir / "credential.key"),
     )
-    gateway.exchanges = Exchanges(Sealer(load_key(config.state_dir / "state.key")), gateway.spawn, clock)
     return gateway
 
 
