@@ -1,0 +1,285 @@
+"""What the gateway costs per tool call, measured against calling the upstream directly.
+
+    .venv/bin/python benchmarks/overhead.py [--calls 10000] [--sequential 300] [--clients 8] [--profile]
+
+Starts real upstreams (server-everything over stdio, mcp-server-time, mcp-server-git) and the
+gateway as its own process with every control on (JWT auth, session check, grant decision,
+budget reserve/settle, durable audit), then drives both paths with the official SDK client:
+sequential p50/p99 latency, calls/s with 1 and N concurrent clients, the gateway process's own
+CPU time per call (its counters only; upstream processes excluded) and its RSS. With --profile
+the gateway runs under pyinstrument and the report is written next to the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import psutil
+import yaml
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+
+REPO = Path(__file__).resolve().parents[1]
+EVERYTHING = REPO / "node_modules" / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
+RESULTS = REPO / "benchmarks" / "results"
+
+
+@dataclass
+class Run:
+    path: str
+    p50_ms: float
+    p99_ms: float
+    seq_calls: int
+    rps_1: float
+    rps_n: float
+    clients: int
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+async def sequential(call: Callable[[], Awaitable[Any]], n: int) -> list[float]:
+    for _ in range(20):  # warm up
+        await call()
+    samples = []
+    for _ in range(n):
+        start = time.perf_counter()
+        await call()
+        samples.append((time.perf_counter() - start) * 1000)
+    return samples
+
+
+async def throughput(connect: Callable[[], Any], clients: int, total: int) -> float:
+    per_client = total // clients
+    ready = anyio.Event()
+    started: list[float] = []
+
+    async def worker() -> None:
+        async with connect() as call:
+            await call()
+            started.append(time.perf_counter())
+            if len(started) == clients:
+                ready.set()
+            await ready.wait()
+            for _ in range(per_client):
+                await call()
+
+    begin = 0.0
+    async with anyio.create_task_group() as tg:
+        for _ in range(clients):
+            tg.start_soon(worker)
+        await ready.wait()
+        begin = time.perf_counter()
+    return per_client * clients / (time.perf_counter() - begin)
+
+
+def echo(client: Client) -> Callable[[], Awaitable[Any]]:
+    async def call() -> Any:
+        result = await client.call_tool("echo", {"message": "benchmark"})
+        assert not result.is_error
+
+    return call
+
+
+@contextlib.asynccontextmanager
+async def direct() -> AsyncIterator[Callable[[], Awaitable[Any]]]:
+    params = StdioServerParameters(command="node", args=[str(EVERYTHING), "stdio"])
+    async with Client(params, cache=None) as client:
+        yield echo(client)
+
+
+def via_gateway(url: str, token: str, mode: str) -> Callable[[], Any]:
+    @contextlib.asynccontextmanager
+    async def connect() -> AsyncIterator[Callable[[], Awaitable[Any]]]:
+        async with create_mcp_http_client(headers={"Authorization": f"Bearer {token}"}) as http:
+            async with Client(streamable_http_client(url, http_client=http), mode=mode, cache=None) as client:
+                yield echo(client)
+
+    return connect
+
+
+def write_config(root: Path, port: int) -> Path:
+    manifests = root / "manifests"
+    manifests.mkdir()
+    for name, manifest in {
+        "everything": {"transport": "stdio", "command": "node", "args": [str(EVERYTHING), "stdio"],
+                       "tools": "*", "isolation": "shared"},
+        "time": {"transport": "stdio", "command": "python", "args": ["-m", "mcp_server_time"], "tools": "*"},
+        "git": {"transport": "stdio", "command": "python", "args": ["-m", "mcp_server_git"], "tools": "*"},
+    }.items():
+        (manifests / f"{name}.yaml").write_text(yaml.safe_dump({"name": name, "owner": "b@example.com", **manifest}))
+    (root / "agents.yaml").write_text(yaml.safe_dump({"agents": {"bench-bot": {
+        "owner": "bench@example.com",
+        "grant": {
+            "tools": ["everything.echo", "time.*"],
+            "arguments": {"everything.echo": {"message": {"pattern": "[a-z]+", "max_length": 64}}},
+            "budget": {"session_calls": 10_000_000, "session_tokens": 10_000_000_000, "session_ttl": "8h",
+                       "idle_timeout": "1h"},
+        },
+    }}}))
+    config = {
+        "public_url": f"http://127.0.0.1:{port}", "listen": {"host": "127.0.0.1", "port": port},
+        "state_dir": "./state", "signing_key": "./state/signing.pem", "store": "sqlite:///state/gateway.db",
+        "audit": {"path": "./state/audit.jsonl"}, "manifests": "./manifests", "agents": "./agents.yaml",
+    }
+    (root / "gateway.yaml").write_text(yaml.safe_dump(config))
+    return root / "gateway.yaml"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_gateway(config: Path, profile: Path | None) -> subprocess.Popen[bytes]:
+    cli = [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--log-level", "WARNING"]
+    if profile is not None:
+        cli = [sys.executable, "-m", "pyinstrument", "-r", "text", "-o", str(profile), "-m", "gateway",
+               *cli[3:]]
+    return subprocess.Popen(cli, cwd=config.parent, stdout=subprocess.DEVNULL)
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit("the gateway exited during startup")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise SystemExit("the gateway did not become ready in 30s")
+
+
+def gateway_process(process: subprocess.Popen[bytes]) -> psutil.Process:
+    """The gateway's own process (under pyinstrument it is the same process)."""
+    return psutil.Process(process.pid)
+
+
+async def measure(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "machine": machine()}
+    async with direct() as call:
+        samples = await sequential(call, args.sequential)
+
+    @contextlib.asynccontextmanager
+    async def direct_connect() -> AsyncIterator[Callable[[], Awaitable[Any]]]:
+        async with direct() as call:
+            yield call
+
+    runs = [Run("direct stdio", statistics.median(samples), percentile(samples, 0.99), args.sequential,
+                await throughput(direct_connect, 1, args.throughput),
+                await throughput(direct_connect, args.clients, args.throughput), args.clients)]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        config = write_config(Path(tmp), port)
+        profile = RESULTS / "profile.txt" if args.profile else None
+        process = start_gateway(config, profile)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_ready(url, process)
+            token = subprocess.run(
+                [sys.executable, "-m", "gateway", "sessions", "open", "--config", str(config), "--agent",
+                 "bench-bot", "--task", "benchmark"], check=True, capture_output=True, text=True,
+            ).stdout.strip()
+            gateway = gateway_process(process)
+            for mode, label in (("auto", "gateway 2026-07-28"), ("legacy", "gateway 2025-11-25")):
+                connect = via_gateway(f"{url}/servers/everything/mcp", token, mode)
+                async with connect() as call:
+                    samples = await sequential(call, args.sequential)
+                runs.append(Run(label, statistics.median(samples), percentile(samples, 0.99), args.sequential,
+                                await throughput(connect, 1, args.throughput),
+                                await throughput(connect, args.clients, args.throughput), args.clients))
+
+            connect = via_gateway(f"{url}/servers/everything/mcp", token, "auto")
+            cpu_runs = []
+            for _ in range(2):  # twice: RSS must not grow between runs
+                me = psutil.Process()
+                before, mine = gateway.cpu_times(), me.cpu_times()
+                wall = time.perf_counter()
+                await throughput(connect, args.clients, args.calls)
+                wall = time.perf_counter() - wall
+                after, mine_after = gateway.cpu_times(), me.cpu_times()
+                used = (after.user - before.user) + (after.system - before.system)
+                client = (mine_after.user - mine.user) + (mine_after.system - mine.system)
+                cpu_runs.append({
+                    "calls": args.calls,
+                    "gateway_cpu_ms_per_call": round(used / args.calls * 1000, 3),
+                    "client_cpu_share": round(client / wall / psutil.cpu_count(), 3),
+                    "gateway_cpu_share": round(used / wall / psutil.cpu_count(), 3),
+                    "calls_per_s": round(args.calls / wall, 1),
+                    "gateway_rss_mb": round(gateway.memory_info().rss / 2**20, 1),
+                })
+            out["cpu"] = cpu_runs
+        finally:
+            process.send_signal(2)
+            process.wait(30)
+    out["runs"] = [asdict(r) for r in runs]
+    base = runs[0]
+    out["ratios"] = {r.path: {"p50": round(r.p50_ms / base.p50_ms, 2), "rps_n": round(r.rps_n / base.rps_n, 2)}
+                     for r in runs[1:]}
+    return out
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {psutil.cpu_count()} cores, {round(psutil.virtual_memory().total / 2**30)} GiB, " \
+           f"Python {platform.python_version()}, {platform.system()} {platform.release()}"
+
+
+def report(out: dict[str, Any]) -> str:
+    lines = [f"{out['date']} on {out['machine']}", "",
+             f"| path | p50 ms | p99 ms | calls/s, 1 client | calls/s, {out['runs'][0]['clients']} clients |",
+             "|---|---|---|---|---|"]
+    for r in out["runs"]:
+        lines.append(f"| {r['path']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['rps_1']:.0f} | {r['rps_n']:.0f} |")
+    lines += ["", "| ratio to direct stdio | p50 | calls/s (N clients) |", "|---|---|---|"]
+    lines += [f"| {k} | {v['p50']}x | {v['rps_n']}x |" for k, v in out["ratios"].items()]
+    lines += ["", "| run | calls | gateway CPU ms/call | calls/s | gateway RSS MB | client CPU share | gateway CPU share |",
+              "|---|---|---|---|---|---|---|"]
+    lines += [f"| {i + 1} | {c['calls']} | {c['gateway_cpu_ms_per_call']} | {c['calls_per_s']} | "
+              f"{c['gateway_rss_mb']} | {c['client_cpu_share']} | {c['gateway_cpu_share']} |"
+              for i, c in enumerate(out["cpu"])]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=10_000, help="calls per CPU/RSS run (default %(default)s)")
+    parser.add_argument("--sequential", type=int, default=300, help="sequential calls for p50/p99")
+    parser.add_argument("--throughput", type=int, default=2_000, help="calls per throughput measurement")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--profile", action="store_true", help="run the gateway under pyinstrument")
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = anyio.run(measure, args)
+    (RESULTS / "overhead.json").write_text(json.dumps(out, indent=2))
+    text = report(out)
+    (RESULTS / "overhead.md").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
