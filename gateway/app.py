@@ -30,7 +30,10 @@ from gateway.errors import Unavailable
 from gateway.exchanges import Exchanges
 from gateway.fanout import Fanout
 from gateway.front import Front
+from gateway.admin import admin_routes
 from gateway.identity.keys import KeyRing
+from gateway.identity.oauth import OAuth
+from gateway.identity.shared import SharedCredentialDetector
 from gateway.identity.tokens import Tokens
 from gateway.manifests import UpstreamSpec, load_manifests
 from gateway.pipeline import Pipeline
@@ -65,6 +68,7 @@ class Gateway:
     exchanges: Exchanges
     fingerprints: Fingerprints
     credential_key: bytes
+    shared: SharedCredentialDetector
     task_group: anyio.abc.TaskGroup | None = None
     ready: anyio.Event = field(default_factory=anyio.Event)  # set once startup has finished
 
@@ -122,7 +126,9 @@ def build_gateway(
         exchanges=Exchanges(Sealer(load_key(config.state_dir / "state.key")), lambda *a: gateway.spawn(*a), clock),
         fingerprints=fingerprints,
         credential_key=load_key(config.state_dir / "credential.key"),
+        shared=None,  # type: ignore[arg-type]  # reports through spawn; set below
     )
+    gateway.shared = SharedCredentialDetector(config.shared_credentials, _shared_reporter(gateway))
     return gateway
 
 
@@ -142,6 +148,8 @@ def create_app(gateway: Gateway) -> Starlette:
         for path, view in views.items()
     }
     edge_apps = {path: StreamableHTTPASGIApp(manager) for path, manager in managers.items()}
+    edge = Edge(gateway, edge_apps)
+    oauth = OAuth(gateway, edge.failures)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -151,6 +159,7 @@ def create_app(gateway: Gateway) -> Starlette:
             gateway.keys.load()
             await gateway.audit.open()
             stack.push_async_callback(gateway.audit.close)
+            stack.push_async_callback(oauth.idps.close)
             await gateway.agents.sync(gateway.clock())
             await gateway.audit.emit("gateway.started", public_url=config.public_url,
                                      servers=sorted(gateway.upstreams.servers))
@@ -182,8 +191,9 @@ def create_app(gateway: Gateway) -> Starlette:
         Route("/.well-known/oauth-authorization-server", _as_metadata(config)),
         Route("/jwks.json", _jwks(gateway)),
         Route("/.well-known/oauth-protected-resource{path:path}", _pr_metadata(config, set(views))),
+        *oauth.routes(),
+        *admin_routes(gateway, edge.failures),
     ]
-    edge = Edge(gateway, edge_apps)
     app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(_EdgeMiddleware, edge=edge)])
     app.state.gateway = gateway
     return app
@@ -198,6 +208,19 @@ class _EdgeMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.edge(scope, receive, send)
+
+
+def _shared_reporter(gateway: Gateway) -> Callable[[dict[str, Any]], None]:
+    async def record(fields: dict[str, Any]) -> None:
+        try:
+            await gateway.audit.emit("credential.shared_suspected", durable=True, **fields)
+        except Unavailable:
+            log.warning("credential.shared_suspected could not be audited: %s", fields)
+
+    def report(fields: dict[str, Any]) -> None:
+        gateway.spawn(record, fields)
+
+    return report
 
 
 def _on_change(gateway: Gateway) -> Callable[[str, str], Any]:

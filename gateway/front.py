@@ -70,6 +70,7 @@ def request_fields(ctx: Ctx) -> dict[str, Any]:
 LEGACY_RESOURCE_NOT_FOUND = -32002  # 2025-11-25; retired in 2026-07-28, which uses -32602
 STOPPED = -32010  # a budget, rate or loop stop on a method other than tools/call
 UNAVAILABLE = -32011  # store or audit sink unavailable: nothing was forwarded
+CREDENTIAL_SHARED = -32012  # shared_credentials.block: a client beyond the agent's distinct-client limit
 
 
 def resource_not_found(ctx: Ctx, uri: str) -> MCPError:
@@ -159,6 +160,12 @@ class _Handlers:
 
     def _principal(self, ctx: Ctx) -> Principal:
         principal = principal_of(ctx)
+        params = ctx.session.client_params
+        info = params.client_info if params is not None else None
+        fingerprint = (principal.remote_addr, info.name if info else None, info.version if info else None)
+        if not self.gw.shared.observe(principal.agent.id, fingerprint):
+            raise MCPError(CREDENTIAL_SHARED, "Refused: this agent's credential is in use by more clients than "
+                           "allowed (shared_credentials); use a credential of your own")
         mcp_session = ctx.request.headers.get("mcp-session-id") if ctx.request is not None else None
         if mcp_session and not is_modern(ctx):
             self.gw.fanout.remember(mcp_session, Listener(principal.sid, self.view, session=ctx.session))
