@@ -135,3 +135,32 @@ async def identity_provider() -> AsyncIterator[IdP]:
 
 def exchange_form(subject_token: str, **extra: Any) -> dict[str, Any]:
     return {"grant_type": TOKEN_EXCHANGE, "subject_token": subject_token, "subject_token_type": JWT_TYPE, **extra}
+
+
+INITIALIZE = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+    "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "probe", "version": "1"}}}
+
+
+@contextlib.asynccontextmanager
+async def legacy_session(gw: Harness, access_token: str, path: str = "/mcp") -> AsyncIterator[
+        tuple[httpx.AsyncClient, dict[str, str]]]:
+    """A 2025-11-25 MCP session over plain HTTP; yields the client and the headers every request needs."""
+    headers = {"Authorization": f"Bearer {access_token}", "Accept": "application/json, text/event-stream"}
+    async with httpx.AsyncClient(base_url=gw.url, timeout=10) as http:
+        init = await http.post(path, json=INITIALIZE, headers=headers)
+        assert init.status_code == 200, init.text
+        headers = {**headers, "mcp-session-id": init.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+        done = await http.post(path, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers)
+        assert done.status_code == 202, done.text
+        yield http, headers
+
+
+async def read_stream(response: httpx.Response, lines: list[str], first_line: anyio.Event) -> None:
+    """Collect an SSE response's lines until the server ends it (cleanly or by dropping the connection)."""
+    try:
+        async for line in response.aiter_lines():
+            if line.startswith("data:"):
+                lines.append(line)
+                first_line.set()
+    except (httpx.RemoteProtocolError, httpx.ReadError):
+        pass
