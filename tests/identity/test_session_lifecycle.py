@@ -148,3 +148,71 @@ async def test_ending_a_session_ends_its_in_flight_sse_response(tmp_path):
                         await progressed.wait()
                         await Operations(gw.gateway, "test").end_session(session.sid, "revoked")
         assert lines and all('"result"' not in line for line in lines)
+
+
+async def test_a_restart_on_the_same_state_keeps_live_sessions_and_revocations(tmp_path):
+    async with running_gateway(tmp_path, manifests=[]) as gw:
+        port = gw.port
+        _, live = await gw.gateway.sessions.open("alice-bot", via="test")
+        revoked_session, revoked = await gw.gateway.sessions.open("alice-bot", via="test")
+        await Operations(gw.gateway, "test").end_session(revoked_session.sid, "revoked")
+    async with running_gateway(tmp_path, manifests=[], port=port) as gw:
+        assert (await mcp_status(gw, live)).status_code == 200
+        _refused(await mcp_status(gw, revoked))
+
+
+async def test_renewal_keeps_the_session_id_and_its_budget(tmp_path):
+    agents = {**DEFAULT_AGENTS, "budget-bot": {"owner": "b@example.com", "grant": {
+        "tools": ["time.*"], "budget": {"session_calls": 10, "session_ttl": "1h"}}}}
+    async with running_gateway(tmp_path, manifests=[time_manifest()], agents=agents) as gw:
+        secret = await give_secret(gw, "budget-bot")
+        first = await client_credentials(gw, "budget-bot", secret, ttl="5m", task="renew me")
+        assert not (await call_time(gw, first["access_token"])).is_error
+        gw.clock.advance(4 * 60)
+        renewed = await client_credentials(gw, "budget-bot", secret, session_id=first["session_id"], ttl="5m")
+        assert renewed["session_id"] == first["session_id"]
+        gw.clock.advance(2 * 60)  # past the first token's expiry, inside the renewed one
+        _refused(await mcp_status(gw, first["access_token"]))
+        assert not (await call_time(gw, renewed["access_token"])).is_error
+        session = await gw.gateway.store.get_session(first["session_id"])
+        assert session is not None and session.calls == 2 and session.calls_limit == 10
+        assert session.task == "renew me"
+
+        other = await give_secret(gw, "bob-bot")
+        stolen = await token(gw, {"grant_type": "client_credentials", "session_id": first["session_id"]},
+                             basic("bob-bot", other))
+        assert stolen.status_code == 400 and stolen.json()["error"] == "invalid_grant"
+        gw.clock.advance(3600)
+        late = await token(gw, {"grant_type": "client_credentials", "session_id": first["session_id"]},
+                           basic("budget-bot", secret))
+        assert late.status_code == 400 and late.json()["error"] == "invalid_grant"
+
+
+async def test_max_active_sessions_refuses_one_session_too_many(tmp_path):
+    agents = {"capped-bot": {"owner": "c@example.com", "grant": {"budget": {"max_active_sessions": 2}}}}
+    async with running_gateway(tmp_path, manifests=[], agents=agents) as gw:
+        secret = await give_secret(gw, "capped-bot")
+        first = await client_credentials(gw, "capped-bot", secret)
+        await client_credentials(gw, "capped-bot", secret)
+        refused = await token(gw, {"grant_type": "client_credentials"}, basic("capped-bot", secret))
+        assert refused.status_code == 400
+        assert refused.json()["error"] == "access_denied"
+        assert "max_active_sessions" in refused.json()["error_description"]
+        async with gw.http() as http:
+            await http.post("/oauth/revoke", data={"token": first["access_token"]})
+        await client_credentials(gw, "capped-bot", secret)  # closing one makes room
+
+
+async def test_keys_rotate_leaves_live_tokens_working_and_new_tokens_use_the_new_key(tmp_path):
+    async with running_gateway(tmp_path, manifests=[]) as gw:
+        _, before = await gw.gateway.sessions.open("alice-bot", via="test")
+        old_kid = jwt.get_unverified_header(before)["kid"]
+        assert "signing with" in await cli(gw, "keys", "rotate")
+        gw.gateway.keys.refresh(force=True)  # the gateway would notice within a second by itself
+        _, after = await gw.gateway.sessions.open("alice-bot", via="test")
+        assert jwt.get_unverified_header(after)["kid"] != old_kid
+        assert (await mcp_status(gw, before)).status_code == 200
+        assert (await mcp_status(gw, after)).status_code == 200
+        async with gw.http() as http:
+            kids = {k["kid"] for k in (await http.get("/jwks.json")).json()["keys"]}
+        assert old_kid in kids and len(kids) == 2
