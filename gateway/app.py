@@ -126,9 +126,8 @@ def build_gateway(
         exchanges=Exchanges(Sealer(load_key(config.state_dir / "state.key")), lambda *a: gateway.spawn(*a), clock),
         fingerprints=fingerprints,
         credential_key=load_key(config.state_dir / "credential.key"),
-        shared=None,  # type: ignore[arg-type]  # reports through spawn; set below
+        shared=SharedCredentialDetector(config.shared_credentials),
     )
-    gateway.shared = SharedCredentialDetector(config.shared_credentials, _shared_reporter(gateway))
     return gateway
 
 
@@ -208,19 +207,6 @@ class _EdgeMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.edge(scope, receive, send)
-
-
-def _shared_reporter(gateway: Gateway) -> Callable[[dict[str, Any]], None]:
-    async def record(fields: dict[str, Any]) -> None:
-        try:
-            await gateway.audit.emit("credential.shared_suspected", durable=True, **fields)
-        except Unavailable:
-            log.warning("credential.shared_suspected could not be audited: %s", fields)
-
-    def report(fields: dict[str, Any]) -> None:
-        gateway.spawn(record, fields)
-
-    return report
 
 
 def _on_change(gateway: Gateway) -> Callable[[str, str], Any]:

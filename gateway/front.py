@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import mcp_types as types
 from mcp.server.connection import allowed_log_levels
-from mcp.server.context import ServerRequestContext
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import ServerMessageMetadata
@@ -150,7 +150,37 @@ class Front:
             on_completion=handlers.complete,
         )
         server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, handlers.set_level)
+        server.middleware.append(_SharedCredentialCheck(self.gw))
         return server
+
+
+class _SharedCredentialCheck:
+    """Every request's client fingerprint goes to the shared-credential detector before it is handled."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+
+    async def __call__(self, ctx: Ctx, call_next: CallNext) -> HandlerResult:
+        principal = ctx.request.scope.get(PRINCIPAL) if ctx.request is not None else None
+        if ctx.request_id is None or not isinstance(principal, Principal):
+            return await call_next(ctx)
+        if ctx.session.client_params is not None:
+            info: Any = ctx.session.client_params.client_info.model_dump()
+        else:  # initialize: the session learns its client only after the handshake
+            info = (ctx.params or {}).get("clientInfo")
+        info = info if isinstance(info, dict) else {}
+        fingerprint = (principal.remote_addr, str(info.get("name")), str(info.get("version")))
+        verdict = self.gw.shared.observe(principal.agent.id, fingerprint)
+        if verdict.report is not None:
+            try:
+                await self.gw.audit.emit("credential.shared_suspected", durable=True,
+                                         **{**principal.audit_fields(), **verdict.report})
+            except Unavailable as exc:
+                raise unavailable_error(exc) from None
+        if not verdict.allowed:
+            raise MCPError(CREDENTIAL_SHARED, "Refused: this agent's credential is in use by more clients than "
+                           "allowed (shared_credentials); use a credential of your own")
+        return await call_next(ctx)
 
 
 class _Handlers:
@@ -160,12 +190,6 @@ class _Handlers:
 
     def _principal(self, ctx: Ctx) -> Principal:
         principal = principal_of(ctx)
-        params = ctx.session.client_params
-        info = params.client_info if params is not None else None
-        fingerprint = (principal.remote_addr, info.name if info else None, info.version if info else None)
-        if not self.gw.shared.observe(principal.agent.id, fingerprint):
-            raise MCPError(CREDENTIAL_SHARED, "Refused: this agent's credential is in use by more clients than "
-                           "allowed (shared_credentials); use a credential of your own")
         mcp_session = ctx.request.headers.get("mcp-session-id") if ctx.request is not None else None
         if mcp_session and not is_modern(ctx):
             self.gw.fanout.remember(mcp_session, Listener(principal.sid, self.view, session=ctx.session))

@@ -12,25 +12,33 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Any
 
 from gateway.config import SharedCredentials
 
 Fingerprint = tuple[str | None, str | None, str | None]  # remote address, clientInfo name, clientInfo version
-Report = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    report: dict[str, Any] | None = None  # the fields of a credential.shared_suspected record to write
+
+
+ALLOWED = Verdict(True)
 
 
 class SharedCredentialDetector:
-    def __init__(self, settings: SharedCredentials, report: Report, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, settings: SharedCredentials, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
-        self.report = report
         self.clock = clock
         self._seen: dict[str, OrderedDict[Fingerprint, float]] = {}  # agent -> admitted fingerprint -> last seen
         self._excess: dict[str, dict[Fingerprint, float]] = {}  # agent -> refused/flagged fingerprint -> reported at
 
-    def observe(self, agent: str, fingerprint: Fingerprint) -> bool:
-        """Record one request of `agent` from `fingerprint`; False when it must be refused."""
+    def observe(self, agent: str, fingerprint: Fingerprint) -> Verdict:
+        """Record one request of `agent` from `fingerprint`: whether to serve it, and what to report."""
         now = self.clock()
         window = self.settings.window
         seen = self._seen.setdefault(agent, OrderedDict())
@@ -41,20 +49,20 @@ class SharedCredentialDetector:
         if fingerprint in seen or len(seen) < self.settings.max_fingerprints:
             seen[fingerprint] = now
             seen.move_to_end(fingerprint)
-            return True
+            return ALLOWED
         excess = self._excess.setdefault(agent, {})
         for old, at in list(excess.items()):
             if now - at >= window:
                 del excess[old]
-        reported = excess.get(fingerprint)
-        if reported is None:
+        report = None
+        if fingerprint not in excess:
             excess[fingerprint] = now
-            self.report({
-                "agent": agent, "remote_addr": fingerprint[0], "client": fingerprint[1], "client_version": fingerprint[2],
+            report = {
+                "remote_addr": fingerprint[0], "client": fingerprint[1], "client_version": fingerprint[2],
                 "fingerprints": len(seen) + 1, "max_fingerprints": self.settings.max_fingerprints,
                 "window_s": window, "blocked": self.settings.block,
-            })
+            }
         if self.settings.block:
-            return False
+            return Verdict(False, report)
         seen[fingerprint] = now
-        return True
+        return Verdict(True, report)
