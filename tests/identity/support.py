@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import json
 import socket
 import time
@@ -23,12 +24,25 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from gateway.cli import main
 from gateway.operations import Operations
 from tests.support.harness import Harness, free_port
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+
+
+async def cli(gw: Harness, *argv: str, status: int = 0) -> str:
+    """Run an operator command the way a shell would (its own event loop, its own store connection)."""
+    out = io.StringIO()
+
+    def run() -> int:
+        with contextlib.redirect_stdout(out):
+            return main([*argv, "--config", str(gw.root / "gateway.yaml")])
+
+    assert await anyio.to_thread.run_sync(run) == status
+    return out.getvalue()
 
 
 async def give_secret(gw: Harness, agent: str) -> str:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 from typing import Any
 
 import anyio
@@ -11,11 +9,11 @@ import httpx
 import jwt
 import pytest
 
-from gateway.cli import main
 from gateway.operations import Operations
 from tests.identity.support import (
     basic,
     call_time,
+    cli,
     client_credentials,
     give_secret,
     legacy_session,
@@ -26,18 +24,6 @@ from tests.identity.support import (
 from tests.support.harness import DEFAULT_AGENTS, Harness, everything_stdio_manifest, running_gateway, time_manifest
 
 pytestmark = pytest.mark.anyio
-
-
-async def cli(gw: Harness, *argv: str) -> str:
-    """Run an operator command the way a shell would (its own event loop, its own store connection)."""
-    out = io.StringIO()
-
-    def run() -> int:
-        with contextlib.redirect_stdout(out):
-            return main([*argv, "--config", str(gw.root / "gateway.yaml")])
-
-    assert await anyio.to_thread.run_sync(run) == 0
-    return out.getvalue()
 
 
 def _refused(response: httpx.Response) -> None:
@@ -216,3 +202,15 @@ async def test_keys_rotate_leaves_live_tokens_working_and_new_tokens_use_the_new
         async with gw.http() as http:
             kids = {k["kid"] for k in (await http.get("/jwks.json")).json()["keys"]}
         assert old_kid in kids and len(kids) == 2
+
+
+async def test_a_closed_store_refuses_mcp_requests_with_503_and_forwards_nothing(tmp_path):
+    async with running_gateway(tmp_path, manifests=[]) as gw:
+        _, access_token = await gw.gateway.sessions.open("alice-bot", via="test")
+        await gw.gateway.store.close()
+        try:
+            response = await mcp_status(gw, access_token)
+            assert response.status_code == 503
+        finally:
+            await gw.gateway.store.open()
+        assert (await mcp_status(gw, access_token)).status_code == 200
