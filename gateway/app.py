@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.admin import admin_routes
 from gateway.agents import AgentDirectory
 from gateway.audit import Audit
 from gateway.audit.records import Fingerprints
@@ -30,7 +31,6 @@ from gateway.errors import Unavailable
 from gateway.exchanges import Exchanges
 from gateway.fanout import Fanout
 from gateway.front import Front
-from gateway.admin import admin_routes
 from gateway.identity.keys import KeyRing
 from gateway.identity.oauth import OAuth
 from gateway.identity.shared import SharedCredentialDetector

@@ -67,12 +67,7 @@ class IdentityProvider(_Model):
     @field_validator("jwks_url")
     @classmethod
     def _fetchable(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an absolute http(s) URL")
-        if parts.scheme == "http" and not _is_loopback(parts.hostname):
-            raise ValueError("plain http is allowed only for loopback hosts")
-        return value
+        return _http_url(value)
 
     @field_validator("algorithms")
     @classmethod
@@ -127,13 +122,9 @@ class GatewayConfig(_Model):
     @field_validator("public_url")
     @classmethod
     def _canonical_public_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an absolute http(s) URL")
+        parts = urlsplit(_http_url(value))
         if value.endswith("/") or parts.query or parts.fragment:
             raise ValueError("must be canonical: no trailing slash, query or fragment")
-        if parts.scheme == "http" and not _is_loopback(parts.hostname):
-            raise ValueError("plain http is allowed only for loopback hosts")
         return value
 
     @field_validator("admin_token")
@@ -150,6 +141,16 @@ class GatewayConfig(_Model):
     @property
     def sqlite_path(self) -> Path:
         return Path(self.store.removeprefix("sqlite://"))
+
+
+def _http_url(value: str) -> str:
+    """An absolute http(s) URL; plain http only for a loopback host."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an absolute http(s) URL")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise ValueError("plain http is allowed only for loopback hosts")
+    return value
 
 
 def _is_loopback(host: str) -> bool:

@@ -169,7 +169,9 @@ class _SharedCredentialCheck:
         else:  # initialize: the session learns its client only after the handshake
             info = (ctx.params or {}).get("clientInfo")
         info = info if isinstance(info, dict) else {}
-        fingerprint = (principal.remote_addr, str(info.get("name")), str(info.get("version")))
+        name, version = info.get("name"), info.get("version")
+        fingerprint = (principal.remote_addr, name if isinstance(name, str) else None,
+                       version if isinstance(version, str) else None)
         verdict = self.gw.shared.observe(principal.agent.id, fingerprint)
         if verdict.report is not None:
             try:

@@ -29,6 +29,7 @@ from gateway.identity.client_auth import Client, ClientAuthenticator
 from gateway.identity.delegation import may_act_allows, may_delegate
 from gateway.identity.idp import IdentityProviders
 from gateway.policy import Grant
+from gateway.principal import Principal
 from gateway.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
@@ -153,8 +154,9 @@ class OAuth:
             except AuthError as exc:
                 if exc.error in ("invalid_client", "invalid_grant"):
                     await self.failures.failed(remote, exc.reason)
-                basic = request.headers.get("authorization", "").lower().startswith("basic ")
-                headers = {"www-authenticate": 'Basic realm="mcp-gateway"'} if exc.error == "invalid_client" and basic else None
+                used_basic = request.headers.get("authorization", "").lower().startswith("basic ")
+                challenge = exc.error == "invalid_client" and used_basic  # RFC 6749 §5.2
+                headers = {"www-authenticate": 'Basic realm="mcp-gateway"'} if challenge else None
                 return OAuthError(exc.error, exc.reason, headers).response()
             except Unavailable as exc:
                 error = OAuthError("temporarily_unavailable", str(exc), {"retry-after": "1"})
@@ -239,16 +241,22 @@ class OAuth:
 
     # ------------------------------------------------------------ revoke, introspect
 
-    async def _revoke(self, request: Request, form: dict[str, Any]) -> Response:
-        """RFC 7009. A client may revoke its own tokens; a request without client credentials may
-        revoke the token it presents (holding it already grants using it)."""
-        client = await self._client(request, form)
+    async def _token_of(self, form: dict[str, Any]) -> Principal | None:
+        """What the form's `token` stands for, or None when it is not a live session token."""
         token = form.get("token")
         if not token:
             raise OAuthError("invalid_request", "token is required")
         try:
-            principal = await self.gw.sessions.resolve(token)
+            return await self.gw.sessions.resolve(token)
         except AuthError:
+            return None
+
+    async def _revoke(self, request: Request, form: dict[str, Any]) -> Response:
+        """RFC 7009. A client may revoke its own tokens; a request without client credentials may
+        revoke the token it presents (holding it already grants using it)."""
+        client = await self._client(request, form)
+        principal = await self._token_of(form)
+        if principal is None:
             return Response(status_code=200, headers=_NO_STORE)  # unknown, invalid or already ended
         if client is not None and principal.agent.id != client.agent.id:
             raise OAuthError("unauthorized_client", "the token was not issued to this client")
@@ -261,12 +269,8 @@ class OAuth:
         refusal = await admin_refusal(request, self.gw.config.admin_token, self.failures)
         if refusal is not None:
             return refusal
-        token = form.get("token")
-        if not token:
-            raise OAuthError("invalid_request", "token is required")
-        try:
-            principal = await self.gw.sessions.resolve(token)
-        except AuthError:
+        principal = await self._token_of(form)
+        if principal is None:
             return JSONResponse({"active": False}, headers=_NO_STORE)
         claims = principal.token.raw
         body = {
