@@ -21,8 +21,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.errors import OperatorError, Unavailable
 from gateway.edge import AuthFailures
+from gateway.errors import OperatorError, Unavailable
 from gateway.identity.oauth import admin_refusal
 from gateway.operations import Operations, session_json
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from urllib.parse import unquote
 
 from gateway.agents import Agent, AgentDirectory
@@ -29,12 +28,6 @@ ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_ALGORITHMS = ("EdDSA", "ES256", "RS256")
 MAX_ASSERTION_LIFETIME = 3600.0  # seconds; bounds how long a jti must be remembered
 INVALID = "invalid_client"
-
-
-@dataclass(frozen=True)
-class Client:
-    agent: Agent
-    method: str  # client_secret_basic | client_secret_post | private_key_jwt
 
 
 def _basic(authorization: str) -> tuple[str, str]:
@@ -61,8 +54,8 @@ class ClientAuthenticator:
         self.issuer = issuer
         self.clock = clock
 
-    async def authenticate(self, authorization: str | None, form: Mapping[str, str]) -> Client | None:
-        """The authenticated client, or None when the request presents no client credentials.
+    async def authenticate(self, authorization: str | None, form: Mapping[str, str]) -> Agent | None:
+        """The authenticated agent, or None when the request presents no client credentials.
 
         Raises:
             AuthError: `invalid_request` for more than one method; `invalid_client` for bad credentials.
@@ -79,19 +72,16 @@ class ClientAuthenticator:
             raise AuthError("use exactly one client authentication method", error="invalid_request")
         if not presented:
             return None
-        method = presented[0]
-        if method == "private_key_jwt":
-            agent = await self._assertion(form)
+        if presented[0] == "private_key_jwt":
+            return await self._assertion(form)
+        if authorization is not None:
+            client_id, secret = _basic(authorization)
         else:
-            if method == "client_secret_basic":
-                assert authorization is not None
-                client_id, secret = _basic(authorization)
-            else:
-                client_id, secret = form.get("client_id", ""), form["client_secret"]
-            agent = await self._agent(client_id, form)
-            if not verify_secret(self.key, secret, agent.secret_hash):
-                raise AuthError("wrong client secret", error=INVALID)
-        return Client(agent, method)
+            client_id, secret = form.get("client_id", ""), form["client_secret"]
+        agent = await self._agent(client_id, form)
+        if not verify_secret(self.key, secret, agent.secret_hash):
+            raise AuthError("wrong client secret", error=INVALID)
+        return agent
 
     async def _agent(self, client_id: str, form: Mapping[str, str]) -> Agent:
         if "client_id" in form and form["client_id"] != client_id:

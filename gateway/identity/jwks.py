@@ -71,9 +71,6 @@ def select_key(keys: Sequence[dict[str, Any]], header: dict[str, Any], *, error:
     return usable[0]
 
 
-def has_kid(keys: Sequence[dict[str, Any]], kid: str | None) -> bool:
-    return kid is None or any(jwk.get("kid") == kid for jwk in keys)
-
 
 CLOCK_SKEW = 60.0  # seconds a peer's clock may run ahead of ours (iat, nbf)
 

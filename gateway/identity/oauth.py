@@ -22,10 +22,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.agents import Agent
 from gateway.durations import parse_duration
 from gateway.edge import AuthFailures
 from gateway.errors import AuthError, Unavailable
-from gateway.identity.client_auth import Client, ClientAuthenticator
+from gateway.identity.client_auth import ClientAuthenticator
 from gateway.identity.delegation import may_act_allows, may_delegate
 from gateway.identity.idp import IdentityProviders
 from gateway.policy import Grant
@@ -169,17 +170,17 @@ class OAuth:
         if wait is not None:
             raise OAuthError("slow_down", "too many requests; retry later", {"retry-after": str(max(1, round(wait)))})
 
-    async def _client(self, request: Request, form: dict[str, Any]) -> Client | None:
+    async def _client(self, request: Request, form: dict[str, Any]) -> Agent | None:
         client = await self.clients.authenticate(request.headers.get("authorization"), form)
         if client is not None:
-            self._limit(self.per_client, client.agent.id)
+            self._limit(self.per_client, client.id)
         return client
 
     # ------------------------------------------------------------ token
 
     async def _token(self, request: Request, form: dict[str, Any]) -> Response:
-        client = await self._client(request, form)
-        if client is None:
+        agent = await self._client(request, form)
+        if agent is None:
             raise AuthError("client authentication required", error="invalid_client")
         grant_type = form.get("grant_type")
         if not grant_type:
@@ -195,7 +196,6 @@ class OAuth:
         if task is not None and (not task or len(task) > _MAX_TASK):
             raise OAuthError("invalid_request", f"task must be 1 to {_MAX_TASK} characters")
         remote = _remote(request)
-        agent = client.agent
         sessions = self.gw.sessions
         extra: dict[str, Any] = {}
         if grant_type == CLIENT_CREDENTIALS and form.get("session_id"):
@@ -258,7 +258,7 @@ class OAuth:
         principal = await self._token_of(form)
         if principal is None:
             return Response(status_code=200, headers=_NO_STORE)  # unknown, invalid or already ended
-        if client is not None and principal.agent.id != client.agent.id:
+        if client is not None and principal.agent.id != client.id:
             raise OAuthError("unauthorized_client", "the token was not issued to this client")
         actor = f"client:{principal.agent.id}" if client is not None else "token_holder"
         await self.gw.sessions.end(principal.sid, "closed", "closed", actor=actor)

@@ -11,7 +11,7 @@ from gateway.identity.idp import Human
 ISSUER = "https://idp.example.com/"
 local = st.text(st.sampled_from("abcdefghijklmnopqrstuvwxyz0123456789.+-_"), min_size=1, max_size=12)
 domain = st.from_regex(r"[a-z]{1,8}\.(com|org|example)", fullmatch=True)
-email = st.builds(lambda l, d: f"{l}@{d}", local, domain)
+email = st.builds(lambda name, d: f"{name}@{d}", local, domain)
 entries = st.lists(st.one_of(email, st.builds(lambda d: f"*@{d}", domain),
                              st.builds(lambda s: f"{ISSUER}|{s}", local)), max_size=5)
 

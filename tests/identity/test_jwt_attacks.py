@@ -111,13 +111,17 @@ def test_any_change_to_a_valid_token_makes_it_fail_verification(token_setup, dat
         tokens.verify(mutated)
 
 
+def _decode(part: str) -> bytes:
+    return base64.urlsafe_b64decode(part + "==")
+
+
 def base64_equivalent(a: str, b: str) -> bool:
     """Two encodings of the same bytes (the last base64url character carries unused bits)."""
     pa, pb = a.split("."), b.split(".")
     if len(pa) != len(pb):
         return False
     try:
-        return all(base64.urlsafe_b64decode(x + "==") == base64.urlsafe_b64decode(y + "==") for x, y in zip(pa, pb))
+        return all(_decode(x) == _decode(y) for x, y in zip(pa, pb, strict=True))
     except ValueError:
         return False
 
