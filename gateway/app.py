@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.admin import admin_routes
 from gateway.agents import AgentDirectory
 from gateway.audit import Audit
 from gateway.audit.records import Fingerprints
@@ -31,6 +32,8 @@ from gateway.exchanges import Exchanges
 from gateway.fanout import Fanout
 from gateway.front import Front
 from gateway.identity.keys import KeyRing
+from gateway.identity.oauth import OAuth
+from gateway.identity.shared import SharedCredentialDetector
 from gateway.identity.tokens import Tokens
 from gateway.manifests import UpstreamSpec, load_manifests
 from gateway.pipeline import Pipeline
@@ -65,6 +68,7 @@ class Gateway:
     exchanges: Exchanges
     fingerprints: Fingerprints
     credential_key: bytes
+    shared: SharedCredentialDetector
     task_group: anyio.abc.TaskGroup | None = None
     ready: anyio.Event = field(default_factory=anyio.Event)  # set once startup has finished
 
@@ -122,6 +126,7 @@ def build_gateway(
         exchanges=Exchanges(Sealer(load_key(config.state_dir / "state.key")), lambda *a: gateway.spawn(*a), clock),
         fingerprints=fingerprints,
         credential_key=load_key(config.state_dir / "credential.key"),
+        shared=SharedCredentialDetector(config.shared_credentials),
     )
     return gateway
 
@@ -142,6 +147,8 @@ def create_app(gateway: Gateway) -> Starlette:
         for path, view in views.items()
     }
     edge_apps = {path: StreamableHTTPASGIApp(manager) for path, manager in managers.items()}
+    edge = Edge(gateway, edge_apps)
+    oauth = OAuth(gateway, edge.failures)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -151,6 +158,7 @@ def create_app(gateway: Gateway) -> Starlette:
             gateway.keys.load()
             await gateway.audit.open()
             stack.push_async_callback(gateway.audit.close)
+            stack.push_async_callback(oauth.idps.close)
             await gateway.agents.sync(gateway.clock())
             await gateway.audit.emit("gateway.started", public_url=config.public_url,
                                      servers=sorted(gateway.upstreams.servers))
@@ -182,8 +190,9 @@ def create_app(gateway: Gateway) -> Starlette:
         Route("/.well-known/oauth-authorization-server", _as_metadata(config)),
         Route("/jwks.json", _jwks(gateway)),
         Route("/.well-known/oauth-protected-resource{path:path}", _pr_metadata(config, set(views))),
+        *oauth.routes(),
+        *admin_routes(gateway, edge.failures),
     ]
-    edge = Edge(gateway, edge_apps)
     app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(_EdgeMiddleware, edge=edge)])
     app.state.gateway = gateway
     return app

@@ -51,11 +51,47 @@ class SessionDefaults(_Model):
     idle_timeout: Duration = 900.0
 
 
+ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+
+
 class IdentityProvider(_Model):
-    issuer: str
-    jwks_url: str
-    audience: str
-    algorithms: tuple[str, ...] = ("RS256", "ES256", "EdDSA")
+    """A humans' identity provider whose JWTs may be exchanged for delegated session tokens."""
+
+    issuer: str  # matched exactly against the subject token's `iss`
+    jwks_url: str  # https, or http on a loopback host; fetched asynchronously, redirects not followed
+    audience: str  # the subject token's `aud` must contain it
+    algorithms: tuple[str, ...] = ("RS256", "ES256", "EdDSA")  # asymmetric only; never taken from the token
+    jwks_cache: Duration = 300.0  # how long a fetched key set is used before it is fetched again
+    jwks_refresh_min: Duration = 10.0  # an unknown `kid` refetches at most this often
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _fetchable(cls, value: str) -> str:
+        return _http_url(value)
+
+    @field_validator("algorithms")
+    @classmethod
+    def _asymmetric(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for algorithm in value:
+            if algorithm not in ASYMMETRIC_ALGORITHMS:
+                raise ValueError(f"{algorithm!r} is not one of {', '.join(ASYMMETRIC_ALGORITHMS)}")
+        return value
+
+
+class RateLimit(_Model):
+    """Requests to /oauth/token, /oauth/revoke and /oauth/introspect allowed per window."""
+
+    per_client: int = Field(60, gt=0)  # per authenticated agent
+    per_source: int = Field(300, gt=0)  # per remote address, checked before authentication
+    window: Duration = 60.0
+
+
+class SharedCredentials(_Model):
+    """One agent credential used from more distinct clients (remote address + MCP clientInfo) than expected."""
+
+    max_fingerprints: int = Field(5, gt=0)  # distinct fingerprints per agent within `window`
+    window: Duration = 300.0
+    block: bool = False  # true: refuse requests from fingerprints beyond the limit (not only record them)
 
 
 class GatewayConfig(_Model):
@@ -77,6 +113,8 @@ class GatewayConfig(_Model):
     session_defaults: SessionDefaults = SessionDefaults()
     require_pins: bool = False
     identity_providers: tuple[IdentityProvider, ...] = ()
+    oauth_rate_limit: RateLimit = RateLimit()  # /oauth/* requests per client and per source address
+    shared_credentials: SharedCredentials = SharedCredentials()  # credential.shared_suspected detection
     call_timeout: Duration = 60.0  # per upstream request
     allowed_origins: tuple[str, ...] = ()  # browser Origins accepted besides public_url's own
     allowed_hosts: tuple[str, ...] = ()  # Host headers accepted besides public_url's and listen's
@@ -84,13 +122,9 @@ class GatewayConfig(_Model):
     @field_validator("public_url")
     @classmethod
     def _canonical_public_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an absolute http(s) URL")
+        parts = urlsplit(_http_url(value))
         if value.endswith("/") or parts.query or parts.fragment:
             raise ValueError("must be canonical: no trailing slash, query or fragment")
-        if parts.scheme == "http" and not _is_loopback(parts.hostname):
-            raise ValueError("plain http is allowed only for loopback hosts")
         return value
 
     @field_validator("admin_token")
@@ -107,6 +141,16 @@ class GatewayConfig(_Model):
     @property
     def sqlite_path(self) -> Path:
         return Path(self.store.removeprefix("sqlite://"))
+
+
+def _http_url(value: str) -> str:
+    """An absolute http(s) URL; plain http only for a loopback host."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an absolute http(s) URL")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise ValueError("plain http is allowed only for loopback hosts")
+    return value
 
 
 def _is_loopback(host: str) -> bool:
@@ -197,8 +241,15 @@ class AgentSpec(_Model):
     cost_center: str | None = None
     delegators: tuple[str, ...] = ()
     grant: GrantSpec = GrantSpec()
-    jwks: dict[str, Any] | None = None  # public keys for private_key_jwt client authentication
+    jwks: dict[str, Any] | None = None  # public keys ({"keys": [JWK...]}) for private_key_jwt client authentication
     disabled: bool = False
+
+    @field_validator("jwks")
+    @classmethod
+    def _public_key_set(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            check_public_jwks(value)
+        return value
 
     @field_validator("owner")
     @classmethod
@@ -218,6 +269,30 @@ class AgentsFile(_Model):
             if not AGENT_ID.match(agent_id):
                 raise ValueError(f"agent id {agent_id!r} must match {AGENT_ID.pattern}")
         return value
+
+
+def check_public_jwks(value: Any) -> None:
+    """A JWK Set of public signing keys, as agents register them for private_key_jwt.
+
+    Raises:
+        ValueError: not a {"keys": [...]} set of usable public keys.
+    """
+    from jwt import PyJWK, PyJWKError
+
+    keys = value.get("keys") if isinstance(value, dict) else None
+    if not isinstance(keys, list) or not keys:
+        raise ValueError('must be a JWK Set: {"keys": [...]}')
+    for key in keys:
+        if not isinstance(key, dict):
+            raise ValueError("every key must be a JWK object")
+        if any(private in key for private in ("d", "p", "q", "k")):
+            raise ValueError("must hold public keys only (found private key material)")
+        try:
+            jwk = PyJWK(key)
+        except (PyJWKError, ValueError, TypeError) as exc:
+            raise ValueError(f"unusable key: {exc}") from None
+        if jwk.algorithm_name not in ASYMMETRIC_ALGORITHMS:
+            raise ValueError(f"key algorithm {jwk.algorithm_name!r} is not accepted")
 
 
 AGENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

@@ -52,7 +52,12 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 class AuthFailures:
-    """Failed authentications, recorded in aggregate: the first per source per window at once, the rest counted."""
+    """Failed authentications, recorded in aggregate: the first per source and reason per window at once,
+    the rest counted and written as one record per source when the window closes.
+
+    Reasons come from small fixed sets (never a client-supplied value), so a flood costs a bounded
+    number of records.
+    """
 
     def __init__(self, gateway: Gateway, window: float = 60.0) -> None:
         self.gw = gateway
@@ -62,15 +67,14 @@ class AuthFailures:
 
     async def failed(self, remote: str, reason: str) -> None:
         counts = self._counts[remote]
-        first = not counts
         counts[reason] += 1
-        if first:
+        if counts[reason] == 1:
             await self._emit(remote, {reason: 1}, first=True)
 
     async def flush(self) -> None:
         pending, self._counts = self._counts, defaultdict(lambda: defaultdict(int))
         for remote, counts in pending.items():
-            if sum(counts.values()) > 1:
+            if any(count > 1 for count in counts.values()):
                 await self._emit(remote, dict(counts), first=False)
 
     async def _emit(self, remote: str, reasons: dict[str, int], *, first: bool) -> None:

@@ -5,6 +5,7 @@ into the answers DESIGN.md's Errors table fixes, in one place each.
 
     GatewayError
     ├── ConfigError           a bad file, field or CLI argument (startup, CLI)
+    ├── OperatorError         an operator action cannot be done (CLI exit 1, admin API 4xx)
     ├── AuthError             HTTP 401 invalid_token (bad token, ended session)
     ├── Unavailable           HTTP 503: identity, session store or audit sink down
     │   ├── StoreUnavailable
@@ -30,6 +31,14 @@ class ConfigError(GatewayError):
 
     The message is one line naming the file, the field and the reason.
     """
+
+
+class OperatorError(GatewayError):
+    """An operator action cannot be done: unknown id, already ended, defined in agents.yaml."""
+
+    def __init__(self, message: str, *, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status  # the admin API's HTTP status for it
 
 
 class AuthError(GatewayError):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import mcp_types as types
 from mcp.server.connection import allowed_log_levels
-from mcp.server.context import ServerRequestContext
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import ServerMessageMetadata
@@ -70,6 +70,7 @@ def request_fields(ctx: Ctx) -> dict[str, Any]:
 LEGACY_RESOURCE_NOT_FOUND = -32002  # 2025-11-25; retired in 2026-07-28, which uses -32602
 STOPPED = -32010  # a budget, rate or loop stop on a method other than tools/call
 UNAVAILABLE = -32011  # store or audit sink unavailable: nothing was forwarded
+CREDENTIAL_SHARED = -32012  # shared_credentials.block: a client beyond the agent's distinct-client limit
 
 
 def resource_not_found(ctx: Ctx, uri: str) -> MCPError:
@@ -149,7 +150,39 @@ class Front:
             on_completion=handlers.complete,
         )
         server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, handlers.set_level)
+        server.middleware.append(_SharedCredentialCheck(self.gw))
         return server
+
+
+class _SharedCredentialCheck:
+    """Every request's client fingerprint goes to the shared-credential detector before it is handled."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+
+    async def __call__(self, ctx: Ctx, call_next: CallNext) -> HandlerResult:
+        principal = ctx.request.scope.get(PRINCIPAL) if ctx.request is not None else None
+        if ctx.request_id is None or not isinstance(principal, Principal):
+            return await call_next(ctx)
+        if ctx.session.client_params is not None:
+            info: Any = ctx.session.client_params.client_info.model_dump()
+        else:  # initialize: the session learns its client only after the handshake
+            info = (ctx.params or {}).get("clientInfo")
+        info = info if isinstance(info, dict) else {}
+        name, version = info.get("name"), info.get("version")
+        fingerprint = (principal.remote_addr, name if isinstance(name, str) else None,
+                       version if isinstance(version, str) else None)
+        verdict = self.gw.shared.observe(principal.agent.id, fingerprint)
+        if verdict.report is not None:
+            try:
+                await self.gw.audit.emit("credential.shared_suspected", durable=True,
+                                         **{**principal.audit_fields(), **verdict.report})
+            except Unavailable as exc:
+                raise unavailable_error(exc) from None
+        if not verdict.allowed:
+            raise MCPError(CREDENTIAL_SHARED, "Refused: this agent's credential is in use by more clients than "
+                           "allowed (shared_credentials); use a credential of your own")
+        return await call_next(ctx)
 
 
 class _Handlers:

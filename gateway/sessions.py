@@ -141,11 +141,23 @@ class Sessions:
         return renewed, await self._issue(agent, renewed, via, remote_addr)
 
     async def authenticate(self, token: str, *, remote_addr: str | None = None) -> Principal:
-        """The principal a bearer token stands for, checked against the live session.
+        """The principal a bearer token stands for, checked against the live session; counts as activity.
 
         Raises:
             AuthError: invalid token, unknown session, ended session, disabled agent.
             StoreUnavailable: the store cannot be consulted (the caller refuses).
+        """
+        principal = await self.resolve(token, remote_addr=remote_addr)
+        now = self.clock()
+        if now - principal.session.last_seen >= _TOUCH_EVERY:
+            await self.store.touch_session(principal.sid, now)
+        return principal
+
+    async def resolve(self, token: str, *, remote_addr: str | None = None) -> Principal:
+        """Like `authenticate`, without recording activity (introspection, revocation).
+
+        Raises:
+            AuthError, StoreUnavailable: as for `authenticate`.
         """
         claims = self.tokens.verify(token)
         session = await self.store.get_session(claims.sid)
@@ -162,8 +174,6 @@ class Sessions:
         agent = await self.agents.get(claims.agent)
         if agent is None or agent.disabled:
             raise AuthError("agent is disabled")
-        if now - session.last_seen >= _TOUCH_EVERY:
-            await self.store.touch_session(session.sid, now)
         return Principal(agent=agent, session=session, token=claims, remote_addr=remote_addr)
 
     async def end(self, sid: str, state: SessionState, reason: str, *, actor: str | None = None) -> bool:

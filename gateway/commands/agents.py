@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
-from gateway.commands._context import opened, operator, require, run
+from gateway.commands._context import opened, operator, run
 from gateway.config import AGENT_ID
-from gateway.errors import GatewayError
-from gateway.identity.credentials import generate_secret, hash_secret
-from gateway.store.base import AgentRecord
+from gateway.errors import OperatorError
+from gateway.operations import Operations
 
 
 def _agent_id(value: str) -> str:
@@ -32,6 +32,8 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     create.add_argument("id", type=_agent_id)
     create.add_argument("--owner", required=True, type=_email)
     create.add_argument("--cost-center", metavar="CC")
+    create.add_argument("--jwks", type=Path, metavar="PATH",
+                        help="a JSON JWK Set of public keys: authenticate with private_key_jwt instead of a secret")
     create.set_defaults(run=_create)
 
     list_ = group.add_parser("list", parents=[common], help="list agents")
@@ -49,33 +51,28 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _create(args: argparse.Namespace) -> int:
+    jwks = _read_jwks(args.jwks) if args.jwks else None
+
     async def body() -> int:
         async with opened(args) as gw:
-            require(args.id not in gw.agents.specs, f"agent {args.id!r} is defined in agents.yaml; edit it there")
-            secret = generate_secret()
-            record = AgentRecord(
-                id=args.id, owner=args.owner, cost_center=args.cost_center, source="store",
-                created_at=gw.clock(), secret_hash=hash_secret(gw.credential_key, secret),
-            )
-            require(await gw.store.create_agent(record), f"agent {args.id!r} already exists")
-            await gw.audit.emit("agent.created", durable=True, agent=args.id, owner=args.owner,
-                                cost_center=args.cost_center, actor=operator())
-        print(secret)
+            secret = await Operations(gw, operator()).create_agent(args.id, args.owner, args.cost_center, jwks)
+        print(secret if secret is not None else f"created {args.id} (private_key_jwt)")
         return 0
 
     return run(body)
 
 
+def _read_jwks(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise OperatorError(f"--jwks {path}: cannot read a JSON key set: {exc}") from None
+
+
 def _list(args: argparse.Namespace) -> int:
     async def body() -> int:
         async with opened(args) as gw:
-            records = await gw.store.list_agents()
-        rows = [
-            {"id": r.id, "owner": r.owner, "cost_center": r.cost_center, "source": r.source,
-             "disabled": r.disabled or bool(gw.agents.specs.get(r.id) and gw.agents.specs[r.id].disabled),
-             "has_secret": r.secret_hash is not None, "private_key_jwt": bool(r.jwks)}
-            for r in records
-        ]
+            rows = await Operations(gw, operator()).list_agents()
         if args.json:
             print(json.dumps(rows))
             return 0
@@ -89,18 +86,10 @@ def _list(args: argparse.Namespace) -> int:
     return run(body)
 
 
-async def _known(gw: Any, agent_id: str) -> None:
-    if await gw.store.get_agent(agent_id) is None:
-        raise GatewayError(f"no agent {agent_id!r}")
-
-
 def _disable(args: argparse.Namespace) -> int:
     async def body() -> int:
         async with opened(args) as gw:
-            await _known(gw, args.id)
-            await gw.store.update_agent(args.id, disabled=True)
-            await gw.audit.emit("agent.disabled", durable=True, agent=args.id, actor=operator())
-            sids = await gw.sessions.end_agent(args.id, "revoked", actor=operator())
+            sids = await Operations(gw, operator()).disable_agent(args.id)
         print(f"disabled {args.id}; revoked {len(sids)} session(s)")
         return 0
 
@@ -110,9 +99,7 @@ def _disable(args: argparse.Namespace) -> int:
 def _enable(args: argparse.Namespace) -> int:
     async def body() -> int:
         async with opened(args) as gw:
-            await _known(gw, args.id)
-            await gw.store.update_agent(args.id, disabled=False)
-            await gw.audit.emit("agent.enabled", durable=True, agent=args.id, actor=operator())
+            await Operations(gw, operator()).enable_agent(args.id)
         print(f"enabled {args.id}")
         return 0
 
@@ -122,10 +109,7 @@ def _enable(args: argparse.Namespace) -> int:
 def _rotate(args: argparse.Namespace) -> int:
     async def body() -> int:
         async with opened(args) as gw:
-            await _known(gw, args.id)
-            secret = generate_secret()
-            await gw.store.update_agent(args.id, secret_hash=hash_secret(gw.credential_key, secret))
-            await gw.audit.emit("agent.secret_rotated", durable=True, agent=args.id, actor=operator())
+            secret = await Operations(gw, operator()).rotate_secret(args.id)
         print(secret)
         return 0
 

@@ -6,9 +6,10 @@ import argparse
 import json
 from typing import Any
 
-from gateway.commands._context import opened, operator, require, run
+from gateway.commands._context import opened, operator, run
 from gateway.durations import parse_duration
-from gateway.errors import GatewayError
+from gateway.operations import Operations, session_json
+from gateway.store.base import SessionState
 
 STATES = ["active", "suspended", "closed", "expired", "revoked"]
 
@@ -83,9 +84,9 @@ def _open(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     async def body() -> int:
         async with opened(args) as gw:
-            sessions = await gw.store.list_sessions(args.agent, args.state, now=gw.clock())
+            sessions = await Operations(gw, operator()).list_sessions(args.agent, args.state)
         if args.json:
-            print(json.dumps([s.__dict__ for s in sessions], default=str))
+            print(json.dumps([session_json(s) for s in sessions], default=str))
             return 0
         print(f"{'SESSION':<28} {'AGENT':<20} {'STATE':<10} {'CALLS':>6} {'TOKENS':>8}  TASK")
         for s in sessions:
@@ -103,8 +104,7 @@ def _revoke(args: argparse.Namespace) -> int:
     if args.agent:
         async def body() -> int:
             async with opened(args) as gw:
-                require(await gw.agents.get(args.agent) is not None, f"no agent {args.agent!r}")
-                sids = await gw.sessions.end_agent(args.agent, "revoked", actor=operator())
+                sids = await Operations(gw, operator()).revoke_agent_sessions(args.agent)
             print(f"revoked {len(sids)} session(s) of {args.agent}")
             return 0
 
@@ -112,14 +112,10 @@ def _revoke(args: argparse.Namespace) -> int:
     return _end(args, "revoked")
 
 
-def _end(args: argparse.Namespace, state: str) -> int:
+def _end(args: argparse.Namespace, state: SessionState) -> int:
     async def body() -> int:
         async with opened(args) as gw:
-            if not await gw.sessions.end(args.sid, state, state, actor=operator()):  # type: ignore[arg-type]
-                session = await gw.store.get_session(args.sid)
-                if session is None:
-                    raise GatewayError(f"no session {args.sid!r}")
-                raise GatewayError(f"session {args.sid} is already {session.state}")
+            await Operations(gw, operator()).end_session(args.sid, state)
         print(f"{state} {args.sid}")
         return 0
 
@@ -129,14 +125,7 @@ def _end(args: argparse.Namespace, state: str) -> int:
 def _resume(args: argparse.Namespace) -> int:
     async def body() -> int:
         async with opened(args) as gw:
-            session = await gw.store.resume_session(args.sid, args.add_calls, args.add_tokens, gw.clock())
-            if session is None:
-                raise GatewayError(f"no live session {args.sid!r}")
-            await gw.audit.emit(
-                "session.resumed", agent=session.agent, owner=session.owner, session=session.sid,
-                task=session.task, actor=operator(), add_calls=args.add_calls, add_tokens=args.add_tokens,
-                durable=True,
-            )
+            session = await Operations(gw, operator()).resume_session(args.sid, args.add_calls, args.add_tokens)
         print(f"resumed {args.sid}: calls limit {session.calls_limit}, tokens limit {session.tokens_limit}")
         return 0
 

@@ -50,7 +50,7 @@ class Tokens:
         self.keys = keys
         self.issuer = public_url
         self.clock = clock
-        self._cache: OrderedDict[bytes, TokenClaims] = OrderedDict()
+        self._cache: OrderedDict[bytes, tuple[TokenClaims, float]] = OrderedDict()  # claims, valid until
 
     def issue(
         self,
@@ -100,16 +100,17 @@ class Tokens:
         digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
         cached = self._cache.get(digest)
         if cached is not None:
-            if now >= cached.expires_at:
-                raise AuthError("token expired")
-            return cached
-        claims = self._verify(token, now)
-        self._cache[digest] = claims
+            claims, valid_until = cached
+            if now >= valid_until:
+                raise AuthError("token expired" if now >= claims.expires_at else "token signed by a retired key")
+            return claims
+        claims, valid_until = self._verify(token, now)
+        self._cache[digest] = (claims, valid_until)
         if len(self._cache) > _CACHE_SIZE:
             self._cache.popitem(last=False)
         return claims
 
-    def _verify(self, token: str, now: float) -> TokenClaims:
+    def _verify(self, token: str, now: float) -> tuple[TokenClaims, float]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
@@ -154,7 +155,7 @@ class Tokens:
         actor = act.get("sub") if isinstance(act, dict) else None
         if act is not None and actor != payload["client_id"]:
             raise AuthError("token act claim does not name its client")
-        return TokenClaims(
+        claims = TokenClaims(
             sid=payload["sid"],
             agent=payload["client_id"],
             subject=payload["sub"],
@@ -166,3 +167,4 @@ class Tokens:
             jti=payload["jti"],
             raw=payload,
         )
+        return claims, min(float(exp), key.verify_until if key.verify_until is not None else float("inf"))

@@ -1,0 +1,293 @@
+"""The gateway as an OAuth authorization server for its agents.
+
+    POST /oauth/token       client_credentials (new session, or renewal with session_id)
+                            and RFC 8693 token exchange (on behalf of a human)
+    POST /oauth/revoke      RFC 7009: ends the session a token belongs to
+    POST /oauth/introspect  RFC 7662, for holders of the admin token
+
+Every token issued opens (or renews) a session: the token is only a pointer to
+it. Requests are rate-limited per source address before anything else and per
+client once authenticated; failed authentications go to the aggregated
+`auth.failed` records. Errors are RFC 6749 §5.2 JSON bodies.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.agents import Agent
+from gateway.durations import parse_duration
+from gateway.edge import AuthFailures
+from gateway.errors import AuthError, Unavailable
+from gateway.identity.client_auth import ClientAuthenticator
+from gateway.identity.delegation import may_act_allows, may_delegate
+from gateway.identity.idp import IdentityProviders
+from gateway.policy import Grant
+from gateway.principal import Principal
+from gateway.ratelimit import RateLimiter
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+CLIENT_CREDENTIALS = "client_credentials"
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+SUBJECT_TOKEN_TYPES = (
+    "urn:ietf:params:oauth:token-type:jwt",
+    "urn:ietf:params:oauth:token-type:id_token",
+    ACCESS_TOKEN_TYPE,
+)
+_REPEATABLE = {"resource"}  # RFC 8707: the one parameter that may appear more than once
+_MAX_BODY = 64 * 1024
+_MAX_TASK = 256
+_NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
+_STATUS = {"invalid_client": 401, "slow_down": 429, "temporarily_unavailable": 503}
+
+
+class OAuthError(Exception):
+    """An RFC 6749 error answer."""
+
+    def __init__(self, error: str, description: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(description)
+        self.error = error
+        self.description = description
+        self.headers = headers or {}
+
+    def response(self) -> Response:
+        body = {"error": self.error, "error_description": self.description}
+        return JSONResponse(body, status_code=_STATUS.get(self.error, 400), headers={**_NO_STORE, **self.headers})
+
+
+async def read_form(request: Request) -> dict[str, Any]:
+    """An application/x-www-form-urlencoded body; parameters other than `resource` at most once.
+
+    Raises:
+        OAuthError: `invalid_request` naming what is wrong.
+    """
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/x-www-form-urlencoded":
+        raise OAuthError("invalid_request", "the body must be application/x-www-form-urlencoded")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > _MAX_BODY:
+            raise OAuthError("invalid_request", "the body is larger than 64 KiB")
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body))
+    except (UnicodeDecodeError, ValueError):
+        raise OAuthError("invalid_request", "the body is not valid form encoding") from None
+    form: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in _REPEATABLE:
+            form.setdefault(name, []).append(value)
+        elif name in form:
+            raise OAuthError("invalid_request", f"parameter {name!r} appears more than once")
+        else:
+            form[name] = value
+    return form
+
+
+def bearer_matches(request: Request, secret: str | None) -> bool:
+    """`Authorization: Bearer <secret>`, compared in constant time; never true without a secret."""
+    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+    if secret is None or scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(presented.strip().encode(), secret.encode())
+
+
+async def admin_refusal(request: Request, admin_token: str | None, failures: AuthFailures) -> Response | None:
+    """The 401 for a request without the admin token (recorded as a failed authentication), or None."""
+    if bearer_matches(request, admin_token):
+        return None
+    await failures.failed(_remote(request), "admin token missing or wrong")
+    return JSONResponse({"error": "invalid_token", "error_description": "admin token required"},
+                        status_code=401, headers={"www-authenticate": 'Bearer realm="mcp-gateway-admin"'})
+
+
+def scope_of(grant: Grant) -> str:
+    """The OAuth `scope` of a session: its grant's tool patterns (the grant, not the scope, is enforced)."""
+    return " ".join(f"{server}.{tool}" for server, tool in grant.tools)
+
+
+def _remote(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+class OAuth:
+    def __init__(self, gateway: Gateway, failures: AuthFailures) -> None:
+        self.gw = gateway
+        self.failures = failures
+        config = gateway.config
+        self.clients = ClientAuthenticator(gateway.agents, gateway.store, gateway.credential_key,
+                                           config.public_url, gateway.clock)
+        self.idps = IdentityProviders(config.identity_providers, gateway.clock)
+        limits = config.oauth_rate_limit
+        self.per_source = RateLimiter(limits.per_source, limits.window)
+        self.per_client = RateLimiter(limits.per_client, limits.window)
+        base = config.public_url
+        self.resources = {base, f"{base}/mcp", *(f"{base}/servers/{name}/mcp" for name in gateway.upstreams.servers)}
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/oauth/token", self._endpoint(self._token), methods=["POST"]),
+            Route("/oauth/revoke", self._endpoint(self._revoke), methods=["POST"]),
+            Route("/oauth/introspect", self._endpoint(self._introspect), methods=["POST"]),
+        ]
+
+    def _endpoint(self, handler: Callable[[Request, dict[str, Any]], Any]) -> Callable[[Request], Any]:
+        """Rate limit, parse, run; map every failure to its RFC 6749 answer."""
+
+        async def endpoint(request: Request) -> Response:
+            remote = _remote(request)
+            try:
+                self._limit(self.per_source, remote)
+                result: Response = await handler(request, await read_form(request))
+                return result
+            except OAuthError as exc:
+                return exc.response()
+            except AuthError as exc:
+                if exc.error in ("invalid_client", "invalid_grant"):
+                    await self.failures.failed(remote, exc.reason)
+                used_basic = request.headers.get("authorization", "").lower().startswith("basic ")
+                challenge = exc.error == "invalid_client" and used_basic  # RFC 6749 §5.2
+                headers = {"www-authenticate": 'Basic realm="mcp-gateway"'} if challenge else None
+                return OAuthError(exc.error, exc.reason, headers).response()
+            except Unavailable as exc:
+                error = OAuthError("temporarily_unavailable", str(exc), {"retry-after": "1"})
+                return error.response()
+
+        return endpoint
+
+    def _limit(self, limiter: RateLimiter, key: str) -> None:
+        wait = limiter.acquire(key)
+        if wait is not None:
+            raise OAuthError("slow_down", "too many requests; retry later", {"retry-after": str(max(1, round(wait)))})
+
+    async def _client(self, request: Request, form: dict[str, Any]) -> Agent | None:
+        client = await self.clients.authenticate(request.headers.get("authorization"), form)
+        if client is not None:
+            self._limit(self.per_client, client.id)
+        return client
+
+    # ------------------------------------------------------------ token
+
+    async def _token(self, request: Request, form: dict[str, Any]) -> Response:
+        agent = await self._client(request, form)
+        if agent is None:
+            raise AuthError("client authentication required", error="invalid_client")
+        grant_type = form.get("grant_type")
+        if not grant_type:
+            raise OAuthError("invalid_request", "grant_type is required")
+        if grant_type not in (CLIENT_CREDENTIALS, TOKEN_EXCHANGE):
+            raise OAuthError("unsupported_grant_type", f"grant_type {grant_type!r} is not supported")
+        for resource in form.get("resource", []):
+            if resource not in self.resources:
+                raise OAuthError("invalid_target", f"resource {resource!r} is not served by this gateway")
+        if form.get("audience", self.gw.config.public_url) != self.gw.config.public_url:
+            raise OAuthError("invalid_target", "audience must be this gateway's public_url")
+        ttl, task = _ttl(form.get("ttl")), form.get("task")
+        if task is not None and (not task or len(task) > _MAX_TASK):
+            raise OAuthError("invalid_request", f"task must be 1 to {_MAX_TASK} characters")
+        remote = _remote(request)
+        sessions = self.gw.sessions
+        extra: dict[str, Any] = {}
+        if grant_type == CLIENT_CREDENTIALS and form.get("session_id"):
+            session, token = await sessions.renew(form["session_id"], agent.id, ttl, via="renewal", remote_addr=remote)
+        elif grant_type == CLIENT_CREDENTIALS:
+            session, token = await sessions.open(agent.id, task=task, ttl=ttl, via=CLIENT_CREDENTIALS,
+                                                 remote_addr=remote)
+        else:
+            human = await self._subject(form, agent.id, agent.delegators)
+            session, token = await sessions.open(agent.id, on_behalf_of=human, task=task, ttl=ttl,
+                                                 via="token_exchange", remote_addr=remote)
+            extra["issued_token_type"] = ACCESS_TOKEN_TYPE
+        body = {
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": max(0, int(session.expires_at - self.gw.clock())),
+            "session_id": session.sid,
+            "scope": scope_of(agent.grant),
+            **extra,
+        }
+        return JSONResponse(body, headers=_NO_STORE)
+
+    async def _subject(self, form: dict[str, Any], agent_id: str, delegators: tuple[str, ...]) -> str:
+        """The human an exchange acts for, once the subject token and the delegation rules allow it."""
+        if form.get("session_id"):
+            raise OAuthError("invalid_request", "session_id renews with grant_type=client_credentials")
+        if "actor_token" in form:
+            raise OAuthError("invalid_request", "actor_token is not supported: the agent authenticates as the client")
+        subject_token, token_type = form.get("subject_token"), form.get("subject_token_type")
+        if not subject_token or not token_type:
+            raise OAuthError("invalid_request", "subject_token and subject_token_type are required")
+        if token_type not in SUBJECT_TOKEN_TYPES:
+            raise OAuthError("invalid_request", f"subject_token_type {token_type!r} is not supported (JWTs only)")
+        requested = form.get("requested_token_type", ACCESS_TOKEN_TYPE)
+        if requested not in (ACCESS_TOKEN_TYPE, "urn:ietf:params:oauth:token-type:jwt"):
+            raise OAuthError("invalid_request", f"requested_token_type {requested!r} is not supported")
+        human = await self.idps.verify(subject_token)
+        if not may_act_allows(human.may_act, agent_id):
+            raise AuthError("the subject token's may_act does not name this agent", error="invalid_grant")
+        if not may_delegate(delegators, human):
+            raise AuthError("this person may not delegate to this agent (delegators)", error="invalid_grant")
+        return human.principal
+
+    # ------------------------------------------------------------ revoke, introspect
+
+    async def _token_of(self, form: dict[str, Any]) -> Principal | None:
+        """What the form's `token` stands for, or None when it is not a live session token."""
+        token = form.get("token")
+        if not token:
+            raise OAuthError("invalid_request", "token is required")
+        try:
+            return await self.gw.sessions.resolve(token)
+        except AuthError:
+            return None
+
+    async def _revoke(self, request: Request, form: dict[str, Any]) -> Response:
+        """RFC 7009. A client may revoke its own tokens; a request without client credentials may
+        revoke the token it presents (holding it already grants using it)."""
+        client = await self._client(request, form)
+        principal = await self._token_of(form)
+        if principal is None:
+            return Response(status_code=200, headers=_NO_STORE)  # unknown, invalid or already ended
+        if client is not None and principal.agent.id != client.id:
+            raise OAuthError("unauthorized_client", "the token was not issued to this client")
+        actor = f"client:{principal.agent.id}" if client is not None else "token_holder"
+        await self.gw.sessions.end(principal.sid, "closed", "closed", actor=actor)
+        return Response(status_code=200, headers=_NO_STORE)
+
+    async def _introspect(self, request: Request, form: dict[str, Any]) -> Response:
+        """RFC 7662 for holders of the admin token: what a token stands for, if it is live."""
+        refusal = await admin_refusal(request, self.gw.config.admin_token, self.failures)
+        if refusal is not None:
+            return refusal
+        principal = await self._token_of(form)
+        if principal is None:
+            return JSONResponse({"active": False}, headers=_NO_STORE)
+        claims = principal.token.raw
+        body = {
+            "active": True,
+            "token_type": "Bearer",
+            "scope": scope_of(principal.grant),
+            **{name: claims[name] for name in ("iss", "aud", "sub", "client_id", "sid", "jti", "iat", "exp",
+                                                "act", "task", "grant") if name in claims},
+            "session_state": principal.session.state,
+        }
+        return JSONResponse(body, headers=_NO_STORE)
+
+
+def _ttl(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise OAuthError("invalid_request", f"ttl: {exc}") from None

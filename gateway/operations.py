@@ -1,0 +1,136 @@
+"""Operator actions on agents and sessions, shared by the CLI and the admin API.
+
+Each action is itself audited, with the operator as `actor` ("cli:<user>" or
+"admin"). Agents defined in agents.yaml are authoritative there: they can be
+disabled, enabled and given a secret, but not created here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from gateway.config import AGENT_ID, check_public_jwks
+from gateway.errors import OperatorError
+from gateway.identity.credentials import generate_secret, hash_secret
+from gateway.store.base import AgentRecord, SessionRecord, SessionState
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+
+class Operations:
+    def __init__(self, gateway: Gateway, actor: str) -> None:
+        self.gw = gateway
+        self.actor = actor
+
+    async def _audit(self, event: str, **fields: Any) -> None:
+        await self.gw.audit.emit(event, durable=True, actor=self.actor, **fields)
+
+    # ------------------------------------------------------------ agents
+
+    async def list_agents(self) -> list[dict[str, Any]]:
+        specs = self.gw.agents.specs
+        return [
+            {"id": r.id, "owner": r.owner, "cost_center": r.cost_center, "source": r.source,
+             "disabled": r.disabled or bool(r.id in specs and specs[r.id].disabled),
+             "has_secret": r.secret_hash is not None, "private_key_jwt": bool(r.jwks or (
+                 r.id in specs and specs[r.id].jwks))}
+            for r in await self.gw.store.list_agents()
+        ]
+
+    async def create_agent(
+        self, agent_id: str, owner: str, cost_center: str | None = None, jwks: dict[str, Any] | None = None
+    ) -> str | None:
+        """Create a store agent; returns its secret (shown once), or None when it authenticates with `jwks`.
+
+        Raises:
+            OperatorError: a bad id, owner or key set; the id exists or is defined in agents.yaml.
+        """
+        if not isinstance(agent_id, str) or not AGENT_ID.match(agent_id):
+            raise OperatorError(f"agent id must match {AGENT_ID.pattern}")
+        if not isinstance(owner, str) or "@" not in owner.strip("@") or " " in owner:
+            raise OperatorError("owner must be an email address")
+        if cost_center is not None and not isinstance(cost_center, str):
+            raise OperatorError("cost_center must be a string")
+        if jwks is not None:
+            try:
+                check_public_jwks(jwks)
+            except ValueError as exc:
+                raise OperatorError(f"jwks: {exc}") from None
+        if agent_id in self.gw.agents.specs:
+            raise OperatorError(f"agent {agent_id!r} is defined in agents.yaml; edit it there", status=409)
+        secret = None if jwks is not None else generate_secret()
+        record = AgentRecord(
+            id=agent_id, owner=owner, cost_center=cost_center, source="store", created_at=self.gw.clock(),
+            secret_hash=hash_secret(self.gw.credential_key, secret) if secret else None, jwks=jwks,
+        )
+        if not await self.gw.store.create_agent(record):
+            raise OperatorError(f"agent {agent_id!r} already exists", status=409)
+        await self._audit("agent.created", agent=agent_id, owner=owner, cost_center=cost_center,
+                          credential="private_key_jwt" if jwks is not None else "secret")
+        return secret
+
+    async def _known(self, agent_id: str) -> None:
+        if await self.gw.store.get_agent(agent_id) is None:
+            raise OperatorError(f"no agent {agent_id!r}", status=404)
+
+    async def disable_agent(self, agent_id: str) -> list[str]:
+        """Disable an agent and revoke its live sessions; returns their ids."""
+        await self._known(agent_id)
+        await self.gw.store.update_agent(agent_id, disabled=True)
+        self.gw.agents.forget(agent_id)
+        await self._audit("agent.disabled", agent=agent_id)
+        return await self.gw.sessions.end_agent(agent_id, "revoked", actor=self.actor)
+
+    async def enable_agent(self, agent_id: str) -> None:
+        await self._known(agent_id)
+        await self.gw.store.update_agent(agent_id, disabled=False)
+        self.gw.agents.forget(agent_id)
+        await self._audit("agent.enabled", agent=agent_id)
+
+    async def rotate_secret(self, agent_id: str) -> str:
+        """A new secret for the agent (the old one stops working); returned once."""
+        await self._known(agent_id)
+        secret = generate_secret()
+        await self.gw.store.update_agent(agent_id, secret_hash=hash_secret(self.gw.credential_key, secret))
+        self.gw.agents.forget(agent_id)
+        await self._audit("agent.secret_rotated", agent=agent_id)
+        return secret
+
+    # ------------------------------------------------------------ sessions
+
+    async def list_sessions(self, agent: str | None = None, state: SessionState | None = None) -> list[SessionRecord]:
+        return await self.gw.store.list_sessions(agent, state, now=self.gw.clock())
+
+    async def end_session(self, sid: str, state: SessionState) -> None:
+        """Close or revoke one live session.
+
+        Raises:
+            OperatorError: no such session, or it has already ended.
+        """
+        if not await self.gw.sessions.end(sid, state, state, actor=self.actor):
+            session = await self.gw.store.get_session(sid)
+            if session is None:
+                raise OperatorError(f"no session {sid!r}", status=404)
+            raise OperatorError(f"session {sid} is already {session.state}", status=409)
+
+    async def revoke_agent_sessions(self, agent_id: str) -> list[str]:
+        if await self.gw.agents.get(agent_id) is None:
+            raise OperatorError(f"no agent {agent_id!r}", status=404)
+        return await self.gw.sessions.end_agent(agent_id, "revoked", actor=self.actor)
+
+    async def resume_session(self, sid: str, add_calls: int = 0, add_tokens: int = 0) -> SessionRecord:
+        """Lift a budget stop, optionally raising the session's limits."""
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in (add_calls, add_tokens)):
+            raise OperatorError("add_calls and add_tokens must be whole numbers, not negative")
+        session = await self.gw.store.resume_session(sid, add_calls, add_tokens, self.gw.clock())
+        if session is None:
+            raise OperatorError(f"no live session {sid!r}", status=404)
+        await self._audit("session.resumed", agent=session.agent, owner=session.owner, session=session.sid,
+                          task=session.task, add_calls=add_calls, add_tokens=add_tokens)
+        return session
+
+
+def session_json(session: SessionRecord) -> dict[str, Any]:
+    return asdict(session)

@@ -1,0 +1,180 @@
+"""Helpers for identity tests: OAuth requests, agent secrets, and a real JWKS server for a test IdP."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import httpx
+import jwt
+import uvicorn
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from gateway.cli import main
+from gateway.operations import Operations
+from tests.support.harness import Harness, free_port
+
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+
+
+async def cli(gw: Harness, *argv: str, status: int = 0) -> str:
+    """Run an operator command the way a shell would (its own event loop, its own store connection)."""
+    out = io.StringIO()
+
+    def run() -> int:
+        with contextlib.redirect_stdout(out):
+            return main([*argv, "--config", str(gw.root / "gateway.yaml")])
+
+    assert await anyio.to_thread.run_sync(run) == status
+    return out.getvalue()
+
+
+async def give_secret(gw: Harness, agent: str) -> str:
+    """A fresh client secret for an agent, the way an operator would issue one."""
+    return await Operations(gw.gateway, "test").rotate_secret(agent)
+
+
+def basic(client_id: str, secret: str) -> dict[str, str]:
+    raw = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+    return {"Authorization": f"Basic {raw}"}
+
+
+async def token(gw: Harness, data: dict[str, Any], headers: dict[str, str] | None = None) -> httpx.Response:
+    async with gw.http() as http:
+        return await http.post("/oauth/token", data=data, headers=headers)
+
+
+async def client_credentials(gw: Harness, agent: str, secret: str, **extra: Any) -> dict[str, Any]:
+    response = await token(gw, {"grant_type": "client_credentials", **extra}, basic(agent, secret))
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+async def mcp_status(gw: Harness, access_token: str, path: str = "/mcp") -> httpx.Response:
+    """A tools/list over plain HTTP (2025-11-25 headers), to read status codes and challenges."""
+    body = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "probe", "version": "1"}}}
+    async with gw.http() as http:
+        return await http.post(path, json=body, headers={
+            "Authorization": f"Bearer {access_token}", "Accept": "application/json, text/event-stream"})
+
+
+async def call_time(gw: Harness, access_token: str) -> Any:
+    async with gw.client(access_token) as client:
+        return await client.call_tool("time__get_current_time", {"timezone": "UTC"})
+
+
+# ------------------------------------------------------------------ a test identity provider
+
+
+@dataclass
+class IdP:
+    """A real JWKS endpoint on a free loopback port, with keys the test can rotate."""
+
+    issuer: str = "https://idp.test.example/"
+    audience: str = "mcp-gateway"
+    port: int = 0
+    keys: list[tuple[str, Any]] = field(default_factory=list)  # (kid, private key); published in order
+    fetches: int = 0
+
+    @property
+    def jwks_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/jwks.json"
+
+    def config(self, **extra: Any) -> dict[str, Any]:
+        return {"issuer": self.issuer, "jwks_url": self.jwks_url, "audience": self.audience, **extra}
+
+    def add_key(self, kind: str = "RS256") -> str:
+        kid = f"k-{uuid.uuid4().hex[:8]}"
+        key = rsa.generate_private_key(65537, 2048) if kind == "RS256" else ec.generate_private_key(ec.SECP256R1())
+        self.keys.append((kid, key))
+        return kid
+
+    def jwks(self) -> dict[str, Any]:
+        published = []
+        for kid, key in self.keys:
+            algorithm = RSAAlgorithm if isinstance(key, rsa.RSAPrivateKey) else ECAlgorithm
+            jwk = json.loads(algorithm.to_jwk(key.public_key()))
+            published.append({**jwk, "kid": kid, "use": "sig"})
+        return {"keys": published}
+
+    def sign(self, claims: dict[str, Any] | None = None, *, kid: str | None = None, **overrides: Any) -> str:
+        kid = kid or self.keys[-1][0]
+        key = dict(self.keys)[kid]
+        now = int(time.time())
+        body = {"iss": self.issuer, "aud": self.audience, "sub": "user-123", "iat": now, "exp": now + 300,
+                "email": "carol@example.com", "email_verified": True, **(claims or {}), **overrides}
+        body = {k: v for k, v in body.items() if v is not None}
+        alg = "RS256" if isinstance(key, rsa.RSAPrivateKey) else "ES256"
+        return jwt.encode(body, key, algorithm=alg, headers={"kid": kid})
+
+
+@contextlib.asynccontextmanager
+async def identity_provider() -> AsyncIterator[IdP]:
+    idp = IdP(port=free_port())
+    idp.add_key()
+
+    async def serve_jwks(request: Request) -> JSONResponse:
+        idp.fetches += 1
+        return JSONResponse(idp.jwks())
+
+    app = Starlette(routes=[Route("/jwks.json", serve_jwks)])
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", idp.port))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve, [sock])
+        try:
+            yield idp
+        finally:
+            server.should_exit = True
+
+
+def exchange_form(subject_token: str, **extra: Any) -> dict[str, Any]:
+    return {"grant_type": TOKEN_EXCHANGE, "subject_token": subject_token, "subject_token_type": JWT_TYPE, **extra}
+
+
+INITIALIZE = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+    "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "probe", "version": "1"}}}
+
+
+@contextlib.asynccontextmanager
+async def legacy_session(gw: Harness, access_token: str, path: str = "/mcp") -> AsyncIterator[
+        tuple[httpx.AsyncClient, dict[str, str]]]:
+    """A 2025-11-25 MCP session over plain HTTP; yields the client and the headers every request needs."""
+    headers = {"Authorization": f"Bearer {access_token}", "Accept": "application/json, text/event-stream"}
+    async with httpx.AsyncClient(base_url=gw.url, timeout=10) as http:
+        init = await http.post(path, json=INITIALIZE, headers=headers)
+        assert init.status_code == 200, init.text
+        headers = {**headers, "mcp-session-id": init.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+        done = await http.post(path, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers)
+        assert done.status_code == 202, done.text
+        yield http, headers
+
+
+async def read_stream(response: httpx.Response, lines: list[str], first_line: anyio.Event) -> None:
+    """Collect an SSE response's lines until the server ends it (cleanly or by dropping the connection)."""
+    try:
+        async for line in response.aiter_lines():
+            if line.startswith("data:"):
+                lines.append(line)
+                first_line.set()
+    except (httpx.RemoteProtocolError, httpx.ReadError):
+        pass
