@@ -158,7 +158,7 @@ def start_gateway(config: Path, profile: Path | None) -> subprocess.Popen[bytes]
     if profile is not None:
         cli = [sys.executable, "-m", "pyinstrument", "-r", "text", "-o", str(profile), "-m", "gateway",
                *cli[3:]]
-    return subprocess.Popen(cli, cwd=config.parent, stdout=subprocess.DEVNULL)
+    return subprocess.Popen(cli, cwd=REPO, stdout=subprocess.DEVNULL)
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
