@@ -143,7 +143,8 @@ def replace_pins(text: str, pins: Mapping[str, str]) -> str:
 
 
 def _key(name: str) -> str:
-    return name if _PLAIN_KEY.match(name) else json.dumps(name)
+    plain = _PLAIN_KEY.match(name) and yaml.safe_load(name) == name  # not a number, bool or null to YAML
+    return name if plain else json.dumps(name, ensure_ascii=False)
 
 
 def write_pins(manifest: Path, pins: Mapping[str, str]) -> None:
@@ -154,13 +155,14 @@ def write_pins(manifest: Path, pins: Mapping[str, str]) -> None:
     """
     try:
         text = manifest.read_text(encoding="utf-8")
-        before = yaml.safe_load(text)
-        rewritten = replace_pins(text, pins)
-        after = yaml.safe_load(rewritten)
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{manifest}: cannot rewrite pins: {exc}") from None
-    expected = {**before, "pins": dict(pins)} if isinstance(before, dict) else None
-    if after != expected:
+    except OSError as exc:
+        raise ConfigError(f"{manifest}: cannot read: {exc.strerror or exc}") from None
+    rewritten = replace_pins(text, pins)
+    try:
+        before, after = yaml.safe_load(text), yaml.safe_load(rewritten)
+    except yaml.YAMLError:
+        before = after = None
+    if not isinstance(before, dict) or after != {**before, "pins": dict(pins)}:
         raise ConfigError(f"{manifest}: cannot rewrite its pins: block safely; write them by hand")
     _replace(manifest, rewritten)
 

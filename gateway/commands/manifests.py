@@ -8,8 +8,10 @@ code, started from the manifest; no running gateway needed). `validate
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +61,7 @@ async def served_tools(
     upstreams.on_change(on_change)
     served: dict[str, Mapping[str, types.Tool]] = {}
     failed: dict[str, str] = {}
-    async with upstreams.run():
+    async with _quiet("gateway.upstream"), upstreams.run():  # failures are reported once, below
         while True:  # servers that register tools after initialize announce them with list_changed
             with anyio.move_on_after(SETTLE):
                 await changed.wait()
@@ -78,6 +80,17 @@ async def served_tools(
                 continue
             served[name] = upstream.catalog.tools
     return served, failed
+
+
+@contextlib.asynccontextmanager
+async def _quiet(logger: str) -> AsyncIterator[None]:
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 # ---------------------------------------------------------------- validate
