@@ -70,7 +70,7 @@ def _recorded(recorded: Mapping[str, Definition], name: str, pin: str | None) ->
 def _render(d: Definition) -> list[str]:
     lines = [f"title: {visible(d['title'])}"] if d.get("title") else []
     lines.append("description:")
-    lines += [f"  {visible(line)}" for line in (d.get("description") or "").splitlines()]
+    lines += [f"  {visible(line)}" for line in (d.get("description") or "").split("\n")]  # splitlines eats U+2028
     for key in ("inputSchema", "outputSchema", "annotations"):
         if d.get(key) is not None:
             lines.append(f"{key}:")

@@ -60,7 +60,7 @@ HIDDEN = METRICS.gauge("gateway_tools_hidden", "Tools hidden by pins", ["server"
 
 def definition(tool: types.Tool) -> dict[str, Any]:
     """The pinned parts of a tool definition, in wire names."""
-    annotations = tool.annotations.model_dump(by_alias=True, mode="json", exclude_none=True) if tool.annotations else None
+    annotations = tool.annotations and tool.annotations.model_dump(by_alias=True, mode="json", exclude_none=True)
     return {
         "name": tool.name,
         "title": tool.title,

@@ -28,6 +28,7 @@ from gateway.manifests import UpstreamSpec, describe, load_manifest, manifest_fi
 from gateway.upstream import Upstreams
 
 SETTLE = 0.3  # seconds without a tool-list change after connecting before a server's list counts as final
+SETTLE_LIMIT = 5.0  # a server whose list never stays still is taken as it is then
 
 
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -62,12 +63,13 @@ async def served_tools(
     served: dict[str, Mapping[str, types.Tool]] = {}
     failed: dict[str, str] = {}
     async with _quiet("gateway.upstream"), upstreams.run():  # failures are reported once, below
-        while True:  # servers that register tools after initialize announce them with list_changed
-            with anyio.move_on_after(SETTLE):
-                await changed.wait()
-            if not changed.is_set():
-                break
-            changed = anyio.Event()
+        with anyio.move_on_after(SETTLE_LIMIT):
+            while True:  # servers that register tools after initialize announce them with list_changed
+                with anyio.move_on_after(SETTLE):
+                    await changed.wait()
+                if not changed.is_set():
+                    break
+                changed = anyio.Event()
         for name, upstream in upstreams.servers.items():
             if not upstream.up:
                 failed[name] = f"{upstream.main.last_error or 'not reachable'} (see {logs / f'{name}.stderr.log'})"
@@ -75,8 +77,11 @@ async def served_tools(
             try:
                 with anyio.fail_after(upstream.spec.timeout):
                     await upstream.refresh()
-            except (TimeoutError, GatewayError, MCPError) as exc:
-                failed[name] = str(exc) or "listing tools timed out"
+            except TimeoutError:
+                failed[name] = f"listing its tools took longer than {upstream.spec.timeout:g}s"
+                continue
+            except (GatewayError, MCPError) as exc:
+                failed[name] = str(exc)
                 continue
             served[name] = upstream.catalog.tools
     return served, failed
@@ -132,6 +137,8 @@ def _validate(args: argparse.Namespace) -> int:
             for tool_name, tool in sorted(tools.items()):
                 for reason in lint(tool, everyone):
                     warn(name, tool_name, reason)
+                if config.require_pins and tool_name not in specs[name].pins:
+                    warn(name, tool_name, "not pinned (require_pins hides it)")
             for tool_name, pinned in sorted(specs[name].pins.items()):
                 if tool_name not in tools:
                     if specs[name].exposes(tool_name):

@@ -96,7 +96,8 @@ async def test_pinning_one_tool_leaves_the_others_and_records_the_definition(tmp
     record = json.loads((tmp_path / "manifests" / "mutable.pins.json").read_text())
     assert record["greet"]["description"] == "Greet someone by name."
     [audited] = [json.loads(line) for line in (tmp_path / "state" / "audit-cli.jsonl").read_text().splitlines()]
-    assert (audited["event"], audited["tool"], audited["new_pin"]) == ("tool.pinned", "greet", manifest["pins"]["greet"])
+    assert (audited["event"], audited["tool"]) == ("tool.pinned", "greet")
+    assert audited["new_pin"] == manifest["pins"]["greet"] and "old_pin" not in audited
 
     again = await mcp_gateway(tmp_path, "manifests", "pin", "mutable", "--tool", "greet", "--yes")
     assert again.stdout.decode().startswith("mutable: pins are up to date")

@@ -73,8 +73,9 @@ def test_the_name_the_title_and_the_annotations_are_pinned_too(wire):
     reference = pin(served(wire))
     assert pin(served({**wire, "name": wire["name"] + "x"})) != reference
     assert pin(served({**wire, "title": "Another title"})) != reference
-    hint = not (wire.get("annotations") or {}).get("destructiveHint", False)
-    assert pin(served({**wire, "annotations": {**(wire.get("annotations") or {}), "destructiveHint": hint}})) != reference
+    annotations = wire.get("annotations") or {}
+    flipped = {**annotations, "destructiveHint": not annotations.get("destructiveHint", False)}
+    assert pin(served({**wire, "annotations": flipped})) != reference
 
 
 def test_fields_outside_the_definition_do_not_change_the_pin():

@@ -96,7 +96,8 @@ async def test_require_pins_shows_only_pinned_tools_and_new_tools_wait_for_their
         await unknown_everywhere(gw, token, "mutable", "greet")
 
         async with changes.expect():
-            assert (await mcp_gateway(tmp_path, "manifests", "pin", "mutable", "--tool", "rug_pull", "--yes")).returncode == 0
+            pinned = await mcp_gateway(tmp_path, "manifests", "pin", "mutable", "--tool", "rug_pull", "--yes")
+        assert pinned.returncode == 0, pinned.stderr
         async with gw.client(token) as client:
             assert {t.name for t in (await client.list_tools()).tools} == {"mutable__rug_pull"}
             async with changes.expect():
