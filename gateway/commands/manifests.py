@@ -146,7 +146,7 @@ def _validate(args: argparse.Namespace) -> int:
                 elif pins.pin(tools[tool_name]) != pinned:
                     warn(name, tool_name, "the served definition does not match its pin (the gateway hides it)")
     if errors:
-        raise ConfigError(f"{errors} error(s) in {len(files)} manifest(s)")
+        raise ConfigError(f"{errors} of {len(files)} manifest(s) invalid")
     if warnings and args.strict:
         raise ConfigError(f"{warnings} warning(s), and --strict fails on warnings")
     return 0
