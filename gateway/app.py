@@ -36,6 +36,7 @@ from gateway.identity.oauth import OAuth
 from gateway.identity.shared import SharedCredentialDetector
 from gateway.identity.tokens import Tokens
 from gateway.manifests import UpstreamSpec, load_manifests
+from gateway.pins import Pins
 from gateway.pipeline import Pipeline
 from gateway.sealing import Sealer, load_key
 from gateway.sessions import Sessions
@@ -69,6 +70,7 @@ class Gateway:
     fingerprints: Fingerprints
     credential_key: bytes
     shared: SharedCredentialDetector
+    pins: Pins
     task_group: anyio.abc.TaskGroup | None = None
     ready: anyio.Event = field(default_factory=anyio.Event)  # set once startup has finished
 
@@ -108,6 +110,8 @@ def build_gateway(
     upstreams = Upstreams(specs, stderr_dir=config.state_dir / "logs")
     budgets = Budgets(store, audit, clock)
     fingerprints = Fingerprints(load_key(config.state_dir / "fingerprint.key"))
+    pins = Pins(upstreams, audit, require_pins=config.require_pins)
+    upstreams.quarantine = pins.settle
     gateway = Gateway(
         config=config,
         clock=clock,
@@ -127,6 +131,7 @@ def build_gateway(
         fingerprints=fingerprints,
         credential_key=load_key(config.state_dir / "credential.key"),
         shared=SharedCredentialDetector(config.shared_credentials),
+        pins=pins,
     )
     return gateway
 
@@ -174,6 +179,7 @@ def create_app(gateway: Gateway) -> Starlette:
             gateway.sessions.on_end(_on_session_end(gateway, edge))
             tg.start_soon(_watch_sessions, gateway, edge)
             tg.start_soon(edge.failures.run)
+            tg.start_soon(gateway.pins.watch)
             gateway.ready.set()
             try:
                 yield

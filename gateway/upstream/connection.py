@@ -143,6 +143,8 @@ class Connection:
                         await closed.wait()
                         tg.cancel_scope.cancel()
             except Exception as exc:  # any failure to connect or serve means: reconnect
+                while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+                    exc = exc.exceptions[0]  # the task groups' wrapping says nothing; what they wrap does
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("upstream %s failed: %s", self.spec.name, self.last_error)
             finally:

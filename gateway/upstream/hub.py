@@ -32,6 +32,11 @@ _PAGE_CAP = 100
 ChangeListener = Callable[[str, str], Awaitable[None]]  # (server, "tools" | "resources" | "prompts")
 UpdateListener = Callable[[Connection, str], Awaitable[None]]  # (connection, upstream resource uri)
 LogListener = Callable[[str, types.LoggingMessageNotificationParams], Awaitable[None]]  # (sid, params)
+Quarantine = Callable[["Upstream", "Catalog"], Awaitable[frozenset[str]]]  # the tools of a new catalog to hide
+
+
+async def _nothing_hidden(upstream: Upstream, catalog: Catalog) -> frozenset[str]:
+    return frozenset()
 
 
 @dataclass(frozen=True)
@@ -154,9 +159,9 @@ class Upstream:
                 await _all_pages(session.list_resource_templates, "resource_templates") if caps.resources else []
             )
             prompts = await _all_pages(session.list_prompts, "prompts") if caps.prompts else []
-            old = self.catalog
+            old, old_hidden = self.catalog, self.hidden
             all_tools = {t.name: t for t in tools}
-            self.catalog = Catalog(
+            catalog = Catalog(
                 tools={n: t for n, t in all_tools.items() if self.spec.exposes(n)},
                 resources=tuple(resources),
                 templates=tuple(templates),
@@ -164,10 +169,12 @@ class Upstream:
                 capabilities=caps,
                 all_tools=all_tools,
             )
+            hidden = await self.hub.quarantine(self, catalog)
+            self.catalog, self.hidden = catalog, hidden  # together: a changed tool is never shown unchecked
         changed = [
             kind
             for kind, before, after in (
-                ("tools", old.all_tools, self.catalog.all_tools),
+                ("tools", (old.all_tools, old_hidden), (self.catalog.all_tools, self.hidden)),
                 ("resources", (old.resources, old.templates), (self.catalog.resources, self.catalog.templates)),
                 ("prompts", old.prompts, self.catalog.prompts),
             )
@@ -175,6 +182,14 @@ class Upstream:
         ]
         for kind in changed:
             await self.hub.changed(self.name, kind)
+
+    async def requarantine(self) -> None:
+        """Check the current catalog again (its pins changed) and announce the tool list if that changed it."""
+        async with self._refresh_lock:
+            before = self.hidden
+            self.hidden = await self.hub.quarantine(self, self.catalog)
+        if self.hidden != before:
+            await self.hub.changed(self.name, "tools")
 
     async def _notification(self, connection: Connection, message: types.ServerNotification) -> None:
         if isinstance(message, types.ResourceUpdatedNotification):
@@ -223,6 +238,7 @@ class Upstreams:
         self._change_listeners: list[ChangeListener] = []
         self._update_listeners: list[UpdateListener] = []
         self._log_listeners: list[LogListener] = []
+        self.quarantine: Quarantine = _nothing_hidden  # the app installs the pin check (gateway/pins.py)
 
     def __getitem__(self, name: str) -> Upstream:
         return self.servers[name]

@@ -1,0 +1,198 @@
+"""Tool pins: a reviewed tool definition becomes part of the grant; a changed one is quarantined.
+
+A pin is `sha256:<64 hex>`: SHA-256 over one canonical serialisation of the
+parts of a tool definition a model or a user reads:
+
+    {"annotations": ..., "description": ..., "inputSchema": ...,
+     "name": ..., "outputSchema": ..., "title": ...}
+
+as JSON with keys sorted at every level, no whitespace, UTF-8 (RFC 8785 style,
+like the audit chain; numbers as Python's json renders them, lone surrogates
+passed through). Absent fields are null; annotations are their wire object
+without null members (an empty one is null). Key order and whitespace of what
+the server sent never change a pin; any change to a text or a schema does.
+
+At runtime (`Pins`), every time an upstream's tool list is (re-)listed —
+connect, restart, reconnect, list_changed — each exposed tool is checked:
+
+- pinned, definition differs: quarantined (hidden from every list, calls get
+  `Unknown tool`), audited once per change as `tool.changed` with the old and
+  new pin, counted in `gateway_tool_changes_total`;
+- not pinned, and gateway.yaml has `require_pins: true`: hidden until pinned.
+
+A running gateway follows re-pinning without a restart: a manifest's `pins:` are
+re-read when its file changes (modification time, size or inode), checked on
+every re-list and every `RECHECK_EVERY` seconds. Only `pins:` are taken from a
+re-read file; other manifest changes need a restart. A file that no longer
+validates keeps the pins in force and is logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import mcp_types as types
+from pydantic import ValidationError
+
+from gateway.audit import Audit
+from gateway.config import read_yaml, validation_message
+from gateway.errors import AuditUnavailable, ConfigError
+from gateway.manifests import Manifest
+from gateway.metrics import METRICS
+
+if TYPE_CHECKING:
+    from gateway.upstream import Catalog, Upstream, Upstreams
+
+log = logging.getLogger("gateway.pins")
+
+RECHECK_EVERY = 1.0  # seconds between checks of the manifest files for new pins
+
+CHANGES = METRICS.counter("gateway_tool_changes_total", "Pinned tool definitions seen changed", ["server"])
+HIDDEN = METRICS.gauge("gateway_tools_hidden", "Tools hidden by pins", ["server", "reason"])
+
+
+def definition(tool: types.Tool) -> dict[str, Any]:
+    """The pinned parts of a tool definition, in wire names."""
+    annotations = tool.annotations and tool.annotations.model_dump(by_alias=True, mode="json", exclude_none=True)
+    return {
+        "name": tool.name,
+        "title": tool.title,
+        "description": tool.description,
+        "inputSchema": tool.input_schema,
+        "outputSchema": tool.output_schema,
+        "annotations": annotations or None,
+    }
+
+
+def canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass")
+
+
+def digest(definition: Mapping[str, Any]) -> str:
+    """The pin of a definition as `definition()` returns it."""
+    return "sha256:" + hashlib.sha256(canonical(definition)).hexdigest()
+
+
+def pin(tool: types.Tool) -> str:
+    return digest(definition(tool))
+
+
+@dataclass(frozen=True)
+class Change:
+    """A pinned tool whose served definition no longer matches its pin."""
+
+    tool: str
+    pinned: str
+    served: str
+
+
+def check(
+    tools: Mapping[str, types.Tool], pins: Mapping[str, str], require_pins: bool
+) -> tuple[frozenset[str], list[Change]]:
+    """Which of these tools to hide, and the pinned ones among them that changed."""
+    changes = [
+        Change(name, pins[name], served)
+        for name, tool in sorted(tools.items())
+        if name in pins and (served := pin(tool)) != pins[name]
+    ]
+    hidden = {change.tool for change in changes}
+    if require_pins:
+        hidden.update(name for name in tools if name not in pins)
+    return frozenset(hidden), changes
+
+
+def read_pins(path: Path) -> dict[str, str]:
+    """The `pins:` of a manifest file, validated with the rest of the file.
+
+    Raises:
+        ConfigError: the file is unreadable or invalid.
+    """
+    raw = read_yaml(path)
+    try:
+        return dict(Manifest.model_validate(raw).pins)
+    except ValidationError as exc:
+        raise ConfigError(validation_message(path, exc)) from None
+
+
+def _stamp(path: Path | None) -> tuple[int, int, int] | None:
+    if path is None:
+        return None
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_mtime_ns, info.st_size, info.st_ino
+
+
+class Pins:
+    """Keeps every upstream's quarantine in step with its pins; installed as the hub's quarantine check."""
+
+    def __init__(self, upstreams: Upstreams, audit: Audit, *, require_pins: bool) -> None:
+        self.upstreams = upstreams
+        self.audit = audit
+        self.require_pins = require_pins
+        self.pins = {name: dict(u.spec.pins) for name, u in upstreams.servers.items()}
+        self._stamps = {name: _stamp(u.spec.source) for name, u in upstreams.servers.items()}
+        self._reported: dict[tuple[str, str], tuple[str, str]] = {}  # (server, tool) -> (pinned, served)
+
+    async def settle(self, upstream: Upstream, catalog: Catalog) -> frozenset[str]:
+        """The tools of this catalog to hide; audits each change once."""
+        self._reload(upstream)
+        pins = self.pins[upstream.name]
+        hidden, changes = check(catalog.tools, pins, self.require_pins)
+        changed = {change.tool for change in changes}
+        for key in [k for k in self._reported if k[0] == upstream.name and k[1] not in changed]:
+            if key[1] in catalog.tools or key[1] not in pins:  # back in line; a tool missing for now stays reported
+                del self._reported[key]
+        for change in changes:
+            await self._report(upstream.name, change)
+        HIDDEN.set(upstream.name, "changed", value=len(changes))
+        HIDDEN.set(upstream.name, "unpinned", value=len(hidden) - len(changes))
+        return hidden
+
+    async def _report(self, server: str, change: Change) -> None:
+        key, seen = (server, change.tool), (change.pinned, change.served)
+        if self._reported.get(key) == seen:
+            return
+        log.warning("quarantined %s.%s: its definition no longer matches its pin", server, change.tool)
+        try:
+            await self.audit.emit("tool.changed", durable=True, server=server, tool=change.tool,
+                                  old_pin=change.pinned, new_pin=change.served, decision="quarantine")
+        except AuditUnavailable as exc:  # stays hidden; reported again at the next re-list
+            log.error("tool.changed for %s.%s not audited: %s", server, change.tool, exc)
+            return
+        self._reported[key] = seen
+        CHANGES.inc(server)
+
+    def _reload(self, upstream: Upstream) -> bool:
+        """Re-read the manifest's pins if its file changed; True when they did."""
+        path = upstream.spec.source
+        stamp = _stamp(path)
+        if path is None or stamp is None or stamp == self._stamps.get(upstream.name):
+            return False
+        self._stamps[upstream.name] = stamp
+        try:
+            pins = read_pins(path)
+        except ConfigError as exc:
+            log.error("keeping the pins in force for %s: %s", upstream.name, exc)
+            return False
+        if pins == self.pins[upstream.name]:
+            return False
+        log.info("pins of %s re-read from %s", upstream.name, path)
+        self.pins[upstream.name] = pins
+        return True
+
+    async def watch(self) -> None:
+        """Pick up re-pinned manifests while the gateway runs."""
+        while True:
+            await anyio.sleep(RECHECK_EVERY)
+            for upstream in self.upstreams.servers.values():
+                if self._reload(upstream):
+                    await upstream.requarantine()
