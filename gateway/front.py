@@ -150,7 +150,9 @@ class Front:
             on_completion=handlers.complete,
         )
         server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, handlers.set_level)
-        server.middleware.append(_SharedCredentialCheck(self.gw))
+        # Replaces the SDK's default OpenTelemetry middleware: a span per message costs on every call and the
+        # gateway's own audit stream and metrics already cover what crosses it.
+        server.middleware = [_SharedCredentialCheck(self.gw)]
         return server
 
 
