@@ -36,6 +36,7 @@ from gateway.identity.oauth import OAuth
 from gateway.identity.shared import SharedCredentialDetector
 from gateway.identity.tokens import Tokens
 from gateway.manifests import UpstreamSpec, load_manifests
+from gateway.metering import Meter, load_tokenizer
 from gateway.pins import Pins
 from gateway.pipeline import Pipeline
 from gateway.sealing import Sealer, load_key
@@ -68,6 +69,7 @@ class Gateway:
     fanout: Fanout
     exchanges: Exchanges
     fingerprints: Fingerprints
+    meter: Meter
     credential_key: bytes
     shared: SharedCredentialDetector
     pins: Pins
@@ -112,6 +114,7 @@ def build_gateway(
     fingerprints = Fingerprints(load_key(config.state_dir / "fingerprint.key"))
     pins = Pins(upstreams, audit, require_pins=config.require_pins)
     upstreams.quarantine = pins.settle
+    meter = Meter(load_tokenizer(config.metering))
     gateway = Gateway(
         config=config,
         clock=clock,
@@ -124,11 +127,12 @@ def build_gateway(
         upstreams=upstreams,
         names=Names(upstreams),
         budgets=budgets,
-        pipeline=Pipeline(upstreams, budgets, audit, fingerprints, clock),
+        pipeline=Pipeline(upstreams, budgets, audit, fingerprints, meter, clock),
         fanout=Fanout(),
         # Paused calls run in the app's task group, which exists once the lifespan has started.
         exchanges=Exchanges(Sealer(load_key(config.state_dir / "state.key")), lambda *a: gateway.spawn(*a), clock),
         fingerprints=fingerprints,
+        meter=meter,
         credential_key=load_key(config.state_dir / "credential.key"),
         shared=SharedCredentialDetector(config.shared_credentials),
         pins=pins,
@@ -166,7 +170,7 @@ def create_app(gateway: Gateway) -> Starlette:
             stack.push_async_callback(oauth.idps.close)
             await gateway.agents.sync(gateway.clock())
             await gateway.audit.emit("gateway.started", public_url=config.public_url,
-                                     servers=sorted(gateway.upstreams.servers))
+                                     servers=sorted(gateway.upstreams.servers), tokenizer=gateway.meter.tokenizer.name)
             gateway.upstreams.on_change(_on_change(gateway))
             gateway.upstreams.on_update(gateway.fanout.updated)
             gateway.upstreams.on_log(gateway.fanout.log)
@@ -229,6 +233,7 @@ def _on_session_end(gateway: Gateway, edge: Edge) -> Callable[[str], Any]:
         await edge.end_session(sid)
         gateway.fanout.drop_session(sid)
         gateway.upstreams.release(sid)
+        gateway.budgets.forget(sid)
 
     return ended
 
@@ -239,6 +244,7 @@ async def _watch_sessions(gateway: Gateway, edge: Edge) -> None:
         await anyio.sleep(SWEEP_EVERY)
         try:
             await gateway.sessions.sweep()
+            await gateway.budgets.maintain()
             now = gateway.clock()
             for sid in edge.active_sids():
                 session = await gateway.store.get_session(sid)

@@ -1,36 +1,109 @@
-"""Budget reservation and settlement around each forwarded call.
+"""Budgets: reserve before forwarding, settle after, and stop runaway work.
 
-The reservation is the per-call session check: one atomic store statement
-checks the session is live and active and within its limits, and counts the
-call. A stop suspends the session: its token still authenticates, and every
-further call gets the same stop until an operator resumes it or it is closed.
+`reserve` is the per-call check: one atomic store statement checks the session
+is live and active, that no limit is passed, and counts the call and its
+argument tokens. `settle` adds what came back. Limits come from the agent's
+current grant at every call, so a grant change reaches live sessions at their
+next call (operator additions from `sessions resume` last until then).
+
+What each stop does:
+
+| limit | scope | effect |
+|---|---|---|
+| session_calls, session_tokens, daily_tokens | the session | suspended until `sessions resume` or close |
+| loop_repeats, tool_calls | one tool in the session | that tool is refused for the rest of the session |
+| calls_per_minute | one call | refused with `retry_after_s`; nothing is suspended |
+
+The first two kinds write `budget.exceeded` once, when they happen; every
+refused call is recorded as a denied `tool.call`. A token budget can be overshot
+only by what comes back from work admitted before it ran out: a call is admitted
+only while its arguments fit with room to spare, and its result, the sampling it
+triggers, and model usage the runtime reports are counted when they arrive.
+`budget.threshold` fires once per session (per agent and UTC day for
+daily_tokens) at each of the grant's alert shares.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from gateway.audit import Audit
 from gateway.errors import AuthError, Stopped
 from gateway.principal import Principal
-from gateway.store.base import Reservation, SessionRecord, Store
+from gateway.store.base import Ask, Reservation, SessionRecord, Store, utc_day
 
-_LIMIT_WORDS = {
-    "session_calls": "the session's tool-call budget",
-    "session_tokens": "the session's token budget",
+SESSION_LIMITS = ("session_calls", "session_tokens", "daily_tokens")
+STOP_REASONS = frozenset({*SESSION_LIMITS, "tool_calls", "loop_repeats", "calls_per_minute"})
+
+_WHAT = {
+    "session_calls": "this session's tool-call budget",
+    "session_tokens": "this session's token budget",
+    "daily_tokens": "this agent's daily token budget (it resets at 00:00 UTC)",
 }
 
 
-def stop_for(limit: str, used: int | None, maximum: int | None, session: SessionRecord) -> Stopped:
-    what = _LIMIT_WORDS.get(limit, limit)
+def stop_for(detail: dict[str, Any]) -> Stopped:
+    """The stop an agent is told, in plain words, from its structured detail."""
+    limit = str(detail.get("limit"))
+    used, maximum, sid, tool = detail.get("used"), detail.get("max"), detail.get("session"), detail.get("tool")
     usage = f" ({used}/{maximum})" if used is not None and maximum is not None else ""
-    message = (
-        f"STOP: {what} is exhausted{usage}. Do not call more tools in this session; report to the user "
-        f"that the task hit its budget. An operator can resume session {session.sid}."
-    )
-    detail = {"limit": limit, "used": used, "max": maximum, "session": session.sid}
+    if limit == "calls_per_minute":
+        message = (
+            f"RATE LIMITED: this agent may make {maximum} tool calls a minute and has made {used} this minute. "
+            f"Nothing was forwarded. Wait {detail.get('retry_after_s')} seconds before calling again."
+        )
+    elif limit == "loop_repeats":
+        message = (
+            f"STOP calling {tool}: it was called with the same arguments {used} times within "
+            f"{detail.get('window_s')}s (the grant allows {maximum}), which looks like a loop. Calls to {tool} are "
+            f"refused for the rest of this session; do not retry it. Change approach or report to the user. "
+            f"An operator can lift this by resuming session {sid}."
+        )
+    elif limit == "tool_calls":
+        message = (
+            f"STOP calling {tool}: this session has used its calls to it{usage}. Calls to {tool} are refused "
+            "for the rest of this session; continue without it or report to the user."
+        )
+    else:
+        message = (
+            f"STOP: {_WHAT.get(limit, limit)} is exhausted{usage}. Do not call more tools in this session; "
+            f"report to the user that the task hit its budget. An operator can resume session {sid}."
+        )
     return Stopped(limit, message, detail)
+
+
+def stop_detail(stop: Stopped) -> dict[str, Any]:
+    """The `_meta` of a stop result or error."""
+    return {"gateway/stop": stop.detail}
+
+
+class Loops:
+    """Recent identical calls per session, in memory; a loop that trips is recorded in the store."""
+
+    def __init__(self) -> None:
+        self._calls: dict[str, dict[tuple[str, str], deque[float]]] = {}
+
+    def repeats(self, sid: str, tool: str, fingerprint: str, now: float, window: float) -> int:
+        recent = self._calls.get(sid, {}).get((tool, fingerprint))
+        if not recent:
+            return 0
+        while recent and recent[0] <= now - window:
+            recent.popleft()
+        return len(recent)
+
+    def record(self, sid: str, tool: str, fingerprint: str, now: float, keep: int) -> None:
+        recent = self._calls.setdefault(sid, {}).setdefault((tool, fingerprint), deque(maxlen=keep))
+        recent.append(now)
+
+    def forget(self, sid: str, tool: str | None = None) -> None:
+        if tool is None:
+            self._calls.pop(sid, None)
+            return
+        calls = self._calls.get(sid, {})
+        for key in [k for k in calls if k[0] == tool]:
+            del calls[key]
 
 
 class Budgets:
@@ -38,40 +111,39 @@ class Budgets:
         self.store = store
         self.audit = audit
         self.clock = clock
+        self.loops = Loops()
+        self._alerted: set[tuple[str, str, float]] = set()  # alerts known to have fired (the store is the record)
+        self._pruned = 0.0
 
-    async def reserve(self, principal: Principal, request_tokens: int) -> SessionRecord:
-        """Count one call against the session, or stop it.
+    async def reserve(self, principal: Principal, tool: str, request_tokens: int, fingerprint: str) -> SessionRecord:
+        """Count one call to `tool` (`server.tool`) against every limit, or stop it.
 
         Raises:
-            Stopped: a limit is reached, or the session is already suspended.
+            Stopped: a limit is reached, the tool is blocked, or the session is suspended.
             AuthError: the session ended since the request was authenticated.
-            StoreUnavailable: the store cannot be consulted.
+            StoreUnavailable, AuditUnavailable: the limits cannot be checked or the stop recorded.
         """
+        budget = principal.grant.budget
         now = self.clock()
-        reservation = await self.store.reserve(principal.sid, now, 1, request_tokens)
-        if reservation.granted and reservation.session is not None:
-            return reservation.session
-        await self._refuse(principal, reservation, now)
-        raise AssertionError("unreachable")
-
-    async def _refuse(self, principal: Principal, reservation: Reservation, now: float) -> None:
-        session = reservation.session
-        if session is None or reservation.refusal == "ended":
-            raise AuthError("session ended")
-        if reservation.refusal == "suspended":
-            stop = session.stop or {"limit": session.reason or "suspended"}
-            raise stop_for(str(stop.get("limit")), stop.get("used"), stop.get("max"), session)
-        limit = reservation.refusal or "session_calls"
-        used, maximum = (
-            (session.calls, session.calls_limit) if limit == "session_calls" else (session.tokens, session.tokens_limit)
+        await self._apply_grant(principal)
+        if budget.loop_repeats is not None:
+            repeats = self.loops.repeats(principal.sid, tool, fingerprint, now, budget.loop_window)
+            if repeats >= budget.loop_repeats:
+                await self._loop(principal, tool, repeats + 1)
+        ask = Ask(
+            principal.sid, principal.agent.id, now, calls=1, tokens=request_tokens, tool=tool,
+            tool_cap=budget.tool_calls.get(tool), daily_tokens=budget.daily_tokens,
+            calls_per_minute=budget.calls_per_minute,
         )
-        stop = stop_for(limit, used, maximum, session)
-        if await self.store.suspend_session(session.sid, stop.detail, now):
-            await self.audit.emit(
-                "budget.exceeded", durable=True, **principal.audit_fields(), reason=limit,
-                used=used, limit=maximum,
-            )
-        raise stop
+        reservation = await self.store.reserve(ask)
+        if not reservation.granted or reservation.session is None:
+            raise await self._refusal(principal, reservation, ask)
+        if budget.loop_repeats is not None:
+            self.loops.record(principal.sid, tool, fingerprint, now, budget.loop_repeats)
+        session = reservation.session
+        await self._alerts(principal, "session_calls", session.calls, session.calls_limit, session.sid)
+        await self._alerts(principal, "session_tokens", session.tokens, session.tokens_limit, session.sid)
+        return session
 
     async def check(self, principal: Principal) -> None:
         """For requests that are not tool calls: refuse while the session is stopped or out of tokens.
@@ -79,14 +151,97 @@ class Budgets:
         Raises:
             Stopped, AuthError, StoreUnavailable: as for `reserve`.
         """
-        now = self.clock()
-        reservation = await self.store.reserve(principal.sid, now, 0, 0)
+        await self._apply_grant(principal)
+        ask = Ask(principal.sid, principal.agent.id, self.clock(), daily_tokens=principal.grant.budget.daily_tokens)
+        reservation = await self.store.reserve(ask)
         if not reservation.granted:
-            await self._refuse(principal, reservation, now)
+            raise await self._refusal(principal, reservation, ask)
 
     async def settle(self, principal: Principal, tokens: int) -> None:
-        await self.store.settle(principal.sid, tokens)
+        """Add tokens that crossed after admission (results, sampling, reads, model usage)."""
+        if tokens <= 0:
+            return
+        now = self.clock()
+        settled = await self.store.settle(principal.sid, tokens, now)
+        if settled is None:
+            return
+        session, day_tokens = settled
+        await self._alerts(principal, "session_tokens", session.tokens, session.tokens_limit, session.sid)
+        daily = principal.grant.budget.daily_tokens
+        await self._alerts(principal, "daily_tokens", day_tokens, daily, f"{principal.agent.id}@{utc_day(now)}")
 
+    def forget(self, sid: str) -> None:
+        """The session ended: drop what is kept in memory for it."""
+        self.loops.forget(sid)
 
-def stop_detail(stop: Stopped) -> dict[str, Any]:
-    return {"gateway/stop": stop.detail}
+    async def maintain(self) -> None:
+        """Periodic upkeep: drop counters nothing can consult any more (at most once a minute)."""
+        now = self.clock()
+        if now - self._pruned >= 60:
+            self._pruned = now
+            await self.store.prune_usage(now)
+            self._alerted.clear()
+
+    # ------------------------------------------------------------ internals
+
+    async def _apply_grant(self, principal: Principal) -> None:
+        grant = principal.grant
+        if principal.session.grant_version != grant.version:
+            await self.store.regrant(principal.sid, grant.version, grant.budget.session_calls,
+                                     grant.budget.session_tokens)
+
+    async def _refusal(self, principal: Principal, reservation: Reservation, ask: Ask) -> Stopped:
+        session = reservation.session
+        if session is None or reservation.refusal == "ended":
+            raise AuthError("session ended")
+        if reservation.refusal == "suspended":
+            return stop_for(session.stop or {"limit": session.reason or "suspended", "session": session.sid})
+        if reservation.refusal == "blocked":
+            return stop_for(reservation.block or {"limit": "blocked", "session": session.sid, "tool": ask.tool})
+        limit, used, maximum = str(reservation.refusal), reservation.used, reservation.limit
+        detail: dict[str, Any] = {"limit": limit, "used": used, "max": maximum, "session": session.sid}
+        if limit == "calls_per_minute":
+            detail.update(scope="call", retry_after_s=max(1, 60 - int(ask.now % 60)))
+            return stop_for(detail)
+        if limit == "tool_calls":
+            detail.update(scope="tool", tool=ask.tool)
+            await self._block(principal, str(ask.tool), detail)
+            return stop_for(detail)
+        detail["scope"] = "session"
+        if limit == "daily_tokens":
+            detail["resets_at"] = utc_day(ask.now + 86400) + "T00:00:00Z"
+        if await self.store.suspend_session(session.sid, detail, ask.now):
+            await self.audit.emit("budget.exceeded", durable=True, **principal.audit_fields(), reason=limit,
+                                  used=used, limit=maximum, scope="session")
+        scope = f"{principal.agent.id}@{ask.day}" if limit == "daily_tokens" else session.sid
+        await self._alerts(principal, limit, maximum, maximum, scope)
+        return stop_for(detail)
+
+    async def _loop(self, principal: Principal, tool: str, repeats: int) -> None:
+        budget = principal.grant.budget
+        detail = {"limit": "loop_repeats", "used": repeats, "max": budget.loop_repeats, "session": principal.sid,
+                  "scope": "tool", "tool": tool, "window_s": budget.loop_window}
+        await self._block(principal, tool, detail)
+        self.loops.forget(principal.sid, tool)
+        raise stop_for(detail)
+
+    async def _block(self, principal: Principal, tool: str, detail: dict[str, Any]) -> None:
+        if await self.store.block_tool(principal.sid, tool, detail):
+            server, _, name = tool.partition(".")
+            await self.audit.emit("budget.exceeded", durable=True, **principal.audit_fields(), reason=detail["limit"],
+                                  used=detail["used"], limit=detail["max"], scope="tool", server=server, tool=name)
+
+    async def _alerts(self, principal: Principal, limit: str, used: int, maximum: int | None, scope: str) -> None:
+        """`budget.threshold` at each alert share `used` has reached, once per scope."""
+        if maximum is None:
+            return
+        for share in principal.grant.alerts:  # ascending
+            if used < share * maximum:
+                return
+            key = (scope, limit, share)
+            if key in self._alerted:
+                continue
+            if await self.store.first_alert(scope, limit, share):
+                await self.audit.emit("budget.threshold", **principal.audit_fields(), reason=limit, share=share,
+                                      used=used, limit=maximum)
+            self._alerted.add(key)

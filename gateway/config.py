@@ -54,6 +54,18 @@ class SessionDefaults(_Model):
 ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 
 
+class MeteringSettings(_Model):
+    tokenizer: Literal["estimate", "bpe", "auto"] = "estimate"  # auto: bpe when it loads offline, else estimate
+    encoding: str = "cl100k_base"  # the tiktoken encoding for bpe
+
+
+class Price(_Model):
+    """USD per million tokens of one model, for model usage reported without a cost."""
+
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+
+
 class IdentityProvider(_Model):
     """A humans' identity provider whose JWTs may be exchanged for delegated session tokens."""
 
@@ -118,6 +130,8 @@ class GatewayConfig(_Model):
     call_timeout: Duration = 60.0  # per upstream request
     allowed_origins: tuple[str, ...] = ()  # browser Origins accepted besides public_url's own
     allowed_hosts: tuple[str, ...] = ()  # Host headers accepted besides public_url's and listen's
+    metering: MeteringSettings = MeteringSettings()  # how payload tokens are counted
+    prices: dict[str, Price] = {}  # model name -> price, to cost POST /v1/usage reports that carry no cost_usd
 
     @field_validator("public_url")
     @classmethod
@@ -190,16 +204,29 @@ class ArgumentRule(_Model):
 
 
 class Budget(_Model):
-    session_tokens: int | None = Field(None, gt=0)
-    session_calls: int | None = Field(None, gt=0)
-    session_ttl: Duration | None = None
-    idle_timeout: Duration | None = None
-    daily_tokens: int | None = Field(None, gt=0)
-    max_active_sessions: int | None = Field(None, gt=0)
-    calls_per_minute: int | None = Field(None, gt=0)
-    loop_repeats: int | None = Field(None, gt=0)
+    """Limits on an agent's spend. Unset means no limit. Applied at each call from the current grant."""
+
+    session_tokens: int | None = Field(None, gt=0)  # metered tokens per session (tool payloads + model usage)
+    session_calls: int | None = Field(None, gt=0)  # tool calls per session
+    session_ttl: Duration | None = None  # a session's max lifetime (default: session_defaults.ttl)
+    idle_timeout: Duration | None = None  # default: session_defaults.idle_timeout
+    daily_tokens: int | None = Field(None, gt=0)  # per agent per UTC day, across its sessions
+    max_active_sessions: int | None = Field(None, gt=0)  # live (active or suspended) sessions per agent
+    calls_per_minute: int | None = Field(None, gt=0)  # per agent, per UTC clock minute; refusals, not stops
+    loop_repeats: int | None = Field(None, gt=0)  # identical calls allowed within loop_window; one more blocks the tool
     loop_window: Duration = 60.0
-    tool_calls: dict[str, int] = {}  # per `server.tool` call caps within a session
+    tool_calls: dict[str, int] = {}  # `server.tool` -> calls allowed per session
+
+    @field_validator("tool_calls")
+    @classmethod
+    def _tool_caps(cls, value: dict[str, int]) -> dict[str, int]:
+        for ref, cap in value.items():
+            server, dot, tool = ref.partition(".")
+            if not dot or not server or not tool or any(c in ref for c in "*?["):
+                raise ValueError(f"{ref!r} must name one tool as server.tool (no globs)")
+            if cap < 1:
+                raise ValueError(f"{ref}: the cap must be a positive number of calls")
+        return value
 
 
 class GrantSpec(_Model):

@@ -21,7 +21,6 @@ from mcp.shared.message import ServerMessageMetadata
 from mcp.shared.subscriptions import event_to_notification
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from gateway import metering
 from gateway.budgets import stop_detail
 from gateway.errors import Stopped, Unavailable, UpstreamError
 from gateway.fanout import Listener, listen_meta
@@ -266,7 +265,7 @@ class _Handlers:
             raise MCPError(types.INTERNAL_ERROR, str(exc)) from None
         contents = [c.model_copy(update={"uri": self.view.uri_out(upstream.name, c.uri)}) for c in result.contents]
         result = result.model_copy(update={"contents": contents})
-        tokens = metering.count(result)
+        tokens = self.gw.meter.count(result)
         await self.gw.budgets.settle(principal, tokens)
         await self.gw.audit.emit("resource.read", **fields, server=upstream.name, decision="allow",
                                  response_tokens=tokens, outcome="ok")
@@ -365,12 +364,12 @@ class _Handlers:
             raise unknown_prompt(params.name)
         upstream, name = target
         await self._admit_other(principal, fields | {"server": upstream.name}, "prompt.get")
-        request_tokens = metering.count(params.arguments)
+        request_tokens = self.gw.meter.arguments(params.arguments)
         try:
             result = await upstream.request(principal.sid, lambda s: s.get_prompt(name, params.arguments))
         except UpstreamError as exc:
             raise MCPError(types.INTERNAL_ERROR, str(exc)) from None
-        tokens = metering.count(result)
+        tokens = self.gw.meter.count(result)
         await self.gw.budgets.settle(principal, request_tokens + tokens)
         await self.gw.audit.emit("prompt.get", **fields, server=upstream.name, decision="allow",
                                  request_tokens=request_tokens, response_tokens=tokens, outcome="ok")

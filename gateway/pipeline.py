@@ -19,11 +19,11 @@ from typing import Any
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
-from gateway import metering
 from gateway.audit import Audit
 from gateway.audit.records import Fingerprints
 from gateway.budgets import Budgets, stop_detail
 from gateway.errors import Stopped, UpstreamError
+from gateway.metering import Meter
 from gateway.policy import NOT_GRANTED, decide
 from gateway.principal import Principal
 from gateway.upstream import Downstream, Upstream, Upstreams
@@ -71,12 +71,14 @@ class Pipeline:
         budgets: Budgets,
         audit: Audit,
         fingerprints: Fingerprints,
+        meter: Meter,
         clock: Callable[[], float],
     ) -> None:
         self.upstreams = upstreams
         self.budgets = budgets
         self.audit = audit
         self.fingerprints = fingerprints
+        self.meter = meter
         self.clock = clock
 
     async def admit(
@@ -110,16 +112,17 @@ class Pipeline:
             return error_result(
                 f"Invalid arguments for tool {exposed}: argument {decision.argument!r} {decision.rule}."
             )
-        request_tokens = metering.count(arguments)
+        request_tokens = self.meter.arguments(arguments)
+        fingerprint = self.fingerprints.of(arguments or {})
         try:
-            await self.budgets.reserve(principal, request_tokens)
+            await self.budgets.reserve(principal, f"{server}.{tool}", request_tokens, fingerprint)
         except Stopped as stop:
             await self.audit.emit("tool.call", durable=True, **identity, decision="deny", reason=stop.limit,
                                   request_tokens=request_tokens)
             return error_result(str(stop), stop_detail(stop))
         await self.audit.emit(
             "tool.call", durable=True, **identity, decision="allow", reason="granted",
-            request_tokens=request_tokens, arguments=self.fingerprints.of(arguments or {}),
+            request_tokens=request_tokens, arguments=fingerprint,
         )
         return Admitted(principal, upstream, tool, exposed, arguments, call_id, request_tokens, context)
 
@@ -138,7 +141,7 @@ class Pipeline:
             outcome, error = "error", exc.message
             await self._record_result(call, outcome, error, 0)
             raise
-        response_tokens = metering.count(result)
+        response_tokens = self.meter.count(result)
         await self.budgets.settle(call.principal, response_tokens)
         await self._record_result(call, outcome, error, response_tokens, result)
         return result
@@ -196,9 +199,10 @@ class _MeteredDownstream:
         self.call = call
 
     async def ask(self, request: types.InputRequest) -> types.InputResponse | types.ErrorData:
-        sent = metering.count(request.params)
+        meter = self.pipeline.meter
+        sent = meter.count(request.params)
         answer = await self.inner.ask(request)
-        received = 0 if isinstance(answer, types.ErrorData) else metering.count(answer)
+        received = 0 if isinstance(answer, types.ErrorData) else meter.count(answer)
         await self.pipeline.budgets.settle(self.call.principal, sent + received)
         await self.pipeline.audit.emit(
             self._EVENTS.get(request.method, "input.request"), **self.call.audit_fields(),

@@ -204,7 +204,7 @@ class Sessions:
         await self.audit.emit(
             "session.closed", durable=True, agent=session.agent, owner=session.owner,
             on_behalf_of=session.on_behalf_of, session=session.sid, task=session.task,
-            grant=session.grant_version, reason=session.reason, actor=actor,
+            grant=session.grant_version, state=session.state, reason=session.reason, actor=actor,
             calls=session.calls, tokens=session.tokens,
         )
         await self.notify_ended(session.sid)

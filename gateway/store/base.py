@@ -12,6 +12,7 @@ callers refuse the request (fail closed).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -66,12 +67,81 @@ class SessionRecord:
 
 
 @dataclass(frozen=True)
+class Ask:
+    """One reservation: what to count now, and the limits in force (read from the current grant)."""
+
+    sid: str
+    agent: str
+    now: float
+    calls: int = 0
+    tokens: int = 0
+    tool: str | None = None  # `server.tool` of a tool call
+    tool_cap: int | None = None  # the grant's tool_calls cap for `tool`
+    daily_tokens: int | None = None
+    calls_per_minute: int | None = None
+
+    @property
+    def day(self) -> str:
+        return utc_day(self.now)
+
+    @property
+    def minute(self) -> int:
+        return int(self.now // 60)
+
+
+def utc_day(now: float) -> str:
+    """The UTC calendar day of `now`: daily budgets reset at 00:00 UTC."""
+    return time.strftime("%Y-%m-%d", time.gmtime(now))
+
+
+@dataclass(frozen=True)
+class Counters:
+    """The shared counters besides the session row that a reservation checks."""
+
+    day_tokens: int = 0  # the agent's tokens on the ask's UTC day
+    minute_calls: int = 0  # the agent's calls in the ask's clock minute
+    tool_calls: int = 0  # this session's calls to the ask's tool (counted only when it has a cap)
+    tool_block: dict[str, Any] | None = None  # why the ask's tool is blocked in this session
+
+
+@dataclass(frozen=True)
 class Reservation:
     """The outcome of the per-call session check and budget reservation."""
 
     session: SessionRecord | None  # None: no such session
     granted: bool  # False: nothing reserved; see `refusal`
-    refusal: str | None = None  # "ended" | "suspended" | "session_calls" | "session_tokens" | ...
+    refusal: str | None = None  # "ended" | "suspended" | "blocked" | one of LIMITS
+    used: int | None = None  # for a limit refusal: how much of it is used
+    limit: int | None = None
+    block: dict[str, Any] | None = None  # for "blocked": the stop detail recorded with the block
+
+
+# Limits in the order a refusal names them: the ones that suspend the session come first.
+LIMITS = ("session_calls", "session_tokens", "daily_tokens", "tool_calls", "calls_per_minute")
+
+
+def refusal(session: SessionRecord | None, ask: Ask, counters: Counters) -> Reservation:
+    """Why `ask` was not granted, from state read after the reservation failed (shared by backends)."""
+    if session is None or session.ended_state(ask.now) is not None:
+        return Reservation(session, False, "ended")
+    if session.state == "suspended":
+        return Reservation(session, False, "suspended")
+    if counters.tool_block is not None:
+        return Reservation(session, False, "blocked", block=counters.tool_block)
+    checks = (
+        ("session_calls", session.calls, session.calls_limit, session.calls + ask.calls <= (session.calls_limit or 0)),
+        ("session_tokens", session.tokens, session.tokens_limit,
+         session.tokens + ask.tokens < (session.tokens_limit or 0)),
+        ("daily_tokens", counters.day_tokens, ask.daily_tokens,
+         counters.day_tokens + ask.tokens < (ask.daily_tokens or 0)),
+        ("tool_calls", counters.tool_calls, ask.tool_cap, counters.tool_calls + ask.calls <= (ask.tool_cap or 0)),
+        ("calls_per_minute", counters.minute_calls, ask.calls_per_minute,
+         counters.minute_calls + ask.calls <= (ask.calls_per_minute or 0)),
+    )
+    for name, used, limit, fits in checks:
+        if limit is not None and not fits:
+            return Reservation(session, False, name, used, limit)
+    return Reservation(session, False, "ended")  # nothing else can refuse: it ended in between
 
 
 class Store(Protocol):
@@ -127,15 +197,38 @@ class Store(Protocol):
     async def touch_session(self, sid: str, now: float) -> None:
         """Record activity, for the idle timeout."""
 
-    async def reserve(self, sid: str, now: float, calls: int, tokens: int) -> Reservation:
-        """The per-call check: the session is live, active, within its limits; reserve in one statement."""
+    async def reserve(self, ask: Ask) -> Reservation:
+        """The per-call check, in one atomic statement where the backend allows.
 
-    async def settle(self, sid: str, tokens: int) -> None:
-        """Add the tokens a call actually carried (after the reply)."""
+        Grants when the session is live and active, its tool is not blocked, and every limit
+        holds after counting `ask`: session calls and tokens (tokens must stay below the limit),
+        the agent's tokens that UTC day, its calls that minute, and the session's calls to a
+        capped tool. Counts the calls and tokens in the session, the agent's day and minute, and
+        the capped tool. Refusals are explained by `refusal()`.
+        """
+
+    async def regrant(self, sid: str, grant_version: str, calls_limit: int | None, tokens_limit: int | None) -> None:
+        """Apply a changed grant to a live session: its version and the limits from it."""
+
+    async def settle(self, sid: str, tokens: int, now: float) -> tuple[SessionRecord, int] | None:
+        """Add tokens a call carried (after the reply) to the session and its agent's UTC day.
+
+        Returns the session and the agent's tokens that day after the addition; None without a session.
+        """
+
+    async def block_tool(self, sid: str, tool: str, stop: dict[str, Any]) -> bool:
+        """Refuse `tool` for the rest of this session; False if it was already blocked."""
+
+    async def first_alert(self, scope: str, limit: str, share: float) -> bool:
+        """Record that a threshold alert fired for `scope`; False if it had fired before."""
+
+    async def prune_usage(self, now: float) -> None:
+        """Drop agent counters no reservation can consult any more (past minutes, old days)."""
 
     async def suspend_session(self, sid: str, stop: dict[str, Any], now: float) -> bool: ...
 
-    async def resume_session(self, sid: str, add_calls: int, add_tokens: int, now: float) -> SessionRecord | None: ...
+    async def resume_session(self, sid: str, add_calls: int, add_tokens: int, now: float) -> SessionRecord | None:
+        """Lift a stop: the session is active again, its limits raised, its blocked tools unblocked."""
 
     # replay cache for client assertions (private_key_jwt)
     async def remember_jti(self, jti: str, expires_at: float, now: float) -> bool:

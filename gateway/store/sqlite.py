@@ -17,7 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import StoreUnavailable
-from gateway.store.base import AgentRecord, Reservation, SessionRecord, SessionState
+from gateway.store.base import (
+    AgentRecord,
+    Ask,
+    Counters,
+    Reservation,
+    SessionRecord,
+    SessionState,
+    refusal,
+    utc_day,
+)
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -61,7 +70,59 @@ MIGRATIONS: tuple[str, ...] = (
         signature TEXT NOT NULL, updated_at REAL NOT NULL
     );
     """,
+    # Budgets: the session row counts calls and tokens; a trigger rolls each change up into the
+    # agent's UTC day and clock minute, and into a capped tool's per-session count, so a
+    # reservation stays one statement (the UPDATE and its trigger commit or fail together).
+    """
+    ALTER TABLE sessions ADD COLUMN usage_day TEXT;
+    ALTER TABLE sessions ADD COLUMN usage_minute INTEGER;
+    ALTER TABLE sessions ADD COLUMN usage_tool TEXT;
+    CREATE TABLE agent_days (
+        agent TEXT NOT NULL, day TEXT NOT NULL, calls INTEGER NOT NULL DEFAULT 0,
+        tokens INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (agent, day)
+    ) WITHOUT ROWID;
+    CREATE TABLE agent_minutes (
+        agent TEXT NOT NULL, minute INTEGER NOT NULL, calls INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (agent, minute)
+    ) WITHOUT ROWID;
+    CREATE TABLE session_tools (
+        sid TEXT NOT NULL, tool TEXT NOT NULL, calls INTEGER NOT NULL DEFAULT 0, blocked TEXT,
+        PRIMARY KEY (sid, tool)
+    ) WITHOUT ROWID;
+    CREATE TABLE budget_alerts (
+        scope TEXT NOT NULL, limit_name TEXT NOT NULL, share REAL NOT NULL, PRIMARY KEY (scope, limit_name, share)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER sessions_usage AFTER UPDATE OF calls, tokens ON sessions
+    WHEN new.calls <> old.calls OR new.tokens <> old.tokens
+    BEGIN
+        INSERT INTO agent_days (agent, day, calls, tokens)
+            VALUES (new.agent, new.usage_day, new.calls - old.calls, new.tokens - old.tokens)
+            ON CONFLICT (agent, day) DO UPDATE SET calls = calls + excluded.calls, tokens = tokens + excluded.tokens;
+        INSERT INTO agent_minutes (agent, minute, calls)
+            SELECT new.agent, new.usage_minute, new.calls - old.calls WHERE new.calls > old.calls
+            ON CONFLICT (agent, minute) DO UPDATE SET calls = calls + excluded.calls;
+        INSERT INTO session_tools (sid, tool, calls)
+            SELECT new.sid, new.usage_tool, new.calls - old.calls WHERE new.calls > old.calls AND new.usage_tool IS NOT NULL
+            ON CONFLICT (sid, tool) DO UPDATE SET calls = calls + excluded.calls;
+    END;
+    """,
 )
+
+_RESERVE = """
+    UPDATE sessions SET calls = calls + :calls, tokens = tokens + :tokens, last_seen = :now,
+        usage_day = :day, usage_minute = :minute, usage_tool = CASE WHEN :cap IS NULL THEN NULL ELSE :tool END
+    WHERE sid = :sid AND state = 'active' AND expires_at > :now AND last_seen + idle_timeout > :now
+      AND (calls_limit IS NULL OR calls + :calls <= calls_limit)
+      AND (tokens_limit IS NULL OR tokens + :tokens < tokens_limit)
+      AND (:daily IS NULL OR coalesce(
+            (SELECT tokens FROM agent_days WHERE agent = sessions.agent AND day = :day), 0) + :tokens < :daily)
+      AND (:per_minute IS NULL OR coalesce(
+            (SELECT calls FROM agent_minutes WHERE agent = sessions.agent AND minute = :minute), 0) + :calls
+            <= :per_minute)
+      AND NOT EXISTS (SELECT 1 FROM session_tools WHERE sid = :sid AND tool = :tool
+            AND (blocked IS NOT NULL OR (:cap IS NOT NULL AND calls + :calls > :cap)))
+    RETURNING *
+"""
 
 _SESSION_COLUMNS = [f.name for f in fields(SessionRecord)]
 _LIVE = "state IN ('active', 'suspended')"
@@ -93,7 +154,7 @@ class SQLiteStore:
         with self._tx():
             version = db.execute("PRAGMA user_version").fetchone()[0]
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in filter(str.strip, script.split(";")):
+                for statement in _statements(script):
                     db.execute(statement)
                 db.execute(f"PRAGMA user_version = {number}")
 
@@ -260,22 +321,61 @@ class SQLiteStore:
     async def touch_session(self, sid: str, now: float) -> None:
         self._run("UPDATE sessions SET last_seen = ? WHERE sid = ? AND last_seen < ?", now, sid, now)
 
-    async def reserve(self, sid: str, now: float, calls: int, tokens: int) -> Reservation:
-        row = self._one(
-            """UPDATE sessions SET calls = calls + ?, tokens = tokens + ?, last_seen = ?
-               WHERE sid = ? AND state = 'active' AND expires_at > ? AND last_seen + idle_timeout > ?
-                 AND (calls_limit IS NULL OR calls + ? <= calls_limit)
-                 AND (tokens_limit IS NULL OR tokens < tokens_limit)
-               RETURNING *""",
-            calls, tokens, now, sid, now, now, calls,
-        )
+    async def reserve(self, ask: Ask) -> Reservation:
+        params = {
+            "sid": ask.sid, "now": ask.now, "calls": ask.calls, "tokens": ask.tokens, "day": ask.day,
+            "minute": ask.minute, "tool": ask.tool, "cap": ask.tool_cap, "daily": ask.daily_tokens,
+            "per_minute": ask.calls_per_minute,
+        }
+        with self._errors():
+            row = self._conn().execute(_RESERVE, params).fetchone()
         if row is not None:
             return Reservation(_session(row), True)
-        return _refusal(await self.get_session(sid), now, calls)
+        return refusal(await self.get_session(ask.sid), ask, self._counters(ask))
 
-    async def settle(self, sid: str, tokens: int) -> None:
-        if tokens:
-            self._run("UPDATE sessions SET tokens = tokens + ? WHERE sid = ?", tokens, sid)
+    def _counters(self, ask: Ask) -> Counters:
+        day = self._one("SELECT tokens FROM agent_days WHERE agent = ? AND day = ?", ask.agent, ask.day)
+        minute = self._one("SELECT calls FROM agent_minutes WHERE agent = ? AND minute = ?", ask.agent, ask.minute)
+        tool = self._one("SELECT calls, blocked FROM session_tools WHERE sid = ? AND tool = ?", ask.sid, ask.tool)
+        return Counters(
+            day_tokens=day[0] if day else 0,
+            minute_calls=minute[0] if minute else 0,
+            tool_calls=tool[0] if tool else 0,
+            tool_block=json.loads(tool[1]) if tool and tool[1] else None,
+        )
+
+    async def regrant(self, sid: str, grant_version: str, calls_limit: int | None, tokens_limit: int | None) -> None:
+        self._run(
+            f"""UPDATE sessions SET grant_version = ?, calls_limit = ?, tokens_limit = ?
+                WHERE sid = ? AND grant_version <> ? AND {_LIVE}""",
+            grant_version, calls_limit, tokens_limit, sid, grant_version,
+        )
+
+    async def settle(self, sid: str, tokens: int, now: float) -> tuple[SessionRecord, int] | None:
+        day = utc_day(now)
+        row = self._one("UPDATE sessions SET tokens = tokens + ?, usage_day = ? WHERE sid = ? RETURNING *", tokens, day, sid)
+        if row is None:
+            return None
+        total = self._one("SELECT tokens FROM agent_days WHERE agent = ? AND day = ?", row["agent"], day)
+        return _session(row), int(total[0]) if total else 0
+
+    async def block_tool(self, sid: str, tool: str, stop: dict[str, Any]) -> bool:
+        return (
+            self._run(
+                """INSERT INTO session_tools (sid, tool, blocked) VALUES (?, ?, ?)
+                   ON CONFLICT (sid, tool) DO UPDATE SET blocked = excluded.blocked WHERE blocked IS NULL""",
+                sid, tool, json.dumps(stop),
+            )
+            > 0
+        )
+
+    async def first_alert(self, scope: str, limit: str, share: float) -> bool:
+        return self._run("INSERT OR IGNORE INTO budget_alerts VALUES (?, ?, ?)", scope, limit, share) > 0
+
+    async def prune_usage(self, now: float) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM agent_minutes WHERE minute < ?", (int(now // 60) - 1,))
+            db.execute("DELETE FROM agent_days WHERE day < ?", (utc_day(now - 35 * 86400),))
 
     async def suspend_session(self, sid: str, stop: dict[str, Any], now: float) -> bool:
         return (
@@ -287,14 +387,18 @@ class SQLiteStore:
         )
 
     async def resume_session(self, sid: str, add_calls: int, add_tokens: int, now: float) -> SessionRecord | None:
-        row = self._one(
-            f"""UPDATE sessions SET state = 'active', reason = NULL, stop = NULL, last_seen = ?,
-                  calls_limit = CASE WHEN calls_limit IS NULL THEN NULL ELSE max(calls_limit, calls) + ? END,
-                  tokens_limit = CASE WHEN tokens_limit IS NULL THEN NULL ELSE max(tokens_limit, tokens) + ? END
-                WHERE sid = ? AND {_LIVE} RETURNING *""",
-            now, add_calls, add_tokens, sid,
-        )
-        return _session(row) if row else None
+        with self._tx() as db:
+            row = db.execute(
+                f"""UPDATE sessions SET state = 'active', reason = NULL, stop = NULL, last_seen = ?,
+                      calls_limit = CASE WHEN calls_limit IS NULL THEN NULL ELSE max(calls_limit, calls) + ? END,
+                      tokens_limit = CASE WHEN tokens_limit IS NULL THEN NULL ELSE max(tokens_limit, tokens) + ? END
+                    WHERE sid = ? AND {_LIVE} RETURNING *""",
+                (now, add_calls, add_tokens, sid),
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE session_tools SET blocked = NULL WHERE sid = ?", (sid,))
+        return _session(row)
 
     # ------------------------------------------------------------ replay cache, checkpoints
 
@@ -320,16 +424,16 @@ class SQLiteStore:
         return dict(row) if row else None
 
 
-def _refusal(session: SessionRecord | None, now: float, calls: int) -> Reservation:
-    if session is None:
-        return Reservation(None, False, "ended")
-    if session.ended_state(now) is not None:
-        return Reservation(session, False, "ended")
-    if session.state == "suspended":
-        return Reservation(session, False, "suspended")
-    if session.calls_limit is not None and session.calls + calls > session.calls_limit:
-        return Reservation(session, False, "session_calls")
-    return Reservation(session, False, "session_tokens")
+def _statements(script: str) -> Iterator[str]:
+    """Split a migration into statements; a trigger's body keeps its inner semicolons."""
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            yield pending
+            pending = ""
+    if pending.strip():
+        yield pending
 
 
 def _as_of(session: SessionRecord, now: float) -> SessionRecord:
