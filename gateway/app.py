@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway import usage
 from gateway.admin import admin_routes
 from gateway.agents import AgentDirectory
 from gateway.audit import Audit
@@ -156,7 +157,7 @@ def create_app(gateway: Gateway) -> Starlette:
         for path, view in views.items()
     }
     edge_apps = {path: StreamableHTTPASGIApp(manager) for path, manager in managers.items()}
-    edge = Edge(gateway, edge_apps)
+    edge = Edge(gateway, edge_apps, {usage.PATH: usage.UsageEndpoint(gateway)})
     oauth = OAuth(gateway, edge.failures)
 
     @contextlib.asynccontextmanager

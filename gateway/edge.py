@@ -93,11 +93,12 @@ class AuthFailures:
 
 
 class Edge:
-    """ASGI front door for `/mcp` and `/servers/<name>/mcp`."""
+    """ASGI front door for `/mcp`, `/servers/<name>/mcp` and the session-token API (`/v1/...`)."""
 
-    def __init__(self, gateway: Gateway, apps: dict[str, ASGIApp]) -> None:
+    def __init__(self, gateway: Gateway, apps: dict[str, ASGIApp], api: dict[str, ASGIApp] | None = None) -> None:
         self.gw = gateway
-        self.apps = apps  # path -> the SDK transport app of that view
+        self.resources = set(apps)  # MCP paths: each has its own RFC 9728 document
+        self.apps = {**apps, **(api or {})}  # path -> the SDK transport app of that view, or an API app
         self.fallback: ASGIApp | None = None  # the router, set when the middleware stack is built
         public = urlsplit(gateway.config.public_url)
         listen = gateway.config.listen
@@ -196,7 +197,7 @@ class Edge:
                         del self._scopes[sid]
 
     async def _unauthorized(self, send: Send, path: str, reason: str) -> None:
-        url = metadata_url(self.gw.config.public_url, path)
+        url = metadata_url(self.gw.config.public_url, path if path in self.resources else "")
         description = reason.replace('"', "'")
         challenge = f'Bearer error="invalid_token", error_description="{description}", resource_metadata="{url}"'
         await send_json(send, 401, {"error": "invalid_token", "error_description": reason},

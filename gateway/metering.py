@@ -40,7 +40,9 @@ AUDIO_TOKENS_PER_SECOND = 32
 AUDIO_BYTES_PER_SECOND = 16_000  # assumed for compressed audio without a readable header
 BLOB_BYTES_PER_TOKEN = 4
 _HEADER_CHARS = 65_536  # base64 characters decoded to find an image's or clip's header
-_SKIPPED_KEYS = frozenset({"_meta", "annotations", "mimeType", "type", "role", "isError", "stopReason", "includeContext"})
+_SKIPPED_KEYS = frozenset(
+    {"_meta", "annotations", "mimeType", "type", "role", "isError", "resultType", "stopReason", "includeContext"}
+)
 
 
 class Tokenizer(Protocol):
