@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from gateway.commands import agents, keys, manifests, serve, sessions
+from gateway.commands import agents, keys, manifests, report, serve, sessions
 
 Register = Callable[[argparse._SubParsersAction, argparse.ArgumentParser], None]  # type: ignore[type-arg]
 
@@ -15,4 +15,5 @@ COMMAND_GROUPS: list[Register] = [
     sessions.register,
     keys.register,
     manifests.register,
+    report.register,
 ]

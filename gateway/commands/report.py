@@ -1,0 +1,51 @@
+"""`mcp-gateway report`: chargeback and evidence from the audit stream."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from gateway.config import load_gateway_config
+from gateway.errors import GatewayError
+from gateway.report import FORMATS, GROUPS, audit_files, build, parse_time, read_records, render
+
+
+def _moment(value: str) -> float:
+    try:
+        return parse_time(value, time.time())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def register(commands: Any, common: argparse.ArgumentParser) -> None:
+    report = commands.add_parser("report", parents=[common], help="chargeback and evidence from the audit stream")
+    report.add_argument("--by", choices=GROUPS, default="agent", help="group rows by (default: %(default)s)")
+    report.add_argument("--since", type=_moment, metavar="WHEN", help="ISO 8601 date/time (UTC) or a duration ago: 7d")
+    report.add_argument("--until", type=_moment, metavar="WHEN", help="end of the period (exclusive); default now")
+    report.add_argument("--format", choices=FORMATS, default="table", help="(default: %(default)s)")
+    report.add_argument("--output", metavar="PATH", help="write the report here instead of standard output")
+    report.set_defaults(run=_report)
+
+
+def _report(args: argparse.Namespace) -> int:
+    if args.since is not None and args.until is not None and args.since >= args.until:
+        raise GatewayError("--since must be before --until")
+    config = load_gateway_config(Path(args.config))
+    files = audit_files(config.audit.path)
+    records, skipped = read_records(files)
+    report = build(records, args.by, args.since, args.until, [str(f) for f in files], skipped)
+    text = render(report, args.format)
+    if args.output:
+        try:
+            Path(args.output).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise GatewayError(f"--output: cannot write {args.output}: {exc.strerror or exc}") from None
+        print(f"wrote {args.format} report ({len(report.rows)} rows) to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    if skipped:
+        print(f"warning: skipped {skipped} line(s) that are not audit records", file=sys.stderr)
+    return 0

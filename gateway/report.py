@@ -1,0 +1,329 @@
+"""Chargeback and evidence reports, computed from the audit stream alone.
+
+Sources: the gateway's audit file, its rotated siblings (`<stem>*.jsonl` beside
+it) and the operator chain (`<stem>-cli.jsonl`). Each record adds to at most
+a few metrics of the group it belongs to:
+
+| metric | from |
+|---|---|
+| calls | `tool.call` with decision allow (forwarded) |
+| denials | `tool.call`, `resource.read`, `prompt.get` denied for scope (not granted, argument rule) |
+| stops | the same events denied by a budget, rate or loop limit |
+| request_tokens, response_tokens | `tool.result`, `resource.read`, `prompt.get`, `sampling.request` and other input requests |
+| model_input_tokens, model_output_tokens, cost_usd | `model.usage` |
+
+The evidence block answers DESIGN.md's question for every action (a forwarded
+tool call, an allowed read or prompt, a model usage report): is it tied to a
+unique agent identity (one not flagged by `credential.shared_suspected`), to a
+grant, and to a session that closed cleanly (vs expired, revoked, still open)?
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from gateway.budgets import STOP_REASONS
+from gateway.durations import parse_duration
+
+GROUPS = ("agent", "owner", "session", "task", "tool", "server")
+FORMATS = ("table", "csv", "json", "html")
+METRICS = ("calls", "denials", "stops", "request_tokens", "response_tokens", "model_input_tokens",
+           "model_output_tokens", "cost_usd")
+METERED = frozenset({"tool.result", "resource.read", "prompt.get", "sampling.request", "elicitation.request",
+                     "roots.request", "input.request"})
+GATED = frozenset({"tool.call", "resource.read", "prompt.get"})
+OUTCOMES = ("closed", "expired", "revoked", "open")
+NONE = "(none)"
+
+
+def audit_files(path: Path) -> list[Path]:
+    """The audit file, its rotated siblings and the operator chain: every `<stem>*<suffix>` beside it."""
+    return sorted(p for p in path.parent.glob(f"{path.stem}*{path.suffix}") if p.is_file())
+
+
+def read_records(files: Iterable[Path]) -> tuple[list[dict[str, Any]], int]:
+    """Every record in `files`, oldest first, and how many lines were not JSON records."""
+    records: list[dict[str, Any]] = []
+    skipped = 0
+    for path in files:
+        with path.open(encoding="utf-8") as handle:
+            for line in handle:
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    skipped += 1
+                    continue
+                if isinstance(record, dict) and isinstance(record.get("ts"), int | float):
+                    records.append(record)
+                else:
+                    skipped += 1
+    records.sort(key=lambda r: r["ts"])
+    return records, skipped
+
+
+def parse_time(text: str, now: float) -> float:
+    """A report bound: an ISO 8601 date or time (UTC unless it says otherwise), or a duration ago (`24h`, `7d`).
+
+    Raises:
+        ValueError: none of those.
+    """
+    try:
+        return now - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an ISO 8601 date or time, or a duration like 24h or 7d") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+def contribution(record: dict[str, Any]) -> dict[str, float]:
+    """What one audit record adds to its group's metrics (empty for records that add nothing)."""
+    event = record.get("event")
+    out: dict[str, float] = {}
+    if event in GATED:
+        decision = record.get("decision")
+        if decision == "deny":
+            out["stops" if record.get("reason") in STOP_REASONS else "denials"] = 1
+            return out
+        if event == "tool.call" and decision == "allow":
+            out["calls"] = 1
+            return out
+    if event in METERED:
+        out["request_tokens"] = int(record.get("request_tokens") or 0)
+        out["response_tokens"] = int(record.get("response_tokens") or 0)
+    elif event == "model.usage":
+        out["model_input_tokens"] = int(record.get("input_tokens") or 0)
+        out["model_output_tokens"] = int(record.get("output_tokens") or 0)
+        out["cost_usd"] = float(record.get("cost_usd") or 0.0)
+    return out
+
+
+def group_key(record: dict[str, Any], by: str) -> str:
+    """The group a record belongs to under `--by`."""
+    event = record.get("event")
+    if by == "tool":
+        if event == "model.usage":
+            return f"(model) {record.get('model')}"
+        if event in ("resource.read", "prompt.get"):
+            return f"{record.get('server') or NONE}.({event.split('.')[0]}s)"
+        return f"{record['server']}.{record['tool']}" if record.get("server") and record.get("tool") else NONE
+    if by == "server" and event == "model.usage":
+        return "(model)"
+    return str(record.get(by) or NONE)
+
+
+def is_action(record: dict[str, Any]) -> bool:
+    """Something that happened on an agent's behalf: a forwarded call, an allowed read or prompt, model usage."""
+    event = record.get("event")
+    return event == "model.usage" or (event in GATED and record.get("decision") == "allow")
+
+
+def session_outcome(closed: dict[str, Any] | None) -> str:
+    if closed is None:
+        return "open"
+    state = closed.get("state") or closed.get("reason")
+    return state if state in ("closed", "expired") else "revoked"
+
+
+@dataclass
+class Report:
+    by: str
+    since: float | None
+    until: float | None
+    sources: list[str]
+    rows: dict[str, dict[str, float]] = field(default_factory=dict)
+    totals: dict[str, float] = field(default_factory=lambda: dict.fromkeys(METRICS, 0))
+    evidence: dict[str, Any] = field(default_factory=dict)
+    charts: dict[str, Any] = field(default_factory=dict)
+    records: int = 0
+    skipped_lines: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        rows = [{self.by: key, **_rounded(values)} for key, values in sorted(self.rows.items(), key=_by_spend)]
+        return {
+            "by": self.by, "since": _iso(self.since), "until": _iso(self.until), "sources": self.sources,
+            "records": self.records, "skipped_lines": self.skipped_lines, "rows": rows,
+            "totals": _rounded(self.totals), "evidence": self.evidence, "charts": self.charts,
+        }
+
+
+def _by_spend(item: tuple[str, dict[str, float]]) -> tuple[float, str]:
+    values = item[1]
+    tokens = values["request_tokens"] + values["response_tokens"] + values["model_input_tokens"] + values[
+        "model_output_tokens"]
+    return -(values["cost_usd"] * 1e9 + tokens + values["calls"]), item[0]
+
+
+def _rounded(values: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 6) if k == "cost_usd" else int(v) for k, v in values.items()}
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def build(records: list[dict[str, Any]], by: str, since: float | None = None, until: float | None = None,
+          sources: list[str] | None = None, skipped_lines: int = 0) -> Report:
+    """The report over `records` with `since <= ts < until`, grouped `by`."""
+    if by not in GROUPS:
+        raise ValueError(f"--by must be one of {', '.join(GROUPS)}")
+    closed = {r["session"]: r for r in records if r.get("event") == "session.closed" and r.get("session")}
+    window = [r for r in records if (since is None or r["ts"] >= since) and (until is None or r["ts"] < until)]
+    report = Report(by, since, until, sources or [], records=len(window), skipped_lines=skipped_lines)
+    tools: dict[str, int] = defaultdict(int)
+    for record in window:
+        added = contribution(record)
+        if not added:
+            continue
+        row = report.rows.setdefault(group_key(record, by), dict.fromkeys(METRICS, 0))
+        for metric, amount in added.items():
+            row[metric] += amount
+            report.totals[metric] += amount
+        if added.get("response_tokens"):
+            tools[group_key(record, "tool")] += int(added["response_tokens"])
+    report.evidence = _evidence(window, closed)
+    report.charts = {
+        "spend_by_agent": _spend_over_time(window, since, until),
+        "top_tools_by_response_tokens": sorted(tools.items(), key=lambda kv: (-kv[1], kv[0]))[:10],
+        "session_outcomes": report.evidence["sessions"],
+    }
+    return report
+
+
+def _evidence(window: list[dict[str, Any]], closed: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    flags = [r for r in window if r.get("event") == "credential.shared_suspected"]
+    flagged = {r.get("agent") for r in flags if r.get("agent")}
+    actions = [r for r in window if is_action(r)]
+    tied = {
+        "unique_identity": sum(1 for r in actions if r.get("agent") and r["agent"] not in flagged),
+        "grant": sum(1 for r in actions if r.get("grant")),
+    }
+    by_outcome = dict.fromkeys(OUTCOMES, 0)
+    for record in actions:
+        by_outcome[session_outcome(closed.get(record.get("session", "")))] += 1
+    sessions = {r["session"] for r in window if r.get("session") and (is_action(r) or r.get("event") in GATED)}
+    session_counts = dict.fromkeys(OUTCOMES, 0)
+    for sid in sessions:
+        session_counts[session_outcome(closed.get(sid))] += 1
+    total = len(actions)
+
+    def share(count: int) -> float | None:
+        return round(count / total, 4) if total else None
+
+    return {
+        "actions": total,
+        "tied_to_unique_identity": tied["unique_identity"],
+        "tied_to_unique_identity_share": share(tied["unique_identity"]),
+        "tied_to_grant": tied["grant"],
+        "tied_to_grant_share": share(tied["grant"]),
+        "by_session_outcome": by_outcome,
+        "by_session_outcome_share": {k: share(v) for k, v in by_outcome.items()},
+        "closed_cleanly_share": share(by_outcome["closed"]),
+        "sessions": session_counts,
+        "shared_credential_flags": len(flags),
+        "flagged_agents": sorted(a for a in flagged if isinstance(a, str)),
+    }
+
+
+def _spend_over_time(window: list[dict[str, Any]], since: float | None, until: float | None) -> dict[str, Any]:
+    """Tokens and cost per agent per bucket: hours when the report spans two days or less, else days."""
+    stamps = [r["ts"] for r in window]
+    start = since if since is not None else min(stamps, default=time.time())
+    end = until if until is not None else max(stamps, default=start)
+    step = 3600 if end - start <= 2 * 86400 else 86400
+    buckets: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(lambda: [0.0, 0.0]))
+    for record in window:
+        added = contribution(record)
+        tokens = sum(added.get(k, 0) for k in ("request_tokens", "response_tokens", "model_input_tokens",
+                                                "model_output_tokens"))
+        if tokens or added.get("cost_usd"):
+            cell = buckets[str(record.get("agent") or NONE)][int(record["ts"] // step * step)]
+            cell[0] += tokens
+            cell[1] += added.get("cost_usd", 0.0)
+    times = sorted({t for series in buckets.values() for t in series})
+    return {
+        "bucket_seconds": step,
+        "buckets": [_iso(t) for t in times],
+        "series": {
+            agent: {"tokens": [int(series.get(t, [0, 0])[0]) for t in times],
+                    "cost_usd": [round(series.get(t, [0, 0])[1], 6) for t in times]}
+            for agent, series in sorted(buckets.items())
+        },
+    }
+
+
+# ------------------------------------------------------------------ formats
+
+
+_HEADINGS = ("calls", "denials", "stops", "req tok", "resp tok", "model in", "model out", "cost USD")
+
+
+def render(report: Report, fmt: str) -> str:
+    """The report as text in one of FORMATS."""
+    data = report.as_json()
+    if fmt == "json":
+        return json.dumps(data, indent=2) + "\n"
+    if fmt == "csv":
+        return _csv(data)
+    if fmt == "html":
+        from gateway.report_html import render_html
+
+        return render_html(data)
+    if fmt == "table":
+        return _table(data)
+    raise ValueError(f"--format must be one of {', '.join(FORMATS)}")
+
+
+def _lines(data: dict[str, Any]) -> Iterator[list[str]]:
+    for row in data["rows"]:
+        yield [str(row[data["by"]]), *(_cell(row[m]) for m in METRICS)]
+    yield ["TOTAL", *(_cell(data["totals"][m]) for m in METRICS)]
+
+
+def _cell(value: float) -> str:
+    return f"{value:.6f}" if isinstance(value, float) else str(value)
+
+
+def _csv(data: dict[str, Any]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([data["by"], *METRICS])
+    writer.writerows(_lines(data))
+    return out.getvalue()
+
+
+def _table(data: dict[str, Any]) -> str:
+    lines = list(_lines(data))
+    width = max([len(data["by"]), *(len(line[0]) for line in lines)])
+    out = [f"{data['by'].upper():<{width}}  " + "  ".join(f"{h:>10}" for h in _HEADINGS)]
+    out += [f"{line[0]:<{width}}  " + "  ".join(f"{c:>10}" for c in line[1:]) for line in lines]
+    evidence = data["evidence"]
+    actions = evidence["actions"]
+    out += ["", f"Evidence over {actions} action(s) from {data['since'] or 'the start'} to {data['until'] or 'now'}:"]
+    if actions:
+        out += [
+            f"  tied to a unique agent identity  {evidence['tied_to_unique_identity_share']:.1%}",
+            f"  tied to a grant                  {evidence['tied_to_grant_share']:.1%}",
+            "  in sessions that  " + ", ".join(
+                f"{name if name != 'open' else 'are still open'} {share:.1%}"
+                for name, share in evidence["by_session_outcome_share"].items()
+            ),
+        ]
+    out.append(f"  shared-credential flags          {evidence['shared_credential_flags']}"
+               + (f" ({', '.join(evidence['flagged_agents'])})" if evidence["flagged_agents"] else ""))
+    return "\n".join(out) + "\n"

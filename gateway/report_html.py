@@ -1,0 +1,133 @@
+"""The HTML report: one self-contained file, charts as inline SVG, no scripts or fonts fetched.
+
+The report's JSON travels inside the page (`<script type="application/json"
+id="report-data">`) so the numbers behind every chart can be read back.
+"""
+
+from __future__ import annotations
+
+import json
+from html import escape
+from typing import Any
+
+from gateway.report import METRICS
+
+_PALETTE = ("#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#4b5563")
+_OUTCOME_COLOURS = {"closed": "#16a34a", "expired": "#d97706", "revoked": "#dc2626", "open": "#6b7280"}
+_STYLE = """
+body{font:14px/1.4 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem;color:#111827}
+h1{font-size:1.4rem}h2{font-size:1.1rem;margin-top:2rem}
+table{border-collapse:collapse}td,th{padding:.25rem .6rem;border-bottom:1px solid #e5e7eb;text-align:right}
+td:first-child,th:first-child{text-align:left}tr.total td{font-weight:600;border-top:2px solid #111827}
+.charts{display:flex;flex-wrap:wrap;gap:2rem}.chart{border:1px solid #e5e7eb;padding:.5rem}
+svg text{font:11px system-ui,sans-serif;fill:#374151}.muted{color:#6b7280}
+"""
+
+
+def render_html(data: dict[str, Any]) -> str:
+    by = data["by"]
+    evidence = data["evidence"]
+    charts = data["charts"]
+    rows = "".join(
+        f"<tr><td>{escape(str(row[by]))}</td>" + "".join(f"<td>{_fmt(row[m])}</td>" for m in METRICS) + "</tr>"
+        for row in data["rows"]
+    )
+    totals = "".join(f"<td>{_fmt(data['totals'][m])}</td>" for m in METRICS)
+    payload = json.dumps(data).replace("</", "<\\/")
+    window = f"{data['since'] or 'the start'} to {data['until'] or 'now'}"
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'">
+<title>MCP gateway report by {escape(by)}</title><style>{_STYLE}</style></head>
+<body>
+<h1>Chargeback and evidence, by {escape(by)}</h1>
+<p class="muted">{escape(window)} &middot; {data['records']} audit records from {len(data['sources'])} file(s)</p>
+<div class="charts">
+<div class="chart" id="chart-spend"><h2>Spend by agent over time</h2>{_spend_chart(charts['spend_by_agent'])}</div>
+<div class="chart" id="chart-tools"><h2>Top tools by response tokens</h2>
+{_bars(charts['top_tools_by_response_tokens'], _PALETTE[0])}</div>
+<div class="chart" id="chart-outcomes"><h2>Session outcomes</h2>
+{_bars([(k, v) for k, v in charts['session_outcomes'].items()], None)}</div>
+</div>
+<h2>Totals</h2>
+<table><thead><tr><th>{escape(by)}</th>{''.join(f'<th>{m}</th>' for m in METRICS)}</tr></thead>
+<tbody>{rows}<tr class="total"><td>TOTAL</td>{totals}</tr></tbody></table>
+<h2>Evidence</h2>
+{_evidence(evidence)}
+<script type="application/json" id="report-data">{payload}</script>
+</body></html>
+"""
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.6f}"
+    return f"{value:,}" if isinstance(value, int) else escape(str(value))
+
+
+def _share(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def _evidence(evidence: dict[str, Any]) -> str:
+    outcome_shares = evidence["by_session_outcome_share"]
+    items = [
+        ("Actions", f"{evidence['actions']:,}"),
+        ("Tied to a unique agent identity", _share(evidence["tied_to_unique_identity_share"])),
+        ("Tied to a grant", _share(evidence["tied_to_grant_share"])),
+        ("In a session that closed cleanly", _share(outcome_shares["closed"])),
+        ("In a session that expired", _share(outcome_shares["expired"])),
+        ("In a session that was revoked", _share(outcome_shares["revoked"])),
+        ("In a session still open", _share(outcome_shares["open"])),
+        ("Shared-credential flags", f"{evidence['shared_credential_flags']}"
+         + (f" ({escape(', '.join(evidence['flagged_agents']))})" if evidence["flagged_agents"] else "")),
+    ]
+    return "<table>" + "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in items) + "</table>"
+
+
+def _spend_chart(spend: dict[str, Any]) -> str:
+    """Tokens per agent per bucket as lines, with the cost in each point's tooltip."""
+    buckets, series = spend["buckets"], spend["series"]
+    if not buckets:
+        return '<p class="muted">No metered spend in this period.</p>'
+    width, height, left, bottom = 560, 240, 60, 40
+    peak = max([1, *(v for s in series.values() for v in s["tokens"])])
+    step = (width - left - 20) / max(1, len(buckets) - 1)
+
+    def xy(i: int, value: float) -> tuple[float, float]:
+        return left + i * step, height - bottom - (height - bottom - 20) * value / peak
+
+    parts = [f'<line x1="{left}" y1="{height - bottom}" x2="{width - 10}" y2="{height - bottom}" stroke="#9ca3af"/>',
+             f'<text x="4" y="24">{peak:,}</text><text x="4" y="{height - bottom}">0</text>',
+             f'<text x="{left}" y="{height - 22}">{escape(buckets[0])}</text>',
+             f'<text x="{width - 10}" y="{height - 22}" text-anchor="end">{escape(buckets[-1])}</text>']
+    for n, (agent, values) in enumerate(series.items()):
+        colour = _PALETTE[n % len(_PALETTE)]
+        points = [xy(i, v) for i, v in enumerate(values["tokens"])]
+        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="'
+                     + " ".join(f"{x:.1f},{y:.1f}" for x, y in points) + '"/>')
+        for (x, y), bucket, tokens, cost in zip(points, buckets, values["tokens"], values["cost_usd"], strict=True):
+            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colour}"><title>{escape(agent)} '
+                         f'{escape(bucket)}: {tokens:,} tokens, ${cost:,.4f}</title></circle>')
+        parts.append(f'<rect x="{left + 130 * n}" y="{height - 14}" width="10" height="10" fill="{colour}"/>'
+                     f'<text x="{left + 14 + 130 * n}" y="{height - 5}">{escape(agent[:18])}</text>')
+    return f'<svg width="{width}" height="{height}" role="img">{"".join(parts)}</svg>'
+
+
+def _bars(items: list[tuple[str, int]] | list[list[Any]], colour: str | None) -> str:
+    """Horizontal bars with their values; colours by session outcome when `colour` is None."""
+    if not items or not any(value for _, value in items):
+        return '<p class="muted">Nothing to show in this period.</p>'
+    width, label, row = 560, 200, 24
+    peak = max(value for _, value in items) or 1
+    parts = []
+    for i, (name, value) in enumerate(items):
+        fill = colour or _OUTCOME_COLOURS.get(str(name), _PALETTE[0])
+        bar = (width - label - 80) * value / peak
+        y = 8 + i * row
+        parts.append(f'<text x="{label - 6}" y="{y + 13}" text-anchor="end">{escape(str(name)[:32])}</text>'
+                     f'<rect x="{label}" y="{y}" width="{bar:.1f}" height="{row - 8}" fill="{fill}">'
+                     f"<title>{escape(str(name))}: {value:,}</title></rect>"
+                     f'<text x="{label + bar + 6:.1f}" y="{y + 13}">{value:,}</text>')
+    height = 16 + len(items) * row
+    return f'<svg width="{width}" height="{height}" role="img">{"".join(parts)}</svg>'
