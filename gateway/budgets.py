@@ -35,7 +35,7 @@ from gateway.principal import Principal
 from gateway.store.base import Ask, Reservation, SessionRecord, Store, utc_day
 
 SESSION_LIMITS = ("session_calls", "session_tokens", "daily_tokens")
-STOP_REASONS = frozenset({*SESSION_LIMITS, "tool_calls", "loop_repeats", "calls_per_minute"})
+STOP_REASONS = frozenset({*SESSION_LIMITS, "tool_calls", "loop_repeats", "calls_per_minute", "suspended", "blocked"})
 
 _WHAT = {
     "session_calls": "this session's tool-call budget",

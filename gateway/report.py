@@ -170,7 +170,7 @@ def _by_spend(item: tuple[str, dict[str, float]]) -> tuple[float, str]:
 
 
 def _rounded(values: dict[str, float]) -> dict[str, float]:
-    return {k: round(v, 6) if k == "cost_usd" else int(v) for k, v in values.items()}
+    return {k: round(float(v), 6) if k == "cost_usd" else int(v) for k, v in values.items()}
 
 
 def _iso(ts: float | None) -> str | None:

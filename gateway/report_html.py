@@ -43,7 +43,9 @@ def render_html(data: dict[str, Any]) -> str:
 <h1>Chargeback and evidence, by {escape(by)}</h1>
 <p class="muted">{escape(window)} &middot; {data['records']} audit records from {len(data['sources'])} file(s)</p>
 <div class="charts">
-<div class="chart" id="chart-spend"><h2>Spend by agent over time</h2>{_spend_chart(charts['spend_by_agent'])}</div>
+<div class="chart" id="chart-spend"><h2>Spend by agent over time</h2>
+<p class="muted">metered and model tokens per {_bucket(charts['spend_by_agent'])}, stacked by agent; cost in the legend</p>
+{_spend_chart(charts['spend_by_agent'])}</div>
 <div class="chart" id="chart-tools"><h2>Top tools by response tokens</h2>
 {_bars(charts['top_tools_by_response_tokens'], _PALETTE[0])}</div>
 <div class="chart" id="chart-outcomes"><h2>Session outcomes</h2>
@@ -57,6 +59,10 @@ def render_html(data: dict[str, Any]) -> str:
 <script type="application/json" id="report-data">{payload}</script>
 </body></html>
 """
+
+
+def _bucket(spend: dict[str, Any]) -> str:
+    return "hour" if spend["bucket_seconds"] == 3600 else "day"
 
 
 def _fmt(value: Any) -> str:
@@ -86,31 +92,38 @@ def _evidence(evidence: dict[str, Any]) -> str:
 
 
 def _spend_chart(spend: dict[str, Any]) -> str:
-    """Tokens per agent per bucket as lines, with the cost in each point's tooltip."""
+    """Tokens per bucket as columns stacked by agent; each block's tooltip has its tokens and cost."""
     buckets, series = spend["buckets"], spend["series"]
     if not buckets:
         return '<p class="muted">No metered spend in this period.</p>'
-    width, height, left, bottom = 560, 240, 60, 40
-    peak = max([1, *(v for s in series.values() for v in s["tokens"])])
-    step = (width - left - 20) / max(1, len(buckets) - 1)
-
-    def xy(i: int, value: float) -> tuple[float, float]:
-        return left + i * step, height - bottom - (height - bottom - 20) * value / peak
-
+    width, height, left, bottom, top = 560, 260, 60, 56, 16
+    stacks = [sum(s["tokens"][i] for s in series.values()) for i in range(len(buckets))]
+    peak = max([1, *stacks])
+    slot = (width - left - 10) / len(buckets)
+    scale = (height - bottom - top) / peak
     parts = [f'<line x1="{left}" y1="{height - bottom}" x2="{width - 10}" y2="{height - bottom}" stroke="#9ca3af"/>',
-             f'<text x="4" y="24">{peak:,}</text><text x="4" y="{height - bottom}">0</text>',
-             f'<text x="{left}" y="{height - 22}">{escape(buckets[0])}</text>',
-             f'<text x="{width - 10}" y="{height - 22}" text-anchor="end">{escape(buckets[-1])}</text>']
+             f'<text x="{left - 6}" y="{top + 4}" text-anchor="end">{peak:,}</text>',
+             f'<text x="{left - 6}" y="{height - bottom}" text-anchor="end">0</text>',
+             f'<text x="{left}" y="{height - bottom + 14}">{escape(buckets[0])}</text>']
+    if len(buckets) > 1:
+        parts.append(f'<text x="{width - 10}" y="{height - bottom + 14}" text-anchor="end">{escape(buckets[-1])}</text>')
+    for i, bucket in enumerate(buckets):
+        base = height - bottom
+        for n, (agent, values) in enumerate(series.items()):
+            tokens, cost = values["tokens"][i], values["cost_usd"][i]
+            if not tokens:
+                continue
+            block = tokens * scale
+            base -= block
+            parts.append(f'<rect x="{left + i * slot + slot * 0.15:.1f}" y="{base:.1f}" width="{slot * 0.7:.1f}" '
+                         f'height="{block:.1f}" fill="{_PALETTE[n % len(_PALETTE)]}"><title>{escape(agent)} '
+                         f"{escape(bucket)}: {tokens:,} tokens, ${cost:,.4f}</title></rect>")
     for n, (agent, values) in enumerate(series.items()):
-        colour = _PALETTE[n % len(_PALETTE)]
-        points = [xy(i, v) for i, v in enumerate(values["tokens"])]
-        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="'
-                     + " ".join(f"{x:.1f},{y:.1f}" for x, y in points) + '"/>')
-        for (x, y), bucket, tokens, cost in zip(points, buckets, values["tokens"], values["cost_usd"], strict=True):
-            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colour}"><title>{escape(agent)} '
-                         f'{escape(bucket)}: {tokens:,} tokens, ${cost:,.4f}</title></circle>')
-        parts.append(f'<rect x="{left + 130 * n}" y="{height - 14}" width="10" height="10" fill="{colour}"/>'
-                     f'<text x="{left + 14 + 130 * n}" y="{height - 5}">{escape(agent[:18])}</text>')
+        x = left + 135 * (n % 4)
+        y = height - 24 + 14 * (n // 4)
+        parts.append(f'<rect x="{x}" y="{y - 9}" width="10" height="10" fill="{_PALETTE[n % len(_PALETTE)]}"/>'
+                     f'<text x="{x + 14}" y="{y}">{escape(agent[:16])} ${sum(values["cost_usd"]):,.2f}</text>')
+    height += 14 * ((len(series) - 1) // 4)
     return f'<svg width="{width}" height="{height}" role="img">{"".join(parts)}</svg>'
 
 

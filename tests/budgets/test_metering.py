@@ -103,6 +103,9 @@ def test_the_estimator_counts_about_four_characters_a_token():
     result = {"content": [{"type": "text", "text": "x" * 40, "annotations": {"audience": ["user"]}}],
               "structuredContent": {"n": 1}, "isError": False, "_meta": {"big": "y" * 1000}}
     assert meter.count(result) == 10 + math.ceil(len('{"n":1}') / 4)
+    # Non-ASCII text weighs its extra UTF-8 bytes: 8 CJK characters are 8 + 16 bytes.
+    assert Estimator().count("予算を超えた呼び出") == math.ceil(9 / 4 + 0.45 * 18)
+    assert Estimator().count("lone \ud800 surrogate") > 0
 
 
 def _png(width: int, height: int) -> bytes:
