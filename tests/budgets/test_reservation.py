@@ -1,0 +1,99 @@
+"""The reservation statement against a model of the limits, over random sequences of calls, settlements and time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.store.base import Ask, SessionRecord, utc_day
+from gateway.store.sqlite import SQLiteStore
+
+CALLS, TOKENS, DAILY, PER_MINUTE, CAP = 16, 500, 300, 4, 3
+START = 1_800_000_000.0 - 30  # 30 s before a UTC midnight, so runs cross minutes and days
+
+_reserve = st.tuples(st.just("reserve"), st.sampled_from(["srv.capped", "srv.free"]), st.integers(0, 40))
+operations = st.lists(
+    st.one_of(
+        _reserve, _reserve, _reserve,
+        st.tuples(st.just("settle"), st.integers(0, 60)),
+        st.tuples(st.just("wait"), st.sampled_from([1, 5, 61])),
+    ),
+    min_size=10,
+    max_size=60,
+)
+
+
+class Model:
+    """The limits as plain Python: what the one SQL statement must agree with."""
+
+    def __init__(self) -> None:
+        self.calls = self.tokens = self.capped = 0
+        self.days: dict[str, int] = {}
+        self.minutes: dict[int, int] = {}
+
+    def reserve(self, tool: str, tokens: int, now: float) -> str | None:
+        day, minute = utc_day(now), int(now // 60)
+        checks = (
+            ("session_calls", self.calls + 1 <= CALLS),
+            ("session_tokens", self.tokens + tokens < TOKENS),
+            ("daily_tokens", self.days.get(day, 0) + tokens < DAILY),
+            ("tool_calls", tool != "srv.capped" or self.capped + 1 <= CAP),
+            ("calls_per_minute", self.minutes.get(minute, 0) + 1 <= PER_MINUTE),
+        )
+        for name, fits in checks:
+            if not fits:
+                return name
+        self.calls += 1
+        self.tokens += tokens
+        self.capped += tool == "srv.capped"
+        self.days[day] = self.days.get(day, 0) + tokens
+        self.minutes[minute] = self.minutes.get(minute, 0) + 1
+        return None
+
+    def settle(self, tokens: int, now: float) -> None:
+        self.tokens += tokens
+        self.days[utc_day(now)] = self.days.get(utc_day(now), 0) + tokens
+
+
+async def _run(path: Path, ops: list[tuple[Any, ...]]) -> None:
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        now = START
+        await store.create_session(SessionRecord(
+            sid="s", agent="a", owner="o@example.com", on_behalf_of=None, task=None, grant_version="g",
+            state="active", created_at=now, expires_at=now + 86400 * 9, max_expires_at=now + 86400 * 9,
+            idle_timeout=86400 * 9, last_seen=now, calls_limit=CALLS, tokens_limit=TOKENS), None)
+        model = Model()
+        for op in ops:
+            if op[0] == "wait":
+                now += op[1]
+            elif op[0] == "settle":
+                await store.settle("s", op[1], now)
+                model.settle(op[1], now)
+            else:
+                _, tool, tokens = op
+                ask = Ask("s", "a", now, calls=1, tokens=tokens, tool=tool, tool_cap=CAP if tool == "srv.capped" else None,
+                          daily_tokens=DAILY, calls_per_minute=PER_MINUTE)
+                result = await store.reserve(ask)
+                expected = model.reserve(tool, tokens, now)
+                assert (result.refusal if not result.granted else None) == expected, (op, result)
+                if not result.granted:
+                    assert result.used is not None and result.limit is not None
+            session = await store.get_session("s")
+            assert session is not None
+            assert (session.calls, session.tokens) == (model.calls, model.tokens)
+            assert session.calls <= CALLS
+    finally:
+        await store.close()
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=operations)
+def test_the_reservation_statement_grants_exactly_what_every_limit_allows(tmp_path_factory, ops):
+    path = tmp_path_factory.mktemp("store") / "gateway.db"
+    anyio.run(_run, path, ops)
