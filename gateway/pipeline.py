@@ -115,7 +115,7 @@ class Pipeline:
         request_tokens = self.meter.arguments(arguments)
         fingerprint = self.fingerprints.of(arguments or {})
         try:
-            await self.budgets.reserve(principal, f"{server}.{tool}", request_tokens, fingerprint)
+            await self.budgets.reserve(principal, f"{upstream.name}.{tool}", request_tokens, fingerprint)
         except Stopped as stop:
             await self.audit.emit("tool.call", durable=True, **identity, decision="deny", reason=stop.limit,
                                   request_tokens=request_tokens)
