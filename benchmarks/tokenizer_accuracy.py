@@ -125,7 +125,8 @@ def main() -> None:
         print(json.dumps(result, indent=2))
         return
     print(f"estimator vs {args.encoding} (BPE)")
-    print("| kind | docs | chars/token (BPE) | BPE tokens | estimated | aggregate error | median abs error | p90 abs error |")
+    print("| kind | docs | chars/token (BPE) | BPE tokens | estimated | aggregate error | median abs error "
+          "| p90 abs error |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for kind, row in result["kinds"].items():  # type: ignore[union-attr]
         print(f"| {kind} | {row['documents']} | {row['chars_per_bpe_token']} | {row['bpe_tokens']:,} | "

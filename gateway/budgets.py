@@ -162,13 +162,14 @@ class Budgets:
         if tokens <= 0:
             return
         now = self.clock()
-        settled = await self.store.settle(principal.sid, tokens, now)
+        daily = principal.grant.budget.daily_tokens
+        settled = await self.store.settle(principal.sid, tokens, now, daily is not None)
         if settled is None:
             return
-        session, day_tokens = settled
-        await self._alerts(principal, "session_tokens", session.tokens, session.tokens_limit, session.sid)
-        daily = principal.grant.budget.daily_tokens
-        await self._alerts(principal, "daily_tokens", day_tokens, daily, f"{principal.agent.id}@{utc_day(now)}")
+        await self._alerts(principal, "session_tokens", settled.tokens, settled.tokens_limit, principal.sid)
+        if settled.day_tokens is not None:
+            await self._alerts(principal, "daily_tokens", settled.day_tokens, daily,
+                               f"{principal.agent.id}@{utc_day(now)}")
 
     def forget(self, sid: str) -> None:
         """The session ended: drop what is kept in memory for it."""
@@ -213,8 +214,9 @@ class Budgets:
         if await self.store.suspend_session(session.sid, detail, ask.now):
             await self.audit.emit("budget.exceeded", durable=True, **principal.audit_fields(), reason=limit,
                                   used=used, limit=maximum, scope="session")
-        scope = f"{principal.agent.id}@{ask.day}" if limit == "daily_tokens" else session.sid
-        await self._alerts(principal, limit, maximum, maximum, scope)
+        if maximum is not None:  # an exhausted limit has reached every alert share
+            scope = f"{principal.agent.id}@{ask.day}" if limit == "daily_tokens" else session.sid
+            await self._alerts(principal, limit, maximum, maximum, scope)
         return stop_for(detail)
 
     async def _loop(self, principal: Principal, tool: str, repeats: int) -> None:

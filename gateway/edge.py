@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -95,7 +96,7 @@ class AuthFailures:
 class Edge:
     """ASGI front door for `/mcp`, `/servers/<name>/mcp` and the session-token API (`/v1/...`)."""
 
-    def __init__(self, gateway: Gateway, apps: dict[str, ASGIApp], api: dict[str, ASGIApp] | None = None) -> None:
+    def __init__(self, gateway: Gateway, apps: Mapping[str, ASGIApp], api: Mapping[str, ASGIApp] | None = None) -> None:
         self.gw = gateway
         self.resources = set(apps)  # MCP paths: each has its own RFC 9728 document
         self.apps = {**apps, **(api or {})}  # path -> the SDK transport app of that view, or an API app

@@ -9,7 +9,8 @@ a few metrics of the group it belongs to:
 | calls | `tool.call` with decision allow (forwarded) |
 | denials | `tool.call`, `resource.read`, `prompt.get` denied for scope (not granted, argument rule) |
 | stops | the same events denied by a budget, rate or loop limit |
-| request_tokens, response_tokens | `tool.result`, `resource.read`, `prompt.get`, `sampling.request` and other input requests |
+| request_tokens, response_tokens | `tool.result`, `resource.read`, `prompt.get`, `sampling.request` (and the
+  other input requests a call makes) |
 | model_input_tokens, model_output_tokens, cost_usd | `model.usage` |
 
 The evidence block answers DESIGN.md's question for every action (a forwarded
@@ -27,7 +28,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,7 @@ def parse_time(text: str, now: float) -> float:
     except ValueError:
         raise ValueError(f"{text!r} is not an ISO 8601 date or time, or a duration like 24h or 7d") from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
 
 
@@ -174,7 +175,7 @@ def _rounded(values: dict[str, float]) -> dict[str, float]:
 
 
 def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
 def build(records: list[dict[str, Any]], by: str, since: float | None = None, until: float | None = None,

@@ -44,7 +44,8 @@ def render_html(data: dict[str, Any]) -> str:
 <p class="muted">{escape(window)} &middot; {data['records']} audit records from {len(data['sources'])} file(s)</p>
 <div class="charts">
 <div class="chart" id="chart-spend"><h2>Spend by agent over time</h2>
-<p class="muted">metered and model tokens per {_bucket(charts['spend_by_agent'])}, stacked by agent; cost in the legend</p>
+<p class="muted">metered and model tokens per {_bucket(charts['spend_by_agent'])}, stacked by agent;
+cost in the legend</p>
 {_spend_chart(charts['spend_by_agent'])}</div>
 <div class="chart" id="chart-tools"><h2>Top tools by response tokens</h2>
 {_bars(charts['top_tools_by_response_tokens'], _PALETTE[0])}</div>
@@ -106,7 +107,8 @@ def _spend_chart(spend: dict[str, Any]) -> str:
              f'<text x="{left - 6}" y="{height - bottom}" text-anchor="end">0</text>',
              f'<text x="{left}" y="{height - bottom + 14}">{escape(buckets[0])}</text>']
     if len(buckets) > 1:
-        parts.append(f'<text x="{width - 10}" y="{height - bottom + 14}" text-anchor="end">{escape(buckets[-1])}</text>')
+        parts.append(f'<text x="{width - 10}" y="{height - bottom + 14}" text-anchor="end">'
+                     f"{escape(buckets[-1])}</text>")
     for i, bucket in enumerate(buckets):
         base = height - bottom
         for n, (agent, values) in enumerate(series.items()):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 SessionState = Literal["active", "suspended", "closed", "expired", "revoked"]
 LIVE_STATES: tuple[SessionState, ...] = ("active", "suspended")
@@ -102,6 +102,14 @@ class Counters:
     minute_calls: int = 0  # the agent's calls in the ask's clock minute
     tool_calls: int = 0  # this session's calls to the ask's tool (counted only when it has a cap)
     tool_block: dict[str, Any] | None = None  # why the ask's tool is blocked in this session
+
+
+class Settled(NamedTuple):
+    """Totals after a settlement, for threshold alerts."""
+
+    tokens: int  # the session's
+    tokens_limit: int | None
+    day_tokens: int | None  # the agent's on this UTC day, when counted
 
 
 @dataclass(frozen=True)
@@ -203,17 +211,18 @@ class Store(Protocol):
         Grants when the session is live and active, its tool is not blocked, and every limit
         holds after counting `ask`: session calls and tokens (tokens must stay below the limit),
         the agent's tokens that UTC day, its calls that minute, and the session's calls to a
-        capped tool. Counts the calls and tokens in the session, the agent's day and minute, and
-        the capped tool. Refusals are explained by `refusal()`.
+        capped tool. Counts the calls and tokens in the session, and in the agent's day, the
+        agent's minute and the tool only when the ask carries that limit (agents without a
+        daily limit keep no day counter). Refusals are explained by `refusal()`.
         """
 
     async def regrant(self, sid: str, grant_version: str, calls_limit: int | None, tokens_limit: int | None) -> None:
         """Apply a changed grant to a live session: its version and the limits from it."""
 
-    async def settle(self, sid: str, tokens: int, now: float) -> tuple[SessionRecord, int] | None:
-        """Add tokens a call carried (after the reply) to the session and its agent's UTC day.
+    async def settle(self, sid: str, tokens: int, now: float, daily: bool) -> Settled | None:
+        """Add tokens a call carried (after the reply) to the session, and with `daily` to its agent's UTC day.
 
-        Returns the session and the agent's tokens that day after the addition; None without a session.
+        Returns the totals after the addition; None without a session.
         """
 
     async def block_tool(self, sid: str, tool: str, stop: dict[str, Any]) -> bool:

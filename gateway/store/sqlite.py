@@ -24,6 +24,7 @@ from gateway.store.base import (
     Reservation,
     SessionRecord,
     SessionState,
+    Settled,
     refusal,
     utc_day,
 )
@@ -73,6 +74,8 @@ MIGRATIONS: tuple[str, ...] = (
     # Budgets: the session row counts calls and tokens; a trigger rolls each change up into the
     # agent's UTC day and clock minute, and into a capped tool's per-session count, so a
     # reservation stays one statement (the UPDATE and its trigger commit or fail together).
+    # A rollup happens only when the statement names its day, minute or tool (the grant has
+    # that limit), so an agent without those limits pays for none of them.
     """
     ALTER TABLE sessions ADD COLUMN usage_day TEXT;
     ALTER TABLE sessions ADD COLUMN usage_minute INTEGER;
@@ -93,16 +96,20 @@ MIGRATIONS: tuple[str, ...] = (
         scope TEXT NOT NULL, limit_name TEXT NOT NULL, share REAL NOT NULL, PRIMARY KEY (scope, limit_name, share)
     ) WITHOUT ROWID;
     CREATE TRIGGER sessions_usage AFTER UPDATE OF calls, tokens ON sessions
-    WHEN new.calls <> old.calls OR new.tokens <> old.tokens
+    WHEN (new.calls <> old.calls OR new.tokens <> old.tokens)
+      AND (new.usage_day IS NOT NULL OR new.usage_minute IS NOT NULL OR new.usage_tool IS NOT NULL)
     BEGIN
         INSERT INTO agent_days (agent, day, calls, tokens)
-            VALUES (new.agent, new.usage_day, new.calls - old.calls, new.tokens - old.tokens)
+            SELECT new.agent, new.usage_day, new.calls - old.calls, new.tokens - old.tokens
+            WHERE new.usage_day IS NOT NULL
             ON CONFLICT (agent, day) DO UPDATE SET calls = calls + excluded.calls, tokens = tokens + excluded.tokens;
         INSERT INTO agent_minutes (agent, minute, calls)
-            SELECT new.agent, new.usage_minute, new.calls - old.calls WHERE new.calls > old.calls
+            SELECT new.agent, new.usage_minute, new.calls - old.calls
+            WHERE new.calls > old.calls AND new.usage_minute IS NOT NULL
             ON CONFLICT (agent, minute) DO UPDATE SET calls = calls + excluded.calls;
         INSERT INTO session_tools (sid, tool, calls)
-            SELECT new.sid, new.usage_tool, new.calls - old.calls WHERE new.calls > old.calls AND new.usage_tool IS NOT NULL
+            SELECT new.sid, new.usage_tool, new.calls - old.calls
+            WHERE new.calls > old.calls AND new.usage_tool IS NOT NULL
             ON CONFLICT (sid, tool) DO UPDATE SET calls = calls + excluded.calls;
     END;
     """,
@@ -110,7 +117,9 @@ MIGRATIONS: tuple[str, ...] = (
 
 _RESERVE = """
     UPDATE sessions SET calls = calls + :calls, tokens = tokens + :tokens, last_seen = :now,
-        usage_day = :day, usage_minute = :minute, usage_tool = CASE WHEN :cap IS NULL THEN NULL ELSE :tool END
+        usage_day = CASE WHEN :daily IS NULL THEN NULL ELSE :day END,
+        usage_minute = CASE WHEN :per_minute IS NULL THEN NULL ELSE :minute END,
+        usage_tool = CASE WHEN :cap IS NULL THEN NULL ELSE :tool END
     WHERE sid = :sid AND state = 'active' AND expires_at > :now AND last_seen + idle_timeout > :now
       AND (calls_limit IS NULL OR calls + :calls <= calls_limit)
       AND (tokens_limit IS NULL OR tokens + :tokens < tokens_limit)
@@ -351,13 +360,19 @@ class SQLiteStore:
             grant_version, calls_limit, tokens_limit, sid, grant_version,
         )
 
-    async def settle(self, sid: str, tokens: int, now: float) -> tuple[SessionRecord, int] | None:
-        day = utc_day(now)
-        row = self._one("UPDATE sessions SET tokens = tokens + ?, usage_day = ? WHERE sid = ? RETURNING *", tokens, day, sid)
+    async def settle(self, sid: str, tokens: int, now: float, daily: bool) -> Settled | None:
+        day = utc_day(now) if daily else None
+        row = self._one(
+            "UPDATE sessions SET tokens = tokens + ?, usage_day = ?, usage_minute = NULL, usage_tool = NULL "
+            "WHERE sid = ? RETURNING tokens, tokens_limit, agent", tokens, day, sid,
+        )
         if row is None:
             return None
-        total = self._one("SELECT tokens FROM agent_days WHERE agent = ? AND day = ?", row["agent"], day)
-        return _session(row), int(total[0]) if total else 0
+        total = None
+        if day is not None:
+            found = self._one("SELECT tokens FROM agent_days WHERE agent = ? AND day = ?", row[2], day)
+            total = int(found[0]) if found else 0
+        return Settled(row[0], row[1], total)
 
     async def block_tool(self, sid: str, tool: str, stop: dict[str, Any]) -> bool:
         return (

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.store.base import AgentRecord
-from tests.budgets.test_stops import agent, sid_of, stop_of
-from tests.support.counter import counter_manifest, upstream_calls
+from tests.support.counter import agent, counter_manifest, sid_of, stop_of, upstream_calls
 from tests.support.harness import running_gateway
 
 pytestmark = pytest.mark.anyio
@@ -25,7 +24,8 @@ async def test_the_same_call_repeated_past_loop_repeats_blocks_that_tool_for_the
             assert stop["limit"] == "loop_repeats" and stop["tool"] == "counter.echo" and stop["used"] == 4
             assert looped.content[0].text.startswith("STOP calling counter.echo")
             # The tool stays blocked, whatever the arguments; other tools keep working.
-            assert stop_of(await client.call_tool("counter__echo", {"text": "something else"}))["limit"] == "loop_repeats"
+            other = await client.call_tool("counter__echo", {"text": "something else"})
+            assert stop_of(other)["limit"] == "loop_repeats"
             assert not (await client.call_tool("counter__words", {"count": 2})).is_error
         assert upstream_calls(log) == ["echo are we there yet"] * 3 + ["words 2"]
         session = await gw.gateway.store.get_session(await sid_of(gw, token))

@@ -73,12 +73,13 @@ async def _run(path: Path, ops: list[tuple[Any, ...]]) -> None:
             if op[0] == "wait":
                 now += op[1]
             elif op[0] == "settle":
-                await store.settle("s", op[1], now)
+                await store.settle("s", op[1], now, daily=True)
                 model.settle(op[1], now)
             else:
                 _, tool, tokens = op
-                ask = Ask("s", "a", now, calls=1, tokens=tokens, tool=tool, tool_cap=CAP if tool == "srv.capped" else None,
-                          daily_tokens=DAILY, calls_per_minute=PER_MINUTE)
+                cap = CAP if tool == "srv.capped" else None
+                ask = Ask("s", "a", now, calls=1, tokens=tokens, tool=tool, tool_cap=cap, daily_tokens=DAILY,
+                          calls_per_minute=PER_MINUTE)
                 result = await store.reserve(ask)
                 expected = model.reserve(tool, tokens, now)
                 assert (result.refusal if not result.granted else None) == expected, (op, result)

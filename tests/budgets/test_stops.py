@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import anyio
 import pytest
 
 from gateway import cli
 from gateway.errors import AuthError
-from tests.support.counter import counter_manifest, upstream_calls
-from tests.support.harness import Harness, everything_stdio_manifest, running_gateway
+from tests.support.counter import agent, counter_manifest, sid_of, stop_of, upstream_calls
+from tests.support.harness import everything_stdio_manifest, running_gateway
 
 pytestmark = pytest.mark.anyio
-
-
-def agent(budget: dict[str, Any], **grant: Any) -> dict[str, Any]:
-    return {"owner": "ops@example.com", "grant": {"tools": ["counter.*"], "budget": budget, **grant}}
-
-
-def stop_of(result: Any) -> dict[str, Any]:
-    assert result.is_error, result
-    return result.meta["gateway/stop"]
-
-
-async def sid_of(gw: Harness, token: str) -> str:
-    return gw.gateway.tokens.verify(token).sid
 
 
 async def test_a_session_that_runs_out_of_tokens_mid_task_is_stopped_and_nothing_more_reaches_the_upstream(tmp_path):

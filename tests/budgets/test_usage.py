@@ -10,8 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.usage import parse
-from tests.budgets.test_stops import agent, sid_of, stop_of
-from tests.support.counter import counter_manifest, upstream_calls
+from tests.support.counter import agent, counter_manifest, sid_of, stop_of, upstream_calls
 from tests.support.harness import Harness, running_gateway
 
 pytestmark = pytest.mark.anyio

@@ -114,7 +114,8 @@ async def test_report_totals_and_rows_equal_the_sums_over_the_audit_records_in_e
     rows = {row["agent"]: row for row in data["rows"]}
     assert set(rows) == {"alice-bot", "bob-bot"}
     for name, row in rows.items():
-        assert {k: v for k, v in row.items() if k != "agent"} == expected(records, lambda r, n=name: r.get("agent") == n)
+        own = expected(records, lambda r, n=name: r.get("agent") == n)
+        assert {k: v for k, v in row.items() if k != "agent"} == own
 
     evidence = data["evidence"]
     assert evidence["actions"] == 8  # six forwarded calls, two usage reports

@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tests.support.harness import Harness
+
 SERVER = Path(__file__).with_name("counter_server.py")
 
 
@@ -14,6 +16,22 @@ def counter_manifest(log: Path, name: str = "counter", **extra: Any) -> dict[str
         "name": name, "owner": "platform@example.com", "transport": "stdio", "command": sys.executable,
         "args": [str(SERVER), str(log)], "tools": "*", **extra,
     }
+
+
+def agent(budget: dict[str, Any], **grant: Any) -> dict[str, Any]:
+    """An agents.yaml entry granted the counter's tools under `budget`."""
+    return {"owner": "ops@example.com", "grant": {"tools": ["counter.*"], "budget": budget, **grant}}
+
+
+def stop_of(result: Any) -> dict[str, Any]:
+    """The structured detail of a stop result (asserting it is one)."""
+    assert result.is_error, result
+    detail: dict[str, Any] = result.meta["gateway/stop"]
+    return detail
+
+
+async def sid_of(gw: Harness, token: str) -> str:
+    return gw.gateway.tokens.verify(token).sid
 
 
 def upstream_calls(log: Path) -> list[str]:
