@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import mcp_types as types
 import pytest
 from mcp.shared.exceptions import MCPError
 
@@ -40,7 +41,8 @@ async def run_cli(*argv: str) -> int:
 
 async def traffic(tmp_path: Path) -> Path:
     """Two agents, four sessions ending four ways, tool calls, a denial, a stop, model usage; returns gateway.yaml."""
-    extra = {"prices": {"gpt-test": {"input_per_mtok": 3, "output_per_mtok": 15}}}
+    extra = {"prices": {"gpt-test": {"input_per_mtok": 3, "output_per_mtok": 15}},
+             "shared_credentials": {"max_fingerprints": 1}}
     async with running_gateway(tmp_path, manifests=[counter_manifest(tmp_path / "calls.log")], agents=AGENTS,
                                extra=extra) as gw:
         config = str(gw.root / "gateway.yaml")
@@ -70,7 +72,10 @@ async def traffic(tmp_path: Path) -> Path:
         bob2 = await gw.open_session("bob-bot", task="on call")
         async with gw.client(bob2) as client:
             await client.call_tool("counter__echo", {"text": "still here"})
-        await gw.gateway.audit.emit("credential.shared_suspected", agent="bob-bot", reason="two source networks")
+        # bob-bot's credential turns up in a second client: the gateway flags it as shared.
+        async with gw.client(bob2, client_info=types.Implementation(name="another-ide", version="1")) as client:
+            await client.list_tools()
+        assert [r["agent"] for r in gw.audit("credential.shared_suspected")] == ["bob-bot"]
     # Rotate the gateway's file, as the sink does past rotate_bytes: the report must still see every record.
     audit = tmp_path / "state" / "audit.jsonl"
     audit.rename(audit.with_name("audit.20260101T000000.jsonl"))
