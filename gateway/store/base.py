@@ -118,18 +118,18 @@ class Reservation:
 
     session: SessionRecord | None  # None: no such session
     granted: bool  # False: nothing reserved; see `refusal`
-    refusal: str | None = None  # "ended" | "suspended" | "blocked" | one of LIMITS
+    refusal: str | None = None  # "ended" | "suspended" | "blocked" | the name of the limit reached
     used: int | None = None  # for a limit refusal: how much of it is used
     limit: int | None = None
     block: dict[str, Any] | None = None  # for "blocked": the stop detail recorded with the block
 
 
-# Limits in the order a refusal names them: the ones that suspend the session come first.
-LIMITS = ("session_calls", "session_tokens", "daily_tokens", "tool_calls", "calls_per_minute")
-
-
 def refusal(session: SessionRecord | None, ask: Ask, counters: Counters) -> Reservation:
-    """Why `ask` was not granted, from state read after the reservation failed (shared by backends)."""
+    """Why `ask` was not granted, from state read after the reservation failed (shared by backends).
+
+    When several limits are reached, the one named is the first of: session calls, session
+    tokens, daily tokens (these suspend the session), the tool's cap, the rate limit.
+    """
     if session is None or session.ended_state(ask.now) is not None:
         return Reservation(session, False, "ended")
     if session.state == "suspended":

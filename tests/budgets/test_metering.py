@@ -154,10 +154,19 @@ def test_bpe_loads_from_tiktokens_cache_directory_when_the_operator_provides_the
     assert isinstance(tokenizer, Bpe) and tokenizer.count("hello world") == 2
 
 
-def test_a_tampered_cache_file_is_not_used(tmp_path, monkeypatch):
+def test_a_cache_file_that_does_not_match_the_published_hash_is_never_loaded(tmp_path, monkeypatch):
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
     tiktoken_cache_file("o200k_base").write_bytes(b"aGVsbG8= 0\n")
-    assert load_bpe("o200k_base") is None  # nothing packages o200k here, and the tampered file is refused
+    asked: list[str] = []
+    real = tiktoken.get_encoding
+
+    def spy(name: str) -> Any:
+        asked.append(name)
+        return real(name)
+
+    monkeypatch.setattr(tiktoken, "get_encoding", spy)
+    load_bpe("o200k_base")
+    assert "o200k_base" not in asked  # tiktoken would fall back to downloading it
 
 
 def test_bpe_that_cannot_load_offline_is_a_startup_error_and_auto_falls_back_to_the_estimator(tmp_path, monkeypatch):
