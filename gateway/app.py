@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway import usage
 from gateway.admin import admin_routes
 from gateway.agents import AgentDirectory
-from gateway.audit import Audit
+from gateway.audit import Audit, build_audit
 from gateway.audit.records import Fingerprints
 from gateway.budgets import Budgets
 from gateway.config import AgentSpec, GatewayConfig, load_agents
@@ -105,8 +105,8 @@ def build_gateway(
     agent_specs = load_agents(config.agents) if agents is None else agents
     specs = load_manifests(config) if manifests is None else manifests
     store = open_store(config)
-    audit = Audit(config.audit.path, config.instance, fsync=config.audit.fsync, clock=clock)
     keys = KeyRing(config.signing_key)
+    audit = build_audit(config, keys, store, clock)
     tokens = Tokens(keys, config.public_url, clock)
     directory = AgentDirectory(store, agent_specs)
     sessions = Sessions(store, directory, tokens, audit, config.session_defaults, clock)
@@ -166,8 +166,7 @@ def create_app(gateway: Gateway) -> Starlette:
             await gateway.store.open()
             stack.push_async_callback(gateway.store.close)
             gateway.keys.load()
-            await gateway.audit.open()
-            stack.push_async_callback(gateway.audit.close)
+            await stack.enter_async_context(gateway.audit.run())
             stack.push_async_callback(oauth.idps.close)
             await gateway.agents.sync(gateway.clock())
             await gateway.audit.emit("gateway.started", public_url=config.public_url,

@@ -39,9 +39,12 @@ class Listen(_Model):
 
 class AuditSettings(_Model):
     path: Path = Path("./.state/audit.jsonl")
-    fsync: Literal["always", "batch"] = "always"  # batch: fsync at most every batch_interval
-    batch_interval: Duration = 0.005
-    rotate_bytes: int = Field(104_857_600, gt=0)
+    # always: a durable record (tool.call before forwarding, operator changes) returns once fsynced, sharing
+    # the fsync with every record written meanwhile; batch: nothing waits, fsync at most every batch_interval
+    fsync: Literal["always", "batch"] = "always"
+    batch_interval: Duration = 0.005  # longest a written record waits for its fsync
+    rotate_bytes: int = Field(104_857_600, gt=0)  # start a new file past this size
+    rotate_interval: Duration | None = None  # also start a new file when the current one is this old (e.g. 1d)
     checkpoint_every: int = Field(1000, gt=0)  # records between signed checkpoints
     checkpoint_interval: Duration = 60.0  # seconds between signed checkpoints
 

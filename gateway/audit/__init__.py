@@ -1,5 +1,5 @@
 """The audit stream: append-only, hash-chained JSON lines; the ledger."""
 
-from gateway.audit.sink import Audit
+from gateway.audit.sink import Audit, build_audit
 
-__all__ = ["Audit"]
+__all__ = ["Audit", "build_audit"]

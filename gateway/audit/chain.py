@@ -22,3 +22,17 @@ def record_hash(record: dict[str, Any]) -> str:
     """The hash of a record, ignoring any `hash` field it already carries."""
     body = {k: v for k, v in record.items() if k != "hash"}
     return hashlib.sha256(canonical(body)).hexdigest()
+
+
+def seal(record: dict[str, Any]) -> tuple[str, bytes]:
+    """The record's hash and its line (`canonical` of the record with that hash), serialising it once.
+
+    Keys sort around "hash", so the canonical text of the keys before it and of
+    the keys after it, joined, is the hashed body; the line is the same two
+    halves with the hash between them.
+    """
+    before = canonical({k: v for k, v in record.items() if k < "hash"})[1:-1]
+    after = canonical({k: v for k, v in record.items() if k > "hash"})[1:-1]
+    digest = hashlib.sha256(b"{" + b",".join(p for p in (before, after) if p) + b"}").hexdigest()
+    middle = b'"hash":"' + digest.encode() + b'"'
+    return digest, b"{" + b",".join(p for p in (before, middle, after) if p) + b"}\n"

@@ -1,24 +1,53 @@
-"""The audit writer: one chain per gateway process, written before forwarding.
+"""The audit writer: one hash chain per gateway process, written before forwarding.
 
-`emit(..., durable=True)` returns only once the record is on disk (fsync), so
-the pipeline can write `tool.call` before it calls the upstream; any failure
-raises `AuditUnavailable` and the caller refuses the request.
+`emit` chains and appends its record at once: one write(2) on the event loop,
+which makes it visible to readers and safe from a crash of the process.
+Durability is group-committed: a flusher task fsyncs in a worker thread, and
+only a `durable` record (a tool.call before its upstream is called, an operator
+change) waits for the fsync that covers it; every record written meanwhile
+shares that fsync. Other records are fsynced at most `batch_interval` later.
+With `fsync: batch` nothing waits for an fsync.
+
+Fail closed: a durable record that cannot be written raises `AuditUnavailable`
+and the caller refuses the request; other records are held in memory and
+written, in order, once the sink recovers. Before every write the sink checks
+that its path still names its open file (moved, deleted or replaced is a
+failure). It recovers by reopening the path, continuing the chain from the
+highest point it knows, and recording `audit.recovered`.
+
+Signed checkpoints (checkpoints.py) are written every N records, every T
+seconds while records arrive, and at close; each is saved in the store once
+the file holding it is on disk.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
-import json
+import logging
+import math
 import os
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from gateway.audit.chain import GENESIS, canonical, record_hash
-from gateway.errors import AuditUnavailable
+from gateway.audit import metrics
+from gateway.audit.chain import GENESIS, seal
+from gateway.audit.checkpoints import EVENT as CHECKPOINT, Checkpoints
+from gateway.audit.files import cli_path, complete_size, last_record, rotated_files, rotated_path
+from gateway.config import GatewayConfig
+from gateway.errors import AuditUnavailable, Unavailable
+from gateway.identity.keys import KeyRing
+from gateway.store.base import Store
+
+log = logging.getLogger("gateway.audit")
+
+MAX_HELD = 10_000  # records held in memory while the sink is down; beyond this the oldest are counted as lost
+RETRY_EVERY = 1.0  # seconds between recovery attempts while the sink is down
 
 
 class Audit:
@@ -30,6 +59,10 @@ class Audit:
         instance: str,
         *,
         fsync: str = "always",
+        batch_interval: float = 0.005,
+        rotate_bytes: int | None = None,
+        rotate_interval: float | None = None,
+        checkpoints: Checkpoints | None = None,
         clock: Callable[[], float] = time.time,
         shared: bool = False,
     ) -> None:
@@ -37,91 +70,421 @@ class Audit:
         self.instance = instance
         self.shared = shared  # several processes append (operator commands): lock and re-read the head
         self.fsync_always = fsync == "always"
+        self.batch_interval = batch_interval
+        self.rotate_bytes = rotate_bytes
+        self.rotate_interval = rotate_interval
+        self.checkpoints = checkpoints
         self.clock = clock
-        self._lock = anyio.Lock()
-        self._fd: int | None = None
         self.seq = 0
         self.head = GENESIS
         self.healthy = True
+        self.error: str | None = None
+        self._floor = (0, GENESIS)  # the store's checkpoint: the chain never continues below it
+        self._fd: int | None = None
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
+        self._size = 0
+        self._file_started = 0.0
+        self._retired: list[int] = []  # rotated-out files awaiting their last fsync
+        self._synced = 0  # seq of the last record known to be on disk
+        self._running = False
+        self._sync_requested = False
+        self._urgent = False
+        self._wake = anyio.Event()
+        self._synced_event = anyio.Event()
+        self._io = anyio.Lock()  # file changes (recovery, close) never overlap an fsync
+        self._since_checkpoint = 0
+        self._last_checkpoint = 0.0
+        self._unsaved: dict[str, Any] | None = None  # the latest checkpoint, saved in the store once on disk
+        self._held: deque[dict[str, Any]] = deque()
+        self._lost = 0
+        self._refused = 0
+        self._down_since = 0.0
+
+    # ------------------------------------------------------------ lifecycle
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self.checkpoints is not None:
+            latest = await self.checkpoints.latest(self.instance)
+            if latest is not None:
+                self._floor = (int(latest["seq"]), str(latest["head"]))
+        self._open_file()
         self._resume()
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._last_checkpoint = self.clock()
+        metrics.HEALTHY.set(value=1)
 
-    def _resume(self) -> None:
-        """Continue the chain from the last record already in the file."""
-        if not self.path.exists() or self.path.stat().st_size == 0:
-            return
-        with self.path.open("rb") as handle:
-            handle.seek(max(0, self.path.stat().st_size - 65536))
-            lines = handle.read().splitlines()
-        for line in reversed(lines):
-            try:
-                last = json.loads(line)
-            except ValueError:
-                continue
-            if last.get("gateway") == self.instance:
-                self.seq, self.head = int(last["seq"]), str(last["hash"])
-            return
+    @contextlib.asynccontextmanager
+    async def run(self) -> AsyncIterator[Audit]:
+        """Open the sink and run its flusher; at exit write the last checkpoint and close."""
+        await self.open()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._flusher)
+                self._running = True
+                try:
+                    yield self
+                finally:
+                    self._running = False
+                    tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.close()
 
     async def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        if self._fd is None:
+            return
+        async with self._io:
+            with self._exclusive():
+                try:
+                    if self.shared:
+                        self._resume()
+                    if self.healthy and self.checkpoints is not None and self._since_checkpoint:
+                        self._append_checkpoint()
+                    self._sync_now()
+                except OSError as exc:
+                    self._failed(exc)
+                await self._save_checkpoint()
+            self._close_files()
+        self._synced_event.set()  # anyone still waiting finds the sink closed
 
-    async def probe(self) -> None:
-        """Check the sink can write again after a failure.
-
-        Raises:
-            AuditUnavailable: it still cannot.
-        """
-        try:
-            if self._fd is None:
-                raise OSError("audit sink is closed")
-            os.fsync(self._fd)
-            if not os.access(self.path, os.W_OK):
-                raise OSError(f"{self.path} is not writable")
-        except OSError as exc:
-            raise AuditUnavailable(f"audit sink cannot write: {exc}") from exc
-        self.healthy = True
+    # ------------------------------------------------------------ writing
 
     async def emit(self, event: str, *, durable: bool = False, **fields: Any) -> dict[str, Any]:
         """Append one record; with `durable`, return only once it is on disk.
 
         Raises:
-            AuditUnavailable: the record could not be written.
+            AuditUnavailable: a durable record could not be written (any record, for operator commands).
         """
-        async with self._lock:
-            if self.shared and self._fd is not None:
-                fcntl.flock(self._fd, fcntl.LOCK_EX)
-                self._resume()
-            try:
-                return self._append(event, durable, fields)
-            finally:
-                if self.shared and self._fd is not None:
-                    fcntl.flock(self._fd, fcntl.LOCK_UN)
-
-    def _append(self, event: str, durable: bool, fields: dict[str, Any]) -> dict[str, Any]:
         record = {
             "ts": round(self.clock(), 6),
             "event": event,
             "gateway": self.instance,
             **{k: v for k, v in fields.items() if v is not None},
-            "seq": self.seq + 1,
-            "prev_hash": self.head,
         }
-        record["hash"] = record_hash(record)
-        line = canonical(record) + b"\n"
-        try:
-            if self._fd is None:
-                raise OSError("audit sink is closed")
-            os.write(self._fd, line)
-            if durable or self.fsync_always:
-                os.fsync(self._fd)
-        except OSError as exc:
-            self.healthy = False
-            raise AuditUnavailable(f"audit sink cannot write: {exc}") from exc
-        self.healthy = True
-        self.seq, self.head = record["seq"], record["hash"]
+        if self.shared:
+            self._append_shared(record)
+        else:
+            try:
+                if not self.healthy:
+                    raise OSError(self.error)
+                self._append(record)
+            except OSError as exc:
+                self._failed(exc)
+                if durable:
+                    self._refused += 1
+                    raise AuditUnavailable(f"audit sink cannot write: {self.error}") from None
+                self._hold(record)
+                metrics.observe(record)
+                return record
+            if not self._running:
+                if durable or self.fsync_always:
+                    self._sync_or_refuse()
+            elif durable and self.fsync_always:
+                await self._wait_synced(record["seq"])
+            elif not self._sync_requested:
+                self._sync_requested = True
+                self._wake.set()
+        metrics.observe(record)
         return record
+
+    def _append(self, record: dict[str, Any]) -> None:
+        """Chain and write one record (and a checkpoint when one is due).
+
+        Raises:
+            OSError: the record was not written.
+        """
+        self._check_file()
+        if self._rotation_due():
+            self._rotate()
+        record["seq"], record["prev_hash"] = self.seq + 1, self.head
+        digest, line = seal(record)
+        _write_all(self._fd, line, self._size)  # type: ignore[arg-type]
+        record["hash"] = digest
+        self.seq, self.head, self._size = record["seq"], digest, self._size + len(line)
+        if self.checkpoints is not None and record["event"] != CHECKPOINT:
+            self._since_checkpoint += 1
+            if self._since_checkpoint >= self.checkpoints.every:
+                try:
+                    self._append_checkpoint()
+                except OSError as exc:  # the record itself is written; the next one will find the sink down
+                    self._failed(exc)
+
+    def _append_checkpoint(self) -> None:
+        assert self.checkpoints is not None
+        signed = self.checkpoints.sign(self.instance, self.seq, self.head)
+        self._append({"ts": round(self.clock(), 6), "event": CHECKPOINT, "gateway": self.instance, **signed})
+        self._since_checkpoint, self._last_checkpoint, self._unsaved = 0, self.clock(), signed
+
+    def _append_shared(self, record: dict[str, Any]) -> None:
+        """Operator commands: take the file lock, continue from whoever wrote last, write and fsync."""
+        try:
+            with self._exclusive():
+                self._resume()
+                self._append(record)
+                self._sync_now()
+        except OSError as exc:
+            raise AuditUnavailable(f"audit sink cannot write: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Any:
+        if not self.shared or self._fd is None:
+            yield
+            return
+        fd = self._fd
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _hold(self, record: dict[str, Any]) -> None:
+        if len(self._held) >= MAX_HELD:
+            self._held.popleft()
+            self._lost += 1
+        self._held.append(record)
+
+    # ------------------------------------------------------------ files
+
+    def _open_file(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            info = os.fstat(fd)
+            size = complete_size(fd)
+            if size < info.st_size:
+                log.warning("%s: removing an incomplete last line (%d bytes)", self.path, info.st_size - size)
+                os.ftruncate(fd, size)
+        except OSError:
+            os.close(fd)
+            raise
+        self._fd, self._identity, self._size = fd, (info.st_dev, info.st_ino), size
+        self._file_started = self.clock()
+
+    def _resume(self) -> None:
+        """Continue from the highest point known: the file's last record, this process's, the store's checkpoint."""
+        assert self._fd is not None
+        self._size = os.fstat(self._fd).st_size
+        files = [self.path] if self._size else rotated_files(self.path)[-1:]
+        last = last_record(files[0], self.instance) if files else None
+        on_disk = (int(last["seq"]), str(last["hash"])) if last else (0, GENESIS)
+        self.seq, self.head = max((self.seq, self.head), on_disk, self._floor, key=lambda point: point[0])
+        if self._floor[0] > on_disk[0] and self.seq == self._floor[0]:
+            log.warning("%s ends at seq %d but the store's checkpoint is at seq %d: records are missing; "
+                        "continuing from the checkpoint", self.path, on_disk[0], self._floor[0])
+
+    def _check_file(self) -> None:
+        if self._fd is None:
+            raise OSError("the audit file is closed")
+        info = os.stat(self.path)
+        if (info.st_dev, info.st_ino) != self._identity:
+            raise OSError(f"{self.path} was moved, deleted or replaced")
+
+    def _rotation_due(self) -> bool:
+        if not self._size or self.shared:
+            return False
+        if self.rotate_bytes is not None and self._size >= self.rotate_bytes:
+            return True
+        return self.rotate_interval is not None and self.clock() - self._file_started >= self.rotate_interval
+
+    def _rotate(self) -> None:
+        target = rotated_path(self.path, self.seq)
+        os.link(self.path, target)  # never replaces an existing file, unlike rename
+        os.unlink(self.path)
+        old = self._fd
+        assert old is not None
+        self._open_file()
+        self._retired.append(old)
+        if not self._running:
+            self._sync_now()
+
+    def _close_files(self) -> None:
+        for fd in [*self._retired, *([self._fd] if self._fd is not None else [])]:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._retired, self._fd = [], None
+
+    # ------------------------------------------------------------ durability
+
+    def _sync_now(self) -> None:
+        """fsync on this thread (no flusher, or at close)."""
+        retired, self._retired = self._retired, []
+        started = time.perf_counter()
+        _fsync_all(retired, self._fd, self.path.parent if retired else None)
+        metrics.WRITES.observe(time.perf_counter() - started)
+        self._synced = self.seq
+
+    def _sync_or_refuse(self) -> None:
+        try:
+            self._sync_now()
+        except OSError as exc:
+            self._failed(exc)
+            self._refused += 1
+            raise AuditUnavailable(f"audit sink cannot write: {exc}") from None
+
+    async def _wait_synced(self, seq: int) -> None:
+        while self._synced < seq:
+            if not self.healthy:
+                self._refused += 1
+                raise AuditUnavailable(f"audit sink cannot write: {self.error}")
+            if not self._running:
+                self._sync_or_refuse()
+                return
+            synced = self._synced_event
+            self._urgent = True
+            self._wake.set()
+            await synced.wait()
+
+    async def _flusher(self) -> None:
+        while True:
+            await self._sleep(RETRY_EVERY if not self.healthy else self._checkpoint_due_in())
+            if self.seq > self._synced and not self._urgent:
+                await self._sleep(self.batch_interval)  # let records arriving now share the fsync; durable ones end it
+            async with self._io:
+                await self._tick()
+
+    async def _sleep(self, timeout: float) -> None:
+        with anyio.move_on_after(timeout):
+            await self._wake.wait()
+        self._wake = anyio.Event()
+
+    def _checkpoint_due_in(self) -> float:
+        if self.checkpoints is None or not self._since_checkpoint:
+            return math.inf
+        return max(0.0, self._last_checkpoint + self.checkpoints.interval - self.clock())
+
+    async def _tick(self) -> None:
+        if not self.healthy:
+            with contextlib.suppress(OSError):
+                self._recover()
+            return
+        if self.checkpoints is not None and self._since_checkpoint and self._checkpoint_due_in() == 0:
+            try:
+                self._append_checkpoint()
+            except OSError as exc:
+                self._failed(exc)
+        if self.seq > self._synced or self._retired:
+            await self._sync()
+        await self._save_checkpoint()
+
+    async def _sync(self) -> None:
+        target, retired, fd = self.seq, self._retired, self._fd
+        self._retired, self._sync_requested, self._urgent = [], False, False
+        synced, self._synced_event = self._synced_event, anyio.Event()
+        started = time.perf_counter()
+        try:
+            await anyio.to_thread.run_sync(_fsync_all, retired, fd, self.path.parent if retired else None)
+        except OSError as exc:
+            self._failed(exc)
+        else:
+            self._synced = max(self._synced, target)
+            metrics.WRITES.observe(time.perf_counter() - started)
+        finally:
+            synced.set()
+
+    async def _save_checkpoint(self) -> None:
+        signed = self._unsaved
+        if signed is None or self.checkpoints is None or self._synced <= signed["head_seq"]:
+            return
+        self._unsaved = None
+        try:
+            await self.checkpoints.save(self.instance, signed, self.clock())
+        except Unavailable as exc:
+            log.warning("audit checkpoint at seq %d not saved in the store: %s", signed["head_seq"], exc)
+
+    # ------------------------------------------------------------ failure and recovery
+
+    def _failed(self, exc: OSError) -> None:
+        if self.healthy:
+            self.healthy = False
+            self.error = str(exc) or type(exc).__name__
+            self._down_since = self.clock()
+            metrics.HEALTHY.set(value=0)
+            log.error("audit sink cannot write; refusing calls until it recovers: %s", self.error)
+
+    def _recover(self) -> None:
+        """Reopen the path, write what was held and an `audit.recovered` record, fsync.
+
+        Raises:
+            OSError: the sink still cannot write.
+        """
+        self._close_files()
+        self._open_file()
+        self._resume()
+        while self._held:
+            self._append(self._held[0])
+            self._held.popleft()
+        self._append({
+            "ts": round(self.clock(), 6), "event": "audit.recovered", "gateway": self.instance,
+            "error": self.error, "down_s": round(self.clock() - self._down_since, 3),
+            "refused": self._refused, "lost": self._lost,
+        })
+        self._sync_now()
+        self.healthy, self.error, self._refused, self._lost = True, None, 0, 0
+        metrics.HEALTHY.set(value=1)
+        log.warning("audit sink recovered")
+
+    async def probe(self) -> None:
+        """Check the sink can write, recovering it if it could not.
+
+        Raises:
+            AuditUnavailable: it still cannot.
+        """
+        async with self._io:
+            if self.healthy:
+                try:
+                    self._check_file()
+                except OSError as exc:
+                    self._failed(exc)
+            if not self.healthy:
+                try:
+                    self._recover()
+                except OSError as exc:
+                    raise AuditUnavailable(f"audit sink cannot write: {exc}") from None
+
+
+def _write_all(fd: int, data: bytes, size: int) -> None:
+    """Write all of `data`, or cut the file back to `size` and raise: never leave half a record."""
+    view = memoryview(data)
+    try:
+        while view:
+            written = os.write(fd, view)
+            if written <= 0:
+                raise OSError("short write")
+            view = view[written:]
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, size)
+        raise
+
+
+def _fsync_all(retired: list[int], fd: int | None, directory: Path | None) -> None:
+    """fsync rotated-out files (then close them) and their directory, then the current file."""
+    for old in retired:
+        try:
+            os.fsync(old)
+        finally:
+            os.close(old)
+    if directory is not None:
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    if fd is None:
+        raise OSError("the audit file is closed")
+    os.fsync(fd)
+
+
+def build_audit(
+    config: GatewayConfig, keys: KeyRing, store: Store, clock: Callable[[], float], *, operator: bool = False
+) -> Audit:
+    """The gateway's audit chain; with `operator`, the chain operator commands share (`<audit>-cli.jsonl`)."""
+    settings = config.audit
+    checkpoints = Checkpoints(keys, store, every=settings.checkpoint_every, interval=settings.checkpoint_interval)
+    if operator:
+        return Audit(cli_path(settings.path), f"{config.instance}/cli", checkpoints=checkpoints, clock=clock,
+                     shared=True)
+    return Audit(
+        settings.path, config.instance, fsync=settings.fsync, batch_interval=settings.batch_interval,
+        rotate_bytes=settings.rotate_bytes, rotate_interval=settings.rotate_interval, checkpoints=checkpoints,
+        clock=clock,
+    )

@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 
 from gateway.app import Gateway, build_gateway
-from gateway.audit import Audit
+from gateway.audit import build_audit
 from gateway.config import load_gateway_config
 from gateway.errors import ConfigError, GatewayError
 
@@ -30,18 +30,12 @@ def operator() -> str:
         return "cli"
 
 
-def cli_audit_path(path: Path) -> Path:
-    return path.with_name(f"{path.stem}-cli{path.suffix}")
-
-
 @contextlib.asynccontextmanager
 async def opened(args: argparse.Namespace, *, with_manifests: bool = False) -> AsyncIterator[Gateway]:
     """A gateway's collaborators, opened for one operator command (no upstreams started)."""
     config = load_gateway_config(Path(args.config))
     gateway = build_gateway(config, manifests=None if with_manifests else {})
-    gateway.audit = Audit(
-        cli_audit_path(config.audit.path), f"{config.instance}/cli", fsync="always", clock=time.time, shared=True
-    )
+    gateway.audit = build_audit(config, gateway.keys, gateway.store, time.time, operator=True)
     gateway.sessions.audit = gateway.audit
     await gateway.store.open()
     try:

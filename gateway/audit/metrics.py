@@ -1,0 +1,44 @@
+"""The Prometheus series the audit stream feeds, counted as each record is written.
+
+Calls, latency, tokens and budget stops are read off the records the pipeline
+and the budgets already write, so /metrics and the ledger can never disagree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.metrics import METRICS
+
+CALLS = METRICS.counter(
+    "gateway_tool_calls_total", "Tool calls by agent, server, tool and decision", ["agent", "server", "tool", "decision"]
+)
+LATENCY = METRICS.histogram(
+    "gateway_tool_call_duration_seconds", "Tool calls from admission to the recorded result", ["server", "tool"]
+)
+TOKENS = METRICS.counter(
+    "gateway_tokens_total", "Metered tokens by agent, server and direction (request|response)",
+    ["agent", "server", "direction"],
+)
+STOPS = METRICS.counter("gateway_budget_stops_total", "Sessions stopped by a budget, by agent and limit",
+                        ["agent", "limit"])
+RECORDS = METRICS.counter("gateway_audit_records_total", "Audit records written, by event", ["event"])
+WRITES = METRICS.histogram("gateway_audit_write_seconds", "Audit fsyncs: each makes every record before it durable")
+HEALTHY = METRICS.gauge("gateway_audit_healthy", "1 while the audit sink can write, 0 while calls are refused")
+
+
+def observe(record: dict[str, Any]) -> None:
+    event = record["event"]
+    RECORDS.inc(event)
+    agent, server = record.get("agent") or "", record.get("server") or ""
+    if event == "tool.call":  # its request_tokens are counted again, once forwarded, on tool.result
+        CALLS.inc(agent, server, record.get("tool") or "", record.get("decision") or "")
+        return
+    if event == "budget.exceeded":
+        STOPS.inc(agent, record.get("reason") or "")
+    if event == "tool.result" and record.get("latency_ms") is not None:
+        LATENCY.observe(record["latency_ms"] / 1000, server, record.get("tool") or "")
+    for direction in ("request", "response"):
+        tokens = record.get(f"{direction}_tokens")
+        if tokens:
+            TOKENS.inc(agent, server, direction, amount=tokens)
