@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -38,6 +39,7 @@ from gateway.identity.shared import SharedCredentialDetector
 from gateway.identity.tokens import Tokens
 from gateway.manifests import UpstreamSpec, load_manifests
 from gateway.metering import Meter, load_tokenizer
+from gateway.metrics import METRICS
 from gateway.pins import Pins
 from gateway.pipeline import Pipeline
 from gateway.sealing import Sealer, load_key
@@ -49,6 +51,7 @@ from gateway.views import Names, View
 log = logging.getLogger("gateway.app")
 
 SWEEP_EVERY = 1.0  # seconds between checks for sessions that ended elsewhere or expired
+ACTIVE_SESSIONS = METRICS.gauge("gateway_active_sessions", "Sessions that are active now (read at scrape time)")
 
 
 @dataclass
@@ -197,6 +200,7 @@ def create_app(gateway: Gateway) -> Starlette:
     routes = [
         Route("/healthz", _healthz),
         Route("/readyz", _readyz(gateway)),
+        Route("/metrics", _metrics(gateway)),
         Route("/.well-known/oauth-authorization-server", _as_metadata(config)),
         Route("/jwks.json", _jwks(gateway)),
         Route("/.well-known/oauth-protected-resource{path:path}", _pr_metadata(config, set(views))),
@@ -265,16 +269,38 @@ def _readyz(gateway: Gateway) -> Callable[[Request], Any]:
             await gateway.store.ping()
         except Unavailable as exc:
             problems["store"] = str(exc)
-        if not gateway.audit.healthy:
-            try:
-                await gateway.audit.probe()
-            except Unavailable as exc:
-                problems["audit"] = str(exc)
+        try:
+            await gateway.audit.probe()
+        except Unavailable as exc:
+            problems["audit"] = str(exc)
         upstreams = {name: ("up" if u.up else "down") for name, u in gateway.upstreams.servers.items()}
         body = {"status": "not ready" if problems else "ready", "problems": problems, "upstreams": upstreams}
         return JSONResponse(body, status_code=503 if problems else 200)
 
     return readyz
+
+
+def admin_authorized(request: Request, admin_token: str | None) -> bool:
+    """`Authorization: Bearer <admin_token>`, compared in constant time; never true without a configured token."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if admin_token is None or scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(token.strip().encode(), admin_token.encode())
+
+
+def _metrics(gateway: Gateway) -> Callable[[Request], Any]:
+    async def metrics(request: Request) -> Response:
+        if not gateway.config.metrics_public and not admin_authorized(request, gateway.config.admin_token):
+            return JSONResponse({"error": "unauthorized", "error_description": "/metrics needs the admin token"},
+                                status_code=401, headers={"www-authenticate": 'Bearer realm="metrics"'})
+        try:
+            active = await gateway.store.list_sessions(state="active", now=gateway.clock())
+            ACTIVE_SESSIONS.set(value=len(active))
+        except Unavailable as exc:
+            log.warning("metrics: active sessions unknown: %s", exc)
+        return Response(METRICS.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return metrics
 
 
 def _as_metadata(config: GatewayConfig) -> Callable[[Request], Any]:

@@ -20,7 +20,7 @@ import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
 from gateway.audit import Audit
-from gateway.audit.records import Fingerprints
+from gateway.audit.records import Fingerprints, masked
 from gateway.budgets import Budgets, stop_detail
 from gateway.errors import Stopped, UpstreamError
 from gateway.metering import Meter
@@ -103,6 +103,8 @@ class Pipeline:
             raise unknown_tool(exposed)
         upstream, tool = target
         identity.update(server=upstream.name, tool=tool)
+        if upstream.spec.log_arguments:  # the manifest opted in: arguments, secret-looking values masked
+            identity["arguments_masked"] = masked(arguments or {})
         decision = decide(principal.grant, upstream.name, tool, arguments)
         if decision is NOT_GRANTED:  # the view already checked; kept so the gate never depends on the caller
             raise unknown_tool(exposed)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from typing import Any
 
 from pydantic import BaseModel
@@ -24,3 +25,51 @@ class Fingerprints:
             value = value.model_dump(mode="json", by_alias=True, exclude_none=True)
         data = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()
         return "hmac-sha256:" + hmac.new(self._key, data, hashlib.sha256).hexdigest()[:32]
+
+
+# ---------------------------------------------------------------- masked arguments (log_arguments: true)
+
+MASK = "[masked]"
+
+# Names whose values are masked whole: any word of the key, split at _ - . and camelCase.
+_SECRET_WORDS = frozenset({
+    "password", "passwd", "pwd", "passphrase", "secret", "secrets", "token", "tokens", "apikey", "key", "keys",
+    "auth", "authorization", "credential", "credentials", "cookie", "cookies", "signature", "private", "bearer",
+    "otp", "pin", "jwt",
+})
+_WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
+
+# Values that look like secrets wherever they appear, inside any string.
+_SECRET_SHAPES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)", re.S), MASK),
+    (re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), MASK),  # JWT / JWS
+    (re.compile(r"(?i)\b(bearer|basic|token)(\s+)[A-Za-z0-9._~+/=-]{6,}"), rf"\1\2{MASK}"),
+    (re.compile(r"(?<=://)[^\s/@:]+:[^\s/@]+(?=@)"), MASK),  # user:password@ in URLs
+    (re.compile(r"(?i)(pass(?:word|wd|phrase)?|pwd|secret|token|api[_-]?key|access[_-]?key|auth)"
+                r"([\"']?\s*[=:]\s*[\"']?)[^\s\"'&;,]+"), rf"\1\2{MASK}"),  # password=..., "token": "..."
+    (re.compile(r"(?<![A-Za-z0-9])(?:sk|pk|rk)[-_][A-Za-z0-9_-]{16,}"), MASK),  # OpenAI, Stripe, Anthropic
+    (re.compile(r"(?<![A-Za-z0-9])(?:gh[pousr]_|github_pat_)[A-Za-z0-9_]{20,}"), MASK),  # GitHub
+    (re.compile(r"(?<![A-Za-z0-9])xox[abposr]-[A-Za-z0-9-]{10,}"), MASK),  # Slack
+    (re.compile(r"(?<![A-Z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}"), MASK),  # AWS access key id
+    (re.compile(r"(?<![A-Za-z0-9])AIza[A-Za-z0-9_-]{30,}"), MASK),  # Google API key
+    # Anything long and random-looking: 24+ characters mixing upper case, lower case and digits.
+    (re.compile(r"(?<![A-Za-z0-9+/_=-])(?=[A-Za-z0-9+/_=-]*[0-9])(?=[A-Za-z0-9+/_=-]*[a-z])"
+                r"(?=[A-Za-z0-9+/_=-]*[A-Z])[A-Za-z0-9+/_=-]{24,}"), MASK),
+)
+
+
+def secret_name(key: str) -> bool:
+    return any(word.lower() in _SECRET_WORDS for word in _WORDS.findall(key)) or key.lower() in _SECRET_WORDS
+
+
+def masked(value: Any) -> Any:
+    """A copy of JSON-able arguments with secret-looking values masked: by key name, and by value shape."""
+    if isinstance(value, dict):
+        return {k: MASK if secret_name(str(k)) else masked(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [masked(v) for v in value]
+    if isinstance(value, str):
+        for pattern, replacement in _SECRET_SHAPES:
+            value = pattern.sub(replacement, value)
+        return value
+    return value

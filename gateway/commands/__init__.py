@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from gateway.commands import agents, keys, manifests, report, serve, sessions
+from gateway.commands import agents, audit, keys, manifests, report, serve, sessions
 
 Register = Callable[[argparse._SubParsersAction, argparse.ArgumentParser], None]  # type: ignore[type-arg]
 
@@ -16,4 +16,5 @@ COMMAND_GROUPS: list[Register] = [
     keys.register,
     manifests.register,
     report.register,
+    audit.register,
 ]

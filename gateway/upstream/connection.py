@@ -35,8 +35,10 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from gateway.errors import UpstreamError
 from gateway.manifests import UpstreamSpec
+from gateway.metrics import METRICS
 
 log = logging.getLogger("gateway.upstream")
+RESTARTS = METRICS.counter("gateway_upstream_restarts_total", "Upstream reconnects after a failure", ["server"])
 
 BACKOFF_INITIAL = 0.1
 BACKOFF_MAX = 10.0
@@ -158,6 +160,7 @@ class Connection:
             if anyio.current_time() - up_since > STABLE_AFTER:
                 backoff = BACKOFF_INITIAL
             self.restarts += 1
+            RESTARTS.inc(self.spec.name)
             log.info("upstream %s reconnecting in %.1fs", self.spec.name, backoff)
             with anyio.move_on_after(backoff):
                 await self._stop.wait()

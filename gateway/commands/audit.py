@@ -1,0 +1,157 @@
+"""`mcp-gateway audit verify|tail`: check the hash chains, read the stream."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from gateway.audit.checkpoints import PublicKeys
+from gateway.audit.files import cli_path, stream_files
+from gateway.audit.tail import Filter, Follower, as_json, history, parse_since, readable
+from gateway.audit.verify import verify
+from gateway.commands._context import run
+from gateway.config import GatewayConfig, load_gateway_config
+from gateway.errors import ConfigError, GatewayError
+from gateway.identity.keys import KeyRing
+from gateway.store import open_store
+
+POLL_SECONDS = 0.2  # how often --follow looks for new records
+
+
+def _since(value: str) -> float:
+    try:
+        return parse_since(value, time.time())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _lines(value: str) -> int:
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number")
+    return int(value)
+
+
+def register(commands: Any, common: argparse.ArgumentParser) -> None:
+    group = commands.add_parser("audit", help="the audit stream").add_subparsers(dest="action", required=True)
+
+    check = group.add_parser("verify", parents=[common], help="check the hash chains; name the first broken link")
+    check.add_argument("paths", nargs="*", type=Path, metavar="PATH",
+                       help="audit files (default: the configured stream, its rotated files and the CLI chain, "
+                            "compared with the store's checkpoints)")
+    check.add_argument("--jwks", action="append", default=[], type=Path, metavar="FILE",
+                       help="public keys (JWKS) for checkpoints signed by keys no longer on disk")
+    check.set_defaults(run=_verify)
+
+    tail = group.add_parser("tail", parents=[common], help="print the newest records; --follow for more")
+    tail.add_argument("-f", "--follow", action="store_true", help="keep printing records as they are written")
+    tail.add_argument("--agent", metavar="ID")
+    tail.add_argument("--session", metavar="SID")
+    tail.add_argument("--event", action="append", metavar="GLOB", help="e.g. tool.call or 'tool.*' (repeatable)")
+    tail.add_argument("--since", type=_since, metavar="WHEN", help="a duration ago (15m) or an ISO 8601 time")
+    tail.add_argument("-n", "--lines", type=_lines, metavar="N",
+                      help="how many past records to print (default 10, or all with --since)")
+    tail.add_argument("--json", action="store_true", help="one JSON record a line, for pipes")
+    tail.set_defaults(run=_tail)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    async def body() -> int:
+        config_path = Path(args.config)
+        config = load_gateway_config(config_path) if not args.paths or config_path.exists() else None
+        keys = _public_keys(config, args.jwks)
+        if args.paths:
+            for path in args.paths:
+                if not path.is_file():
+                    raise GatewayError(f"{path}: no such audit file")
+            chains = verify(sorted(args.paths, key=_first_seq), keys)
+        else:
+            assert config is not None
+            files = stream_files(config.audit.path) + stream_files(cli_path(config.audit.path))
+            chains = verify(files, keys, await _stored_checkpoints(config))
+        for chain in chains:
+            print(chain.summary())
+        broken = sum(1 for chain in chains if chain.broken)
+        if broken:
+            print(f"broken: {broken} of {len(chains)} chains")
+            return 1
+        print(f"intact: {sum(chain.records for chain in chains)} records")
+        return 0
+
+    return run(body)
+
+
+def _first_seq(path: Path) -> int:
+    """Files given on the command line are read in chain order, whatever order the shell gave them in."""
+    with path.open("rb") as handle:
+        try:
+            return int(json.loads(handle.readline())["seq"])
+        except (ValueError, KeyError, TypeError):
+            return 0
+
+
+async def _stored_checkpoints(config: GatewayConfig) -> dict[str, dict[str, Any]]:
+    store = open_store(config)
+    await store.open()
+    try:
+        found = {i: await store.get_checkpoint(i) for i in (config.instance, f"{config.instance}/cli")}
+    finally:
+        await store.close()
+    return {instance: checkpoint for instance, checkpoint in found.items() if checkpoint is not None}
+
+
+def _public_keys(config: GatewayConfig | None, jwks_files: list[Path]) -> PublicKeys:
+    """Checkpoint keys: the gateway's keys on disk (active and retired), then any JWKS files given."""
+    ring = KeyRing(config.signing_key) if config is not None else None
+    if ring is not None:
+        try:
+            ring.load(create=False)
+        except ConfigError:
+            ring = None
+    given: dict[str, Ed25519PublicKey] = {}
+    for path in jwks_files:
+        try:
+            for jwk in json.loads(path.read_text())["keys"]:
+                if jwk.get("kty") == "OKP" and jwk.get("crv") == "Ed25519" and "kid" in jwk:
+                    raw = base64.urlsafe_b64decode(jwk["x"] + "=" * (-len(jwk["x"]) % 4))
+                    given[jwk["kid"]] = Ed25519PublicKey.from_public_bytes(raw)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise GatewayError(f"{path}: not a usable JWKS file: {exc}") from None
+
+    def lookup(kid: str) -> Ed25519PublicKey | None:
+        if kid in given:
+            return given[kid]
+        key = ring.verify_key(kid) if ring is not None else None
+        return key.public if key is not None else None
+
+    return lookup
+
+
+def _tail(args: argparse.Namespace) -> int:
+    config = load_gateway_config(Path(args.config))
+    wanted = Filter(args.agent, args.session, tuple(args.event or ()), args.since)
+    limit = args.lines if args.lines is not None else (None if args.since is not None else 10)
+    show = as_json if args.json else readable
+    followers = [Follower(config.audit.path), Follower(cli_path(config.audit.path))]
+    try:
+        for record in history(followers, wanted, limit):
+            print(show(record))
+        sys.stdout.flush()
+        while args.follow:
+            time.sleep(POLL_SECONDS)
+            for follower in followers:
+                for record in follower.poll():
+                    if wanted.matches(record):
+                        print(show(record), flush=True)
+    except BrokenPipeError:  # the reader went away (| head)
+        sys.stderr.close()
+    finally:
+        for follower in followers:
+            follower.close()
+    return 0

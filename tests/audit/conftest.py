@@ -1,0 +1,92 @@
+"""A configured audit stream written by the real sink: rotated files, checkpoints in the file and the store."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from gateway.app import Gateway, build_gateway
+from gateway.audit.files import cli_path, stream_files
+from gateway.cli import main
+from gateway.config import load_gateway_config
+from tests.support.harness import write_config
+
+AGENTS = ["alice-bot", "bob-bot"]
+
+
+@dataclass
+class Stream:
+    config: Path
+    path: Path  # the active file
+
+    @property
+    def files(self) -> list[Path]:
+        return stream_files(self.path)
+
+    @property
+    def cli(self) -> Path:
+        return cli_path(self.path)
+
+    def records(self, path: Path | None = None) -> list[dict[str, Any]]:
+        paths = [path] if path else self.files
+        return [json.loads(line) for p in paths for line in p.read_text().splitlines()]
+
+
+def gateway_for(config: Path) -> Gateway:
+    return build_gateway(load_gateway_config(config), manifests={})
+
+
+async def write_records(gateway: Gateway, count: int, **fields: Any) -> None:
+    """Calls as the pipeline records them: a durable tool.call, then its tool.result."""
+    for i in range(count // 2):
+        agent = AGENTS[i % 2]
+        call = {"agent": agent, "session": f"s-{agent}-{i % 3}", "server": "time", "tool": "get_current_time",
+                "call_id": f"c{i}", **fields}
+        await gateway.audit.emit("tool.call", durable=True, decision="allow", request_tokens=3, **call)
+        await gateway.audit.emit("tool.result", outcome="ok", request_tokens=3, response_tokens=40,
+                                 latency_ms=1.5, **call)
+
+
+def make_stream(root: Path, *, calls: int = 40, audit: dict[str, Any] | None = None) -> Stream:
+    """A gateway's stream (several rotated files, checkpoints every 7 records) plus one operator command."""
+    settings = {"path": "./state/audit.jsonl", "fsync": "always", "rotate_bytes": 4000, "checkpoint_every": 7,
+                **(audit or {})}
+    config = write_config(root, 8765, manifests=[], agents={}, extra={"audit": settings})
+
+    async def write() -> None:
+        gateway = gateway_for(config)
+        await gateway.store.open()
+        gateway.keys.load()
+        try:
+            async with gateway.audit.run():
+                await gateway.audit.emit("gateway.started")
+                await write_records(gateway, calls * 2)
+                await gateway.audit.emit("gateway.stopped")
+        finally:
+            await gateway.store.close()
+
+    anyio.run(write)
+    assert main(["agents", "create", "carol-bot", "--owner", "carol@example.com", "--config", str(config)]) == 0
+    return Stream(config, load_gateway_config(config).audit.path)
+
+
+@pytest.fixture
+def stream(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Stream:
+    made = make_stream(tmp_path)
+    capsys.readouterr()
+    return made
+
+
+def verify_cli(stream: Stream, capsys: pytest.CaptureFixture[str], *paths: Path) -> tuple[int, str]:
+    code = main(["audit", "verify", "--config", str(stream.config), *map(str, paths)])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def rewrite(path: Path, lines: list[str]) -> None:
+    path.write_text("".join(line + "\n" for line in lines))

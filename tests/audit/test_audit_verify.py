@@ -1,0 +1,166 @@
+"""`mcp-gateway audit verify` on a stream the real sink wrote: it names the seq of the first broken link."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+from gateway.config import load_gateway_config
+from gateway.identity.keys import KeyRing
+from tests.audit.conftest import Stream, rewrite, verify_cli
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+def test_an_untouched_stream_verifies_and_counts_every_record(stream: Stream, capsys: pytest.CaptureFixture[str]):
+    assert len(stream.files) >= 3, "the stream should span rotated files"
+    code, out = verify_cli(stream, capsys)
+    total = len(stream.records()) + len(stream.records(stream.cli))
+    assert code == 0, out
+    assert out.splitlines()[-1] == f"intact: {total} records"
+    assert out.count("reaches the store's checkpoint") == 2  # the gateway's chain and the operator chain
+
+
+def test_an_edited_field_is_caught_at_its_seq(stream: Stream, capsys: pytest.CaptureFixture[str]):
+    path = stream.files[1]
+    lines = _lines(path)
+    record = json.loads(lines[3])
+    record["agent"] = "mallory-bot"
+    lines[3] = json.dumps(record)
+    rewrite(path, lines)
+    code, out = verify_cli(stream, capsys)
+    assert code == 1
+    assert f"BROKEN at seq {record['seq']}: altered" in out
+
+
+def test_a_deleted_line_is_caught_at_its_seq(stream: Stream, capsys: pytest.CaptureFixture[str]):
+    path = stream.files[1]
+    lines = _lines(path)
+    deleted = json.loads(lines.pop(4))
+    rewrite(path, lines)
+    code, out = verify_cli(stream, capsys)
+    assert code == 1
+    assert f"BROKEN at seq {deleted['seq']}: missing" in out
+
+
+def test_two_swapped_lines_are_caught_at_the_first_seq_out_of_place(stream: Stream, capsys: pytest.CaptureFixture[str]):
+    path = stream.files[-1]
+    lines = _lines(path)
+    lines[2], lines[3] = lines[3], lines[2]
+    rewrite(path, lines)
+    code, out = verify_cli(stream, capsys)
+    assert code == 1
+    assert f"BROKEN at seq {json.loads(lines[3])['seq']}:" in out
+
+
+def test_an_inserted_copy_of_a_record_is_caught(stream: Stream, capsys: pytest.CaptureFixture[str]):
+    path = stream.files[0]
+    lines = _lines(path)
+    copied = json.loads(lines[5])
+    lines.insert(6, lines[5])
+    rewrite(path, lines)
+    code, out = verify_cli(stream, capsys)
+    assert code == 1
+    assert f"BROKEN at seq {copied['seq'] + 1}: found seq {copied['seq']} again" in out
+
+
+def test_a_tail_cut_mid_record_is_caught_even_without_the_store(stream: Stream, capsys: pytest.CaptureFixture[str]):
+    path = stream.path
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 25])
+    last_complete = json.loads(path.read_bytes().rsplit(b"\n", 2)[-2])
+    code, out = verify_cli(stream, capsys, *stream.files)
+    assert code == 1
+    assert f"BROKEN at seq {last_complete['seq'] + 1}: incomplete: the file was cut off" in out
+
+
+def test_a_tail_cut_at_a_line_boundary_is_caught_against_the_stores_checkpoint(
+    stream: Stream, capsys: pytest.CaptureFixture[str]
+):
+    for _ in range(4):  # the last four records, whichever files they are in
+        path = stream.files[-1]
+        lines = _lines(path)
+        rewrite(path, lines[:-1]) if len(lines) > 1 else path.unlink()
+    last = stream.records()[-1]
+    code, out = verify_cli(stream, capsys)
+    assert code == 1
+    assert f"BROKEN at seq {last['seq'] + 1}: missing: the stream ends at seq {last['seq']}" in out
+    assert "the tail was cut off" in out
+
+
+def test_a_removed_rotated_file_is_caught_as_a_gap_between_files(stream: Stream, capsys: pytest.CaptureFixture[str]):
+    before, removed, after = stream.files[0], stream.files[1], stream.files[2]
+    first_missing = json.loads(_lines(removed)[0])["seq"]
+    removed.unlink()
+    for args in ((), stream.files):  # the configured stream, and the files named on the command line
+        code, out = verify_cli(stream, capsys, *args)
+        assert code == 1
+        assert f"BROKEN at seq {first_missing}: missing" in out
+        assert f"between {before.name} and {after.name}" in out
+
+
+def test_files_named_in_any_order_verify_in_chain_order(stream: Stream, capsys: pytest.CaptureFixture[str]):
+    files = [*stream.files, stream.cli]
+    random.Random(7).shuffle(files)
+    code, out = verify_cli(stream, capsys, *files)
+    assert code == 0, out
+    assert f"intact: {len(stream.records()) + len(stream.records(stream.cli))} records" in out
+
+
+def test_checkpoints_verify_with_public_keys_alone(stream: Stream, capsys: pytest.CaptureFixture[str], tmp_path: Path):
+    """Without the gateway's key files, checkpoints need a JWKS; with it, the stream verifies."""
+    config = load_gateway_config(stream.config)
+    keys = KeyRing(config.signing_key)
+    keys.load(create=False)
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps(keys.jwks(0)))
+    elsewhere = ["--config", str(tmp_path / "absent.yaml"), *map(str, stream.files)]
+
+    assert main(["audit", "verify", *elsewhere]) == 1
+    assert "signed by unknown key" in capsys.readouterr().out
+    assert main(["audit", "verify", *elsewhere, "--jwks", str(jwks)]) == 0
+    assert "intact:" in capsys.readouterr().out
+
+
+def test_a_checkpoint_signed_by_another_key_is_caught(stream: Stream, capsys: pytest.CaptureFixture[str]):
+    path = stream.files[0]
+    lines = _lines(path)
+    index, record = next((i, json.loads(line)) for i, line in enumerate(lines)
+                         if json.loads(line)["event"] == "audit.checkpoint")
+    header, payload, signature = record["signature"].split(".")
+    record["signature"] = ".".join([header, payload, signature[::-1]])
+    lines[index] = json.dumps(record)
+    rewrite(path, lines)
+    code, out = verify_cli(stream, capsys, *stream.files)
+    assert code == 1
+    assert f"BROKEN at seq {record['seq']}:" in out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["audit", "verify", "--bogus"],
+        ["audit", "tail", "--since", "the day before yesterday"],
+        ["audit", "tail", "--lines", "-3"],
+        ["audit", "tail", "--unknown-flag"],
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(argv: list[str], capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "error:" in err
+
+
+def test_a_missing_file_or_config_is_one_line_and_non_zero(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    assert main(["audit", "verify", "--config", str(tmp_path / "absent.yaml"), str(tmp_path / "nope.jsonl")]) == 1
+    assert capsys.readouterr().err.strip() == f"mcp-gateway: error: {tmp_path / 'nope.jsonl'}: no such audit file"
+    assert main(["audit", "verify", "--config", str(tmp_path / "absent.yaml")]) == 1
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
