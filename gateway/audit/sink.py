@@ -111,6 +111,7 @@ class Audit:
         self._open_file()
         self._resume()
         self._last_checkpoint = self.clock()
+        self._wake, self._synced_event = anyio.Event(), anyio.Event()
         metrics.HEALTHY.set(value=1)
 
     @contextlib.asynccontextmanager
@@ -361,7 +362,7 @@ class Audit:
                 self._append_checkpoint()
             except OSError as exc:
                 self._failed(exc)
-        if self.seq > self._synced or self._retired:
+        if self.seq > self._synced or self._retired or self._urgent:
             await self._sync()
         await self._save_checkpoint()
 
@@ -371,12 +372,12 @@ class Audit:
         synced, self._synced_event = self._synced_event, anyio.Event()
         started = time.perf_counter()
         try:
-            await anyio.to_thread.run_sync(_fsync_all, retired, fd, self.path.parent if retired else None)
+            if target > self._synced or retired:  # else a waiter only needs waking: its record is synced already
+                await anyio.to_thread.run_sync(_fsync_all, retired, fd, self.path.parent if retired else None)
+                self._synced = max(self._synced, target)
+                metrics.WRITES.observe(time.perf_counter() - started)
         except OSError as exc:
             self._failed(exc)
-        else:
-            self._synced = max(self._synced, target)
-            metrics.WRITES.observe(time.perf_counter() - started)
         finally:
             synced.set()
 

@@ -1,0 +1,211 @@
+"""The sink on its own: durability, group commit, failing and recovering, rotation, continuity with the store."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from gateway.app import Gateway
+from gateway.audit import Audit
+from gateway.audit.files import stream_files
+from gateway.audit.metrics import WRITES
+from gateway.audit.verify import verify
+from gateway.errors import AuditUnavailable
+from tests.audit.conftest import gateway_for
+from tests.support.harness import Clock, write_config
+
+pytestmark = pytest.mark.anyio
+
+
+def _config(root: Path, **audit: object) -> Path:
+    settings = {"path": "./state/audit.jsonl", "checkpoint_every": 5, **audit}
+    return write_config(root, 8765, manifests=[], agents={}, extra={"audit": settings})
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
+    gw = gateway_for(_config(tmp_path))
+    await gw.store.open()
+    gw.keys.load()
+    yield gw
+    await gw.store.close()
+
+
+def _records(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _chains(gw: Gateway) -> list[str | None]:
+    return [chain.broken for chain in verify(stream_files(gw.audit.path), _keys(gw))]
+
+
+def _keys(gw: Gateway):  # type: ignore[no-untyped-def]
+    return lambda kid: (key.public if (key := gw.keys.verify_key(kid)) else None)
+
+
+def _histogram_count() -> float:
+    return next(float(line.split()[-1]) for line in WRITES.render() if "_count" in line)
+
+
+async def test_a_durable_record_is_on_disk_when_emit_returns(gateway: Gateway):
+    async with gateway.audit.run():
+        record = await gateway.audit.emit("tool.call", durable=True, call_id="c1")
+        assert gateway.audit._synced >= record["seq"]
+        assert _records(gateway.audit.path)[-1]["call_id"] == "c1"
+
+
+async def test_concurrent_durable_records_share_fsyncs(gateway: Gateway):
+    before = _histogram_count()
+    async with gateway.audit.run():
+        async with anyio.create_task_group() as tg:
+            for i in range(50):
+                tg.start_soon(lambda i=i: gateway.audit.emit("tool.call", durable=True, call_id=f"c{i}"))
+        fsyncs = _histogram_count() - before
+    assert 1 <= fsyncs < 10
+    assert sorted(r["call_id"] for r in _records(gateway.audit.path) if r["event"] == "tool.call") == sorted(
+        f"c{i}" for i in range(50)
+    )
+
+
+async def test_a_file_replaced_by_a_directory_refuses_durable_records_and_recovers(gateway: Gateway):
+    path = gateway.audit.path
+    async with gateway.audit.run():
+        await gateway.audit.emit("tool.call", durable=True, call_id="before")
+        path.rename(path.with_suffix(".moved"))
+        path.mkdir()
+        with pytest.raises(AuditUnavailable, match="moved, deleted or replaced"):
+            await gateway.audit.emit("tool.call", durable=True, call_id="refused")
+        await gateway.audit.emit("tool.result", call_id="held")  # already happened: kept until the sink is back
+        with pytest.raises(AuditUnavailable):
+            await gateway.audit.probe()
+        assert not gateway.audit.healthy
+
+        path.rmdir()
+        path.with_suffix(".moved").rename(path)
+        await gateway.audit.probe()
+        assert gateway.audit.healthy
+        await gateway.audit.emit("tool.call", durable=True, call_id="after")
+    events = [(r["event"], r.get("call_id")) for r in _records(path)]
+    assert ("tool.call", "refused") not in events
+    held, recovered = events.index(("tool.result", "held")), events.index(("audit.recovered", None))
+    assert events.index(("tool.call", "before")) < held < recovered < events.index(("tool.call", "after"))
+    assert next(r for r in _records(path) if r["event"] == "audit.recovered")["refused"] == 1
+    assert _chains(gateway) == [None]
+
+
+async def test_a_full_disk_refuses_durable_records_and_recovers(tmp_path: Path):
+    """/dev/full answers every write with ENOSPC, for root too."""
+    real = tmp_path / "real.jsonl"
+    real.touch()
+    link = tmp_path / "audit.jsonl"
+    link.symlink_to(real)
+    audit = Audit(link, "gw-1")
+
+    def point_to(target: Path) -> None:
+        tmp = link.with_suffix(".tmp")
+        tmp.symlink_to(target)
+        os.replace(tmp, link)
+
+    async with audit.run():
+        await audit.emit("tool.call", durable=True, call_id="before")
+        point_to(Path("/dev/full"))
+        with pytest.raises(AuditUnavailable):
+            await audit.emit("tool.call", durable=True, call_id="refused")
+        with pytest.raises(AuditUnavailable, match="No space left"):
+            await audit.probe()
+        point_to(real)
+        await audit.probe()
+        await audit.emit("tool.call", durable=True, call_id="after")
+    calls = [r.get("call_id") for r in _records(real) if r["event"] == "tool.call"]
+    assert calls == ["before", "after"]
+    assert [c.broken for c in verify([real], lambda kid: None)] == [None]
+
+
+async def test_a_closed_sink_refuses_durable_records(gateway: Gateway):
+    await gateway.audit.open()
+    await gateway.audit.close()
+    with pytest.raises(AuditUnavailable, match="closed"):
+        await gateway.audit.emit("tool.call", durable=True)
+
+
+async def test_the_chain_continues_across_rotation_by_size(tmp_path: Path):
+    audit = Audit(tmp_path / "audit.jsonl", "gw-1", rotate_bytes=2000)
+    async with audit.run():
+        for i in range(30):
+            await audit.emit("tool.call", durable=True, call_id=f"c{i}", padding="x" * 50)
+    files = stream_files(audit.path)
+    assert len(files) >= 3
+    assert all(f.stat().st_size < 2000 + 300 for f in files)
+    assert [c.broken for c in verify(files, lambda kid: None)] == [None]
+
+
+async def test_the_chain_continues_across_rotation_by_time(tmp_path: Path):
+    clock = Clock()
+    audit = Audit(tmp_path / "audit.jsonl", "gw-1", rotate_interval=3600, clock=clock)
+    async with audit.run():
+        await audit.emit("tool.call", durable=True, call_id="early")
+        clock.advance(3599)
+        await audit.emit("tool.call", durable=True, call_id="late")
+        clock.advance(2)
+        await audit.emit("tool.call", durable=True, call_id="later")
+    rotated, active = stream_files(audit.path)
+    assert [r["call_id"] for r in _records(rotated)] == ["early", "late"]
+    assert [r["call_id"] for r in _records(active)] == ["later"]
+    assert [c.broken for c in verify([rotated, active], lambda kid: None)] == [None]
+
+
+async def test_a_restart_after_the_tail_was_cut_keeps_the_gap_visible(tmp_path: Path):
+    """The store's checkpoint outlives the cut: the chain resumes from it, so verify still names the missing seq."""
+    config = _config(tmp_path)
+    gw = gateway_for(config)
+    await gw.store.open()
+    gw.keys.load()
+    async with gw.audit.run():
+        for i in range(12):
+            await gw.audit.emit("tool.call", durable=True, call_id=f"c{i}")
+    await gw.store.close()
+    lines = gw.audit.path.read_text().splitlines()
+    gw.audit.path.write_text("".join(line + "\n" for line in lines[:6]))
+
+    again = gateway_for(config)
+    await again.store.open()
+    again.keys.load()
+    try:
+        async with again.audit.run():
+            await again.audit.emit("gateway.started")
+    finally:
+        await again.store.close()
+    [problem] = _chains(again)
+    assert problem is not None and problem.startswith("seq 7: missing")
+
+
+async def test_an_incomplete_last_line_left_by_a_crash_is_removed_on_open(gateway: Gateway):
+    async with gateway.audit.run():
+        await gateway.audit.emit("tool.call", durable=True, call_id="c1")
+    with gateway.audit.path.open("ab") as handle:
+        handle.write(b'{"event":"tool.call","seq":')
+    async with gateway.audit.run():
+        await gateway.audit.emit("tool.call", durable=True, call_id="c2")
+    assert [r.get("call_id") for r in _records(gateway.audit.path) if r["event"] == "tool.call"] == ["c1", "c2"]
+    assert _chains(gateway) == [None]
+
+
+async def test_operator_commands_and_the_gateway_write_separate_chains(tmp_path: Path):
+    config = _config(tmp_path)
+    shutil.rmtree(tmp_path / "state", ignore_errors=True)
+    from gateway.cli import main
+
+    await anyio.to_thread.run_sync(
+        main, ["agents", "create", "carol-bot", "--owner", "carol@example.com", "--config", str(config)]
+    )
+    await anyio.to_thread.run_sync(main, ["agents", "disable", "carol-bot", "--config", str(config)])
+    cli = [json.loads(line) for line in (tmp_path / "state" / "audit-cli.jsonl").read_text().splitlines()]
+    assert [r["event"] for r in cli] == ["agent.created", "audit.checkpoint", "agent.disabled", "audit.checkpoint"]
+    assert [r["seq"] for r in cli] == [1, 2, 3, 4]
+    assert {r["gateway"] for r in cli} == {cli[0]["gateway"]} and cli[0]["gateway"].endswith("/cli")
