@@ -41,38 +41,39 @@ def gateway_for(config: Path) -> Gateway:
     return build_gateway(load_gateway_config(config), manifests={})
 
 
-async def write_records(gateway: Gateway, count: int, **fields: Any) -> None:
+async def write_calls(gateway: Gateway, calls: int, first: int = 0) -> None:
     """Calls as the pipeline records them: a durable tool.call, then its tool.result."""
-    for i in range(count // 2):
+    for i in range(first, first + calls):
         agent = AGENTS[i % 2]
         call = {"agent": agent, "session": f"s-{agent}-{i % 3}", "server": "time", "tool": "get_current_time",
-                "call_id": f"c{i}", **fields}
+                "call_id": f"c{i}"}
         await gateway.audit.emit("tool.call", durable=True, decision="allow", request_tokens=3, **call)
         await gateway.audit.emit("tool.result", outcome="ok", request_tokens=3, response_tokens=40,
                                  latency_ms=1.5, **call)
 
 
-def make_stream(root: Path, *, calls: int = 40, audit: dict[str, Any] | None = None) -> Stream:
+async def write_stream(root: Path, *, calls: int = 40, audit: dict[str, Any] | None = None) -> Stream:
     """A gateway's stream (several rotated files, checkpoints every 7 records) plus one operator command."""
     settings = {"path": "./state/audit.jsonl", "fsync": "always", "rotate_bytes": 4000, "checkpoint_every": 7,
                 **(audit or {})}
     config = write_config(root, 8765, manifests=[], agents={}, extra={"audit": settings})
-
-    async def write() -> None:
-        gateway = gateway_for(config)
-        await gateway.store.open()
-        gateway.keys.load()
-        try:
-            async with gateway.audit.run():
-                await gateway.audit.emit("gateway.started")
-                await write_records(gateway, calls * 2)
-                await gateway.audit.emit("gateway.stopped")
-        finally:
-            await gateway.store.close()
-
-    anyio.run(write)
-    assert main(["agents", "create", "carol-bot", "--owner", "carol@example.com", "--config", str(config)]) == 0
+    gateway = gateway_for(config)
+    await gateway.store.open()
+    gateway.keys.load()
+    try:
+        async with gateway.audit.run():
+            await gateway.audit.emit("gateway.started")
+            await write_calls(gateway, calls)
+            await gateway.audit.emit("gateway.stopped")
+    finally:
+        await gateway.store.close()
+    argv = ["agents", "create", "carol-bot", "--owner", "carol@example.com", "--config", str(config)]
+    assert await anyio.to_thread.run_sync(main, argv) == 0
     return Stream(config, load_gateway_config(config).audit.path)
+
+
+def make_stream(root: Path, **kwargs: Any) -> Stream:
+    return anyio.run(lambda: write_stream(root, **kwargs))
 
 
 @pytest.fixture
