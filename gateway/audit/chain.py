@@ -25,14 +25,11 @@ def record_hash(record: dict[str, Any]) -> str:
 
 
 def seal(record: dict[str, Any]) -> tuple[str, bytes]:
-    """The record's hash and its line (`canonical` of the record with that hash), serialising it once.
+    """The record's hash, and its line: the canonical body with `hash` appended, serialised once.
 
-    Keys sort around "hash", so the canonical text of the keys before it and of
-    the keys after it, joined, is the hashed body; the line is the same two
-    halves with the hash between them.
+    Only the body is canonical; the line is ordinary JSON, so readers parse it
+    and verifiers recompute the hash from the parsed record.
     """
-    before = canonical({k: v for k, v in record.items() if k < "hash"})[1:-1]
-    after = canonical({k: v for k, v in record.items() if k > "hash"})[1:-1]
-    digest = hashlib.sha256(b"{" + b",".join(p for p in (before, after) if p) + b"}").hexdigest()
-    middle = b'"hash":"' + digest.encode() + b'"'
-    return digest, b"{" + b",".join(p for p in (before, middle, after) if p) + b"}\n"
+    body = canonical({k: v for k, v in record.items() if k != "hash"})
+    digest = hashlib.sha256(body).hexdigest()
+    return digest, body[:-1] + b',"hash":"' + digest.encode() + b'"}\n'

@@ -458,10 +458,13 @@ def _write_all(fd: int, data: bytes, size: int) -> None:
 
 
 def _fsync_all(retired: list[int], fd: int | None, directory: Path | None) -> None:
-    """fsync rotated-out files (then close them) and their directory, then the current file."""
+    """Sync rotated-out files (then close them) and their directory, then the current file.
+
+    fdatasync: the data and the size needed to read it back, without the timestamps.
+    """
     for old in retired:
         try:
-            os.fsync(old)
+            os.fdatasync(old)
         finally:
             os.close(old)
     if directory is not None:
@@ -472,7 +475,7 @@ def _fsync_all(retired: list[int], fd: int | None, directory: Path | None) -> No
             os.close(dir_fd)
     if fd is None:
         raise OSError("the audit file is closed")
-    os.fsync(fd)
+    os.fdatasync(fd)
 
 
 def build_audit(

@@ -125,8 +125,10 @@ def _rechain(files: list[list[str]], f: int, i: int, edited: dict[str, Any]) -> 
 @given(st.dictionaries(st.text(max_size=6), st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=10),
                                                        st.floats(allow_nan=False, allow_infinity=False)),
                        max_size=8))
-def test_sealing_writes_the_canonical_line_of_the_record_with_its_hash(record: dict[str, Any]):
+def test_a_sealed_line_is_the_canonical_record_followed_by_its_hash(record: dict[str, Any]):
+    record = {"event": "e", **record}
     record.pop("hash", None)
     digest, line = seal(dict(record))
     assert digest == record_hash(record)
-    assert line == canonical({**record, "hash": digest}) + b"\n"
+    assert json.loads(line) == {**record, "hash": digest}
+    assert line == canonical(record)[:-1] + f',"hash":"{digest}"}}\n'.encode()
