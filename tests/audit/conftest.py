@@ -12,6 +12,8 @@ import pytest
 
 from gateway.app import Gateway, build_gateway
 from gateway.audit.files import cli_path, stream_files
+from gateway.audit.metrics import WRITES
+from gateway.audit.verify import verify
 from gateway.cli import main
 from gateway.config import load_gateway_config
 from tests.support.harness import write_config
@@ -35,6 +37,18 @@ class Stream:
     def records(self, path: Path | None = None) -> list[dict[str, Any]]:
         paths = [path] if path else self.files
         return [json.loads(line) for p in paths for line in p.read_text().splitlines()]
+
+
+def broken_links(gateway: Gateway) -> list[str | None]:
+    """Verify the gateway's stream with its own keys: the first broken link of each chain (None: intact)."""
+    keys = gateway.keys
+    chains = verify(stream_files(gateway.config.audit.path),
+                    lambda kid: (key.public if (key := keys.verify_key(kid)) else None))
+    return [chain.broken for chain in chains]
+
+
+def fsync_count() -> float:
+    return next(float(line.split()[-1]) for line in WRITES.render() if "_count" in line)
 
 
 def gateway_for(config: Path) -> Gateway:

@@ -16,10 +16,8 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from gateway.audit.chain import record_hash
-from gateway.audit.files import stream_files
-from gateway.audit.metrics import WRITES
-from gateway.audit.verify import verify
-from tests.support.harness import Harness, everything_stdio_manifest, running_gateway, time_manifest
+from tests.audit.conftest import broken_links, fsync_count
+from tests.support.harness import everything_stdio_manifest, running_gateway, time_manifest
 
 pytestmark = pytest.mark.anyio
 
@@ -65,13 +63,6 @@ def _point_at_a_full_disk(path: Path) -> Callable[[], None]:
     return restore
 
 
-def _verified(gw: Harness) -> list[str | None]:
-    keys = gw.gateway.keys
-    chains = verify(stream_files(gw.gateway.config.audit.path),
-                    lambda kid: (key.public if (key := keys.verify_key(kid)) else None))
-    return [chain.broken for chain in chains]
-
-
 @pytest.mark.parametrize("break_sink", [_replace_with_directory, _point_at_a_full_disk])
 async def test_no_call_reaches_the_upstream_while_the_audit_sink_cannot_write(
     tmp_path: Path, break_sink: Callable[[Path], Callable[[], None]]
@@ -111,12 +102,12 @@ async def test_no_call_reaches_the_upstream_while_the_audit_sink_cannot_write(
         calls = gw.audit("tool.call")
         assert len(calls) == len(gw.audit("tool.result")) == 3 and {c["decision"] for c in calls} == {"allow"}
         assert gw.audit("audit.recovered")[0]["refused"] == 1
-    assert _verified(gw) == [None]
+    assert broken_links(gw.gateway) == [None]
 
 
 async def test_eight_clients_making_200_calls_each_leave_one_record_pair_per_call_and_an_intact_chain(tmp_path: Path):
     clients, calls = 8, 200
-    fsyncs_before = _fsyncs()
+    fsyncs_before = fsync_count()
     async with running_gateway(tmp_path, manifests=[time_manifest()]) as gw:
         tokens = [await gw.open_session("alice-bot", task=f"load-{i}") for i in range(clients)]
 
@@ -141,12 +132,8 @@ async def test_eight_clients_making_200_calls_each_leave_one_record_pair_per_cal
     assert Counter(r["session"] for r in records if r["event"] == "tool.result") == Counter(
         {r["session"]: calls for r in records if r["event"] == "session.opened"}
     )
-    assert _verified(gw) == [None]
-    assert _fsyncs() - fsyncs_before < clients * calls, "concurrent calls should share fsyncs"
-
-
-def _fsyncs() -> float:
-    return next(float(line.split()[-1]) for line in WRITES.render() if "_count" in line)
+    assert broken_links(gw.gateway) == [None]
+    assert fsync_count() - fsyncs_before < clients * calls, "concurrent calls should share fsyncs"
 
 
 async def test_arguments_are_logged_masked_only_for_servers_that_opt_in(tmp_path: Path):

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
 import pytest
 
-from gateway.app import Gateway
+from gateway.app import Gateway, build_gateway
 from gateway.audit import Audit
 from gateway.audit.files import stream_files
-from gateway.audit.metrics import WRITES
 from gateway.audit.verify import verify
+from gateway.cli import main
+from gateway.config import load_gateway_config
 from gateway.errors import AuditUnavailable
-from tests.audit.conftest import gateway_for
+from tests.audit.conftest import broken_links, fsync_count, gateway_for
 from tests.support.harness import Clock, write_config
 
 pytestmark = pytest.mark.anyio
@@ -41,18 +41,6 @@ def _records(path: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def _chains(gw: Gateway) -> list[str | None]:
-    return [chain.broken for chain in verify(stream_files(gw.audit.path), _keys(gw))]
-
-
-def _keys(gw: Gateway):  # type: ignore[no-untyped-def]
-    return lambda kid: (key.public if (key := gw.keys.verify_key(kid)) else None)
-
-
-def _histogram_count() -> float:
-    return next(float(line.split()[-1]) for line in WRITES.render() if "_count" in line)
-
-
 async def test_a_durable_record_is_on_disk_when_emit_returns(gateway: Gateway):
     async with gateway.audit.run():
         record = await gateway.audit.emit("tool.call", durable=True, call_id="c1")
@@ -61,12 +49,12 @@ async def test_a_durable_record_is_on_disk_when_emit_returns(gateway: Gateway):
 
 
 async def test_concurrent_durable_records_share_fsyncs(gateway: Gateway):
-    before = _histogram_count()
+    before = fsync_count()
     async with gateway.audit.run():
         async with anyio.create_task_group() as tg:
             for i in range(50):
                 tg.start_soon(lambda i=i: gateway.audit.emit("tool.call", durable=True, call_id=f"c{i}"))
-        fsyncs = _histogram_count() - before
+        fsyncs = fsync_count() - before
     assert 1 <= fsyncs < 10
     assert sorted(r["call_id"] for r in _records(gateway.audit.path) if r["event"] == "tool.call") == sorted(
         f"c{i}" for i in range(50)
@@ -96,7 +84,7 @@ async def test_a_file_replaced_by_a_directory_refuses_durable_records_and_recove
     held, recovered = events.index(("tool.result", "held")), events.index(("audit.recovered", None))
     assert events.index(("tool.call", "before")) < held < recovered < events.index(("tool.call", "after"))
     assert next(r for r in _records(path) if r["event"] == "audit.recovered")["refused"] == 1
-    assert _chains(gateway) == [None]
+    assert broken_links(gateway) == [None]
 
 
 async def test_a_full_disk_refuses_durable_records_and_recovers(tmp_path: Path):
@@ -181,7 +169,7 @@ async def test_a_restart_after_the_tail_was_cut_keeps_the_gap_visible(tmp_path: 
             await again.audit.emit("gateway.started")
     finally:
         await again.store.close()
-    [problem] = _chains(again)
+    [problem] = broken_links(again)
     assert problem is not None and problem.startswith("seq 7: missing")
 
 
@@ -193,14 +181,11 @@ async def test_an_incomplete_last_line_left_by_a_crash_is_removed_on_open(gatewa
     async with gateway.audit.run():
         await gateway.audit.emit("tool.call", durable=True, call_id="c2")
     assert [r.get("call_id") for r in _records(gateway.audit.path) if r["event"] == "tool.call"] == ["c1", "c2"]
-    assert _chains(gateway) == [None]
+    assert broken_links(gateway) == [None]
 
 
-async def test_operator_commands_and_the_gateway_write_separate_chains(tmp_path: Path):
+async def test_operator_commands_and_the_gateway_write_separatebroken_links(tmp_path: Path):
     config = _config(tmp_path)
-    shutil.rmtree(tmp_path / "state", ignore_errors=True)
-    from gateway.cli import main
-
     await anyio.to_thread.run_sync(
         main, ["agents", "create", "carol-bot", "--owner", "carol@example.com", "--config", str(config)]
     )
@@ -209,3 +194,24 @@ async def test_operator_commands_and_the_gateway_write_separate_chains(tmp_path:
     assert [r["event"] for r in cli] == ["agent.created", "audit.checkpoint", "agent.disabled", "audit.checkpoint"]
     assert [r["seq"] for r in cli] == [1, 2, 3, 4]
     assert {r["gateway"] for r in cli} == {cli[0]["gateway"]} and cli[0]["gateway"].endswith("/cli")
+
+
+async def test_a_checkpoint_is_written_once_its_interval_has_passed(tmp_path: Path):
+    clock = Clock()
+    config = _config(tmp_path, checkpoint_every=1000, checkpoint_interval="60s")
+    gw = build_gateway(load_gateway_config(config), manifests={}, clock=clock)
+    await gw.store.open()
+    gw.keys.load()
+    try:
+        async with gw.audit.run():
+            await gw.audit.emit("tool.call", durable=True, call_id="c1")
+            clock.advance(61)
+            await gw.audit.emit("tool.result", call_id="c1")
+            await gw.audit.emit("tool.call", durable=True, call_id="c2")
+            events = [r["event"] for r in _records(gw.audit.path)]
+            assert events == ["tool.call", "tool.result", "tool.call", "audit.checkpoint"]
+            stored = await gw.store.get_checkpoint(gw.audit.instance)
+            assert stored is not None and stored["seq"] == 3
+    finally:
+        await gw.store.close()
+    assert broken_links(gw) == [None]
