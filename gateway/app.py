@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -28,13 +27,13 @@ from gateway.audit import Audit, build_audit
 from gateway.audit.records import Fingerprints
 from gateway.budgets import Budgets
 from gateway.config import AgentSpec, GatewayConfig, load_agents
-from gateway.edge import Edge, metadata_url
+from gateway.edge import AuthFailures, Edge, metadata_url
 from gateway.errors import Unavailable
 from gateway.exchanges import Exchanges
 from gateway.fanout import Fanout
 from gateway.front import Front
 from gateway.identity.keys import KeyRing
-from gateway.identity.oauth import OAuth
+from gateway.identity.oauth import OAuth, admin_refusal
 from gateway.identity.shared import SharedCredentialDetector
 from gateway.identity.tokens import Tokens
 from gateway.manifests import UpstreamSpec, load_manifests
@@ -200,7 +199,7 @@ def create_app(gateway: Gateway) -> Starlette:
     routes = [
         Route("/healthz", _healthz),
         Route("/readyz", _readyz(gateway)),
-        Route("/metrics", _metrics(gateway)),
+        Route("/metrics", _metrics(gateway, edge.failures)),
         Route("/.well-known/oauth-authorization-server", _as_metadata(config)),
         Route("/jwks.json", _jwks(gateway)),
         Route("/.well-known/oauth-protected-resource{path:path}", _pr_metadata(config, set(views))),
@@ -280,19 +279,12 @@ def _readyz(gateway: Gateway) -> Callable[[Request], Any]:
     return readyz
 
 
-def admin_authorized(request: Request, admin_token: str | None) -> bool:
-    """`Authorization: Bearer <admin_token>`, compared in constant time; never true without a configured token."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if admin_token is None or scheme.lower() != "bearer":
-        return False
-    return hmac.compare_digest(token.strip().encode(), admin_token.encode())
-
-
-def _metrics(gateway: Gateway) -> Callable[[Request], Any]:
+def _metrics(gateway: Gateway, failures: AuthFailures) -> Callable[[Request], Any]:
     async def metrics(request: Request) -> Response:
-        if not gateway.config.metrics_public and not admin_authorized(request, gateway.config.admin_token):
-            return JSONResponse({"error": "unauthorized", "error_description": "/metrics needs the admin token"},
-                                status_code=401, headers={"www-authenticate": 'Bearer realm="metrics"'})
+        if not gateway.config.metrics_public:
+            refusal = await admin_refusal(request, gateway.config.admin_token, failures)
+            if refusal is not None:
+                return refusal
         try:
             active = await gateway.store.list_sessions(state="active", now=gateway.clock())
             ACTIVE_SESSIONS.set(value=len(active))

@@ -95,7 +95,8 @@ async def test_pinning_one_tool_leaves_the_others_and_records_the_definition(tmp
     assert set(manifest["pins"]) == {"crash", "greet"} and manifest["pins"]["crash"] == OTHER
     record = json.loads((tmp_path / "manifests" / "mutable.pins.json").read_text())
     assert record["greet"]["description"] == "Greet someone by name."
-    [audited] = [json.loads(line) for line in (tmp_path / "state" / "audit-cli.jsonl").read_text().splitlines()]
+    cli_records = [json.loads(line) for line in (tmp_path / "state" / "audit-cli.jsonl").read_text().splitlines()]
+    [audited] = [r for r in cli_records if r["event"] != "audit.checkpoint"]
     assert (audited["event"], audited["tool"]) == ("tool.pinned", "greet")
     assert audited["new_pin"] == manifest["pins"]["greet"] and "old_pin" not in audited
 
