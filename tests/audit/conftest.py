@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,8 +54,21 @@ def fsync_count() -> float:
     return next(float(line.split()[-1]) for line in WRITES.render() if "_count" in line)
 
 
-def gateway_for(config: Path) -> Gateway:
-    return build_gateway(load_gateway_config(config), manifests={})
+def gateway_for(config: Path, clock: Callable[[], float] = time.time) -> Gateway:
+    return build_gateway(load_gateway_config(config), manifests={}, clock=clock)
+
+
+@contextlib.asynccontextmanager
+async def audit_running(config: Path, clock: Callable[[], float] = time.time) -> AsyncIterator[Gateway]:
+    """A gateway without upstreams whose store, keys and audit sink are open: what writing records needs."""
+    gateway = gateway_for(config, clock)
+    await gateway.store.open()
+    gateway.keys.load()
+    try:
+        async with gateway.audit.run():
+            yield gateway
+    finally:
+        await gateway.store.close()
 
 
 async def write_calls(gateway: Gateway, calls: int, first: int = 0) -> None:
@@ -71,16 +87,10 @@ async def write_stream(root: Path, *, calls: int = 40, audit: dict[str, Any] | N
     settings = {"path": "./state/audit.jsonl", "fsync": "always", "rotate_bytes": 4000, "checkpoint_every": 7,
                 **(audit or {})}
     config = write_config(root, 8765, manifests=[], agents={}, extra={"audit": settings})
-    gateway = gateway_for(config)
-    await gateway.store.open()
-    gateway.keys.load()
-    try:
-        async with gateway.audit.run():
-            await gateway.audit.emit("gateway.started")
-            await write_calls(gateway, calls)
-            await gateway.audit.emit("gateway.stopped")
-    finally:
-        await gateway.store.close()
+    async with audit_running(config) as gateway:
+        await gateway.audit.emit("gateway.started")
+        await write_calls(gateway, calls)
+        await gateway.audit.emit("gateway.stopped")
     argv = ["agents", "create", "carol-bot", "--owner", "carol@example.com", "--config", str(config)]
     assert await anyio.to_thread.run_sync(main, argv) == 0
     return Stream(config, load_gateway_config(config).audit.path)

@@ -10,14 +10,13 @@ from pathlib import Path
 import anyio
 import pytest
 
-from gateway.app import Gateway, build_gateway
+from gateway.app import Gateway
 from gateway.audit import Audit
 from gateway.audit.files import stream_files
 from gateway.audit.verify import verify
 from gateway.cli import main
-from gateway.config import load_gateway_config
 from gateway.errors import AuditUnavailable
-from tests.audit.conftest import broken_links, fsync_count, gateway_for
+from tests.audit.conftest import audit_running, broken_links, fsync_count, gateway_for
 from tests.support.harness import Clock, write_config
 
 pytestmark = pytest.mark.anyio
@@ -151,24 +150,14 @@ async def test_the_chain_continues_across_rotation_by_time(tmp_path: Path):
 async def test_a_restart_after_the_tail_was_cut_keeps_the_gap_visible(tmp_path: Path):
     """The store's checkpoint outlives the cut: the chain resumes from it, so verify still names the missing seq."""
     config = _config(tmp_path)
-    gw = gateway_for(config)
-    await gw.store.open()
-    gw.keys.load()
-    async with gw.audit.run():
+    async with audit_running(config) as gw:
         for i in range(12):
             await gw.audit.emit("tool.call", durable=True, call_id=f"c{i}")
-    await gw.store.close()
     lines = gw.audit.path.read_text().splitlines()
     gw.audit.path.write_text("".join(line + "\n" for line in lines[:6]))
 
-    again = gateway_for(config)
-    await again.store.open()
-    again.keys.load()
-    try:
-        async with again.audit.run():
-            await again.audit.emit("gateway.started")
-    finally:
-        await again.store.close()
+    async with audit_running(config) as again:
+        await again.audit.emit("gateway.started")
     [problem] = broken_links(again)
     assert problem is not None and problem.startswith("seq 7: missing")
 
@@ -198,20 +187,13 @@ async def test_operator_commands_and_the_gateway_write_separatebroken_links(tmp_
 
 async def test_a_checkpoint_is_written_once_its_interval_has_passed(tmp_path: Path):
     clock = Clock()
-    config = _config(tmp_path, checkpoint_every=1000, checkpoint_interval="60s")
-    gw = build_gateway(load_gateway_config(config), manifests={}, clock=clock)
-    await gw.store.open()
-    gw.keys.load()
-    try:
-        async with gw.audit.run():
-            await gw.audit.emit("tool.call", durable=True, call_id="c1")
-            clock.advance(61)
-            await gw.audit.emit("tool.result", call_id="c1")
-            await gw.audit.emit("tool.call", durable=True, call_id="c2")
-            events = [r["event"] for r in _records(gw.audit.path)]
-            assert events == ["tool.call", "tool.result", "tool.call", "audit.checkpoint"]
-            stored = await gw.store.get_checkpoint(gw.audit.instance)
-            assert stored is not None and stored["seq"] == 3
-    finally:
-        await gw.store.close()
+    async with audit_running(_config(tmp_path, checkpoint_every=1000, checkpoint_interval="60s"), clock) as gw:
+        await gw.audit.emit("tool.call", durable=True, call_id="c1")
+        clock.advance(61)
+        await gw.audit.emit("tool.result", call_id="c1")
+        await gw.audit.emit("tool.call", durable=True, call_id="c2")
+        events = [r["event"] for r in _records(gw.audit.path)]
+        assert events == ["tool.call", "tool.result", "tool.call", "audit.checkpoint"]
+        stored = await gw.store.get_checkpoint(gw.audit.instance)
+        assert stored is not None and stored["seq"] == 3
     assert broken_links(gw) == [None]

@@ -15,7 +15,7 @@ import anyio.abc
 import pytest
 
 from gateway.cli import main
-from tests.audit.conftest import Stream, gateway_for, write_calls, write_stream
+from tests.audit.conftest import Stream, audit_running, write_calls, write_stream
 
 
 def _tail(stream: Stream, capsys: pytest.CaptureFixture[str], *args: str) -> list[str]:
@@ -79,14 +79,8 @@ async def test_following_shows_new_records_across_rotations(tmp_path: Path):
                 history = [await anext(lines) for _ in range(4)]
                 assert [r["call_id"] for r in history] == ["c4", "c4", "c5", "c5"]
 
-                gateway = gateway_for(stream.config)
-                await gateway.store.open()
-                gateway.keys.load()
-                try:
-                    async with gateway.audit.run():
-                        await write_calls(gateway, 30, first=100)  # a burst: files rotate between two polls
-                finally:
-                    await gateway.store.close()
+                async with audit_running(stream.config) as gateway:
+                    await write_calls(gateway, 30, first=100)  # a burst: files rotate between two polls
                 followed = [await anext(lines) for _ in range(60)]
         finally:
             process.terminate()

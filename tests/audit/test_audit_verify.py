@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,46 +28,44 @@ def test_an_untouched_stream_verifies_and_counts_every_record(stream: Stream, ca
     assert out.count("reaches the store's checkpoint") == 2  # the gateway's chain and the operator chain
 
 
-def test_an_edited_field_is_caught_at_its_seq(stream: Stream, capsys: pytest.CaptureFixture[str]):
-    path = stream.files[1]
+def _broken_after(stream: Stream, capsys: pytest.CaptureFixture[str], path: Path,
+                  change: Callable[[list[str]], object]) -> str:
+    """Change the lines of one file of the stream; verify must fail. Returns what it printed."""
     lines = _lines(path)
-    record = json.loads(lines[3])
-    record["agent"] = "mallory-bot"
-    lines[3] = json.dumps(record)
+    change(lines)
     rewrite(path, lines)
     code, out = verify_cli(stream, capsys)
-    assert code == 1
-    assert f"BROKEN at seq {record['seq']}: altered" in out
+    assert code == 1, out
+    return out
+
+
+def test_an_edited_field_is_caught_at_its_seq(stream: Stream, capsys: pytest.CaptureFixture[str]):
+    record = json.loads(_lines(stream.files[1])[3])
+
+    def edit(lines: list[str]) -> None:
+        lines[3] = json.dumps({**record, "agent": "mallory-bot"})
+
+    assert f"BROKEN at seq {record['seq']}: altered" in _broken_after(stream, capsys, stream.files[1], edit)
 
 
 def test_a_deleted_line_is_caught_at_its_seq(stream: Stream, capsys: pytest.CaptureFixture[str]):
-    path = stream.files[1]
-    lines = _lines(path)
-    deleted = json.loads(lines.pop(4))
-    rewrite(path, lines)
-    code, out = verify_cli(stream, capsys)
-    assert code == 1
+    deleted = json.loads(_lines(stream.files[1])[4])
+    out = _broken_after(stream, capsys, stream.files[1], lambda lines: lines.pop(4))
     assert f"BROKEN at seq {deleted['seq']}: missing" in out
 
 
 def test_two_swapped_lines_are_caught_at_the_first_seq_out_of_place(stream: Stream, capsys: pytest.CaptureFixture[str]):
-    path = stream.files[-1]
-    lines = _lines(path)
-    lines[2], lines[3] = lines[3], lines[2]
-    rewrite(path, lines)
-    code, out = verify_cli(stream, capsys)
-    assert code == 1
-    assert f"BROKEN at seq {json.loads(lines[3])['seq']}:" in out
+    first = json.loads(_lines(stream.files[-1])[2])
+
+    def swap(lines: list[str]) -> None:
+        lines[2], lines[3] = lines[3], lines[2]
+
+    assert f"BROKEN at seq {first['seq']}:" in _broken_after(stream, capsys, stream.files[-1], swap)
 
 
 def test_an_inserted_copy_of_a_record_is_caught(stream: Stream, capsys: pytest.CaptureFixture[str]):
-    path = stream.files[0]
-    lines = _lines(path)
-    copied = json.loads(lines[5])
-    lines.insert(6, lines[5])
-    rewrite(path, lines)
-    code, out = verify_cli(stream, capsys)
-    assert code == 1
+    copied = json.loads(_lines(stream.files[0])[5])
+    out = _broken_after(stream, capsys, stream.files[0], lambda lines: lines.insert(6, lines[5]))
     assert f"BROKEN at seq {copied['seq'] + 1}: found seq {copied['seq']} again" in out
 
 
