@@ -147,6 +147,8 @@ class Audit:
                 await self._save_checkpoint()
             self._close_files()
         self._synced_event.set()  # anyone still waiting finds the sink closed
+        if self._held:
+            log.error("closing with %d audit records that could not be written: %s", len(self._held), self.error)
 
     # ------------------------------------------------------------ writing
 
@@ -164,29 +166,36 @@ class Audit:
         }
         if self.shared:
             self._append_shared(record)
-        else:
-            try:
-                if not self.healthy:
-                    raise OSError(self.error)
-                self._append(record)
-            except OSError as exc:
-                self._failed(exc)
-                if durable:
-                    self._refused += 1
-                    raise AuditUnavailable(f"audit sink cannot write: {self.error}") from None
-                self._hold(record)
-                metrics.observe(record)
-                return record
-            if not self._running:
-                if durable or self.fsync_always:
-                    self._sync_or_refuse()
-            elif durable and self.fsync_always:
-                await self._wait_synced(record["seq"])
-            elif not self._sync_requested:
-                self._sync_requested = True
-                self._wake.set()
+        elif self._append_or_hold(record, durable):
+            await self._apply_fsync_policy(record["seq"], durable)
         metrics.observe(record)
         return record
+
+    def _append_or_hold(self, record: dict[str, Any], durable: bool) -> bool:
+        """Write the record now. If the sink is down, refuse it when durable, else hold it until recovery."""
+        try:
+            if not self.healthy:
+                raise OSError(self.error)
+            self._append(record)
+            return True
+        except OSError as exc:
+            self._failed(exc)
+            if durable:
+                self._refused += 1
+                raise _unavailable(self.error) from None
+            self._hold(record)
+            return False
+
+    async def _apply_fsync_policy(self, seq: int, durable: bool) -> None:
+        """After a write: wait for the fsync that covers it (durable, fsync always), or have one come soon."""
+        if not self._running:
+            if durable or self.fsync_always:
+                self._sync_or_refuse()
+        elif durable and self.fsync_always:
+            await self._wait_synced(seq)
+        elif not self._sync_requested:
+            self._sync_requested = True
+            self._wake.set()
 
     def _append(self, record: dict[str, Any]) -> None:
         """Chain and write one record (and a checkpoint when one is due).
@@ -224,7 +233,7 @@ class Audit:
                 self._append(record)
                 self._sync_now()
         except OSError as exc:
-            raise AuditUnavailable(f"audit sink cannot write: {exc}") from exc
+            raise _unavailable(exc) from exc
 
     @contextlib.contextmanager
     def _exclusive(self) -> Any:
@@ -288,8 +297,9 @@ class Audit:
 
     def _rotate(self) -> None:
         target = rotated_path(self.path, self.seq)
-        os.link(self.path, target)  # never replaces an existing file, unlike rename
-        os.unlink(self.path)
+        if target.exists():  # rename would replace it; only this process writes here, so checking first is enough
+            raise FileExistsError(f"{target} exists: cannot rotate {self.path}")
+        os.rename(self.path, target)
         old = self._fd
         assert old is not None
         self._open_file()
@@ -319,13 +329,13 @@ class Audit:
         except OSError as exc:
             self._failed(exc)
             self._refused += 1
-            raise AuditUnavailable(f"audit sink cannot write: {exc}") from None
+            raise _unavailable(exc) from None
 
     async def _wait_synced(self, seq: int) -> None:
         while self._synced < seq:
             if not self.healthy:
                 self._refused += 1
-                raise AuditUnavailable(f"audit sink cannot write: {self.error}")
+                raise _unavailable(self.error)
             if not self._running:
                 self._sync_or_refuse()
                 return
@@ -439,7 +449,11 @@ class Audit:
                 try:
                     self._recover()
                 except OSError as exc:
-                    raise AuditUnavailable(f"audit sink cannot write: {exc}") from None
+                    raise _unavailable(exc) from None
+
+
+def _unavailable(reason: object) -> AuditUnavailable:
+    return AuditUnavailable(f"audit sink cannot write: {reason}")
 
 
 def _write_all(fd: int, data: bytes, size: int) -> None:
