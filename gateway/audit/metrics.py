@@ -32,7 +32,9 @@ def observe(record: dict[str, Any]) -> None:
     RECORDS.inc(event)
     agent, server = record.get("agent") or "", record.get("server") or ""
     if event == "tool.call":  # its request_tokens are counted again, once forwarded, on tool.result
-        CALLS.inc(agent, server, record.get("tool") or "", record.get("decision") or "")
+        # A name no server offers is the caller's to choose: one label for all of them keeps series bounded.
+        tool = (record.get("tool") or "") if server else "(unknown)"
+        CALLS.inc(agent, server, tool, record.get("decision") or "")
         return
     if event == "budget.exceeded":
         STOPS.inc(agent, record.get("reason") or "")

@@ -50,8 +50,16 @@ class Filter:
         )
 
 
+# Control characters (a terminal's escape sequences, line breaks) in a value are shown escaped, never sent raw.
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]}
+
+
 def readable(record: dict[str, Any]) -> str:
     """One line for people: time, event, then the fields that say what happened."""
+    return _readable(record).translate(_CONTROL)
+
+
+def _readable(record: dict[str, Any]) -> str:
     ts = datetime.fromtimestamp(float(record.get("ts", 0)), UTC).isoformat(timespec="milliseconds")
     parts = [ts.replace("+00:00", "Z"), f"{record.get('event', '?'):<16}"]
     tool = ".".join(str(record[k]) for k in ("server", "tool") if record.get(k))

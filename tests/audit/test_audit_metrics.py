@@ -65,7 +65,7 @@ async def test_a_scrape_after_known_traffic_shows_matching_counts(tmp_path: Path
     calls = "gateway_tool_calls_total"
     tool = {"server": "time", "tool": "get_current_time"}
     assert delta(before, after, calls, agent="alice-bot", decision="allow", **tool) == 3
-    assert delta(before, after, calls, agent="alice-bot", server="", tool="time__nope", decision="deny") == 1
+    assert delta(before, after, calls, agent="alice-bot", server="", tool="(unknown)", decision="deny") == 1
     assert delta(before, after, calls, agent="bob-bot", decision="allow", **tool) == 2
     assert delta(before, after, calls, agent="bob-bot", decision="deny", **tool) == 1
     assert delta(before, after, "gateway_budget_stops_total", agent="bob-bot", limit="session_calls") == 1

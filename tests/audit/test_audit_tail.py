@@ -14,6 +14,7 @@ import anyio
 import anyio.abc
 import pytest
 
+from gateway.audit.tail import readable
 from gateway.cli import main
 from tests.audit.conftest import Stream, audit_running, write_calls, write_stream
 
@@ -88,3 +89,9 @@ async def test_following_shows_new_records_across_rotations(tmp_path: Path):
         (event, f"c{i}") for i in range(100, 130) for event in ("tool.call", "tool.result")
     ]
     assert len(stream.files) >= rotated_before + 5
+
+
+def test_control_characters_in_a_value_cannot_reach_the_terminal():
+    line = readable({"ts": 0, "event": "tool.result", "agent": "a", "error": "upstream said \x1b[2J\nbye\x9b"})
+    assert "error=upstream said \\x1b[2J\\x0abye\\x9b" in line
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in line)
