@@ -258,6 +258,8 @@ class Audit:
     def _open_file(self) -> None:
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         try:
+            if not self.shared:
+                _lock_for_writing(fd, self.path)
             info = os.fstat(fd)
             size = complete_size(fd)
             if size < info.st_size:
@@ -450,6 +452,15 @@ class Audit:
                     self._recover()
                 except OSError as exc:
                     raise _unavailable(exc) from None
+
+
+def _lock_for_writing(fd: int, path: Path) -> None:
+    """One writer per chain file: a second gateway process on the same path would fork the chain."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise OSError(f"{path} is being written by another gateway process; "
+                      "give each process its own instance and audit.path") from None
 
 
 def _unavailable(reason: object) -> AuditUnavailable:

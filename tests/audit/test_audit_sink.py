@@ -197,3 +197,10 @@ async def test_a_checkpoint_is_written_once_its_interval_has_passed(tmp_path: Pa
         stored = await gw.store.get_checkpoint(gw.audit.instance)
         assert stored is not None and stored["seq"] == 3
     assert broken_links(gw) == [None]
+
+
+async def test_a_second_process_cannot_write_the_same_chain_file(tmp_path: Path):
+    async with Audit(tmp_path / "audit.jsonl", "gw-1").run() as first:
+        await first.emit("gateway.started", durable=True)
+        with pytest.raises(OSError, match="being written by another gateway process"):
+            await Audit(tmp_path / "audit.jsonl", "gw-1").open()
