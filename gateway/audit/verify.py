@@ -52,14 +52,15 @@ def verify(paths: Sequence[Path], keys: PublicKeys, stored: dict[str, dict[str, 
     """Verify the chains in `paths` (read in this order), against the store's checkpoints if given."""
     chains: dict[str, Chain] = {}
     for instance, checkpoint in (stored or {}).items():
-        chain = chains[instance] = Chain(instance, expect=(int(checkpoint["seq"]), str(checkpoint["head"])))
+        seq, head = int(checkpoint["seq"]), str(checkpoint["head"])
+        chain = chains[instance] = Chain(instance, expect=(seq, head))
         try:
             claims = signed_head(checkpoint["signature"], keys)
         except BadSignature as exc:
-            chain.fail(chain.expect[0], f"the store's checkpoint is {exc}")  # type: ignore[index]
+            chain.fail(seq, f"the store's checkpoint is {exc}")
             continue
-        if claims != {"gateway": instance, "seq": chain.expect[0], "head": chain.expect[1]}:  # type: ignore[index]
-            chain.fail(chain.expect[0], "the store's checkpoint is not what its signature vouches for")  # type: ignore[index]
+        if claims != {"gateway": instance, "seq": seq, "head": head}:
+            chain.fail(seq, "the store's checkpoint is not what its signature vouches for")
     for path in paths:
         _walk(path, chains, keys)
     for chain in chains.values():

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import random
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +28,15 @@ def test_an_untouched_stream_verifies_and_counts_every_record(stream: Stream, ca
     assert code == 0, out
     assert out.splitlines()[-1] == f"intact: {total} records"
     assert out.count("reaches the store's checkpoint") == 2  # the gateway's chain and the operator chain
+
+
+def _cut_tail(stream: Stream, records: int) -> dict[str, Any]:
+    """Remove the stream's last records at line boundaries, whichever files they are in; return the last left."""
+    for _ in range(records):
+        path = stream.files[-1]
+        lines = _lines(path)
+        rewrite(path, lines[:-1]) if len(lines) > 1 else path.unlink()
+    return stream.records()[-1]
 
 
 def _broken_after(stream: Stream, capsys: pytest.CaptureFixture[str], path: Path,
@@ -82,11 +93,7 @@ def test_a_tail_cut_mid_record_is_caught_even_without_the_store(stream: Stream, 
 def test_a_tail_cut_at_a_line_boundary_is_caught_against_the_stores_checkpoint(
     stream: Stream, capsys: pytest.CaptureFixture[str]
 ):
-    for _ in range(4):  # the last four records, whichever files they are in
-        path = stream.files[-1]
-        lines = _lines(path)
-        rewrite(path, lines[:-1]) if len(lines) > 1 else path.unlink()
-    last = stream.records()[-1]
+    last = _cut_tail(stream, 4)
     code, out = verify_cli(stream, capsys)
     assert code == 1
     assert f"BROKEN at seq {last['seq'] + 1}: missing: the stream ends at seq {last['seq']}" in out
@@ -163,3 +170,15 @@ def test_a_missing_file_or_config_is_one_line_and_non_zero(tmp_path: Path, capsy
     assert capsys.readouterr().err.strip() == f"mcp-gateway: error: {tmp_path / 'nope.jsonl'}: no such audit file"
     assert main(["audit", "verify", "--config", str(tmp_path / "absent.yaml")]) == 1
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_a_store_checkpoint_moved_to_match_a_cut_tail_is_caught(stream: Stream, capsys: pytest.CaptureFixture[str]):
+    """Cutting the tail and rewriting the store's head to fit still fails: the head is signed."""
+    last = _cut_tail(stream, 3)
+    config = load_gateway_config(stream.config)
+    with sqlite3.connect(config.sqlite_path) as db:
+        db.execute("UPDATE checkpoints SET seq = ?, head = ? WHERE instance = ?",
+                   (last["seq"], last["hash"], config.instance))
+    code, out = verify_cli(stream, capsys)
+    assert code == 1
+    assert f"BROKEN at seq {last['seq']}: the store's checkpoint is not what its signature vouches for" in out
