@@ -17,7 +17,9 @@ LATENCY = METRICS.histogram(
     "gateway_tool_call_duration_seconds", "Tool calls from admission to the recorded result", ["server", "tool"]
 )
 TOKENS = METRICS.counter(
-    "gateway_tokens_total", "Metered tokens by agent, server and direction (request|response)",
+    "gateway_tokens_total",
+    "Tokens by agent, server and direction: request|response (metered tool traffic), model_input|model_output "
+    "(model usage the agent runtime reported)",
     ["agent", "server", "direction"],
 )
 STOPS = METRICS.counter("gateway_budget_stops_total", "Sessions stopped by a budget, by agent and limit",
@@ -25,6 +27,10 @@ STOPS = METRICS.counter("gateway_budget_stops_total", "Sessions stopped by a bud
 RECORDS = METRICS.counter("gateway_audit_records_total", "Audit records written, by event", ["event"])
 WRITES = METRICS.histogram("gateway_audit_write_seconds", "Audit fsyncs: each makes every record before it durable")
 HEALTHY = METRICS.gauge("gateway_audit_healthy", "1 while the audit sink can write, 0 while calls are refused")
+
+
+_TOKEN_FIELDS = (("request_tokens", "request"), ("response_tokens", "response"),
+                 ("input_tokens", "model_input"), ("output_tokens", "model_output"))  # the last two: model.usage
 
 
 def observe(record: dict[str, Any]) -> None:
@@ -40,7 +46,7 @@ def observe(record: dict[str, Any]) -> None:
         STOPS.inc(agent, record.get("reason") or "")
     if event == "tool.result" and record.get("latency_ms") is not None:
         LATENCY.observe(record["latency_ms"] / 1000, server, record.get("tool") or "")
-    for direction in ("request", "response"):
-        tokens = record.get(f"{direction}_tokens")
+    for name, direction in _TOKEN_FIELDS:
+        tokens = record.get(name)
         if tokens:
             TOKENS.inc(agent, server, direction, amount=tokens)

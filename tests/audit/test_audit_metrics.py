@@ -56,6 +56,9 @@ async def test_a_scrape_after_known_traffic_shows_matching_counts(tmp_path: Path
                 assert not (await client.call_tool("time__get_current_time", {"timezone": "UTC"})).is_error
             with pytest.raises(MCPError, match="Unknown tool"):
                 await client.call_tool("time__nope", {})
+        usage = await http.post("/v1/usage", headers={"authorization": f"Bearer {alice}"},
+                                json={"model": "some-model", "input_tokens": 1200, "output_tokens": 345})
+        assert usage.status_code == 200, usage.text
         async with gw.client(bob) as client:
             results = [await client.call_tool("time__get_current_time", {"timezone": "UTC"}) for _ in range(3)]
         assert [r.is_error for r in results] == [False, False, True]
@@ -76,6 +79,8 @@ async def test_a_scrape_after_known_traffic_shows_matching_counts(tmp_path: Path
             expected = sum(r[f"{direction}_tokens"] for r in mine)
             assert delta(before, after, "gateway_tokens_total", agent=agent, server="time",
                          direction=direction) == expected
+    for direction, tokens in (("model_input", 1200), ("model_output", 345)):
+        assert delta(before, after, "gateway_tokens_total", agent="alice-bot", server="", direction=direction) == tokens
     assert after[("gateway_active_sessions", frozenset())] == 1  # bob's session is suspended
     assert delta(before, after, "gateway_audit_records_total", event="tool.call") == 7
     assert delta(before, after, "gateway_audit_write_seconds_count") > 0
