@@ -192,6 +192,25 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 await throughput(direct_connect, 1, args.throughput),
                 await throughput(direct_connect, args.clients, args.throughput), args.clients)]
 
+    floors = []
+    for label, flags in (("SDK server, echo in process (floor)", []), ("SDK bridge to stdio, no controls", ["--bridge"])):
+        port = free_port()
+        process = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "floor.py"), "--port", str(port), *flags],
+                                   cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_port(port, process)
+            connect = via_gateway(f"http://127.0.0.1:{port}/mcp", "unused", "auto")
+            async with connect() as call:
+                samples = await sequential(call, args.sequential)
+            runs.append(Run(label, statistics.median(samples), percentile(samples, 0.99), args.sequential,
+                            await throughput(connect, 1, args.throughput),
+                            await throughput(connect, args.clients, args.throughput), args.clients))
+            floors.append(await cpu_run(label, psutil.Process(process.pid), connect, args))
+        finally:
+            process.send_signal(2)
+            process.wait(30)
+    out["floors"] = floors
+
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         config = write_config(Path(tmp), port)
@@ -214,25 +233,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                                 await throughput(connect, args.clients, args.throughput), args.clients))
 
             connect = via_gateway(f"{url}/servers/everything/mcp", token, "auto")
-            cpu_runs = []
-            for _ in range(2):  # twice: RSS must not grow between runs
-                me = psutil.Process()
-                before, mine = gateway.cpu_times(), me.cpu_times()
-                wall = time.perf_counter()
-                await throughput(connect, args.clients, args.calls)
-                wall = time.perf_counter() - wall
-                after, mine_after = gateway.cpu_times(), me.cpu_times()
-                used = (after.user - before.user) + (after.system - before.system)
-                client = (mine_after.user - mine.user) + (mine_after.system - mine.system)
-                cpu_runs.append({
-                    "calls": args.calls,
-                    "gateway_cpu_ms_per_call": round(used / args.calls * 1000, 3),
-                    "client_cpu_share": round(client / wall / psutil.cpu_count(), 3),
-                    "gateway_cpu_share": round(used / wall / psutil.cpu_count(), 3),
-                    "calls_per_s": round(args.calls / wall, 1),
-                    "gateway_rss_mb": round(gateway.memory_info().rss / 2**20, 1),
-                })
-            out["cpu"] = cpu_runs
+            # twice: RSS must not grow between runs
+            out["cpu"] = [await cpu_run(f"gateway run {i + 1}", gateway, connect, args) for i in range(2)]
         finally:
             process.send_signal(2)
             process.wait(30)
@@ -241,6 +243,40 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     out["ratios"] = {r.path: {"p50": round(r.p50_ms / base.p50_ms, 2), "rps_n": round(r.rps_n / base.rps_n, 2)}
                      for r in runs[1:]}
     return out
+
+
+async def cpu_run(label: str, server: psutil.Process, connect: Callable[[], Any], args: argparse.Namespace) -> dict[str, Any]:
+    """CPU time of `server` (its own counters, children excluded) and of this client over `args.calls` calls."""
+    me = psutil.Process()
+    before, mine = server.cpu_times(), me.cpu_times()
+    wall = time.perf_counter()
+    await throughput(connect, args.clients, args.calls)
+    wall = time.perf_counter() - wall
+    after, mine_after = server.cpu_times(), me.cpu_times()
+    used = (after.user - before.user) + (after.system - before.system)
+    client = (mine_after.user - mine.user) + (mine_after.system - mine.system)
+    return {
+        "label": label,
+        "calls": args.calls,
+        "cpu_ms_per_call": round(used / args.calls * 1000, 3),
+        "calls_per_s": round(args.calls / wall, 1),
+        "rss_mb": round(server.memory_info().rss / 2**20, 1),
+        "client_cpu_share": round(client / wall / psutil.cpu_count(), 3),
+        "server_cpu_share": round(used / wall / psutil.cpu_count(), 3),
+    }
+
+
+def wait_port(port: int, process: subprocess.Popen[bytes]) -> None:
+    import socket
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit("the floor server exited during startup")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.1)
+    raise SystemExit("the floor server did not start in 30s")
 
 
 def machine() -> str:
@@ -256,11 +292,11 @@ def report(out: dict[str, Any]) -> str:
         lines.append(f"| {r['path']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['rps_1']:.0f} | {r['rps_n']:.0f} |")
     lines += ["", "| ratio to direct stdio | p50 | calls/s (N clients) |", "|---|---|---|"]
     lines += [f"| {k} | {v['p50']}x | {v['rps_n']}x |" for k, v in out["ratios"].items()]
-    lines += ["", "| run | calls | gateway CPU ms/call | calls/s | gateway RSS MB | client CPU share | gateway CPU share |",
+    lines += ["", "| server process | calls | CPU ms/call | calls/s | RSS MB | client CPU share | server CPU share |",
               "|---|---|---|---|---|---|---|"]
-    lines += [f"| {i + 1} | {c['calls']} | {c['gateway_cpu_ms_per_call']} | {c['calls_per_s']} | "
-              f"{c['gateway_rss_mb']} | {c['client_cpu_share']} | {c['gateway_cpu_share']} |"
-              for i, c in enumerate(out["cpu"])]
+    lines += [f"| {c['label']} | {c['calls']} | {c['cpu_ms_per_call']} | {c['calls_per_s']} | "
+              f"{c['rss_mb']} | {c['client_cpu_share']} | {c['server_cpu_share']} |"
+              for c in [*out["floors"], *out["cpu"]]]
     return "\n".join(lines)
 
 

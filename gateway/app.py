@@ -11,7 +11,6 @@ from typing import Any
 
 import anyio
 import anyio.abc
-from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -44,6 +43,7 @@ from gateway.pipeline import Pipeline
 from gateway.sealing import Sealer, load_key
 from gateway.sessions import Sessions
 from gateway.store import Store, open_store
+from gateway.transport import McpEndpoint
 from gateway.upstream import Upstreams
 from gateway.views import Names, View
 
@@ -154,12 +154,8 @@ def create_app(gateway: Gateway) -> Starlette:
     views.update(
         {f"/servers/{name}/mcp": View(gateway.upstreams, gateway.names, name) for name in gateway.upstreams.servers}
     )
-    managers = {
-        path: StreamableHTTPSessionManager(app=front.server(view), json_response=False, security_settings=security)
-        for path, view in views.items()
-    }
-    edge_apps = {path: StreamableHTTPASGIApp(manager) for path, manager in managers.items()}
-    edge = Edge(gateway, edge_apps, {usage.PATH: usage.UsageEndpoint(gateway)})
+    endpoints = {path: McpEndpoint(front.server(view), security) for path, view in views.items()}
+    edge = Edge(gateway, endpoints, {usage.PATH: usage.UsageEndpoint(gateway)})
     oauth = OAuth(gateway, edge.failures)
 
     @contextlib.asynccontextmanager
@@ -178,8 +174,8 @@ def create_app(gateway: Gateway) -> Starlette:
             gateway.upstreams.on_log(gateway.fanout.log)
             await stack.enter_async_context(gateway.upstreams.run())
             gateway.names.rebuild(strict=True)
-            for manager in managers.values():
-                await stack.enter_async_context(manager.run())
+            for endpoint in endpoints.values():
+                await stack.enter_async_context(endpoint.run())
             tg = await stack.enter_async_context(anyio.create_task_group())
             gateway.task_group = tg
             gateway.sessions.on_end(_on_session_end(gateway, edge))
