@@ -47,7 +47,11 @@ async def test_a_durable_record_is_on_disk_when_emit_returns(gateway: Gateway):
         assert _records(gateway.audit.path)[-1]["call_id"] == "c1"
 
 
-async def test_concurrent_durable_records_share_fsyncs(gateway: Gateway):
+@pytest.mark.parametrize("disk", ["fast", "slow"])
+async def test_concurrent_durable_records_share_fsyncs(gateway: Gateway, disk: str, monkeypatch: pytest.MonkeyPatch):
+    """A fast disk is fsynced on the event loop, a slow one from a worker thread: either way writers share."""
+    if disk == "slow":
+        monkeypatch.setattr("gateway.audit.sink.INLINE_FSYNC_MAX", 0.0)
     before = fsync_count()
     async with gateway.audit.run():
         async with anyio.create_task_group() as tg:
