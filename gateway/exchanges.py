@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -42,14 +41,14 @@ class _Question:
 class Exchange:
     """The `Downstream` of a paused call: questions queue here until the client's next leg."""
 
-    def __init__(self, sid: str, ttl: float) -> None:
-        self.id = secrets.token_urlsafe(12)
+    def __init__(self, id: str, sid: str, ttl: float) -> None:
+        self.id = id  # only ever handed out inside a sealed requestState, so a counter is enough
         self.sid = sid
         self.ttl = ttl
         self.leg: Downstream | None = None
         self.questions: dict[str, _Question] = {}
         self.changed = anyio.Event()
-        self.collected = anyio.Event()
+        self.collected: anyio.Event | None = None  # set once a requestState naming it went out
         self.done = False
         self.result: types.CallToolResult | None = None
         self.error: BaseException | None = None
@@ -101,12 +100,12 @@ class Exchanges:
         self.spawn = spawn
         self.clock = clock
         self.ttl = ttl
-        self._live: dict[str, Exchange] = {}
+        self._live: dict[str, Exchange] = {}  # exchanges a client holds a requestState for
+        self._ids = itertools.count(1)
 
     async def start(self, sid: str, leg: Downstream, work: Work) -> types.CallToolResult | types.InputRequiredResult:
         """Run `work` in the background and answer this leg with its result or its first questions."""
-        exchange = Exchange(sid, self.ttl)
-        self._live[exchange.id] = exchange
+        exchange = Exchange(str(next(self._ids)), sid, self.ttl)
         self.spawn(self._run, exchange, work)
         return await self._leg(exchange, leg)
 
@@ -136,18 +135,19 @@ class Exchanges:
         finally:
             exchange.done = True
             exchange._poke()
-        with anyio.move_on_after(self.ttl):  # keep the outcome for a client that is still coming back
-            await exchange.collected.wait()
-        self._live.pop(exchange.id, None)
+        if exchange.collected is not None:
+            with anyio.move_on_after(self.ttl):  # keep the outcome for a client that is still coming back
+                await exchange.collected.wait()
+            self._live.pop(exchange.id, None)
 
     async def _leg(self, exchange: Exchange, leg: Downstream) -> types.CallToolResult | types.InputRequiredResult:
         exchange.leg = leg
         try:
             while True:
-                exchange.changed = anyio.Event()
                 if exchange.done:
                     self._live.pop(exchange.id, None)
-                    exchange.collected.set()
+                    if exchange.collected is not None:
+                        exchange.collected.set()
                     if exchange.error is not None:
                         raise exchange.error
                     assert exchange.result is not None
@@ -156,11 +156,15 @@ class Exchanges:
                 if unsent:
                     for question in unsent.values():
                         question.sent = True
+                    if exchange.collected is None:
+                        exchange.collected = anyio.Event()
+                        self._live[exchange.id] = exchange
                     state = self.sealer.seal({"x": exchange.id, "sid": exchange.sid}, self.clock() + self.ttl)
                     return types.InputRequiredResult(
                         input_requests={k: q.request for k, q in unsent.items()}, request_state=state
                     )
                 await exchange.changed.wait()
+                exchange.changed = anyio.Event()
         finally:
             exchange.leg = None
 

@@ -250,8 +250,9 @@ class Connection:
         Raises:
             UpstreamError: the server is not reachable in time.
         """
-        with anyio.move_on_after(timeout):
-            await self._ready.wait()
+        if not self._ready.is_set():
+            with anyio.move_on_after(timeout):
+                await self._ready.wait()
         client = self._client
         if client is None or not self._ready.is_set():
             detail = f": {self.last_error}" if self.last_error else ""
