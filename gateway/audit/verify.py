@@ -102,7 +102,7 @@ def _check(chain: Chain, record: dict[str, Any], path: Path, where: str, keys: P
     if not isinstance(seq, int) or not isinstance(prev, str) or not isinstance(digest, str):
         chain.fail(expected, f"a record without seq, prev_hash and hash {where}")
     elif record_hash(record) != digest:
-        chain.fail(seq if chain.records == 0 else expected, f"altered: its hash does not match its contents {where}")
+        chain.fail(expected, f"altered: its hash does not match its contents {where}")
     elif seq > expected:
         missing = f"seq {expected}" if seq == expected + 1 else f"seq {expected}..{seq - 1}"
         if chain.files and chain.files[-1] != path:
