@@ -34,22 +34,24 @@ from gateway.front import Front
 from gateway.identity.keys import KeyRing
 from gateway.identity.oauth import OAuth, admin_refusal
 from gateway.identity.shared import SharedCredentialDetector
+from gateway.identity.stored_keys import key_material
 from gateway.identity.tokens import Tokens
 from gateway.manifests import UpstreamSpec, load_manifests
 from gateway.metering import Meter, load_tokenizer
 from gateway.metrics import METRICS
 from gateway.pins import Pins
 from gateway.pipeline import Pipeline
-from gateway.sealing import Sealer, load_key
+from gateway.sealing import Sealer
 from gateway.sessions import Sessions
 from gateway.store import Store, open_store
+from gateway.store.base import KEYS_CHANGED, SESSION_ENDED, ChangeListener
 from gateway.transport import McpEndpoint
 from gateway.upstream import Upstreams
 from gateway.views import Names, View
 
 log = logging.getLogger("gateway.app")
 
-SWEEP_EVERY = 1.0  # seconds between checks for sessions that ended elsewhere or expired
+SWEEP_EVERY = 1.0  # seconds between checks for sessions that ended elsewhere or expired, and key rotations
 ACTIVE_SESSIONS = METRICS.gauge("gateway_active_sessions", "Sessions that are active now (read at scrape time)")
 
 
@@ -103,18 +105,19 @@ def build_gateway(
 
     Raises:
         ConfigError: agents.yaml or a manifest is invalid.
+        StoreUnavailable: the keys live in the store (PostgreSQL) and it cannot be reached.
     """
     agent_specs = load_agents(config.agents) if agents is None else agents
     specs = load_manifests(config) if manifests is None else manifests
     store = open_store(config)
-    keys = KeyRing(config.signing_key)
+    keys, secrets = key_material(config, store)
     audit = build_audit(config, keys, store, clock)
     tokens = Tokens(keys, config.public_url, clock)
     directory = AgentDirectory(store, agent_specs)
     sessions = Sessions(store, directory, tokens, audit, config.session_defaults, clock)
     upstreams = Upstreams(specs, stderr_dir=config.state_dir / "logs")
     budgets = Budgets(store, audit, clock)
-    fingerprints = Fingerprints(load_key(config.state_dir / "fingerprint.key"))
+    fingerprints = Fingerprints(secrets["fingerprint"])
     pins = Pins(upstreams, audit, require_pins=config.require_pins)
     upstreams.quarantine = pins.settle
     meter = Meter(load_tokenizer(config.metering))
@@ -133,10 +136,10 @@ def build_gateway(
         pipeline=Pipeline(upstreams, budgets, audit, fingerprints, meter, clock),
         fanout=Fanout(),
         # Paused calls run in the app's task group, which exists once the lifespan has started.
-        exchanges=Exchanges(Sealer(load_key(config.state_dir / "state.key")), lambda *a: gateway.spawn(*a), clock),
+        exchanges=Exchanges(Sealer(secrets["state"]), lambda *a: gateway.spawn(*a), clock),
         fingerprints=fingerprints,
         meter=meter,
-        credential_key=load_key(config.state_dir / "credential.key"),
+        credential_key=secrets["credential"],
         shared=SharedCredentialDetector(config.shared_credentials),
         pins=pins,
     )
@@ -180,6 +183,7 @@ def create_app(gateway: Gateway) -> Starlette:
             gateway.task_group = tg
             gateway.sessions.on_end(_on_session_end(gateway, edge))
             tg.start_soon(_watch_sessions, gateway, edge)
+            tg.start_soon(gateway.store.watch, _on_store_change(gateway))
             tg.start_soon(edge.failures.run)
             tg.start_soon(gateway.pins.watch)
             gateway.ready.set()
@@ -237,11 +241,30 @@ def _on_session_end(gateway: Gateway, edge: Edge) -> Callable[[str], Any]:
     return ended
 
 
+def _on_store_change(gateway: Gateway) -> ChangeListener:
+    """What another replica or the CLI changed, pushed by the store (PostgreSQL), acted on at once."""
+
+    async def changed(kind: str, key: str) -> None:
+        try:
+            if kind == SESSION_ENDED:
+                await gateway.sessions.notify_ended(key)
+            elif kind == KEYS_CHANGED:
+                await gateway.keys.sync()
+        except Unavailable as exc:
+            log.warning("store change %s: %s", kind, exc)
+
+    return changed
+
+
 async def _watch_sessions(gateway: Gateway, edge: Edge) -> None:
-    """Catch ends this process did not cause: expiry, and closes by the CLI or another replica."""
+    """Catch ends this process did not cause: expiry, and closes by the CLI or another replica.
+
+    With PostgreSQL the store also pushes them (`_on_store_change`); this check is the safety net.
+    """
     while True:
         await anyio.sleep(SWEEP_EVERY)
         try:
+            await gateway.keys.sync()
             await gateway.sessions.sweep()
             await gateway.budgets.maintain()
             now = gateway.clock()

@@ -51,26 +51,38 @@ def thumbprint(public: Ed25519PublicKey) -> str:
     return _b64(hashlib.sha256(canonical.encode()).digest())
 
 
+def private_pem(key: Ed25519PrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
 def _write_private(path: Path, key: Ed25519PrivateKey) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     tmp = path.with_suffix(path.suffix + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
-        handle.write(pem)
+        handle.write(private_pem(key))
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
 
 
+def load_private(pem: bytes, where: str) -> Ed25519PrivateKey:
+    """Raises ConfigError naming `where` unless `pem` is an Ed25519 private key."""
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{where}: cannot load the signing key: {exc}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"{where}: the signing key must be an Ed25519 private key")
+    return key
+
+
 def _read_private(path: Path) -> Ed25519PrivateKey:
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as exc:
+        pem = path.read_bytes()
+    except OSError as exc:
         raise ConfigError(f"{path}: cannot load the signing key: {exc}") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ConfigError(f"{path}: the signing key must be an Ed25519 private key")
-    return key
+    return load_private(pem, str(path))
 
 
 class KeyRing:
@@ -98,19 +110,22 @@ class KeyRing:
         self._load()
 
     def _load(self) -> None:
-        active = _read_private(self.path)
-        kid = thumbprint(active.public_key())
-        keys = {kid: VerifyKey(kid, active.public_key())}
+        retired = []
         if self.retired_dir.is_dir():
             for note in self.retired_dir.glob("*.json"):
                 meta = json.loads(note.read_text())
                 pem = note.with_suffix(".pem")
-                if not pem.exists() or meta["kid"] == kid:
-                    continue
-                public = _read_private(pem).public_key()
-                keys[meta["kid"]] = VerifyKey(meta["kid"], public, meta["retired_at"], meta["verify_until"])
-        self._active, self.active_kid, self._verify = active, kid, keys
+                if pem.exists():
+                    public = _read_private(pem).public_key()
+                    retired.append(VerifyKey(meta["kid"], public, meta["retired_at"], meta["verify_until"]))
+        self._install(_read_private(self.path), retired)
         self._stamp = self._disk_stamp()
+
+    def _install(self, active: Ed25519PrivateKey, retired: list[VerifyKey]) -> None:
+        kid = thumbprint(active.public_key())
+        keys = {kid: VerifyKey(kid, active.public_key())}
+        keys.update((key.kid, key) for key in retired if key.kid != kid)
+        self._active, self.active_kid, self._verify = active, kid, keys
 
     def _disk_stamp(self) -> tuple[float, float]:
         retired = self.retired_dir.stat().st_mtime if self.retired_dir.exists() else 0.0
@@ -127,6 +142,10 @@ class KeyRing:
                 self._load()
         except OSError:
             pass  # keep serving with the keys already loaded
+
+    async def sync(self) -> None:
+        """Pick up a rotation made by another process (the gateway calls this every second)."""
+        self.refresh()
 
     def sign_key(self) -> tuple[str, Ed25519PrivateKey]:
         self.refresh()

@@ -13,6 +13,7 @@ callers refuse the request (fail closed).
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol
 
@@ -152,6 +153,24 @@ def refusal(session: SessionRecord | None, ask: Ask, counters: Counters) -> Rese
     return Reservation(session, False, "ended")  # nothing else can refuse: it ended in between
 
 
+@dataclass(frozen=True)
+class StoredKey:
+    """A signing key kept in a shared store. The active one has no `retired_at`."""
+
+    kid: str
+    pem: bytes = field(repr=False)  # PKCS#8 private key
+    retired_at: float | None = None
+    verify_until: float | None = None
+
+
+# What `Store.watch` reports: kinds of change another process made.
+SESSION_ENDED = "session_ended"  # key: the sid
+KEYS_CHANGED = "keys_changed"  # key: ""
+RESYNC = "resync"  # the watch (re)connected: what changed while it was away was not reported; re-check
+
+ChangeListener = Callable[[str, str], Awaitable[None]]
+
+
 class Store(Protocol):
     """Everything the gateway keeps across requests, processes and replicas."""
 
@@ -162,6 +181,12 @@ class Store(Protocol):
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the store answers now."""
+
+    async def watch(self, on_change: ChangeListener) -> None:
+        """Report changes other processes make, as `on_change(kind, key)`, until cancelled.
+
+        A backend that cannot push changes returns at once; the gateway's periodic check covers it.
+        """
 
     # agents
     async def sync_config_agents(self, agents: dict[str, AgentRecord], now: float) -> None:
@@ -247,3 +272,17 @@ class Store(Protocol):
     async def put_checkpoint(self, instance: str, seq: int, head: str, signature: str, now: float) -> None: ...
 
     async def get_checkpoint(self, instance: str) -> dict[str, Any] | None: ...
+
+
+class KeyStore(Protocol):
+    """Key material a store shares between replicas, so none of them needs a shared disk."""
+
+    async def secrets(self, candidates: dict[str, bytes]) -> dict[str, bytes]:
+        """The stored value of each named secret; a candidate is stored where there is none yet."""
+
+    async def signing_keys(self, candidate: StoredKey | None) -> list[StoredKey]:
+        """Every stored signing key; a `candidate` becomes the active key if there is none yet."""
+
+    async def rotate_signing_key(self, new: StoredKey, now: float, overlap: float) -> None:
+        """Retire the active key (it verifies for `overlap` more seconds), make `new` active, and
+        forget retired keys whose overlap has passed."""

@@ -12,14 +12,15 @@ import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 from gateway.errors import StoreUnavailable
+from gateway.store import rows
 from gateway.store.base import (
     AgentRecord,
     Ask,
+    ChangeListener,
     Counters,
     Reservation,
     SessionRecord,
@@ -133,7 +134,6 @@ _RESERVE = """
     RETURNING *
 """
 
-_SESSION_COLUMNS = [f.name for f in fields(SessionRecord)]
 _LIVE = "state IN ('active', 'suspended')"
 
 
@@ -175,6 +175,9 @@ class SQLiteStore:
     async def ping(self) -> None:
         with self._errors():
             self._conn().execute("SELECT 1").fetchone()
+
+    async def watch(self, on_change: ChangeListener) -> None:
+        return  # one process and its CLI: the gateway's periodic check sees their changes
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
@@ -228,15 +231,15 @@ class SQLiteStore:
                        ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, cost_center = excluded.cost_center,
                          source = 'config', jwks = excluded.jwks, grant_spec = excluded.grant_spec""",
                     (agent.id, agent.owner, agent.cost_center, 0, now,
-                     _dump(agent.jwks), _dump(agent.grant)),
+                     rows.dump(agent.jwks), rows.dump(agent.grant)),
                 )
 
     async def get_agent(self, agent_id: str) -> AgentRecord | None:
         row = self._one("SELECT * FROM agents WHERE id = ?", agent_id)
-        return _agent(row) if row else None
+        return rows.agent(row) if row else None
 
     async def list_agents(self) -> list[AgentRecord]:
-        return [_agent(r) for r in self._all("SELECT * FROM agents ORDER BY id")]
+        return [rows.agent(r) for r in self._all("SELECT * FROM agents ORDER BY id")]
 
     async def create_agent(self, agent: AgentRecord) -> bool:
         with self._errors():
@@ -245,7 +248,7 @@ class SQLiteStore:
                     """INSERT INTO agents (id, owner, cost_center, source, disabled, created_at, secret_hash, jwks,
                        grant_spec) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                     (agent.id, agent.owner, agent.cost_center, agent.source, int(agent.disabled), agent.created_at,
-                     agent.secret_hash, _dump(agent.jwks), _dump(agent.grant)),
+                     agent.secret_hash, rows.dump(agent.jwks), rows.dump(agent.grant)),
                 )
             except sqlite3.IntegrityError:
                 return False
@@ -253,14 +256,14 @@ class SQLiteStore:
 
     async def update_agent(self, agent_id: str, **changes: Any) -> bool:
         columns = {"grant": "grant_spec"}
-        values = {columns.get(k, k): (_dump(v) if k in ("jwks", "grant") else v) for k, v in changes.items()}
+        values = {columns.get(k, k): (rows.dump(v) if k in ("jwks", "grant") else v) for k, v in changes.items()}
         assignments = ", ".join(f"{column} = ?" for column in values)
         return self._run(f"UPDATE agents SET {assignments} WHERE id = ?", *values.values(), agent_id) > 0
 
     # ------------------------------------------------------------ sessions
 
     async def create_session(self, session: SessionRecord, max_active: int | None) -> bool:
-        record = _session_row(session)
+        record = rows.session_values(session)
         with self._tx() as db:
             if max_active is not None:
                 live = db.execute(
@@ -278,17 +281,17 @@ class SQLiteStore:
 
     async def get_session(self, sid: str) -> SessionRecord | None:
         row = self._one("SELECT * FROM sessions WHERE sid = ?", sid)
-        return _session(row) if row else None
+        return rows.session(row) if row else None
 
     async def list_sessions(
         self, agent: str | None = None, state: SessionState | None = None, now: float | None = None
     ) -> list[SessionRecord]:
-        rows = self._all(
+        found = self._all(
             "SELECT * FROM sessions WHERE (? IS NULL OR agent = ?) ORDER BY created_at", agent, agent
         )
-        sessions = [_session(r) for r in rows]
+        sessions = [rows.session(r) for r in found]
         if now is not None:  # report lazily-expired sessions as what they are
-            sessions = [_as_of(s, now) for s in sessions]
+            sessions = [rows.as_of(s, now) for s in sessions]
         return [s for s in sessions if state is None or s.state == state]
 
     async def end_session(self, sid: str, state: SessionState, reason: str, now: float) -> SessionRecord | None:
@@ -298,7 +301,7 @@ class SQLiteStore:
                 (state, reason, now, sid),
             ).rowcount
             row = db.execute("SELECT * FROM sessions WHERE sid = ?", (sid,)).fetchone()
-        return _session(row) if changed and row else None
+        return rows.session(row) if changed and row else None
 
     async def end_agent_sessions(self, agent: str, state: SessionState, reason: str, now: float) -> list[str]:
         with self._tx() as db:
@@ -311,13 +314,13 @@ class SQLiteStore:
 
     async def expire_sessions(self, now: float) -> list[SessionRecord]:
         with self._tx() as db:
-            rows = db.execute(
+            expired = db.execute(
                 f"""UPDATE sessions SET state = 'expired', reason = 'expired',
                       ended_at = min(expires_at, last_seen + idle_timeout)
                     WHERE {_LIVE} AND (expires_at <= ? OR last_seen + idle_timeout <= ?) RETURNING *""",
                 (now, now),
             ).fetchall()
-        return [_session(r) for r in rows]
+        return [rows.session(r) for r in expired]
 
     async def renew_session(self, sid: str, expires_at: float, now: float) -> SessionRecord | None:
         row = self._one(
@@ -325,7 +328,7 @@ class SQLiteStore:
                 WHERE sid = ? AND {_LIVE} AND expires_at > ? AND last_seen + idle_timeout > ? RETURNING *""",
             expires_at, now, sid, now, now,
         )
-        return _session(row) if row else None
+        return rows.session(row) if row else None
 
     async def touch_session(self, sid: str, now: float) -> None:
         self._run("UPDATE sessions SET last_seen = ? WHERE sid = ? AND last_seen < ?", now, sid, now)
@@ -339,7 +342,7 @@ class SQLiteStore:
         with self._errors():
             row = self._conn().execute(_RESERVE, params).fetchone()
         if row is not None:
-            return Reservation(_session(row), True)
+            return Reservation(rows.session(row), True)
         return refusal(await self.get_session(ask.sid), ask, self._counters(ask))
 
     def _counters(self, ask: Ask) -> Counters:
@@ -413,7 +416,7 @@ class SQLiteStore:
             if row is None:
                 return None
             db.execute("UPDATE session_tools SET blocked = NULL WHERE sid = ?", (sid,))
-        return _session(row)
+        return rows.session(row)
 
     # ------------------------------------------------------------ replay cache, checkpoints
 
@@ -449,40 +452,3 @@ def _statements(script: str) -> Iterator[str]:
             pending = ""
     if pending.strip():
         yield pending
-
-
-def _as_of(session: SessionRecord, now: float) -> SessionRecord:
-    ended = session.ended_state(now)
-    if ended is None or ended == session.state:
-        return session
-    return SessionRecord(**{**asdict(session), "state": ended, "reason": ended})
-
-
-def _dump(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, sort_keys=True)
-
-
-def _agent(row: sqlite3.Row) -> AgentRecord:
-    return AgentRecord(
-        id=row["id"],
-        owner=row["owner"],
-        cost_center=row["cost_center"],
-        source=row["source"],
-        disabled=bool(row["disabled"]),
-        created_at=row["created_at"],
-        secret_hash=row["secret_hash"],
-        jwks=json.loads(row["jwks"]) if row["jwks"] else None,
-        grant=json.loads(row["grant_spec"]) if row["grant_spec"] else None,
-    )
-
-
-def _session_row(session: SessionRecord) -> dict[str, Any]:
-    row = asdict(session)
-    row["stop"] = _dump(row["stop"])
-    return row
-
-
-def _session(row: sqlite3.Row) -> SessionRecord:
-    values = {name: row[name] for name in _SESSION_COLUMNS}
-    values["stop"] = json.loads(values["stop"]) if values["stop"] else None
-    return SessionRecord(**values)

@@ -28,6 +28,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 
 from gateway.app import Gateway, build_gateway, create_app
 from gateway.config import load_gateway_config
+from tests.support.postgres import database, store_under_test
 
 REPO = Path(__file__).resolve().parents[2]
 NODE_MODULES = REPO / "node_modules"
@@ -211,7 +212,16 @@ async def running_gateway(
     port: int | None = None,
     clock: Clock | None = None,
 ) -> AsyncIterator[Harness]:
-    """Start a gateway with these manifests and agents; stop it (and reap every upstream) on exit."""
+    """Start a gateway with these manifests and agents; stop it (and reap every upstream) on exit.
+
+    With GATEWAY_TEST_STORE=postgres (and no `store` in `extra`) it runs on a database of its own.
+    """
+    if store_under_test() == "postgres" and "store" not in (extra or {}):
+        async with database() as dsn:
+            async with running_gateway(root, manifests=manifests, agents=agents, extra={**(extra or {}), "store": dsn},
+                                       port=port, clock=clock) as harness:
+                yield harness
+        return
     port = port or free_port()
     config_path = write_config(root, port, manifests=manifests, agents=agents, extra=extra)
     clock = clock or Clock()

@@ -1,0 +1,414 @@
+"""The PostgreSQL store: N gateway replicas on one database.
+
+Every check is a statement against the shared rows, so a close, revocation or
+budget stop made anywhere (a replica, the CLI) holds for the next call on every
+replica. The per-call check and reservation is one `UPDATE ... RETURNING`:
+concurrent calls on one session serialise on its row, so a budget drains exactly
+once across replicas. A trigger NOTIFYs when a session ends and `watch` LISTENs,
+so replicas cut that session's open streams at once.
+
+Migrations (postgres_schema.py) are applied at open, in one transaction under an
+advisory lock, so replicas starting together do not race. Every asyncpg or
+socket failure becomes `StoreUnavailable` and the caller refuses (fail closed).
+Only this module imports asyncpg; SQLite deployments never load it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, TypeVar
+
+import anyio
+import asyncpg
+from anyio.streams.memory import MemoryObjectSendStream
+
+from gateway.errors import StoreUnavailable
+from gateway.store import rows
+from gateway.store.base import (
+    KEYS_CHANGED,
+    SESSION_ENDED,
+    AgentRecord,
+    ChangeListener,
+    Reservation,
+    SessionRecord,
+    SessionState,
+    StoredKey,
+    refusal,
+)
+from gateway.store.postgres_schema import KEYS_CHANNEL, MIGRATIONS, SESSION_ENDED_CHANNEL
+
+log = logging.getLogger("gateway.store.postgres")
+
+POOL_SIZE = (2, 10)  # (min, max) connections per process
+CONNECT_TIMEOUT = 5.0  # seconds to open a connection before the store counts as unavailable
+STATEMENT_TIMEOUT = 10.0
+KEEPALIVE = 2.0  # seconds between checks that the LISTEN connection is still alive
+_MIGRATION_LOCK = 0x6D63_7067_776D  # advisory lock ids: arbitrary, fixed for this schema
+_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)  # TimeoutError is an OSError
+_CHANNELS = {SESSION_ENDED_CHANNEL: SESSION_ENDED, KEYS_CHANNEL: KEYS_CHANGED}
+_LIVE = "state IN ('active', 'suspended')"
+_NOT_OVER = "expires_at > $2 AND last_seen + idle_timeout > $2"
+_AGENT_COLUMNS = {"owner": "owner", "cost_center": "cost_center", "disabled": "disabled",
+                  "secret_hash": "secret_hash", "jwks": "jwks", "grant": "grant_spec"}
+_INSERT_SESSION = (
+    f"INSERT INTO sessions ({', '.join(rows.SESSION_COLUMNS)}) "
+    f"VALUES ({', '.join(f'${n}' for n in range(1, len(rows.SESSION_COLUMNS) + 1))})"
+)
+
+T = TypeVar("T")
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except _ERRORS as exc:
+        raise StoreUnavailable(f"session store unavailable: {exc or type(exc).__name__}") from exc
+
+
+def _count(status: str) -> int:
+    """Rows touched, from a command status such as "UPDATE 3" or "INSERT 0 1"."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+class PostgresStore:
+    """`Store` and `KeyStore` over one PostgreSQL database shared by every replica."""
+
+    def __init__(self, dsn: str, *, pool_size: tuple[int, int] = POOL_SIZE) -> None:
+        self.dsn = dsn
+        self.pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._unsettled: dict[str, int] = defaultdict(int)  # sid -> tokens not yet written
+
+    # ------------------------------------------------------------ plumbing
+
+    async def open(self) -> None:
+        with _errors():
+            pool = await asyncpg.create_pool(
+                self.dsn, min_size=self.pool_size[0], max_size=self.pool_size[1],
+                timeout=CONNECT_TIMEOUT, command_timeout=STATEMENT_TIMEOUT,
+            )
+            try:
+                async with pool.acquire() as con:
+                    await _migrate(con)
+            except BaseException:
+                pool.terminate()
+                raise
+        self._pool = pool
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            with anyio.move_on_after(5, shield=True) as waited:
+                await pool.close()
+            if waited.cancelled_caught:
+                pool.terminate()
+
+    async def ping(self) -> None:
+        await self._fetchrow("SELECT 1")
+        await self._settle_pending()
+
+    def run_blocking(self, work: Callable[[PostgresStore], Awaitable[T]]) -> T:
+        """Run `work` from synchronous code (startup, key loads) against a store of its own.
+
+        It gets one connection in a worker thread with its own event loop, so the caller's loop
+        and pool are never shared across threads.
+        """
+
+        async def main() -> T:
+            store = PostgresStore(self.dsn, pool_size=(1, 1))
+            await store.open()
+            try:
+                return await work(store)
+            finally:
+                await store.close()
+
+        with ThreadPoolExecutor(1, thread_name_prefix="store-blocking") as worker:
+            return worker.submit(anyio.run, main).result()
+
+    def _p(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise StoreUnavailable("the store is not open")
+        return self._pool
+
+    async def _fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
+        with _errors():
+            return await self._p().fetchrow(sql, *args)
+
+    async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        with _errors():
+            return await self._p().fetch(sql, *args)
+
+    async def _execute(self, sql: str, *args: Any) -> int:
+        with _errors():
+            return _count(await self._p().execute(sql, *args))
+
+    @asynccontextmanager
+    async def _tx(self) -> Any:
+        with _errors():
+            async with self._p().acquire() as con, con.transaction():
+                yield con
+
+    # ------------------------------------------------------------ changes made elsewhere
+
+    async def watch(self, on_change: ChangeListener) -> None:
+        send, receive = anyio.create_memory_object_stream[tuple[str, str]](1000)
+        async with anyio.create_task_group() as tg, send, receive:
+            tg.start_soon(self._listen, send)
+            async for kind, key in receive:
+                await on_change(kind, key)
+
+    async def _listen(self, send: MemoryObjectSendStream[tuple[str, str]]) -> None:
+        """Hold a LISTEN connection, reconnecting with backoff; what is missed meanwhile the periodic check finds."""
+
+        def deliver(_con: object, _pid: int, channel: str, payload: str) -> None:
+            try:
+                send.send_nowait((_CHANNELS[channel], payload))
+            except anyio.WouldBlock:
+                log.warning("store watch: dropped a change notification (the periodic check will catch it)")
+
+        delay = 0.5
+        while True:
+            try:
+                con = await asyncpg.connect(self.dsn, timeout=CONNECT_TIMEOUT)
+            except _ERRORS as exc:
+                log.warning("store watch: cannot connect: %s", exc)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            delay = 0.5
+            try:
+                for channel in _CHANNELS:
+                    await con.add_listener(channel, deliver)
+                while not con.is_closed():
+                    await anyio.sleep(KEEPALIVE)
+                    await con.fetchval("SELECT 1", timeout=CONNECT_TIMEOUT)
+            except _ERRORS as exc:
+                log.warning("store watch: connection lost: %s", exc)
+            finally:
+                con.terminate()
+
+    # ------------------------------------------------------------ agents
+
+    async def sync_config_agents(self, agents: dict[str, AgentRecord], now: float) -> None:
+        async with self._tx() as con:
+            await con.execute("LOCK TABLE agents IN SHARE ROW EXCLUSIVE MODE")  # replicas start together
+            await con.execute("DELETE FROM agents WHERE source = 'config' AND NOT id = ANY($1::text[])", list(agents))
+            await con.executemany(
+                """INSERT INTO agents (id, owner, cost_center, source, disabled, created_at, jwks, grant_spec)
+                   VALUES ($1, $2, $3, 'config', false, $4, $5, $6)
+                   ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, cost_center = excluded.cost_center,
+                     source = 'config', jwks = excluded.jwks, grant_spec = excluded.grant_spec""",
+                [(a.id, a.owner, a.cost_center, now, rows.dump(a.jwks), rows.dump(a.grant)) for a in agents.values()],
+            )
+
+    async def get_agent(self, agent_id: str) -> AgentRecord | None:
+        row = await self._fetchrow("SELECT * FROM agents WHERE id = $1", agent_id)
+        return rows.agent(row) if row else None
+
+    async def list_agents(self) -> list[AgentRecord]:
+        return [rows.agent(r) for r in await self._fetch("SELECT * FROM agents ORDER BY id")]
+
+    async def create_agent(self, agent: AgentRecord) -> bool:
+        return (
+            await self._execute(
+                """INSERT INTO agents (id, owner, cost_center, source, disabled, created_at, secret_hash, jwks,
+                   grant_spec) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING""",
+                agent.id, agent.owner, agent.cost_center, agent.source, agent.disabled, agent.created_at,
+                agent.secret_hash, rows.dump(agent.jwks), rows.dump(agent.grant),
+            )
+            > 0
+        )
+
+    async def update_agent(self, agent_id: str, **changes: Any) -> bool:
+        values = [rows.dump(v) if k in ("jwks", "grant") else v for k, v in changes.items()]
+        assignments = ", ".join(f"{_AGENT_COLUMNS[k]} = ${n}" for n, k in enumerate(changes, start=2))
+        return await self._execute(f"UPDATE agents SET {assignments} WHERE id = $1", agent_id, *values) > 0
+
+    # ------------------------------------------------------------ sessions
+
+    async def create_session(self, session: SessionRecord, max_active: int | None) -> bool:
+        async with self._tx() as con:
+            if max_active is not None:  # count and insert under the agent's lock, across replicas
+                await con.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"sessions:{session.agent}")
+                live = await con.fetchval(
+                    f"SELECT count(*) FROM sessions WHERE agent = $1 AND {_LIVE} AND {_NOT_OVER}",
+                    session.agent, session.created_at,
+                )
+                if live >= max_active:
+                    return False
+            await con.execute(_INSERT_SESSION, *rows.session_values(session).values())
+        return True
+
+    async def get_session(self, sid: str) -> SessionRecord | None:
+        row = await self._fetchrow("SELECT * FROM sessions WHERE sid = $1", sid)
+        return rows.session(row) if row else None
+
+    async def list_sessions(
+        self, agent: str | None = None, state: SessionState | None = None, now: float | None = None
+    ) -> list[SessionRecord]:
+        found = await self._fetch(
+            "SELECT * FROM sessions WHERE ($1::text IS NULL OR agent = $1) ORDER BY created_at", agent
+        )
+        sessions = [rows.session(r) for r in found]
+        if now is not None:  # report lazily-expired sessions as what they are
+            sessions = [rows.as_of(s, now) for s in sessions]
+        return [s for s in sessions if state is None or s.state == state]
+
+    async def end_session(self, sid: str, state: SessionState, reason: str, now: float) -> SessionRecord | None:
+        row = await self._fetchrow(
+            f"UPDATE sessions SET state = $2, reason = $3, ended_at = $4 WHERE sid = $1 AND {_LIVE} RETURNING *",
+            sid, state, reason, now,
+        )
+        return rows.session(row) if row else None
+
+    async def end_agent_sessions(self, agent: str, state: SessionState, reason: str, now: float) -> list[str]:
+        ended = await self._fetch(
+            f"""UPDATE sessions SET state = $2, reason = $3, ended_at = $4 WHERE agent = $1 AND {_LIVE}
+                RETURNING sid""",
+            agent, state, reason, now,
+        )
+        return [r["sid"] for r in ended]
+
+    async def expire_sessions(self, now: float) -> list[SessionRecord]:
+        expired = await self._fetch(
+            f"""UPDATE sessions SET state = 'expired', reason = 'expired',
+                  ended_at = LEAST(expires_at, last_seen + idle_timeout)
+                WHERE {_LIVE} AND (expires_at <= $1 OR last_seen + idle_timeout <= $1) RETURNING *""",
+            now,
+        )
+        return [rows.session(r) for r in expired]
+
+    async def renew_session(self, sid: str, expires_at: float, now: float) -> SessionRecord | None:
+        row = await self._fetchrow(
+            f"""UPDATE sessions SET expires_at = LEAST($3, max_expires_at), last_seen = GREATEST(last_seen, $2)
+                WHERE sid = $1 AND {_LIVE} AND {_NOT_OVER} RETURNING *""",
+            sid, now, expires_at,
+        )
+        return rows.session(row) if row else None
+
+    async def touch_session(self, sid: str, now: float) -> None:
+        await self._execute("UPDATE sessions SET last_seen = $2 WHERE sid = $1 AND last_seen < $2", sid, now)
+
+    async def reserve(self, sid: str, now: float, calls: int, tokens: int) -> Reservation:
+        await self._settle_pending()
+        row = await self._fetchrow(
+            f"""UPDATE sessions SET calls = calls + $3, tokens = tokens + $4, last_seen = GREATEST(last_seen, $2)
+                WHERE sid = $1 AND state = 'active' AND {_NOT_OVER}
+                  AND (calls_limit IS NULL OR calls + $3 <= calls_limit)
+                  AND (tokens_limit IS NULL OR tokens < tokens_limit)
+                RETURNING *""",
+            sid, now, calls, tokens,
+        )
+        if row is not None:
+            return Reservation(rows.session(row), True)
+        return refusal(await self.get_session(sid), now, calls)
+
+    async def settle(self, sid: str, tokens: int) -> None:
+        """Counted after the reply has been earned: if the database is away, the count waits here for it."""
+        if tokens:
+            self._unsettled[sid] += tokens
+        await self._settle_pending()
+
+    async def _settle_pending(self) -> None:
+        while self._unsettled:
+            sid, tokens = self._unsettled.popitem()
+            try:
+                await self._execute("UPDATE sessions SET tokens = tokens + $2 WHERE sid = $1", sid, tokens)
+            except StoreUnavailable as exc:
+                self._unsettled[sid] += tokens
+                log.warning("settling %d tokens of %s waits for the store: %s", tokens, sid, exc)
+                return
+
+    async def suspend_session(self, sid: str, stop: dict[str, Any], now: float) -> bool:
+        return (
+            await self._execute(
+                "UPDATE sessions SET state = 'suspended', reason = $2, stop = $3 WHERE sid = $1 AND state = 'active'",
+                sid, stop.get("limit"), rows.dump(stop),
+            )
+            > 0
+        )
+
+    async def resume_session(self, sid: str, add_calls: int, add_tokens: int, now: float) -> SessionRecord | None:
+        row = await self._fetchrow(
+            f"""UPDATE sessions SET state = 'active', reason = NULL, stop = NULL, last_seen = GREATEST(last_seen, $2),
+                  calls_limit = CASE WHEN calls_limit IS NULL THEN NULL ELSE GREATEST(calls_limit, calls) + $3 END,
+                  tokens_limit = CASE WHEN tokens_limit IS NULL THEN NULL ELSE GREATEST(tokens_limit, tokens) + $4 END
+                WHERE sid = $1 AND {_LIVE} RETURNING *""",
+            sid, now, add_calls, add_tokens,
+        )
+        return rows.session(row) if row else None
+
+    # ------------------------------------------------------------ replay cache, checkpoints
+
+    async def remember_jti(self, jti: str, expires_at: float, now: float) -> bool:
+        async with self._tx() as con:
+            await con.execute("DELETE FROM seen_jti WHERE expires_at < $1", now)
+            stored = await con.fetchval(
+                "INSERT INTO seen_jti (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING RETURNING true",
+                jti, expires_at,
+            )
+        return bool(stored)
+
+    async def put_checkpoint(self, instance: str, seq: int, head: str, signature: str, now: float) -> None:
+        await self._execute(
+            """INSERT INTO checkpoints (instance, seq, head, signature, updated_at) VALUES ($1, $2, $3, $4, $5)
+               ON CONFLICT (instance) DO UPDATE SET seq = excluded.seq, head = excluded.head,
+                 signature = excluded.signature, updated_at = excluded.updated_at""",
+            instance, seq, head, signature, now,
+        )
+
+    async def get_checkpoint(self, instance: str) -> dict[str, Any] | None:
+        row = await self._fetchrow("SELECT * FROM checkpoints WHERE instance = $1", instance)
+        return dict(row) if row else None
+
+    # ------------------------------------------------------------ key material (KeyStore)
+
+    async def secrets(self, candidates: dict[str, bytes]) -> dict[str, bytes]:
+        async with self._tx() as con:
+            await con.executemany(
+                "INSERT INTO secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING", candidates.items()
+            )
+            found = await con.fetch("SELECT name, value FROM secrets WHERE name = ANY($1::text[])", list(candidates))
+        return {r["name"]: bytes(r["value"]) for r in found}
+
+    async def signing_keys(self, candidate: StoredKey | None) -> list[StoredKey]:
+        if candidate is not None:  # the one-active-key index turns a second first start into a no-op
+            await self._execute(
+                "INSERT INTO signing_keys (kid, pem) VALUES ($1, $2) ON CONFLICT DO NOTHING", candidate.kid, candidate.pem
+            )
+        found = await self._fetch("SELECT kid, pem, retired_at, verify_until FROM signing_keys")
+        return [StoredKey(r["kid"], bytes(r["pem"]), r["retired_at"], r["verify_until"]) for r in found]
+
+    async def rotate_signing_key(self, new: StoredKey, now: float, overlap: float) -> None:
+        async with self._tx() as con:
+            await con.execute("LOCK TABLE signing_keys IN SHARE ROW EXCLUSIVE MODE")  # one rotation at a time
+            await con.execute(
+                "UPDATE signing_keys SET retired_at = $1, verify_until = $2 WHERE retired_at IS NULL", now, now + overlap
+            )
+            await con.execute("DELETE FROM signing_keys WHERE verify_until < $1", now)
+            await con.execute("INSERT INTO signing_keys (kid, pem) VALUES ($1, $2)", new.kid, new.pem)
+            await con.execute(f"NOTIFY {KEYS_CHANNEL}")
+
+
+async def _migrate(con: asyncpg.Connection) -> None:
+    """Apply pending migrations; the advisory lock makes replicas starting together take turns."""
+    async with con.transaction():
+        await con.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+        await con.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migrations (
+                   version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"""
+        )
+        current = await con.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations")
+        if current > len(MIGRATIONS):
+            raise StoreUnavailable(
+                f"the database schema is at version {current}, newer than this gateway's {len(MIGRATIONS)}: "
+                "upgrade the gateway"
+            )
+        for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+            await con.execute(script)
+            await con.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
