@@ -44,7 +44,7 @@ from gateway.pipeline import Pipeline
 from gateway.sealing import Sealer
 from gateway.sessions import Sessions
 from gateway.store import Store, open_store
-from gateway.store.base import KEYS_CHANGED, SESSION_ENDED, ChangeListener
+from gateway.store.base import KEYS_CHANGED, RESYNC, SESSION_ENDED, ChangeListener
 from gateway.transport import McpEndpoint
 from gateway.upstream import Upstreams
 from gateway.views import Names, View
@@ -183,7 +183,7 @@ def create_app(gateway: Gateway) -> Starlette:
             gateway.task_group = tg
             gateway.sessions.on_end(_on_session_end(gateway, edge))
             tg.start_soon(_watch_sessions, gateway, edge)
-            tg.start_soon(gateway.store.watch, _on_store_change(gateway))
+            tg.start_soon(gateway.store.watch, _on_store_change(gateway, edge))
             tg.start_soon(edge.failures.run)
             tg.start_soon(gateway.pins.watch)
             gateway.ready.set()
@@ -241,7 +241,7 @@ def _on_session_end(gateway: Gateway, edge: Edge) -> Callable[[str], Any]:
     return ended
 
 
-def _on_store_change(gateway: Gateway) -> ChangeListener:
+def _on_store_change(gateway: Gateway, edge: Edge) -> ChangeListener:
     """What another replica or the CLI changed, pushed by the store (PostgreSQL), acted on at once."""
 
     async def changed(kind: str, key: str) -> None:
@@ -250,6 +250,9 @@ def _on_store_change(gateway: Gateway) -> ChangeListener:
                 await gateway.sessions.notify_ended(key)
             elif kind == KEYS_CHANGED:
                 await gateway.keys.sync()
+            elif kind == RESYNC:
+                await gateway.keys.sync()
+                await _recheck_sessions(gateway, edge)
         except Unavailable as exc:
             log.warning("store change %s: %s", kind, exc)
 
@@ -267,13 +270,18 @@ async def _watch_sessions(gateway: Gateway, edge: Edge) -> None:
             await gateway.keys.sync()
             await gateway.sessions.sweep()
             await gateway.budgets.maintain()
-            now = gateway.clock()
-            for sid in edge.active_sids():
-                session = await gateway.store.get_session(sid)
-                if session is None or session.ended_state(now) is not None:
-                    await gateway.sessions.notify_ended(sid)
+            await _recheck_sessions(gateway, edge)
         except Unavailable as exc:
             log.warning("session watch: %s", exc)
+
+
+async def _recheck_sessions(gateway: Gateway, edge: Edge) -> None:
+    """Cut the streams of sessions this process serves that have ended."""
+    now = gateway.clock()
+    for sid in edge.active_sids():
+        session = await gateway.store.get_session(sid)
+        if session is None or session.ended_state(now) is not None:
+            await gateway.sessions.notify_ended(sid)
 
 
 async def _healthz(request: Request) -> Response:

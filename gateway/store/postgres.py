@@ -30,6 +30,7 @@ from gateway.errors import StoreUnavailable
 from gateway.store import rows
 from gateway.store.base import (
     KEYS_CHANGED,
+    RESYNC,
     SESSION_ENDED,
     AgentRecord,
     ChangeListener,
@@ -184,6 +185,7 @@ class PostgresStore:
             try:
                 for channel in _CHANNELS:
                     await con.add_listener(channel, deliver)
+                await send.send((RESYNC, ""))
                 while not con.is_closed():
                     await anyio.sleep(KEEPALIVE)
                     await con.fetchval("SELECT 1", timeout=CONNECT_TIMEOUT)

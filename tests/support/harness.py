@@ -115,6 +115,16 @@ async def everything_http() -> AsyncIterator[str]:
 # ------------------------------------------------------------------ the gateway
 
 
+@contextlib.asynccontextmanager
+async def connect(url: str, token: str, *, mode: str = "auto", **kwargs: Any) -> AsyncIterator[Client]:
+    """The official SDK client on `url` with a bearer token."""
+    http = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
+    async with http:
+        transport = streamable_http_client(url, http_client=http)
+        async with Client(transport, mode=mode, cache=None, **kwargs) as client:
+            yield client
+
+
 DEFAULT_AGENTS: dict[str, Any] = {
     "alice-bot": {
         "owner": "alice@example.com",
@@ -154,13 +164,10 @@ class Harness:
         _, token = await self.gateway.sessions.open(agent, via="test", **kwargs)
         return token
 
-    @contextlib.asynccontextmanager
-    async def client(self, token: str, *, url: str | None = None, mode: str = "auto", **kwargs: Any) -> AsyncIterator[Client]:
-        http = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
-        async with http:
-            transport = streamable_http_client(url or self.mcp_url, http_client=http)
-            async with Client(transport, mode=mode, cache=None, **kwargs) as client:
-                yield client
+    def client(
+        self, token: str, *, url: str | None = None, mode: str = "auto", **kwargs: Any
+    ) -> contextlib.AbstractAsyncContextManager[Client]:
+        return connect(url or self.mcp_url, token, mode=mode, **kwargs)
 
     def http(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.url, timeout=10)
