@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import AsyncIterator
 
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from gateway.config import GatewayConfig
 from gateway.errors import StoreUnavailable
 from gateway.identity.stored_keys import StoredKeyRing
-from gateway.store.base import KEYS_CHANGED, RESYNC, SESSION_ENDED, SessionRecord
+from gateway.store.base import KEYS_CHANGED, RESYNC, SESSION_ENDED, KeyStore, SessionRecord, Store
 from gateway.store.postgres import PostgresStore
 from gateway.store.postgres_schema import MIGRATIONS
 from tests.replicas.test_outage import database_away
@@ -193,3 +194,10 @@ async def test_replicas_share_one_set_of_secrets_and_signing_keys_and_see_a_rota
     assert rings[1].active_kid == new != old
     retired = rings[1].verify_key(old)
     assert retired is not None and retired.retired_at is not None
+
+
+def test_the_postgres_store_has_every_store_method_with_the_same_signature() -> None:
+    for proto in (Store, KeyStore):
+        for name, member in vars(proto).items():
+            if callable(member) and not name.startswith("_"):
+                assert inspect.signature(getattr(PostgresStore, name)) == inspect.signature(member), name

@@ -28,7 +28,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 
 from gateway.app import Gateway, build_gateway, create_app
 from gateway.config import load_gateway_config
-from tests.support.postgres import database, store_under_test
+from tests.support.postgres import database_for, store_under_test
 
 REPO = Path(__file__).resolve().parents[2]
 NODE_MODULES = REPO / "node_modules"
@@ -224,7 +224,7 @@ async def running_gateway(
     With GATEWAY_TEST_STORE=postgres (and no `store` in `extra`) it runs on a database of its own.
     """
     if store_under_test() == "postgres" and "store" not in (extra or {}):
-        async with database() as dsn:
+        async with database_for(root) as dsn:
             async with running_gateway(root, manifests=manifests, agents=agents, extra={**(extra or {}), "store": dsn},
                                        port=port, clock=clock) as harness:
                 yield harness

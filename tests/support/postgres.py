@@ -1,7 +1,9 @@
 """Throwaway PostgreSQL databases for tests, on the machine's cluster (127.0.0.1:5432, trust auth).
 
-`GATEWAY_TEST_STORE=postgres` runs harness gateways on a fresh database each
-instead of SQLite. Each database has a unique name and is dropped afterwards.
+`GATEWAY_TEST_STORE=postgres` runs harness gateways on PostgreSQL instead of
+SQLite: each gateway directory gets a database of its own (a restart on the same
+directory finds its sessions again, as it would find its SQLite file), dropped
+once the test that used it has ended. Every database has a unique name.
 """
 
 from __future__ import annotations
@@ -10,7 +12,11 @@ import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 
+import anyio
 import asyncpg
 
 SERVER = os.environ.get("GATEWAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
@@ -34,12 +40,53 @@ async def admin(sql: str, *args: object) -> str:
         await con.close()
 
 
+async def _create() -> str:
+    name = f"gw_test_{os.getpid()}_{secrets.token_hex(4)}"
+    await admin(f'CREATE DATABASE "{name}"')
+    return name
+
+
+async def _drop(*names: str) -> None:
+    for name in names:
+        await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @contextlib.asynccontextmanager
 async def database() -> AsyncIterator[str]:
     """A new, empty database; yields its DSN and drops it on exit (closing whatever is still connected)."""
-    name = f"gw_test_{os.getpid()}_{secrets.token_hex(4)}"
-    await admin(f'CREATE DATABASE "{name}"')
+    name = await _create()
     try:
         yield f"{SERVER}/{name}"
     finally:
-        await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await _drop(name)
+
+
+@dataclass
+class _Used:
+    name: str
+    users: int = 0
+
+
+_by_root: dict[Path, _Used] = {}
+
+
+@contextlib.asynccontextmanager
+async def database_for(root: Path) -> AsyncIterator[str]:
+    """The database of a gateway directory, created on first use and kept until `drop_idle`."""
+    if root not in _by_root:
+        _by_root[root] = _Used(await _create())
+    used = _by_root[root]
+    used.users += 1
+    try:
+        yield f"{SERVER}/{used.name}"
+    finally:
+        used.users -= 1
+
+
+def drop_idle(*, everything: bool = False) -> None:
+    """Drop the databases no running gateway uses (after each test), or all of them (at the end)."""
+    idle = [root for root, used in _by_root.items() if everything or used.users == 0]
+    if idle:
+        names = [_by_root.pop(root).name for root in idle]
+        with ThreadPoolExecutor(1) as worker:  # its own event loop, whatever the caller's thread runs
+            worker.submit(anyio.run, _drop, *names).result()
