@@ -20,6 +20,7 @@ import anyio
 import httpx
 from mcp import Client
 
+from tests.support.postgres import admin
 from tests.support.harness import STARTUP_TIMEOUT, Harness, connect, free_port, running_gateway, write_config
 
 READY_LINE = b"Application startup complete."
@@ -32,6 +33,7 @@ class Replica:
     root: Path
     port: int
     config: Path
+    public_url: str  # shared by every replica: what a load balancer would be reached at
     stderr: bytearray
 
     @property
@@ -59,25 +61,25 @@ def audit_records(path: Path, event: str | None = None) -> list[dict[str, Any]]:
     return [r for r in records if event is None or r["event"] == event]
 
 
-def replica_extra(dsn: str, public_url: str, instance: str) -> dict[str, Any]:
-    """gateway.yaml fields that make a gateway one replica of a set."""
-    return {"store": dsn, "public_url": public_url, "instance": instance}
+def replica_extra(dsn: str, public_url: str, instance: str, **extra: Any) -> dict[str, Any]:
+    """gateway.yaml fields that make a gateway one replica of a set (plus any others)."""
+    return {"store": dsn, "public_url": public_url, "instance": instance, **extra}
 
 
 @contextlib.asynccontextmanager
 async def serve_replica(
     root: Path, *, dsn: str, public_url: str, instance: str, manifests: list[dict[str, Any]],
-    agents: dict[str, Any] | None = None,
+    agents: dict[str, Any] | None = None, **extra: Any,
 ) -> AsyncIterator[Replica]:
     """`mcp-gateway serve` in a subprocess; ready once uvicorn reports startup complete."""
     port = free_port()
     config = write_config(root, port, manifests=manifests, agents=agents,
-                          extra=replica_extra(dsn, public_url, instance))
+                          extra=replica_extra(dsn, public_url, instance, **extra))
     process = await anyio.open_process(
         [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
-    replica = Replica(root, port, config, bytearray())
+    replica = Replica(root, port, config, public_url, bytearray())
     ready = anyio.Event()
 
     async def drain() -> None:  # keep reading, or the process blocks on a full pipe
@@ -125,12 +127,21 @@ async def cli(replica_config: Path, *args: str) -> str:
     return done.stdout.decode()
 
 
-INITIALIZE = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-    "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "probe", "version": "1"}}}
+
+async def upstream_count(url: str, token: str) -> int:
+    """How many calls the `dynamic` test server behind `url` has served (tests/support/servers/dynamic.py)."""
+    async with connect(url, token) as client:
+        result = await client.call_tool("dynamic__count", {})
+    return int(result.content[0].text)  # type: ignore[union-attr]
 
 
-async def mcp_status(url: str, token: str) -> httpx.Response:
-    """An MCP request over plain HTTP, to read the status code and challenge a replica answers with."""
-    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
-        return await http.post("/mcp", json=INITIALIZE, headers={
-            "Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream"})
+@contextlib.asynccontextmanager
+async def database_away(dsn: str) -> AsyncIterator[None]:
+    """Cut every connection to the database and refuse new ones, until the block exits."""
+    name = dsn.rsplit("/", 1)[1]
+    await admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+    try:
+        await admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name)
+        yield
+    finally:
+        await admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
-
 import httpx
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from tests.replicas.support import in_process_replica, mcp_status, serve_replica
-from tests.replicas.test_shared_state import upstream_count
-from tests.support.harness import connect, dynamic_manifest, free_port
-from tests.support.postgres import admin, database
+from tests.identity.support import mcp_status
+from tests.replicas.support import Replica, database_away, in_process_replica, serve_replica, upstream_count
+from tests.support.harness import Harness, connect, dynamic_manifest, free_port
+from tests.support.postgres import database
 
 pytestmark = pytest.mark.anyio
 
@@ -22,25 +19,13 @@ AGENTS = {
 }
 
 
-@contextlib.asynccontextmanager
-async def database_away(dsn: str) -> AsyncIterator[None]:
-    """Cut every connection to the database and refuse new ones, until the block exits."""
-    name = dsn.rsplit("/", 1)[1]
-    await admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-    try:
-        await admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name)
-        yield
-    finally:
-        await admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-
-
 async def speak(url: str, token: str) -> bool:
     async with connect(url, token) as client:
         return not (await client.call_tool("dynamic__speak", {})).is_error
 
 
-async def readiness(url: str) -> httpx.Response:
-    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+async def readiness(replica: Harness | Replica) -> httpx.Response:
+    async with replica.http() as http:
         return await http.get("/readyz")
 
 
@@ -57,18 +42,18 @@ async def test_replicas_refuse_while_the_database_is_away_and_resume_with_nothin
             assert not (await open_client.call_tool("dynamic__speak", {})).is_error
 
             async with database_away(dsn):
-                for url in (a.url, b.url):
-                    refused = await mcp_status(url, token)
+                for replica in (a, b):
+                    refused = await mcp_status(replica, token)
                     assert refused.status_code == 503, refused.text
                     assert refused.json()["error"] == "temporarily_unavailable"
-                    ready = await readiness(url)
+                    ready = await readiness(replica)
                     assert ready.status_code == 503
                     assert ready.json()["problems"]["store"].startswith("session store unavailable")
                 with pytest.raises(MCPError):  # a client already connected is refused too
                     await open_client.call_tool("dynamic__speak", {})
 
-            for url in (a.url, b.url):
-                assert (await readiness(url)).status_code == 200
+            for replica in (a, b):
+                assert (await readiness(replica)).status_code == 200
             assert not (await open_client.call_tool("dynamic__speak", {})).is_error
         assert await speak(a.mcp_url, token) and await speak(b.mcp_url, token)
 

@@ -17,7 +17,7 @@ from gateway.identity.stored_keys import StoredKeyRing
 from gateway.store.base import KEYS_CHANGED, RESYNC, SESSION_ENDED, KeyStore, SessionRecord, Store
 from gateway.store.postgres import PostgresStore
 from gateway.store.postgres_schema import MIGRATIONS
-from tests.replicas.test_outage import database_away
+from tests.replicas.support import database_away
 from tests.support.postgres import database
 
 pytestmark = pytest.mark.anyio

@@ -16,7 +16,8 @@ from mcp.shared.exceptions import MCPError
 
 from gateway.errors import AuthError
 
-from tests.replicas.support import Replica, cli, in_process_replica, mcp_status, serve_replica
+from tests.identity.support import call_time, mcp_status
+from tests.replicas.support import Replica, cli, in_process_replica, serve_replica, upstream_count
 from tests.support.harness import (
     Harness,
     connect,
@@ -54,15 +55,10 @@ async def replicas(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tu
         yield a, b
 
 
-async def call_time(url: str, token: str) -> types.CallToolResult:
-    async with connect(url, token) as client:
-        return await client.call_tool("time__get_current_time", {"timezone": "UTC"})
-
-
 async def test_a_session_opened_on_one_replica_works_on_the_other(replicas: tuple[Harness, Replica]) -> None:
     a, b = replicas
     session, token = await a.gateway.sessions.open("alice-bot", task="cross-replica", via="test")
-    assert not (await call_time(b.mcp_url, token)).is_error
+    assert not (await call_time(b, token)).is_error
     # Each replica writes its own chain, tagged with its instance.
     assert [r["gateway"] for r in a.audit("session.opened") if r["session"] == session.sid] == ["replica-a"]
     calls = [r for r in b.audit("tool.call") if r["session"] == session.sid]
@@ -81,7 +77,7 @@ async def test_a_revocation_on_one_replica_refuses_the_very_next_call_on_the_oth
         assert await a.gateway.sessions.end(session.sid, "revoked", "revoked")
         with pytest.raises(MCPError):  # the SDK's answer to an HTTP 401 mid-session
             await client.call_tool("time__get_current_time", {"timezone": "UTC"})
-    refused = await mcp_status(b.url, token)
+    refused = await mcp_status(b, token)
     assert refused.status_code == 401
     assert refused.headers["www-authenticate"].startswith('Bearer error="invalid_token"')
     assert len([r for r in b.audit("tool.call") if r["session"] == session.sid]) == 1
@@ -92,11 +88,11 @@ async def test_an_agent_disabled_on_one_replica_cannot_start_a_session_on_the_ot
 ) -> None:
     a, b = replicas
     _, earlier = await a.gateway.sessions.open("carol-bot", via="test")
-    assert (await mcp_status(b.url, earlier)).status_code == 200
+    assert (await mcp_status(b, earlier)).status_code == 200
     assert "revoked 1 session(s)" in await cli(b.config, "agents", "disable", "carol-bot")
     with pytest.raises(AuthError, match="unknown or disabled"):
         await a.gateway.sessions.open("carol-bot", via="test")
-    assert (await mcp_status(a.url, earlier)).status_code == 401
+    assert (await mcp_status(a, earlier)).status_code == 401
 
 
 async def test_eight_clients_across_both_replicas_drain_a_session_budget_exactly(
@@ -124,12 +120,6 @@ async def test_eight_clients_across_both_replicas_drain_a_session_budget_exactly
     assert len(allowed) == BUDGET
     stored = await a.gateway.store.get_session(session.sid)
     assert stored is not None and (stored.calls, stored.state) == (BUDGET, "suspended")
-
-
-async def upstream_count(url: str, token: str) -> int:
-    async with connect(url, token) as client:
-        result = await client.call_tool("dynamic__count", {})
-    return int(result.content[0].text)  # type: ignore[union-attr]
 
 
 async def test_a_paused_call_retried_on_another_replica_fails_cleanly_and_still_completes_where_it_began(

@@ -1,0 +1,106 @@
+"""Two `mcp-gateway serve` processes on one database, driven only through their HTTP endpoints.
+
+Nothing is shared but the database: each replica has its own directory, so the
+credential HMAC key, the signing keys and the replay cache can only agree
+because they live in the store.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from jwt.algorithms import OKPAlgorithm
+
+from tests.identity.support import basic, call_time, client_credentials, mcp_status, token
+from tests.identity.test_token_endpoint import _assertion, _jwt_form
+from tests.replicas.support import Replica, serve_replica
+from tests.support.harness import free_port, time_manifest
+from tests.support.postgres import database
+
+pytestmark = pytest.mark.anyio
+
+ADMIN = "admin-token-for-replica-tests"
+AGENT_KEY = Ed25519PrivateKey.generate()
+AGENTS: dict[str, Any] = {
+    "alice-bot": {"owner": "alice@example.com", "grant": {"tools": ["time.*"]}},
+    "bob-bot": {"owner": "bob@example.com", "grant": {"tools": ["time.*"]}},
+    "keyed-bot": {"owner": "k@example.com", "grant": {"tools": ["time.*"]}, "jwks": {"keys": [
+        {**json.loads(OKPAlgorithm.to_jwk(AGENT_KEY.public_key())), "kid": "agent-key-1"}]}},
+}
+
+
+@pytest.fixture(scope="module")
+async def pair(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[Replica, Replica]]:
+    root = tmp_path_factory.mktemp("processes")
+    shared = {"public_url": f"http://127.0.0.1:{free_port()}", "manifests": [time_manifest()], "agents": AGENTS,
+              "admin_token": ADMIN}
+    async with (
+        database() as dsn,
+        serve_replica(root / "a", dsn=dsn, instance="replica-a", **shared) as a,
+        serve_replica(root / "b", dsn=dsn, instance="replica-b", **shared) as b,
+    ):
+        yield a, b
+
+
+async def admin(replica: Replica, path: str) -> dict[str, Any]:
+    async with replica.http() as http:
+        response = await http.post(path, headers={"Authorization": f"Bearer {ADMIN}"})
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+async def revoke(replica: Replica, access_token: str, agent: str, secret: str) -> httpx.Response:
+    async with replica.http() as http:
+        return await http.post("/oauth/revoke", data={"token": access_token}, headers=basic(agent, secret))
+
+
+async def test_a_secret_issued_on_one_replica_gets_a_token_on_the_other_that_works_everywhere(
+    pair: tuple[Replica, Replica],
+) -> None:
+    a, b = pair
+    secret = (await admin(a, "/admin/agents/alice-bot/rotate"))["client_secret"]
+    issued = await client_credentials(b, "alice-bot", secret, task="two processes")
+    for replica in (a, b):
+        assert not (await call_time(replica, issued["access_token"])).is_error
+    sessions = [r["session"] for r in a.audit("tool.call") + b.audit("tool.call")]
+    assert sessions == [issued["session_id"], issued["session_id"]]
+
+
+async def test_a_token_revoked_on_one_replica_is_refused_by_the_other_on_the_next_request(
+    pair: tuple[Replica, Replica],
+) -> None:
+    a, b = pair
+    secret = (await admin(b, "/admin/agents/bob-bot/rotate"))["client_secret"]
+    issued = await client_credentials(a, "bob-bot", secret)
+    assert (await mcp_status(b, issued["access_token"])).status_code == 200
+    assert (await revoke(a, issued["access_token"], "bob-bot", secret)).status_code == 200
+    refused = await mcp_status(b, issued["access_token"])
+    assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith('Bearer error="invalid_token"')
+
+
+async def test_an_agent_disabled_on_one_replica_gets_no_token_from_the_other(pair: tuple[Replica, Replica]) -> None:
+    a, b = pair
+    secret = (await admin(a, "/admin/agents/bob-bot/rotate"))["client_secret"]
+    live = await client_credentials(a, "bob-bot", secret)
+    disabled = await admin(b, "/admin/agents/bob-bot/disable")
+    assert disabled["revoked"] == [live["session_id"]]
+    refused = await token(a, {"grant_type": "client_credentials"}, basic("bob-bot", secret))
+    assert refused.status_code == 401 and refused.json()["error"] == "invalid_client"
+    assert (await mcp_status(a, live["access_token"])).status_code == 401
+
+
+async def test_a_client_assertion_used_on_one_replica_cannot_be_replayed_on_the_other(
+    pair: tuple[Replica, Replica],
+) -> None:
+    a, b = pair
+    assertion = _assertion(AGENT_KEY, "keyed-bot", a.public_url)
+    first = await token(a, _jwt_form(assertion))
+    assert first.status_code == 200, first.text
+    replay = await token(b, _jwt_form(assertion))
+    assert replay.status_code == 401
+    assert replay.json() == {"error": "invalid_client", "error_description": "client assertion replayed"}
