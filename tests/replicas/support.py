@@ -118,16 +118,6 @@ async def in_process_replica(
         yield harness
 
 
-async def cli(replica_config: Path, *args: str) -> str:
-    """Run an operator command against a replica's configuration; returns its stdout."""
-    done = await anyio.run_process(
-        [sys.executable, "-m", "gateway", *args, "--config", str(replica_config)], check=False,
-    )
-    assert done.returncode == 0, done.stderr.decode()
-    return done.stdout.decode()
-
-
-
 async def upstream_count(url: str, token: str) -> int:
     """How many calls the `dynamic` test server behind `url` has served (tests/support/servers/dynamic.py)."""
     async with connect(url, token) as client:

@@ -16,8 +16,8 @@ from mcp.shared.exceptions import MCPError
 
 from gateway.errors import AuthError
 
-from tests.identity.support import call_time, mcp_status
-from tests.replicas.support import Replica, cli, in_process_replica, serve_replica, upstream_count
+from tests.identity.support import call_time, cli, mcp_status
+from tests.replicas.support import Replica, in_process_replica, serve_replica, upstream_count
 from tests.support.harness import (
     Harness,
     connect,
@@ -89,7 +89,7 @@ async def test_an_agent_disabled_on_one_replica_cannot_start_a_session_on_the_ot
     a, b = replicas
     _, earlier = await a.gateway.sessions.open("carol-bot", via="test")
     assert (await mcp_status(b, earlier)).status_code == 200
-    assert "revoked 1 session(s)" in await cli(b.config, "agents", "disable", "carol-bot")
+    assert "revoked 1 session(s)" in await cli(b, "agents", "disable", "carol-bot")
     with pytest.raises(AuthError, match="unknown or disabled"):
         await a.gateway.sessions.open("carol-bot", via="test")
     assert (await mcp_status(a, earlier)).status_code == 401

@@ -12,11 +12,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from jwt.algorithms import OKPAlgorithm
 
-from tests.identity.support import basic, call_time, client_credentials, mcp_status, token
+from tests.identity.support import basic, call_time, cli, client_credentials, mcp_status, token
 from tests.identity.test_token_endpoint import _assertion, _jwt_form
 from tests.replicas.support import Replica, serve_replica
 from tests.support.harness import free_port, time_manifest
@@ -104,3 +105,20 @@ async def test_a_client_assertion_used_on_one_replica_cannot_be_replayed_on_the_
     replay = await token(b, _jwt_form(assertion))
     assert replay.status_code == 401
     assert replay.json() == {"error": "invalid_client", "error_description": "client assertion replayed"}
+
+
+async def test_a_key_rotated_from_the_cli_signs_on_both_replicas_and_the_old_one_keeps_verifying(
+    pair: tuple[Replica, Replica],
+) -> None:
+    a, b = pair
+    old_token = (await cli(a, "sessions", "open", "--agent", "alice-bot")).strip()
+    rotated = await cli(a, "keys", "rotate")
+    new_kid, old_kid = rotated.split()[2].rstrip(";"), rotated.split()[3]
+    new_token = (await cli(b, "sessions", "open", "--agent", "alice-bot")).strip()
+    assert [jwt.get_unverified_header(t)["kid"] for t in (old_token, new_token)] == [old_kid, new_kid]
+    for replica in (a, b):
+        for issued in (old_token, new_token):
+            assert (await mcp_status(replica, issued)).status_code == 200
+        async with replica.http() as http:
+            published = {key["kid"] for key in (await http.get("/jwks.json")).json()["keys"]}
+        assert published == {old_kid, new_kid}
