@@ -15,6 +15,7 @@ Only this module imports asyncpg; SQLite deployments never load it.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator
@@ -33,12 +34,16 @@ from gateway.store.base import (
     RESYNC,
     SESSION_ENDED,
     AgentRecord,
+    Ask,
     ChangeListener,
+    Counters,
     Reservation,
     SessionRecord,
     SessionState,
+    Settled,
     StoredKey,
     refusal,
+    utc_day,
 )
 from gateway.store.postgres_schema import KEYS_CHANNEL, MIGRATIONS, SESSION_ENDED_CHANNEL
 
@@ -49,7 +54,7 @@ CONNECT_TIMEOUT = 5.0  # seconds to open a connection before the store counts as
 STATEMENT_TIMEOUT = 10.0
 KEEPALIVE = 2.0  # seconds between checks that the LISTEN connection is still alive
 _MIGRATION_LOCK = 0x6D63_7067_776D  # advisory lock ids: arbitrary, fixed for this schema
-_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)  # TimeoutError is an OSError
+_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)  # TimeoutError too
 _CHANNELS = {SESSION_ENDED_CHANNEL: SESSION_ENDED, KEYS_CHANNEL: KEYS_CHANGED}
 _LIVE = "state IN ('active', 'suspended')"
 _NOT_OVER = "expires_at > $2 AND last_seen + idle_timeout > $2"
@@ -83,7 +88,7 @@ class PostgresStore:
         self.dsn = dsn
         self.pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
-        self._unsettled: dict[str, int] = defaultdict(int)  # sid -> tokens not yet written
+        self._unsettled: dict[tuple[str, str | None], int] = defaultdict(int)  # (sid, day) -> tokens not written
 
     # ------------------------------------------------------------ plumbing
 
@@ -296,35 +301,94 @@ class PostgresStore:
     async def touch_session(self, sid: str, now: float) -> None:
         await self._execute("UPDATE sessions SET last_seen = $2 WHERE sid = $1 AND last_seen < $2", sid, now)
 
-    async def reserve(self, sid: str, now: float, calls: int, tokens: int) -> Reservation:
+    async def reserve(self, ask: Ask) -> Reservation:
         await self._settle_pending()
         row = await self._fetchrow(
-            f"""UPDATE sessions SET calls = calls + $3, tokens = tokens + $4, last_seen = GREATEST(last_seen, $2)
-                WHERE sid = $1 AND state = 'active' AND {_NOT_OVER}
-                  AND (calls_limit IS NULL OR calls + $3 <= calls_limit)
-                  AND (tokens_limit IS NULL OR tokens < tokens_limit)
-                RETURNING *""",
-            sid, now, calls, tokens,
+            "SELECT * FROM gateway_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            ask.sid, ask.now, ask.calls, ask.tokens, ask.day, ask.minute, ask.tool, ask.tool_cap, ask.daily_tokens,
+            ask.calls_per_minute,
         )
         if row is not None:
             return Reservation(rows.session(row), True)
-        return refusal(await self.get_session(sid), now, calls)
+        return refusal(await self.get_session(ask.sid), ask, await self._counters(ask))
 
-    async def settle(self, sid: str, tokens: int) -> None:
-        """Counted after the reply has been earned: if the database is away, the count waits here for it."""
-        if tokens:
-            self._unsettled[sid] += tokens
-        await self._settle_pending()
+    async def _counters(self, ask: Ask) -> Counters:
+        row = await self._fetchrow(
+            """SELECT (SELECT tokens FROM agent_days WHERE agent = $1 AND day = $2) AS day_tokens,
+                      (SELECT calls FROM agent_minutes WHERE agent = $1 AND minute = $3) AS minute_calls,
+                      t.calls AS tool_calls, t.blocked
+               FROM (SELECT 1) AS one LEFT JOIN session_tools t ON t.sid = $4 AND t.tool = $5""",
+            ask.agent, ask.day, ask.minute, ask.sid, ask.tool,
+        )
+        assert row is not None
+        return Counters(
+            day_tokens=row["day_tokens"] or 0,
+            minute_calls=row["minute_calls"] or 0,
+            tool_calls=row["tool_calls"] or 0,
+            tool_block=json.loads(row["blocked"]) if row["blocked"] else None,
+        )
 
-    async def _settle_pending(self) -> None:
-        while self._unsettled:
-            sid, tokens = self._unsettled.popitem()
-            try:
-                await self._execute("UPDATE sessions SET tokens = tokens + $2 WHERE sid = $1", sid, tokens)
-            except StoreUnavailable as exc:
-                self._unsettled[sid] += tokens
-                log.warning("settling %d tokens of %s waits for the store: %s", tokens, sid, exc)
-                return
+    async def regrant(self, sid: str, grant_version: str, calls_limit: int | None, tokens_limit: int | None) -> None:
+        await self._execute(
+            f"""UPDATE sessions SET grant_version = $2, calls_limit = $3, tokens_limit = $4
+                WHERE sid = $1 AND grant_version <> $2 AND {_LIVE}""",
+            sid, grant_version, calls_limit, tokens_limit,
+        )
+
+    async def settle(self, sid: str, tokens: int, now: float, daily: bool) -> Settled | None:
+        """Tokens a call carried, counted after it was answered.
+
+        If the database is away they wait in memory and are written when it answers again (at
+        the latest before this process's next reservation); None then: no totals to alert on yet.
+        """
+        key = (sid, utc_day(now) if daily else None)
+        self._unsettled[key] += tokens
+        try:
+            await self._settle_pending(but=key)  # older counts first
+            return await self._write_settlement(key)
+        except StoreUnavailable as exc:
+            log.warning("settled tokens wait for the store: %s", exc)
+            return None
+
+    async def _settle_pending(self, but: tuple[str, str | None] | None = None) -> None:
+        """Write the counts kept while the database was away. Raises StoreUnavailable if it still is."""
+        for key in [k for k in self._unsettled if k != but]:
+            await self._write_settlement(key)
+
+    async def _write_settlement(self, key: tuple[str, str | None]) -> Settled | None:
+        tokens = self._unsettled.pop(key, 0)
+        if not tokens:
+            return None
+        try:
+            row = await self._fetchrow("SELECT * FROM gateway_settle($1, $2, $3)", key[0], tokens, key[1])
+        except StoreUnavailable:
+            self._unsettled[key] += tokens
+            raise
+        return Settled(*row.values()) if row is not None else None
+
+    async def block_tool(self, sid: str, tool: str, stop: dict[str, Any]) -> bool:
+        return (
+            await self._execute(
+                """INSERT INTO session_tools AS t (sid, tool, blocked) VALUES ($1, $2, $3)
+                   ON CONFLICT (sid, tool) DO UPDATE SET blocked = excluded.blocked WHERE t.blocked IS NULL""",
+                sid, tool, rows.dump(stop),
+            )
+            > 0
+        )
+
+    async def first_alert(self, scope: str, limit: str, share: float) -> bool:
+        return (
+            await self._execute(
+                "INSERT INTO budget_alerts (scope, limit_name, share) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                scope, limit, share,
+            )
+            > 0
+        )
+
+    async def prune_usage(self, now: float) -> None:
+        async with self._tx() as con:
+            await con.execute("DELETE FROM agent_minutes WHERE minute < $1", int(now // 60) - 1)
+            await con.execute("DELETE FROM agent_days WHERE day < $1", utc_day(now - 35 * 86400))
 
     async def suspend_session(self, sid: str, stop: dict[str, Any], now: float) -> bool:
         return (
@@ -336,14 +400,20 @@ class PostgresStore:
         )
 
     async def resume_session(self, sid: str, add_calls: int, add_tokens: int, now: float) -> SessionRecord | None:
-        row = await self._fetchrow(
-            f"""UPDATE sessions SET state = 'active', reason = NULL, stop = NULL, last_seen = GREATEST(last_seen, $2),
-                  calls_limit = CASE WHEN calls_limit IS NULL THEN NULL ELSE GREATEST(calls_limit, calls) + $3 END,
-                  tokens_limit = CASE WHEN tokens_limit IS NULL THEN NULL ELSE GREATEST(tokens_limit, tokens) + $4 END
-                WHERE sid = $1 AND {_LIVE} RETURNING *""",
-            sid, now, add_calls, add_tokens,
-        )
-        return rows.session(row) if row else None
+        async with self._tx() as con:
+            row = await con.fetchrow(
+                f"""UPDATE sessions SET state = 'active', reason = NULL, stop = NULL,
+                      last_seen = GREATEST(last_seen, $2),
+                      calls_limit = CASE WHEN calls_limit IS NULL THEN NULL ELSE GREATEST(calls_limit, calls) + $3 END,
+                      tokens_limit = CASE WHEN tokens_limit IS NULL THEN NULL
+                                          ELSE GREATEST(tokens_limit, tokens) + $4 END
+                    WHERE sid = $1 AND {_LIVE} RETURNING *""",
+                sid, now, add_calls, add_tokens,
+            )
+            if row is None:
+                return None
+            await con.execute("UPDATE session_tools SET blocked = NULL WHERE sid = $1", sid)
+        return rows.session(row)
 
     # ------------------------------------------------------------ replay cache, checkpoints
 

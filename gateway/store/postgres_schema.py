@@ -73,4 +73,93 @@ MIGRATIONS: tuple[str, ...] = (
         WHEN (OLD.state IN ('active', 'suspended') AND NEW.state IN ('closed', 'expired', 'revoked'))
         EXECUTE FUNCTION notify_session_ended();
     """,
+    # Budgets: the agent's tokens per UTC day and calls per clock minute, each session's calls per
+    # capped tool and its blocked tools, and which threshold alerts have fired. A reservation or a
+    # settlement is one call of a function; when it touches a counter shared beyond the session row
+    # it first takes the agent's advisory lock, so its checks see every reservation committed
+    # before it on any replica (under READ COMMITTED each statement in the function takes a fresh
+    # snapshot). The lock is always taken before any row lock, so the two cannot deadlock.
+    """
+    CREATE TABLE agent_days (
+        agent TEXT NOT NULL, day TEXT NOT NULL, calls BIGINT NOT NULL DEFAULT 0, tokens BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (agent, day)
+    );
+    CREATE TABLE agent_minutes (
+        agent TEXT NOT NULL, minute BIGINT NOT NULL, calls BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (agent, minute)
+    );
+    CREATE TABLE session_tools (
+        sid TEXT NOT NULL, tool TEXT NOT NULL, calls BIGINT NOT NULL DEFAULT 0, blocked TEXT,
+        PRIMARY KEY (sid, tool)
+    );
+    CREATE TABLE budget_alerts (
+        scope TEXT NOT NULL, limit_name TEXT NOT NULL, share DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (scope, limit_name, share)
+    );
+
+    CREATE FUNCTION gateway_lock_agent_budget(p_sid TEXT) RETURNS void LANGUAGE sql AS $$
+        SELECT pg_advisory_xact_lock(hashtextextended('budget:' || agent, 0)) FROM sessions WHERE sid = p_sid
+    $$;
+
+    CREATE FUNCTION gateway_reserve(
+        p_sid TEXT, p_now DOUBLE PRECISION, p_calls BIGINT, p_tokens BIGINT, p_day TEXT, p_minute BIGINT,
+        p_tool TEXT, p_cap BIGINT, p_daily BIGINT, p_per_minute BIGINT
+    ) RETURNS SETOF sessions LANGUAGE plpgsql AS $$
+    DECLARE
+        reserved sessions;
+    BEGIN
+        IF p_daily IS NOT NULL OR p_per_minute IS NOT NULL OR p_cap IS NOT NULL THEN
+            PERFORM gateway_lock_agent_budget(p_sid);
+        END IF;
+        UPDATE sessions SET calls = calls + p_calls, tokens = tokens + p_tokens, last_seen = GREATEST(last_seen, p_now)
+        WHERE sid = p_sid AND state = 'active' AND expires_at > p_now AND last_seen + idle_timeout > p_now
+          AND (calls_limit IS NULL OR calls + p_calls <= calls_limit)
+          AND (tokens_limit IS NULL OR tokens + p_tokens < tokens_limit)
+          AND (p_daily IS NULL OR coalesce(
+                (SELECT d.tokens FROM agent_days d WHERE d.agent = sessions.agent AND d.day = p_day), 0)
+                + p_tokens < p_daily)
+          AND (p_per_minute IS NULL OR coalesce(
+                (SELECT m.calls FROM agent_minutes m WHERE m.agent = sessions.agent AND m.minute = p_minute), 0)
+                + p_calls <= p_per_minute)
+          AND NOT EXISTS (SELECT 1 FROM session_tools t WHERE t.sid = p_sid AND t.tool = p_tool
+                AND (t.blocked IS NOT NULL OR (p_cap IS NOT NULL AND t.calls + p_calls > p_cap)))
+        RETURNING * INTO reserved;
+        IF NOT FOUND THEN
+            RETURN;
+        END IF;
+        IF p_daily IS NOT NULL THEN
+            INSERT INTO agent_days AS d (agent, day, calls, tokens) VALUES (reserved.agent, p_day, p_calls, p_tokens)
+            ON CONFLICT (agent, day) DO UPDATE SET calls = d.calls + excluded.calls, tokens = d.tokens + excluded.tokens;
+        END IF;
+        IF p_per_minute IS NOT NULL AND p_calls > 0 THEN
+            INSERT INTO agent_minutes AS m (agent, minute, calls) VALUES (reserved.agent, p_minute, p_calls)
+            ON CONFLICT (agent, minute) DO UPDATE SET calls = m.calls + excluded.calls;
+        END IF;
+        IF p_cap IS NOT NULL AND p_calls > 0 THEN
+            INSERT INTO session_tools AS t (sid, tool, calls) VALUES (p_sid, p_tool, p_calls)
+            ON CONFLICT (sid, tool) DO UPDATE SET calls = t.calls + excluded.calls;
+        END IF;
+        RETURN NEXT reserved;
+    END $$;
+
+    CREATE FUNCTION gateway_settle(p_sid TEXT, p_tokens BIGINT, p_day TEXT)
+    RETURNS TABLE (session_tokens BIGINT, session_tokens_limit BIGINT, day_tokens BIGINT) LANGUAGE plpgsql AS $$
+    DECLARE
+        s_agent TEXT;
+    BEGIN
+        IF p_day IS NOT NULL THEN
+            PERFORM gateway_lock_agent_budget(p_sid);
+        END IF;
+        UPDATE sessions SET tokens = tokens + p_tokens WHERE sid = p_sid
+        RETURNING agent, tokens, tokens_limit INTO s_agent, session_tokens, session_tokens_limit;
+        IF NOT FOUND THEN
+            RETURN;
+        END IF;
+        IF p_day IS NOT NULL THEN
+            INSERT INTO agent_days AS d (agent, day, tokens) VALUES (s_agent, p_day, p_tokens)
+            ON CONFLICT (agent, day) DO UPDATE SET tokens = d.tokens + excluded.tokens
+            RETURNING d.tokens INTO day_tokens;
+        END IF;
+        RETURN NEXT;
+    END $$;
+    """,
 )

@@ -9,7 +9,7 @@ import anyio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.store.base import Ask, SessionRecord, utc_day
+from gateway.store.base import Ask, SessionRecord, Store, utc_day
 from gateway.store.sqlite import SQLiteStore
 
 CALLS, TOKENS, DAILY, PER_MINUTE, CAP = 16, 500, 300, 4, 3
@@ -63,34 +63,39 @@ async def _run(path: Path, ops: list[tuple[Any, ...]]) -> None:
     store = SQLiteStore(path)
     await store.open()
     try:
-        now = START
-        await store.create_session(SessionRecord(
-            sid="s", agent="a", owner="o@example.com", on_behalf_of=None, task=None, grant_version="g",
-            state="active", created_at=now, expires_at=now + 86400 * 9, max_expires_at=now + 86400 * 9,
-            idle_timeout=86400 * 9, last_seen=now, calls_limit=CALLS, tokens_limit=TOKENS), None)
-        model = Model()
-        for op in ops:
-            if op[0] == "wait":
-                now += op[1]
-            elif op[0] == "settle":
-                await store.settle("s", op[1], now, daily=True)
-                model.settle(op[1], now)
-            else:
-                _, tool, tokens = op
-                cap = CAP if tool == "srv.capped" else None
-                ask = Ask("s", "a", now, calls=1, tokens=tokens, tool=tool, tool_cap=cap, daily_tokens=DAILY,
-                          calls_per_minute=PER_MINUTE)
-                result = await store.reserve(ask)
-                expected = model.reserve(tool, tokens, now)
-                assert (result.refusal if not result.granted else None) == expected, (op, result)
-                if not result.granted:
-                    assert result.used is not None and result.limit is not None
-            session = await store.get_session("s")
-            assert session is not None
-            assert (session.calls, session.tokens) == (model.calls, model.tokens)
-            assert session.calls <= CALLS
+        await agrees_with_the_model(store, ops)
     finally:
         await store.close()
+
+
+async def agrees_with_the_model(store: Store, ops: list[tuple[Any, ...]]) -> None:
+    """Run `ops` on a fresh store (session "s" of agent "a") and the model side by side."""
+    now = START
+    await store.create_session(SessionRecord(
+        sid="s", agent="a", owner="o@example.com", on_behalf_of=None, task=None, grant_version="g",
+        state="active", created_at=now, expires_at=now + 86400 * 9, max_expires_at=now + 86400 * 9,
+        idle_timeout=86400 * 9, last_seen=now, calls_limit=CALLS, tokens_limit=TOKENS), None)
+    model = Model()
+    for op in ops:
+        if op[0] == "wait":
+            now += op[1]
+        elif op[0] == "settle":
+            await store.settle("s", op[1], now, daily=True)
+            model.settle(op[1], now)
+        else:
+            _, tool, tokens = op
+            cap = CAP if tool == "srv.capped" else None
+            ask = Ask("s", "a", now, calls=1, tokens=tokens, tool=tool, tool_cap=cap, daily_tokens=DAILY,
+                      calls_per_minute=PER_MINUTE)
+            result = await store.reserve(ask)
+            expected = model.reserve(tool, tokens, now)
+            assert (result.refusal if not result.granted else None) == expected, (op, result)
+            if not result.granted:
+                assert result.used is not None and result.limit is not None
+        session = await store.get_session("s")
+        assert session is not None
+        assert (session.calls, session.tokens) == (model.calls, model.tokens)
+        assert session.calls <= CALLS
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

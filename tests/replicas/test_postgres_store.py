@@ -5,8 +5,10 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
+import asyncpg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -14,9 +16,10 @@ from hypothesis import strategies as st
 from gateway.config import GatewayConfig
 from gateway.errors import StoreUnavailable
 from gateway.identity.stored_keys import StoredKeyRing
-from gateway.store.base import KEYS_CHANGED, RESYNC, SESSION_ENDED, KeyStore, SessionRecord, Store
+from gateway.store.base import KEYS_CHANGED, RESYNC, SESSION_ENDED, Ask, KeyStore, SessionRecord, Store
 from gateway.store.postgres import PostgresStore
 from gateway.store.postgres_schema import MIGRATIONS
+from tests.budgets.test_reservation import agrees_with_the_model, operations
 from tests.replicas.support import database_away
 from tests.support.postgres import database
 
@@ -42,6 +45,14 @@ async def stores(dsn: str) -> AsyncIterator[tuple[PostgresStore, PostgresStore]]
         await second.close()
 
 
+async def sql(dsn: str, statement: str) -> list[asyncpg.Record]:
+    con = await asyncpg.connect(dsn)
+    try:
+        return await con.fetch(statement)
+    finally:
+        await con.close()
+
+
 def session(sid: str, *, agent: str = "bot", calls_limit: int | None = None) -> SessionRecord:
     now = time.time()
     return SessionRecord(
@@ -57,8 +68,8 @@ async def test_replicas_starting_together_apply_each_migration_once(dsn: str) ->
         for store in replicas:
             tg.start_soon(store.open)
     try:
-        rows = await replicas[0]._fetch("SELECT version FROM schema_migrations ORDER BY version")
-        assert [r["version"] for r in rows] == list(range(1, len(MIGRATIONS) + 1))
+        versions = await sql(dsn, "SELECT version FROM schema_migrations ORDER BY version")
+        assert [r["version"] for r in versions] == list(range(1, len(MIGRATIONS) + 1))
     finally:
         for store in replicas:
             await store.close()
@@ -67,8 +78,8 @@ async def test_replicas_starting_together_apply_each_migration_once(dsn: str) ->
 async def test_a_database_migrated_by_a_newer_gateway_is_refused_with_the_reason(dsn: str) -> None:
     store = PostgresStore(dsn)
     await store.open()
-    await store._execute("INSERT INTO schema_migrations (version) VALUES (999)")
     await store.close()
+    await sql(dsn, "INSERT INTO schema_migrations (version) VALUES (999)")
     with pytest.raises(StoreUnavailable, match="schema is at version 999, newer than this gateway's"):
         await PostgresStore(dsn).open()
 
@@ -88,7 +99,7 @@ async def test_concurrent_reservations_from_two_replicas_never_pass_the_limit(
     granted: list[bool] = []
 
     async def reserve(store: PostgresStore) -> None:
-        granted.append((await store.reserve(sid, time.time(), 1, 0)).granted)
+        granted.append((await store.reserve(Ask(sid, "bot", time.time(), calls=1))).granted)
 
     async with anyio.create_task_group() as tg:
         for n in range(callers):
@@ -96,6 +107,57 @@ async def test_concurrent_reservations_from_two_replicas_never_pass_the_limit(
     assert granted.count(True) == min(limit, callers)
     stored = await stores[1].get_session(sid)
     assert stored is not None and stored.calls == min(limit, callers)
+
+
+@pytest.mark.parametrize(
+    ("limit", "ask", "granted"),
+    [
+        ("daily_tokens", {"tokens": 7, "daily_tokens": 100}, 14),  # 14 * 7 = 98 stays below 100
+        ("calls_per_minute", {"calls_per_minute": 5}, 5),
+    ],
+)
+async def test_an_agents_limits_hold_across_its_sessions_on_two_replicas(
+    stores: tuple[PostgresStore, PostgresStore], limit: str, ask: dict[str, int], granted: int
+) -> None:
+    sids = [f"s-{n}" for n in range(4)]
+    for sid in sids:
+        await stores[0].create_session(session(sid), None)
+    now = time.time()  # one instant: one UTC day, one clock minute
+    refusals: list[str | None] = []
+
+    async def reserve(n: int) -> None:
+        result = await stores[n % 2].reserve(Ask(sids[n % 4], "bot", now, calls=1, **ask))
+        refusals.append(result.refusal)
+
+    async with anyio.create_task_group() as tg:
+        for n in range(30):
+            tg.start_soon(reserve, n)
+    assert refusals.count(None) == granted and set(refusals) == {None, limit}
+
+
+async def test_a_tools_cap_holds_when_one_session_calls_it_through_two_replicas(
+    stores: tuple[PostgresStore, PostgresStore],
+) -> None:
+    await stores[0].create_session(session("s-1"), None)
+    refusals: list[str | None] = []
+
+    async def reserve(n: int) -> None:
+        ask = Ask("s-1", "bot", time.time(), calls=1, tool="srv.tool", tool_cap=3)
+        refusals.append((await stores[n % 2].reserve(ask)).refusal)
+
+    async with anyio.create_task_group() as tg:
+        for n in range(12):
+            tg.start_soon(reserve, n)
+    assert refusals.count(None) == 3 and set(refusals) == {None, "tool_calls"}
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=operations)
+async def test_the_postgres_reservation_grants_exactly_what_every_limit_allows(
+    stores: tuple[PostgresStore, PostgresStore], ops: list[tuple[Any, ...]]
+) -> None:
+    await sql(stores[0].dsn, "TRUNCATE sessions, agent_days, agent_minutes, session_tools")
+    await agrees_with_the_model(stores[0], ops)
 
 
 async def test_max_active_sessions_holds_across_replicas_opening_at_once(
@@ -150,9 +212,10 @@ async def test_tokens_settled_while_the_database_is_away_are_counted_when_it_ret
     store = stores[0]
     await store.create_session(session("s-1"), None)
     async with database_away(dsn):
-        await store.settle("s-1", 120)  # the call was answered; its count waits for the database
+        # The call was answered; its count waits for the database.
+        assert await store.settle("s-1", 120, time.time(), daily=False) is None
         with pytest.raises(StoreUnavailable):
-            await store.reserve("s-1", time.time(), 1, 0)
+            await store.reserve(Ask("s-1", "bot", time.time(), calls=1))
     await store.ping()
     stored = await store.get_session("s-1")
     assert stored is not None and stored.tokens == 120
