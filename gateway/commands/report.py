@@ -22,6 +22,9 @@ def _moment(value: str) -> float:
 
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
     report = commands.add_parser("report", parents=[common], help="chargeback and evidence from the audit stream")
+    report.add_argument("audit", nargs="*", type=Path, metavar="AUDIT",
+                        help="audit files to read, e.g. each replica's (with their rotated and operator files); "
+                             "default: this gateway's")
     report.add_argument("--by", choices=GROUPS, default="agent", help="group rows by (default: %(default)s)")
     report.add_argument("--since", type=_moment, metavar="WHEN", help="ISO 8601 date/time (UTC) or a duration ago: 7d")
     report.add_argument("--until", type=_moment, metavar="WHEN", help="end of the period (exclusive); default now")
@@ -33,8 +36,11 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
 def _report(args: argparse.Namespace) -> int:
     if args.since is not None and args.until is not None and args.since >= args.until:
         raise GatewayError("--since must be before --until")
-    config = load_gateway_config(Path(args.config))
-    files = audit_files(config.audit.path)
+    for stream in args.audit:
+        if not stream.is_file():
+            raise GatewayError(f"{stream}: no audit file there")
+    streams = args.audit or [load_gateway_config(Path(args.config)).audit.path]
+    files = sorted({file for stream in streams for file in audit_files(stream)})
     records, skipped = read_records(files)
     report = build(records, args.by, args.since, args.until, [str(f) for f in files], skipped)
     text = render(report, args.format)

@@ -6,6 +6,8 @@ the way an endpoint would); replica B is a separate `mcp-gateway serve` process.
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -141,3 +143,20 @@ async def test_a_paused_call_retried_on_another_replica_fails_cleanly_and_still_
         assert "requestState is invalid" in refused.value.message
         done = await on_a.session.call_tool(tool, {"prompt": "x"}, **retry)
         assert isinstance(done, types.CallToolResult) and "answered" in done.content[0].text  # type: ignore[union-attr]
+
+
+async def test_a_report_over_both_replicas_audit_files_joins_each_session_across_them(
+    replicas: tuple[Harness, Replica],
+) -> None:
+    a, b = replicas
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 1))
+    session, token = await a.gateway.sessions.open("alice-bot", task="joined", via="test")
+    assert not (await call_time(b, token)).is_error  # called on B
+    assert await a.gateway.sessions.end(session.sid, "closed", "closed")  # closed on A
+    streams = [str(replica.root / "state" / "audit.jsonl") for replica in (a, b)]
+    both = json.loads(await cli(a, "report", "--since", since, "--format", "json", *streams))
+    only_b = json.loads(await cli(b, "report", "--since", since, "--format", "json"))
+    assert set(streams) <= set(both["sources"])
+    assert both["totals"]["calls"] == only_b["totals"]["calls"] == 1
+    # Only the two files together show the call's session was closed cleanly.
+    assert (both["evidence"]["by_session_outcome"]["closed"], only_b["evidence"]["by_session_outcome"]["open"]) == (1, 1)
