@@ -7,8 +7,8 @@ the way an endpoint would); replica B is a separate `mcp-gateway serve` process.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -149,7 +149,7 @@ async def test_a_report_over_both_replicas_audit_files_joins_each_session_across
     replicas: tuple[Harness, Replica],
 ) -> None:
     a, b = replicas
-    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 1))
+    since = datetime.now(UTC).isoformat()
     session, token = await a.gateway.sessions.open("alice-bot", task="joined", via="test")
     assert not (await call_time(b, token)).is_error  # called on B
     assert await a.gateway.sessions.end(session.sid, "closed", "closed")  # closed on A
