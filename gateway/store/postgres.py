@@ -2,10 +2,13 @@
 
 Every check is a statement against the shared rows, so a close, revocation or
 budget stop made anywhere (a replica, the CLI) holds for the next call on every
-replica. The per-call check and reservation is one `UPDATE ... RETURNING`:
-concurrent calls on one session serialise on its row, so a budget drains exactly
-once across replicas. A trigger NOTIFYs when a session ends and `watch` LISTENs,
-so replicas cut that session's open streams at once.
+replica. The per-call check and reservation is one statement, the function
+`gateway_reserve` (postgres_schema.py): an `UPDATE sessions ... WHERE sid = $1
+AND state = 'active' AND <every limit> RETURNING *`, so concurrent calls on one
+session serialise on its row and a budget drains exactly once across replicas;
+limits shared by an agent's sessions take the agent's advisory lock first. A
+trigger NOTIFYs when a session ends and `watch` LISTENs, so replicas cut that
+session's open streams at once; the per-call check is the safety net.
 
 Migrations (postgres_schema.py) are applied at open, in one transaction under an
 advisory lock, so replicas starting together do not race. Every asyncpg or
@@ -51,7 +54,7 @@ log = logging.getLogger("gateway.store.postgres")
 
 POOL_SIZE = (2, 10)  # (min, max) connections per process
 CONNECT_TIMEOUT = 5.0  # seconds to open a connection before the store counts as unavailable
-STATEMENT_TIMEOUT = 10.0
+STATEMENT_TIMEOUT = 10.0  # seconds a statement may take before the store counts as unavailable
 KEEPALIVE = 2.0  # seconds between checks that the LISTEN connection is still alive
 _MIGRATION_LOCK = 0x6D63_7067_776D  # advisory lock ids: arbitrary, fixed for this schema
 _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)  # TimeoutError too
