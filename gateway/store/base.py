@@ -161,6 +161,7 @@ class StoredKey:
     pem: bytes = field(repr=False)  # PKCS#8 private key
     retired_at: float | None = None
     verify_until: float | None = None
+    generation: int = 0  # assigned by the store; the newer the key, the higher
 
 
 # What `Store.watch` reports: kinds of change another process made.

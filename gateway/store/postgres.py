@@ -456,8 +456,9 @@ class PostgresStore:
             await self._execute(
                 "INSERT INTO signing_keys (kid, pem) VALUES ($1, $2) ON CONFLICT DO NOTHING", candidate.kid, candidate.pem
             )
-        found = await self._fetch("SELECT kid, pem, retired_at, verify_until FROM signing_keys")
-        return [StoredKey(r["kid"], bytes(r["pem"]), r["retired_at"], r["verify_until"]) for r in found]
+        found = await self._fetch("SELECT kid, pem, retired_at, verify_until, generation FROM signing_keys")
+        return [StoredKey(r["kid"], bytes(r["pem"]), r["retired_at"], r["verify_until"], r["generation"])
+                for r in found]
 
     async def rotate_signing_key(self, new: StoredKey, now: float, overlap: float) -> None:
         async with self._tx() as con:

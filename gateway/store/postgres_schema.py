@@ -59,7 +59,8 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE secrets (name TEXT PRIMARY KEY, value BYTEA NOT NULL);
     CREATE TABLE signing_keys (
         kid TEXT PRIMARY KEY, pem BYTEA NOT NULL,
-        retired_at DOUBLE PRECISION, verify_until DOUBLE PRECISION
+        retired_at DOUBLE PRECISION, verify_until DOUBLE PRECISION,
+        generation BIGINT GENERATED ALWAYS AS IDENTITY  -- orders key sets: a newer active key has a higher one
     );
     CREATE UNIQUE INDEX signing_keys_one_active ON signing_keys ((retired_at IS NULL)) WHERE retired_at IS NULL;
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from gateway.config import GatewayConfig
 from gateway.errors import StoreUnavailable
 from gateway.identity.stored_keys import StoredKeyRing
-from gateway.store.base import KEYS_CHANGED, RESYNC, SESSION_ENDED, Ask, KeyStore, SessionRecord, Store
+from gateway.store.base import KEYS_CHANGED, RESYNC, SESSION_ENDED, Ask, KeyStore, SessionRecord, Store, StoredKey
 from gateway.store.postgres import PostgresStore
 from gateway.store.postgres_schema import MIGRATIONS
 from tests.budgets.test_reservation import agrees_with_the_model, operations
@@ -264,3 +264,25 @@ def test_the_postgres_store_has_every_store_method_with_the_same_signature() -> 
         for name, member in vars(proto).items():
             if callable(member) and not name.startswith("_"):
                 assert inspect.signature(getattr(PostgresStore, name)) == inspect.signature(member), name
+
+
+async def test_a_key_set_read_before_a_rotation_never_undoes_it(dsn: str) -> None:
+    """A periodic sync whose answer arrives after this process rotated must not bring the old key back."""
+
+    class Lagging(PostgresStore):
+        late: list[StoredKey] | None = None
+
+        async def signing_keys(self, candidate: StoredKey | None) -> list[StoredKey]:
+            return self.late if self.late is not None else await super().signing_keys(candidate)
+
+    store = Lagging(dsn)
+    await store.open()
+    try:
+        ring = StoredKeyRing(store, GatewayConfig(public_url="http://127.0.0.1:1", store=dsn))
+        ring.load()
+        store.late = await store.signing_keys(None)
+        new = ring.rotate(time.time(), overlap=60)
+        await ring.sync()
+        assert ring.active_kid == new
+    finally:
+        await store.close()
