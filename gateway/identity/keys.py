@@ -52,7 +52,8 @@ def thumbprint(public: Ed25519PublicKey) -> str:
 
 
 def private_pem(key: Ed25519PrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    encoding, private = serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8
+    return key.private_bytes(encoding, private, serialization.NoEncryption())
 
 
 def _write_private(path: Path, key: Ed25519PrivateKey) -> None:

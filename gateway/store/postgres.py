@@ -454,7 +454,8 @@ class PostgresStore:
     async def signing_keys(self, candidate: StoredKey | None) -> list[StoredKey]:
         if candidate is not None:  # the one-active-key index turns a second first start into a no-op
             await self._execute(
-                "INSERT INTO signing_keys (kid, pem) VALUES ($1, $2) ON CONFLICT DO NOTHING", candidate.kid, candidate.pem
+                "INSERT INTO signing_keys (kid, pem) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                candidate.kid, candidate.pem,
             )
         found = await self._fetch("SELECT kid, pem, retired_at, verify_until, generation FROM signing_keys")
         return [StoredKey(r["kid"], bytes(r["pem"]), r["retired_at"], r["verify_until"], r["generation"])
@@ -464,7 +465,8 @@ class PostgresStore:
         async with self._tx() as con:
             await con.execute("LOCK TABLE signing_keys IN SHARE ROW EXCLUSIVE MODE")  # one rotation at a time
             await con.execute(
-                "UPDATE signing_keys SET retired_at = $1, verify_until = $2 WHERE retired_at IS NULL", now, now + overlap
+                "UPDATE signing_keys SET retired_at = $1, verify_until = $2 WHERE retired_at IS NULL",
+                now, now + overlap,
             )
             await con.execute("DELETE FROM signing_keys WHERE verify_until < $1", now)
             await con.execute("INSERT INTO signing_keys (kid, pem) VALUES ($1, $2)", new.kid, new.pem)

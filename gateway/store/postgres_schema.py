@@ -129,7 +129,8 @@ MIGRATIONS: tuple[str, ...] = (
         END IF;
         IF p_daily IS NOT NULL THEN
             INSERT INTO agent_days AS d (agent, day, calls, tokens) VALUES (reserved.agent, p_day, p_calls, p_tokens)
-            ON CONFLICT (agent, day) DO UPDATE SET calls = d.calls + excluded.calls, tokens = d.tokens + excluded.tokens;
+            ON CONFLICT (agent, day)
+            DO UPDATE SET calls = d.calls + excluded.calls, tokens = d.tokens + excluded.tokens;
         END IF;
         IF p_per_minute IS NOT NULL AND p_calls > 0 THEN
             INSERT INTO agent_minutes AS m (agent, minute, calls) VALUES (reserved.agent, p_minute, p_calls)

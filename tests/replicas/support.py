@@ -20,8 +20,8 @@ import anyio
 import httpx
 from mcp import Client
 
-from tests.support.postgres import admin
 from tests.support.harness import STARTUP_TIMEOUT, Harness, connect, free_port, running_gateway, write_config
+from tests.support.postgres import admin
 
 READY_LINE = b"Application startup complete."
 
@@ -32,7 +32,6 @@ class Replica:
 
     root: Path
     port: int
-    config: Path
     public_url: str  # shared by every replica: what a load balancer would be reached at
     stderr: bytearray
 
@@ -44,7 +43,9 @@ class Replica:
     def mcp_url(self) -> str:
         return f"{self.url}/mcp"
 
-    def client(self, token: str, *, mode: str = "auto", **kwargs: Any) -> contextlib.AbstractAsyncContextManager[Client]:
+    def client(
+        self, token: str, *, mode: str = "auto", **kwargs: Any
+    ) -> contextlib.AbstractAsyncContextManager[Client]:
         return connect(self.mcp_url, token, mode=mode, **kwargs)
 
     def http(self) -> httpx.AsyncClient:
@@ -79,7 +80,7 @@ async def serve_replica(
         [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
-    replica = Replica(root, port, config, public_url, bytearray())
+    replica = Replica(root, port, public_url, bytearray())
     ready = anyio.Event()
 
     async def drain() -> None:  # keep reading, or the process blocks on a full pipe

@@ -17,7 +17,6 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from gateway.errors import AuthError
-
 from tests.identity.support import call_time, cli, mcp_status
 from tests.replicas.support import Replica, in_process_replica, serve_replica, upstream_count
 from tests.support.harness import (
@@ -159,4 +158,4 @@ async def test_a_report_over_both_replicas_audit_files_joins_each_session_across
     assert set(streams) <= set(both["sources"])
     assert both["totals"]["calls"] == only_b["totals"]["calls"] == 1
     # Only the two files together show the call's session was closed cleanly.
-    assert (both["evidence"]["by_session_outcome"]["closed"], only_b["evidence"]["by_session_outcome"]["open"]) == (1, 1)
+    assert both["evidence"]["by_session_outcome"]["closed"] == only_b["evidence"]["by_session_outcome"]["open"] == 1
