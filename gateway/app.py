@@ -34,7 +34,7 @@ from gateway.front import Front
 from gateway.identity.keys import KeyRing
 from gateway.identity.oauth import OAuth, admin_refusal
 from gateway.identity.shared import SharedCredentialDetector
-from gateway.identity.stored_keys import key_material
+from gateway.identity.stored_keys import key_ring, shared_secrets
 from gateway.identity.tokens import Tokens
 from gateway.manifests import UpstreamSpec, load_manifests
 from gateway.metering import Meter, load_tokenizer
@@ -110,7 +110,8 @@ def build_gateway(
     agent_specs = load_agents(config.agents) if agents is None else agents
     specs = load_manifests(config) if manifests is None else manifests
     store = open_store(config)
-    keys, secrets = key_material(config, store)
+    keys = key_ring(config, store)
+    secrets = shared_secrets(config, store)
     audit = build_audit(config, keys, store, clock)
     tokens = Tokens(keys, config.public_url, clock)
     directory = AgentDirectory(store, agent_specs)

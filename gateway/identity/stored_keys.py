@@ -31,19 +31,30 @@ if TYPE_CHECKING:
 SECRETS = ("credential", "fingerprint", "state")  # files <state_dir>/<name>.key with SQLite
 
 
-def key_material(config: GatewayConfig, store: Store) -> tuple[KeyRing, dict[str, bytes]]:
-    """The signing key ring (not loaded yet) and the 32-byte secrets by name.
+def key_ring(config: GatewayConfig, store: Store) -> KeyRing:
+    """The signing key ring, not loaded yet: the `signing_key` files, or the store's keys with PostgreSQL."""
+    if config.store_is_sqlite:
+        return KeyRing(config.signing_key)
+    return StoredKeyRing(_postgres(store), config)
+
+
+def shared_secrets(config: GatewayConfig, store: Store) -> dict[str, bytes]:
+    """The 32-byte secrets by name: files under the state dir, or the store's with PostgreSQL.
 
     Raises:
-        StoreUnavailable: the keys live in the store and it cannot be reached.
+        StoreUnavailable: they live in the store and it cannot be reached.
     """
     if config.store_is_sqlite:
-        return KeyRing(config.signing_key), {name: load_key(config.state_dir / f"{name}.key") for name in SECRETS}
+        return {name: load_key(config.state_dir / f"{name}.key") for name in SECRETS}
+    candidates = {name: os.urandom(32) for name in SECRETS}
+    return _postgres(store).run_blocking(lambda s: s.secrets(candidates))
+
+
+def _postgres(store: Store) -> PostgresStore:
     from gateway.store.postgres import PostgresStore
 
     assert isinstance(store, PostgresStore)
-    candidates = {name: os.urandom(32) for name in SECRETS}
-    return StoredKeyRing(store, config), store.run_blocking(lambda s: s.secrets(candidates))
+    return store
 
 
 def _stored(key: Ed25519PrivateKey) -> StoredKey:
