@@ -19,7 +19,7 @@ from gateway.audit.verify import verify
 from gateway.commands._context import run
 from gateway.config import GatewayConfig, load_gateway_config
 from gateway.errors import ConfigError, GatewayError
-from gateway.identity.keys import KeyRing
+from gateway.identity.stored_keys import key_ring
 from gateway.store import open_store
 
 POLL_SECONDS = 0.2  # how often --follow looks for new records
@@ -107,8 +107,8 @@ async def _stored_checkpoints(config: GatewayConfig) -> dict[str, dict[str, Any]
 
 
 def _public_keys(config: GatewayConfig | None, jwks_files: list[Path]) -> PublicKeys:
-    """Checkpoint keys: the gateway's keys on disk (active and retired), then any JWKS files given."""
-    ring = KeyRing(config.signing_key) if config is not None else None
+    """Checkpoint keys: the gateway's keys (on disk, or in the store with PostgreSQL), then any JWKS files given."""
+    ring = key_ring(config, open_store(config)) if config is not None else None
     if ring is not None:
         try:
             ring.load(create=False)

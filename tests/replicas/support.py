@@ -111,11 +111,11 @@ async def serve_replica(
 @contextlib.asynccontextmanager
 async def in_process_replica(
     root: Path, *, dsn: str, public_url: str, instance: str, manifests: list[dict[str, Any]],
-    agents: dict[str, Any] | None = None,
+    agents: dict[str, Any] | None = None, **extra: Any,
 ) -> AsyncIterator[Harness]:
     """A replica in the test's own event loop, so tests can reach its store and sessions directly."""
     async with running_gateway(root, manifests=manifests, agents=agents,
-                               extra=replica_extra(dsn, public_url, instance)) as harness:
+                               extra=replica_extra(dsn, public_url, instance, **extra)) as harness:
         yield harness
 
 

@@ -7,6 +7,7 @@ the way an endpoint would); replica B is a separate `mcp-gateway serve` process.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -47,7 +48,8 @@ MANIFESTS = [time_manifest(), dynamic_manifest(), everything_stdio_manifest(isol
 @pytest.fixture(scope="module")
 async def replicas(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[Harness, Replica]]:
     root = tmp_path_factory.mktemp("replicas")
-    shared = {"public_url": f"http://127.0.0.1:{free_port()}", "manifests": MANIFESTS, "agents": AGENTS}
+    shared = {"public_url": f"http://127.0.0.1:{free_port()}", "manifests": MANIFESTS, "agents": AGENTS,
+              "audit": {"path": "./state/audit.jsonl", "checkpoint_every": 5}}
     async with (
         database() as dsn,
         in_process_replica(root / "a", dsn=dsn, instance="replica-a", **shared) as a,
@@ -159,3 +161,19 @@ async def test_a_report_over_both_replicas_audit_files_joins_each_session_across
     assert both["totals"]["calls"] == only_b["totals"]["calls"] == 1
     # Only the two files together show the call's session was closed cleanly.
     assert both["evidence"]["by_session_outcome"]["closed"] == only_b["evidence"]["by_session_outcome"]["open"] == 1
+
+
+async def test_audit_verify_checks_both_replicas_chains_and_their_checkpoints_with_the_stored_keys(
+    replicas: tuple[Harness, Replica],
+) -> None:
+    a, b = replicas
+    token = await a.open_session("alice-bot")
+    for replica in (a, b):
+        for _ in range(3):
+            assert not (await call_time(replica, token)).is_error
+    streams = [str(replica.root / "state" / "audit.jsonl") for replica in (a, b)]
+    both = await cli(a, "audit", "verify", *streams)
+    for instance in ("replica-a", "replica-b"):
+        assert re.search(rf"^{instance}: intact, .* [1-9][0-9]* checkpoints?$", both, re.M), both
+    own = await cli(b, "audit", "verify")  # B's stream, and the checkpoint the store keeps for it
+    assert re.search(r"^replica-b: intact, .*, reaches the store's checkpoint at seq [0-9]+$", own, re.M), own
