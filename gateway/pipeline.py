@@ -20,7 +20,7 @@ import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
 from gateway.audit import Audit
-from gateway.audit.records import Fingerprints, masked
+from gateway.audit.records import Fingerprints, canonical_json, masked
 from gateway.budgets import Budgets, stop_detail
 from gateway.errors import Stopped, UpstreamError
 from gateway.metering import Meter
@@ -114,8 +114,9 @@ class Pipeline:
             return error_result(
                 f"Invalid arguments for tool {exposed}: argument {decision.argument!r} {decision.rule}."
             )
-        request_tokens = self.meter.arguments(arguments)
-        fingerprint = self.fingerprints.of(arguments or {})
+        text = canonical_json(arguments or {})  # metered and fingerprinted as one text
+        request_tokens = self.meter.tokenizer.count(text) if arguments else 0
+        fingerprint = self.fingerprints.of_bytes(text.encode())
         try:
             await self.budgets.reserve(principal, f"{upstream.name}.{tool}", request_tokens, fingerprint)
         except Stopped as stop:
@@ -145,7 +146,7 @@ class Pipeline:
             raise
         response_tokens = self.meter.count(result)
         await self.budgets.settle(call.principal, response_tokens)
-        await self._record_result(call, outcome, error, response_tokens, result)
+        await self._record_result(call, outcome, error, response_tokens, self.fingerprints.of(result))
         return result
 
     async def _call(self, call: Admitted, downstream: Downstream) -> types.CallToolResult:
@@ -175,13 +176,13 @@ class Pipeline:
         raise UpstreamError(f"upstream server {upstream.name!r} asked for input more than {MAX_INPUT_ROUNDS} times")
 
     async def _record_result(
-        self, call: Admitted, outcome: str, error: str | None, tokens: int, result: Any = None
+        self, call: Admitted, outcome: str, error: str | None, tokens: int, fingerprint: str | None = None
     ) -> None:
         await self.audit.emit(
             "tool.result", **call.audit_fields(), outcome=outcome, error=error,
             request_tokens=call.request_tokens, response_tokens=tokens,
             latency_ms=round((time.perf_counter() - call.started) * 1000, 3),
-            result=self.fingerprints.of(result) if result is not None else None,
+            result=fingerprint,
         )
 
 

@@ -21,10 +21,18 @@ class Fingerprints:
         self._key = key
 
     def of(self, value: Any) -> str:
+        """A JSON value, canonically (sorted keys): equal values, equal fingerprints, whatever their key order."""
         if isinstance(value, BaseModel):
-            value = value.model_dump(mode="json", by_alias=True, exclude_none=True)
-        data = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()
+            return self.of_bytes(value.model_dump_json(by_alias=True, exclude_none=True).encode())
+        return self.of_bytes(canonical_json(value).encode())
+
+    def of_bytes(self, data: bytes) -> str:
         return "hmac-sha256:" + hmac.new(self._key, data, hashlib.sha256).hexdigest()[:32]
+
+
+def canonical_json(value: Any) -> str:
+    """Compact JSON with sorted keys: one text for equal values (arguments are fingerprinted and metered as this)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
 # ---------------------------------------------------------------- masked arguments (log_arguments: true)

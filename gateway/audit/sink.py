@@ -352,21 +352,30 @@ class Audit:
             if not self.healthy:
                 self._refused += 1
                 raise _unavailable(self.error)
-            if self._inline():
+            if self._inline() and not self._io.locked():
                 # Group commit: let the tasks that are ready write their records first, then one fsync covers them.
                 for _ in range(GATHER_YIELDS):
                     written = self.seq
                     await anyio.lowlevel.checkpoint()
                     if self.seq == written:
                         break
-                if self._synced < seq:
-                    async with self._io:
-                        await self._tick()
+                if self._synced < seq and not self._io.locked():
+                    self._commit()  # synchronous: nothing else runs while it fsyncs, so no lock is needed
+                    await self._save_checkpoint()
                 continue
             synced = self._synced_event
             self._urgent = True
             self._wake.set()
             await synced.wait()
+
+    def _commit(self) -> None:
+        """On the event loop: a checkpoint if its interval has passed, then the fsync that makes it all durable."""
+        try:
+            if self.checkpoints is not None and self._since_checkpoint and self._checkpoint_due_in() == 0:
+                self._append_checkpoint()
+            self._sync_now()
+        except OSError as exc:
+            self._failed(exc)
 
     async def _flusher(self) -> None:
         while True:
