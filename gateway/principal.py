@@ -11,7 +11,7 @@ from gateway.policy import Grant
 from gateway.store.base import SessionRecord
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # built on every request: a frozen dataclass pays a setattr per field
 class Principal:
     """Who acted (agent), for whom (on_behalf_of), in which task (session)."""
 

@@ -35,7 +35,7 @@ class AgentRecord:
     grant: dict[str, Any] | None = None  # a GrantSpec as JSON, for store agents
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # built on every request: a frozen dataclass pays a setattr per field
 class SessionRecord:
     sid: str
     agent: str
@@ -67,7 +67,7 @@ class SessionRecord:
         return None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Ask:
     """One reservation: what to count now, and the limits in force (read from the current grant)."""
 
@@ -113,7 +113,7 @@ class Settled(NamedTuple):
     day_tokens: int | None  # the agent's on this UTC day, when counted
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Reservation:
     """The outcome of the per-call session check and budget reservation."""
 
