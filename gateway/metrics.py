@@ -6,6 +6,8 @@ and `/metrics` renders it (text exposition format 0.0.4).
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import threading
 from collections.abc import Callable, Sequence
 
@@ -79,17 +81,18 @@ class Histogram(_Metric):
         self._series: dict[tuple[str, ...], list[float]] = {}  # bucket counts..., +Inf count, sum
 
     def observe(self, value: float, *labels: str) -> None:
+        # Counts per bucket (not cumulative) so an observation touches one slot; render() accumulates.
         with self._lock:
-            series = self._series.setdefault(labels, [0.0] * (len(self.buckets) + 2))
-            for i, bound in enumerate(self.buckets):
-                if value <= bound:
-                    series[i] += 1
-            series[-2] += 1
+            series = self._series.get(labels)
+            if series is None:
+                series = self._series[labels] = [0.0] * (len(self.buckets) + 2)
+            series[bisect.bisect_left(self.buckets, value)] += 1
             series[-1] += value
 
     def render(self) -> list[str]:
         lines = []
-        for key, series in sorted(self._series.items()):
+        for key, counts in sorted(self._series.items()):
+            series = list(itertools.accumulate(counts[:-1])) + counts[-1:]
             for bound, count in zip(self.buckets, series, strict=False):
                 le = 'le="%g"' % bound
                 lines.append(f"{self.name}_bucket{_labels(self.label_names, key, le)} {count:g}")
