@@ -193,7 +193,9 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 await throughput(direct_connect, args.clients, args.throughput), args.clients)]
 
     floors = []
-    for label, flags in (("SDK server, echo in process (floor)", []), ("SDK bridge to stdio, no controls", ["--bridge"])):
+    # JSON responses: the SDK's cheapest mode, and what the gateway answers plain 2026-07-28 calls with.
+    for label, flags in (("SDK server, echo in process (floor)", ["--json"]),
+                         ("SDK bridge to stdio, no controls", ["--bridge", "--json"])):
         port = free_port()
         process = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "floor.py"), "--port", str(port), *flags],
                                    cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

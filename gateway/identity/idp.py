@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import httpx
+import httpx2 as httpx  # the HTTP client the MCP SDK already loads
 
 from gateway.config import IdentityProvider
 from gateway.errors import AuthError, Unavailable
