@@ -55,6 +55,12 @@ def is_modern(ctx: Ctx) -> bool:
     return ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
 
 
+def answers_input(ctx: Ctx) -> bool:
+    """Whether the client declared it can answer sampling or elicitation (roots the gateway answers itself)."""
+    caps = ctx.session.client_capabilities
+    return caps is not None and (caps.sampling is not None or caps.elicitation is not None)
+
+
 def request_fields(ctx: Ctx) -> dict[str, Any]:
     """The per-request audit fields: which MCP session, protocol and client."""
     request = ctx.request
@@ -228,7 +234,7 @@ class _Handlers:
             async def forward(downstream: Downstream) -> types.CallToolResult:
                 return self.view.result_out(server, await self.gw.pipeline.forward(admitted, downstream))
 
-            if is_modern(ctx):
+            if is_modern(ctx) and answers_input(ctx):  # the call may have to pause for the client's answers
                 return await self.gw.exchanges.start(principal.sid, leg, forward)
             return await forward(leg)
         except Unavailable as exc:

@@ -205,7 +205,8 @@ async def test_logs_of_a_per_session_server_reach_only_its_own_agent(gw: Harness
 
 async def test_a_paused_calls_request_state_is_useless_to_another_session(gw: Harness) -> None:
     alice, bob = await gw.open_session("alice-bot"), await gw.open_session("bob-bot")
-    async with gw.client(alice, mode="auto") as a, gw.client(bob, mode="auto") as b:
+    declares = {"sampling_callback": recording_sampler("unused", [])}  # the clients can answer sampling
+    async with gw.client(alice, mode="auto", **declares) as a, gw.client(bob, mode="auto", **declares) as b:
         paused = await a.session.call_tool(
             "everything__trigger-sampling-request", {"prompt": "x"}, allow_input_required=True
         )

@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 import mcp_types as types
 import pytest
+from mcp.shared.exceptions import MCPError
 
 from tests.support.harness import Harness, dynamic_manifest, everything_stdio_manifest, running_gateway
 
@@ -233,3 +234,17 @@ async def test_legacy_client_hears_tools_list_changed(gw: Harness, token: str) -
         with anyio.fail_after(10):
             await changed.wait()
         assert "dynamic__shoot" in {t.name for t in (await client.list_tools()).tools}
+
+
+@MODES
+async def test_a_client_that_cannot_answer_sampling_gets_a_clean_refusal(gw: Harness, token: str, mode: str) -> None:
+    async with gw.client(token, mode=mode) as client:  # no sampling callback: no sampling capability declared
+        try:
+            result = await client.call_tool("everything__trigger-sampling-request", {"prompt": "x"})
+        except MCPError as exc:
+            assert "sampling" in exc.message.lower() or "request" in exc.message.lower()
+        else:
+            assert result.is_error
+        assert (await client.call_tool("everything__echo", {"message": "still serving"})).content[0].text == (
+            "Echo: still serving"
+        )

@@ -131,7 +131,11 @@ async def test_a_paused_call_retried_on_another_replica_fails_cleanly_and_still_
     a, b = replicas
     token = await a.open_session("sampler-bot")
     tool = "everything__trigger-sampling-request"
-    async with a.client(token) as on_a, b.client(token) as on_b:
+
+    async def unused(context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+        raise AssertionError("the test answers the sampling request itself")
+
+    async with a.client(token, sampling_callback=unused) as on_a, b.client(token, sampling_callback=unused) as on_b:
         paused = await on_a.session.call_tool(tool, {"prompt": "x"}, allow_input_required=True)
         assert isinstance(paused, types.InputRequiredResult) and paused.request_state
         (key,) = paused.input_requests or {}
