@@ -172,11 +172,11 @@ class _SharedCredentialCheck:
         if ctx.request_id is None or not isinstance(principal, Principal):
             return await call_next(ctx)
         if ctx.session.client_params is not None:
-            info: Any = ctx.session.client_params.client_info.model_dump()
+            client = ctx.session.client_params.client_info
+            name, version = client.name, client.version
         else:  # initialize: the session learns its client only after the handshake
             info = (ctx.params or {}).get("clientInfo")
-        info = info if isinstance(info, dict) else {}
-        name, version = info.get("name"), info.get("version")
+            name, version = (info.get("name"), info.get("version")) if isinstance(info, dict) else (None, None)
         fingerprint = (principal.remote_addr, name if isinstance(name, str) else None,
                        version if isinstance(version, str) else None)
         verdict = self.gw.shared.observe(principal.agent.id, fingerprint)
