@@ -1,0 +1,145 @@
+"""Where a tool call's cost goes, in instructions: deterministic, unlike CPU time on a shared 2-core box.
+
+    .venv/bin/python benchmarks/breakdown.py [--calls 200]
+
+Runs the gateway (and the SDK floors) under valgrind's callgrind, counting instructions
+only while a client makes `--calls` sequential echo calls through /servers/everything/mcp
+(2026-07-28). Each stage's cost is what the count drops by when that stage is turned
+into a no-op (`--without STAGE` runs the gateway with it stubbed out; see STUBS). The
+transport's cost is the SDK server's own floor (an in-process echo), the upstream client's
+is a bare SDK bridge minus that floor. Needs valgrind (Debian's package).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import overhead  # noqa: E402  (a sibling script, not a package)
+
+STUBS = {
+    "audit": "gateway.audit.sink:Audit.emit",
+    "budgets": "gateway.budgets:Budgets.reserve,gateway.budgets:Budgets.settle",
+    "metering": "gateway.metering:Meter.count,gateway.audit.records:Fingerprints.of",
+    "session-read": "gateway.store.sqlite:SQLiteStore.get_session",
+}
+
+
+def stubbed_gateway(stages: list[str]) -> list[str]:
+    """A `python -c` program that runs the gateway with the named stages turned into no-ops."""
+    lines = ["import sys, importlib, functools"]
+    for stage in stages:
+        for target in STUBS[stage].split(","):
+            module, _, attr = target.partition(":")
+            cls, _, method = attr.partition(".")
+            lines.append(f"_c = getattr(importlib.import_module({module!r}), {cls!r})")
+            if stage == "session-read":  # read once, then reuse: what remains is the cost of the statement
+                lines.append(
+                    f"_o = _c.{method}\n_m = {{}}\n"
+                    f"async def _r(self, sid):\n    if sid not in _m: _m[sid] = await _o(self, sid)\n    return _m[sid]\n"
+                    f"_c.{method} = _r"
+                )
+            elif stage == "metering":
+                lines.append(f"_c.{method} = lambda self, value: 0 if {cls!r} == 'Meter' else 'x'")
+            else:
+                lines.append(f"async def _n(self, *a, **k): return {{}}\n_c.{method} = _n")
+    lines.append("from gateway.cli import main\nsys.exit(main(sys.argv[1:]))")
+    return ["-c", "\n".join(lines)]
+
+
+async def count(program: list[str], url_path: str, config: Path | None, port: int, calls: int) -> float:
+    """Instructions per call of the server `program` runs, while `calls` echo calls are made."""
+    out = Path(tempfile.mkdtemp()) / "callgrind.out"
+    server = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", sys.executable,
+         *program], cwd=overhead.REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 600
+        while True:  # startup under valgrind takes a while; this script may poll, the tests may not
+            with contextlib.suppress(OSError, httpx.HTTPError):
+                if config is None:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200:
+                    break
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise SystemExit("the server did not start under valgrind")
+            await anyio.sleep(1)
+        token = "unused"
+        if config is not None:
+            token = subprocess.run(
+                [sys.executable, "-m", "gateway", "sessions", "open", "--config", str(config), "--agent", "bench-bot"],
+                check=True, capture_output=True, text=True,
+            ).stdout.strip()
+        connect = overhead.via_gateway(f"http://127.0.0.1:{port}{url_path}", token, "auto")
+        async with connect() as call:
+            for _ in range(30):  # warm caches and lazily built validators first
+                await call()
+            subprocess.run(["callgrind_control", "-i", "on", str(server.pid)], check=True, capture_output=True)
+            for _ in range(calls):
+                await call()
+            subprocess.run(["callgrind_control", "-i", "off", str(server.pid)], check=True, capture_output=True)
+        subprocess.run(["callgrind_control", "-d", str(server.pid)], check=True, capture_output=True)
+    finally:
+        server.send_signal(2)
+        server.wait(120)
+    total = 0
+    for path in glob.glob(f"{out}*"):
+        for line in Path(path).read_text(errors="replace").splitlines():
+            if match := re.match(r"(?:summary|totals): (\d+)", line):
+                total = max(total, int(match.group(1)))
+    return total / calls
+
+
+async def measure(calls: int) -> None:
+    floor = REPO_BENCH / "floor.py"
+    rows: dict[str, float] = {}
+    for label, flags in (("SDK server, echo in process", ["--json"]), ("SDK bridge to stdio", ["--bridge", "--json"])):
+        port = overhead.free_port()
+        rows[label] = await count([str(floor), "--port", str(port), *flags], "/mcp", None, port, calls)
+    for stages in ([], *([s] for s in STUBS)):
+        with tempfile.TemporaryDirectory() as tmp:
+            port = overhead.free_port()
+            config = overhead.write_config(Path(tmp), port)
+            program = [*stubbed_gateway(stages), "serve", "--config", str(config), "--log-level", "WARNING"]
+            label = "gateway" if not stages else f"gateway without {stages[0]}"
+            rows[label] = await count(program, "/servers/everything/mcp", config, port, calls)
+    total, bridge, sdk = rows["gateway"], rows["SDK bridge to stdio"], rows["SDK server, echo in process"]
+    parts = {
+        "SDK server transport (floor)": sdk,
+        "SDK client to the upstream": bridge - sdk,
+        **{f"gateway: {stage}": total - rows[f"gateway without {stage}"] for stage in STUBS},
+    }
+    parts["gateway: the rest (edge, grant, pipeline, front)"] = total - bridge - sum(
+        v for k, v in parts.items() if k.startswith("gateway:")
+    )
+    print(f"instructions per tools/call ({calls} calls each; millions)\n")
+    print("| run | Minstr/call |\n|---|---|")
+    for label, value in rows.items():
+        print(f"| {label} | {value / 1e6:.2f} |")
+    print("\n| stage | Minstr/call | share of the gateway |\n|---|---|---|")
+    for label, value in parts.items():
+        print(f"| {label} | {value / 1e6:.2f} | {value / total:.0%} |")
+
+
+REPO_BENCH = Path(__file__).resolve().parent
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=200)
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    anyio.run(measure, parser.parse_args().calls)
