@@ -58,7 +58,7 @@ def percentile(values: list[float], share: float) -> float:
 
 
 async def sequential(call: Callable[[], Awaitable[Any]], n: int) -> list[float]:
-    for _ in range(20):  # warm up
+    for _ in range(100):  # warm up: lazily built validators, caches, the first fsyncs
         await call()
     samples = []
     for _ in range(n):

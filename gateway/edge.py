@@ -120,8 +120,7 @@ class Edge:
             scope.cancel()
         for mcp_session, owner in list(self._mcp_sessions.items()):
             if owner == sid:
-                del self._mcp_sessions[mcp_session]
-                self.gw.fanout.forget_mcp_session(mcp_session)
+                self._forget(mcp_session)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -171,19 +170,27 @@ class Edge:
                         subject=claims.subject, claims={"iss": self.gw.config.public_url, "sid": claims.sid})
         )
         scope["auth"] = AuthCredentials([])
-        await self._run(app, principal.sid, scope, receive, self._binding(send, principal.sid))
+        ending = mcp_session if scope["method"] == "DELETE" else None
+        await self._run(app, principal.sid, scope, receive, self._binding(send, principal.sid, ending))
 
-    def _binding(self, send: Send, sid: str) -> Send:
-        """Remember which agent session a new MCP session belongs to."""
+    def _binding(self, send: Send, sid: str, ending: str | None) -> Send:
+        """Remember which agent session a new MCP session belongs to; forget one its client terminated."""
 
         async def wrapped(message: Message) -> None:
             if message["type"] == "http.response.start":
+                if ending is not None and message["status"] < 300:
+                    self._forget(ending)
                 for key, value in message.get("headers", []):
-                    if key.lower() == b"mcp-session-id":
+                    if key.lower() == b"mcp-session-id" and ending is None:
                         self._mcp_sessions.setdefault(value.decode("latin-1"), sid)
             await send(message)
 
         return wrapped
+
+    def _forget(self, mcp_session: str) -> None:
+        """An MCP session ended: its binding and its listener (and their subscriptions) go with it."""
+        self._mcp_sessions.pop(mcp_session, None)
+        self.gw.fanout.forget_mcp_session(mcp_session)
 
     async def _run(self, app: ASGIApp, sid: str, scope: Scope, receive: Receive, send: Send) -> None:
         with anyio.CancelScope() as cancel:

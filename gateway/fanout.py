@@ -164,6 +164,10 @@ class Fanout:
 
     # ------------------------------------------------------------ subscriptions
 
+    def held_upstream(self) -> set[tuple[str, str]]:
+        """(server, uri) of every resource subscription the gateway holds upstream."""
+        return {(sub.upstream.name, sub.uri) for sub in self._subs.values()}
+
     async def subscribe(self, listener: Listener, upstream: Upstream, uri: str, known_as: str) -> None:
         """Subscribe `listener` to an upstream resource (refcounted per upstream connection)."""
         connection = upstream.connection_for(listener.sid)

@@ -274,3 +274,19 @@ async def test_shared_subscriptions_are_refcounted_and_delivered_only_to_subscri
         await c.call_tool("toggle-subscriber-updates", {})
     assert got["bob"] == [first, first]
     assert got["carol"][2:] == [second]
+
+
+async def test_a_terminated_mcp_session_releases_its_subscriptions_while_the_agent_session_lives_on(
+    gw: Harness,
+) -> None:
+    uri = "demo://resource/static/document/architecture.md"
+    bob = await gw.open_session("bob-bot")
+    url = gw.server_url("shared")
+    for _ in range(2):  # the second MCP session of the same agent session subscribes afresh
+        async with gw.client(bob, mode="legacy", url=url) as b:
+            await b.session.subscribe_resource(uri)
+            assert ("shared", uri) in gw.gateway.fanout.held_upstream()
+        # the client's DELETE ended its MCP session: nobody is left to tell, so the upstream is released
+        assert ("shared", uri) not in gw.gateway.fanout.held_upstream()
+    async with gw.client(bob, mode="legacy", url=url) as b:  # and the agent session itself still works
+        assert (await b.call_tool("echo", {"message": "still here"})).content[0].text == "Echo: still here"
