@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections import defaultdict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -64,7 +63,6 @@ class AuthFailures:
         self.gw = gateway
         self.window = window
         self._counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        self._started = time.monotonic()
 
     async def failed(self, remote: str, reason: str) -> None:
         counts = self._counts[remote]

@@ -10,8 +10,6 @@ into the answers DESIGN.md's Errors table fixes, in one place each.
     ├── Unavailable           HTTP 503: identity, session store or audit sink down
     │   ├── StoreUnavailable
     │   └── AuditUnavailable
-    ├── Denied                not granted: answered exactly as "unknown"
-    ├── ArgumentViolation     a grant constraint failed: tool result isError
     ├── Stopped               budget, rate or loop stop: tool result isError
     └── UpstreamError         upstream down, crashed or failed
         └── UpstreamTimeout
@@ -60,19 +58,6 @@ class StoreUnavailable(Unavailable):
 
 class AuditUnavailable(Unavailable):
     """The audit sink cannot durably record."""
-
-
-class Denied(GatewayError):
-    """Not granted. The wire answer must equal the one an unknown name gets."""
-
-
-class ArgumentViolation(GatewayError):
-    """An argument breaks a grant constraint."""
-
-    def __init__(self, argument: str, rule: str) -> None:
-        super().__init__(f"argument {argument!r} violates the grant: {rule}")
-        self.argument = argument
-        self.rule = rule
 
 
 class Stopped(GatewayError):

@@ -11,7 +11,6 @@ connection, so callers never see each other's subscriptions.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 

@@ -58,7 +58,6 @@ class ProviderKeys:
         self._keys: list[dict[str, Any]] | None = None
         self._fetched_at = float("-inf")
         self._lock = anyio.Lock()
-        self.fetches = 0
 
     async def keys_for(self, kid: str | None) -> list[dict[str, Any]]:
         """The cached keys, refreshed when stale, or (rate-bounded) when `kid` is not among them.
@@ -76,7 +75,6 @@ class ProviderKeys:
             return self._keys
 
     async def _fetch(self, now: float) -> None:
-        self.fetches += 1
         try:
             async with self.http.stream("GET", self.provider.jwks_url, headers={"accept": "application/json"}) as resp:
                 resp.raise_for_status()

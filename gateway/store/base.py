@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol
 
 SessionState = Literal["active", "suspended", "closed", "expired", "revoked"]
-LIVE_STATES: tuple[SessionState, ...] = ("active", "suspended")
 ENDED_STATES: tuple[SessionState, ...] = ("closed", "expired", "revoked")
 
 

@@ -47,7 +47,6 @@ class Catalog:
     resources: tuple[types.Resource, ...] = ()
     templates: tuple[types.ResourceTemplate, ...] = ()
     prompts: Mapping[str, types.Prompt] = field(default_factory=dict)
-    capabilities: types.ServerCapabilities | None = None
     all_tools: Mapping[str, types.Tool] = field(default_factory=dict)  # before the manifest's filter
 
 
@@ -166,7 +165,6 @@ class Upstream:
                 resources=tuple(resources),
                 templates=tuple(templates),
                 prompts={p.name: p for p in prompts},
-                capabilities=caps,
                 all_tools=all_tools,
             )
             hidden = await self.hub.quarantine(self, catalog)
