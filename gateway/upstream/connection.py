@@ -110,6 +110,7 @@ class Connection:
         self._watched: set[str] = set()
         self._relisten = anyio.Event()
         self._listen_scope = anyio.CancelScope()
+        self.restarts = 0
         self.last_error: str | None = None
         self.server_capabilities: types.ServerCapabilities | None = None
         self.protocol_version: str | None = None
@@ -158,6 +159,7 @@ class Connection:
                 task_status.started()  # let startup proceed; callers see the server as down
             if anyio.current_time() - up_since > STABLE_AFTER:
                 backoff = BACKOFF_INITIAL
+            self.restarts += 1
             RESTARTS.inc(self.spec.name)
             log.info("upstream %s reconnecting in %.1fs", self.spec.name, backoff)
             with anyio.move_on_after(backoff):
