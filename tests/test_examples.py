@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import tomllib
 from pathlib import Path
 
 from gateway.config import load_agents, load_gateway_config
@@ -30,3 +32,15 @@ def test_ide_snippets_are_json_pointing_at_the_mcp_endpoint_with_a_bearer_header
         text = path.read_text()
         json.loads(text)
         assert "http://127.0.0.1:8765/mcp" in text and "Bearer" in text, path.name
+
+
+def test_the_readme_quickstart_command_installs_every_python_server_the_shipped_manifests_run() -> None:
+    command = next(line for line in (REPO / "README.md").read_text().splitlines() if "quickstart/run.sh" in line)
+    extras = re.search(r"pip install -e '\.\[([\w,]+)\]'", command)
+    assert extras is not None, command
+    optional = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    installed = {re.split(r"[<>=\[ ]", req)[0].replace("-", "_") for extra in extras[1].split(",")
+                 for req in optional[extra]}
+    specs = load_manifests(load_gateway_config(REPO / "examples" / "quickstart" / "gateway.yaml"))
+    modules = {s.args[1] for s in specs.values() if Path(s.command).name.startswith("python") and s.args[:1] == ("-m",)}
+    assert modules and modules <= installed
