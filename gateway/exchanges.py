@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -42,7 +43,7 @@ class Exchange:
     """The `Downstream` of a paused call: questions queue here until the client's next leg."""
 
     def __init__(self, id: str, sid: str, ttl: float) -> None:
-        self.id = id  # only ever handed out inside a sealed requestState, so a counter is enough
+        self.id = id
         self.sid = sid
         self.ttl = ttl
         self.leg: Downstream | None = None
@@ -101,11 +102,14 @@ class Exchanges:
         self.clock = clock
         self.ttl = ttl
         self._live: dict[str, Exchange] = {}  # exchanges a client holds a requestState for
+        # The sealing key outlives a restart and is shared by replicas, so a bare counter could name
+        # another process's exchange of the same session; the random prefix makes ids unique across them.
+        self._prefix = secrets.token_urlsafe(8)
         self._ids = itertools.count(1)
 
     async def start(self, sid: str, leg: Downstream, work: Work) -> types.CallToolResult | types.InputRequiredResult:
         """Run `work` in the background and answer this leg with its result or its first questions."""
-        exchange = Exchange(str(next(self._ids)), sid, self.ttl)
+        exchange = Exchange(f"{self._prefix}.{next(self._ids)}", sid, self.ttl)
         self.spawn(self._run, exchange, work)
         return await self._leg(exchange, leg)
 

@@ -228,6 +228,44 @@ async def test_a_paused_calls_request_state_is_useless_to_another_session(gw: Ha
         assert isinstance(done, types.CallToolResult) and "stolen" in done.content[0].text
 
 
+class _Leg:
+    sid = "s1"
+
+    async def ask(self, request: types.InputRequest) -> types.InputResponse | types.ErrorData:
+        raise AssertionError("a paused call's questions go out in its result")
+
+    async def progress(self, progress: float, total: float | None, message: str | None) -> None:
+        pass
+
+    async def log(self, params: types.LoggingMessageNotificationParams) -> None:
+        pass
+
+
+async def test_a_request_state_names_no_exchange_of_another_process_sharing_the_sealing_key() -> None:
+    """After a restart, or on another replica, the same key opens the state; its exchange must not be found."""
+    from gateway.exchanges import INVALID_STATE, Exchanges
+    from gateway.sealing import Sealer
+
+    key = bytes(32)
+    answered: list[str] = []
+
+    async def work(leg: Any) -> types.CallToolResult:
+        answer = await leg.ask(types.ListRootsRequest())
+        answered.append(answer.roots[0].name)
+        return types.CallToolResult(content=[])
+
+    async with anyio.create_task_group() as tg:
+        before, after = (Exchanges(Sealer(key), tg.start_soon, anyio.current_time, ttl=5) for _ in range(2))
+        stale = await before.start("s1", _Leg(), work)
+        live = await after.start("s1", _Leg(), work)  # the same counter value in the other process
+        assert isinstance(stale, types.InputRequiredResult) and isinstance(live, types.InputRequiredResult)
+        roots = {"q1": types.ListRootsResult(roots=[types.Root(uri="file:///stale", name="stale")])}
+        with pytest.raises(MCPError) as refused:
+            await after.resume("s1", stale.request_state or "", roots, _Leg())
+        assert refused.value.message == INVALID_STATE and not answered
+        tg.cancel_scope.cancel()
+
+
 async def test_shared_subscriptions_are_refcounted_and_delivered_only_to_subscribers(gw: Harness) -> None:
     first, second = "demo://resource/static/document/architecture.md", "demo://resource/dynamic/text/1"
     got: dict[str, list[str]] = {"bob": [], "carol": []}
