@@ -13,19 +13,15 @@ is a bare SDK bridge minus that floor. Needs valgrind (Debian's package).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import glob
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import anyio
-import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import overhead  # noqa: E402  (a sibling script, not a package)
@@ -33,7 +29,10 @@ import overhead  # noqa: E402  (a sibling script, not a package)
 STUBS = {
     "audit": "gateway.audit.sink:Audit.emit",
     "budgets": "gateway.budgets:Budgets.reserve,gateway.budgets:Budgets.settle",
-    "metering": "gateway.metering:Meter.count,gateway.audit.records:Fingerprints.of",
+    # both sides: the arguments' JSON text, its tokens (the config's estimator) and fingerprint; the result's
+    "metering": "gateway.pipeline:canonical_json,gateway.metering:Estimator.count,"
+                "gateway.audit.records:Fingerprints.of_bytes,gateway.metering:Meter.count,"
+                "gateway.audit.records:Fingerprints.of",
     "session-read": "gateway.store.sqlite:SQLiteStore.get_session",
 }
 
@@ -44,18 +43,18 @@ def stubbed_gateway(stages: list[str]) -> list[str]:
     for stage in stages:
         for target in STUBS[stage].split(","):
             module, _, attr = target.partition(":")
-            cls, _, method = attr.partition(".")
-            lines.append(f"_c = getattr(importlib.import_module({module!r}), {cls!r})")
+            owner, _, name = attr.rpartition(".")  # "Class.method", or a module's own function
+            lines.append(f"_c = importlib.import_module({module!r})" + (f".{owner}" if owner else ""))
             if stage == "session-read":  # read once, then reuse: what remains is the cost of the statement
                 lines.append(
-                    f"_o = _c.{method}\n_m = {{}}\n"
+                    f"_o = _c.{name}\n_m = {{}}\n"
                     f"async def _r(self, sid):\n    if sid not in _m: _m[sid] = await _o(self, sid)\n    return _m[sid]\n"
-                    f"_c.{method} = _r"
+                    f"_c.{name} = _r"
                 )
-            elif stage == "metering":
-                lines.append(f"_c.{method} = lambda self, value: 0 if {cls!r} == 'Meter' else 'x'")
+            elif stage == "metering":  # counts are 0, texts and fingerprints "x"
+                lines.append(f"_c.{name} = lambda *a: {0 if name == 'count' else repr('x')}")
             else:
-                lines.append(f"async def _n(self, *a, **k): return {{}}\n_c.{method} = _n")
+                lines.append(f"async def _n(self, *a, **k): return {{}}\n_c.{name} = _n")
     lines.append("from gateway.cli import main\nsys.exit(main(sys.argv[1:]))")
     return ["-c", "\n".join(lines)]
 
@@ -68,23 +67,13 @@ async def count(program: list[str], url_path: str, config: Path | None, port: in
          *program], cwd=overhead.REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 600
-        while True:  # startup under valgrind takes a while; this script may poll, the tests may not
-            with contextlib.suppress(OSError, httpx.HTTPError):
-                if config is None:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200:
-                    break
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise SystemExit("the server did not start under valgrind")
-            await anyio.sleep(1)
-        token = "unused"
-        if config is not None:
-            token = subprocess.run(
-                [sys.executable, "-m", "gateway", "sessions", "open", "--config", str(config), "--agent", "bench-bot"],
-                check=True, capture_output=True, text=True,
-            ).stdout.strip()
+        # startup under valgrind takes a while; this script may wait for it, the tests may not
+        if config is None:
+            overhead.wait_port(port, server, timeout=600)
+            token = "unused"
+        else:
+            overhead.wait_ready(f"http://127.0.0.1:{port}", server, timeout=600)
+            token = overhead.open_session(config)
         connect = overhead.via_gateway(f"http://127.0.0.1:{port}{url_path}", token, "auto")
         async with connect() as call:
             for _ in range(30):  # warm caches and lazily built validators first
@@ -106,7 +95,7 @@ async def count(program: list[str], url_path: str, config: Path | None, port: in
 
 
 async def measure(calls: int) -> None:
-    floor = REPO_BENCH / "floor.py"
+    floor = overhead.REPO / "benchmarks" / "floor.py"
     rows: dict[str, float] = {}
     for label, flags in (("SDK server, echo in process", ["--json"]), ("SDK bridge to stdio", ["--bridge", "--json"])):
         port = overhead.free_port()
@@ -135,8 +124,6 @@ async def measure(calls: int) -> None:
     for label, value in parts.items():
         print(f"| {label} | {value / 1e6:.2f} | {value / total:.0%} |")
 
-
-REPO_BENCH = Path(__file__).resolve().parent
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

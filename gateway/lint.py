@@ -26,6 +26,7 @@ from typing import Any
 
 import mcp_types as types
 
+from gateway.names import SEPARATOR
 from gateway.pins import definition
 
 LONG_DESCRIPTION = 1024  # characters; tool descriptions in common servers stay well under this
@@ -64,12 +65,12 @@ _IDENTIFIER_LIKE = re.compile(r"[_.-]|[a-z][A-Z]")
 
 def invisible(char: str) -> bool:
     """Whether a character renders as nothing (or reorders text) where a reviewer would read it."""
-    code = ord(char)
-    if unicodedata.category(char) in _INVISIBLE_CATEGORIES or code in _INVISIBLE_EXTRA:
+    code, category = ord(char), unicodedata.category(char)
+    if category in _INVISIBLE_CATEGORIES or code in _INVISIBLE_EXTRA:
         return True
     if 0xE0100 <= code <= 0xE01EF:  # variation selectors 17-256: a channel for smuggled bytes
         return True
-    return unicodedata.category(char) == "Cc" and char not in _ALLOWED_CONTROLS
+    return category == "Cc" and char not in _ALLOWED_CONTROLS
 
 
 def visible(text: str) -> str:
@@ -123,5 +124,5 @@ def _tool_named(token: str, others: set[str]) -> str | None:
     token = token.rstrip(".-")
     if token in others:
         return token
-    _, sep, rest = token.partition("__")  # the aggregate endpoint's <server>__<tool>
+    _, sep, rest = token.partition(SEPARATOR)  # the aggregate endpoint's <server>__<tool>
     return rest if sep and rest in others else None

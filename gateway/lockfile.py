@@ -114,7 +114,7 @@ def read_record(manifest: Path) -> dict[str, Definition]:
 
 
 def write_record(manifest: Path, record: Mapping[str, Definition]) -> None:
-    text = json.dumps(dict(sorted(record.items())), indent=2, sort_keys=True, ensure_ascii=True) + "\n"
+    text = json.dumps(dict(record), indent=2, sort_keys=True, ensure_ascii=True) + "\n"
     _replace(record_path(manifest), text)
 
 

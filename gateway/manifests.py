@@ -127,8 +127,8 @@ def _command(command: str, base: Path) -> str:
     return command
 
 
-def load_manifest(path: Path, config: GatewayConfig) -> UpstreamSpec:
-    """Validate one manifest file and resolve its secrets and paths.
+def read_manifest(path: Path) -> Manifest:
+    """Read and validate one manifest file, secrets and paths unresolved.
 
     Raises:
         ConfigError: naming the file, the field and the reason.
@@ -142,6 +142,16 @@ def load_manifest(path: Path, config: GatewayConfig) -> UpstreamSpec:
         raise ConfigError(validation_message(path, exc)) from None
     if manifest.name != path.stem:
         raise ConfigError(f"{path}: name: {manifest.name!r} must match the file name {path.stem!r}")
+    return manifest
+
+
+def load_manifest(path: Path, config: GatewayConfig) -> UpstreamSpec:
+    """Validate one manifest file and resolve its secrets and paths.
+
+    Raises:
+        ConfigError: naming the file, the field and the reason.
+    """
+    manifest = read_manifest(path)
     base = path.resolve().parent
     resolve = lambda value, field: _resolve_secrets(value, config, manifest.name, f"{path}: {field}")  # noqa: E731
     if manifest.url is not None:

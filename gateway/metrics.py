@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -57,18 +57,15 @@ class Counter(_Metric):
 class Gauge(_Metric):
     kind = "gauge"
 
-    def __init__(self, name: str, help: str, labels: Sequence[str] = (), fn: Callable[[], float] | None = None):
+    def __init__(self, name: str, help: str, labels: Sequence[str] = ()) -> None:
         super().__init__(name, help, labels)
         self._values: dict[tuple[str, ...], float] = {}
-        self.fn = fn  # computed at scrape time when set (unlabelled)
 
     def set(self, *labels: str, value: float) -> None:
         with self._lock:
             self._values[labels] = value
 
     def render(self) -> list[str]:
-        if self.fn is not None:
-            return [f"{self.name} {self.fn():g}"]
         return [f"{self.name}{_labels(self.label_names, k)} {v:g}" for k, v in sorted(self._values.items())]
 
 
@@ -115,8 +112,8 @@ class Registry:
         assert isinstance(metric, Counter)
         return metric
 
-    def gauge(self, name: str, help: str, labels: Sequence[str] = (), fn: Callable[[], float] | None = None) -> Gauge:
-        metric = self.register(Gauge(name, help, labels, fn))
+    def gauge(self, name: str, help: str, labels: Sequence[str] = ()) -> Gauge:
+        metric = self.register(Gauge(name, help, labels))
         assert isinstance(metric, Gauge)
         return metric
 

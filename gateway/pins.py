@@ -39,12 +39,10 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import mcp_types as types
-from pydantic import ValidationError
 
 from gateway.audit import Audit
-from gateway.config import read_yaml, validation_message
 from gateway.errors import AuditUnavailable, ConfigError
-from gateway.manifests import Manifest
+from gateway.manifests import read_manifest
 from gateway.metrics import METRICS
 
 if TYPE_CHECKING:
@@ -108,19 +106,6 @@ def check(
     return frozenset(hidden), changes
 
 
-def read_pins(path: Path) -> dict[str, str]:
-    """The `pins:` of a manifest file, validated with the rest of the file.
-
-    Raises:
-        ConfigError: the file is unreadable or invalid.
-    """
-    raw = read_yaml(path)
-    try:
-        return dict(Manifest.model_validate(raw).pins)
-    except ValidationError as exc:
-        raise ConfigError(validation_message(path, exc)) from None
-
-
 def _stamp(path: Path | None) -> tuple[int, int, int] | None:
     if path is None:
         return None
@@ -179,7 +164,7 @@ class Pins:
             return False
         self._stamps[upstream.name] = stamp
         try:
-            pins = read_pins(path)
+            pins = dict(read_manifest(path).pins)  # validated with the rest of the file
         except ConfigError as exc:
             log.error("keeping the pins in force for %s: %s", upstream.name, exc)
             return False

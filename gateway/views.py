@@ -88,7 +88,11 @@ class View:
         if target is None:
             return None
         upstream = self.upstreams.get(target[0])
-        if upstream is None or target[1] not in upstream.tools() or not grant.allows_tool(upstream.name, target[1]):
+        if upstream is None:
+            return None
+        if target[1] not in upstream.catalog.tools or target[1] in upstream.hidden:  # what upstream.tools() shows
+            return None
+        if not grant.allows_tool(upstream.name, target[1]):
             return None
         if self.tool_name(upstream.name, target[1]) != exposed:
             return None

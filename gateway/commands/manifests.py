@@ -134,17 +134,18 @@ def _validate(args: argparse.Namespace) -> int:
             sys.stderr.write(f"error: {specs[name].source}: cannot list its tools: {reason}\n")
         everyone = {tool for tools in served.values() for tool in tools}
         for name, tools in sorted(served.items()):
+            hidden, changes = pins.check(tools, specs[name].pins, config.require_pins)  # what the gateway would hide
+            changed = {change.tool for change in changes}
             for tool_name, tool in sorted(tools.items()):
                 for reason in lint(tool, everyone):
                     warn(name, tool_name, reason)
-                if config.require_pins and tool_name not in specs[name].pins:
-                    warn(name, tool_name, "not pinned (require_pins hides it)")
-            for tool_name, pinned in sorted(specs[name].pins.items()):
-                if tool_name not in tools:
-                    if specs[name].exposes(tool_name):
-                        warn(name, tool_name, "pinned, but the server no longer serves it")
-                elif pins.pin(tools[tool_name]) != pinned:
+                if tool_name in changed:
                     warn(name, tool_name, "the served definition does not match its pin (the gateway hides it)")
+                elif tool_name in hidden:
+                    warn(name, tool_name, "not pinned (require_pins hides it)")
+            for tool_name in sorted(specs[name].pins):
+                if tool_name not in tools and specs[name].exposes(tool_name):
+                    warn(name, tool_name, "pinned, but the server no longer serves it")
     if errors:
         raise ConfigError(f"{errors} of {len(files)} manifest(s) invalid")
     if warnings and args.strict:
@@ -181,14 +182,14 @@ def _pin(args: argparse.Namespace) -> int:
         if spec.name in failed:
             raise UpstreamError(f"cannot list the tools of {spec.name!r}: {failed[spec.name]}")
         tools = served[spec.name]
-        new = {name: pins.pin(tool) for name, tool in tools.items()}
+        definitions = {name: pins.definition(tool) for name, tool in tools.items()}
+        new = {name: pins.digest(d) for name, d in definitions.items()}
         names = set(spec.pins) | set(new)
         if args.tool is not None:
             if args.tool not in names:
                 raise ConfigError(f"{spec.name!r} serves no tool {args.tool!r} and has no pin for it")
             names = {args.tool}
         recorded = lockfile.read_record(path)
-        definitions = {name: pins.definition(tool) for name, tool in tools.items()}
         entries = lockfile.plan(spec.pins, new, definitions, recorded, names)
         if not entries:
             print(f"{spec.name}: pins are up to date ({path})")
