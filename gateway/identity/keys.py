@@ -97,6 +97,7 @@ class KeyRing:
         self._verify: dict[str, VerifyKey] = {}
         self._stamp: tuple[float, float] | None = None
         self._checked = 0.0
+        self.generation = 0  # bumped whenever the key set is (re)installed: verified-token caches start over
 
     def load(self, *, create: bool = True) -> None:
         """Load the keys from disk, generating the active key on first run.
@@ -127,6 +128,7 @@ class KeyRing:
         keys = {kid: VerifyKey(kid, active.public_key())}
         keys.update((key.kid, key) for key in retired if key.kid != kid)
         self._active, self.active_kid, self._verify = active, kid, keys
+        self.generation += 1
 
     def _disk_stamp(self) -> tuple[float, float]:
         retired = self.retired_dir.stat().st_mtime if self.retired_dir.exists() else 0.0

@@ -68,7 +68,7 @@ class StoredKeyRing(KeyRing):
         super().__init__(config.signing_key)
         self.store = store
         self._loaded: list[StoredKey] = []
-        self._generation = 0
+        self._stored_generation = 0
 
     def load(self, *, create: bool = True) -> None:
         candidate = _stored(Ed25519PrivateKey.generate()) if create else None
@@ -91,7 +91,7 @@ class StoredKeyRing(KeyRing):
         active = [k for k in keys if k.retired_at is None]
         if not active:
             raise ConfigError("the store holds no signing key yet (start the gateway once to create it)")
-        if keys == self._loaded or active[0].generation < self._generation:
+        if keys == self._loaded or active[0].generation < self._stored_generation:
             return  # unchanged, or read before a rotation this process has already loaded
         retired = [
             VerifyKey(k.kid, load_private(k.pem, f"signing key {k.kid}").public_key(), k.retired_at, k.verify_until)
@@ -99,4 +99,4 @@ class StoredKeyRing(KeyRing):
             if k.retired_at is not None
         ]
         self._install(load_private(active[0].pem, f"signing key {active[0].kid}"), retired)
-        self._loaded, self._generation = keys, active[0].generation
+        self._loaded, self._stored_generation = keys, active[0].generation

@@ -5,7 +5,9 @@ only, never taken from the token), `typ`, the key (`kid` must name one of the
 gateway's own keys), `aud` and `iss` (both exactly `public_url`), the time
 claims (against the injected clock), and the presence of `sid`, `client_id`
 and `jti`. Verified tokens are cached by the SHA-256 of the whole token, never
-by `jti`; the session itself is still checked in the store on every request.
+by `jti`, and the cache starts over whenever the key set changes (a rotation
+ends the active key's unlimited validity); the session itself is still checked
+in the store on every request.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import jwt
 
 from gateway.errors import AuthError
+from gateway.identity.jwks import CLOCK_SKEW
 from gateway.identity.keys import ALGORITHM, KeyRing
 
 TOKEN_TYPE = "at+jwt"
@@ -51,6 +54,7 @@ class Tokens:
         self.issuer = public_url
         self.clock = clock
         self._cache: OrderedDict[bytes, tuple[TokenClaims, float]] = OrderedDict()  # claims, valid until
+        self._generation = keys.generation  # the key set the cached entries were verified against
 
     def issue(
         self,
@@ -61,7 +65,6 @@ class Tokens:
         subject: str | None = None,
         task: str | None = None,
         grant: str | None = None,
-        scope: str | None = None,
     ) -> tuple[str, str]:
         """Sign a session token; returns (token, jti).
 
@@ -84,8 +87,6 @@ class Tokens:
             claims["task"] = task
         if grant is not None:
             claims["grant"] = grant
-        if scope is not None:
-            claims["scope"] = scope
         kid, key = self.keys.sign_key()
         token = jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": kid, "typ": TOKEN_TYPE})
         return token, claims["jti"]
@@ -97,6 +98,9 @@ class Tokens:
             AuthError: for any reason the token is not a live token of this gateway.
         """
         now = self.clock()
+        if self._generation != self.keys.generation:  # a rotation or removal: re-check every key's overlap
+            self._cache.clear()
+            self._generation = self.keys.generation
         digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
         cached = self._cache.get(digest)
         if cached is not None:
@@ -144,7 +148,7 @@ class Tokens:
             raise AuthError("token time claims malformed")
         if now >= exp:
             raise AuthError("token expired")
-        if iat > now + 60:
+        if iat > now + CLOCK_SKEW:
             raise AuthError("token issued in the future")
         if key.retired_at is not None and (iat > key.retired_at or key.verify_until is None or now >= key.verify_until):
             raise AuthError("token signed by a retired key")

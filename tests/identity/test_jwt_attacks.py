@@ -86,6 +86,20 @@ async def test_a_token_signed_by_a_rotated_out_key_fails_after_its_overlap(tmp_p
         assert "retired key" in response.json()["error_description"]
 
 
+def test_a_token_verified_while_its_key_was_active_is_refused_after_the_overlap(tmp_path):
+    now = [1_000_000.0]
+    keys = KeyRing(tmp_path / "signing.pem")
+    keys.load()
+    tokens = Tokens(keys, "http://127.0.0.1:9", lambda: now[0])
+    token, _ = tokens.issue(sid="s-1", agent="alice-bot", expires_at=now[0] + 3600)
+    assert tokens.verify(token).sid == "s-1"  # cached while its key is the active one
+    keys.rotate(now[0], overlap=60)
+    assert tokens.verify(token).sid == "s-1"  # inside the overlap
+    now[0] += 120
+    with pytest.raises(AuthError, match="retired key"):
+        tokens.verify(token)
+
+
 # ------------------------------------------------------------------ property: mutations never verify
 
 
