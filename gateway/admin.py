@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -25,12 +25,13 @@ from gateway.edge import AuthFailures
 from gateway.errors import OperatorError, Unavailable
 from gateway.identity.oauth import admin_refusal
 from gateway.operations import Operations, session_json
+from gateway.store.base import SessionState
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
 
 ADMIN = "admin"
-_STATES = ("active", "suspended", "closed", "expired", "revoked")
+_STATES = get_args(SessionState)
 Handler = Callable[[Operations, Request], Awaitable[Any]]
 
 

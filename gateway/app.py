@@ -25,14 +25,14 @@ from gateway.agents import AgentDirectory
 from gateway.audit import Audit, build_audit
 from gateway.audit.records import Fingerprints
 from gateway.budgets import Budgets
-from gateway.config import AgentSpec, GatewayConfig, load_agents
+from gateway.config import ASSERTION_ALGORITHMS, AgentSpec, GatewayConfig, load_agents
 from gateway.edge import AuthFailures, Edge, metadata_url
 from gateway.errors import Unavailable
 from gateway.exchanges import Exchanges
 from gateway.fanout import Fanout
 from gateway.front import Front
 from gateway.identity.keys import KeyRing
-from gateway.identity.oauth import OAuth, admin_refusal
+from gateway.identity.oauth import CLIENT_CREDENTIALS, TOKEN_EXCHANGE, OAuth, admin_refusal
 from gateway.identity.shared import SharedCredentialDetector
 from gateway.identity.stored_keys import key_ring, shared_secrets
 from gateway.identity.tokens import Tokens
@@ -98,8 +98,11 @@ def build_gateway(
     clock: Callable[[], float] = time.time,
     agents: dict[str, AgentSpec] | None = None,
     manifests: dict[str, UpstreamSpec] | None = None,
+    operator: bool = False,
 ) -> Gateway:
     """Wire the collaborators from configuration. Nothing is opened or started yet.
+
+    With `operator`, audit records go to the chain operator commands share (a CLI process beside the gateway).
 
     Call it inside the event loop that will run the gateway (its locks and events belong to it).
 
@@ -112,7 +115,7 @@ def build_gateway(
     store = open_store(config)
     keys = key_ring(config, store)
     secrets = shared_secrets(config, store)
-    audit = build_audit(config, keys, store, clock)
+    audit = build_audit(config, keys, store, clock, operator=operator)
     tokens = Tokens(keys, config.public_url, clock)
     directory = AgentDirectory(store, agent_specs)
     sessions = Sessions(store, directory, tokens, audit, config.session_defaults, clock)
@@ -331,9 +334,9 @@ def _as_metadata(config: GatewayConfig) -> Callable[[Request], Any]:
         "revocation_endpoint": f"{base}/oauth/revoke",
         "introspection_endpoint": f"{base}/oauth/introspect",
         "jwks_uri": f"{base}/jwks.json",
-        "grant_types_supported": ["client_credentials", "urn:ietf:params:oauth:grant-type:token-exchange"],
+        "grant_types_supported": [CLIENT_CREDENTIALS, TOKEN_EXCHANGE],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
-        "token_endpoint_auth_signing_alg_values_supported": ["EdDSA", "ES256", "RS256"],
+        "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post",
                                                        "private_key_jwt", "none"],
         "response_types_supported": [],

@@ -23,6 +23,7 @@ from gateway.errors import ConfigError
 
 _ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 SERVER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+EMAIL = re.compile(r"[^@\s]+@[^@\s]+")  # use with fullmatch: one @, something on each side, no whitespace
 
 
 class _Model(BaseModel):
@@ -55,6 +56,7 @@ class SessionDefaults(_Model):
 
 
 ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+ASSERTION_ALGORITHMS = ("EdDSA", "ES256", "RS256")  # what an agent's private_key_jwt assertion may be signed with
 
 
 class MeteringSettings(_Model):
@@ -206,6 +208,16 @@ class ArgumentRule(_Model):
         return self
 
 
+def _check_tool_ref(ref: str, *, globs: bool) -> None:
+    """Raises ValueError unless `ref` is server.tool (without `globs`: exactly one tool)."""
+    server, dot, tool = ref.partition(".")
+    well_formed = bool(dot and server and tool)
+    if globs and not well_formed:
+        raise ValueError(f"{ref!r} must be server.tool (globs allowed)")
+    if not globs and (not well_formed or any(c in ref for c in "*?[")):
+        raise ValueError(f"{ref!r} must name one tool as server.tool (no globs)")
+
+
 class Budget(_Model):
     """Limits on an agent's spend. Unset means no limit. Applied at each call from the current grant."""
 
@@ -224,9 +236,7 @@ class Budget(_Model):
     @classmethod
     def _tool_caps(cls, value: dict[str, int]) -> dict[str, int]:
         for ref, cap in value.items():
-            server, dot, tool = ref.partition(".")
-            if not dot or not server or not tool or any(c in ref for c in "*?["):
-                raise ValueError(f"{ref!r} must name one tool as server.tool (no globs)")
+            _check_tool_ref(ref, globs=False)
             if cap < 1:
                 raise ValueError(f"{ref}: the cap must be a positive number of calls")
         return value
@@ -244,18 +254,14 @@ class GrantSpec(_Model):
     @classmethod
     def _tool_refs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for ref in value:
-            server, dot, tool = ref.partition(".")
-            if not dot or not server or not tool:
-                raise ValueError(f"{ref!r} must be server.tool (globs allowed)")
+            _check_tool_ref(ref, globs=True)
         return value
 
     @field_validator("arguments")
     @classmethod
     def _argument_refs(cls, value: dict[str, dict[str, ArgumentRule]]) -> dict[str, dict[str, ArgumentRule]]:
         for ref in value:
-            server, dot, tool = ref.partition(".")
-            if not dot or not server or not tool or any(c in ref for c in "*?["):
-                raise ValueError(f"{ref!r} must name one tool as server.tool (no globs)")
+            _check_tool_ref(ref, globs=False)
         return value
 
     @field_validator("alerts")
@@ -284,7 +290,7 @@ class AgentSpec(_Model):
     @field_validator("owner")
     @classmethod
     def _email(cls, value: str) -> str:
-        if not re.fullmatch(r"[^@\s]+@[^@\s]+", value):
+        if not EMAIL.fullmatch(value):
             raise ValueError("must be an email address")
         return value
 
@@ -321,8 +327,9 @@ def check_public_jwks(value: Any) -> None:
             jwk = PyJWK(key)
         except (PyJWKError, ValueError, TypeError) as exc:
             raise ValueError(f"unusable key: {exc}") from None
-        if jwk.algorithm_name not in ASYMMETRIC_ALGORITHMS:
-            raise ValueError(f"key algorithm {jwk.algorithm_name!r} is not accepted")
+        if jwk.algorithm_name not in ASSERTION_ALGORITHMS:
+            raise ValueError(f"key algorithm {jwk.algorithm_name!r} is not accepted for client authentication "
+                             f"(use one of {', '.join(ASSERTION_ALGORITHMS)})")
 
 
 AGENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

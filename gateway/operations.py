@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from gateway.config import AGENT_ID, check_public_jwks
+from gateway.config import AGENT_ID, EMAIL, check_public_jwks
 from gateway.errors import OperatorError
 from gateway.identity.credentials import generate_secret, hash_secret
 from gateway.store.base import AgentRecord, SessionRecord, SessionState
@@ -30,12 +30,12 @@ class Operations:
     # ------------------------------------------------------------ agents
 
     async def list_agents(self) -> list[dict[str, Any]]:
+        """Every agent in the store (agents.yaml's are synced there); agents.yaml may also disable one."""
         specs = self.gw.agents.specs
         return [
             {"id": r.id, "owner": r.owner, "cost_center": r.cost_center, "source": r.source,
-             "disabled": r.disabled or bool(r.id in specs and specs[r.id].disabled),
-             "has_secret": r.secret_hash is not None, "private_key_jwt": bool(r.jwks or (
-                 r.id in specs and specs[r.id].jwks))}
+             "disabled": r.disabled or (r.id in specs and specs[r.id].disabled),
+             "has_secret": r.secret_hash is not None, "private_key_jwt": bool(r.jwks)}
             for r in await self.gw.store.list_agents()
         ]
 
@@ -49,7 +49,7 @@ class Operations:
         """
         if not isinstance(agent_id, str) or not AGENT_ID.match(agent_id):
             raise OperatorError(f"agent id must match {AGENT_ID.pattern}")
-        if not isinstance(owner, str) or "@" not in owner.strip("@") or " " in owner:
+        if not isinstance(owner, str) or not EMAIL.fullmatch(owner):
             raise OperatorError("owner must be an email address")
         if cost_center is not None and not isinstance(cost_center, str):
             raise OperatorError("cost_center must be a string")
@@ -75,26 +75,25 @@ class Operations:
         if await self.gw.store.get_agent(agent_id) is None:
             raise OperatorError(f"no agent {agent_id!r}", status=404)
 
+    async def _update_agent(self, agent_id: str, **changes: Any) -> None:
+        if not await self.gw.store.update_agent(agent_id, **changes):
+            raise OperatorError(f"no agent {agent_id!r}", status=404)
+        self.gw.agents.forget(agent_id)
+
     async def disable_agent(self, agent_id: str) -> list[str]:
         """Disable an agent and revoke its live sessions; returns their ids."""
-        await self._known(agent_id)
-        await self.gw.store.update_agent(agent_id, disabled=True)
-        self.gw.agents.forget(agent_id)
+        await self._update_agent(agent_id, disabled=True)
         await self._audit("agent.disabled", agent=agent_id)
         return await self.gw.sessions.end_agent(agent_id, "revoked", actor=self.actor)
 
     async def enable_agent(self, agent_id: str) -> None:
-        await self._known(agent_id)
-        await self.gw.store.update_agent(agent_id, disabled=False)
-        self.gw.agents.forget(agent_id)
+        await self._update_agent(agent_id, disabled=False)
         await self._audit("agent.enabled", agent=agent_id)
 
     async def rotate_secret(self, agent_id: str) -> str:
         """A new secret for the agent (the old one stops working); returned once."""
-        await self._known(agent_id)
         secret = generate_secret()
-        await self.gw.store.update_agent(agent_id, secret_hash=hash_secret(self.gw.credential_key, secret))
-        self.gw.agents.forget(agent_id)
+        await self._update_agent(agent_id, secret_hash=hash_secret(self.gw.credential_key, secret))
         await self._audit("agent.secret_rotated", agent=agent_id)
         return secret
 
@@ -116,8 +115,7 @@ class Operations:
             raise OperatorError(f"session {sid} is already {session.state}", status=409)
 
     async def revoke_agent_sessions(self, agent_id: str) -> list[str]:
-        if await self.gw.agents.get(agent_id) is None:
-            raise OperatorError(f"no agent {agent_id!r}", status=404)
+        await self._known(agent_id)
         return await self.gw.sessions.end_agent(agent_id, "revoked", actor=self.actor)
 
     async def resume_session(self, sid: str, add_calls: int = 0, add_tokens: int = 0) -> SessionRecord:

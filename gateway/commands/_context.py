@@ -11,16 +11,17 @@ import argparse
 import contextlib
 import getpass
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
 from gateway.app import Gateway, build_gateway
-from gateway.audit import build_audit
 from gateway.config import load_gateway_config
-from gateway.errors import ConfigError, GatewayError
+from gateway.operations import Operations
+
+T = TypeVar("T")
 
 
 def operator() -> str:
@@ -31,12 +32,10 @@ def operator() -> str:
 
 
 @contextlib.asynccontextmanager
-async def opened(args: argparse.Namespace, *, with_manifests: bool = False) -> AsyncIterator[Gateway]:
+async def opened(args: argparse.Namespace) -> AsyncIterator[Gateway]:
     """A gateway's collaborators, opened for one operator command (no upstreams started)."""
     config = load_gateway_config(Path(args.config))
-    gateway = build_gateway(config, manifests=None if with_manifests else {})
-    gateway.audit = build_audit(config, gateway.keys, gateway.store, time.time, operator=True)
-    gateway.sessions.audit = gateway.audit
+    gateway = build_gateway(config, manifests={}, operator=True)
     await gateway.store.open()
     try:
         gateway.keys.load()
@@ -54,9 +53,17 @@ def run(fn: Callable[[], Coroutine[Any, Any, int | None]]) -> int:
     return int(result or 0)
 
 
-def require(condition: bool, message: str) -> None:
-    if not condition:
-        raise GatewayError(message)
+def operate(args: argparse.Namespace, action: Callable[[Operations], Awaitable[T]]) -> T:
+    """Run one operator action on an opened gateway and return its result once the gateway is closed.
+
+    GatewayErrors propagate to main() for the one-line error.
+    """
+
+    async def body() -> T:
+        async with opened(args) as gw:
+            return await action(Operations(gw, operator()))
+
+    return anyio.run(body)
 
 
-__all__ = ["ConfigError", "opened", "operator", "require", "run"]
+__all__ = ["opened", "operate", "operator", "run"]

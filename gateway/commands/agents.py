@@ -7,10 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gateway.commands._context import opened, operator, run
-from gateway.config import AGENT_ID
+from gateway.commands._context import operate
+from gateway.config import AGENT_ID, EMAIL
 from gateway.errors import OperatorError
-from gateway.operations import Operations
 
 
 def _agent_id(value: str) -> str:
@@ -20,7 +19,7 @@ def _agent_id(value: str) -> str:
 
 
 def _email(value: str) -> str:
-    if "@" not in value or value.startswith("@") or value.endswith("@") or " " in value:
+    if not EMAIL.fullmatch(value):
         raise argparse.ArgumentTypeError(f"{value!r} is not an email address")
     return value
 
@@ -52,14 +51,9 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
 
 def _create(args: argparse.Namespace) -> int:
     jwks = _read_jwks(args.jwks) if args.jwks else None
-
-    async def body() -> int:
-        async with opened(args) as gw:
-            secret = await Operations(gw, operator()).create_agent(args.id, args.owner, args.cost_center, jwks)
-        print(secret if secret is not None else f"created {args.id} (private_key_jwt)")
-        return 0
-
-    return run(body)
+    secret = operate(args, lambda ops: ops.create_agent(args.id, args.owner, args.cost_center, jwks))
+    print(secret if secret is not None else f"created {args.id} (private_key_jwt)")
+    return 0
 
 
 def _read_jwks(path: Path) -> Any:
@@ -70,47 +64,30 @@ def _read_jwks(path: Path) -> Any:
 
 
 def _list(args: argparse.Namespace) -> int:
-    async def body() -> int:
-        async with opened(args) as gw:
-            rows = await Operations(gw, operator()).list_agents()
-        if args.json:
-            print(json.dumps(rows))
-            return 0
-        print(f"{'AGENT':<24} {'OWNER':<28} {'SOURCE':<7} {'STATE':<9} CREDENTIAL")
-        for r in rows:
-            credential = "secret" if r["has_secret"] else ("key" if r["private_key_jwt"] else "-")
-            state = "disabled" if r["disabled"] else "enabled"
-            print(f"{r['id']:<24} {r['owner']:<28} {r['source']:<7} {state:<9} {credential}")
+    rows = operate(args, lambda ops: ops.list_agents())
+    if args.json:
+        print(json.dumps(rows))
         return 0
-
-    return run(body)
+    print(f"{'AGENT':<24} {'OWNER':<28} {'SOURCE':<7} {'STATE':<9} CREDENTIAL")
+    for r in rows:
+        credential = "secret" if r["has_secret"] else ("key" if r["private_key_jwt"] else "-")
+        state = "disabled" if r["disabled"] else "enabled"
+        print(f"{r['id']:<24} {r['owner']:<28} {r['source']:<7} {state:<9} {credential}")
+    return 0
 
 
 def _disable(args: argparse.Namespace) -> int:
-    async def body() -> int:
-        async with opened(args) as gw:
-            sids = await Operations(gw, operator()).disable_agent(args.id)
-        print(f"disabled {args.id}; revoked {len(sids)} session(s)")
-        return 0
-
-    return run(body)
+    sids = operate(args, lambda ops: ops.disable_agent(args.id))
+    print(f"disabled {args.id}; revoked {len(sids)} session(s)")
+    return 0
 
 
 def _enable(args: argparse.Namespace) -> int:
-    async def body() -> int:
-        async with opened(args) as gw:
-            await Operations(gw, operator()).enable_agent(args.id)
-        print(f"enabled {args.id}")
-        return 0
-
-    return run(body)
+    operate(args, lambda ops: ops.enable_agent(args.id))
+    print(f"enabled {args.id}")
+    return 0
 
 
 def _rotate(args: argparse.Namespace) -> int:
-    async def body() -> int:
-        async with opened(args) as gw:
-            secret = await Operations(gw, operator()).rotate_secret(args.id)
-        print(secret)
-        return 0
-
-    return run(body)
+    print(operate(args, lambda ops: ops.rotate_secret(args.id)))
+    return 0

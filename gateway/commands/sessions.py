@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import Any, get_args
 
-from gateway.commands._context import opened, operator, run
+from gateway.commands._context import operate
 from gateway.durations import parse_duration
-from gateway.operations import Operations, session_json
+from gateway.operations import session_json
 from gateway.store.base import SessionState
 
-STATES = ["active", "suspended", "closed", "expired", "revoked"]
+STATES = get_args(SessionState)
 
 
 def _duration(value: str) -> float:
@@ -66,34 +66,25 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _open(args: argparse.Namespace) -> int:
-    async def body() -> int:
-        async with opened(args) as gw:
-            session, token = await gw.sessions.open(
-                args.agent, on_behalf_of=args.on_behalf_of, task=args.task, ttl=args.ttl, via=operator()
-            )
-        if args.json:
-            print(json.dumps({"session_id": session.sid, "agent": session.agent, "expires_at": session.expires_at,
-                              "access_token": token}))
-        else:
-            print(token)
-        return 0
-
-    return run(body)
+    session, token = operate(args, lambda ops: ops.gw.sessions.open(
+        args.agent, on_behalf_of=args.on_behalf_of, task=args.task, ttl=args.ttl, via=ops.actor))
+    if args.json:
+        print(json.dumps({"session_id": session.sid, "agent": session.agent, "expires_at": session.expires_at,
+                          "access_token": token}))
+    else:
+        print(token)
+    return 0
 
 
 def _list(args: argparse.Namespace) -> int:
-    async def body() -> int:
-        async with opened(args) as gw:
-            sessions = await Operations(gw, operator()).list_sessions(args.agent, args.state)
-        if args.json:
-            print(json.dumps([session_json(s) for s in sessions], default=str))
-            return 0
-        print(f"{'SESSION':<28} {'AGENT':<20} {'STATE':<10} {'CALLS':>6} {'TOKENS':>8}  TASK")
-        for s in sessions:
-            print(f"{s.sid:<28} {s.agent:<20} {s.state:<10} {s.calls:>6} {s.tokens:>8}  {s.task or ''}")
+    sessions = operate(args, lambda ops: ops.list_sessions(args.agent, args.state))
+    if args.json:
+        print(json.dumps([session_json(s) for s in sessions], default=str))
         return 0
-
-    return run(body)
+    print(f"{'SESSION':<28} {'AGENT':<20} {'STATE':<10} {'CALLS':>6} {'TOKENS':>8}  TASK")
+    for s in sessions:
+        print(f"{s.sid:<28} {s.agent:<20} {s.state:<10} {s.calls:>6} {s.tokens:>8}  {s.task or ''}")
+    return 0
 
 
 def _close(args: argparse.Namespace) -> int:
@@ -102,31 +93,19 @@ def _close(args: argparse.Namespace) -> int:
 
 def _revoke(args: argparse.Namespace) -> int:
     if args.agent:
-        async def body() -> int:
-            async with opened(args) as gw:
-                sids = await Operations(gw, operator()).revoke_agent_sessions(args.agent)
-            print(f"revoked {len(sids)} session(s) of {args.agent}")
-            return 0
-
-        return run(body)
+        sids = operate(args, lambda ops: ops.revoke_agent_sessions(args.agent))
+        print(f"revoked {len(sids)} session(s) of {args.agent}")
+        return 0
     return _end(args, "revoked")
 
 
 def _end(args: argparse.Namespace, state: SessionState) -> int:
-    async def body() -> int:
-        async with opened(args) as gw:
-            await Operations(gw, operator()).end_session(args.sid, state)
-        print(f"{state} {args.sid}")
-        return 0
-
-    return run(body)
+    operate(args, lambda ops: ops.end_session(args.sid, state))
+    print(f"{state} {args.sid}")
+    return 0
 
 
 def _resume(args: argparse.Namespace) -> int:
-    async def body() -> int:
-        async with opened(args) as gw:
-            session = await Operations(gw, operator()).resume_session(args.sid, args.add_calls, args.add_tokens)
-        print(f"resumed {args.sid}: calls limit {session.calls_limit}, tokens limit {session.tokens_limit}")
-        return 0
-
-    return run(body)
+    session = operate(args, lambda ops: ops.resume_session(args.sid, args.add_calls, args.add_tokens))
+    print(f"resumed {args.sid}: calls limit {session.calls_limit}, tokens limit {session.tokens_limit}")
+    return 0

@@ -19,13 +19,13 @@ from collections.abc import Callable, Mapping
 from urllib.parse import unquote
 
 from gateway.agents import Agent, AgentDirectory
+from gateway.config import ASSERTION_ALGORITHMS
 from gateway.errors import AuthError
 from gateway.identity.credentials import verify_secret
 from gateway.identity.jwks import select_key, token_header, unverified_claims, verify_jwt
 from gateway.store.base import Store
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-ASSERTION_ALGORITHMS = ("EdDSA", "ES256", "RS256")
 MAX_ASSERTION_LIFETIME = 3600.0  # seconds; bounds how long a jti must be remembered
 INVALID = "invalid_client"
 

@@ -2,18 +2,16 @@
 
 Each provider in gateway.yaml `identity_providers` publishes its keys at a
 JWKS URL. Keys are fetched asynchronously (never a blocking call on the event
-loop) and cached in two tiers: the key set document for `jwks_cache` seconds,
-and the keys built from it per (kid, alg). A token naming a `kid` the cached
-set lacks triggers a refetch, at most once per `jwks_refresh_min` seconds per
-provider, so a stream of made-up kids cannot turn the gateway into a flood
-against the provider.
+loop) and the key set is cached for `jwks_cache` seconds. A token naming a
+`kid` the cached set lacks triggers a refetch, at most once per
+`jwks_refresh_min` seconds per provider, so a stream of made-up kids cannot
+turn the gateway into a flood against the provider.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +19,7 @@ from typing import Any
 import anyio
 import httpx2 as httpx  # the HTTP client the MCP SDK already loads
 
-from gateway.config import IdentityProvider
+from gateway.config import EMAIL, IdentityProvider
 from gateway.errors import AuthError, Unavailable
 from gateway.identity.jwks import select_key, token_header, unverified_claims, verify_jwt
 
@@ -29,7 +27,6 @@ log = logging.getLogger("gateway.idp")
 
 _MAX_JWKS_BYTES = 1 << 20
 _FETCH_TIMEOUT = 5.0
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
 INVALID = "invalid_grant"
 
 
@@ -103,11 +100,15 @@ class IdentityProviders:
 
     def __init__(self, providers: tuple[IdentityProvider, ...], clock: Callable[[], float]) -> None:
         self.clock = clock
-        self.http = httpx.AsyncClient(timeout=_FETCH_TIMEOUT, follow_redirects=False)
-        self.keys = {p.issuer: ProviderKeys(p, self.http, clock) for p in providers}
+        self.http: httpx.AsyncClient | None = None  # only with providers to fetch from
+        self.keys: dict[str, ProviderKeys] = {}
+        if providers:
+            self.http = httpx.AsyncClient(timeout=_FETCH_TIMEOUT, follow_redirects=False)
+            self.keys = {p.issuer: ProviderKeys(p, self.http, clock) for p in providers}
 
     async def close(self) -> None:
-        await self.http.aclose()
+        if self.http is not None:
+            await self.http.aclose()
 
     async def verify(self, token: str) -> Human:
         """The human a subject token names.
@@ -135,6 +136,6 @@ class IdentityProviders:
         return Human(
             issuer=provider.issuer,
             subject=subject,
-            email=email.lower() if verified and isinstance(email, str) and _EMAIL.match(email) else None,
+            email=email.lower() if verified and isinstance(email, str) and EMAIL.fullmatch(email) else None,
             may_act=claims.get("may_act"),
         )

@@ -35,25 +35,22 @@ class SharedCredentialDetector:
         self.settings = settings
         self.clock = clock
         self._seen: dict[str, OrderedDict[Fingerprint, float]] = {}  # agent -> admitted fingerprint -> last seen
-        self._excess: dict[str, dict[Fingerprint, float]] = {}  # agent -> refused/flagged fingerprint -> reported at
+        self._excess: dict[str, OrderedDict[Fingerprint, float]] = {}  # agent -> flagged fingerprint -> reported at
 
     def observe(self, agent: str, fingerprint: Fingerprint) -> Verdict:
         """Record one request of `agent` from `fingerprint`: whether to serve it, and what to report."""
         now = self.clock()
         window = self.settings.window
         seen = self._seen.setdefault(agent, OrderedDict())
-        for old, last in list(seen.items()):  # oldest first: stop at the first one still inside the window
-            if now - last < window:
-                break
-            del seen[old]
+        while seen and now - next(iter(seen.values())) >= window:  # oldest first, until one is inside the window
+            seen.popitem(last=False)
         if fingerprint in seen or len(seen) < self.settings.max_fingerprints:
             seen[fingerprint] = now
             seen.move_to_end(fingerprint)
             return ALLOWED
-        excess = self._excess.setdefault(agent, {})
-        for old, at in list(excess.items()):
-            if now - at >= window:
-                del excess[old]
+        excess = self._excess.setdefault(agent, OrderedDict())
+        while excess and now - next(iter(excess.values())) >= window:  # reported in order: oldest first
+            excess.popitem(last=False)
         report = None
         if fingerprint not in excess:
             excess[fingerprint] = now

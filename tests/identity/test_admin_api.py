@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
 
 from tests.identity.support import basic, client_credentials, mcp_status, token
 from tests.support.harness import running_gateway
@@ -55,6 +59,27 @@ async def test_admin_api_manages_agents_and_sessions_and_audits_each_action_as_a
         actions = {r["event"] for r in gw.audit() if r.get("actor") == "admin"}
         assert {"agent.created", "agent.secret_rotated", "agent.disabled", "agent.enabled",
                 "session.closed"} <= actions
+
+
+async def test_admin_api_refuses_an_owner_that_is_not_one_email_address(tmp_path):
+    async with running_gateway(tmp_path, manifests=[], extra={"admin_token": ADMIN_TOKEN}) as gw:
+        async with gw.http() as http:
+            for owner in ("@a@b", "a@b@c", "a@b\n", "a\t@b"):
+                refused = await http.post("/admin/agents", json={"id": "odd-bot", "owner": owner}, headers=ADMIN)
+                assert refused.status_code == 400, owner
+                assert "email" in refused.json()["error"], owner
+
+
+async def test_admin_api_refuses_keys_client_authentication_cannot_verify(tmp_path):
+    es384 = json.loads(ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP384R1()).public_key()))
+    async with running_gateway(tmp_path, manifests=[], extra={"admin_token": ADMIN_TOKEN}) as gw:
+        async with gw.http() as http:
+            refused = await http.post("/admin/agents", json={"id": "es-bot", "owner": "e@example.com",
+                                                             "jwks": {"keys": [es384]}}, headers=ADMIN)
+            assert refused.status_code == 400
+            assert "ES384" in refused.json()["error"]
+            listed = (await http.get("/admin/agents", headers=ADMIN)).json()["agents"]
+            assert "es-bot" not in {a["id"] for a in listed}
 
 
 async def test_admin_api_revokes_all_sessions_of_an_agent_and_resumes_one(tmp_path):
