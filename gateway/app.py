@@ -137,7 +137,7 @@ def build_gateway(
         upstreams=upstreams,
         names=Names(upstreams),
         budgets=budgets,
-        pipeline=Pipeline(upstreams, budgets, audit, fingerprints, meter, clock),
+        pipeline=Pipeline(budgets, audit, fingerprints, meter),
         fanout=Fanout(),
         # Paused calls run in the app's task group, which exists once the lifespan has started.
         exchanges=Exchanges(Sealer(secrets["state"]), lambda *a: gateway.spawn(*a), clock),

@@ -32,7 +32,7 @@ from typing import Any
 from gateway.audit import Audit
 from gateway.errors import AuthError, Stopped
 from gateway.principal import Principal
-from gateway.store.base import Ask, Reservation, SessionRecord, Store, utc_day
+from gateway.store.base import Ask, Reservation, Store, utc_day
 
 SESSION_LIMITS = ("session_calls", "session_tokens", "daily_tokens")
 STOP_REASONS = frozenset({*SESSION_LIMITS, "tool_calls", "loop_repeats", "calls_per_minute", "suspended", "blocked"})
@@ -115,7 +115,7 @@ class Budgets:
         self._alerted: set[tuple[str, str, float]] = set()  # alerts known to have fired (the store is the record)
         self._pruned = 0.0
 
-    async def reserve(self, principal: Principal, tool: str, request_tokens: int, fingerprint: str) -> SessionRecord:
+    async def reserve(self, principal: Principal, tool: str, request_tokens: int, fingerprint: str) -> None:
         """Count one call to `tool` (`server.tool`) against every limit, or stop it.
 
         Raises:
@@ -143,7 +143,6 @@ class Budgets:
         session = reservation.session
         await self._alerts(principal, "session_calls", session.calls, session.calls_limit, session.sid)
         await self._alerts(principal, "session_tokens", session.tokens, session.tokens_limit, session.sid)
-        return session
 
     async def check(self, principal: Principal) -> None:
         """For requests that are not tool calls: refuse while the session is stopped or out of tokens.
@@ -211,7 +210,7 @@ class Budgets:
         detail["scope"] = "session"
         if limit == "daily_tokens":
             detail["resets_at"] = utc_day(ask.now + 86400) + "T00:00:00Z"
-        if await self.store.suspend_session(session.sid, detail, ask.now):
+        if await self.store.suspend_session(session.sid, detail):
             await self.audit.emit("budget.exceeded", durable=True, **principal.audit_fields(), reason=limit,
                                   used=used, limit=maximum, scope="session")
         if maximum is not None:  # an exhausted limit has reached every alert share

@@ -5,7 +5,8 @@ A `Meter` counts tokens with a pluggable `Tokenizer`: the default `Estimator`
 or `Bpe`, a real byte-pair encoding (tiktoken) when it is installed with its
 encoding file on disk. What is counted, per payload:
 
-- tool arguments: their compact JSON text (what the model generated);
+- tool and prompt arguments: their canonical JSON text (compact, keys sorted;
+  what the model generated, and what the audit fingerprints);
 - results, resources, prompts, sampling: every string value (content texts,
   resource texts and URIs, prompt messages, descriptions) plus
   `structuredContent` as compact JSON; keys, numbers, `_meta`, annotations,
@@ -31,6 +32,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
+from gateway.audit.records import canonical_json
 from gateway.config import MeteringSettings
 from gateway.errors import ConfigError
 
@@ -145,9 +147,13 @@ class Meter:
     def __init__(self, tokenizer: Tokenizer) -> None:
         self.tokenizer = tokenizer
 
+    def text(self, text: str) -> int:
+        """Plain text, counted as it is."""
+        return self.tokenizer.count(text)
+
     def arguments(self, arguments: dict[str, Any] | None) -> int:
-        """Tool-call arguments: the compact JSON the model wrote."""
-        return self.tokenizer.count(_compact(arguments)) if arguments else 0
+        """Tool-call or prompt arguments: their canonical JSON (the text `canonical_json` gives)."""
+        return self.text(canonical_json(arguments)) if arguments else 0
 
     def count(self, payload: Any) -> int:
         """A result, resource, prompt or sampling message (an MCP model or its JSON form)."""
@@ -189,14 +195,13 @@ def media_tokens(kind: str | None, data: str, mime: str | None) -> int:
     """Tokens for base64 `data`: an image by its size, audio by its duration, other blobs by length."""
     mime = mime or ""
     size = len(data) * 3 // 4 - data[-2:].count("=")
-    head = _decode(data[:_HEADER_CHARS])
     if kind == "image" or mime.startswith("image/"):
-        dims = image_size(head)
+        dims = image_size(_decode(data[:_HEADER_CHARS]))
         if dims is None:
             return IMAGE_MAX_TOKENS
         return max(1, min(IMAGE_MAX_TOKENS, math.ceil(dims[0] * dims[1] / PIXELS_PER_TOKEN)))
     if kind == "audio" or mime.startswith("audio/"):
-        seconds = wav_seconds(head, size)
+        seconds = wav_seconds(_decode(data[:_HEADER_CHARS]), size)
         if seconds is None:
             seconds = size / AUDIO_BYTES_PER_SECOND
         return max(1, math.ceil(seconds * AUDIO_TOKENS_PER_SECOND))

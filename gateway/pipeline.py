@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +25,7 @@ from gateway.errors import Stopped, UpstreamError
 from gateway.metering import Meter
 from gateway.policy import NOT_GRANTED, decide
 from gateway.principal import Principal
-from gateway.upstream import Downstream, Upstream, Upstreams
+from gateway.upstream import Downstream, Upstream
 
 MAX_INPUT_ROUNDS = 10
 
@@ -47,7 +46,6 @@ class Admitted:
     principal: Principal
     upstream: Upstream
     tool: str
-    exposed: str
     arguments: dict[str, Any] | None
     call_id: str
     request_tokens: int
@@ -67,19 +65,15 @@ class Admitted:
 class Pipeline:
     def __init__(
         self,
-        upstreams: Upstreams,
         budgets: Budgets,
         audit: Audit,
         fingerprints: Fingerprints,
         meter: Meter,
-        clock: Callable[[], float],
     ) -> None:
-        self.upstreams = upstreams
         self.budgets = budgets
         self.audit = audit
         self.fingerprints = fingerprints
         self.meter = meter
-        self.clock = clock
 
     async def admit(
         self,
@@ -115,7 +109,7 @@ class Pipeline:
                 f"Invalid arguments for tool {exposed}: argument {decision.argument!r} {decision.rule}."
             )
         text = canonical_json(arguments or {})  # metered and fingerprinted as one text
-        request_tokens = self.meter.tokenizer.count(text) if arguments else 0
+        request_tokens = self.meter.text(text) if arguments else 0
         fingerprint = self.fingerprints.of_bytes(text.encode())
         try:
             await self.budgets.reserve(principal, f"{upstream.name}.{tool}", request_tokens, fingerprint)
@@ -127,7 +121,7 @@ class Pipeline:
             "tool.call", durable=True, **identity, decision="allow", reason="granted",
             request_tokens=request_tokens, arguments=fingerprint,
         )
-        return Admitted(principal, upstream, tool, exposed, arguments, call_id, request_tokens, context)
+        return Admitted(principal, upstream, tool, arguments, call_id, request_tokens, context)
 
     async def forward(self, call: Admitted, downstream: Downstream) -> types.CallToolResult:
         """Call the upstream, resolve any input it asks for, meter, settle and record the result."""

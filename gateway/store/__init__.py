@@ -14,6 +14,6 @@ def open_store(config: GatewayConfig) -> Store:
         from gateway.store.sqlite import SQLiteStore
 
         return SQLiteStore(config.sqlite_path)
-    from gateway.store.postgres import PostgresStore  # type: ignore[import-not-found]
+    from gateway.store.postgres import PostgresStore
 
-    return PostgresStore(config.store)  # type: ignore[no-any-return]
+    return PostgresStore(config.store)

@@ -86,12 +86,20 @@ class Ask:
 
     @property
     def minute(self) -> int:
-        return int(self.now // 60)
+        return clock_minute(self.now)
 
 
 def utc_day(now: float) -> str:
     """The UTC calendar day of `now`: daily budgets reset at 00:00 UTC."""
     return time.strftime("%Y-%m-%d", time.gmtime(now))
+
+
+def clock_minute(now: float) -> int:
+    """The clock minute of `now` (minutes since the epoch): per-minute rates count in these."""
+    return int(now // 60)
+
+
+KEEP_DAYS = 35  # how many days of the agents' daily counters `prune_usage` keeps
 
 
 @dataclass(frozen=True)
@@ -124,16 +132,28 @@ class Reservation:
     block: dict[str, Any] | None = None  # for "blocked": the stop detail recorded with the block
 
 
+def session_refusal(session: SessionRecord | None, ask: Ask) -> Reservation | None:
+    """The refusal the session row alone explains (it is gone, ended or suspended), if any.
+
+    A backend checks this before it reads the counters `refusal` needs.
+    """
+    if session is None or session.ended_state(ask.now) is not None:
+        return Reservation(session, False, "ended")
+    if session.state == "suspended":
+        return Reservation(session, False, "suspended")
+    return None
+
+
 def refusal(session: SessionRecord | None, ask: Ask, counters: Counters) -> Reservation:
     """Why `ask` was not granted, from state read after the reservation failed (shared by backends).
 
     When several limits are reached, the one named is the first of: session calls, session
     tokens, daily tokens (these suspend the session), the tool's cap, the rate limit.
     """
-    if session is None or session.ended_state(ask.now) is not None:
-        return Reservation(session, False, "ended")
-    if session.state == "suspended":
-        return Reservation(session, False, "suspended")
+    stopped = session_refusal(session, ask)
+    if stopped is not None:
+        return stopped
+    assert session is not None  # session_refusal answers for a missing session
     if counters.tool_block is not None:
         return Reservation(session, False, "blocked", block=counters.tool_block)
     checks = (
@@ -203,7 +223,7 @@ class Store(Protocol):
         """Insert a new agent; False if the id exists."""
 
     async def update_agent(self, agent_id: str, **changes: Any) -> bool:
-        """Change fields of an agent; False if it does not exist."""
+        """Change fields of an agent; False if it does not exist. ValueError for a field that cannot change."""
 
     # sessions
     async def create_session(self, session: SessionRecord, max_active: int | None) -> bool:
@@ -259,7 +279,7 @@ class Store(Protocol):
     async def prune_usage(self, now: float) -> None:
         """Drop agent counters no reservation can consult any more (past minutes, old days)."""
 
-    async def suspend_session(self, sid: str, stop: dict[str, Any], now: float) -> bool: ...
+    async def suspend_session(self, sid: str, stop: dict[str, Any]) -> bool: ...
 
     async def resume_session(self, sid: str, add_calls: int, add_tokens: int, now: float) -> SessionRecord | None:
         """Lift a stop: the session is active again, its limits raised, its blocked tools unblocked."""

@@ -18,7 +18,6 @@ Only this module imports asyncpg; SQLite deployments never load it.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator
@@ -33,6 +32,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from gateway.errors import StoreUnavailable
 from gateway.store import rows
 from gateway.store.base import (
+    KEEP_DAYS,
     KEYS_CHANGED,
     RESYNC,
     SESSION_ENDED,
@@ -45,7 +45,9 @@ from gateway.store.base import (
     SessionState,
     Settled,
     StoredKey,
+    clock_minute,
     refusal,
+    session_refusal,
     utc_day,
 )
 from gateway.store.postgres_schema import KEYS_CHANNEL, MIGRATIONS, SESSION_ENDED_CHANNEL
@@ -61,8 +63,6 @@ _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClient
 _CHANNELS = {SESSION_ENDED_CHANNEL: SESSION_ENDED, KEYS_CHANNEL: KEYS_CHANGED}
 _LIVE = "state IN ('active', 'suspended')"
 _NOT_OVER = "expires_at > $2 AND last_seen + idle_timeout > $2"
-_AGENT_COLUMNS = {"owner": "owner", "cost_center": "cost_center", "disabled": "disabled",
-                  "secret_hash": "secret_hash", "jwks": "jwks", "grant": "grant_spec"}
 _INSERT_SESSION = (
     f"INSERT INTO sessions ({', '.join(rows.SESSION_COLUMNS)}) "
     f"VALUES ({', '.join(f'${n}' for n in range(1, len(rows.SESSION_COLUMNS) + 1))})"
@@ -235,9 +235,9 @@ class PostgresStore:
         )
 
     async def update_agent(self, agent_id: str, **changes: Any) -> bool:
-        values = [rows.dump(v) if k in ("jwks", "grant") else v for k, v in changes.items()]
-        assignments = ", ".join(f"{_AGENT_COLUMNS[k]} = ${n}" for n, k in enumerate(changes, start=2))
-        return await self._execute(f"UPDATE agents SET {assignments} WHERE id = $1", agent_id, *values) > 0
+        values = rows.agent_changes(changes)
+        assignments = ", ".join(f"{column} = ${n}" for n, column in enumerate(values, start=2))
+        return await self._execute(f"UPDATE agents SET {assignments} WHERE id = $1", agent_id, *values.values()) > 0
 
     # ------------------------------------------------------------ sessions
 
@@ -262,12 +262,11 @@ class PostgresStore:
         self, agent: str | None = None, state: SessionState | None = None, now: float | None = None
     ) -> list[SessionRecord]:
         found = await self._fetch(
-            "SELECT * FROM sessions WHERE ($1::text IS NULL OR agent = $1) ORDER BY created_at", agent
+            f"""SELECT * FROM sessions WHERE ($1::text IS NULL OR agent = $1)
+                  AND ($2::text IS NULL OR {rows.state_at('$3::float8')} = $2) ORDER BY created_at""",
+            agent, state, now,
         )
-        sessions = [rows.session(r) for r in found]
-        if now is not None:  # report lazily-expired sessions as what they are
-            sessions = [rows.as_of(s, now) for s in sessions]
-        return [s for s in sessions if state is None or s.state == state]
+        return rows.listed(found, now)
 
     async def end_session(self, sid: str, state: SessionState, reason: str, now: float) -> SessionRecord | None:
         row = await self._fetchrow(
@@ -313,7 +312,8 @@ class PostgresStore:
         )
         if row is not None:
             return Reservation(rows.session(row), True)
-        return refusal(await self.get_session(ask.sid), ask, await self._counters(ask))
+        session = await self.get_session(ask.sid)
+        return session_refusal(session, ask) or refusal(session, ask, await self._counters(ask))
 
     async def _counters(self, ask: Ask) -> Counters:
         row = await self._fetchrow(
@@ -328,7 +328,7 @@ class PostgresStore:
             day_tokens=row["day_tokens"] or 0,
             minute_calls=row["minute_calls"] or 0,
             tool_calls=row["tool_calls"] or 0,
-            tool_block=json.loads(row["blocked"]) if row["blocked"] else None,
+            tool_block=rows.load(row["blocked"]),
         )
 
     async def regrant(self, sid: str, grant_version: str, calls_limit: int | None, tokens_limit: int | None) -> None:
@@ -390,10 +390,10 @@ class PostgresStore:
 
     async def prune_usage(self, now: float) -> None:
         async with self._tx() as con:
-            await con.execute("DELETE FROM agent_minutes WHERE minute < $1", int(now // 60) - 1)
-            await con.execute("DELETE FROM agent_days WHERE day < $1", utc_day(now - 35 * 86400))
+            await con.execute("DELETE FROM agent_minutes WHERE minute < $1", clock_minute(now) - 1)
+            await con.execute("DELETE FROM agent_days WHERE day < $1", utc_day(now - KEEP_DAYS * 86400))
 
-    async def suspend_session(self, sid: str, stop: dict[str, Any], now: float) -> bool:
+    async def suspend_session(self, sid: str, stop: dict[str, Any]) -> bool:
         return (
             await self._execute(
                 "UPDATE sessions SET state = 'suspended', reason = $2, stop = $3 WHERE sid = $1 AND state = 'active'",

@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import asdict, fields
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, fields, replace
 from typing import Any
 
 from gateway.store.base import AgentRecord, SessionRecord
 
 SESSION_COLUMNS = [f.name for f in fields(SessionRecord)]
+AGENT_COLUMNS = {  # the agent fields `update_agent` may change, and their columns
+    "owner": "owner", "cost_center": "cost_center", "disabled": "disabled", "secret_hash": "secret_hash",
+    "jwks": "jwks", "grant": "grant_spec",
+}
+_JSON_FIELDS = ("jwks", "grant")
 
 
 def dump(value: Any) -> str | None:
     return None if value is None else json.dumps(value, sort_keys=True)
+
+
+def load(text: str | None) -> Any:
+    return json.loads(text) if text else None
 
 
 def agent(row: Mapping[str, Any]) -> AgentRecord:
@@ -25,9 +34,21 @@ def agent(row: Mapping[str, Any]) -> AgentRecord:
         disabled=bool(row["disabled"]),
         created_at=row["created_at"],
         secret_hash=row["secret_hash"],
-        jwks=json.loads(row["jwks"]) if row["jwks"] else None,
-        grant=json.loads(row["grant_spec"]) if row["grant_spec"] else None,
+        jwks=load(row["jwks"]),
+        grant=load(row["grant_spec"]),
     )
+
+
+def agent_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """`update_agent`'s changes as column values.
+
+    Raises:
+        ValueError: a field that is not in AGENT_COLUMNS.
+    """
+    unknown = sorted(set(changes) - AGENT_COLUMNS.keys())
+    if unknown:
+        raise ValueError(f"agent fields that cannot be updated: {', '.join(unknown)}")
+    return {AGENT_COLUMNS[k]: dump(v) if k in _JSON_FIELDS else v for k, v in changes.items()}
 
 
 def session_values(session: SessionRecord) -> dict[str, Any]:
@@ -39,7 +60,7 @@ def session_values(session: SessionRecord) -> dict[str, Any]:
 
 def session(row: Mapping[str, Any]) -> SessionRecord:
     values = {name: row[name] for name in SESSION_COLUMNS}
-    values["stop"] = json.loads(values["stop"]) if values["stop"] else None
+    values["stop"] = load(values["stop"])
     return SessionRecord(**values)
 
 
@@ -48,4 +69,18 @@ def as_of(record: SessionRecord, now: float) -> SessionRecord:
     ended = record.ended_state(now)
     if ended is None or ended == record.state:
         return record
-    return SessionRecord(**{**asdict(record), "state": ended, "reason": ended})
+    return replace(record, state=ended, reason=ended)
+
+
+def state_at(now: str) -> str:
+    """SQL for the state `as_of` reports at the time bound to the placeholder `now` (NULL: the stored state)."""
+    return (
+        "CASE WHEN state IN ('active', 'suspended') "
+        f"AND (expires_at <= {now} OR last_seen + idle_timeout <= {now}) THEN 'expired' ELSE state END"
+    )
+
+
+def listed(found: Iterable[Mapping[str, Any]], now: float | None) -> list[SessionRecord]:
+    """`list_sessions`' rows as records; with `now`, lazily-expired ones reported as expired."""
+    sessions = [session(r) for r in found]
+    return sessions if now is None else [as_of(s, now) for s in sessions]

@@ -8,7 +8,6 @@ and the gateway share the file; SQLite's locking serialises writers and
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +17,7 @@ from typing import Any
 from gateway.errors import StoreUnavailable
 from gateway.store import rows
 from gateway.store.base import (
+    KEEP_DAYS,
     AgentRecord,
     Ask,
     ChangeListener,
@@ -26,7 +26,9 @@ from gateway.store.base import (
     SessionRecord,
     SessionState,
     Settled,
+    clock_minute,
     refusal,
+    session_refusal,
     utc_day,
 )
 
@@ -118,9 +120,7 @@ MIGRATIONS: tuple[str, ...] = (
 
 _RESERVE = """
     UPDATE sessions SET calls = calls + :calls, tokens = tokens + :tokens, last_seen = :now,
-        usage_day = CASE WHEN :daily IS NULL THEN NULL ELSE :day END,
-        usage_minute = CASE WHEN :per_minute IS NULL THEN NULL ELSE :minute END,
-        usage_tool = CASE WHEN :cap IS NULL THEN NULL ELSE :tool END
+        usage_day = :usage_day, usage_minute = :usage_minute, usage_tool = :usage_tool
     WHERE sid = :sid AND state = 'active' AND expires_at > :now AND last_seen + idle_timeout > :now
       AND (calls_limit IS NULL OR calls + :calls <= calls_limit)
       AND (tokens_limit IS NULL OR tokens + :tokens < tokens_limit)
@@ -255,8 +255,7 @@ class SQLiteStore:
         return True
 
     async def update_agent(self, agent_id: str, **changes: Any) -> bool:
-        columns = {"grant": "grant_spec"}
-        values = {columns.get(k, k): (rows.dump(v) if k in ("jwks", "grant") else v) for k, v in changes.items()}
+        values = rows.agent_changes(changes)
         assignments = ", ".join(f"{column} = ?" for column in values)
         return self._run(f"UPDATE agents SET {assignments} WHERE id = ?", *values.values(), agent_id) > 0
 
@@ -287,12 +286,11 @@ class SQLiteStore:
         self, agent: str | None = None, state: SessionState | None = None, now: float | None = None
     ) -> list[SessionRecord]:
         found = self._all(
-            "SELECT * FROM sessions WHERE (? IS NULL OR agent = ?) ORDER BY created_at", agent, agent
+            f"""SELECT * FROM sessions WHERE (?1 IS NULL OR agent = ?1) AND (?2 IS NULL OR {rows.state_at('?3')} = ?2)
+                ORDER BY created_at""",
+            agent, state, now,
         )
-        sessions = [rows.session(r) for r in found]
-        if now is not None:  # report lazily-expired sessions as what they are
-            sessions = [rows.as_of(s, now) for s in sessions]
-        return [s for s in sessions if state is None or s.state == state]
+        return rows.listed(found, now)
 
     async def end_session(self, sid: str, state: SessionState, reason: str, now: float) -> SessionRecord | None:
         with self._tx() as db:
@@ -338,12 +336,17 @@ class SQLiteStore:
             "sid": ask.sid, "now": ask.now, "calls": ask.calls, "tokens": ask.tokens, "day": ask.day,
             "minute": ask.minute, "tool": ask.tool, "cap": ask.tool_cap, "daily": ask.daily_tokens,
             "per_minute": ask.calls_per_minute,
+            # what the trigger rolls up: only the counters whose limit the ask carries
+            "usage_day": ask.day if ask.daily_tokens is not None else None,
+            "usage_minute": ask.minute if ask.calls_per_minute is not None else None,
+            "usage_tool": ask.tool if ask.tool_cap is not None else None,
         }
         with self._errors():
             row = self._conn().execute(_RESERVE, params).fetchone()
         if row is not None:
             return Reservation(rows.session(row), True)
-        return refusal(await self.get_session(ask.sid), ask, self._counters(ask))
+        session = await self.get_session(ask.sid)
+        return session_refusal(session, ask) or refusal(session, ask, self._counters(ask))
 
     def _counters(self, ask: Ask) -> Counters:
         day = self._one("SELECT tokens FROM agent_days WHERE agent = ? AND day = ?", ask.agent, ask.day)
@@ -353,7 +356,7 @@ class SQLiteStore:
             day_tokens=day[0] if day else 0,
             minute_calls=minute[0] if minute else 0,
             tool_calls=tool[0] if tool else 0,
-            tool_block=json.loads(tool[1]) if tool and tool[1] else None,
+            tool_block=rows.load(tool[1]) if tool else None,
         )
 
     async def regrant(self, sid: str, grant_version: str, calls_limit: int | None, tokens_limit: int | None) -> None:
@@ -365,7 +368,7 @@ class SQLiteStore:
 
     async def settle(self, sid: str, tokens: int, now: float, daily: bool) -> Settled | None:
         day = utc_day(now) if daily else None
-        row = self._one(
+        row = self._one(  # no minute or tool to roll up: NULLs let the trigger skip a settlement without a day
             "UPDATE sessions SET tokens = tokens + ?, usage_day = ?, usage_minute = NULL, usage_tool = NULL "
             "WHERE sid = ? RETURNING tokens, tokens_limit, agent", tokens, day, sid,
         )
@@ -382,7 +385,7 @@ class SQLiteStore:
             self._run(
                 """INSERT INTO session_tools (sid, tool, blocked) VALUES (?, ?, ?)
                    ON CONFLICT (sid, tool) DO UPDATE SET blocked = excluded.blocked WHERE blocked IS NULL""",
-                sid, tool, json.dumps(stop),
+                sid, tool, rows.dump(stop),
             )
             > 0
         )
@@ -392,14 +395,14 @@ class SQLiteStore:
 
     async def prune_usage(self, now: float) -> None:
         with self._tx() as db:
-            db.execute("DELETE FROM agent_minutes WHERE minute < ?", (int(now // 60) - 1,))
-            db.execute("DELETE FROM agent_days WHERE day < ?", (utc_day(now - 35 * 86400),))
+            db.execute("DELETE FROM agent_minutes WHERE minute < ?", (clock_minute(now) - 1,))
+            db.execute("DELETE FROM agent_days WHERE day < ?", (utc_day(now - KEEP_DAYS * 86400),))
 
-    async def suspend_session(self, sid: str, stop: dict[str, Any], now: float) -> bool:
+    async def suspend_session(self, sid: str, stop: dict[str, Any]) -> bool:
         return (
             self._run(
                 "UPDATE sessions SET state = 'suspended', reason = ?, stop = ? WHERE sid = ? AND state = 'active'",
-                stop.get("limit"), json.dumps(stop), sid,
+                stop.get("limit"), rows.dump(stop), sid,
             )
             > 0
         )
