@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jwt
-from jwt import PyJWK, PyJWKError
+from jwt import PyJWK
 
 from gateway.errors import AuthError
 
@@ -64,7 +64,7 @@ def select_key(keys: Sequence[dict[str, Any]], header: dict[str, Any], *, error:
             continue
         try:
             usable.append(PyJWK(jwk, alg).key)
-        except (PyJWKError, ValueError, TypeError):
+        except (jwt.PyJWTError, ValueError, TypeError):  # a malformed key in a set is skipped, not fatal
             continue
     if len(usable) != 1:
         raise AuthError("no matching signing key" if not usable else "JWT names no kid", error=error)

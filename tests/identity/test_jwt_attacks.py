@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import AuthError
+from gateway.identity.jwks import select_key
 from gateway.identity.keys import KeyRing
 from gateway.identity.tokens import Tokens
 from gateway.operations import Operations
@@ -150,3 +151,12 @@ def test_tokens_signed_with_any_other_key_never_verify(token_setup, claims):
     forged = f"{signing_input}.{_b64(Ed25519PrivateKey.generate().sign(signing_input.encode()))}"
     with pytest.raises(AuthError):
         tokens.verify(forged)
+
+
+def test_a_malformed_key_in_a_key_set_is_skipped_and_the_good_one_still_verifies() -> None:
+    private = Ed25519PrivateKey.generate()
+    good = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(private.public_key()))
+    broken = {"kty": "OKP", "crv": "Ed25519"}  # no public key at all
+    token = jwt.encode({"sub": "alice"}, private, algorithm="EdDSA")
+    key = select_key([broken, good], {"alg": "EdDSA"}, error="invalid_grant")
+    assert jwt.decode(token, key, algorithms=["EdDSA"])["sub"] == "alice"
