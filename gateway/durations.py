@@ -1,8 +1,11 @@
-"""Human durations ("90s", "15m", "8h", "1d") to seconds."""
+"""Human durations ("90s", "15m", "8h", "1d") to seconds, and moments given as a time or a duration ago."""
 
 from __future__ import annotations
 
+import argparse
 import re
+import time
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator
@@ -28,6 +31,31 @@ def parse_duration(value: Any) -> float:
     if seconds <= 0:
         raise ValueError("a duration must be positive")
     return seconds
+
+
+def parse_moment(text: str, now: float) -> float:
+    """An ISO 8601 date or time (UTC unless it says otherwise), or a duration ago (`15m`, `7d`) -> a timestamp.
+
+    Raises:
+        ValueError: none of those.
+    """
+    try:
+        return now - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not an ISO 8601 date or time, or a duration like 24h or 7d") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def moment_argument(value: str) -> float:
+    """`parse_moment` as an argparse type, from now."""
+    try:
+        return parse_moment(value, time.time())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]

@@ -1,6 +1,6 @@
 """Chargeback and evidence reports, computed from the audit stream alone.
 
-Sources: the gateway's audit file, its rotated siblings (`<stem>*.jsonl` beside
+Sources: the gateway's audit file, its rotated files (`<stem>.<seq>.jsonl` beside
 it) and the operator chain (`<stem>-cli.jsonl`). Each record adds to at most
 a few metrics of the group it belongs to:
 
@@ -32,8 +32,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gateway.audit.files import parse_lines
 from gateway.budgets import STOP_REASONS
-from gateway.durations import parse_duration
 
 GROUPS = ("agent", "owner", "session", "task", "tool", "server")
 FORMATS = ("table", "csv", "json", "html")
@@ -46,50 +46,19 @@ OUTCOMES = ("closed", "expired", "revoked", "open")
 NONE = "(none)"
 
 
-def audit_files(path: Path) -> list[Path]:
-    """The audit file, its rotated siblings and the operator chain: every `<stem>*<suffix>` beside it."""
-    return sorted(p for p in path.parent.glob(f"{path.stem}*{path.suffix}") if p.is_file())
-
-
 def read_records(files: Iterable[Path]) -> tuple[list[dict[str, Any]], int]:
     """Every record in `files`, oldest first, and how many lines were not JSON records."""
     records: list[dict[str, Any]] = []
     skipped = 0
     for path in files:
-        with path.open(encoding="utf-8") as handle:
-            for line in handle:
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    skipped += 1
-                    continue
-                if isinstance(record, dict) and isinstance(record.get("ts"), int | float):
+        with path.open("rb") as handle:
+            for record in parse_lines(handle):
+                if record is not None and isinstance(record.get("ts"), int | float):
                     records.append(record)
                 else:
                     skipped += 1
     records.sort(key=lambda r: r["ts"])
     return records, skipped
-
-
-def parse_time(text: str, now: float) -> float:
-    """A report bound: an ISO 8601 date or time (UTC unless it says otherwise), or a duration ago (`24h`, `7d`).
-
-    Raises:
-        ValueError: none of those.
-    """
-    try:
-        return now - parse_duration(text)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"{text!r} is not an ISO 8601 date or time, or a duration like 24h or 7d") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
 
 
 def contribution(record: dict[str, Any]) -> dict[str, float]:
@@ -137,7 +106,7 @@ def is_action(record: dict[str, Any]) -> bool:
 def session_outcome(closed: dict[str, Any] | None) -> str:
     if closed is None:
         return "open"
-    state = closed.get("state") or closed.get("reason")
+    state = closed.get("state")
     return state if state in ("closed", "expired") else "revoked"
 
 
@@ -187,8 +156,8 @@ def build(records: list[dict[str, Any]], by: str, since: float | None = None, un
     window = [r for r in records if (since is None or r["ts"] >= since) and (until is None or r["ts"] < until)]
     report = Report(by, since, until, sources or [], records=len(window), skipped_lines=skipped_lines)
     tools: dict[str, int] = defaultdict(int)
-    for record in window:
-        added = contribution(record)
+    contributions = [(record, contribution(record)) for record in window]
+    for record, added in contributions:
         if not added:
             continue
         row = report.rows.setdefault(group_key(record, by), dict.fromkeys(METRICS, 0))
@@ -199,7 +168,7 @@ def build(records: list[dict[str, Any]], by: str, since: float | None = None, un
             tools[group_key(record, "tool")] += int(added["response_tokens"])
     report.evidence = _evidence(window, closed)
     report.charts = {
-        "spend_by_agent": _spend_over_time(window, since, until),
+        "spend_by_agent": _spend_over_time(contributions, since, until),
         "top_tools_by_response_tokens": sorted(tools.items(), key=lambda kv: (-kv[1], kv[0]))[:10],
         "session_outcomes": report.evidence["sessions"],
     }
@@ -241,15 +210,18 @@ def _evidence(window: list[dict[str, Any]], closed: dict[str, dict[str, Any]]) -
     }
 
 
-def _spend_over_time(window: list[dict[str, Any]], since: float | None, until: float | None) -> dict[str, Any]:
-    """Tokens and cost per agent per bucket: hours when the report spans two days or less, else days."""
-    stamps = [r["ts"] for r in window]
+def _spend_over_time(contributions: list[tuple[dict[str, Any], dict[str, float]]], since: float | None,
+                     until: float | None) -> dict[str, Any]:
+    """Tokens and cost per agent per bucket: hours when the report spans two days or less, else days.
+
+    `contributions`: each record in the window, with what it adds to its group's metrics.
+    """
+    stamps = [r["ts"] for r, _ in contributions]
     start = since if since is not None else min(stamps, default=time.time())
     end = until if until is not None else max(stamps, default=start)
     step = 3600 if end - start <= 2 * 86400 else 86400
     buckets: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(lambda: [0.0, 0.0]))
-    for record in window:
-        added = contribution(record)
+    for record, added in contributions:
         tokens = sum(added.get(k, 0) for k in ("request_tokens", "response_tokens", "model_input_tokens",
                                                 "model_output_tokens"))
         if tokens or added.get("cost_usd"):

@@ -18,10 +18,16 @@ def canonical(record: dict[str, Any]) -> bytes:
     return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
+def _body(record: dict[str, Any]) -> bytes:
+    """The canonical record without its `hash` field (copied only when it has one)."""
+    if "hash" in record:
+        record = {k: v for k, v in record.items() if k != "hash"}
+    return canonical(record)
+
+
 def record_hash(record: dict[str, Any]) -> str:
     """The hash of a record, ignoring any `hash` field it already carries."""
-    body = {k: v for k, v in record.items() if k != "hash"}
-    return hashlib.sha256(canonical(body)).hexdigest()
+    return hashlib.sha256(_body(record)).hexdigest()
 
 
 def seal(record: dict[str, Any]) -> tuple[str, bytes]:
@@ -30,6 +36,6 @@ def seal(record: dict[str, Any]) -> tuple[str, bytes]:
     Only the body is canonical; the line is ordinary JSON, so readers parse it
     and verifiers recompute the hash from the parsed record.
     """
-    body = canonical({k: v for k, v in record.items() if k != "hash"})
+    body = _body(record)
     digest = hashlib.sha256(body).hexdigest()
     return digest, body[:-1] + b',"hash":"' + digest.encode() + b'"}\n'

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,11 @@ _CHUNK = 65536
 
 def cli_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}-cli{path.suffix}")
+
+
+def cli_instance(instance: str) -> str:
+    """The name of the operator commands' chain beside the gateway `instance`'s."""
+    return f"{instance}/cli"
 
 
 def rotated_path(path: Path, last_seq: int) -> Path:
@@ -38,6 +43,24 @@ def rotated_files(path: Path) -> list[Path]:
 def stream_files(path: Path) -> list[Path]:
     """Every file of the stream at `path` in chain order: the rotated ones, then the active one."""
     return rotated_files(path) + ([path] if path.exists() else [])
+
+
+def audit_files(path: Path) -> list[Path]:
+    """Every file of the stream at `path`, then every file of its operator chain, each in chain order."""
+    return stream_files(path) + stream_files(cli_path(path))
+
+
+def parse_lines(lines: Iterable[bytes]) -> Iterator[dict[str, Any] | None]:
+    """Each line that is not blank, parsed: a JSON object, or None for a line that is not one."""
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            yield None
+            continue
+        yield record if isinstance(record, dict) else None
 
 
 def _lines_backwards(fd: int, end: int) -> Iterator[bytes]:

@@ -39,7 +39,7 @@ import anyio.lowlevel
 from gateway.audit import metrics
 from gateway.audit.chain import GENESIS, seal
 from gateway.audit.checkpoints import EVENT as CHECKPOINT, Checkpoints
-from gateway.audit.files import cli_path, complete_size, last_record, rotated_files, rotated_path
+from gateway.audit.files import cli_instance, cli_path, complete_size, last_record, rotated_files, rotated_path
 from gateway.config import GatewayConfig
 from gateway.errors import AuditUnavailable, Unavailable
 from gateway.identity.keys import KeyRing
@@ -163,12 +163,10 @@ class Audit:
         Raises:
             AuditUnavailable: a durable record could not be written (any record, for operator commands).
         """
-        record = {
-            "ts": round(self.clock(), 6),
-            "event": event,
-            "gateway": self.instance,
-            **{k: v for k, v in fields.items() if v is not None},
-        }
+        record: dict[str, Any] = {"ts": round(self.clock(), 6), "event": event, "gateway": self.instance}
+        for key, value in fields.items():
+            if value is not None:
+                record[key] = value
         if self.shared:
             self._append_shared(record)
         elif self._append_or_hold(record, durable):
@@ -323,12 +321,19 @@ class Audit:
     # ------------------------------------------------------------ durability
 
     def _sync_now(self) -> None:
-        """fsync on this thread: everything written so far becomes durable, and its waiters are woken."""
+        """fsync on this thread: everything written so far becomes durable, and its waiters are woken.
+
+        Raises:
+            OSError: the fsync failed (its waiters are woken all the same; the caller records the failure).
+        """
         retired, self._retired = self._retired, []
-        self._timed(_fsync_all(retired, self._fd, self.path.parent if retired else None))
-        self._synced = self.seq
         synced, self._synced_event = self._synced_event, anyio.Event()
-        synced.set()
+        try:
+            if self.seq > self._synced or retired:  # else a waiter only needs waking: its record is synced already
+                self._timed(_fsync_all(retired, self._fd, self.path.parent if retired else None))
+                self._synced = self.seq
+        finally:
+            synced.set()
 
     def _timed(self, elapsed: float) -> None:
         """Record how long the disk took (the fsync alone, never a thread hop: that would make slow look slower)."""
@@ -371,8 +376,7 @@ class Audit:
     def _commit(self) -> None:
         """On the event loop: a checkpoint if its interval has passed, then the fsync that makes it all durable."""
         try:
-            if self.checkpoints is not None and self._since_checkpoint and self._checkpoint_due_in() == 0:
-                self._append_checkpoint()
+            self._checkpoint_if_due()
             self._sync_now()
         except OSError as exc:
             self._failed(exc)
@@ -395,37 +399,46 @@ class Audit:
             return math.inf
         return max(0.0, self._last_checkpoint + self.checkpoints.interval - self.clock())
 
+    def _checkpoint_if_due(self) -> None:
+        """Write a checkpoint if records arrived since the last and its interval has passed.
+
+        Raises:
+            OSError: it was not written.
+        """
+        if self._checkpoint_due_in() == 0:
+            self._append_checkpoint()
+
     async def _tick(self) -> None:
         if not self.healthy:
             with contextlib.suppress(OSError):
                 self._recover()
             return
-        if self.checkpoints is not None and self._since_checkpoint and self._checkpoint_due_in() == 0:
-            try:
-                self._append_checkpoint()
-            except OSError as exc:
-                self._failed(exc)
+        try:
+            self._checkpoint_if_due()
+        except OSError as exc:
+            self._failed(exc)
         if self.seq > self._synced or self._retired or self._urgent:
             await self._sync()
         await self._save_checkpoint()
 
     async def _sync(self) -> None:
-        target, retired, fd = self.seq, self._retired, self._fd
-        self._retired, self._sync_requested, self._urgent = [], False, False
-        synced, self._synced_event = self._synced_event, anyio.Event()
+        """The flusher's fsync: on the event loop while the disk is fast (`_sync_now`), else in a worker thread."""
+        self._sync_requested, self._urgent = False, False
         try:
-            if target > self._synced or retired:  # else a waiter only needs waking: its record is synced already
-                directory = self.path.parent if retired else None
-                if self._inline():
-                    elapsed = _fsync_all(retired, fd, directory)
-                else:
-                    elapsed = await anyio.to_thread.run_sync(_fsync_all, retired, fd, directory)
-                self._synced = max(self._synced, target)
-                self._timed(elapsed)
+            if self._inline():
+                self._sync_now()
+                return
+            target, retired, self._retired = self.seq, self._retired, []
+            synced, self._synced_event = self._synced_event, anyio.Event()
+            try:
+                if target > self._synced or retired:  # else a waiter only needs waking: its record is synced already
+                    directory = self.path.parent if retired else None
+                    self._timed(await anyio.to_thread.run_sync(_fsync_all, retired, self._fd, directory))
+                    self._synced = max(self._synced, target)
+            finally:
+                synced.set()
         except OSError as exc:
             self._failed(exc)
-        finally:
-            synced.set()
 
     async def _save_checkpoint(self) -> None:
         signed = self._unsaved
@@ -446,6 +459,10 @@ class Audit:
             self._down_since = self.clock()
             metrics.HEALTHY.set(value=0)
             log.error("audit sink cannot write; refusing calls until it recovers: %s", self.error)
+            # Wake the durable records waiting for an fsync: they find the sink down and refuse their calls.
+            # (The sync after recovery covers only the reopened file, never what they wrote.)
+            synced, self._synced_event = self._synced_event, anyio.Event()
+            synced.set()
 
     def _recover(self) -> None:
         """Reopen the path, write what was held and an `audit.recovered` record, fsync.
@@ -522,11 +539,13 @@ def _fsync_all(retired: list[int], fd: int | None, directory: Path | None) -> fl
     fdatasync: the data and the size needed to read it back, without the timestamps.
     """
     started = time.perf_counter()
-    for old in retired:
-        try:
+    try:
+        for old in retired:
             os.fdatasync(old)
-        finally:
-            os.close(old)
+    finally:
+        for old in retired:
+            with contextlib.suppress(OSError):
+                os.close(old)
     if directory is not None:
         dir_fd = os.open(directory, os.O_RDONLY)
         try:
@@ -546,7 +565,7 @@ def build_audit(
     settings = config.audit
     checkpoints = Checkpoints(keys, store, every=settings.checkpoint_every, interval=settings.checkpoint_interval)
     if operator:
-        return Audit(cli_path(settings.path), f"{config.instance}/cli", checkpoints=checkpoints, clock=clock,
+        return Audit(cli_path(settings.path), cli_instance(config.instance), checkpoints=checkpoints, clock=clock,
                      shared=True)
     return Audit(
         settings.path, config.instance, fsync=settings.fsync, batch_interval=settings.batch_interval,

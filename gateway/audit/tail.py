@@ -3,35 +3,16 @@
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from gateway.audit.files import rotated_files
-from gateway.durations import parse_duration
+from gateway.audit.files import parse_lines, rotated_files
 
 _SHOWN = ("agent", "session", "decision", "reason", "outcome", "error", "actor", "head_seq", "kid")
-
-
-def parse_since(text: str, now: float) -> float:
-    """`15m` (that long ago) or an ISO 8601 time (UTC unless it says otherwise) -> a timestamp.
-
-    Raises:
-        ValueError: neither.
-    """
-    try:
-        return now - parse_duration(text)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is neither a duration like 15m nor an ISO 8601 time") from None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 @dataclass(frozen=True)
@@ -74,23 +55,13 @@ def _readable(record: dict[str, Any]) -> str:
     return "  ".join(parts).rstrip()
 
 
-def as_json(record: dict[str, Any]) -> str:
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def _records(lines: list[bytes]) -> Iterator[dict[str, Any]]:
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            yield record
+def _records(lines: Iterable[bytes]) -> list[dict[str, Any]]:
+    return [record for record in parse_lines(lines) if record is not None]
 
 
 def read_file(path: Path) -> list[dict[str, Any]]:
     try:
-        return list(_records(path.read_bytes().split(b"\n")))
+        return _records(path.read_bytes().split(b"\n"))
     except FileNotFoundError:
         return []
 
@@ -128,8 +99,9 @@ class Follower:
             return records
         if rotated:
             records += self._read()  # what was written before the rename
-            mine = [p for p in rotated_files(self.path) if self.reading(p)]
-            for later in (p for p in rotated_files(self.path) if mine and p.name > mine[0].name):
+            files = rotated_files(self.path)
+            mine = next((i for i, p in enumerate(files) if self.reading(p)), None)
+            for later in files[mine + 1:] if mine is not None else []:
                 records += read_file(later)  # files that rotated away between two polls
             assert self._handle is not None
             self._handle.close()
@@ -141,7 +113,7 @@ class Follower:
         if self._handle is None:
             return []
         *lines, self._partial = (self._partial + self._handle.read()).split(b"\n")
-        return list(_records(lines))
+        return _records(lines)
 
     def close(self) -> None:
         if self._handle is not None:
@@ -152,19 +124,16 @@ def history(followers: list[Follower], wanted: Filter, limit: int | None) -> lis
     """The last `limit` matching records (all, if None) across the followed streams, oldest first.
 
     The active files are read through their followers, so following picks up exactly where this ends;
-    rotated files are read newest first, only as far back as needed.
+    rotated files are read newest first (their names sort in chain order), only as far back as needed.
     """
-    if limit == 0:
-        for follower in followers:
-            follower.poll()
-        return []
     found = [r for follower in followers for r in follower.poll() if wanted.matches(r)]
-    older = [p for follower in followers for p in rotated_files(follower.path) if not follower.reading(p)]
-    for path in sorted(older, key=lambda p: p.stat().st_mtime, reverse=True):
-        if limit is not None and len(found) >= limit:
-            break
-        if wanted.since is not None and path.stat().st_mtime < wanted.since:
-            break  # it, and every file older than it, ends before `since`
-        found = [r for r in read_file(path) if wanted.matches(r)] + found
+    for follower in followers:
+        for path in reversed(rotated_files(follower.path)):
+            if limit is not None and len(found) >= limit:
+                break
+            if wanted.since is not None and path.stat().st_mtime < wanted.since:
+                break  # it, and every older file of its stream, ends before `since`
+            if not follower.reading(path):
+                found = [r for r in read_file(path) if wanted.matches(r)] + found
     found.sort(key=lambda r: float(r.get("ts", 0)))
-    return found[-limit:] if limit is not None else found
+    return found[max(0, len(found) - limit):] if limit is not None else found

@@ -23,9 +23,8 @@ from gateway.audit.checkpoints import EVENT as CHECKPOINT, BadSignature, PublicK
 @dataclass
 class Chain:
     instance: str
-    seq: int = 0  # the last record that verified
+    seq: int = 0  # the last record that verified (so also how many did)
     head: str = GENESIS
-    records: int = 0
     checkpoints: int = 0
     files: list[Path] = field(default_factory=list)
     expect: tuple[int, str] | None = None  # the store's checkpoint: (seq, head)
@@ -40,7 +39,7 @@ class Chain:
             return f"{self.instance}: BROKEN at {self.broken}"
         span = f"seq 1..{self.seq}" if self.seq else "no records"
         store = f", reaches the store's checkpoint at seq {self.expect[0]}" if self.expect else ""
-        return (f"{self.instance}: intact, {_count(self.records, 'record')} ({span}) in "
+        return (f"{self.instance}: intact, {_count(self.seq, 'record')} ({span}) in "
                 f"{_count(len(self.files), 'file')}, {_count(self.checkpoints, 'checkpoint')}{store}")
 
 
@@ -119,7 +118,7 @@ def _check(chain: Chain, record: dict[str, Any], path: Path, where: str, keys: P
     elif chain.expect is not None and seq == chain.expect[0] and digest != chain.expect[1]:
         chain.fail(seq, f"not the record the store's checkpoint vouches for {where}")
     else:
-        chain.seq, chain.head, chain.records = seq, digest, chain.records + 1
+        chain.seq, chain.head = seq, digest
         if not chain.files or chain.files[-1] != path:
             chain.files.append(path)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import sys
 import time
@@ -11,25 +10,22 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from jwt import PyJWK, PyJWTError
 
 from gateway.audit.checkpoints import PublicKeys
-from gateway.audit.files import cli_path, stream_files
-from gateway.audit.tail import Filter, Follower, as_json, history, parse_since, readable
+from gateway.audit.files import audit_files, cli_instance, cli_path
+from gateway.audit.records import canonical_json
+from gateway.audit.tail import Filter, Follower, history, readable
 from gateway.audit.verify import verify
 from gateway.commands._context import run
 from gateway.config import GatewayConfig, load_gateway_config
+from gateway.durations import moment_argument
 from gateway.errors import ConfigError, GatewayError
+from gateway.identity.keys import ALGORITHM
 from gateway.identity.stored_keys import key_ring
-from gateway.store import open_store
+from gateway.store import Store, open_store
 
 POLL_SECONDS = 0.2  # how often --follow looks for new records
-
-
-def _since(value: str) -> float:
-    try:
-        return parse_since(value, time.time())
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _lines(value: str) -> int:
@@ -54,7 +50,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     tail.add_argument("--agent", metavar="ID")
     tail.add_argument("--session", metavar="SID")
     tail.add_argument("--event", action="append", metavar="GLOB", help="e.g. tool.call or 'tool.*' (repeatable)")
-    tail.add_argument("--since", type=_since, metavar="WHEN", help="a duration ago (15m) or an ISO 8601 time")
+    tail.add_argument("--since", type=moment_argument, metavar="WHEN", help="a duration ago (15m) or an ISO 8601 time")
     tail.add_argument("-n", "--lines", type=_lines, metavar="N",
                       help="how many past records to print (default 10, or all with --since)")
     tail.add_argument("--json", action="store_true", help="one JSON record a line, for pipes")
@@ -65,23 +61,23 @@ def _verify(args: argparse.Namespace) -> int:
     async def body() -> int:
         config_path = Path(args.config)
         config = load_gateway_config(config_path) if not args.paths or config_path.exists() else None
-        keys = _public_keys(config, args.jwks)
+        store = open_store(config) if config is not None else None
+        keys = _public_keys(config, store, args.jwks)
         if args.paths:
             for path in args.paths:
                 if not path.is_file():
                     raise GatewayError(f"{path}: no such audit file")
             chains = verify(sorted(args.paths, key=_first_seq), keys)
         else:
-            assert config is not None
-            files = stream_files(config.audit.path) + stream_files(cli_path(config.audit.path))
-            chains = verify(files, keys, await _stored_checkpoints(config))
+            assert config is not None and store is not None
+            chains = verify(audit_files(config.audit.path), keys, await _stored_checkpoints(config, store))
         for chain in chains:
             print(chain.summary())
         broken = sum(1 for chain in chains if chain.broken)
         if broken:
             print(f"broken: {broken} of {len(chains)} chains")
             return 1
-        print(f"intact: {sum(chain.records for chain in chains)} records")
+        print(f"intact: {sum(chain.seq for chain in chains)} records")
         return 0
 
     return run(body)
@@ -96,19 +92,18 @@ def _first_seq(path: Path) -> int:
             return 0
 
 
-async def _stored_checkpoints(config: GatewayConfig) -> dict[str, dict[str, Any]]:
-    store = open_store(config)
+async def _stored_checkpoints(config: GatewayConfig, store: Store) -> dict[str, dict[str, Any]]:
     await store.open()
     try:
-        found = {i: await store.get_checkpoint(i) for i in (config.instance, f"{config.instance}/cli")}
+        found = {i: await store.get_checkpoint(i) for i in (config.instance, cli_instance(config.instance))}
     finally:
         await store.close()
     return {instance: checkpoint for instance, checkpoint in found.items() if checkpoint is not None}
 
 
-def _public_keys(config: GatewayConfig | None, jwks_files: list[Path]) -> PublicKeys:
+def _public_keys(config: GatewayConfig | None, store: Store | None, jwks_files: list[Path]) -> PublicKeys:
     """Checkpoint keys: the gateway's keys (on disk, or in the store with PostgreSQL), then any JWKS files given."""
-    ring = key_ring(config, open_store(config)) if config is not None else None
+    ring = key_ring(config, store) if config is not None and store is not None else None
     if ring is not None:
         try:
             ring.load(create=False)
@@ -119,9 +114,8 @@ def _public_keys(config: GatewayConfig | None, jwks_files: list[Path]) -> Public
         try:
             for jwk in json.loads(path.read_text())["keys"]:
                 if jwk.get("kty") == "OKP" and jwk.get("crv") == "Ed25519" and "kid" in jwk:
-                    raw = base64.urlsafe_b64decode(jwk["x"] + "=" * (-len(jwk["x"]) % 4))
-                    given[jwk["kid"]] = Ed25519PublicKey.from_public_bytes(raw)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+                    given[jwk["kid"]] = PyJWK(jwk, ALGORITHM).key
+        except (OSError, ValueError, KeyError, TypeError, PyJWTError) as exc:
             raise GatewayError(f"{path}: not a usable JWKS file: {exc}") from None
 
     def lookup(kid: str) -> Ed25519PublicKey | None:
@@ -137,7 +131,7 @@ def _tail(args: argparse.Namespace) -> int:
     config = load_gateway_config(Path(args.config))
     wanted = Filter(args.agent, args.session, tuple(args.event or ()), args.since)
     limit = args.lines if args.lines is not None else (None if args.since is not None else 10)
-    show = as_json if args.json else readable
+    show = canonical_json if args.json else readable
     followers = [Follower(config.audit.path), Follower(cli_path(config.audit.path))]
     try:
         for record in history(followers, wanted, limit):

@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
+from gateway.audit.files import audit_files
 from gateway.config import load_gateway_config
+from gateway.durations import moment_argument
 from gateway.errors import GatewayError
-from gateway.report import FORMATS, GROUPS, audit_files, build, parse_time, read_records, render
-
-
-def _moment(value: str) -> float:
-    try:
-        return parse_time(value, time.time())
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+from gateway.report import FORMATS, GROUPS, build, read_records, render
 
 
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -26,8 +20,10 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
                         help="audit files to read, e.g. each replica's (with their rotated and operator files); "
                              "default: this gateway's")
     report.add_argument("--by", choices=GROUPS, default="agent", help="group rows by (default: %(default)s)")
-    report.add_argument("--since", type=_moment, metavar="WHEN", help="ISO 8601 date/time (UTC) or a duration ago: 7d")
-    report.add_argument("--until", type=_moment, metavar="WHEN", help="end of the period (exclusive); default now")
+    report.add_argument("--since", type=moment_argument, metavar="WHEN",
+                        help="ISO 8601 date/time (UTC) or a duration ago: 7d")
+    report.add_argument("--until", type=moment_argument, metavar="WHEN",
+                        help="end of the period (exclusive); default now")
     report.add_argument("--format", choices=FORMATS, default="table", help="(default: %(default)s)")
     report.add_argument("--output", metavar="PATH", help="write the report here instead of standard output")
     report.set_defaults(run=_report)

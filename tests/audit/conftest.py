@@ -51,7 +51,7 @@ def broken_links(gateway: Gateway) -> list[str | None]:
 
 
 def fsync_count() -> float:
-    return next(float(line.split()[-1]) for line in WRITES.render() if "_count" in line)
+    return next((float(line.split()[-1]) for line in WRITES.render() if "_count" in line), 0.0)  # none yet: 0
 
 
 def gateway_for(config: Path, clock: Callable[[], float] = time.time) -> Gateway:

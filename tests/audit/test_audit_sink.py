@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from gateway.app import Gateway
@@ -88,6 +89,41 @@ async def test_a_file_replaced_by_a_directory_refuses_durable_records_and_recove
     assert events.index(("tool.call", "before")) < held < recovered < events.index(("tool.call", "after"))
     assert next(r for r in _records(path) if r["event"] == "audit.recovered")["refused"] == 1
     assert broken_links(gateway) == [None]
+
+
+async def test_a_durable_record_waiting_for_a_slow_fsync_is_refused_when_the_sink_fails_first(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+):
+    """Recovery fsyncs only the reopened file: a record written before the failure was never made durable."""
+    monkeypatch.setattr("gateway.audit.sink.INLINE_FSYNC_MAX", 0.0)  # a slow disk: waiters wait for the flusher
+    audit, path = gateway.audit, gateway.audit.path
+    outcome: list[str] = []
+    done = anyio.Event()
+
+    async def call() -> None:
+        try:
+            await audit.emit("tool.call", durable=True, call_id="waiting")
+            outcome.append("forwarded")
+        except AuditUnavailable:
+            outcome.append("refused")
+        done.set()
+
+    async with audit.run(), anyio.create_task_group() as tg:
+        await audit.emit("tool.call", durable=True, call_id="before")
+        async with audit._io:  # the flusher cannot fsync until the sink has failed
+            tg.start_soon(call)
+            with anyio.fail_after(5):
+                while not audit._urgent:  # written, and waiting for the flusher's fsync
+                    await anyio.lowlevel.checkpoint()
+            path.rename(path.with_suffix(".moved"))
+            await audit.emit("tool.result", call_id="held")  # finds the file gone: the sink is down
+            assert not audit.healthy
+            path.with_suffix(".moved").rename(path)
+        with anyio.fail_after(5):
+            await done.wait()
+        await audit.probe()
+    assert outcome == ["refused"]
+    assert next(r for r in _records(path) if r["event"] == "audit.recovered")["refused"] == 1
 
 
 async def test_a_full_disk_refuses_durable_records_and_recovers(tmp_path: Path):

@@ -15,7 +15,8 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from gateway import cli
-from gateway.report import audit_files, build, read_records
+from gateway.audit.files import audit_files, rotated_path
+from gateway.report import build, read_records
 from tests.support.counter import counter_manifest
 from tests.support.harness import Harness, running_gateway
 
@@ -78,7 +79,7 @@ async def traffic(tmp_path: Path) -> Path:
         assert [r["agent"] for r in gw.audit("credential.shared_suspected")] == ["bob-bot"]
     # Rotate the gateway's file, as the sink does past rotate_bytes: the report must still see every record.
     audit = tmp_path / "state" / "audit.jsonl"
-    audit.rename(audit.with_name("audit.20260101T000000.jsonl"))
+    audit.rename(rotated_path(audit, json.loads(audit.read_text().splitlines()[-1])["seq"]))
     return tmp_path / "gateway.yaml"
 
 
@@ -102,8 +103,10 @@ def expected(records: list[dict[str, Any]], keep: Any = lambda r: True) -> dict[
 
 async def test_report_totals_and_rows_equal_the_sums_over_the_audit_records_in_every_format(tmp_path):
     config = await traffic(tmp_path)
-    files = audit_files(tmp_path / "state" / "audit.jsonl")
-    assert [f.name for f in files] == ["audit-cli.jsonl", "audit.20260101T000000.jsonl"]
+    audit = tmp_path / "state" / "audit.jsonl"
+    files = audit_files(audit)
+    last_seq = json.loads(files[0].read_text().splitlines()[-1])["seq"]
+    assert files == [rotated_path(audit, last_seq), audit.with_name("audit-cli.jsonl")]
     records = [json.loads(line) for f in files for line in f.read_text().splitlines()]
 
     outputs = {fmt: tmp_path / f"report.{fmt}" for fmt in ("table", "csv", "json", "html")}
@@ -152,6 +155,19 @@ async def test_report_totals_and_rows_equal_the_sums_over_the_audit_records_in_e
     assert embedded["charts"]["top_tools_by_response_tokens"][0][0] == "counter.words"
     assert embedded["charts"]["session_outcomes"] == evidence["sessions"]
     assert page.svgs == 3 and page.external == [] and page.scripts == ["application/json"]
+
+
+def test_a_neighbouring_stream_beside_the_audit_file_is_not_read(tmp_path, capsys):
+    """Replicas may share a directory: `audit-gw-b.jsonl` is another gateway's stream, not a rotation of this one."""
+    audit = tmp_path / "audit.jsonl"
+    mine = [rotated_path(audit, 7), audit, audit.with_name("audit-cli.jsonl")]
+    for path in [*mine, audit.with_name("audit-other.jsonl"), audit.with_name("audit-gw-b.jsonl")]:
+        path.write_text(json.dumps({"ts": 1.0, "event": "gateway.started", "gateway": path.stem}) + "\n")
+    assert audit_files(audit) == mine
+    records, skipped = read_records(audit_files(audit))
+    assert sorted(r["gateway"] for r in records) == sorted(p.stem for p in mine) and skipped == 0
+    assert cli.main(["report", str(audit), "--format", "json", "--config", str(tmp_path / "gateway.yaml")]) == 0
+    assert json.loads(capsys.readouterr().out)["sources"] == sorted(map(str, mine))
 
 
 async def test_every_grouping_partitions_the_same_totals(tmp_path):
