@@ -51,7 +51,9 @@ _WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 _SECRET_SHAPES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)", re.S), MASK),
     (re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), MASK),  # JWT / JWS
-    (re.compile(r"(?i)\b(bearer|basic|token)(\s+)[A-Za-z0-9._~+/=-]{6,}"), rf"\1\2{MASK}"),
+    # A scheme word followed by another ("basic Bearer x...") is prose: the credential follows the last one.
+    (re.compile(r"(?i)\b(bearer|basic|token)(\s+)(?!(?:bearer|basic|token)\b)[A-Za-z0-9._~+/=-]{6,}"),
+     rf"\1\2{MASK}"),
     (re.compile(r"(?<=://)[^\s/@:]+:[^\s/@]+(?=@)"), MASK),  # user:password@ in URLs
     (re.compile(r"(?i)(pass(?:word|wd|phrase)?|pwd|secret|token|api[_-]?key|access[_-]?key|auth)"
                 r"([\"']?\s*[=:]\s*[\"']?)[^\s\"'&;,]+"), rf"\1\2{MASK}"),  # password=..., "token": "..."

@@ -79,3 +79,9 @@ def test_plain_values_under_plain_names_are_logged_as_they_are(text: str, key: s
 def test_masking_is_idempotent(secret: str, prose: str):
     once = masked({"message": f"{prose} {secret}"})
     assert masked(once) == once
+
+
+def test_a_bearer_credential_after_another_scheme_word_is_masked():
+    """Regression: in "basic Bearer <token>" the first scheme word took "Bearer" as its credential."""
+    logged = masked("basic Bearer T000000000 ")
+    assert "T000000000" not in logged
