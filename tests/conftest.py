@@ -2,10 +2,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import os
+
 import pytest
 import structlog
+from hypothesis import settings
 
 from tests.support.postgres import drop_idle
+
+
+# CI replays the same examples every run (a failure there reproduces); a developer's run explores new ones.
+# No deadline anywhere: the 2-core machines are shared, and a slow example is not a wrong one.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("dev", deadline=None)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
 @pytest.fixture(scope="session")
