@@ -14,6 +14,7 @@ from typing import NoReturn
 
 from gateway.commands import COMMAND_GROUPS
 from gateway.errors import GatewayError
+from gateway.terminal import safe
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except GatewayError as exc:
-        sys.stderr.write(f"mcp-gateway: error: {exc}\n")
+        sys.stderr.write(f"mcp-gateway: error: {safe(str(exc))}\n")  # may quote what a tool server said
         return 1
     except KeyboardInterrupt:
         return 130

@@ -22,8 +22,11 @@ from gateway.durations import Duration
 from gateway.errors import ConfigError
 
 _ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
-SERVER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
-EMAIL = re.compile(r"[^@\s]+@[^@\s]+")  # use with fullmatch: one @, something on each side, no whitespace
+# Identifier patterns end in \Z, never $: `$` also matches before a trailing newline, so "rb\n" would pass.
+# Use them with fullmatch all the same.
+SERVER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}\Z")
+# One @, something on each side; no whitespace and no control characters (C0, DEL, C1).
+EMAIL = re.compile(r"[^@\s\x00-\x1f\x7f-\x9f]+@[^@\s\x00-\x1f\x7f-\x9f]+\Z")
 
 
 class _Model(BaseModel):
@@ -302,7 +305,7 @@ class AgentsFile(_Model):
     @classmethod
     def _ids(cls, value: dict[str, AgentSpec]) -> dict[str, AgentSpec]:
         for agent_id in value:
-            if not AGENT_ID.match(agent_id):
+            if not AGENT_ID.fullmatch(agent_id):
                 raise ValueError(f"agent id {agent_id!r} must match {AGENT_ID.pattern}")
         return value
 
@@ -332,7 +335,7 @@ def check_public_jwks(value: Any) -> None:
                              f"(use one of {', '.join(ASSERTION_ALGORITHMS)})")
 
 
-AGENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+AGENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")  # \Z: see SERVER_NAME
 
 
 # ---------------------------------------------------------------- loading

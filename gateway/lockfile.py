@@ -27,7 +27,7 @@ from gateway.pins import digest
 
 _PINS_KEY = re.compile(r"^pins\s*:\s*(#.*)?$")  # a top-level block-style `pins:` line
 _PINS_LINE = re.compile(r"^pins\s*:")
-_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
 
 Definition = dict[str, Any]
 

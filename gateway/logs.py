@@ -7,13 +7,22 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import structlog
 
+from gateway.terminal import safe
+
+
+def _terminal_safe(_: Any, __: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:
+    """On a terminal, string values (which may quote agents and tool servers) are shown escaped."""
+    return {key: safe(value) if isinstance(value, str) else value for key, value in event.items()}
+
 
 def configure(level: str = "INFO") -> None:
+    console = sys.stderr.isatty()
     renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer() if sys.stderr.isatty() else structlog.processors.JSONRenderer()
+        structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer()
     )
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -29,7 +38,8 @@ def configure(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer])
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta, *([_terminal_safe] if console else []),
+            renderer])
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -23,7 +23,7 @@ from gateway.durations import Duration
 from gateway.errors import ConfigError
 
 _SECRET_REF = re.compile(r"\$\{secret:([A-Za-z0-9_.-]+)\}")
-PIN = re.compile(r"^sha256:[0-9a-f]{64}$")
+PIN = re.compile(r"^sha256:[0-9a-f]{64}\Z")  # \Z, not $: no trailing newline
 
 
 class Manifest(BaseModel):
@@ -50,7 +50,7 @@ class Manifest(BaseModel):
     @field_validator("name")
     @classmethod
     def _server_name(cls, value: str) -> str:
-        if not SERVER_NAME.match(value):
+        if not SERVER_NAME.fullmatch(value):
             raise ValueError(f"must match {SERVER_NAME.pattern}")
         return value
 
@@ -58,7 +58,7 @@ class Manifest(BaseModel):
     @classmethod
     def _pin_format(cls, value: dict[str, str]) -> dict[str, str]:
         for tool, pin in value.items():
-            if not PIN.match(pin):
+            if not PIN.fullmatch(pin):
                 raise ValueError(f"pin for {tool!r} must look like sha256:<64 hex digits>")
         return value
 

@@ -47,7 +47,7 @@ class Operations:
         Raises:
             OperatorError: a bad id, owner or key set; the id exists or is defined in agents.yaml.
         """
-        if not isinstance(agent_id, str) or not AGENT_ID.match(agent_id):
+        if not isinstance(agent_id, str) or not AGENT_ID.fullmatch(agent_id):
             raise OperatorError(f"agent id must match {AGENT_ID.pattern}")
         if not isinstance(owner, str) or not EMAIL.fullmatch(owner):
             raise OperatorError("owner must be an email address")

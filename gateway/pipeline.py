@@ -23,7 +23,7 @@ from gateway.audit.records import Fingerprints, canonical_json, masked
 from gateway.budgets import Budgets, stop_detail
 from gateway.errors import Stopped, UpstreamError
 from gateway.metering import Meter
-from gateway.policy import NOT_GRANTED, decide
+from gateway.policy import NOT_GRANTED, decide, host_realpath
 from gateway.principal import Principal
 from gateway.upstream import Downstream, Upstream
 
@@ -99,7 +99,7 @@ class Pipeline:
         identity.update(server=upstream.name, tool=tool)
         if upstream.spec.log_arguments:  # the manifest opted in: arguments, secret-looking values masked
             identity["arguments_masked"] = masked(arguments or {})
-        decision = decide(principal.grant, upstream.name, tool, arguments)
+        decision = decide(principal.grant, upstream.name, tool, arguments, resolve=host_realpath)
         if decision is NOT_GRANTED:  # the view already checked; kept so the gate never depends on the caller
             raise unknown_tool(exposed)
         if not decision.allowed:

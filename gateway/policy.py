@@ -5,19 +5,37 @@ tools it may see and call (the list filter and the call gate use the same
 `allows_tool`, so they cannot disagree), which servers' resources and prompts
 it may use, and whether a call's arguments meet the grant's constraints.
 Default deny: an empty grant allows nothing.
+
+`decide` is pure: a `path_prefix` rule needs to know where a path really
+leads (symbolic links), and the caller passes that in as `resolve`. The
+gateway passes `host_realpath`, the one function here that reads the disk.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.config import ArgumentRule, Budget, GrantSpec, glob_matches
+
+Resolver = Callable[[str], str]
+"""Where an absolute path really leads: every symbolic link followed."""
+
+
+def host_realpath(path: str) -> str:
+    """Where `path` leads on this host, the way the kernel would walk it when a tool server opens it.
+
+    `os.path.realpath` (not strict): every existing component is resolved, symbolic links included, and
+    `..` after a link goes to the parent of the link's target; a tail that does not exist yet stays as
+    text, so a path still to be created is judged by its deepest existing ancestor.
+    """
+    return os.path.realpath(path)
 
 
 @dataclass(frozen=True)
@@ -41,7 +59,7 @@ class Rule:
             max_length=spec.max_length,
         )
 
-    def violation(self, value: Any) -> str | None:
+    def violation(self, value: Any, resolve: Resolver) -> str | None:
         """Why `value` breaks this rule, or None when it complies."""
         if self.enum is not None and not any(_same_json(value, allowed) for allowed in self.enum):
             return f"must be one of {list(self.enum)}"
@@ -54,7 +72,7 @@ class Rule:
             if not isinstance(value, str) or not self.pattern.fullmatch(value):
                 return f"must fully match the pattern {self.pattern.pattern!r}"
         if self.path_prefix is not None:
-            return _path_violation(value, self.path_prefix)
+            return _path_violation(value, self.path_prefix, resolve)
         return None
 
 
@@ -65,7 +83,17 @@ def _same_json(a: Any, b: Any) -> bool:
     return a == b
 
 
-def _path_violation(value: Any, prefix: str) -> str | None:
+def _under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix.rstrip("/") + "/")
+
+
+def _path_violation(value: Any, prefix: str, resolve: Resolver) -> str | None:
+    """Inside `prefix` as text and where it really leads.
+
+    A tool server may read the path as the kernel does (`a/link/..` is the parent of the link's target)
+    or normalise it as text first (`a`), then open that: both readings must stay under the prefix's
+    own real path.
+    """
     if not isinstance(value, str) or not value or "\x00" in value:
         return f"must be a path under {prefix}"
     if not value.startswith("/"):
@@ -73,9 +101,13 @@ def _path_violation(value: Any, prefix: str) -> str | None:
     normal = posixpath.normpath(value)
     if normal.startswith("//"):
         normal = "/" + normal.lstrip("/")
-    if normal == prefix or normal.startswith(prefix.rstrip("/") + "/"):
-        return None
-    return f"must be a path under {prefix} (normalised: {normal})"
+    if not _under(normal, prefix):
+        return f"must be a path under {prefix} (normalised: {normal})"
+    real_prefix = resolve(prefix)
+    if not all(_under(resolve(reading), real_prefix) for reading in (value, normal)):
+        # The link's target is not named: it is the host's layout, not the agent's to learn.
+        return f"must be a path under {prefix} (it leads outside through a symbolic link)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -120,8 +152,11 @@ class Grant:
         return any(glob_matches(pattern, server) for pattern in self.prompts)
 
 
-def decide(grant: Grant, server: str, tool: str, arguments: Mapping[str, Any] | None) -> Decision:
-    """Whether `grant` lets this call through. Pure: no I/O, no clock."""
+def decide(
+    grant: Grant, server: str, tool: str, arguments: Mapping[str, Any] | None, *, resolve: Resolver
+) -> Decision:
+    """Whether `grant` lets this call through. Pure: no I/O, no clock; `path_prefix` rules learn where a
+    path really leads from `resolve` (the gateway passes `host_realpath`)."""
     if not grant.allows_tool(server, tool):
         return NOT_GRANTED
     rules = grant.arguments.get((server, tool))
@@ -131,7 +166,7 @@ def decide(grant: Grant, server: str, tool: str, arguments: Mapping[str, Any] | 
     for name, rule in rules.items():
         if name not in arguments:
             return Decision(False, "argument", name, "is required by the grant's constraint")
-        problem = rule.violation(arguments[name])
+        problem = rule.violation(arguments[name], resolve)
         if problem is not None:
             return Decision(False, "argument", name, problem)
     return ALLOW

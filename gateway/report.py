@@ -34,6 +34,7 @@ from typing import Any
 
 from gateway.audit.files import parse_lines
 from gateway.budgets import STOP_REASONS
+from gateway.terminal import safe
 
 GROUPS = ("agent", "owner", "session", "task", "tool", "server")
 FORMATS = ("table", "csv", "json", "html")
@@ -281,7 +282,7 @@ def _csv(data: dict[str, Any]) -> str:
 
 
 def _table(data: dict[str, Any]) -> str:
-    lines = list(_lines(data))
+    lines = [[safe(line[0]), *line[1:]] for line in _lines(data)]  # group keys: agent-chosen tasks, tool names
     width = max([len(data["by"]), *(len(line[0]) for line in lines)])
     out = [f"{data['by'].upper():<{width}}  " + "  ".join(f"{h:>10}" for h in _HEADINGS)]
     out += [f"{line[0]:<{width}}  " + "  ".join(f"{c:>10}" for c in line[1:]) for line in lines]
@@ -298,5 +299,5 @@ def _table(data: dict[str, Any]) -> str:
             ),
         ]
     out.append(f"  shared-credential flags          {evidence['shared_credential_flags']}"
-               + (f" ({', '.join(evidence['flagged_agents'])})" if evidence["flagged_agents"] else ""))
+               + (f" ({', '.join(map(safe, evidence['flagged_agents']))})" if evidence["flagged_agents"] else ""))
     return "\n".join(out) + "\n"

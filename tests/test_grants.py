@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from gateway.config import GrantSpec
 from gateway.manifests import UpstreamSpec
-from gateway.policy import EMPTY_GRANT, compile_grant, decide
+from gateway.policy import EMPTY_GRANT, compile_grant, decide, host_realpath
 from gateway.upstream.hub import Catalog, Upstreams
 from gateway.views import Names, View
 
@@ -91,7 +91,7 @@ PATH_GRANT = compile_grant(GrantSpec(
 
 @given(st.text(alphabet="/.ab\x00\\", max_size=30))
 def test_path_prefix_never_lets_a_path_escape(path: str) -> None:
-    decision = decide(PATH_GRANT, "git", "git_log", {"repo_path": "/srv/repos/" + path})
+    decision = decide(PATH_GRANT, "git", "git_log", {"repo_path": "/srv/repos/" + path}, resolve=host_realpath)
     import posixpath
 
     normal = posixpath.normpath("/srv/repos/" + path)
@@ -110,13 +110,14 @@ def test_argument_constraints_name_the_argument_and_the_rule() -> None:
         ("everything", "echo", {"message": 7}, "message", "string"),
     ]
     for server, tool, arguments, argument, rule in cases:
-        decision = decide(PATH_GRANT, server, tool, arguments)
+        decision = decide(PATH_GRANT, server, tool, arguments, resolve=host_realpath)
         assert not decision.allowed and decision.argument == argument and rule in (decision.rule or ""), decision
-    assert decide(PATH_GRANT, "git", "git_log", {"repo_path": "/srv/repos/a/../b"}).allowed
-    assert decide(PATH_GRANT, "time", "convert_time", {"target_timezone": "UTC", "time": "12:00"}).allowed
+    assert decide(PATH_GRANT, "git", "git_log", {"repo_path": "/srv/repos/a/../b"}, resolve=host_realpath).allowed
+    convert = {"target_timezone": "UTC", "time": "12:00"}
+    assert decide(PATH_GRANT, "time", "convert_time", convert, resolve=host_realpath).allowed
 
 
 def test_enum_compares_json_values_not_python_truthiness() -> None:
     grant = compile_grant(GrantSpec(tools=["x.y"], arguments={"x.y": {"flag": {"enum": [1]}}}))
-    assert decide(grant, "x", "y", {"flag": 1}).allowed
-    assert not decide(grant, "x", "y", {"flag": True}).allowed
+    assert decide(grant, "x", "y", {"flag": 1}, resolve=host_realpath).allowed
+    assert not decide(grant, "x", "y", {"flag": True}, resolve=host_realpath).allowed

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from gateway.audit.files import parse_lines, rotated_files
+from gateway.terminal import safe
 
 _SHOWN = ("agent", "session", "decision", "reason", "outcome", "error", "actor", "head_seq", "kid")
 
@@ -31,13 +32,12 @@ class Filter:
         )
 
 
-# Control characters (a terminal's escape sequences, line breaks) in a value are shown escaped, never sent raw.
-_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]}
-
-
 def readable(record: dict[str, Any]) -> str:
-    """One line for people: time, event, then the fields that say what happened."""
-    return _readable(record).translate(_CONTROL)
+    """One line for people: time, event, then the fields that say what happened.
+
+    Values are agent- and server-chosen: controls, bidi overrides and separators are shown escaped.
+    """
+    return safe(_readable(record))
 
 
 def _readable(record: dict[str, Any]) -> str:

@@ -10,10 +10,11 @@ from typing import Any
 from gateway.commands._context import operate
 from gateway.config import AGENT_ID, EMAIL
 from gateway.errors import OperatorError
+from gateway.terminal import safe
 
 
 def _agent_id(value: str) -> str:
-    if not AGENT_ID.match(value):
+    if not AGENT_ID.fullmatch(value):
         raise argparse.ArgumentTypeError(f"{value!r} must match {AGENT_ID.pattern}")
     return value
 
@@ -72,7 +73,7 @@ def _list(args: argparse.Namespace) -> int:
     for r in rows:
         credential = "secret" if r["has_secret"] else ("key" if r["private_key_jwt"] else "-")
         state = "disabled" if r["disabled"] else "enabled"
-        print(f"{r['id']:<24} {r['owner']:<28} {r['source']:<7} {state:<9} {credential}")
+        print(f"{safe(r['id']):<24} {safe(r['owner']):<28} {safe(r['source']):<7} {state:<9} {credential}")
     return 0
 
 

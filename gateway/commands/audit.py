@@ -14,7 +14,6 @@ from jwt import PyJWK, PyJWTError
 
 from gateway.audit.checkpoints import PublicKeys
 from gateway.audit.files import audit_files, cli_instance, cli_path
-from gateway.audit.records import canonical_json
 from gateway.audit.tail import Filter, Follower, history, readable
 from gateway.audit.verify import verify
 from gateway.commands._context import run
@@ -24,6 +23,7 @@ from gateway.errors import ConfigError, GatewayError
 from gateway.identity.keys import ALGORITHM
 from gateway.identity.stored_keys import key_ring
 from gateway.store import Store, open_store
+from gateway.terminal import json_text
 
 POLL_SECONDS = 0.2  # how often --follow looks for new records
 
@@ -127,11 +127,16 @@ def _public_keys(config: GatewayConfig | None, store: Store | None, jwks_files: 
     return lookup
 
 
+def _json_line(record: dict[str, Any]) -> str:
+    """The record as compact sorted JSON, ASCII only: equal values to the file's line, never a raw control."""
+    return json_text(record, sort_keys=True, separators=(",", ":"), default=str)
+
+
 def _tail(args: argparse.Namespace) -> int:
     config = load_gateway_config(Path(args.config))
     wanted = Filter(args.agent, args.session, tuple(args.event or ()), args.since)
     limit = args.lines if args.lines is not None else (None if args.since is not None else 10)
-    show = canonical_json if args.json else readable
+    show = _json_line if args.json else readable
     followers = [Follower(config.audit.path), Follower(cli_path(config.audit.path))]
     try:
         for record in history(followers, wanted, limit):

@@ -25,6 +25,7 @@ from gateway.config import GatewayConfig, load_gateway_config
 from gateway.errors import ConfigError, GatewayError, UpstreamError
 from gateway.lint import lint
 from gateway.manifests import UpstreamSpec, describe, load_manifest, manifest_files
+from gateway.terminal import safe
 from gateway.upstream import Upstreams
 
 SETTLE = 0.3  # seconds without a tool-list change after connecting before a server's list counts as final
@@ -121,7 +122,7 @@ def _validate(args: argparse.Namespace) -> int:
     def warn(server: str, tool: str, reason: str) -> None:
         nonlocal warnings
         warnings += 1
-        print(f"warning: {server}.{tool}: {reason}")
+        print(safe(f"warning: {server}.{tool}: {reason}"))  # tool names and reasons quote what servers serve
 
     for spec in specs.values():
         for tool in sorted(spec.pins):
@@ -131,7 +132,7 @@ def _validate(args: argparse.Namespace) -> int:
         served, failed = anyio.run(served_tools, specs, config)
         for name, reason in sorted(failed.items()):
             errors += 1
-            sys.stderr.write(f"error: {specs[name].source}: cannot list its tools: {reason}\n")
+            sys.stderr.write(safe(f"error: {specs[name].source}: cannot list its tools: {reason}") + "\n")
         everyone = {tool for tools in served.values() for tool in tools}
         for name, tools in sorted(served.items()):
             hidden, changes = pins.check(tools, specs[name].pins, config.require_pins)  # what the gateway would hide
@@ -197,7 +198,7 @@ def _pin(args: argparse.Namespace) -> int:
         counts = {kind: sum(e.kind == kind for e in entries) for kind in ("new", "changed", "removed")}
         print(f"{spec.name}: " + ", ".join(f"{n} {kind}" for kind, n in counts.items()))
         for entry in entries:
-            print("\n".join(lockfile.describe(entry)))
+            print("\n".join(map(safe, lockfile.describe(entry))))  # served names and definitions
         _confirm(args.yes, f"Write {len(entries)} pin change(s) to {path}?")
         after = {name: p for name, p in spec.pins.items() if name not in names}
         after.update({name: new[name] for name in names if name in new})

@@ -10,6 +10,7 @@ from gateway.commands._context import operate
 from gateway.durations import parse_duration
 from gateway.operations import session_json
 from gateway.store.base import SessionState
+from gateway.terminal import safe
 
 STATES = get_args(SessionState)
 
@@ -83,7 +84,7 @@ def _list(args: argparse.Namespace) -> int:
         return 0
     print(f"{'SESSION':<28} {'AGENT':<20} {'STATE':<10} {'CALLS':>6} {'TOKENS':>8}  TASK")
     for s in sessions:
-        print(f"{s.sid:<28} {s.agent:<20} {s.state:<10} {s.calls:>6} {s.tokens:>8}  {s.task or ''}")
+        print(f"{safe(s.sid):<28} {safe(s.agent):<20} {s.state:<10} {s.calls:>6} {s.tokens:>8}  {safe(s.task or '')}")
     return 0
 
 

@@ -8,7 +8,11 @@ Three methods, exactly one per request (RFC 6749 §2.3):
   `aud` = this gateway's issuer, and a `jti` the store has never seen.
 
 Every failure is `invalid_client` with a reason from a small fixed set, so
-failed attempts aggregate well in the audit stream.
+failed attempts aggregate well in the audit stream. The reason is for the audit
+only: the endpoints answer every `invalid_client` alike, so a caller cannot tell
+an unknown id from a wrong secret or a disabled agent. A secret is hashed and
+compared even when the id is unknown or disabled, so the answer also takes as
+long.
 """
 
 from __future__ import annotations
@@ -42,6 +46,14 @@ def _basic(authorization: str) -> tuple[str, str]:
     if not colon:
         raise AuthError("malformed Basic credentials", error=INVALID)
     return unquote(client_id), unquote(secret)
+
+
+def _usable(agent: Agent | None) -> Agent:
+    if agent is None:
+        raise AuthError("unknown client", error=INVALID)
+    if agent.disabled:
+        raise AuthError("client disabled", error=INVALID)
+    return agent
 
 
 class ClientAuthenticator:
@@ -78,20 +90,21 @@ class ClientAuthenticator:
             client_id, secret = _basic(authorization)
         else:
             client_id, secret = form.get("client_id", ""), form["client_secret"]
-        agent = await self._agent(client_id, form)
-        if not verify_secret(self.key, secret, agent.secret_hash):
+        found = await self._lookup(client_id, form)
+        # Compared before the id is judged: an unknown id is compared with a dummy hash (verify_secret).
+        matches = verify_secret(self.key, secret, found.secret_hash if found is not None else None)
+        agent = _usable(found)
+        if not matches:
             raise AuthError("wrong client secret", error=INVALID)
         return agent
 
     async def _agent(self, client_id: str, form: Mapping[str, str]) -> Agent:
+        return _usable(await self._lookup(client_id, form))
+
+    async def _lookup(self, client_id: str, form: Mapping[str, str]) -> Agent | None:
         if "client_id" in form and form["client_id"] != client_id:
             raise AuthError("client_id does not match the credentials", error=INVALID)
-        agent = await self.agents.get(client_id, fresh=True) if client_id else None
-        if agent is None:
-            raise AuthError("unknown client", error=INVALID)
-        if agent.disabled:
-            raise AuthError("client disabled", error=INVALID)
-        return agent
+        return await self.agents.get(client_id, fresh=True) if client_id else None
 
     async def _assertion(self, form: Mapping[str, str]) -> Agent:
         if form.get("client_assertion_type") != ASSERTION_TYPE:

@@ -49,6 +49,9 @@ _MAX_BODY = 64 * 1024
 _MAX_TASK = 256
 _NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
 _STATUS = {"invalid_client": 401, "slow_down": 429, "temporarily_unavailable": 503}
+# The one description of every invalid_client answer: the precise reason (unknown client, wrong secret,
+# disabled, bad assertion) is the audit's alone, so the endpoint does not tell which agent ids exist.
+CLIENT_AUTH_FAILED = "client authentication failed"
 
 
 class OAuthError(Exception):
@@ -158,7 +161,8 @@ class OAuth:
                 used_basic = request.headers.get("authorization", "").lower().startswith("basic ")
                 challenge = exc.error == "invalid_client" and used_basic  # RFC 6749 §5.2
                 headers = {"www-authenticate": 'Basic realm="mcp-gateway"'} if challenge else None
-                return OAuthError(exc.error, exc.reason, headers).response()
+                description = CLIENT_AUTH_FAILED if exc.error == "invalid_client" else exc.reason
+                return OAuthError(exc.error, description, headers).response()
             except Unavailable as exc:
                 error = OAuthError("temporarily_unavailable", str(exc), {"retry-after": "1"})
                 return error.response()

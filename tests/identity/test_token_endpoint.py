@@ -6,6 +6,7 @@ import json
 import time
 import uuid
 
+import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -47,26 +48,43 @@ async def test_client_secret_post_authenticates_like_basic(tmp_path):
         assert response.headers["cache-control"] == "no-store"
 
 
-async def test_wrong_secret_disabled_agent_and_unknown_client_get_invalid_client_and_are_audited(tmp_path):
+def _answer(response: httpx.Response) -> tuple[int, list[tuple[str, str]], bytes]:
+    """Everything a client sees but the clock (`date`)."""
+    return response.status_code, [(k, v) for k, v in response.headers.items() if k != "date"], response.content
+
+
+async def test_unknown_client_wrong_secret_and_disabled_client_get_one_identical_answer_the_audit_tells_them_apart(
+    tmp_path,
+):
     agents = {**DEFAULT_AGENTS, "off-bot": {"owner": "off@example.com", "disabled": True}}
-    async with running_gateway(tmp_path, manifests=[], agents=agents) as gw:
+    async with running_gateway(tmp_path, manifests=[time_manifest()], agents=agents) as gw:
         secret = await give_secret(gw, "alice-bot")
         off_secret = await give_secret(gw, "off-bot")
-        attempts = [
-            (basic("alice-bot", secret + "x"), {}, "wrong client secret"),
-            (basic("off-bot", off_secret), {}, "client disabled"),
-            ({}, {"client_id": "ghost-bot", "client_secret": secret}, "unknown client"),
-        ]
-        for headers, form, reason in attempts:
-            response = await token(gw, {"grant_type": "client_credentials", **form}, headers)
-            assert response.status_code == 401, response.text
-            assert response.json()["error"] == "invalid_client"
-            if headers:  # the client used Basic: RFC 6749 §5.2 requires the challenge
-                assert response.headers["www-authenticate"].startswith("Basic")
-            else:
-                assert "www-authenticate" not in response.headers
-            assert any(r["reason"] == reason for r in gw.audit("auth.failed")), reason
-        assert not gw.audit("session.opened")
+        live = await client_credentials(gw, "alice-bot", secret)
+        credentials = {  # (client id, secret) -> the reason only the audit may know
+            ("alice-bot", secret + "x"): "wrong client secret",
+            ("off-bot", off_secret): "client disabled",
+            ("ghost-bot", secret): "unknown client",
+        }
+        async with gw.http() as http:
+            for endpoint, form in (("/oauth/token", {"grant_type": "client_credentials"}),
+                                   ("/oauth/revoke", {"token": live["access_token"]})):
+                basics = [_answer(await http.post(endpoint, data=form, headers=basic(client, password)))
+                          for client, password in credentials]
+                posts = [_answer(await http.post(endpoint, data={**form, "client_id": client,
+                                                                 "client_secret": password}))
+                         for client, password in credentials]
+                assert basics[0] == basics[1] == basics[2], endpoint
+                assert posts[0] == posts[1] == posts[2], endpoint
+                status, headers, body = basics[0]
+                assert status == 401 and dict(headers)["www-authenticate"].startswith("Basic")
+                assert json.loads(body) == {"error": "invalid_client",
+                                            "error_description": "client authentication failed"}
+                assert posts[0][0] == 401 and "www-authenticate" not in dict(posts[0][1])
+        assert set(credentials.values()) <= {r["reason"] for r in gw.audit("auth.failed")}
+        assert [r["session"] for r in gw.audit("session.opened")] == [live["session_id"]]
+        assert not gw.audit("session.closed"), "a refused revocation ended the session"
+        assert not (await call_time(gw, live["access_token"])).is_error
 
 
 async def test_a_token_request_without_client_credentials_is_refused(tmp_path):
@@ -177,7 +195,8 @@ async def test_private_key_jwt_authenticates_and_a_replayed_assertion_is_rejecte
 
         replay = await token(gw, _jwt_form(assertion))
         assert replay.status_code == 401
-        assert replay.json() == {"error": "invalid_client", "error_description": "client assertion replayed"}
+        assert replay.json() == {"error": "invalid_client", "error_description": "client authentication failed"}
+        assert any(r["reason"] == "client assertion replayed" for r in gw.audit("auth.failed"))
 
 
 async def test_client_assertions_with_the_wrong_audience_key_or_lifetime_are_rejected(tmp_path):

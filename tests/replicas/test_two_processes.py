@@ -104,7 +104,8 @@ async def test_a_client_assertion_used_on_one_replica_cannot_be_replayed_on_the_
     assert first.status_code == 200, first.text
     replay = await token(b, _jwt_form(assertion))
     assert replay.status_code == 401
-    assert replay.json() == {"error": "invalid_client", "error_description": "client assertion replayed"}
+    assert replay.json() == {"error": "invalid_client", "error_description": "client authentication failed"}
+    assert any(r["reason"] == "client assertion replayed" for r in b.audit("auth.failed"))
 
 
 async def test_a_key_rotated_from_the_cli_signs_on_both_replicas_and_the_old_one_keeps_verifying(
