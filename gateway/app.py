@@ -212,6 +212,7 @@ def create_app(gateway: Gateway) -> Starlette:
     ]
     app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(_EdgeMiddleware, edge=edge)])
     app.state.gateway = gateway
+    app.state.edge = edge
     return app
 
 
@@ -274,15 +275,22 @@ async def _watch_sessions(gateway: Gateway, edge: Edge) -> None:
             await gateway.keys.sync()
             await gateway.sessions.sweep()
             await gateway.budgets.maintain()
+            edge.prune_mcp_sessions()
             await _recheck_sessions(gateway, edge)
         except Unavailable as exc:
             log.warning("session watch: %s", exc)
 
 
+def _tracked_sids(gateway: Gateway, edge: Edge) -> set[str]:
+    """Every agent session this process holds something for: open requests, MCP sessions, listeners and
+    per-session upstream connections. A session ended elsewhere while holding any of them is noticed."""
+    return edge.tracked_sids() | gateway.fanout.session_sids() | gateway.upstreams.session_sids()
+
+
 async def _recheck_sessions(gateway: Gateway, edge: Edge) -> None:
-    """Cut the streams of sessions this process serves that have ended."""
+    """Release what this process holds for sessions that have ended (streams, MCP sessions, children)."""
     now = gateway.clock()
-    for sid in edge.active_sids():
+    for sid in _tracked_sids(gateway, edge):
         session = await gateway.store.get_session(sid)
         if session is None or session.ended_state(now) is not None:
             await gateway.sessions.notify_ended(sid)

@@ -114,6 +114,24 @@ class SharedCredentials(_Model):
     block: bool = False  # true: refuse requests from fingerprints beyond the limit (not only record them)
 
 
+class Limits(_Model):
+    """Bounds on the handshake-era MCP sessions (`Mcp-Session-Id`) one agent can hold open on this process.
+
+    The SDK caps each endpoint at 10,000 sessions for everyone; these keep one agent from taking them all.
+    """
+
+    mcp_sessions_per_session: int = Field(16, gt=0)  # per agent session
+    mcp_sessions_per_agent: int = Field(64, gt=0)  # per agent, across its sessions
+
+
+class HttpSettings(_Model):
+    """The HTTP server's own bounds on connections (uvicorn)."""
+
+    keep_alive: Duration = Field(5.0, gt=0)  # an idle keep-alive connection is closed after this
+    header_timeout: Duration = Field(10.0, gt=0)  # a request head not complete this long after it began: closed
+    max_connections: int = Field(1000, gt=0)  # open connections + requests in flight; beyond it, HTTP 503
+
+
 class GatewayConfig(_Model):
     """Static process settings (gateway.yaml). Every default is documented in README."""
 
@@ -140,6 +158,8 @@ class GatewayConfig(_Model):
     allowed_hosts: tuple[str, ...] = ()  # Host headers accepted besides public_url's and listen's
     metering: MeteringSettings = MeteringSettings()  # how payload tokens are counted
     prices: dict[str, Price] = {}  # model name -> price, to cost POST /v1/usage reports that carry no cost_usd
+    limits: Limits = Limits()  # MCP sessions per agent session and per agent
+    http: HttpSettings = HttpSettings()  # keep-alive, request-head timeout, connection cap
 
     @field_validator("public_url")
     @classmethod

@@ -5,30 +5,52 @@ pipeline. A request that passes carries its `Principal` in the ASGI scope; a
 request that fails gets the one answer the Errors table fixes for it. Every
 request of an agent session runs in a cancel scope registered under the
 session, so ending the session also ends its open streams.
+
+Handshake-era MCP sessions (`Mcp-Session-Id`) are bound to the agent session
+that opened them and counted against `limits` per agent session and per agent:
+the SDK's own cap (10,000 per endpoint) is shared by everyone, so without these
+one agent could take it all. When an agent session ends, its MCP sessions are
+terminated in the SDK too, which frees their room at once.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections import defaultdict
-from collections.abc import Mapping
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import anyio
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.authentication import AuthCredentials
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import AuthError, Unavailable
 from gateway.front import PRINCIPAL
+from gateway.principal import Principal
+from gateway.transport import McpEndpoint
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
 
 log = logging.getLogger("gateway.edge")
+
+TOO_MANY_MCP_SESSIONS = -32013  # JSON-RPC error code of the HTTP 429 that refuses an MCP session beyond `limits`
+_HANDSHAKE = frozenset(HANDSHAKE_PROTOCOL_VERSIONS)
+
+
+@dataclass(frozen=True, slots=True)
+class _McpSession:
+    """Who opened a handshake-era MCP session, and on which endpoint it lives."""
+
+    sid: str
+    agent: str
+    endpoint: McpEndpoint
 
 
 def metadata_url(public_url: str, path: str) -> str:
@@ -106,19 +128,27 @@ class Edge:
             self.hosts.add(f"{public.hostname}:{443 if public.scheme == 'https' else 80}")
         self.origins = {f"{public.scheme}://{public.netloc}", *gateway.config.allowed_origins}
         self._scopes: dict[str, set[anyio.CancelScope]] = defaultdict(set)
-        self._mcp_sessions: dict[str, str] = {}  # Mcp-Session-Id -> gateway sid
+        self._mcp_sessions: dict[str, _McpSession] = {}  # Mcp-Session-Id -> who opened it
+        self._opening_sessions: Counter[str] = Counter()  # agent sid -> MCP sessions being opened now
+        self._opening_agents: Counter[str] = Counter()  # agent id -> MCP sessions being opened now
         self.failures = AuthFailures(gateway)
 
-    def active_sids(self) -> list[str]:
-        return list(self._scopes)
+    def tracked_sids(self) -> set[str]:
+        """Agent sessions with an open request or an MCP session here: their end must be noticed."""
+        return {*self._scopes, *(owned.sid for owned in self._mcp_sessions.values())}
+
+    def prune_mcp_sessions(self) -> None:
+        """Forget MCP sessions the SDK ended on its own (idle timeout), and their listeners."""
+        self._held(lambda owned: True, prune=True)
 
     async def end_session(self, sid: str) -> None:
-        """The session ended: cut its open streams and in-flight requests now."""
+        """The session ended: cut its open streams and in-flight requests, and terminate its MCP sessions, now."""
         for scope in self._scopes.pop(sid, set()):
             scope.cancel()
-        for mcp_session, owner in list(self._mcp_sessions.items()):
-            if owner == sid:
+        for mcp_session, owned in list(self._mcp_sessions.items()):
+            if owned.sid == sid:
                 self._forget(mcp_session)
+                await owned.endpoint.terminate(mcp_session)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -156,11 +186,21 @@ class Edge:
                             {"retry-after": "1"})
             return
         mcp_session = _header(scope, b"mcp-session-id")
-        if mcp_session is not None and self._mcp_sessions.get(mcp_session, principal.sid) != principal.sid:
+        owned = self._mcp_sessions.get(mcp_session) if mcp_session is not None else None
+        if owned is not None and owned.sid != principal.sid:
             # Bound to another agent session: answer exactly as if it did not exist.
             await send_json(send, 404, {"jsonrpc": "2.0", "id": None,
                                         "error": {"code": -32600, "message": "Session not found"}})
             return
+        opening = isinstance(app, McpEndpoint) and mcp_session is None and _may_open_session(scope)
+        if opening:
+            refusal = self._mcp_session_refusal(principal)
+            if refusal is not None:
+                log.warning("refused an MCP session to agent %s, session %s: %s", principal.agent.id,
+                            principal.sid, refusal)
+                await send_json(send, 429, {"jsonrpc": "2.0", "id": None,
+                                            "error": {"code": TOO_MANY_MCP_SESSIONS, "message": refusal}})
+                return
         claims = principal.token
         scope[PRINCIPAL] = principal
         scope["user"] = AuthenticatedUser(
@@ -169,9 +209,58 @@ class Edge:
         )
         scope["auth"] = AuthCredentials([])
         ending = mcp_session if scope["method"] == "DELETE" else None
-        await self._run(app, principal.sid, scope, receive, self._binding(send, principal.sid, ending))
+        if not opening:
+            await self._run(app, principal.sid, scope, receive, self._binding(send, None, ending))
+            return
+        assert isinstance(app, McpEndpoint)
+        opener = _McpSession(principal.sid, principal.agent.id, app)
+        # Counted from admission on, so concurrent initializes cannot race past the limits.
+        self._opening_sessions[opener.sid] += 1
+        self._opening_agents[opener.agent] += 1
+        try:
+            await self._run(app, principal.sid, scope, receive, self._binding(send, opener, None))
+        finally:
+            self._opened(opener)
 
-    def _binding(self, send: Send, sid: str, ending: str | None) -> Send:
+    def _opened(self, opener: _McpSession) -> None:
+        """An admitted open is over (it became a session, or failed): it no longer counts as pending."""
+        for pending, key in ((self._opening_sessions, opener.sid), (self._opening_agents, opener.agent)):
+            pending[key] -= 1
+            if pending[key] <= 0:
+                del pending[key]
+
+    def _mcp_session_refusal(self, principal: Principal) -> str | None:
+        """Why `principal` may not open another MCP session now (`limits` in gateway.yaml), or None."""
+        limits = self.gw.config.limits
+        sid, agent = principal.sid, principal.agent.id
+        bounds: tuple[tuple[str, str, int, Callable[[_McpSession], bool], int], ...] = (
+            ("this agent session", "mcp_sessions_per_session", limits.mcp_sessions_per_session,
+             lambda owned: owned.sid == sid, self._opening_sessions[sid]),
+            (f"agent {agent!r}", "mcp_sessions_per_agent", limits.mcp_sessions_per_agent,
+             lambda owned: owned.agent == agent, self._opening_agents[agent]),
+        )
+        for whose, setting, limit, mine, pending in bounds:
+            held = self._held(mine) + pending
+            if held >= limit:
+                held = self._held(mine, prune=True) + pending
+            if held >= limit:
+                return (f"Too many MCP sessions: {whose} holds {held} (limits.{setting} = {limit} in gateway.yaml); "
+                        "end one (HTTP DELETE with its Mcp-Session-Id) or reuse it")
+        return None
+
+    def _held(self, mine: Callable[[_McpSession], bool], *, prune: bool = False) -> int:
+        """How many live MCP sessions `mine` selects; with `prune`, first forget those the SDK already ended
+        (idle timeout), which the edge is not told about."""
+        held = 0
+        for mcp_session, owned in list(self._mcp_sessions.items()):
+            if mine(owned):
+                if prune and not owned.endpoint.has_session(mcp_session):
+                    self._forget(mcp_session)
+                else:
+                    held += 1
+        return held
+
+    def _binding(self, send: Send, opener: _McpSession | None, ending: str | None) -> Send:
         """Remember which agent session a new MCP session belongs to; forget one its client terminated."""
 
         async def wrapped(message: Message) -> None:
@@ -179,8 +268,8 @@ class Edge:
                 if ending is not None and message["status"] < 300:
                     self._forget(ending)
                 for key, value in message.get("headers", []):
-                    if key.lower() == b"mcp-session-id" and ending is None:
-                        self._mcp_sessions.setdefault(value.decode("latin-1"), sid)
+                    if key.lower() == b"mcp-session-id" and opener is not None:
+                        self._mcp_sessions.setdefault(value.decode("latin-1"), opener)
             await send(message)
 
         return wrapped
@@ -209,3 +298,11 @@ class Edge:
         await send_json(send, 401, {"error": "invalid_token", "error_description": reason},
                         {"www-authenticate": challenge})
 
+
+def _may_open_session(scope: Scope) -> bool:
+    """A POST without `Mcp-Session-Id` in the handshake era (no or a handshake-era protocol header): the SDK
+    opens a new MCP session for it. 2026-07-28 requests are sessionless."""
+    if scope["method"] != "POST":
+        return False
+    version = _header(scope, b"mcp-protocol-version")
+    return version is None or version in _HANDSHAKE

@@ -28,6 +28,7 @@ from mcp.shared.subscriptions import (
     event_to_notification,
 )
 
+from gateway.principal import Principal
 from gateway.upstream import Connection, Upstream
 from gateway.views import View
 
@@ -121,6 +122,10 @@ class Fanout:
     def remove_stream(self, listener: Listener) -> None:
         self._drop(listener)
 
+    def session_sids(self) -> set[str]:
+        """Every agent session with a listener here (its end must be noticed to drop them)."""
+        return {listener.sid for listener in self._listeners()}
+
     def drop_session(self, sid: str) -> None:
         """The agent session ended: forget everything of it."""
         for key, listener in list(self._sessions.items()):
@@ -167,24 +172,31 @@ class Fanout:
         """(server, uri) of every resource subscription the gateway holds upstream."""
         return {(sub.upstream.name, sub.uri) for sub in self._subs.values()}
 
-    async def subscribe(self, listener: Listener, upstream: Upstream, uri: str, known_as: str) -> None:
-        """Subscribe `listener` to an upstream resource (refcounted per upstream connection)."""
-        connection = upstream.connection_for(listener.sid)
+    async def subscribe(
+        self, listener: Listener, principal: Principal, upstream: Upstream, uri: str, known_as: str
+    ) -> None:
+        """Subscribe `listener` (of `principal`'s request) to an upstream resource (refcounted per connection).
+
+        Raises:
+            UpstreamError, MCPError: the upstream could not be reached or refused.
+        """
+        connection = upstream.connection_for(principal)
         key = (id(connection), uri)
         async with self._lock:
             sub = self._subs.get(key)
             if sub is None:
-                await upstream.subscribe(listener.sid, uri, True)
+                await upstream.subscribe(connection, uri, True)
                 sub = self._subs[key] = _Subscription(upstream, connection, uri)
             sub.listeners[listener] = known_as
 
     async def unsubscribe(self, listener: Listener, upstream: Upstream, uri: str) -> None:
-        connection = upstream.connection_for(listener.sid)
-        key = (id(connection), uri)
-        async with self._lock:
-            sub = self._subs.get(key)
-            if sub is None or sub.listeners.pop(listener, None) is None:
+        async with self._lock:  # found by its listener: looking the connection up could start a new one
+            found = next(((key, sub) for key, sub in self._subs.items()
+                          if sub.upstream is upstream and sub.uri == uri and listener in sub.listeners), None)
+            if found is None:
                 return
+            key, sub = found
+            del sub.listeners[listener]
             if not sub.listeners:
                 del self._subs[key]
                 await _unsubscribe_upstream(sub)
@@ -192,7 +204,7 @@ class Fanout:
 
 async def _unsubscribe_upstream(sub: _Subscription) -> None:
     try:
-        await sub.upstream.subscribe(sub.connection.owner_sid or "", sub.uri, False)
+        await sub.upstream.subscribe(sub.connection, sub.uri, False)
     except Exception as exc:  # background task boundary: best effort, the upstream may be gone
         log.info("unsubscribing %s from %s failed: %s", sub.uri, sub.upstream.name, exc)
 

@@ -262,7 +262,7 @@ class _Handlers:
         upstream, uri = target
         await self._admit_other(principal, fields | {"server": upstream.name}, "resource.read")
         try:
-            result = await upstream.request(principal.sid, lambda s: s.read_resource(uri))
+            result = await upstream.request(principal, lambda s: s.read_resource(uri))
         except MCPError as exc:
             if exc.code in (LEGACY_RESOURCE_NOT_FOUND, types.INVALID_PARAMS):
                 raise resource_not_found(ctx, params.uri) from None
@@ -300,7 +300,7 @@ class _Handlers:
         if target is None:
             raise resource_not_found(ctx, params.uri)
         try:
-            await self.gw.fanout.subscribe(self._listener(ctx, principal), target[0], target[1], params.uri)
+            await self.gw.fanout.subscribe(self._listener(ctx, principal), principal, target[0], target[1], params.uri)
         except UpstreamError as exc:
             raise MCPError(types.INTERNAL_ERROR, str(exc)) from None
         return types.EmptyResult()
@@ -337,7 +337,7 @@ class _Handlers:
                 target = self.view.resolve_uri(principal.grant, uri)
                 if target is not None:
                     try:
-                        await self.gw.fanout.subscribe(listener, target[0], target[1], uri)
+                        await self.gw.fanout.subscribe(listener, principal, target[0], target[1], uri)
                     except (UpstreamError, MCPError) as exc:
                         log.info("listen: subscribing %s failed: %s", uri, exc)
             await ctx.session.send_notification(
@@ -372,7 +372,7 @@ class _Handlers:
         await self._admit_other(principal, fields | {"server": upstream.name}, "prompt.get")
         request_tokens = self.gw.meter.arguments(params.arguments)
         try:
-            result = await upstream.request(principal.sid, lambda s: s.get_prompt(name, params.arguments))
+            result = await upstream.request(principal, lambda s: s.get_prompt(name, params.arguments))
         except UpstreamError as exc:
             raise MCPError(types.INTERNAL_ERROR, str(exc)) from None
         tokens = self.gw.meter.count(result)
@@ -398,19 +398,31 @@ class _Handlers:
         context = params.context.arguments if params.context else None
         try:
             return await upstream.request(
-                principal.sid, lambda s: s.complete(upstream_ref, argument, context_arguments=context)
+                principal, lambda s: s.complete(upstream_ref, argument, context_arguments=context)
             )
         except UpstreamError as exc:
             raise MCPError(types.INTERNAL_ERROR, str(exc)) from None
 
     async def set_level(self, ctx: Ctx, params: types.SetLevelRequestParams) -> types.EmptyResult:
-        """Forwarded only to this session's own (per-session) upstream connections; shared ones are not ours to set."""
-        principal = self._principal(ctx)
-        for upstream in self.view.upstreams.servers.values():
-            if upstream.spec.isolation == "per_session" and self.view.server in (None, upstream.name):
-                try:
-                    await upstream.request(principal.sid, lambda s: s.set_logging_level(params.level))
-                except (UpstreamError, MCPError) as exc:
-                    log.info("setLevel on %s failed: %s", upstream.name, exc)
-        return types.EmptyResult()
+        """Forwarded to this session's own (per-session) connections of the servers its grant reaches.
 
+        Shared connections are not ours to set. Each forward is audited first (`logging.set_level`, durable):
+        a server the agent has nothing on is never told, nor started, and nothing reaches one unrecorded. A
+        budget stop refuses it like any other method.
+        """
+        principal = self._principal(ctx)
+        fields = {**principal.audit_fields(), **request_fields(ctx), "level": params.level}
+        targets = [u for u in self.view.granted_servers(principal.grant) if u.spec.isolation == "per_session"]
+        if targets:  # a stopped session stays stopped, for this method too
+            await self._admit_other(principal, fields, "logging.set_level")
+        for upstream in targets:
+            try:
+                await self.gw.audit.emit("logging.set_level", durable=True, **fields, server=upstream.name,
+                                         decision="allow")
+            except Unavailable as exc:
+                raise unavailable_error(exc) from None
+            try:
+                await upstream.request(principal, lambda s: s.set_logging_level(params.level))
+            except (UpstreamError, MCPError) as exc:
+                log.info("setLevel on %s failed: %s", upstream.name, exc)
+        return types.EmptyResult()

@@ -149,7 +149,7 @@ class Pipeline:
         state: str | None = None
         for _ in range(MAX_INPUT_ROUNDS + 1):
             result = await upstream.request(
-                call.principal.sid,
+                call.principal,
                 lambda s: s.call_tool(
                     tool, arguments, progress_callback=downstream.progress, input_responses=responses,
                     request_state=state, allow_input_required=True,

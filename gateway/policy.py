@@ -18,7 +18,7 @@ import json
 import os
 import posixpath
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,6 +150,14 @@ class Grant:
 
     def allows_prompts(self, server: str) -> bool:
         return any(glob_matches(pattern, server) for pattern in self.prompts)
+
+    def reaches(self, server: str, tools: Iterable[str]) -> bool:
+        """Whether the grant gives anything on `server`: one of its `tools`, its resources or its prompts.
+
+        What lets a request touch a server at all (logging/setLevel, starting a per-session connection).
+        """
+        return (self.allows_resources(server) or self.allows_prompts(server)
+                or any(self.allows_tool(server, tool) for tool in tools))
 
 
 def decide(

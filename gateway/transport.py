@@ -37,6 +37,21 @@ class McpEndpoint:
         async with self.streaming.run(), self.plain.run():
             yield
 
+    # The SDK offers no public way to end a session server-side or to ask whether one still exists; both use its
+    # session table (`_server_instances`) and `_discard_session`, the path its own DELETE and idle timeout take.
+
+    def has_session(self, mcp_session: str) -> bool:
+        """Whether the SDK still serves this handshake-era session (its idle timeout ends them unannounced)."""
+        return any(mcp_session in manager._server_instances for manager in (self.streaming, self.plain))
+
+    async def terminate(self, mcp_session: str) -> None:
+        """End an MCP session server-side: its id answers 404 from now on and it no longer counts against the
+        SDK's session cap; its server task winds down."""
+        for manager in (self.streaming, self.plain):
+            transport = manager._server_instances.get(mcp_session)
+            if transport is not None:
+                await manager._discard_session(mcp_session, transport)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = dict(scope["headers"])
         length = headers.get(b"content-length", b"")

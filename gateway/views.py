@@ -63,6 +63,10 @@ class View:
         elif (upstream := self.upstreams.get(self.server)) is not None:
             yield upstream
 
+    def granted_servers(self, grant: Grant) -> list[Upstream]:
+        """The servers of this view the grant gives a listed tool, resources or prompts on."""
+        return [upstream for upstream in self._servers() if grant.reaches(upstream.name, upstream.tools())]
+
     # tools
 
     def tools(self, grant: Grant) -> list[types.Tool]:

@@ -20,6 +20,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.app import build_gateway, create_app
+    from gateway.http_limits import server_options
     from gateway.logs import configure
 
     configure(args.log_level)
@@ -34,7 +35,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_config=None,
         access_log=False,
         loop="uvloop" if fast else "asyncio",
-        http="httptools" if fast else "h11",
         timeout_graceful_shutdown=5,
+        **server_options(config.http, fast=fast),  # the HTTP protocol (h11 or httptools), with its bounds
     )
     return 0

@@ -169,6 +169,11 @@ class Connection:
     def close(self) -> None:
         self._stop.set()
 
+    @property
+    def closed(self) -> bool:
+        """`close()` was called: the connection is going away and will not reconnect."""
+        return self._stop.is_set()
+
     # ------------------------------------------------------------ 2026-07-28 change stream
 
     def watch(self, uri: str, on: bool) -> None:

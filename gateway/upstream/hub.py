@@ -11,7 +11,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.abc
@@ -22,6 +22,9 @@ from mcp.shared.exceptions import MCPError
 from gateway.errors import UpstreamError, UpstreamTimeout
 from gateway.manifests import UpstreamSpec
 from gateway.upstream.connection import Connection, Downstream
+
+if TYPE_CHECKING:
+    from gateway.principal import Principal
 
 log = logging.getLogger("gateway.upstream")
 
@@ -82,15 +85,28 @@ class Upstream:
             return self.catalog.tools
         return {name: tool for name, tool in self.catalog.tools.items() if name not in self.hidden}
 
-    def connection_for(self, sid: str) -> Connection:
-        """Shared: the one connection. Per-session: this session's own, started on first use."""
+    def connection_for(self, principal: Principal) -> Connection:
+        """Shared: the one connection. Per-session: this session's own, started on its first granted use.
+
+        A per-session connection starts a child process (or an HTTP session) for one agent session, so only
+        a session whose grant reaches this server can cause one.
+
+        Raises:
+            UpstreamError: the session's grant gives it nothing on this server.
+        """
         if self.spec.isolation == "shared":
             return self.main
-        connection = self._per_session.get(sid)
+        connection = self._per_session.get(principal.sid)
         if connection is None:
-            connection = self._per_session[sid] = self._connection(sid)
+            if not principal.grant.reaches(self.name, self.tools()):
+                raise UpstreamError(f"session {principal.sid} has no grant on upstream server {self.name!r}")
+            connection = self._per_session[principal.sid] = self._connection(principal.sid)
             self.hub.spawn(connection.run)
         return connection
+
+    def session_sids(self) -> set[str]:
+        """The agent sessions that own a per-session connection of this server now."""
+        return set(self._per_session)
 
     def release(self, sid: str) -> None:
         """The session ended: close its own connection, if any."""
@@ -100,18 +116,26 @@ class Upstream:
 
     async def request(
         self,
-        sid: str,
+        principal: Principal,
         fn: Callable[[ClientSession], Awaitable[T]],
         downstream: Downstream | None = None,
     ) -> T:
         """Run one request on the right connection with the server's timeout.
 
         Raises:
-            UpstreamError: unavailable, crashed mid-request (connection closed).
+            UpstreamError: unavailable, crashed mid-request (connection closed), or not granted (see
+                `connection_for`).
             UpstreamTimeout: no answer within the timeout.
             MCPError: the server answered with a JSON-RPC error (passed through).
         """
-        connection = self.connection_for(sid)
+        return await self._on(self.connection_for(principal), fn, downstream)
+
+    async def _on(
+        self,
+        connection: Connection,
+        fn: Callable[[ClientSession], Awaitable[T]],
+        downstream: Downstream | None = None,
+    ) -> T:
         session = await connection.session(min(self.spec.timeout, CONNECT_WAIT))
         routed = connection.routed(downstream) if downstream is not None else contextlib.nullcontext()
         try:
@@ -126,20 +150,24 @@ class Upstream:
                 raise UpstreamError(f"upstream server {self.name!r} closed the connection (it will be restarted)") from exc
             raise
 
-    async def subscribe(self, sid: str, uri: str, on: bool) -> None:
-        """Start or stop resource updates for `uri` on the connection serving `sid`.
+    async def subscribe(self, connection: Connection, uri: str, on: bool) -> None:
+        """Start or stop resource updates for `uri` on `connection` (one `connection_for` returned).
+
+        Taking the connection, not the session, means an unsubscribe that runs after its session ended
+        never starts a new per-session connection for it.
 
         Raises:
             UpstreamError, MCPError: as for `request`.
         """
-        connection = self.connection_for(sid)
+        if connection.closed:  # its session ended: nothing left upstream to subscribe or unsubscribe
+            return
         await connection.session(min(self.spec.timeout, CONNECT_WAIT))
         if connection.modern:  # 2026-07-28: subscriptions ride the listen stream
             connection.watch(uri, on)
         elif on:
-            await self.request(sid, lambda s: s.subscribe_resource(uri))
+            await self._on(connection, lambda s: s.subscribe_resource(uri))
         else:
-            await self.request(sid, lambda s: s.unsubscribe_resource(uri))
+            await self._on(connection, lambda s: s.unsubscribe_resource(uri))
 
     # ------------------------------------------------------------ catalog
 
@@ -273,6 +301,10 @@ class Upstreams:
     def release(self, sid: str) -> None:
         for upstream in self.servers.values():
             upstream.release(sid)
+
+    def session_sids(self) -> set[str]:
+        """Every agent session that owns a per-session connection (its end must be noticed to stop them)."""
+        return {sid for upstream in self.servers.values() for sid in upstream.session_sids()}
 
     @contextlib.asynccontextmanager
     async def run(self) -> AsyncIterator[Upstreams]:

@@ -28,6 +28,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 
 from gateway.app import Gateway, build_gateway, create_app
 from gateway.config import load_gateway_config
+from gateway.http_limits import server_options
 from tests.support.postgres import database_for, store_under_test
 
 REPO = Path(__file__).resolve().parents[2]
@@ -218,15 +219,17 @@ async def running_gateway(
     extra: dict[str, Any] | None = None,
     port: int | None = None,
     clock: Clock | None = None,
+    fast: bool | None = None,
 ) -> AsyncIterator[Harness]:
     """Start a gateway with these manifests and agents; stop it (and reap every upstream) on exit.
 
-    With GATEWAY_TEST_STORE=postgres (and no `store` in `extra`) it runs on a database of its own.
+    With GATEWAY_TEST_STORE=postgres (and no `store` in `extra`) it runs on a database of its own. `fast` picks
+    uvicorn's HTTP implementation as `serve` does (httptools, else h11; default: httptools when installed).
     """
     if store_under_test() == "postgres" and "store" not in (extra or {}):
         async with database_for(root) as dsn:
             async with running_gateway(root, manifests=manifests, agents=agents, extra={**(extra or {}), "store": dsn},
-                                       port=port, clock=clock) as harness:
+                                       port=port, clock=clock, fast=fast) as harness:
                 yield harness
         return
     port = port or free_port()
@@ -235,7 +238,8 @@ async def running_gateway(
     gateway = build_gateway(load_gateway_config(config_path), clock=clock)
     app = create_app(gateway)
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on", access_log=False,
-                                           timeout_graceful_shutdown=2))
+                                           timeout_graceful_shutdown=2,
+                                           **server_options(gateway.config.http, fast=fast)))
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))  # bound before serving: clients queue in the backlog, never race startup
