@@ -23,6 +23,7 @@ from gateway import usage
 from gateway.admin import admin_routes
 from gateway.agents import AgentDirectory
 from gateway.audit import Audit, build_audit
+from gateway.audit.interrupted import close_interrupted
 from gateway.audit.records import Fingerprints
 from gateway.budgets import Budgets
 from gateway.config import ASSERTION_ALGORITHMS, AgentSpec, GatewayConfig, load_agents
@@ -174,6 +175,7 @@ def create_app(gateway: Gateway) -> Starlette:
             await stack.enter_async_context(gateway.audit.run())
             stack.push_async_callback(oauth.idps.close)
             await gateway.agents.sync(gateway.clock())
+            await close_interrupted(gateway.audit)  # calls a crash of the previous run left without an outcome
             await gateway.audit.emit("gateway.started", public_url=config.public_url,
                                      servers=sorted(gateway.upstreams.servers), tokenizer=gateway.meter.tokenizer.name)
             gateway.upstreams.on_change(_on_change(gateway))
@@ -238,6 +240,7 @@ def _on_change(gateway: Gateway) -> Callable[[str, str], Any]:
 
 def _on_session_end(gateway: Gateway, edge: Edge) -> Callable[[str], Any]:
     async def ended(sid: str) -> None:
+        gateway.pipeline.session_ended(sid)  # first: its calls in flight record `revoked`, not `cancelled`
         await edge.end_session(sid)
         gateway.fanout.drop_session(sid)
         gateway.upstreams.release(sid)

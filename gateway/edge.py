@@ -176,7 +176,7 @@ class Edge:
                 raise AuthError("missing bearer token")
             principal = await self.gw.sessions.authenticate(token.strip(), remote_addr=remote)
             if not self.gw.audit.healthy:
-                await self.gw.audit.probe()
+                await self.gw.audit.probe(refusing=True)  # a refusal here is counted in audit.recovered
         except AuthError as exc:
             await self.failures.failed(remote, exc.reason)
             await self._unauthorized(send, path, exc.reason)
@@ -280,16 +280,26 @@ class Edge:
         self.gw.fanout.forget_mcp_session(mcp_session)
 
     async def _run(self, app: ASGIApp, sid: str, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one request in a scope its session's end cancels; cut before any answer, it gets the 401."""
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
         with anyio.CancelScope() as cancel:
             self._scopes[sid].add(cancel)
             try:
-                await app(scope, receive, send)
+                await app(scope, receive, tracked)
             finally:
                 live = self._scopes.get(sid)
                 if live is not None:
                     live.discard(cancel)
                     if not live:
                         del self._scopes[sid]
+        if cancel.cancelled_caught and not started:  # only end_session cancels it
+            await self._unauthorized(send, scope.get("path", "").rstrip("/"), "session ended")
 
     async def _unauthorized(self, send: Send, path: str, reason: str) -> None:
         url = metadata_url(self.gw.config.public_url, path if path in self.resources else "")

@@ -8,7 +8,9 @@ not exist.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -22,10 +24,10 @@ from mcp.shared.subscriptions import event_to_notification
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from gateway.budgets import stop_detail
-from gateway.errors import Stopped, Unavailable, UpstreamError
+from gateway.errors import AuthError, Stopped, Unavailable, UpstreamError
 from gateway.fanout import Listener, listen_meta
 from gateway.principal import Principal
-from gateway.upstream import Downstream
+from gateway.upstream import Downstream, Upstream
 from gateway.views import View
 
 if TYPE_CHECKING:
@@ -76,6 +78,7 @@ LEGACY_RESOURCE_NOT_FOUND = -32002  # 2025-11-25; retired in 2026-07-28, which u
 STOPPED = -32010  # a budget, rate or loop stop on a method other than tools/call
 UNAVAILABLE = -32011  # store or audit sink unavailable: nothing was forwarded
 CREDENTIAL_SHARED = -32012  # shared_credentials.block: a client beyond the agent's distinct-client limit
+SESSION_ENDED = -32014  # the session ended while the request was in flight (HTTP 401 where no response had started)
 
 
 def resource_not_found(ctx: Ctx, uri: str) -> MCPError:
@@ -94,6 +97,10 @@ def stopped_error(stop: Stopped) -> MCPError:
 
 def unavailable_error(exc: Exception) -> MCPError:
     return MCPError(UNAVAILABLE, f"Service unavailable, nothing was forwarded: {exc}")
+
+
+def session_ended_error(exc: AuthError) -> MCPError:
+    return MCPError(SESSION_ENDED, f"The session has ended ({exc.reason}); nothing more is forwarded: get a new token")
 
 
 class ContextDownstream:
@@ -239,6 +246,29 @@ class _Handlers:
             return await forward(leg)
         except Unavailable as exc:
             raise unavailable_error(exc) from None
+        except AuthError as exc:
+            raise await self._session_ended(principal, exc) from None
+
+    async def _session_ended(self, principal: Principal, exc: AuthError) -> MCPError:
+        """The session ended after this request was authenticated (a revoke racing it, or cutting it mid-call).
+
+        Whatever this process had not yet heard of the end it acts on now: that cuts this request's own
+        scope, so the edge answers HTTP 401 where no response has started; a stream already open gets the error.
+        """
+        await self.gw.sessions.notify_ended(principal.sid)
+        return session_ended_error(exc)
+
+    @contextlib.asynccontextmanager
+    async def _refusals(self, principal: Principal) -> AsyncIterator[None]:
+        """A method other than tools/call: the pipeline's refusals, as the Errors table answers them."""
+        try:
+            yield
+        except Stopped as stop:
+            raise stopped_error(stop) from None
+        except Unavailable as exc:
+            raise unavailable_error(exc) from None
+        except AuthError as exc:
+            raise await self._session_ended(principal, exc) from None
 
     # ------------------------------------------------------------ resources
 
@@ -255,37 +285,23 @@ class _Handlers:
     async def read_resource(self, ctx: Ctx, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
         principal = self._principal(ctx)
         target = self.view.resolve_uri(principal.grant, params.uri)
-        fields = {**principal.audit_fields(), **request_fields(ctx), "resource": params.uri}
-        if target is None:
-            await self.gw.audit.emit("resource.read", **fields, decision="deny", reason="unknown_or_not_granted")
-            raise resource_not_found(ctx, params.uri)
-        upstream, uri = target
-        await self._admit_other(principal, fields | {"server": upstream.name}, "resource.read")
+        server = target[0].name if target else ""
+
+        def out(result: types.ReadResourceResult) -> types.ReadResourceResult:
+            contents = [c.model_copy(update={"uri": self.view.uri_out(server, c.uri)}) for c in result.contents]
+            return result.model_copy(update={"contents": contents})
+
         try:
-            result = await upstream.request(principal, lambda s: s.read_resource(uri))
+            async with self._refusals(principal):
+                return await self.gw.pipeline.read_resource(
+                    principal, params.uri, target, request_fields(ctx), resource_not_found(ctx, params.uri), out
+                )
         except MCPError as exc:
             if exc.code in (LEGACY_RESOURCE_NOT_FOUND, types.INVALID_PARAMS):
                 raise resource_not_found(ctx, params.uri) from None
             raise
         except UpstreamError as exc:
             raise MCPError(types.INTERNAL_ERROR, str(exc)) from None
-        contents = [c.model_copy(update={"uri": self.view.uri_out(upstream.name, c.uri)}) for c in result.contents]
-        result = result.model_copy(update={"contents": contents})
-        tokens = self.gw.meter.count(result)
-        await self.gw.budgets.settle(principal, tokens)
-        await self.gw.audit.emit("resource.read", **fields, server=upstream.name, decision="allow",
-                                 response_tokens=tokens, outcome="ok")
-        return result
-
-    async def _admit_other(self, principal: Principal, fields: dict[str, Any], event: str) -> None:
-        """A budget check for reads and prompts: no call is counted, but a stopped session stays stopped."""
-        try:
-            await self.gw.budgets.check(principal)
-        except Stopped as stop:
-            await self.gw.audit.emit(event, **fields, decision="deny", reason=stop.limit)
-            raise stopped_error(stop) from None
-        except Unavailable as exc:
-            raise unavailable_error(exc) from None
 
     def _listener(self, ctx: Ctx, principal: Principal) -> Listener:
         mcp_session = ctx.request.headers.get("mcp-session-id") if ctx.request is not None else None
@@ -364,42 +380,40 @@ class _Handlers:
     async def get_prompt(self, ctx: Ctx, params: types.GetPromptRequestParams) -> types.GetPromptResult:
         principal = self._principal(ctx)
         target = self.view.resolve_prompt(principal.grant, params.name)
-        fields = {**principal.audit_fields(), **request_fields(ctx), "prompt": params.name}
-        if target is None:
-            await self.gw.audit.emit("prompt.get", **fields, decision="deny", reason="unknown_or_not_granted")
-            raise unknown_prompt(params.name)
-        upstream, name = target
-        await self._admit_other(principal, fields | {"server": upstream.name}, "prompt.get")
-        request_tokens = self.gw.meter.arguments(params.arguments)
         try:
-            result = await upstream.request(principal, lambda s: s.get_prompt(name, params.arguments))
+            async with self._refusals(principal):
+                return await self.gw.pipeline.get_prompt(
+                    principal, params.name, target, params.arguments, request_fields(ctx), unknown_prompt(params.name)
+                )
         except UpstreamError as exc:
             raise MCPError(types.INTERNAL_ERROR, str(exc)) from None
-        tokens = self.gw.meter.count(result)
-        await self.gw.budgets.settle(principal, request_tokens + tokens)
-        await self.gw.audit.emit("prompt.get", **fields, server=upstream.name, decision="allow",
-                                 request_tokens=request_tokens, response_tokens=tokens, outcome="ok")
-        return result
 
     async def complete(self, ctx: Ctx, params: types.CompleteRequestParams) -> types.CompleteResult:
         principal = self._principal(ctx)
         ref = params.ref
+        upstream: Upstream | None = None
+        upstream_ref: types.PromptReference | types.ResourceTemplateReference = ref
         if isinstance(ref, types.PromptReference):
             prompt = self.view.resolve_prompt(principal.grant, ref.name)
-            if prompt is None:
-                raise unknown_prompt(ref.name)
-            upstream, upstream_ref = prompt[0], ref.model_copy(update={"name": prompt[1]})
+            fields: dict[str, Any] = {"prompt": ref.name}
+            missing = unknown_prompt(ref.name)
+            if prompt is not None:
+                upstream, upstream_ref = prompt[0], ref.model_copy(update={"name": prompt[1]})
         else:
             resource = self.view.resolve_uri(principal.grant, ref.uri)
-            if resource is None:
-                raise resource_not_found(ctx, ref.uri)
-            upstream, upstream_ref = resource[0], ref.model_copy(update={"uri": resource[1]})
+            fields = {"resource": ref.uri}
+            missing = resource_not_found(ctx, ref.uri)
+            if resource is not None:
+                upstream, upstream_ref = resource[0], ref.model_copy(update={"uri": resource[1]})
         argument = {"name": params.argument.name, "value": params.argument.value}
         context = params.context.arguments if params.context else None
         try:
-            return await upstream.request(
-                principal, lambda s: s.complete(upstream_ref, argument, context_arguments=context)
-            )
+            async with self._refusals(principal):
+                return await self.gw.pipeline.complete(
+                    principal, {**request_fields(ctx), **fields}, upstream,
+                    lambda s: s.complete(upstream_ref, argument, context_arguments=context),
+                    {"argument": argument, "context": context}, missing,
+                )
         except UpstreamError as exc:
             raise MCPError(types.INTERNAL_ERROR, str(exc)) from None
 
@@ -414,7 +428,13 @@ class _Handlers:
         fields = {**principal.audit_fields(), **request_fields(ctx), "level": params.level}
         targets = [u for u in self.view.granted_servers(principal.grant) if u.spec.isolation == "per_session"]
         if targets:  # a stopped session stays stopped, for this method too
-            await self._admit_other(principal, fields, "logging.set_level")
+            async with self._refusals(principal):
+                try:
+                    await self.gw.budgets.check(principal)
+                except Stopped as stop:
+                    await self.gw.audit.emit("logging.set_level", durable=True, **fields, decision="deny",
+                                             reason=stop.limit)
+                    raise
         for upstream in targets:
             try:
                 await self.gw.audit.emit("logging.set_level", durable=True, **fields, server=upstream.name,

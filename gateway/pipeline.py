@@ -6,28 +6,51 @@
 `forward` calls the upstream and accounts for what came back. The front runs
 them back to back, or, for a 2026-07-28 client whose call must pause for
 input, runs `forward` in an exchange that outlives the first request.
+
+Every other method that reaches an upstream (`read_resource`, `get_prompt`,
+`complete`) takes the same path in one step: the grant, a budget check (a
+stopped session stays stopped), a durable `resource.read` / `prompt.get` /
+`completion.complete` record before forwarding, then metering, settlement and
+one outcome record (`RESULT_EVENTS`).
+
+Every allow gets exactly one outcome record: the upstream's (ok, tool_error,
+error, timeout), `cancelled` when the client cancels the request, or `revoked`
+when its session ends mid-call (`session_ended` cuts the session's calls in
+flight; the record is written shielded from the cancellation). A crash leaves
+allows without one; the next start records them `interrupted` (audit/interrupted.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+import anyio
 import mcp_types as types
+from mcp.client.session import ClientSession
 from mcp.shared.exceptions import MCPError
 
 from gateway.audit import Audit
-from gateway.audit.records import Fingerprints, canonical_json, masked
+from gateway.audit.records import RESULT_EVENTS, SESSION_ENDED, Fingerprints, canonical_json, masked
 from gateway.budgets import Budgets, stop_detail
-from gateway.errors import Stopped, UpstreamError
+from gateway.errors import AuthError, Stopped, UpstreamError
 from gateway.metering import Meter
 from gateway.policy import NOT_GRANTED, decide, host_realpath
 from gateway.principal import Principal
 from gateway.upstream import Downstream, Upstream
 
 MAX_INPUT_ROUNDS = 10
+
+T = TypeVar("T")
+
+CUT_ERRORS = {
+    "cancelled": "the request was cancelled before the upstream answered (by the client, or a shutdown)",
+    "revoked": "the agent session ended during the call",
+}
 
 
 def unknown_tool(name: str) -> MCPError:
@@ -51,6 +74,7 @@ class Admitted:
     request_tokens: int
     context: dict[str, Any]
     started: float = field(default_factory=time.perf_counter)
+    recorded: bool = False  # its tool.result is written: never a second one
 
     def audit_fields(self) -> dict[str, Any]:
         return {
@@ -60,6 +84,19 @@ class Admitted:
             "tool": self.tool,
             "call_id": self.call_id,
         }
+
+
+@dataclass
+class AdmittedRequest:
+    """A resources/read, prompts/get or completion/complete that passed its checks and was recorded."""
+
+    principal: Principal
+    upstream: Upstream
+    event: str  # the record written before forwarding; RESULT_EVENTS names the one after
+    fields: dict[str, Any]  # identity, request fields, server, what was asked for, call_id
+    request_tokens: int
+    started: float = field(default_factory=time.perf_counter)
+    recorded: bool = False
 
 
 class Pipeline:
@@ -74,6 +111,7 @@ class Pipeline:
         self.audit = audit
         self.fingerprints = fingerprints
         self.meter = meter
+        self._in_flight: dict[str, set[anyio.CancelScope]] = {}  # sid -> the forwards its end cuts
 
     async def admit(
         self,
@@ -87,6 +125,7 @@ class Pipeline:
 
         Raises:
             MCPError: `Unknown tool` for a tool that is not granted or does not exist.
+            AuthError: the session ended since the request was authenticated (recorded as a denial).
             AuditUnavailable, StoreUnavailable: the call cannot be recorded or checked.
         """
         call_id = secrets.token_hex(8)
@@ -117,6 +156,9 @@ class Pipeline:
             await self.audit.emit("tool.call", durable=True, **identity, decision="deny", reason=stop.limit,
                                   request_tokens=request_tokens)
             return error_result(str(stop), stop_detail(stop))
+        except AuthError:  # the session ended after the edge authenticated this request (a revoke racing it)
+            await self.audit.emit("tool.call", durable=True, **identity, decision="deny", reason=SESSION_ENDED)
+            raise
         await self.audit.emit(
             "tool.call", durable=True, **identity, decision="allow", reason="granted",
             request_tokens=request_tokens, arguments=fingerprint,
@@ -124,6 +166,18 @@ class Pipeline:
         return Admitted(principal, upstream, tool, arguments, call_id, request_tokens, context)
 
     async def forward(self, call: Admitted, downstream: Downstream) -> types.CallToolResult:
+        """Forward an admitted call; whatever ends it, it gets exactly one `tool.result`.
+
+        Raises:
+            AuthError: its session ended during the call (recorded `revoked`).
+        """
+
+        async def cut(outcome: str) -> None:
+            await self._record_result(call, outcome, CUT_ERRORS[outcome], 0)
+
+        return await self._cuttable(call.principal.sid, lambda: self._forward(call, downstream), cut)
+
+    async def _forward(self, call: Admitted, downstream: Downstream) -> types.CallToolResult:
         """Call the upstream, resolve any input it asks for, meter, settle and record the result."""
         metered = _MeteredDownstream(downstream, self, call)
         outcome, error = "ok", None
@@ -172,12 +226,173 @@ class Pipeline:
     async def _record_result(
         self, call: Admitted, outcome: str, error: str | None, tokens: int, fingerprint: str | None = None
     ) -> None:
+        if call.recorded:
+            return
+        call.recorded = True
         await self.audit.emit(
             "tool.result", **call.audit_fields(), outcome=outcome, error=error,
             request_tokens=call.request_tokens, response_tokens=tokens,
             latency_ms=round((time.perf_counter() - call.started) * 1000, 3),
             result=fingerprint,
         )
+
+    # ------------------------------------------------------------ resources, prompts, completion
+
+    async def read_resource(
+        self, principal: Principal, uri: str, target: tuple[Upstream, str] | None, context: dict[str, Any],
+        missing: MCPError, out: Callable[[types.ReadResourceResult], types.ReadResourceResult],
+    ) -> types.ReadResourceResult:
+        """resources/read: `uri` as the agent named it, `target` the upstream and its own URI (None: not granted).
+
+        `out` renames the answer as the agent's view names resources; what it returns is metered and returned.
+
+        Raises:
+            MCPError: `missing` (not granted or unknown), or the upstream's own error.
+            Stopped: the session is stopped.
+            UpstreamError: the upstream is down, crashed or timed out.
+            AuthError, AuditUnavailable, StoreUnavailable: as for `admit`.
+        """
+        upstream, upstream_uri = target or (None, uri)
+        request = await self._admit_request("resource.read", principal, upstream, {**context, "resource": uri}, 0,
+                                            missing)
+        return await self._forward_request(request, lambda s: s.read_resource(upstream_uri), out)
+
+    async def get_prompt(
+        self, principal: Principal, name: str, target: tuple[Upstream, str] | None, arguments: dict[str, str] | None,
+        context: dict[str, Any], missing: MCPError,
+    ) -> types.GetPromptResult:
+        """prompts/get, as `read_resource`; the arguments are metered as request tokens.
+
+        Raises:
+            MCPError, Stopped, UpstreamError, AuthError, AuditUnavailable, StoreUnavailable: as `read_resource`.
+        """
+        upstream, upstream_name = target or (None, name)
+        tokens = self.meter.arguments(arguments)
+        request = await self._admit_request("prompt.get", principal, upstream, {**context, "prompt": name}, tokens,
+                                            missing)
+        return await self._forward_request(request, lambda s: s.get_prompt(upstream_name, arguments))
+
+    async def complete(
+        self, principal: Principal, fields: dict[str, Any], upstream: Upstream | None,
+        send: Callable[[ClientSession], Awaitable[types.CompleteResult]], metered: dict[str, Any],
+        missing: MCPError,
+    ) -> types.CompleteResult:
+        """completion/complete for a prompt or resource template the grant covers (`upstream` None: it does not).
+
+        `fields` name the reference (`prompt` or `resource`); `metered` is what the request carries.
+
+        Raises:
+            MCPError, Stopped, UpstreamError, AuthError, AuditUnavailable, StoreUnavailable: as `read_resource`.
+        """
+        request = await self._admit_request("completion.complete", principal, upstream, fields,
+                                            self.meter.arguments(metered), missing)
+        return await self._forward_request(request, send)
+
+    async def _admit_request(
+        self, event: str, principal: Principal, upstream: Upstream | None, fields: dict[str, Any],
+        request_tokens: int, missing: MCPError,
+    ) -> AdmittedRequest:
+        """The grant, then the budget check, each refusal recorded; then the durable allow record."""
+        identity = {**principal.audit_fields(), **fields, "call_id": secrets.token_hex(8)}
+        if upstream is None:  # not granted, or no such thing: one answer for both
+            await self.audit.emit(event, durable=True, **identity, decision="deny", reason="unknown_or_not_granted")
+            raise missing
+        identity["server"] = upstream.name
+        try:
+            await self.budgets.check(principal)  # no call is counted, but a stopped session stays stopped
+        except Stopped as stop:
+            await self.audit.emit(event, durable=True, **identity, decision="deny", reason=stop.limit,
+                                  request_tokens=request_tokens)
+            raise
+        except AuthError:
+            await self.audit.emit(event, durable=True, **identity, decision="deny", reason=SESSION_ENDED)
+            raise
+        await self.audit.emit(event, durable=True, **identity, decision="allow", reason="granted",
+                              request_tokens=request_tokens)
+        return AdmittedRequest(principal, upstream, event, identity, request_tokens)
+
+    async def _forward_request(
+        self, request: AdmittedRequest, send: Callable[[ClientSession], Awaitable[T]],
+        out: Callable[[T], T] = lambda result: result,
+    ) -> T:
+        async def forward() -> T:
+            try:
+                result = out(await request.upstream.request(request.principal, send))
+            except UpstreamError as exc:
+                await self._settle_request(request, exc.outcome, str(exc))
+                raise
+            except MCPError as exc:
+                await self._settle_request(request, "error", exc.message)
+                raise
+            await self._settle_request(request, "ok", None, result)
+            return result
+
+        async def cut(outcome: str) -> None:
+            await self._record_request(request, outcome, CUT_ERRORS[outcome], 0, None)
+
+        return await self._cuttable(request.principal.sid, forward, cut)
+
+    async def _settle_request(self, request: AdmittedRequest, outcome: str, error: str | None,
+                              result: Any = None) -> None:
+        """What crossed (the request, and the answer if there is one) counted against the budget, then recorded."""
+        tokens = self.meter.count(result) if result is not None else 0
+        await self.budgets.settle(request.principal, request.request_tokens + tokens)
+        fingerprint = self.fingerprints.of(result) if result is not None else None
+        await self._record_request(request, outcome, error, tokens, fingerprint)
+
+    async def _record_request(
+        self, request: AdmittedRequest, outcome: str, error: str | None, tokens: int, fingerprint: str | None
+    ) -> None:
+        if request.recorded:
+            return
+        request.recorded = True
+        await self.audit.emit(
+            RESULT_EVENTS[request.event], **request.fields, outcome=outcome, error=error,
+            request_tokens=request.request_tokens, response_tokens=tokens,
+            latency_ms=round((time.perf_counter() - request.started) * 1000, 3), result=fingerprint,
+        )
+
+    # ------------------------------------------------------------ cancellation and session end
+
+    def session_ended(self, sid: str) -> None:
+        """The session ended: cut its forwards in flight now (each records `revoked`)."""
+        for scope in self._in_flight.pop(sid, set()):
+            scope.cancel()
+
+    async def _cuttable(
+        self, sid: str, run: Callable[[], Awaitable[T]], record_cut: Callable[[str], Awaitable[None]]
+    ) -> T:
+        """Run a forward that the end of session `sid` cuts; a cancellation is recorded before it goes on.
+
+        `record_cut(outcome)` writes the outcome record unless one is written already.
+
+        Raises:
+            AuthError: the session ended during the forward.
+        """
+        with self._registered(sid) as scope:
+            try:
+                return await run()
+            except anyio.get_cancelled_exc_class():
+                with anyio.CancelScope(shield=True):
+                    await record_cut("revoked" if scope.cancel_called else "cancelled")
+                raise
+        with anyio.CancelScope(shield=True):  # only our own scope was cancelled: the session ended
+            await record_cut("revoked")
+        raise AuthError("session ended")
+
+    @contextlib.contextmanager
+    def _registered(self, sid: str) -> Iterator[anyio.CancelScope]:
+        scope = anyio.CancelScope()
+        self._in_flight.setdefault(sid, set()).add(scope)
+        try:
+            with scope:
+                yield scope
+        finally:
+            live = self._in_flight.get(sid)
+            if live is not None:
+                live.discard(scope)
+                if not live:
+                    del self._in_flight[sid]
 
 
 class _MeteredDownstream:

@@ -7,14 +7,16 @@ a few metrics of the group it belongs to:
 | metric | from |
 |---|---|
 | calls | `tool.call` with decision allow (forwarded) |
-| denials | `tool.call`, `resource.read`, `prompt.get` denied for scope (not granted, argument rule) |
+| denials | `tool.call`, `resource.read`, `prompt.get`, `completion.complete` denied for scope (not granted,
+  argument rule) |
 | stops | the same events denied by a budget, rate or loop limit |
-| request_tokens, response_tokens | `tool.result`, `resource.read`, `prompt.get`, `sampling.request` (and the
-  other input requests a call makes) |
+| request_tokens, response_tokens | the outcome records `tool.result`, `resource.result`, `prompt.result`,
+  `completion.result`, and `sampling.request` (and the other input requests a call makes); a `resource.read` or
+  `prompt.get` that carries an `outcome` (the one record earlier versions wrote after the answer) as well |
 | model_input_tokens, model_output_tokens, cost_usd | `model.usage` |
 
 The evidence block answers DESIGN.md's question for every action (a forwarded
-tool call, an allowed read or prompt, a model usage report): is it tied to a
+tool call, an allowed read, prompt or completion, a model usage report): is it tied to a
 unique agent identity (one not flagged by `credential.shared_suspected`), to a
 grant, and to a session that closed cleanly (vs expired, revoked, still open)?
 """
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.audit.files import parse_lines
+from gateway.audit.records import SESSION_ENDED
 from gateway.budgets import STOP_REASONS
 from gateway.terminal import safe
 
@@ -40,9 +43,10 @@ GROUPS = ("agent", "owner", "session", "task", "tool", "server")
 FORMATS = ("table", "csv", "json", "html")
 METRICS = ("calls", "denials", "stops", "request_tokens", "response_tokens", "model_input_tokens",
            "model_output_tokens", "cost_usd")
-METERED = frozenset({"tool.result", "resource.read", "prompt.get", "sampling.request", "elicitation.request",
-                     "roots.request", "input.request"})
-GATED = frozenset({"tool.call", "resource.read", "prompt.get"})
+METERED = frozenset({"tool.result", "resource.result", "prompt.result", "completion.result", "sampling.request",
+                     "elicitation.request", "roots.request", "input.request"})
+GATED = frozenset({"tool.call", "resource.read", "prompt.get", "completion.complete"})
+OTHER_METHODS = frozenset({"resource", "prompt", "completion"})  # event prefixes grouped as `server.(resources)`
 OUTCOMES = ("closed", "expired", "revoked", "open")
 NONE = "(none)"
 
@@ -69,12 +73,13 @@ def contribution(record: dict[str, Any]) -> dict[str, float]:
     if event in GATED:
         decision = record.get("decision")
         if decision == "deny":
-            out["stops" if record.get("reason") in STOP_REASONS else "denials"] = 1
+            if record.get("reason") != SESSION_ENDED:  # an ended session is neither a scope denial nor a stop
+                out["stops" if record.get("reason") in STOP_REASONS else "denials"] = 1
             return out
         if event == "tool.call" and decision == "allow":
             out["calls"] = 1
             return out
-    if event in METERED:
+    if event in METERED or (event in GATED and "outcome" in record):
         out["request_tokens"] = int(record.get("request_tokens") or 0)
         out["response_tokens"] = int(record.get("response_tokens") or 0)
     elif event == "model.usage":
@@ -90,8 +95,9 @@ def group_key(record: dict[str, Any], by: str) -> str:
     if by == "tool":
         if event == "model.usage":
             return f"(model) {record.get('model')}"
-        if event in ("resource.read", "prompt.get"):
-            return f"{record.get('server') or NONE}.({event.split('.')[0]}s)"
+        kind = str(event).split(".")[0]
+        if kind in OTHER_METHODS:
+            return f"{record.get('server') or NONE}.({kind}s)"
         return f"{record['server']}.{record['tool']}" if record.get("server") and record.get("tool") else NONE
     if by == "server" and event == "model.usage":
         return "(model)"
@@ -99,7 +105,8 @@ def group_key(record: dict[str, Any], by: str) -> str:
 
 
 def is_action(record: dict[str, Any]) -> bool:
-    """Something that happened on an agent's behalf: a forwarded call, an allowed read or prompt, model usage."""
+    """Something that happened on an agent's behalf: a forwarded call, an allowed read, prompt or completion,
+    model usage."""
     event = record.get("event")
     return event == "model.usage" or (event in GATED and record.get("decision") == "allow")
 

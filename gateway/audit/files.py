@@ -77,6 +77,21 @@ def _lines_backwards(fd: int, end: int) -> Iterator[bytes]:
         yield buffer
 
 
+def records_backwards(paths: Iterable[Path]) -> Iterator[dict[str, Any]]:
+    """The records of `paths` (given newest file first), last first; lines that are not records are skipped."""
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            continue
+        try:
+            for record in parse_lines(_lines_backwards(fd, complete_size(fd))):
+                if record is not None:
+                    yield record
+        finally:
+            os.close(fd)
+
+
 def complete_size(fd: int) -> int:
     """The size of the open file up to its last complete line (a crash can leave half a line)."""
     size = os.fstat(fd).st_size

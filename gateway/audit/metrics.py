@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.audit.records import RESULT_EVENTS
 from gateway.metrics import METRICS
 
 CALLS = METRICS.counter(
@@ -37,10 +38,11 @@ def observe(record: dict[str, Any]) -> None:
     event = record["event"]
     RECORDS.inc(event)
     agent, server = record.get("agent") or "", record.get("server") or ""
-    if event == "tool.call":  # its request_tokens are counted again, once forwarded, on tool.result
-        # A name no server offers is the caller's to choose: one label for all of them keeps series bounded.
-        tool = (record.get("tool") or "") if server else "(unknown)"
-        CALLS.inc(agent, server, tool, record.get("decision") or "")
+    if event in RESULT_EVENTS:  # an admission: its request_tokens are counted again, once forwarded, on its outcome
+        if event == "tool.call":
+            # A name no server offers is the caller's to choose: one label for all of them keeps series bounded.
+            tool = (record.get("tool") or "") if server else "(unknown)"
+            CALLS.inc(agent, server, tool, record.get("decision") or "")
         return
     if event == "budget.exceeded":
         STOPS.inc(agent, record.get("reason") or "")

@@ -15,6 +15,15 @@ from typing import Any
 
 from pydantic import BaseModel
 
+# Each record written before forwarding -> the one outcome record written after it (same call_id).
+RESULT_EVENTS = {
+    "tool.call": "tool.result",
+    "resource.read": "resource.result",
+    "prompt.get": "prompt.result",
+    "completion.complete": "completion.result",
+}
+SESSION_ENDED = "session_ended"  # the deny reason when the session ended between authentication and admission
+
 
 class Fingerprints:
     def __init__(self, key: bytes) -> None:

@@ -486,8 +486,11 @@ class Audit:
         metrics.HEALTHY.set(value=1)
         log.warning("audit sink recovered")
 
-    async def probe(self) -> None:
+    async def probe(self, *, refusing: bool = False) -> None:
         """Check the sink can write, recovering it if it could not.
+
+        `refusing`: the caller refuses a request if the sink cannot write (the edge does, before any
+        record is attempted), so that refusal is counted in the next `audit.recovered`.
 
         Raises:
             AuditUnavailable: it still cannot.
@@ -502,6 +505,8 @@ class Audit:
                 try:
                     self._recover()
                 except OSError as exc:
+                    if refusing:
+                        self._refused += 1
                     raise _unavailable(exc) from None
 
 

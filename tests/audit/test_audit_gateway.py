@@ -101,7 +101,7 @@ async def test_no_call_reaches_the_upstream_while_the_audit_sink_cannot_write(
         assert branches(repo) == {"master", "before", "after-legacy", "after-modern"}
         calls = gw.audit("tool.call")
         assert len(calls) == len(gw.audit("tool.result")) == 3 and {c["decision"] for c in calls} == {"allow"}
-        assert gw.audit("audit.recovered")[0]["refused"] == 1
+        assert gw.audit("audit.recovered")[0]["refused"] == 6  # the durable write, four calls, one tools/list
     assert broken_links(gw.gateway) == [None]
 
 
@@ -153,3 +153,24 @@ async def test_arguments_are_logged_masked_only_for_servers_that_opt_in(tmp_path
     assert "arguments_masked" not in clock and "Europe/Paris" not in stream
     assert secret not in stream and "hunter2" not in stream
     assert echo["arguments"].startswith("hmac-sha256:")  # the fingerprint is always there
+
+
+async def test_audit_recovered_counts_every_request_refused_during_the_outage(tmp_path: Path):
+    """The first refusal fails a durable write; the rest are refused at the edge before any write is tried."""
+    async with running_gateway(tmp_path, manifests=[time_manifest()]) as gw:
+        token = await gw.open_session("alice-bot")
+        call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                "params": {"name": "time__get_current_time", "arguments": {"timezone": "UTC"}}}
+        headers = {"authorization": f"Bearer {token}", "accept": "application/json, text/event-stream",
+                   "mcp-protocol-version": "2026-07-28"}
+        async with gw.client(token) as client, gw.http() as http:
+            assert not (await client.call_tool("time__get_current_time", {"timezone": "UTC"})).is_error
+            restore = _point_at_a_full_disk(gw.gateway.config.audit.path)
+            with pytest.raises(MCPError, match="nothing was forwarded"):
+                await client.call_tool("time__get_current_time", {"timezone": "UTC"})
+            statuses = [(await http.post("/mcp", json=call, headers=headers)).status_code for _ in range(25)]
+            assert statuses == [503] * 25
+            restore()
+            assert not (await client.call_tool("time__get_current_time", {"timezone": "UTC"})).is_error
+        [recovered] = gw.audit("audit.recovered")
+    assert recovered["refused"] == 26

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from tests.support.harness import running_gateway, time_manifest
+from tests.support.harness import everything_stdio_manifest, running_gateway, time_manifest
 
 pytestmark = pytest.mark.anyio
 
@@ -97,3 +97,20 @@ async def test_metrics_need_the_admin_token_unless_public(tmp_path: Path):
             assert (await http.get("/metrics", headers={"authorization": f"bearer {ADMIN}"})).status_code == 200
             gw.gateway.config = gw.gateway.config.model_copy(update={"metrics_public": True})
             assert (await http.get("/metrics")).status_code == 200
+
+
+async def test_tokens_of_reads_and_prompts_are_counted_once_each_way(tmp_path: Path):
+    agents = {"reader-bot": {"owner": "r@example.com", "grant": {"resources": ["everything"],
+                                                                 "prompts": ["everything"]}}}
+    async with running_gateway(tmp_path, manifests=[everything_stdio_manifest()], agents=agents,
+                               extra={"admin_token": ADMIN}) as gw, gw.http() as http:
+        before = await scrape(http)
+        async with gw.client(await gw.open_session("reader-bot")) as client:
+            await client.read_resource("everything+demo://resource/static/document/architecture.md")
+            await client.get_prompt("everything__args-prompt", {"city": "Paris", "state": "TX"})
+        after = await scrape(http)
+        outcomes = gw.audit("resource.result") + gw.audit("prompt.result")
+    assert len(outcomes) == 2 and all(r["request_tokens"] or r["response_tokens"] for r in outcomes)
+    for direction in ("request", "response"):
+        assert delta(before, after, "gateway_tokens_total", agent="reader-bot", server="everything",
+                     direction=direction) == sum(r[f"{direction}_tokens"] for r in outcomes)

@@ -83,14 +83,14 @@ async def test_tokens_recorded_per_call_match_the_bpe_tokenizer_on_the_actual_pa
             asked.system_prompt or "")
         assert sampling_record["response_tokens"] == bpe("Les résultats: 42 ✓")
 
-        [read_record] = gw.audit("resource.read")
+        [read_record] = gw.audit("resource.result")
         assert read_record["response_tokens"] == sum(bpe(c.uri) + bpe(c.text) for c in read.contents) > 100
-        [prompt_record] = gw.audit("prompt.get")
+        [prompt_record] = gw.audit("prompt.result")
         texts = [m.content.text for m in prompt.messages] + ([prompt.description] if prompt.description else [])
         assert prompt_record["response_tokens"] == sum(bpe(t) for t in texts)
 
         everything = [r for r in gw.audit("tool.result")] + gw.audit("sampling.request") + gw.audit(
-            "resource.read") + gw.audit("prompt.get")
+            "resource.result") + gw.audit("prompt.result")
         metered = sum(r.get("request_tokens", 0) + r.get("response_tokens", 0) for r in everything)
         session = (await gw.gateway.store.list_sessions("bot"))[0]
         assert session.tokens == metered  # every metered payload was counted against the budget

@@ -18,7 +18,7 @@ from gateway import cli
 from gateway.audit.files import audit_files, rotated_path
 from gateway.report import build, read_records
 from tests.support.counter import counter_manifest
-from tests.support.harness import Harness, running_gateway
+from tests.support.harness import Harness, everything_stdio_manifest, running_gateway
 
 pytestmark = pytest.mark.anyio
 
@@ -27,7 +27,7 @@ AGENTS = {
     "bob-bot": {"owner": "bob@example.com", "grant": {"tools": ["counter.echo"]}},
 }
 STOPS = {"session_calls", "session_tokens", "daily_tokens", "tool_calls", "loop_repeats", "calls_per_minute"}
-METERED = {"tool.result", "resource.read", "prompt.get", "sampling.request"}
+METERED = {"tool.result", "resource.result", "prompt.result", "completion.result", "sampling.request"}
 
 
 async def usage(gw: Harness, token: str, body: dict[str, Any]) -> None:
@@ -86,7 +86,7 @@ async def traffic(tmp_path: Path) -> Path:
 def expected(records: list[dict[str, Any]], keep: Any = lambda r: True) -> dict[str, float]:
     """The totals, summed straight from the records (independently of gateway.report)."""
     mine = [r for r in records if keep(r)]
-    gated = [r for r in mine if r["event"] in ("tool.call", "resource.read", "prompt.get")]
+    gated = [r for r in mine if r["event"] in ("tool.call", "resource.read", "prompt.get", "completion.complete")]
     metered = [r for r in mine if r["event"] in METERED]
     models = [r for r in mine if r["event"] == "model.usage"]
     return {
@@ -243,3 +243,34 @@ class _Page(HTMLParser):
     def handle_data(self, data: str) -> None:
         if self._in_data:
             self.data += data
+
+
+async def test_reads_prompts_and_completions_count_their_tokens_once_from_their_outcome_records(tmp_path):
+    agents = {"reader-bot": {"owner": "r@example.com", "grant": {"tools": [], "resources": ["everything"],
+                                                                 "prompts": ["everything"]}}}
+    async with running_gateway(tmp_path, manifests=[everything_stdio_manifest()], agents=agents) as gw:
+        token = await gw.open_session("reader-bot")
+        async with gw.client(token) as client:
+            await client.read_resource("everything+demo://resource/static/document/architecture.md")
+            await client.get_prompt("everything__args-prompt", {"city": "Paris", "state": "TX"})
+            completable = types.PromptReference(type="ref/prompt", name="everything__completable-prompt")
+            await client.session.complete(completable, {"name": "department", "value": "Eng"})
+        session = (await gw.gateway.store.list_sessions("reader-bot"))[0]
+        records = gw.audit()
+    report = build(records, "tool")
+    rows = report.rows
+    assert set(rows) == {"everything.(resources)", "everything.(prompts)", "everything.(completions)"}
+    assert report.totals["request_tokens"] + report.totals["response_tokens"] == session.tokens > 0
+    assert all(row["response_tokens"] > 0 for row in rows.values())
+    assert report.evidence["actions"] == 3  # one read, one prompt, one completion
+
+
+def test_a_single_record_read_of_an_earlier_version_still_counts_its_tokens():
+    """Before outcome records, a read was one `resource.read` with `outcome`, written after the answer."""
+    base = {"ts": 1.0, "agent": "a", "server": "everything", "decision": "allow"}
+    records = [{**base, "event": "resource.read", "outcome": "ok", "response_tokens": 40},
+               {**base, "event": "prompt.get", "call_id": "c1", "request_tokens": 3},
+               {**base, "event": "prompt.result", "call_id": "c1", "outcome": "ok", "request_tokens": 3,
+                "response_tokens": 9}]
+    totals = build(records, "agent").totals
+    assert (totals["request_tokens"], totals["response_tokens"]) == (3, 49)
