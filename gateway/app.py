@@ -178,6 +178,11 @@ def create_app(gateway: Gateway) -> Starlette:
             await close_interrupted(gateway.audit)  # calls a crash of the previous run left without an outcome
             await gateway.audit.emit("gateway.started", public_url=config.public_url,
                                      servers=sorted(gateway.upstreams.servers), tokenizer=gateway.meter.tokenizer.name)
+            for name, upstream in sorted(gateway.upstreams.servers.items()):
+                if upstream.spec.unsandboxed:  # the operator's explicit `sandbox: off`: never a silent downgrade
+                    log.warning("stdio server %s runs unsandboxed: its manifest says sandbox: off", name)
+                    await gateway.audit.emit("upstream.unsandboxed", durable=True, server=name,
+                                             reason="sandbox: off in its manifest")
             gateway.upstreams.on_change(_on_change(gateway))
             gateway.upstreams.on_update(gateway.fanout.updated)
             gateway.upstreams.on_log(gateway.fanout.log)

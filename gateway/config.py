@@ -139,6 +139,7 @@ class GatewayConfig(_Model):
     listen: Listen = Listen()
     instance: str = Field(default_factory=lambda: os.uname().nodename)  # audit `gateway` field
     state_dir: Path = Path("./.state")
+    work_dir: Path = Path("./.work")  # stdio servers' own directories, <work_dir>/<server>; never inside state_dir
     signing_key: Path = Path("./.state/signing.pem")
     secrets_dir: Path = Path("./secrets")
     upstream_hosts: tuple[str, ...] = ("127.0.0.1", "localhost")
@@ -427,9 +428,10 @@ def load_gateway_config(path: Path) -> GatewayConfig:
         store = f"sqlite://{_resolve(base, Path(store.removeprefix('sqlite:///')))}"
     elif not store.startswith(("postgresql://", "postgres://")):
         raise ConfigError(f"{path}: store: expected sqlite:///PATH or postgresql://...")
-    return config.model_copy(
+    config = config.model_copy(
         update={
             "state_dir": _resolve(base, config.state_dir),
+            "work_dir": _resolve(base, config.work_dir),
             "signing_key": _resolve(base, config.signing_key),
             "secrets_dir": _resolve(base, config.secrets_dir),
             "manifests": _resolve(base, config.manifests),
@@ -438,6 +440,27 @@ def load_gateway_config(path: Path) -> GatewayConfig:
             "store": store,
         }
     )
+    _check_work_dir(path, config)
+    return config
+
+
+def gateway_files(config: GatewayConfig) -> list[tuple[Path, str]]:
+    """What no tool server may ever reach: the gateway's state, keys, store, audit and secrets, by field."""
+    files = [(config.state_dir, "state_dir"), (config.signing_key, "signing_key"), (config.audit.path, "audit.path"),
+             (config.secrets_dir, "secrets_dir")]
+    if config.store_is_sqlite:
+        files.append((config.sqlite_path, "store"))
+    return files
+
+
+def _check_work_dir(path: Path, config: GatewayConfig) -> None:
+    """The servers' own directories are granted to them, so they must hold nothing of the gateway's."""
+    work = Path(os.path.realpath(config.work_dir))
+    for other, name in gateway_files(config):
+        real = Path(os.path.realpath(other))
+        if real == work or work in real.parents or real in work.parents:
+            raise ConfigError(f"{path}: work_dir: {config.work_dir} overlaps {name} ({other}); "
+                              "tool servers' directories must be apart from the gateway's files")
 
 
 def load_agents(path: Path) -> dict[str, AgentSpec]:

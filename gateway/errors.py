@@ -70,12 +70,26 @@ class Stopped(GatewayError):
 
 
 class UpstreamError(GatewayError):
-    """The upstream tool server is down, crashed or failed the request."""
+    """The upstream tool server is down, crashed or failed the request.
+
+    The message is for the log and the audit record's `error` (it may name paths and
+    exceptions of this host); an agent is told only `for_agent(...)`.
+    """
 
     outcome = "error"
+
+    def for_agent(self, server: str) -> str:
+        return f"The tool server {server!r} is unavailable; the call was not completed."
 
 
 class UpstreamTimeout(UpstreamError):
     """The upstream did not answer within the call timeout."""
 
     outcome = "timeout"
+
+    def __init__(self, message: str, *, seconds: float) -> None:
+        super().__init__(message)
+        self.seconds = seconds
+
+    def for_agent(self, server: str) -> str:
+        return f"The tool server {server!r} did not answer within {self.seconds:g}s; the call was not completed."

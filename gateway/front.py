@@ -301,7 +301,7 @@ class _Handlers:
                 raise resource_not_found(ctx, params.uri) from None
             raise
         except UpstreamError as exc:
-            raise MCPError(types.INTERNAL_ERROR, str(exc)) from None
+            raise MCPError(types.INTERNAL_ERROR, exc.for_agent(server)) from None
 
     def _listener(self, ctx: Ctx, principal: Principal) -> Listener:
         mcp_session = ctx.request.headers.get("mcp-session-id") if ctx.request is not None else None
@@ -318,7 +318,7 @@ class _Handlers:
         try:
             await self.gw.fanout.subscribe(self._listener(ctx, principal), principal, target[0], target[1], params.uri)
         except UpstreamError as exc:
-            raise MCPError(types.INTERNAL_ERROR, str(exc)) from None
+            raise MCPError(types.INTERNAL_ERROR, exc.for_agent(target[0].name)) from None
         return types.EmptyResult()
 
     async def unsubscribe(self, ctx: Ctx, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
@@ -386,7 +386,7 @@ class _Handlers:
                     principal, params.name, target, params.arguments, request_fields(ctx), unknown_prompt(params.name)
                 )
         except UpstreamError as exc:
-            raise MCPError(types.INTERNAL_ERROR, str(exc)) from None
+            raise MCPError(types.INTERNAL_ERROR, exc.for_agent(target[0].name if target else params.name)) from None
 
     async def complete(self, ctx: Ctx, params: types.CompleteRequestParams) -> types.CompleteResult:
         principal = self._principal(ctx)
@@ -415,7 +415,7 @@ class _Handlers:
                     {"argument": argument, "context": context}, missing,
                 )
         except UpstreamError as exc:
-            raise MCPError(types.INTERNAL_ERROR, str(exc)) from None
+            raise MCPError(types.INTERNAL_ERROR, exc.for_agent(upstream.name if upstream else "")) from None
 
     async def set_level(self, ctx: Ctx, params: types.SetLevelRequestParams) -> types.EmptyResult:
         """Forwarded to this session's own (per-session) connections of the servers its grant reaches.

@@ -187,7 +187,7 @@ class Pipeline:
                 outcome = "tool_error"
         except UpstreamError as exc:
             outcome, error = exc.outcome, str(exc)
-            result = error_result(f"The tool server is unavailable: {exc}. The call was not completed.")
+            result = error_result(exc.for_agent(call.upstream.name))  # the detail goes to the log and the audit only
         except MCPError as exc:
             outcome, error = "error", exc.message
             await self._record_result(call, outcome, error, 0)

@@ -16,6 +16,8 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from gateway.dirs import private_dir
+
 _PREFIX = b"gw1"
 
 
@@ -26,7 +28,7 @@ class InvalidEnvelope(ValueError):
 def load_key(path: Path) -> bytes:
     """A 32-byte secret kept under the state dir, created on first use (mode 0600)."""
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(path.parent)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(os.urandom(32))

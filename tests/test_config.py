@@ -32,8 +32,9 @@ def test_a_manifest_becomes_a_resolved_upstream_spec(tmp_path: Path) -> None:
     assert spec.tools == frozenset({"get_current_time"}) and spec.exposes("get_current_time")
     assert not spec.exposes("convert_time")
     assert spec.isolation == "per_session" and spec.timeout == 5.0
-    assert spec.cwd == config.state_dir / "upstreams" / "time"
-    assert spec.env == {"TZ": "UTC"}
+    own = config.work_dir / "time"  # the server's own directory, outside the state dir
+    assert spec.cwd == own and config.state_dir not in own.parents
+    assert spec.env == {"HOME": str(own), "TMPDIR": str(own / "tmp"), "TZ": "UTC"}
 
 
 @pytest.mark.parametrize(
@@ -45,6 +46,10 @@ def test_a_manifest_becomes_a_resolved_upstream_spec(tmp_path: Path) -> None:
         ({"isolation": "sometimes"}, "isolation", "'shared' or 'per_session'"),
         ({"pins": {"get_current_time": "md5:abc"}}, "pins", "sha256"),
         ({"transport": "http", "command": None, "args": [], "url": "ftp://x"}, "(top level)", "http(s) URL"),
+        ({"sandbox": {"read": ["/srv"], "exec": ["/x"]}}, "sandbox.exec", "unknown field"),
+        ({"sandbox": "sometimes"}, "sandbox", "must be off, or a mapping of read and write path lists"),
+        ({"transport": "http", "command": None, "args": [], "url": "http://127.0.0.1:1/mcp", "sandbox": "off"},
+         "(top level)", "sandbox is for stdio manifests"),
     ],
 )
 def test_a_bad_manifest_is_refused_naming_file_field_and_reason(
@@ -142,6 +147,25 @@ def test_manifests_validate_reports_each_bad_file_and_exits_non_zero(
     assert "ok: time.yaml" in out
     assert "git.yaml: colour: unknown field" in err
     assert err.strip().splitlines()[-1] == "mcp-gateway: error: 1 of 2 manifest(s) invalid"
+
+
+def test_manifests_validate_on_a_fresh_config_creates_the_state_dir_only_its_owner_can_enter(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_config(tmp_path, 8765, manifests=[manifest()])  # the quickstart runs validate before anything else
+    state = tmp_path / "state"
+    assert not state.exists()
+    assert main(["manifests", "validate", "--config", str(tmp_path / "gateway.yaml")]) == 0
+    assert "ok: time.yaml" in capsys.readouterr().out
+    created = [state, *(p for p in state.rglob("*") if p.is_dir())]
+    assert state / "logs" in created
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in created} == {p.name: "0o700" for p in created}
+
+
+def test_a_work_dir_overlapping_the_gateways_files_is_refused(tmp_path: Path) -> None:
+    for work_dir in ("./state/servers", ".", "./secrets"):
+        with pytest.raises(ConfigError, match=r"gateway.yaml: work_dir: .* overlaps (state_dir|secrets_dir)"):
+            config_at(tmp_path, [manifest()], work_dir=work_dir)
 
 
 def test_cli_bad_arguments_exit_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:

@@ -27,10 +27,11 @@ def git_repo(path: Path) -> Path:
     return path
 
 
-def git_manifest() -> dict[str, Any]:
-    """mcp-server-git as the quickstart runs it: no --repository, so the grant is the only fence."""
+def git_manifest(repos: Path) -> dict[str, Any]:
+    """mcp-server-git as the quickstart runs it: no --repository, so the grant is the fence the agent meets
+    (the sandbox may read the repositories' directory, as the quickstart's manifest grants)."""
     return {"name": "git", "owner": "platform@example.com", "transport": "stdio", "command": sys.executable,
-            "args": ["-m", "mcp_server_git"], "tools": "*"}
+            "args": ["-m", "mcp_server_git"], "tools": "*", "sandbox": {"read": [str(repos)]}}
 
 
 async def test_a_symlink_inside_the_prefix_cannot_lead_git_log_to_a_repository_outside(tmp_path: Path) -> None:
@@ -43,7 +44,7 @@ async def test_a_symlink_inside_the_prefix_cannot_lead_git_log_to_a_repository_o
     (repos / "deep").symlink_to(outside / ".git")  # `..` after a link: .../deep/.. is the outside repository
     agents = {"research-bot": {"owner": "alice@example.com", "grant": {
         "tools": ["git.git_log"], "arguments": {"git.git_log": {"repo_path": {"path_prefix": str(repos)}}}}}}
-    async with running_gateway(tmp_path / "gw", manifests=[git_manifest()], agents=agents) as gw:
+    async with running_gateway(tmp_path / "gw", manifests=[git_manifest(repos)], agents=agents) as gw:
         token = await gw.open_session("research-bot")
         async with gw.client(token) as client:
             allowed = await client.call_tool("git__git_log", {"repo_path": str(inside), "max_count": 1})

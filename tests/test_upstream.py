@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import anyio
 import psutil
 import pytest
+from mcp.shared.exceptions import MCPError
 
 from tests.support.harness import (
     dynamic_manifest,
     everything_http,
+    everything_stdio_manifest,
     http_manifest,
     running_gateway,
     time_manifest,
@@ -48,15 +51,62 @@ async def test_an_upstream_killed_mid_call_gives_an_error_result_and_comes_back(
                         await anyio.wait_all_tasks_blocked()
                 victim.kill()
             assert result is not None and result.is_error
-            assert "unavailable" in result.content[0].text and "closed the connection" in result.content[0].text
+            assert result.content[0].text == "The tool server 'dynamic' is unavailable; the call was not completed."
             outcome = [r for r in gw.audit("tool.result") if r["session"] == sid][-1]
             assert outcome["outcome"] == "error" and outcome["tool"] == "slow"
+            assert "closed the connection" in outcome["error"]  # the detail is the operator's
 
             again = await client.call_tool("dynamic__count", {})  # waits for the restarted server
             assert not again.is_error and again.structured_content == {"result": 0}
         (restarted,) = children_running("dynamic.py")
         assert restarted.pid != victim.pid
         assert gw.gateway.upstreams["dynamic"].main.restarts == 1
+
+
+async def test_a_down_server_tells_the_agent_it_is_unavailable_and_only_the_audit_and_log_get_the_detail(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    home = tmp_path / "srv"
+    async with running_gateway(tmp_path, manifests=[dynamic_manifest(cwd=str(home), timeout="2s")],
+                               agents=AGENTS) as gw:
+        token = await gw.open_session("bot")
+        async with gw.client(token) as client:
+            assert not (await client.call_tool("dynamic__count", {})).is_error
+            (child,) = children_running("dynamic.py")
+            home.rmdir()
+            home.write_text("not a directory any more")  # every restart now fails, naming this host's path
+            with caplog.at_level(logging.WARNING, logger="gateway.upstream"):
+                child.kill()
+                connection = gw.gateway.upstreams["dynamic"].main
+                with anyio.fail_after(10):
+                    while connection.up or str(home) not in (connection.last_error or ""):
+                        await anyio.wait_all_tasks_blocked()
+                result = await client.call_tool("dynamic__count", {})
+    said = result.content[0].text
+    assert result.is_error and said == "The tool server 'dynamic' is unavailable; the call was not completed."
+    assert str(tmp_path) not in said and "Error" not in said
+    record = gw.audit("tool.result")[-1]
+    assert record["outcome"] == "error" and str(home) in record["error"]
+    assert any(str(home) in entry.getMessage() for entry in caplog.records)
+
+
+async def test_a_down_server_refuses_a_prompt_in_the_same_plain_words(tmp_path: Path) -> None:
+    home = tmp_path / "srv"
+    async with running_gateway(tmp_path, manifests=[everything_stdio_manifest(cwd=str(home), timeout="2s")],
+                               agents=AGENTS) as gw:
+        async with gw.client(await gw.open_session("bot")) as client:
+            assert (await client.get_prompt("everything__simple-prompt", {})).messages
+            (child,) = children_running("index.js")
+            home.rmdir()
+            home.write_text("not a directory any more")
+            child.kill()
+            connection = gw.gateway.upstreams["everything"].main
+            with anyio.fail_after(10):  # until its restart has failed (wait_all_tasks_blocked can starve here)
+                while connection.up or str(home) not in (connection.last_error or ""):
+                    await anyio.sleep(0.05)
+            with pytest.raises(MCPError) as refused:
+                await client.get_prompt("everything__simple-prompt", {})
+    assert refused.value.error.message == "The tool server 'everything' is unavailable; the call was not completed."
 
 
 async def test_a_hung_upstream_call_times_out_with_an_error_result(tmp_path: Path) -> None:
@@ -80,11 +130,13 @@ async def test_stdio_children_get_a_minimal_environment_and_their_own_directory(
         async with gw.client(token) as client:
             env = (await client.call_tool("dynamic__whoami", {})).structured_content
         (child,) = children_running("dynamic.py")
-        assert Path(child.cwd()) == tmp_path / "state" / "upstreams" / "dynamic"
+        own = tmp_path / ".work" / "dynamic"  # outside the state dir: work_dir/<server>
+        assert Path(child.cwd()) == own
     assert env is not None
     assert env["GREETING"] == "hello"
+    assert env["HOME"] == str(own) and env["TMPDIR"] == str(own / "tmp")
     assert "GATEWAY_ADMIN_TOKEN" not in env and "AWS_SECRET_ACCESS_KEY" not in env
-    assert set(env) <= {"HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER", "GREETING", "LC_CTYPE"}
+    assert set(env) <= {"HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER", "GREETING", "LC_CTYPE", "TMPDIR"}
 
 
 async def test_shutdown_reaps_every_child_process(tmp_path: Path) -> None:

@@ -41,6 +41,7 @@ from gateway.audit.chain import GENESIS, seal
 from gateway.audit.checkpoints import EVENT as CHECKPOINT, Checkpoints
 from gateway.audit.files import cli_instance, cli_path, complete_size, last_record, rotated_files, rotated_path
 from gateway.config import GatewayConfig
+from gateway.dirs import private_dir
 from gateway.errors import AuditUnavailable, Unavailable
 from gateway.identity.keys import KeyRing
 from gateway.store.base import Store
@@ -108,7 +109,7 @@ class Audit:
     # ------------------------------------------------------------ lifecycle
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.path.parent)
         if self.checkpoints is not None:
             latest = await self.checkpoints.latest(self.instance)
             if latest is not None:

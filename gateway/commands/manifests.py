@@ -125,6 +125,9 @@ def _validate(args: argparse.Namespace) -> int:
         print(safe(f"warning: {server}.{tool}: {reason}"))  # tool names and reasons quote what servers serve
 
     for spec in specs.values():
+        if spec.unsandboxed:
+            warnings += 1
+            print(f"warning: {spec.name}: runs unsandboxed (its manifest says sandbox: off)")
         for tool in sorted(spec.pins):
             if not spec.exposes(tool):
                 warn(spec.name, tool, "pinned, but the manifest's tools list does not expose it")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import load_gateway_config
+from gateway.dirs import private_dir
 
 
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -25,7 +26,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     configure(args.log_level)
     config = load_gateway_config(Path(args.config))
-    config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(config.state_dir)
     fast = importlib.util.find_spec("uvloop") is not None and importlib.util.find_spec("httptools") is not None
     uvicorn.run(
         lambda: create_app(build_gateway(config)),  # built inside the server's event loop

@@ -22,6 +22,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from gateway.dirs import private_dir
 from gateway.errors import ConfigError
 
 ALGORITHM = "EdDSA"
@@ -57,7 +58,7 @@ def private_pem(key: Ed25519PrivateKey) -> bytes:
 
 
 def _write_private(path: Path, key: Ed25519PrivateKey) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(path.parent)
     tmp = path.with_suffix(path.suffix + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
@@ -178,7 +179,7 @@ class KeyRing:
         old = self._active
         assert old is not None
         old_kid = self.active_kid
-        self.retired_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.retired_dir)
         _write_private(self.retired_dir / f"{old_kid}.pem", old)
         note = {"kid": old_kid, "retired_at": now, "verify_until": now + overlap}
         (self.retired_dir / f"{old_kid}.json").write_text(json.dumps(note))

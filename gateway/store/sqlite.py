@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from gateway.dirs import private_dir
 from gateway.errors import StoreUnavailable
 from gateway.store import rows
 from gateway.store.base import (
@@ -148,7 +149,7 @@ class SQLiteStore:
 
     async def open(self) -> None:
         with self._errors():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(self.path.parent)
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA busy_timeout = 5000")

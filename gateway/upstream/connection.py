@@ -33,6 +33,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.subscriptions import event_to_notification
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from gateway.dirs import private_dir
 from gateway.errors import UpstreamError
 from gateway.manifests import UpstreamSpec
 from gateway.metrics import METRICS
@@ -221,9 +222,13 @@ class Connection:
     def _client_for(self, closed: anyio.Event, errlog: Any) -> Client:
         spec = self.spec
         if spec.transport == "stdio":
-            assert spec.command is not None and spec.cwd is not None
-            spec.cwd.mkdir(parents=True, exist_ok=True, mode=0o700)
-            params = StdioServerParameters(command=spec.command, args=list(spec.args), env=spec.env, cwd=spec.cwd)
+            assert spec.command is not None and spec.cwd is not None and spec.work is not None
+            for directory in (spec.work, spec.work / "tmp", spec.cwd):
+                private_dir(directory)
+            command, args = spec.command, list(spec.args)
+            if spec.sandbox is not None:  # the launcher restricts itself, then execs the command
+                command, args = spec.sandbox.launch(command, args)
+            params = StdioServerParameters(command=command, args=args, env=spec.env, cwd=spec.cwd)
             transport: Any = stdio_client(params, errlog=errlog)
         else:
             assert spec.url is not None
@@ -241,10 +246,10 @@ class Connection:
         )
 
     def _errlog(self) -> Any:
-        """Where a stdio server's stderr goes: a log file per server under the state dir."""
+        """Where a stdio server's stderr goes: a log file per server under the state dir (opened here, never by it)."""
         if self._stderr_dir is None:
             return open(os.devnull, "w")
-        self._stderr_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self._stderr_dir)
         return (self._stderr_dir / f"{self.spec.name}.stderr.log").open("a")
 
     # ------------------------------------------------------------ requests

@@ -136,18 +136,25 @@ class Upstream:
         fn: Callable[[ClientSession], Awaitable[T]],
         downstream: Downstream | None = None,
     ) -> T:
-        session = await connection.session(min(self.spec.timeout, CONNECT_WAIT))
-        routed = connection.routed(downstream) if downstream is not None else contextlib.nullcontext()
         try:
-            with routed, anyio.fail_after(self.spec.timeout):
-                return await fn(session)
-        except TimeoutError:
-            raise UpstreamTimeout(
-                f"upstream server {self.name!r} did not answer within {self.spec.timeout:g}s"
-            ) from None
-        except MCPError as exc:
-            if exc.code == types.CONNECTION_CLOSED:
-                raise UpstreamError(f"upstream server {self.name!r} closed the connection (it will be restarted)") from exc
+            session = await connection.session(min(self.spec.timeout, CONNECT_WAIT))
+            routed = connection.routed(downstream) if downstream is not None else contextlib.nullcontext()
+            try:
+                with routed, anyio.fail_after(self.spec.timeout):
+                    return await fn(session)
+            except TimeoutError:
+                raise UpstreamTimeout(
+                    f"upstream server {self.name!r} did not answer within {self.spec.timeout:g}s",
+                    seconds=self.spec.timeout,
+                ) from None
+            except MCPError as exc:
+                if exc.code == types.CONNECTION_CLOSED:
+                    raise UpstreamError(
+                        f"upstream server {self.name!r} closed the connection (it will be restarted)"
+                    ) from exc
+                raise
+        except UpstreamError as exc:  # the detail is the operator's: the agent is told only exc.for_agent()
+            log.warning("upstream %s: request failed: %s", self.name, exc)
             raise
 
     async def subscribe(self, connection: Connection, uri: str, on: bool) -> None:

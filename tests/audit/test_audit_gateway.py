@@ -32,7 +32,8 @@ def git_repo(root: Path) -> Path:
 
 def git_manifest(repo: Path) -> dict[str, Any]:
     return {"name": "git", "owner": "platform@example.com", "transport": "stdio", "command": sys.executable,
-            "args": ["-m", "mcp_server_git", "--repository", str(repo)], "tools": "*"}
+            "args": ["-m", "mcp_server_git", "--repository", str(repo)], "tools": "*",
+            "sandbox": {"write": [str(repo)]}}
 
 
 def branches(repo: Path) -> set[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -21,9 +22,13 @@ WAIT = 15.0
 
 def mutable_manifest(root: Path, **extra: Any) -> dict[str, Any]:
     """The test's own server (mutable_server.py); its greeting tools live in <root>/greeters.json."""
+    state = root / "greeters.json"
+    if not state.exists():  # the sandbox grants the server this one file, which must exist to be granted
+        state.write_text(json.dumps({"greet": "Greet someone by name."}))  # what the server serves without it
     return {
         "name": "mutable", "owner": "platform@example.com", "transport": "stdio", "command": sys.executable,
-        "args": [str(MUTABLE_SERVER), str(root / "greeters.json")], "tools": "*", **extra,
+        "args": [str(MUTABLE_SERVER), str(state)], "tools": "*",
+        "sandbox": {"read": [str(MUTABLE_SERVER)], "write": [str(state)]}, **extra,
     }
 
 

@@ -74,11 +74,14 @@ def everything_stdio_manifest(name: str = "everything", **extra: Any) -> dict[st
     }
 
 
+SERVERS = Path(__file__).with_name("servers")
+
+
 def dynamic_manifest(name: str = "dynamic", **extra: Any) -> dict[str, Any]:
     """tests/support/servers/dynamic.py: audio, run-time tools, its environment, slow calls."""
     return {
         "name": name, "owner": "platform@example.com", "transport": "stdio", "command": sys.executable,
-        "args": [str(Path(__file__).with_name("servers") / "dynamic.py")], "tools": "*", **extra,
+        "args": [str(SERVERS / "dynamic.py")], "tools": "*", "sandbox": {"read": [str(SERVERS)]}, **extra,
     }
 
 
