@@ -5,6 +5,7 @@ Every request needs `Authorization: Bearer <admin_token>` (gateway.yaml
 refuses everything. Each action is audited with actor "admin".
 
     GET  /admin/agents                        POST /admin/agents {id, owner, cost_center?, jwks?}
+    GET  /admin/agents/{id}                   PUT  /admin/agents/{id}/grant {tools?, resources?, ...}
     POST /admin/agents/{id}/disable|enable|rotate
     POST /admin/agents/{id}/revoke-sessions
     GET  /admin/sessions?agent=&state=
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from gateway.app import Gateway
 
 ADMIN = "admin"
+MAX_BODY = 65_536  # bytes; an admin request body is a small JSON object
 _STATES = get_args(SessionState)
 Handler = Callable[[Operations, Request], Awaitable[Any]]
 
@@ -53,6 +55,8 @@ def admin_routes(gateway: Gateway, failures: AuthFailures) -> list[Route]:
     return [
         route("/admin/agents", _list_agents, "GET"),
         route("/admin/agents", _create_agent, "POST", status=201),
+        route("/admin/agents/{id}", _show_agent, "GET"),
+        route("/admin/agents/{id}/grant", _grant, "PUT"),
         route("/admin/agents/{id}/disable", _disable, "POST"),
         route("/admin/agents/{id}/enable", _enable, "POST"),
         route("/admin/agents/{id}/rotate", _rotate, "POST"),
@@ -65,7 +69,11 @@ def admin_routes(gateway: Gateway, failures: AuthFailures) -> list[Route]:
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY:
+            raise OperatorError(f"the body is larger than {MAX_BODY} bytes", status=413)
     if not raw:
         return {}
     try:
@@ -89,6 +97,15 @@ async def _create_agent(ops: Operations, request: Request) -> Any:
     secret = await ops.create_agent(body.get("id", ""), body.get("owner", ""), body.get("cost_center"),
                                     body.get("jwks"))
     return {"id": body["id"], "client_secret": secret} if secret else {"id": body["id"]}
+
+
+async def _show_agent(ops: Operations, request: Request) -> Any:
+    return await ops.show_agent(request.path_params["id"])
+
+
+async def _grant(ops: Operations, request: Request) -> Any:
+    grant = await ops.set_grant(request.path_params["id"], await _body(request))
+    return {"id": request.path_params["id"], "grant": grant.model_dump(mode="json")}
 
 
 async def _disable(ops: Operations, request: Request) -> Any:

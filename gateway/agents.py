@@ -98,3 +98,7 @@ class AgentDirectory:
 
     def forget(self, agent_id: str) -> None:
         self._cache.pop(agent_id, None)
+
+    def forget_all(self) -> None:
+        """agents.yaml was reloaded: every agent is read afresh at its next use."""
+        self._cache.clear()

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -26,7 +27,7 @@ from gateway.audit import Audit, build_audit
 from gateway.audit.interrupted import close_interrupted
 from gateway.audit.records import Fingerprints
 from gateway.budgets import Budgets
-from gateway.config import ASSERTION_ALGORITHMS, AgentSpec, GatewayConfig, load_agents
+from gateway.config import ASSERTION_ALGORITHMS, AgentSpec, GatewayConfig, load_agents, parse_grant
 from gateway.edge import AuthFailures, Edge, metadata_url
 from gateway.errors import Unavailable
 from gateway.exchanges import Exchanges
@@ -42,6 +43,7 @@ from gateway.metering import Meter, load_tokenizer
 from gateway.metrics import METRICS
 from gateway.pins import Pins
 from gateway.pipeline import Pipeline
+from gateway.reload import Reloader, ServerEndpoints
 from gateway.sealing import Sealer
 from gateway.sessions import Sessions
 from gateway.store import Store, open_store
@@ -80,12 +82,20 @@ class Gateway:
     shared: SharedCredentialDetector
     pins: Pins
     task_group: anyio.abc.TaskGroup | None = None
+    config_path: Path | None = None  # gateway.yaml, re-read by hot reload (None: only agents.yaml and manifests)
+    reloader: Reloader | None = None  # set while the app runs
     ready: anyio.Event = field(default_factory=anyio.Event)  # set once startup has finished
 
-    def max_session_lifetime(self) -> float:
-        """The longest any token can live: how long a retired signing key must keep verifying."""
-        lifetimes = [spec.grant.budget.session_ttl or 0.0 for spec in self.agents.specs.values()]
-        return max([self.config.session_defaults.ttl, *lifetimes])
+    async def max_session_lifetime(self) -> float:
+        """The longest any token can live: how long a retired signing key must keep verifying.
+
+        Raises:
+            StoreUnavailable: the store agents' grants cannot be read.
+        """
+        grants = [spec.grant for spec in self.agents.specs.values()]
+        grants += [parse_grant(r.grant, f"agent {r.id}: stored grant")
+                   for r in await self.store.list_agents() if r.source == "store" and r.grant]
+        return max([self.config.session_defaults.ttl, *(g.budget.session_ttl or 0.0 for g in grants)])
 
     def spawn(self, fn: Callable[..., Any], *args: Any) -> None:
         if self.task_group is None:
@@ -100,6 +110,7 @@ def build_gateway(
     agents: dict[str, AgentSpec] | None = None,
     manifests: dict[str, UpstreamSpec] | None = None,
     operator: bool = False,
+    config_path: Path | None = None,
 ) -> Gateway:
     """Wire the collaborators from configuration. Nothing is opened or started yet.
 
@@ -147,6 +158,7 @@ def build_gateway(
         credential_key=secrets["credential"],
         shared=SharedCredentialDetector(config.shared_credentials),
         pins=pins,
+        config_path=config_path,
     )
     return gateway
 
@@ -165,6 +177,7 @@ def create_app(gateway: Gateway) -> Starlette:
     endpoints = {path: McpEndpoint(front.server(view), security) for path, view in views.items()}
     edge = Edge(gateway, endpoints, {usage.PATH: usage.UsageEndpoint(gateway)})
     oauth = OAuth(gateway, edge.failures)
+    reloader = Reloader(gateway, ServerEndpoints(gateway, front, security, edge), gateway.config_path)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -197,6 +210,7 @@ def create_app(gateway: Gateway) -> Starlette:
             tg.start_soon(gateway.store.watch, _on_store_change(gateway, edge))
             tg.start_soon(edge.failures.run)
             tg.start_soon(gateway.pins.watch)
+            gateway.reloader = await stack.enter_async_context(reloader.run())
             gateway.ready.set()
             try:
                 yield
@@ -213,7 +227,7 @@ def create_app(gateway: Gateway) -> Starlette:
         Route("/metrics", _metrics(gateway, edge.failures)),
         Route("/.well-known/oauth-authorization-server", _as_metadata(config)),
         Route("/jwks.json", _jwks(gateway)),
-        Route("/.well-known/oauth-protected-resource{path:path}", _pr_metadata(config, set(views))),
+        Route("/.well-known/oauth-protected-resource{path:path}", _pr_metadata(config, edge.resources)),
         *oauth.routes(),
         *admin_routes(gateway, edge.failures),
     ]

@@ -377,7 +377,7 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
 
 
-def validation_message(path: Path, exc: ValidationError) -> str:
+def validation_message(path: Path | str, exc: ValidationError) -> str:
     """`<file>: <field>: <reason>` for the first error pydantic found."""
     err = exc.errors()[0]
     field = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -478,6 +478,22 @@ def load_agents(path: Path) -> dict[str, AgentSpec]:
         return AgentsFile.model_validate(raw).agents
     except ValidationError as exc:
         raise ConfigError(validation_message(path, exc)) from None
+
+
+def parse_grant(raw: Any, source: str = "grant") -> GrantSpec:
+    """One grant, validated exactly as agents.yaml's `grant:` block is (the CLI and admin API use it too).
+
+    Raises:
+        ConfigError: `<source>: <field>: <reason>` for the first problem found.
+    """
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: (top level): expected a mapping of grant fields")
+    try:
+        return GrantSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(validation_message(source, exc)) from None
 
 
 def glob_matches(pattern: str, value: str) -> bool:

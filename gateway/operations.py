@@ -2,7 +2,7 @@
 
 Each action is itself audited, with the operator as `actor` ("cli:<user>" or
 "admin"). Agents defined in agents.yaml are authoritative there: they can be
-disabled, enabled and given a secret, but not created here.
+disabled, enabled and given a secret, but not created or granted here.
 """
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from gateway.config import AGENT_ID, EMAIL, check_public_jwks
-from gateway.errors import OperatorError
+from gateway.config import AGENT_ID, EMAIL, GrantSpec, check_public_jwks, parse_grant
+from gateway.errors import ConfigError, OperatorError
 from gateway.identity.credentials import generate_secret, hash_secret
+from gateway.policy import compile_grant
 from gateway.store.base import AgentRecord, SessionRecord, SessionState
 
 if TYPE_CHECKING:
@@ -96,6 +97,59 @@ class Operations:
         await self._update_agent(agent_id, secret_hash=hash_secret(self.gw.credential_key, secret))
         await self._audit("agent.secret_rotated", agent=agent_id)
         return secret
+
+    async def show_agent(self, agent_id: str) -> dict[str, Any]:
+        """One agent with its grant (agents.yaml's for its agents, the store's for the others).
+
+        Raises:
+            OperatorError: no such agent.
+        """
+        record = await self.gw.store.get_agent(agent_id)
+        spec = self.gw.agents.specs.get(agent_id)
+        if spec is not None:
+            owner, cost_center, grant, jwks = spec.owner, spec.cost_center, spec.grant, spec.jwks
+        elif record is not None:
+            owner, cost_center, jwks = record.owner, record.cost_center, record.jwks
+            grant = parse_grant(record.grant, f"agent {agent_id}: stored grant")
+        else:
+            raise OperatorError(f"no agent {agent_id!r}", status=404)
+        return {
+            "id": agent_id,
+            "owner": owner,
+            "cost_center": cost_center,
+            "source": "config" if spec is not None else "store",
+            "disabled": bool((spec and spec.disabled) or (record and record.disabled)),
+            "credential": "key" if jwks else ("secret" if record and record.secret_hash else "-"),
+            "created_at": record.created_at if record else None,
+            "grant_version": compile_grant(grant).version,
+            "grant": grant.model_dump(mode="json"),
+        }
+
+    async def set_grant(self, agent_id: str, raw: Any, *, source: str = "grant") -> GrantSpec:
+        """Replace a store agent's grant; live sessions use it from their next call.
+
+        `raw` is validated exactly as agents.yaml's `grant:` block (gateway/config.py `parse_grant`).
+
+        Raises:
+            OperatorError: an invalid grant (one line naming the field), an agents.yaml agent, no such agent.
+        """
+        try:
+            grant = parse_grant(raw, source)
+        except ConfigError as exc:
+            raise OperatorError(str(exc)) from None
+        if agent_id in self.gw.agents.specs:
+            raise OperatorError(f"agent {agent_id!r} is defined in agents.yaml; change its grant there", status=409)
+        record = await self.gw.store.get_agent(agent_id)
+        if record is None:
+            raise OperatorError(f"no agent {agent_id!r}", status=404)
+        if record.source == "config":
+            raise OperatorError(f"agent {agent_id!r} is defined in agents.yaml; change its grant there", status=409)
+        previous = compile_grant(parse_grant(record.grant, f"agent {agent_id}: stored grant")).version
+        await self._update_agent(agent_id, grant=grant.model_dump(mode="json"))
+        await self._audit("agent.grant_changed", agent=agent_id, owner=record.owner,
+                          grant=compile_grant(grant).version, previous_grant=previous,
+                          tools=list(grant.tools), resources=list(grant.resources), prompts=list(grant.prompts))
+        return grant
 
     # ------------------------------------------------------------ sessions
 

@@ -23,8 +23,9 @@ connect, restart, reconnect, list_changed — each exposed tool is checked:
 A running gateway follows re-pinning without a restart: a manifest's `pins:` are
 re-read when its file changes (modification time, size or inode), checked on
 every re-list and every `RECHECK_EVERY` seconds. Only `pins:` are taken from a
-re-read file; other manifest changes need a restart. A file that no longer
-validates keeps the pins in force and is logged.
+re-read file here; other manifest changes are hot reload's (gateway/reload.py),
+which restarts the server. A file that no longer validates keeps the pins in
+force and is logged.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import mcp_types as types
 
 from gateway.audit import Audit
 from gateway.errors import AuditUnavailable, ConfigError
-from gateway.manifests import read_manifest
+from gateway.manifests import UpstreamSpec, read_manifest
 from gateway.metrics import METRICS
 
 if TYPE_CHECKING:
@@ -127,28 +128,42 @@ class Pins:
         self._stamps = {name: _stamp(u.spec.source) for name, u in upstreams.servers.items()}
         self._reported: dict[tuple[str, str], tuple[str, str]] = {}  # (server, tool) -> (pinned, served)
 
+    def track(self, spec: UpstreamSpec) -> None:
+        """A server started by hot reload: its pins as its (new) manifest has them."""
+        self.pins[spec.name] = dict(spec.pins)
+        self._stamps[spec.name] = _stamp(spec.source)
+
+    def untrack(self, name: str) -> None:
+        """A server removed by hot reload."""
+        self.pins.pop(name, None)
+        self._stamps.pop(name, None)
+        for key in [k for k in self._reported if k[0] == name]:
+            del self._reported[key]
+
     async def settle(self, upstream: Upstream, catalog: Catalog) -> frozenset[str]:
         """The tools of this catalog to hide; audits each change once."""
         self._reload(upstream)
-        pins = self.pins[upstream.name]
+        pins = self.pins.get(upstream.name, {})
         hidden, changes = check(catalog.tools, pins, self.require_pins)
         changed = {change.tool for change in changes}
         for key in [k for k in self._reported if k[0] == upstream.name and k[1] not in changed]:
             if key[1] in catalog.tools or key[1] not in pins:  # back in line; a tool missing for now stays reported
                 del self._reported[key]
         for change in changes:
-            await self._report(upstream.name, change)
+            await self._report(upstream, change)
         HIDDEN.set(upstream.name, "changed", value=len(changes))
         HIDDEN.set(upstream.name, "unpinned", value=len(hidden) - len(changes))
         return hidden
 
-    async def _report(self, server: str, change: Change) -> None:
+    async def _report(self, upstream: Upstream, change: Change) -> None:
+        server = upstream.name
         key, seen = (server, change.tool), (change.pinned, change.served)
         if self._reported.get(key) == seen:
             return
         log.warning("quarantined %s.%s: its definition no longer matches its pin", server, change.tool)
         try:
-            await self.audit.emit("tool.changed", durable=True, server=server, tool=change.tool,
+            await self.audit.emit("tool.changed", durable=True, server=server, server_owner=upstream.spec.owner,
+                                  tool=change.tool,
                                   old_pin=change.pinned, new_pin=change.served, decision="quarantine")
         except AuditUnavailable as exc:  # stays hidden; reported again at the next re-list
             log.error("tool.changed for %s.%s not audited: %s", server, change.tool, exc)
@@ -166,9 +181,10 @@ class Pins:
         try:
             pins = dict(read_manifest(path).pins)  # validated with the rest of the file
         except ConfigError as exc:
-            log.error("keeping the pins in force for %s: %s", upstream.name, exc)
+            # Hot reload reports the bad file once (log line and config.rejected); this is the detail.
+            log.debug("keeping the pins in force for %s: %s", upstream.name, exc)
             return False
-        if pins == self.pins[upstream.name]:
+        if pins == self.pins.get(upstream.name):
             return False
         log.info("pins of %s re-read from %s", upstream.name, path)
         self.pins[upstream.name] = pins
@@ -178,6 +194,6 @@ class Pins:
         """Pick up re-pinned manifests while the gateway runs."""
         while True:
             await anyio.sleep(RECHECK_EVERY)
-            for upstream in self.upstreams.servers.values():
+            for upstream in list(self.upstreams.servers.values()):
                 if self._reload(upstream):
                     await upstream.requarantine()

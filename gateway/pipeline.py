@@ -81,6 +81,7 @@ class Admitted:
             **self.principal.audit_fields(),
             **self.context,
             "server": self.upstream.name,
+            "server_owner": self.upstream.spec.owner,  # the manifest's owner: who answers for this tool
             "tool": self.tool,
             "call_id": self.call_id,
         }
@@ -135,7 +136,7 @@ class Pipeline:
                                   reason="unknown_or_not_granted")
             raise unknown_tool(exposed)
         upstream, tool = target
-        identity.update(server=upstream.name, tool=tool)
+        identity.update(server=upstream.name, server_owner=upstream.spec.owner, tool=tool)
         if upstream.spec.log_arguments:  # the manifest opted in: arguments, secret-looking values masked
             identity["arguments_masked"] = masked(arguments or {})
         decision = decide(principal.grant, upstream.name, tool, arguments, resolve=host_realpath)

@@ -130,9 +130,11 @@ class Report:
     charts: dict[str, Any] = field(default_factory=dict)
     records: int = 0
     skipped_lines: int = 0
+    owners: dict[str, str] = field(default_factory=dict)  # server -> its manifest's owner, from the records
 
     def as_json(self) -> dict[str, Any]:
-        rows = [{self.by: key, **_rounded(values)} for key, values in sorted(self.rows.items(), key=_by_spend)]
+        rows = [{self.by: key, **({"server_owner": self.owners.get(key)} if self.by == "server" else {}),
+                 **_rounded(values)} for key, values in sorted(self.rows.items(), key=_by_spend)]
         return {
             "by": self.by, "since": _iso(self.since), "until": _iso(self.until), "sources": self.sources,
             "records": self.records, "skipped_lines": self.skipped_lines, "rows": rows,
@@ -164,6 +166,8 @@ def build(records: list[dict[str, Any]], by: str, since: float | None = None, un
     window = [r for r in records if (since is None or r["ts"] >= since) and (until is None or r["ts"] < until)]
     report = Report(by, since, until, sources or [], records=len(window), skipped_lines=skipped_lines)
     tools: dict[str, int] = defaultdict(int)
+    report.owners = {r["server"]: r["server_owner"] for r in window
+                     if isinstance(r.get("server"), str) and isinstance(r.get("server_owner"), str)}
     contributions = [(record, contribution(record)) for record in window]
     for record, added in contributions:
         if not added:
@@ -270,10 +274,15 @@ def render(report: Report, fmt: str) -> str:
     raise ValueError(f"--format must be one of {', '.join(FORMATS)}")
 
 
-def _lines(data: dict[str, Any]) -> Iterator[list[str]]:
+def _lines(data: dict[str, Any], *, owner_column: bool = False) -> Iterator[list[str]]:
+    """Rows as cells; by server, the manifest owner rides in the label (table) or a column of its own (csv)."""
+    owners = data["by"] == "server"
     for row in data["rows"]:
-        yield [str(row[data["by"]]), *(_cell(row[m]) for m in METRICS)]
-    yield ["TOTAL", *(_cell(data["totals"][m]) for m in METRICS)]
+        label, owner = str(row[data["by"]]), row.get("server_owner") or ""
+        if owners and not owner_column and owner:
+            label = f"{label} ({owner})"
+        yield [label, *([owner] if owners and owner_column else []), *(_cell(row[m]) for m in METRICS)]
+    yield ["TOTAL", *([""] if owners and owner_column else []), *(_cell(data["totals"][m]) for m in METRICS)]
 
 
 def _cell(value: float) -> str:
@@ -283,8 +292,8 @@ def _cell(value: float) -> str:
 def _csv(data: dict[str, Any]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([data["by"], *METRICS])
-    writer.writerows(_lines(data))
+    writer.writerow([data["by"], *(["server_owner"] if data["by"] == "server" else []), *METRICS])
+    writer.writerows(_lines(data, owner_column=True))
     return out.getvalue()
 
 

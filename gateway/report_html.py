@@ -24,12 +24,17 @@ svg text{font:11px system-ui,sans-serif;fill:#374151}.muted{color:#6b7280}
 """
 
 
+def _label(row: dict[str, Any], by: str) -> str:
+    owner = row.get("server_owner")
+    return f"{row[by]} ({owner})" if owner else str(row[by])
+
+
 def render_html(data: dict[str, Any]) -> str:
     by = data["by"]
     evidence = data["evidence"]
     charts = data["charts"]
     rows = "".join(
-        f"<tr><td>{escape(str(row[by]))}</td>" + "".join(f"<td>{_fmt(row[m])}</td>" for m in METRICS) + "</tr>"
+        f"<tr><td>{escape(_label(row, by))}</td>" + "".join(f"<td>{_fmt(row[m])}</td>" for m in METRICS) + "</tr>"
         for row in data["rows"]
     )
     totals = "".join(f"<td>{_fmt(data['totals'][m])}</td>" for m in METRICS)

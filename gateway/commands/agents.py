@@ -40,6 +40,29 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     list_.add_argument("--json", action="store_true")
     list_.set_defaults(run=_list)
 
+    show = group.add_parser("show", parents=[common], help="show an agent with its grant (YAML)")
+    show.add_argument("id", type=_agent_id)
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(run=_show)
+
+    grant = group.add_parser(
+        "grant", parents=[common], help="replace a CLI- or API-created agent's grant",
+        description="Replace the agent's whole grant, from flags or from a YAML file holding what agents.yaml's "
+                    "`grant:` block holds (same schema, same validation). Live sessions use it from their next "
+                    "call. Agents defined in agents.yaml are granted there.",
+    )
+    grant.add_argument("id", type=_agent_id)
+    grant.add_argument("--file", type=Path, metavar="PATH", help="a YAML grant (tools, resources, prompts, "
+                       "arguments, budget, alerts); not combined with the other flags")
+    grant.add_argument("--tools", action="append", default=[], metavar="SERVER.TOOL",
+                       help="a tool or glob (time.*); repeat for more")
+    grant.add_argument("--resources", action="append", default=[], metavar="SERVER", help="repeat for more")
+    grant.add_argument("--prompts", action="append", default=[], metavar="SERVER", help="repeat for more")
+    grant.add_argument("--budget", action="append", default=[], metavar="KEY=VALUE",
+                       help="a budget limit (session_calls=100, session_ttl=8h, tool_calls.git.git_log=5); repeat")
+    grant.add_argument("--alerts", metavar="SHARES", help="budget shares that alert, comma-separated (0.5,0.8,1)")
+    grant.set_defaults(run=_grant)
+
     for name, helptext, handler in (
         ("disable", "disable an agent and revoke its live sessions", _disable),
         ("enable", "re-enable a disabled agent", _enable),
@@ -74,6 +97,67 @@ def _list(args: argparse.Namespace) -> int:
         credential = "secret" if r["has_secret"] else ("key" if r["private_key_jwt"] else "-")
         state = "disabled" if r["disabled"] else "enabled"
         print(f"{safe(r['id']):<24} {safe(r['owner']):<28} {safe(r['source']):<7} {state:<9} {credential}")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    agent = operate(args, lambda ops: ops.show_agent(args.id))
+    if args.json:
+        print(json.dumps(agent))
+    else:
+        import yaml
+
+        print(yaml.safe_dump(agent, sort_keys=False), end="")
+    return 0
+
+
+def _grant_from_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The grant the flags describe; values in --budget are read as YAML scalars (100, 8h, true)."""
+    import yaml
+
+    grant: dict[str, Any] = {"tools": args.tools, "resources": args.resources, "prompts": args.prompts}
+    budget: dict[str, Any] = {}
+    for item in args.budget:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise OperatorError(f"--budget {item!r}: expected KEY=VALUE")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = value
+        if key.startswith("tool_calls."):
+            budget.setdefault("tool_calls", {})[key.removeprefix("tool_calls.")] = parsed
+        else:
+            budget[key] = parsed
+    if budget:
+        grant["budget"] = budget
+    if args.alerts is not None:
+        try:
+            grant["alerts"] = [float(share) for share in args.alerts.split(",")]
+        except ValueError:
+            raise OperatorError(f"--alerts {args.alerts!r}: expected numbers separated by commas") from None
+    return grant
+
+
+def _grant(args: argparse.Namespace) -> int:
+    flags = bool(args.tools or args.resources or args.prompts or args.budget or args.alerts is not None)
+    if args.file is not None and flags:
+        raise OperatorError("--file replaces the whole grant: do not combine it with --tools, --budget ...")
+    if args.file is None and not flags:
+        raise OperatorError("nothing to grant: give --tools/--resources/--prompts/--budget/--alerts or --file")
+    if args.file is not None:
+        from gateway.config import read_yaml
+        from gateway.errors import ConfigError
+
+        try:
+            raw = read_yaml(args.file)
+        except ConfigError as exc:
+            raise OperatorError(str(exc)) from None
+    else:
+        raw = _grant_from_flags(args)
+    grant = operate(args, lambda ops: ops.set_grant(args.id, raw, source=str(args.file or "grant")))
+    tools = ", ".join(grant.tools) or "no tools"
+    print(f"granted {args.id}: {tools} (live sessions use it from their next call)")
     return 0
 
 

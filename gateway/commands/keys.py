@@ -18,7 +18,7 @@ def _rotate(args: argparse.Namespace) -> int:
     async def body() -> int:
         async with opened(args) as gw:
             old = gw.keys.active_kid
-            overlap = gw.max_session_lifetime()
+            overlap = await gw.max_session_lifetime()
             new = gw.keys.rotate(gw.clock(), overlap)
             await gw.audit.emit("key.rotated", durable=True, actor=operator(), kid=new, retired_kid=old,
                                 overlap_s=overlap)

@@ -2,16 +2,19 @@
 
 Both connect to servers the way the gateway does (the same upstream connection
 code, started from the manifest; no running gateway needed). `validate
---offline` checks the files only.
+--offline` checks the files only; `validate FILE...` without `--config` checks
+single files (a tool owner's CI) and says which gateway-side checks it skipped.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import sys
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,7 @@ from gateway.commands._context import opened, operator, run
 from gateway.config import GatewayConfig, load_gateway_config
 from gateway.errors import ConfigError, GatewayError, UpstreamError
 from gateway.lint import lint
-from gateway.manifests import UpstreamSpec, describe, load_manifest, manifest_files
+from gateway.manifests import UpstreamSpec, describe, load_manifest, manifest_files, read_manifest
 from gateway.terminal import safe
 from gateway.upstream import Upstreams
 
@@ -34,8 +37,17 @@ SETTLE_LIMIT = 5.0  # a server whose list never stays still is taken as it is th
 
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
     group = commands.add_parser("manifests", help="tool manifests").add_subparsers(dest="action", required=True)
-    validate = group.add_parser("validate", parents=[common], help="validate manifests and lint the tools they serve")
-    validate.add_argument("dir", nargs="?", type=Path, help="manifests directory (default: from gateway.yaml)")
+    validate = group.add_parser(
+        "validate", help="validate manifests and lint the tools they serve",
+        description="Validate manifest files (a tool owner's CI needs no gateway.yaml) or directories. "
+                    "Exit status: 0 valid, 1 invalid (or warnings with --strict), 2 usage error.",
+    )
+    validate.add_argument("paths", nargs="*", type=Path, metavar="PATH",
+                          help="manifest files or directories (default: the manifests directory of gateway.yaml)")
+    validate.add_argument("--config", metavar="PATH", help="gateway.yaml: also check upstream_hosts and secrets "
+                          "and connect to the servers (default: ./gateway.yaml unless only files are given)")
+    validate.add_argument("--format", choices=("text", "json"), default="text",
+                          help="json: one object per file {file, ok, errors[{field, reason}], warnings, skipped}")
     validate.add_argument("--strict", action="store_true", help="fail on warnings too")
     validate.add_argument("--offline", action="store_true", help="check the files only; do not connect to servers")
     validate.set_defaults(run=_validate)
@@ -101,60 +113,130 @@ async def _quiet(logger: str) -> AsyncIterator[None]:
 
 # ---------------------------------------------------------------- validate
 
+EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+_NEEDS_CONFIG = "upstream_hosts, secrets and the server's tools not checked: they need --config gateway.yaml"
+
+
+@dataclass
+class FileResult:
+    """What `validate` found in one file (the `--format json` object)."""
+
+    file: str
+    errors: list[dict[str, str]] = field(default_factory=list)  # {field, reason}
+    warnings: list[dict[str, str]] = field(default_factory=list)  # {tool, reason}
+    skipped: list[str] = field(default_factory=list)  # checks not run, and why
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def error(self, exc: ConfigError | str) -> None:
+        message = str(exc)
+        rest = message.removeprefix(f"{self.file}: ")
+        name, colon, reason = rest.partition(": ")
+        self.errors.append({"field": name, "reason": reason} if colon and rest != message else
+                           {"field": "(file)", "reason": rest})
+
+    def as_json(self) -> dict[str, Any]:
+        return {"file": self.file, "ok": self.ok, "errors": self.errors, "warnings": self.warnings,
+                "skipped": self.skipped}
+
 
 def _validate(args: argparse.Namespace) -> int:
-    config = load_gateway_config(Path(args.config))
-    directory = args.dir or config.manifests
-    errors, warnings = 0, 0
-    files = manifest_files(directory)
+    missing = [p for p in args.paths if not p.exists()]
+    if missing:
+        sys.stderr.write(f"mcp-gateway: error: {missing[0]}: no such file or directory\n")
+        return EXIT_USAGE
+    only_files = bool(args.paths) and all(p.is_file() for p in args.paths)
+    config_path = args.config or (None if only_files else "gateway.yaml")
+    config = load_gateway_config(Path(config_path)) if config_path else None
+    files: list[Path] = []
+    for path in args.paths or [config.manifests]:  # type: ignore[union-attr]
+        files.extend(manifest_files(path) if path.is_dir() else [path])
+    results = {path: FileResult(str(path)) for path in files}
     specs: dict[str, UpstreamSpec] = {}
+    by_server: dict[str, FileResult] = {}
     for path in files:
+        result = results[path]
         try:
+            manifest = read_manifest(path)
+            if config is None:
+                result.skipped.append(_NEEDS_CONFIG)
+                exposes = None if manifest.tools == "*" else set(manifest.tools)
+                for tool in sorted(manifest.pins):
+                    if exposes is not None and tool not in exposes:
+                        result.warnings.append({"tool": f"{manifest.name}.{tool}",
+                                                "reason": "pinned, but the manifest's tools list does not expose it"})
+                continue
             spec = load_manifest(path, config)
         except ConfigError as exc:
-            errors += 1
-            sys.stderr.write(f"error: {exc}\n")
+            result.error(exc)
             continue
         specs[spec.name] = spec
-        info = describe(spec)
-        print(f"ok: {path.name}: {info['server']} ({info['transport']}, {info['isolation']}) {info['target']}")
-
-    def warn(server: str, tool: str, reason: str) -> None:
-        nonlocal warnings
-        warnings += 1
-        print(safe(f"warning: {server}.{tool}: {reason}"))  # tool names and reasons quote what servers serve
-
-    for spec in specs.values():
+        by_server[spec.name] = result
         if spec.unsandboxed:
-            warnings += 1
-            print(f"warning: {spec.name}: runs unsandboxed (its manifest says sandbox: off)")
+            result.warnings.append({"tool": spec.name, "reason": "runs unsandboxed (its manifest says sandbox: off)"})
         for tool in sorted(spec.pins):
             if not spec.exposes(tool):
-                warn(spec.name, tool, "pinned, but the manifest's tools list does not expose it")
-    if specs and not args.offline:
-        served, failed = anyio.run(served_tools, specs, config)
-        for name, reason in sorted(failed.items()):
-            errors += 1
-            sys.stderr.write(safe(f"error: {specs[name].source}: cannot list its tools: {reason}") + "\n")
-        everyone = {tool for tools in served.values() for tool in tools}
-        for name, tools in sorted(served.items()):
-            hidden, changes = pins.check(tools, specs[name].pins, config.require_pins)  # what the gateway would hide
-            changed = {change.tool for change in changes}
-            for tool_name, tool in sorted(tools.items()):
-                for reason in lint(tool, everyone):
-                    warn(name, tool_name, reason)
-                if tool_name in changed:
-                    warn(name, tool_name, "the served definition does not match its pin (the gateway hides it)")
-                elif tool_name in hidden:
-                    warn(name, tool_name, "not pinned (require_pins hides it)")
-            for tool_name in sorted(specs[name].pins):
-                if tool_name not in tools and specs[name].exposes(tool_name):
-                    warn(name, tool_name, "pinned, but the server no longer serves it")
+                result.warnings.append({"tool": f"{spec.name}.{tool}",
+                                        "reason": "pinned, but the manifest's tools list does not expose it"})
+    if specs and config is not None and not args.offline:
+        _check_served(specs, config, by_server)
+    _report(args.format, files, results, specs)
+    errors = sum(not r.ok for r in results.values())
+    warnings = sum(len(r.warnings) for r in results.values())
     if errors:
         raise ConfigError(f"{errors} of {len(files)} manifest(s) invalid")
     if warnings and args.strict:
         raise ConfigError(f"{warnings} warning(s), and --strict fails on warnings")
-    return 0
+    return EXIT_OK
+
+
+def _check_served(specs: dict[str, UpstreamSpec], config: GatewayConfig, by_server: dict[str, FileResult]) -> None:
+    """Start each server as the gateway would, lint its tools, compare them with the pins."""
+    served, failed = anyio.run(served_tools, specs, config)
+    for name, reason in sorted(failed.items()):
+        by_server[name].errors.append({"field": "(server)", "reason": f"cannot list its tools: {reason}"})
+    everyone = {tool for tools in served.values() for tool in tools}
+    for name, tools in sorted(served.items()):
+        warnings = by_server[name].warnings
+
+        def warn(tool: str, reason: str) -> None:
+            warnings.append({"tool": f"{name}.{tool}", "reason": reason})  # noqa: B023 - used at once
+
+        hidden, changes = pins.check(tools, specs[name].pins, config.require_pins)  # what the gateway would hide
+        changed = {change.tool for change in changes}
+        for tool_name, tool in sorted(tools.items()):
+            for reason in lint(tool, everyone):
+                warn(tool_name, reason)
+            if tool_name in changed:
+                warn(tool_name, "the served definition does not match its pin (the gateway hides it)")
+            elif tool_name in hidden:
+                warn(tool_name, "not pinned (require_pins hides it)")
+        for tool_name in sorted(specs[name].pins):
+            if tool_name not in tools and specs[name].exposes(tool_name):
+                warn(tool_name, "pinned, but the server no longer serves it")
+
+
+def _report(fmt: str, files: list[Path], results: dict[Path, FileResult], specs: dict[str, UpstreamSpec]) -> None:
+    if fmt == "json":
+        print(json.dumps([results[path].as_json() for path in files], indent=2))
+        return
+    described = {spec.source: describe(spec) for spec in specs.values()}
+    for path in files:
+        result = results[path]
+        for error in result.errors:
+            where = "" if error["field"] in ("(file)", "(server)") else f"{error['field']}: "
+            sys.stderr.write(safe(f"error: {result.file}: {where}{error['reason']}") + "\n")
+        if result.ok:
+            info = described.get(path.resolve())
+            target = f": {info['server']} ({info['transport']}, {info['isolation']}) {info['target']}" if info else ""
+            print(f"ok: {path.name}{target}")
+        for note in result.skipped:
+            print(f"skipped: {path.name}: {note}")
+    for path in files:
+        for warning in results[path].warnings:
+            print(safe(f"warning: {warning['tool']}: {warning['reason']}"))  # tool names quote what servers serve
 
 
 # ---------------------------------------------------------------- pin
@@ -209,7 +291,8 @@ def _pin(args: argparse.Namespace) -> int:
         record.update({name: definitions[name] for name in names if name in new})
         async with opened(args) as gw:
             for entry in entries:
-                await gw.audit.emit("tool.pinned", durable=True, server=spec.name, tool=entry.tool,
+                await gw.audit.emit("tool.pinned", durable=True, server=spec.name, server_owner=spec.owner,
+                                    tool=entry.tool,
                                     old_pin=entry.old_pin, new_pin=entry.new_pin, actor=operator())
         lockfile.write_pins(path, after)
         lockfile.write_record(path, record)

@@ -29,7 +29,7 @@ def _serve(args: argparse.Namespace) -> int:
     private_dir(config.state_dir)
     fast = importlib.util.find_spec("uvloop") is not None and importlib.util.find_spec("httptools") is not None
     uvicorn.run(
-        lambda: create_app(build_gateway(config)),  # built inside the server's event loop
+        lambda: create_app(build_gateway(config, config_path=Path(args.config))),  # built inside the server's loop
         factory=True,
         host=config.listen.host,
         port=config.listen.port,

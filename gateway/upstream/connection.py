@@ -111,6 +111,7 @@ class Connection:
         self._watched: set[str] = set()
         self._relisten = anyio.Event()
         self._listen_scope = anyio.CancelScope()
+        self.finished = anyio.Event()  # run() has returned: the client is closed, a stdio child reaped
         self.restarts = 0
         self.last_error: str | None = None
         self.server_capabilities: types.ServerCapabilities | None = None
@@ -120,6 +121,12 @@ class Connection:
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Connect, serve until the server goes away, reconnect with backoff; until `close()`."""
+        try:
+            await self._supervise(task_status)
+        finally:
+            self.finished.set()
+
+    async def _supervise(self, task_status: anyio.abc.TaskStatus[None]) -> None:
         backoff = BACKOFF_INITIAL
         started = False
         while not self._stop.is_set():

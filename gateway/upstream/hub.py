@@ -31,6 +31,7 @@ log = logging.getLogger("gateway.upstream")
 T = TypeVar("T")
 CONNECT_WAIT = 10.0  # longest a call waits for a (re)connecting upstream
 _PAGE_CAP = 100
+STOP_WAIT = 10.0  # longest `Upstream.stop` waits for its connections to close
 
 ChangeListener = Callable[[str, str], Awaitable[None]]  # (server, "tools" | "resources" | "prompts")
 UpdateListener = Callable[[Connection, str], Awaitable[None]]  # (connection, upstream resource uri)
@@ -65,6 +66,10 @@ class Upstream:
         self._per_session: dict[str, Connection] = {}
         self._refresh_lock = anyio.Lock()
         self.hidden: frozenset[str] = frozenset()  # quarantined tools (pin mismatch)
+        self._inflight = 0
+        self._idle = anyio.Event()
+        self._idle.set()
+        self.stopped = False  # removed by hot reload: no new connection is ever started for it
 
     def _connection(self, sid: str | None) -> Connection:
         return Connection(
@@ -92,8 +97,11 @@ class Upstream:
         a session whose grant reaches this server can cause one.
 
         Raises:
-            UpstreamError: the session's grant gives it nothing on this server.
+            UpstreamError: the session's grant gives it nothing on this server, or the server was removed or
+                replaced by a reload.
         """
+        if self.stopped:
+            raise UpstreamError(f"upstream server {self.name!r} was removed or restarted by a configuration reload")
         if self.spec.isolation == "shared":
             return self.main
         connection = self._per_session.get(principal.sid)
@@ -136,6 +144,8 @@ class Upstream:
         fn: Callable[[ClientSession], Awaitable[T]],
         downstream: Downstream | None = None,
     ) -> T:
+        self._inflight += 1
+        self._idle = anyio.Event() if self._inflight == 1 else self._idle
         try:
             session = await connection.session(min(self.spec.timeout, CONNECT_WAIT))
             routed = connection.routed(downstream) if downstream is not None else contextlib.nullcontext()
@@ -156,6 +166,27 @@ class Upstream:
         except UpstreamError as exc:  # the detail is the operator's: the agent is told only exc.for_agent()
             log.warning("upstream %s: request failed: %s", self.name, exc)
             raise
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+
+    async def drain(self, timeout: float) -> int:
+        """Wait (up to `timeout`) for the requests in flight to finish; returns how many were still running."""
+        with anyio.move_on_after(timeout):
+            await self._idle.wait()
+        return self._inflight
+
+    async def stop(self) -> None:
+        """Close every connection of this server and wait until each is down (stdio children reaped)."""
+        self.stopped = True
+        connections = [self.main, *self._per_session.values()]
+        self._per_session.clear()
+        for connection in connections:
+            connection.close()
+        with anyio.move_on_after(STOP_WAIT):
+            for connection in connections:
+                await connection.finished.wait()
 
     async def subscribe(self, connection: Connection, uri: str, on: bool) -> None:
         """Start or stop resource updates for `uri` on `connection` (one `connection_for` returned).
@@ -312,6 +343,18 @@ class Upstreams:
     def session_sids(self) -> set[str]:
         """Every agent session that owns a per-session connection (its end must be noticed to stop them)."""
         return {sid for upstream in self.servers.values() for sid in upstream.session_sids()}
+
+    async def start(self, spec: UpstreamSpec) -> Upstream:
+        """Start a server that was not running (hot reload); it joins `servers` once its first connect was tried.
+
+        Raises:
+            UpstreamError: the gateway is shutting down.
+        """
+        if self._tg is None:
+            raise UpstreamError("the gateway is shutting down")
+        upstream = Upstream(spec, self)
+        await self._tg.start(upstream.main.run)
+        return upstream
 
     @contextlib.asynccontextmanager
     async def run(self) -> AsyncIterator[Upstreams]:

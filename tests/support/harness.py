@@ -238,7 +238,7 @@ async def running_gateway(
     port = port or free_port()
     config_path = write_config(root, port, manifests=manifests, agents=agents, extra=extra)
     clock = clock or Clock()
-    gateway = build_gateway(load_gateway_config(config_path), clock=clock)
+    gateway = build_gateway(load_gateway_config(config_path), clock=clock, config_path=config_path)
     app = create_app(gateway)
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on", access_log=False,
                                            timeout_graceful_shutdown=2,
