@@ -132,7 +132,7 @@ def build_gateway(
     directory = AgentDirectory(store, agent_specs)
     sessions = Sessions(store, directory, tokens, audit, config.session_defaults, clock)
     upstreams = Upstreams(specs, stderr_dir=config.state_dir / "logs")
-    budgets = Budgets(store, audit, clock)
+    budgets = Budgets(store, audit, clock, denials_per_minute=config.audit.denials_per_minute)
     fingerprints = Fingerprints(secrets["fingerprint"])
     pins = Pins(upstreams, audit, require_pins=config.require_pins)
     upstreams.quarantine = pins.settle
@@ -219,6 +219,7 @@ def create_app(gateway: Gateway) -> Starlette:
                 tg.cancel_scope.cancel()
                 with anyio.CancelScope(shield=True):
                     await edge.failures.flush()
+                    await gateway.budgets.close()
                     await gateway.audit.emit("gateway.stopped")
 
     routes = [

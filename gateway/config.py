@@ -51,6 +51,9 @@ class AuditSettings(_Model):
     rotate_interval: Duration | None = None  # also start a new file when the current one is this old (e.g. 1d)
     checkpoint_every: int = Field(1000, gt=0)  # records between signed checkpoints
     checkpoint_interval: Duration = 60.0  # seconds between signed checkpoints
+    # denied requests recorded in full per agent per clock minute; past this they are counted into one
+    # `denials.aggregated` record per session at the end of the minute (bounds a denied agent's audit volume)
+    denials_per_minute: int = Field(60, gt=0)
 
 
 class SessionDefaults(_Model):

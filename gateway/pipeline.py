@@ -37,7 +37,7 @@ from mcp.shared.exceptions import MCPError
 from gateway.audit import Audit
 from gateway.audit.records import RESULT_EVENTS, SESSION_ENDED, Fingerprints, canonical_json, masked
 from gateway.budgets import Budgets, stop_detail
-from gateway.errors import AuthError, Stopped, UpstreamError
+from gateway.errors import AuthError, Stopped, Unavailable, UpstreamError
 from gateway.metering import Meter
 from gateway.policy import NOT_GRANTED, decide, host_realpath
 from gateway.principal import Principal
@@ -131,9 +131,11 @@ class Pipeline:
         """
         call_id = secrets.token_hex(8)
         identity = {**principal.audit_fields(), **context, "call_id": call_id}
-        if target is None:  # not granted, or no such tool: one answer for both
-            await self.audit.emit("tool.call", durable=True, **identity, tool=exposed, decision="deny",
-                                  reason="unknown_or_not_granted")
+        if target is None:  # not granted, or no such tool: one answer for both (the rate limit counts it too)
+            identity["tool"] = exposed
+            limited = await self._denied(principal, identity, "unknown_or_not_granted")
+            if limited is not None:
+                return limited
             raise unknown_tool(exposed)
         upstream, tool = target
         identity.update(server=upstream.name, server_owner=upstream.spec.owner, tool=tool)
@@ -143,28 +145,44 @@ class Pipeline:
         if decision is NOT_GRANTED:  # the view already checked; kept so the gate never depends on the caller
             raise unknown_tool(exposed)
         if not decision.allowed:
-            await self.audit.emit("tool.call", durable=True, **identity, decision="deny",
-                                  reason="argument_constraint", error=f"{decision.argument}: {decision.rule}")
-            return error_result(
+            limited = await self._denied(principal, identity, "argument_constraint",
+                                         error=f"{decision.argument}: {decision.rule}")
+            return limited or error_result(
                 f"Invalid arguments for tool {exposed}: argument {decision.argument!r} {decision.rule}."
             )
         text = canonical_json(arguments or {})  # metered and fingerprinted as one text
         request_tokens = self.meter.text(text) if arguments else 0
         fingerprint = self.fingerprints.of_bytes(text.encode())
         try:
-            await self.budgets.reserve(principal, f"{upstream.name}.{tool}", request_tokens, fingerprint)
+            reserved = await self.budgets.reserve(principal, f"{upstream.name}.{tool}", request_tokens, fingerprint)
         except Stopped as stop:
-            await self.audit.emit("tool.call", durable=True, **identity, decision="deny", reason=stop.limit,
-                                  request_tokens=request_tokens)
+            await self.budgets.record_denial("tool.call", {**identity, "decision": "deny", "reason": stop.limit,
+                                                           "request_tokens": request_tokens})
             return error_result(str(stop), stop_detail(stop))
         except AuthError:  # the session ended after the edge authenticated this request (a revoke racing it)
             await self.audit.emit("tool.call", durable=True, **identity, decision="deny", reason=SESSION_ENDED)
             raise
-        await self.audit.emit(
-            "tool.call", durable=True, **identity, decision="allow", reason="granted",
-            request_tokens=request_tokens, arguments=fingerprint,
-        )
+        try:
+            await self.audit.emit(
+                "tool.call", durable=True, **identity, decision="allow", reason="granted",
+                request_tokens=request_tokens, arguments=fingerprint,
+            )
+        except Unavailable:  # refused after all: it never runs, so it spends nothing
+            await self.budgets.release(reserved, call_id)
+            raise
         return Admitted(principal, upstream, tool, arguments, call_id, request_tokens, context)
+
+    async def _denied(
+        self, principal: Principal, identity: dict[str, Any], reason: str, **detail: Any
+    ) -> types.CallToolResult | None:
+        """Record a call denied before any reservation. It counts against the rate limit; past the
+        limit, the answer is the rate-limit stop a granted call gets (returned), not the denial."""
+        limited = await self.budgets.count_denial(principal)
+        if limited is not None:
+            await self.budgets.record_denial("tool.call", {**identity, "decision": "deny", "reason": limited.limit})
+            return error_result(str(limited), stop_detail(limited))
+        await self.budgets.record_denial("tool.call", {**identity, "decision": "deny", "reason": reason, **detail})
+        return None
 
     async def forward(self, call: Admitted, downstream: Downstream) -> types.CallToolResult:
         """Forward an admitted call; whatever ends it, it gets exactly one `tool.result`.
@@ -194,7 +212,7 @@ class Pipeline:
             await self._record_result(call, outcome, error, 0)
             raise
         response_tokens = self.meter.count(result)
-        await self.budgets.settle(call.principal, response_tokens)
+        await self.budgets.settle(call.principal, response_tokens, call_id=call.call_id)
         await self._record_result(call, outcome, error, response_tokens, self.fingerprints.of(result))
         return result
 
@@ -295,8 +313,12 @@ class Pipeline:
     ) -> AdmittedRequest:
         """The grant, then the budget check, each refusal recorded; then the durable allow record."""
         identity = {**principal.audit_fields(), **fields, "call_id": secrets.token_hex(8)}
-        if upstream is None:  # not granted, or no such thing: one answer for both
-            await self.audit.emit(event, durable=True, **identity, decision="deny", reason="unknown_or_not_granted")
+        if upstream is None:  # not granted, or no such thing: one answer for both (the rate limit counts it too)
+            limited = await self.budgets.count_denial(principal)
+            reason = limited.limit if limited is not None else "unknown_or_not_granted"
+            await self.budgets.record_denial(event, {**identity, "decision": "deny", "reason": reason})
+            if limited is not None:
+                raise limited
             raise missing
         identity["server"] = upstream.name
         try:
@@ -337,7 +359,7 @@ class Pipeline:
                               result: Any = None) -> None:
         """What crossed (the request, and the answer if there is one) counted against the budget, then recorded."""
         tokens = self.meter.count(result) if result is not None else 0
-        await self.budgets.settle(request.principal, request.request_tokens + tokens)
+        await self.budgets.settle(request.principal, request.request_tokens + tokens, call_id=request.fields["call_id"])
         fingerprint = self.fingerprints.of(result) if result is not None else None
         await self._record_request(request, outcome, error, tokens, fingerprint)
 

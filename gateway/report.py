@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -66,8 +67,30 @@ def read_records(files: Iterable[Path]) -> tuple[list[dict[str, Any]], int]:
     return records, skipped
 
 
+# The largest amount one record may carry (what /v1/usage accepts; the meter's counts are far below).
+# A value beyond it, negative, or not a number (inf, nan: an old gateway accepted them) is not counted,
+# so every total stays a finite JSON number; the report says how many were left out.
+MAX_RECORD_TOKENS = 1_000_000_000
+MAX_RECORD_COST_USD = 1_000_000.0
+INVALID = "invalid_values"  # the key `contribution` counts left-out values under
+
+
+def _amount(value: Any, maximum: float, *, integer: bool) -> float | None:
+    """A record's amount if it is a valid one (absent: 0), else None."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int | float) or (integer and not float(value).is_integer()):
+        return None
+    if not math.isfinite(value) or not 0 <= value <= maximum:
+        return None
+    return int(value) if integer else float(value)
+
+
 def contribution(record: dict[str, Any]) -> dict[str, float]:
-    """What one audit record adds to its group's metrics (empty for records that add nothing)."""
+    """What one audit record adds to its group's metrics (empty for records that add nothing).
+
+    Invalid amounts are left out and counted under INVALID.
+    """
     event = record.get("event")
     out: dict[str, float] = {}
     if event in GATED:
@@ -79,13 +102,30 @@ def contribution(record: dict[str, Any]) -> dict[str, float]:
         if event == "tool.call" and decision == "allow":
             out["calls"] = 1
             return out
-    if event in METERED or (event in GATED and "outcome" in record):
-        out["request_tokens"] = int(record.get("request_tokens") or 0)
-        out["response_tokens"] = int(record.get("response_tokens") or 0)
+    if event == "denials.aggregated" and isinstance(record.get("reasons"), dict):
+        for reason, count in record["reasons"].items():
+            amount = _amount(count, MAX_RECORD_TOKENS, integer=True)
+            if amount is None:
+                out[INVALID] = out.get(INVALID, 0) + 1
+            else:
+                metric = "stops" if reason in STOP_REASONS else "denials"
+                out[metric] = out.get(metric, 0) + amount
+        return out
+    if event in METERED or (event in GATED and "outcome" in record):  # outcomes; or an earlier version's one-record read
+        amounts = {"request_tokens": ("request_tokens", MAX_RECORD_TOKENS, True),
+                   "response_tokens": ("response_tokens", MAX_RECORD_TOKENS, True)}
     elif event == "model.usage":
-        out["model_input_tokens"] = int(record.get("input_tokens") or 0)
-        out["model_output_tokens"] = int(record.get("output_tokens") or 0)
-        out["cost_usd"] = float(record.get("cost_usd") or 0.0)
+        amounts = {"model_input_tokens": ("input_tokens", MAX_RECORD_TOKENS, True),
+                   "model_output_tokens": ("output_tokens", MAX_RECORD_TOKENS, True),
+                   "cost_usd": ("cost_usd", MAX_RECORD_COST_USD, False)}
+    else:
+        return out
+    for metric, (name, maximum, integer) in amounts.items():
+        amount = _amount(record.get(name), maximum, integer=integer)
+        if amount is None:
+            out[INVALID] = out.get(INVALID, 0) + 1
+        else:
+            out[metric] = amount
     return out
 
 
@@ -131,13 +171,15 @@ class Report:
     records: int = 0
     skipped_lines: int = 0
     owners: dict[str, str] = field(default_factory=dict)  # server -> its manifest's owner, from the records
+    invalid_values: int = 0  # amounts left out of every total (see MAX_RECORD_TOKENS)
 
     def as_json(self) -> dict[str, Any]:
         rows = [{self.by: key, **({"server_owner": self.owners.get(key)} if self.by == "server" else {}),
                  **_rounded(values)} for key, values in sorted(self.rows.items(), key=_by_spend)]
         return {
             "by": self.by, "since": _iso(self.since), "until": _iso(self.until), "sources": self.sources,
-            "records": self.records, "skipped_lines": self.skipped_lines, "rows": rows,
+            "records": self.records, "skipped_lines": self.skipped_lines, "invalid_values": self.invalid_values,
+            "rows": rows,
             "totals": _rounded(self.totals), "evidence": self.evidence, "charts": self.charts,
         }
 
@@ -170,6 +212,7 @@ def build(records: list[dict[str, Any]], by: str, since: float | None = None, un
                      if isinstance(r.get("server"), str) and isinstance(r.get("server_owner"), str)}
     contributions = [(record, contribution(record)) for record in window]
     for record, added in contributions:
+        report.invalid_values += int(added.pop(INVALID, 0))
         if not added:
             continue
         row = report.rows.setdefault(group_key(record, by), dict.fromkeys(METRICS, 0))
@@ -262,7 +305,7 @@ def render(report: Report, fmt: str) -> str:
     """The report as text in one of FORMATS."""
     data = report.as_json()
     if fmt == "json":
-        return json.dumps(data, indent=2) + "\n"
+        return json.dumps(data, indent=2, allow_nan=False) + "\n"  # JSON has no inf or nan: fail, never emit them
     if fmt == "csv":
         return _csv(data)
     if fmt == "html":

@@ -38,7 +38,7 @@ def render_html(data: dict[str, Any]) -> str:
         for row in data["rows"]
     )
     totals = "".join(f"<td>{_fmt(data['totals'][m])}</td>" for m in METRICS)
-    payload = json.dumps(data).replace("</", "<\\/")
+    payload = json.dumps(data, allow_nan=False).replace("</", "<\\/")
     window = f"{data['since'] or 'the start'} to {data['until'] or 'now'}"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">

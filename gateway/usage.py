@@ -10,6 +10,7 @@ computed from `prices` in gateway.yaml when the model is listed there.
 from __future__ import annotations
 
 import json
+import secrets
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 PATH = "/v1/usage"
 MAX_BODY = 16_384
 MAX_TOKENS = 1_000_000_000  # per report: larger is a bug in the reporter, not usage
+MAX_COST_USD = 1_000_000.0  # per report: keeps every total finite (1.7e308 twice is inf, and inf is not JSON)
 
 
 class UsageReport(BaseModel):
@@ -35,7 +37,7 @@ class UsageReport(BaseModel):
     model: str = Field(min_length=1, max_length=200)
     input_tokens: int = Field(ge=0, le=MAX_TOKENS)
     output_tokens: int = Field(ge=0, le=MAX_TOKENS)
-    cost_usd: float | None = Field(None, ge=0)
+    cost_usd: float | None = Field(None, ge=0, le=MAX_COST_USD)
 
 
 def cost_of(report: UsageReport, prices: dict[str, Price]) -> tuple[float | None, str]:
@@ -78,16 +80,19 @@ class UsageEndpoint:
     async def record(self, principal: Principal, report: UsageReport) -> dict[str, Any]:
         """Write `model.usage` (durably), then count its tokens against the budgets.
 
+        Once recorded, the tokens are counted even if the store is away (they wait and land later).
+
         Raises:
-            AuditUnavailable, StoreUnavailable: it cannot be recorded or counted.
+            AuditUnavailable: it cannot be recorded (nothing is counted).
         """
         cost, source = cost_of(report, self.gw.config.prices)
         tokens = report.input_tokens + report.output_tokens
+        call_id = secrets.token_hex(8)  # the settlement's key: counted once however often it is retried
         await self.gw.audit.emit(
-            "model.usage", durable=True, **principal.audit_fields(), model=report.model,
+            "model.usage", durable=True, **principal.audit_fields(), model=report.model, call_id=call_id,
             input_tokens=report.input_tokens, output_tokens=report.output_tokens, cost_usd=cost, cost_source=source,
         )
-        await self.gw.budgets.settle(principal, tokens)
+        await self.gw.budgets.settle(principal, tokens, call_id=call_id)
         return {"recorded": True, "session": principal.sid, "model": report.model, "tokens": tokens,
                 "cost_usd": cost, "cost_source": source}
 

@@ -44,6 +44,11 @@ def observe(record: dict[str, Any]) -> None:
             tool = (record.get("tool") or "") if server else "(unknown)"
             CALLS.inc(agent, server, tool, record.get("decision") or "")
         return
+    if event == "denials.aggregated":  # denied calls past the full-record share, counted per session and minute
+        denied = (record.get("events") or {}).get("tool.call")
+        if isinstance(denied, int) and denied > 0:
+            CALLS.inc(agent, "", "(aggregated)", "deny", amount=denied)
+        return
     if event == "budget.exceeded":
         STOPS.inc(agent, record.get("reason") or "")
     if event == "tool.result" and record.get("latency_ms") is not None:

@@ -3,6 +3,8 @@
 Arguments and results are fingerprinted with HMAC-SHA-256 under a gateway key
 (plain hashes of low-entropy values like "yes" or a user id can be reversed by
 guessing), so two records can be compared without the stream holding the data.
+Every field is capped (`capped`, applied by `Audit.emit`), so a client's string of
+any size costs a bounded record.
 """
 
 from __future__ import annotations
@@ -42,6 +44,47 @@ class Fingerprints:
 def canonical_json(value: Any) -> str:
     """Compact JSON with sorted keys: one text for equal values (arguments are fingerprinted and metered as this)."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+# ---------------------------------------------------------------- capped fields
+
+# Every field of every record is capped where records are built (`Audit.emit`), so a client's string
+# of any size (a tool name, a client name, a task) costs a bounded number of bytes. A string field
+# longer than its cap keeps its first `cap` characters and gains two fields beside it:
+# `<field>_length` (its length in characters) and `<field>_sha256` (the hex SHA-256 of its UTF-8),
+# so equal values still compare equal and the record stays one flat, canonical JSON object for the
+# chain. An object or list field is capped on its canonical JSON (CAP_STRUCTURED): past the cap, the
+# field holds that JSON's prefix as a string, with the same two fields beside it.
+CAP_NAME = 256  # identifiers and names
+CAP_TEXT = 1024  # free text: errors, reasons, tasks and every other string field
+CAP_STRUCTURED = 4096  # objects and lists (masked arguments, client lists), as canonical JSON
+NAME_FIELDS = frozenset({
+    "agent", "owner", "cost_center", "on_behalf_of", "session", "grant", "server", "tool", "call_id", "model",
+    "client", "mcp_session", "protocol_version", "remote_addr", "event", "gateway", "actor", "kid", "jti",
+})
+
+
+def capped(fields: dict[str, Any]) -> dict[str, Any]:
+    """`fields` with every value over its cap replaced by its prefix, its length and its hash (see above)."""
+    out: dict[str, Any] = {}
+    for key, value in fields.items():
+        if isinstance(value, str):
+            text, cap = value, (CAP_NAME if key in NAME_FIELDS else CAP_TEXT)
+        elif isinstance(value, dict | list | tuple) and value:
+            text, cap = canonical_json(value), CAP_STRUCTURED
+            if len(text) <= cap:
+                out[key] = value
+                continue
+        else:
+            out[key] = value
+            continue
+        if len(text) <= cap:
+            out[key] = value
+            continue
+        out[key] = text[:cap]
+        out[f"{key}_length"] = len(text)
+        out[f"{key}_sha256"] = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return out
 
 
 # ---------------------------------------------------------------- masked arguments (log_arguments: true)

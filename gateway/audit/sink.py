@@ -40,6 +40,7 @@ from gateway.audit import metrics
 from gateway.audit.chain import GENESIS, seal
 from gateway.audit.checkpoints import EVENT as CHECKPOINT, Checkpoints
 from gateway.audit.files import cli_instance, cli_path, complete_size, last_record, rotated_files, rotated_path
+from gateway.audit.records import capped
 from gateway.config import GatewayConfig
 from gateway.dirs import private_dir
 from gateway.errors import AuditUnavailable, Unavailable
@@ -165,7 +166,7 @@ class Audit:
             AuditUnavailable: a durable record could not be written (any record, for operator commands).
         """
         record: dict[str, Any] = {"ts": round(self.clock(), 6), "event": event, "gateway": self.instance}
-        for key, value in fields.items():
+        for key, value in capped(fields).items():  # a client's string of any size costs a bounded record
             if value is not None:
                 record[key] = value
         if self.shared:

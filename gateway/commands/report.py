@@ -50,4 +50,7 @@ def _report(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
     if skipped:
         print(f"warning: skipped {skipped} line(s) that are not audit records", file=sys.stderr)
+    if report.invalid_values:
+        print(f"warning: left out {report.invalid_values} amount(s) that are negative, too large or not numbers",
+              file=sys.stderr)
     return 0

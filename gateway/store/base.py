@@ -100,6 +100,7 @@ def clock_minute(now: float) -> int:
 
 
 KEEP_DAYS = 35  # how many days of the agents' daily counters `prune_usage` keeps
+KEEP_SETTLEMENTS = 86400.0  # seconds `prune_usage` keeps the keys of applied settlements (a retry comes sooner)
 
 
 @dataclass(frozen=True)
@@ -264,10 +265,27 @@ class Store(Protocol):
     async def regrant(self, sid: str, grant_version: str, calls_limit: int | None, tokens_limit: int | None) -> None:
         """Apply a changed grant to a live session: its version and the limits from it."""
 
-    async def settle(self, sid: str, tokens: int, now: float, daily: bool) -> Settled | None:
+    async def release(self, ask: Ask, key: str) -> None:
+        """Return a granted reservation whose call was then refused, once per `key` (atomic).
+
+        Takes back what `reserve(ask)` counted in the session, the agent's UTC day and the tool's
+        cap; the agent's minute keeps the call (the rate limit counts attempts, refused ones too).
+        """
+
+    async def settle(self, sid: str, tokens: int, now: float, daily: bool, key: str) -> Settled | None:
         """Add tokens a call carried (after the reply) to the session, and with `daily` to its agent's UTC day.
 
-        Returns the totals after the addition; None without a session.
+        Applied once per `key` (a call id): a retry after a failure that left the outcome unknown
+        (a cut connection after the commit) changes nothing. The key and the addition commit
+        together. Returns the totals after the addition; None without a session or when `key`
+        was applied before.
+        """
+
+    async def count_attempt(self, agent: str, now: float, limit: int) -> int | None:
+        """Count a call that was denied before any reservation against the agent's calls in `now`'s minute.
+
+        Counted only while it stays within `limit` (atomic, like the reservation's rate check):
+        None then; otherwise the calls already counted this minute.
         """
 
     async def block_tool(self, sid: str, tool: str, stop: dict[str, Any]) -> bool:

@@ -19,7 +19,6 @@ Only this module imports asyncpg; SQLite deployments never load it.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
@@ -33,6 +32,7 @@ from gateway.errors import StoreUnavailable
 from gateway.store import rows
 from gateway.store.base import (
     KEEP_DAYS,
+    KEEP_SETTLEMENTS,
     KEYS_CHANGED,
     RESYNC,
     SESSION_ENDED,
@@ -91,7 +91,6 @@ class PostgresStore:
         self.dsn = dsn
         self.pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
-        self._unsettled: dict[tuple[str, str | None], int] = defaultdict(int)  # (sid, day) -> tokens not written
 
     # ------------------------------------------------------------ plumbing
 
@@ -119,7 +118,6 @@ class PostgresStore:
 
     async def ping(self) -> None:
         await self._fetchrow("SELECT 1")
-        await self._settle_pending()
 
     def run_blocking(self, work: Callable[[PostgresStore], Awaitable[T]]) -> T:
         """Run `work` from synchronous code (startup, key loads) against a store of its own.
@@ -304,7 +302,6 @@ class PostgresStore:
         await self._execute("UPDATE sessions SET last_seen = $2 WHERE sid = $1 AND last_seen < $2", sid, now)
 
     async def reserve(self, ask: Ask) -> Reservation:
-        await self._settle_pending()
         row = await self._fetchrow(
             "SELECT * FROM gateway_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             ask.sid, ask.now, ask.calls, ask.tokens, ask.day, ask.minute, ask.tool, ask.tool_cap, ask.daily_tokens,
@@ -338,36 +335,24 @@ class PostgresStore:
             sid, grant_version, calls_limit, tokens_limit,
         )
 
-    async def settle(self, sid: str, tokens: int, now: float, daily: bool) -> Settled | None:
-        """Tokens a call carried, counted after it was answered.
+    async def release(self, ask: Ask, key: str) -> None:
+        await self._fetchrow(
+            "SELECT gateway_release($1, $2, $3, $4, $5, $6, $7)",
+            key, ask.sid, ask.now, ask.calls, ask.tokens, ask.day if ask.daily_tokens is not None else None,
+            ask.tool if ask.tool_cap is not None else None,
+        )
 
-        If the database is away they wait in memory and are written when it answers again (at
-        the latest before this process's next reservation); None then: no totals to alert on yet.
-        """
-        key = (sid, utc_day(now) if daily else None)
-        self._unsettled[key] += tokens
-        try:
-            await self._settle_pending(but=key)  # older counts first
-            return await self._write_settlement(key)
-        except StoreUnavailable as exc:
-            log.warning("settled tokens wait for the store: %s", exc)
-            return None
-
-    async def _settle_pending(self, but: tuple[str, str | None] | None = None) -> None:
-        """Write the counts kept while the database was away. Raises StoreUnavailable if it still is."""
-        for key in [k for k in self._unsettled if k != but]:
-            await self._write_settlement(key)
-
-    async def _write_settlement(self, key: tuple[str, str | None]) -> Settled | None:
-        tokens = self._unsettled.pop(key, 0)
-        if not tokens:
-            return None
-        try:
-            row = await self._fetchrow("SELECT * FROM gateway_settle($1, $2, $3)", key[0], tokens, key[1])
-        except StoreUnavailable:
-            self._unsettled[key] += tokens
-            raise
+    async def settle(self, sid: str, tokens: int, now: float, daily: bool, key: str) -> Settled | None:
+        row = await self._fetchrow(
+            "SELECT * FROM gateway_settle_once($1, $2, $3, $4, $5)", key, sid, tokens, utc_day(now) if daily else None,
+            now,
+        )
         return Settled(*row.values()) if row is not None else None
+
+    async def count_attempt(self, agent: str, now: float, limit: int) -> int | None:
+        used = await self._fetchrow("SELECT gateway_count_attempt($1, $2, $3)", agent, clock_minute(now), limit)
+        assert used is not None
+        return None if used[0] is None else int(used[0])
 
     async def block_tool(self, sid: str, tool: str, stop: dict[str, Any]) -> bool:
         return (
@@ -392,6 +377,7 @@ class PostgresStore:
         async with self._tx() as con:
             await con.execute("DELETE FROM agent_minutes WHERE minute < $1", clock_minute(now) - 1)
             await con.execute("DELETE FROM agent_days WHERE day < $1", utc_day(now - KEEP_DAYS * 86400))
+            await con.execute("DELETE FROM settlements WHERE applied_at < $1", now - KEEP_SETTLEMENTS)
 
     async def suspend_session(self, sid: str, stop: dict[str, Any]) -> bool:
         return (

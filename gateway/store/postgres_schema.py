@@ -164,4 +164,77 @@ MIGRATIONS: tuple[str, ...] = (
         RETURN NEXT;
     END $$;
     """,
+    # Settlements and releases applied, by key (a call id): a settlement retried after a cut
+    # connection (the database committed, the replica never heard) changes nothing, because the
+    # key and the counter change commit in one transaction. A release returns a reservation whose
+    # call was refused after it was counted (the agent's minute keeps the call: the rate limit
+    # counts attempts). Calls denied before any reservation count against the rate limit too.
+    """
+    CREATE TABLE settlements (
+        key TEXT PRIMARY KEY, sid TEXT NOT NULL, tokens BIGINT NOT NULL, applied_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX settlements_applied_at ON settlements (applied_at);
+
+    CREATE FUNCTION gateway_first_use(p_key TEXT, p_sid TEXT, p_tokens BIGINT, p_now DOUBLE PRECISION)
+    RETURNS boolean LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO settlements (key, sid, tokens, applied_at) VALUES (p_key, p_sid, p_tokens, p_now)
+        ON CONFLICT (key) DO NOTHING;
+        RETURN FOUND;
+    END $$;
+
+    CREATE FUNCTION gateway_settle_once(
+        p_key TEXT, p_sid TEXT, p_tokens BIGINT, p_day TEXT, p_now DOUBLE PRECISION
+    ) RETURNS TABLE (session_tokens BIGINT, session_tokens_limit BIGINT, day_tokens BIGINT) LANGUAGE plpgsql AS $$
+    BEGIN
+        IF p_day IS NOT NULL THEN  -- the agent's lock before any row lock, as everywhere
+            PERFORM gateway_lock_agent_budget(p_sid);
+        END IF;
+        IF NOT gateway_first_use(p_key, p_sid, p_tokens, p_now) THEN
+            RETURN;
+        END IF;
+        RETURN QUERY SELECT * FROM gateway_settle(p_sid, p_tokens, p_day);
+    END $$;
+
+    CREATE FUNCTION gateway_release(
+        p_key TEXT, p_sid TEXT, p_now DOUBLE PRECISION, p_calls BIGINT, p_tokens BIGINT, p_day TEXT, p_tool TEXT
+    ) RETURNS void LANGUAGE plpgsql AS $$
+    DECLARE
+        s_agent TEXT;
+    BEGIN
+        IF p_day IS NOT NULL OR p_tool IS NOT NULL THEN
+            PERFORM gateway_lock_agent_budget(p_sid);
+        END IF;
+        IF NOT gateway_first_use(p_key, p_sid, -p_tokens, p_now) THEN
+            RETURN;
+        END IF;
+        UPDATE sessions SET calls = GREATEST(calls - p_calls, 0), tokens = GREATEST(tokens - p_tokens, 0)
+        WHERE sid = p_sid RETURNING agent INTO s_agent;
+        IF NOT FOUND THEN
+            RETURN;
+        END IF;
+        IF p_day IS NOT NULL THEN
+            UPDATE agent_days SET calls = GREATEST(calls - p_calls, 0), tokens = GREATEST(tokens - p_tokens, 0)
+            WHERE agent = s_agent AND day = p_day;
+        END IF;
+        IF p_tool IS NOT NULL THEN
+            UPDATE session_tools SET calls = GREATEST(calls - p_calls, 0) WHERE sid = p_sid AND tool = p_tool;
+        END IF;
+    END $$;
+
+    CREATE FUNCTION gateway_count_attempt(p_agent TEXT, p_minute BIGINT, p_limit BIGINT)
+    RETURNS BIGINT LANGUAGE plpgsql AS $$
+    DECLARE
+        counted BIGINT;
+    BEGIN
+        PERFORM pg_advisory_xact_lock(hashtextextended('budget:' || p_agent, 0));
+        INSERT INTO agent_minutes AS m (agent, minute, calls) VALUES (p_agent, p_minute, 1)
+        ON CONFLICT (agent, minute) DO UPDATE SET calls = m.calls + 1 WHERE m.calls < p_limit
+        RETURNING m.calls INTO counted;
+        IF FOUND THEN
+            RETURN NULL;
+        END IF;
+        RETURN (SELECT calls FROM agent_minutes WHERE agent = p_agent AND minute = p_minute);
+    END $$;
+    """,
 )

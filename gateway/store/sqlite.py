@@ -19,6 +19,7 @@ from gateway.errors import StoreUnavailable
 from gateway.store import rows
 from gateway.store.base import (
     KEEP_DAYS,
+    KEEP_SETTLEMENTS,
     AgentRecord,
     Ask,
     ChangeListener,
@@ -116,6 +117,14 @@ MIGRATIONS: tuple[str, ...] = (
             WHERE new.calls > old.calls AND new.usage_tool IS NOT NULL
             ON CONFLICT (sid, tool) DO UPDATE SET calls = calls + excluded.calls;
     END;
+    """,
+    # Settlements and releases applied, by key (a call id): each is applied once, however often
+    # it is retried, because the key and the counter change commit in one transaction.
+    """
+    CREATE TABLE settlements (
+        key TEXT PRIMARY KEY, sid TEXT NOT NULL, tokens INTEGER NOT NULL, applied_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX settlements_applied_at ON settlements (applied_at);
     """,
 )
 
@@ -367,19 +376,52 @@ class SQLiteStore:
             grant_version, calls_limit, tokens_limit, sid, grant_version,
         )
 
-    async def settle(self, sid: str, tokens: int, now: float, daily: bool) -> Settled | None:
+    async def release(self, ask: Ask, key: str) -> None:
+        day = ask.day if ask.daily_tokens is not None else None
+        with self._tx() as db:
+            if not _first_use(db, key, ask.sid, -ask.tokens, ask.now):
+                return
+            # The trigger takes the same amounts back from the agent's day; the minute keeps the call.
+            db.execute(
+                "UPDATE sessions SET calls = max(calls - ?, 0), tokens = max(tokens - ?, 0), usage_day = ?, "
+                "usage_minute = NULL, usage_tool = NULL WHERE sid = ?",
+                (ask.calls, ask.tokens, day, ask.sid),
+            )
+            if ask.tool_cap is not None and ask.tool is not None:
+                db.execute("UPDATE session_tools SET calls = max(calls - ?, 0) WHERE sid = ? AND tool = ?",
+                           (ask.calls, ask.sid, ask.tool))
+
+    async def settle(self, sid: str, tokens: int, now: float, daily: bool, key: str) -> Settled | None:
         day = utc_day(now) if daily else None
-        row = self._one(  # no minute or tool to roll up: NULLs let the trigger skip a settlement without a day
-            "UPDATE sessions SET tokens = tokens + ?, usage_day = ?, usage_minute = NULL, usage_tool = NULL "
-            "WHERE sid = ? RETURNING tokens, tokens_limit, agent", tokens, day, sid,
-        )
-        if row is None:
-            return None
-        total = None
-        if day is not None:
-            found = self._one("SELECT tokens FROM agent_days WHERE agent = ? AND day = ?", row[2], day)
-            total = int(found[0]) if found else 0
+        with self._tx() as db:
+            if not _first_use(db, key, sid, tokens, now):
+                return None
+            row = db.execute(  # no minute or tool to roll up: NULLs let the trigger skip a settlement without a day
+                "UPDATE sessions SET tokens = tokens + ?, usage_day = ?, usage_minute = NULL, usage_tool = NULL "
+                "WHERE sid = ? RETURNING tokens, tokens_limit, agent", (tokens, day, sid),
+            ).fetchone()
+            if row is None:
+                return None
+            total = None
+            if day is not None:
+                found = db.execute("SELECT tokens FROM agent_days WHERE agent = ? AND day = ?",
+                                   (row[2], day)).fetchone()
+                total = int(found[0]) if found else 0
         return Settled(row[0], row[1], total)
+
+    async def count_attempt(self, agent: str, now: float, limit: int) -> int | None:
+        minute = clock_minute(now)
+        with self._tx() as db:
+            counted = db.execute(
+                """INSERT INTO agent_minutes (agent, minute, calls) VALUES (?, ?, 1)
+                   ON CONFLICT (agent, minute) DO UPDATE SET calls = calls + 1 WHERE calls < ? RETURNING calls""",
+                (agent, minute, limit),
+            ).fetchone()
+            if counted is not None:
+                return None
+            used = db.execute("SELECT calls FROM agent_minutes WHERE agent = ? AND minute = ?",
+                              (agent, minute)).fetchone()
+        return int(used[0]) if used else limit
 
     async def block_tool(self, sid: str, tool: str, stop: dict[str, Any]) -> bool:
         return (
@@ -398,6 +440,7 @@ class SQLiteStore:
         with self._tx() as db:
             db.execute("DELETE FROM agent_minutes WHERE minute < ?", (clock_minute(now) - 1,))
             db.execute("DELETE FROM agent_days WHERE day < ?", (utc_day(now - KEEP_DAYS * 86400),))
+            db.execute("DELETE FROM settlements WHERE applied_at < ?", (now - KEEP_SETTLEMENTS,))
 
     async def suspend_session(self, sid: str, stop: dict[str, Any]) -> bool:
         return (
@@ -444,6 +487,14 @@ class SQLiteStore:
     async def get_checkpoint(self, instance: str) -> dict[str, Any] | None:
         row = self._one("SELECT * FROM checkpoints WHERE instance = ?", instance)
         return dict(row) if row else None
+
+
+def _first_use(db: sqlite3.Connection, key: str, sid: str, tokens: int, now: float) -> bool:
+    """Record that the settlement or release `key` is applied, in the caller's transaction; False if it was."""
+    inserted: int = db.execute(
+        "INSERT OR IGNORE INTO settlements (key, sid, tokens, applied_at) VALUES (?, ?, ?, ?)", (key, sid, tokens, now)
+    ).rowcount
+    return inserted > 0
 
 
 def _statements(script: str) -> Iterator[str]:

@@ -1,7 +1,9 @@
-"""The reservation statement against a model of the limits, over random sequences of calls, settlements and time."""
+"""The reservation statement against a model of the limits, over random sequences of calls, settlements,
+releases (a call refused after its reservation), retried settlements and time."""
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,10 @@ _reserve = st.tuples(st.just("reserve"), st.sampled_from(["srv.capped", "srv.fre
 operations = st.lists(
     st.one_of(
         _reserve, _reserve, _reserve,
-        st.tuples(st.just("settle"), st.integers(0, 60)),
+        # a settlement keyed by one of a few call ids: a repeated key is a retry and must count once
+        st.tuples(st.just("settle"), st.integers(1, 60), st.integers(0, 5)),
+        st.tuples(st.just("release"), st.integers(0, 100)),  # which granted reservation gets refused after all
+        st.tuples(st.just("deny"),),  # a call denied before any reservation: it counts against the rate limit
         st.tuples(st.just("wait"), st.sampled_from([1, 5, 61])),
     ),
     min_size=10,
@@ -58,6 +63,21 @@ class Model:
         self.tokens += tokens
         self.days[utc_day(now)] = self.days.get(utc_day(now), 0) + tokens
 
+    def deny(self, now: float) -> int | None:
+        minute = int(now // 60)
+        used = self.minutes.get(minute, 0)
+        if used >= PER_MINUTE:
+            return used
+        self.minutes[minute] = used + 1
+        return None
+
+    def release(self, tool: str, tokens: int, then: float) -> None:
+        """Everything the reservation at `then` counted goes back, except its call in the agent's minute."""
+        self.calls -= 1
+        self.tokens -= tokens
+        self.capped -= tool == "srv.capped"
+        self.days[utc_day(then)] -= tokens
+
 
 async def _run(path: Path, ops: list[tuple[Any, ...]]) -> None:
     store = SQLiteStore(path)
@@ -76,12 +96,26 @@ async def agrees_with_the_model(store: Store, ops: list[tuple[Any, ...]]) -> Non
         state="active", created_at=now, expires_at=now + 86400 * 9, max_expires_at=now + 86400 * 9,
         idle_timeout=86400 * 9, last_seen=now, calls_limit=CALLS, tokens_limit=TOKENS), None)
     model = Model()
-    for op in ops:
+    granted: list[Ask] = []  # reservations not released yet
+    settled: set[int] = set()
+    run = secrets.token_hex(4)  # keys of this run only (a store may be reused across examples)
+    for n, op in enumerate(ops):
         if op[0] == "wait":
             now += op[1]
         elif op[0] == "settle":
-            await store.settle("s", op[1], now, daily=True)
-            model.settle(op[1], now)
+            _, tokens, key = op
+            await store.settle("s", tokens, now, True, f"{run}-call-{key}")
+            if key not in settled:
+                settled.add(key)
+                model.settle(tokens, now)
+        elif op[0] == "deny":
+            assert await store.count_attempt("a", now, PER_MINUTE) == model.deny(now)
+        elif op[0] == "release":
+            if granted:
+                ask = granted.pop(op[1] % len(granted))
+                for _ in range(2):  # retried: given back once
+                    await store.release(ask, f"{run}-release-{n}")
+                model.release(str(ask.tool), ask.tokens, ask.now)
         else:
             _, tool, tokens = op
             cap = CAP if tool == "srv.capped" else None
@@ -92,6 +126,8 @@ async def agrees_with_the_model(store: Store, ops: list[tuple[Any, ...]]) -> Non
             assert (result.refusal if not result.granted else None) == expected, (op, result)
             if not result.granted:
                 assert result.used is not None and result.limit is not None
+            else:
+                granted.append(ask)
         session = await store.get_session("s")
         assert session is not None
         assert (session.calls, session.tokens) == (model.calls, model.tokens)

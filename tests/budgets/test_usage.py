@@ -71,6 +71,12 @@ async def test_model_usage_is_recorded_priced_and_counted_against_the_session_bu
          "input_tokens: Input should be a valid integer"),
         (json.dumps({"model": "m", "input_tokens": 1, "output_tokens": 1, "cost_usd": -1}).encode(),
          "cost_usd: Input should be greater than or equal to 0"),
+        (json.dumps({"model": "m", "input_tokens": 1, "output_tokens": 1, "cost_usd": 1.7e308}).encode(),
+         "cost_usd: Input should be less than or equal to 1000000"),
+        (b'{"model": "m", "input_tokens": 1, "output_tokens": 1, "cost_usd": Infinity}',
+         "cost_usd: Input should be a finite number"),
+        (json.dumps({"model": "m", "input_tokens": 10**9 + 1, "output_tokens": 1}).encode(),
+         "input_tokens: Input should be less than or equal to 1000000000"),
         (json.dumps({"model": "m", "input_tokens": 1, "output_tokens": 1, "user": "x"}).encode(),
          "user: unknown field"),
         (json.dumps({"model": "", "input_tokens": 1, "output_tokens": 1}).encode(), "model: String should have"),
@@ -133,3 +139,32 @@ def test_any_well_formed_report_is_accepted_as_sent(body):
     parsed = parse(json.dumps(body).encode())
     assert (parsed.model, parsed.input_tokens, parsed.output_tokens) == (
         body["model"], body["input_tokens"], body["output_tokens"])
+
+
+async def test_usage_too_large_to_total_is_refused_with_a_400_naming_the_field_and_nothing_is_counted(tmp_path):
+    """Two reports of 1.7e308 USD once overflowed the report's totals to inf (and `Infinity`, not JSON)."""
+    async with running_gateway(tmp_path, manifests=[], agents={"bot": agent({})}) as gw:
+        token = await gw.open_session("bot")
+        for _ in range(2):
+            refused = await report(gw, token, {"model": "m", "input_tokens": 1, "output_tokens": 1,
+                                               "cost_usd": 1.7e308})
+            assert refused.status_code == 400
+            assert refused.json()["error_description"].startswith("cost_usd: Input should be less than or equal to")
+        largest = await report(gw, token, {"model": "m", "input_tokens": 10**9, "output_tokens": 10**9,
+                                           "cost_usd": 1e6})
+        assert largest.status_code == 200
+        assert [r["cost_usd"] for r in gw.audit("model.usage")] == [1e6]
+        [session] = await gw.gateway.store.list_sessions("bot")
+        assert session.tokens == 2 * 10**9
+
+
+@given(_valid, st.one_of(st.floats(min_value=1e6, exclude_min=True), st.floats(max_value=0, exclude_max=True),
+                         st.just(float("inf")), st.just(float("nan"))))
+def test_a_report_with_a_cost_out_of_range_or_not_finite_is_rejected(body, bad):
+    with pytest.raises(ValueError, match="cost_usd"):
+        parse(json.dumps({**body, "cost_usd": bad}).encode())
+
+
+@given(_valid, st.floats(min_value=0, max_value=1e6))
+def test_any_finite_cost_up_to_the_maximum_is_accepted(body, cost):
+    assert parse(json.dumps({**body, "cost_usd": cost}).encode()).cost_usd == cost

@@ -206,17 +206,16 @@ async def test_a_session_ended_anywhere_is_pushed_to_every_watching_replica(
     assert seen.count((SESSION_ENDED, "s-1")) == 1
 
 
-async def test_tokens_settled_while_the_database_is_away_are_counted_when_it_returns(
+async def test_a_settlement_retried_after_the_database_was_away_counts_once(
     dsn: str, stores: tuple[PostgresStore, PostgresStore],
 ) -> None:
     store = stores[0]
     await store.create_session(session("s-1"), None)
     async with database_away(dsn):
-        # The call was answered; its count waits for the database.
-        assert await store.settle("s-1", 120, time.time(), daily=False) is None
-        with pytest.raises(StoreUnavailable):
-            await store.reserve(Ask("s-1", "bot", time.time(), calls=1))
-    await store.ping()
+        with pytest.raises(StoreUnavailable):  # the caller (Budgets) keeps it and retries
+            await store.settle("s-1", 120, time.time(), False, "call-1")
+    assert await store.settle("s-1", 120, time.time(), False, "call-1") is not None
+    assert await stores[1].settle("s-1", 120, time.time(), False, "call-1") is None  # any replica's retry
     stored = await store.get_session("s-1")
     assert stored is not None and stored.tokens == 120
 

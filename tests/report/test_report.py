@@ -274,3 +274,37 @@ def test_a_single_record_read_of_an_earlier_version_still_counts_its_tokens():
                 "response_tokens": 9}]
     totals = build(records, "agent").totals
     assert (totals["request_tokens"], totals["response_tokens"]) == (3, 49)
+
+
+def _strict_json(text: str) -> Any:
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_report_over_extreme_records_is_valid_json_and_leaves_out_amounts_no_gateway_accepts(tmp_path, capsys):
+    """Largest valid amounts add up exactly; what an older gateway let through (1.7e308 twice overflows to inf,
+    an Infinity literal, a negative count) is left out and counted, never printed as Infinity or NaN."""
+    audit = tmp_path / "audit.jsonl"
+    usage = {"event": "model.usage", "agent": "bot", "session": "s", "model": "m"}
+    valid = [{**usage, "ts": 1.0 + i, "input_tokens": 10**9, "output_tokens": 10**9, "cost_usd": 1e6}
+             for i in range(3)]
+    old = [{**usage, "ts": 10.0, "input_tokens": 1, "output_tokens": 1, "cost_usd": 1.7e308},
+           {**usage, "ts": 11.0, "input_tokens": 1, "output_tokens": 1, "cost_usd": 1.7e308},
+           {**usage, "ts": 12.0, "input_tokens": -5, "output_tokens": 1, "cost_usd": float("inf")}]
+    audit.write_text("".join(json.dumps(r) + "\n" for r in valid + old))  # json.dumps writes inf as Infinity
+    for fmt in ("json", "html"):
+        assert cli.main(["report", str(audit), "--format", fmt, "--config", str(tmp_path / "gateway.yaml")]) == 0
+        captured = capsys.readouterr()
+        if fmt == "html":
+            page = _Page()
+            page.feed(captured.out)
+            data = _strict_json(page.data)
+        else:
+            data = _strict_json(captured.out)
+        assert data["totals"]["cost_usd"] == 3e6
+        assert data["totals"]["model_input_tokens"] == 3 * 10**9 + 2
+        assert data["totals"]["model_output_tokens"] == 3 * 10**9 + 3
+        assert data["invalid_values"] == 4
+        assert "left out 4 amount(s)" in captured.err
