@@ -4,7 +4,7 @@ Every request needs `Authorization: Bearer <admin_token>` (gateway.yaml
 `admin_token`, compared in constant time); without a configured token the API
 refuses everything. Each action is audited with actor "admin".
 
-    GET  /admin/agents                        POST /admin/agents {id, owner, cost_center?, jwks?}
+    GET  /admin/agents                        POST /admin/agents {id, owner, cost_center?, jwks?, workload?}
     GET  /admin/agents/{id}                   PUT  /admin/agents/{id}/grant {tools?, resources?, ...}
     POST /admin/agents/{id}/disable|enable|rotate
     POST /admin/agents/{id}/revoke-sessions
@@ -91,11 +91,11 @@ async def _list_agents(ops: Operations, request: Request) -> Any:
 
 async def _create_agent(ops: Operations, request: Request) -> Any:
     body = await _body(request)
-    unknown = set(body) - {"id", "owner", "cost_center", "jwks"}
+    unknown = set(body) - {"id", "owner", "cost_center", "jwks", "workload"}
     if unknown:
         raise OperatorError(f"unknown field(s): {', '.join(sorted(unknown))}")
     secret = await ops.create_agent(body.get("id", ""), body.get("owner", ""), body.get("cost_center"),
-                                    body.get("jwks"))
+                                    body.get("jwks"), body.get("workload"))
     return {"id": body["id"], "client_secret": secret} if secret else {"id": body["id"]}
 
 

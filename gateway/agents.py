@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.config import AgentSpec, GrantSpec
+from gateway.config import AgentSpec, DpopMode, GrantSpec, Workload
 from gateway.policy import EMPTY_GRANT, Grant, compile_grant
 from gateway.store.base import AgentRecord, Store
 
@@ -24,6 +24,8 @@ class Agent:
     delegators: tuple[str, ...] = ()
     jwks: dict[str, Any] | None = None
     secret_hash: str | None = None
+    workload: Workload | None = None  # authenticates with its platform's JWT (agents.yaml only)
+    dpop: DpopMode | None = None  # overrides gateway.yaml `dpop`
 
 
 def _from_spec(agent_id: str, spec: AgentSpec, record: AgentRecord | None) -> Agent:
@@ -37,6 +39,8 @@ def _from_spec(agent_id: str, spec: AgentSpec, record: AgentRecord | None) -> Ag
         delegators=spec.delegators,
         jwks=spec.jwks,
         secret_hash=record.secret_hash if record else None,
+        workload=spec.workload,
+        dpop=spec.dpop,
     )
 
 
@@ -51,6 +55,7 @@ def _from_record(record: AgentRecord) -> Agent:
         grant=grant,
         jwks=record.jwks,
         secret_hash=record.secret_hash,
+        workload=Workload.model_validate(record.workload) if record.workload else None,
     )
 
 
@@ -61,6 +66,21 @@ class AgentDirectory:
         self.store = store
         self.specs = specs
         self._cache: dict[str, tuple[float, Agent | None]] = {}
+        self._workloads = {(spec.workload.issuer, spec.workload.subject): agent_id
+                           for agent_id, spec in specs.items() if spec.workload is not None}
+
+    async def by_workload(self, issuer: str, subject: str) -> str | None:
+        """The id of the agent whose `workload` is this issuer and subject: agents.yaml's first (unique there,
+        checked at load), else a store agent's (unique there, by index).
+
+        Raises:
+            StoreUnavailable: the store cannot be consulted.
+        """
+        agent_id = self._workloads.get((issuer, subject))
+        if agent_id is not None:
+            return agent_id
+        record = await self.store.agent_for_workload(issuer, subject)
+        return record.id if record is not None and record.id not in self.specs else None
 
     async def sync(self, now: float) -> None:
         """Write agents.yaml's agents into the store so every process and replica sees them."""

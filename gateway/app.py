@@ -27,14 +27,16 @@ from gateway.audit import Audit, build_audit
 from gateway.audit.interrupted import close_interrupted
 from gateway.audit.records import Fingerprints
 from gateway.budgets import Budgets
-from gateway.config import ASSERTION_ALGORITHMS, AgentSpec, GatewayConfig, load_agents, parse_grant
+from gateway.config import ASSERTION_ALGORITHMS, AgentSpec, GatewayConfig, check_workloads, load_agents, parse_grant
 from gateway.edge import AuthFailures, Edge, metadata_url
 from gateway.errors import Unavailable
 from gateway.exchanges import Exchanges
 from gateway.fanout import Fanout
 from gateway.front import Front
+from gateway.identity import dpop
+from gateway.identity.dpop import DpopVerifier
 from gateway.identity.keys import KeyRing
-from gateway.identity.oauth import CLIENT_CREDENTIALS, TOKEN_EXCHANGE, OAuth, admin_refusal
+from gateway.identity.oauth import CLIENT_CREDENTIALS, JWT_BEARER, TOKEN_EXCHANGE, OAuth, admin_refusal
 from gateway.identity.shared import SharedCredentialDetector
 from gateway.identity.stored_keys import key_ring, shared_secrets
 from gateway.identity.tokens import Tokens
@@ -81,6 +83,7 @@ class Gateway:
     credential_key: bytes
     shared: SharedCredentialDetector
     pins: Pins
+    dpop: DpopVerifier
     task_group: anyio.abc.TaskGroup | None = None
     config_path: Path | None = None  # gateway.yaml, re-read by hot reload (None: only agents.yaml and manifests)
     reloader: Reloader | None = None  # set while the app runs
@@ -123,6 +126,7 @@ def build_gateway(
         StoreUnavailable: the keys live in the store (PostgreSQL) and it cannot be reached.
     """
     agent_specs = load_agents(config.agents) if agents is None else agents
+    check_workloads(config, agent_specs)
     specs = load_manifests(config) if manifests is None else manifests
     store = open_store(config)
     keys = key_ring(config, store)
@@ -159,6 +163,7 @@ def build_gateway(
         shared=SharedCredentialDetector(config.shared_credentials),
         pins=pins,
         config_path=config_path,
+        dpop=DpopVerifier(store, clock, config.dpop, secrets["state"] if config.dpop_nonce else None),
     )
     return gateway
 
@@ -187,6 +192,7 @@ def create_app(gateway: Gateway) -> Starlette:
             gateway.keys.load()
             await stack.enter_async_context(gateway.audit.run())
             stack.push_async_callback(oauth.idps.close)
+            stack.push_async_callback(oauth.workloads.close)
             await gateway.agents.sync(gateway.clock())
             await close_interrupted(gateway.audit)  # calls a crash of the previous run left without an outcome
             await gateway.audit.emit("gateway.started", public_url=config.public_url,
@@ -226,9 +232,10 @@ def create_app(gateway: Gateway) -> Starlette:
         Route("/healthz", _healthz),
         Route("/readyz", _readyz(gateway)),
         Route("/metrics", _metrics(gateway, edge.failures)),
-        Route("/.well-known/oauth-authorization-server", _as_metadata(config)),
+        Route("/.well-known/oauth-authorization-server", _as_metadata(config, gateway.agents.specs)),
         Route("/jwks.json", _jwks(gateway)),
-        Route("/.well-known/oauth-protected-resource{path:path}", _pr_metadata(config, edge.resources)),
+        Route("/.well-known/oauth-protected-resource{path:path}",
+              _pr_metadata(config, edge.resources, _dpop_offered(config, gateway.agents.specs))),
         *oauth.routes(),
         *admin_routes(gateway, edge.failures),
     ]
@@ -357,21 +364,29 @@ def _metrics(gateway: Gateway, failures: AuthFailures) -> Callable[[Request], An
     return metrics
 
 
-def _as_metadata(config: GatewayConfig) -> Callable[[Request], Any]:
+def _dpop_offered(config: GatewayConfig, agents: dict[str, AgentSpec]) -> bool:
+    """Whether any agent can get a DPoP-bound token (gateway.yaml `dpop`, or an agent's own, not off)."""
+    return any(mode != "off" for mode in (config.dpop, *(spec.dpop for spec in agents.values() if spec.dpop)))
+
+
+def _as_metadata(config: GatewayConfig, agents: dict[str, AgentSpec]) -> Callable[[Request], Any]:
     base = config.public_url
-    document = {
+    jwt_bearer = bool(config.workload_issuers) or any(p.id_jag for p in config.identity_providers)
+    document: dict[str, Any] = {
         "issuer": base,
         "token_endpoint": f"{base}/oauth/token",
         "revocation_endpoint": f"{base}/oauth/revoke",
         "introspection_endpoint": f"{base}/oauth/introspect",
         "jwks_uri": f"{base}/jwks.json",
-        "grant_types_supported": [CLIENT_CREDENTIALS, TOKEN_EXCHANGE],
+        "grant_types_supported": [CLIENT_CREDENTIALS, TOKEN_EXCHANGE, *([JWT_BEARER] if jwt_bearer else [])],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
         "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post",
                                                        "private_key_jwt", "none"],
         "response_types_supported": [],
     }
+    if _dpop_offered(config, agents):
+        document["dpop_signing_alg_values_supported"] = list(dpop.ALGORITHMS)
 
     async def metadata(request: Request) -> Response:
         return JSONResponse(document)
@@ -379,12 +394,18 @@ def _as_metadata(config: GatewayConfig) -> Callable[[Request], Any]:
     return metadata
 
 
-def _pr_metadata(config: GatewayConfig, paths: set[str]) -> Callable[[Request], Any]:
+def _pr_metadata(config: GatewayConfig, paths: set[str], dpop_offered: bool) -> Callable[[Request], Any]:
+    proof: dict[str, Any] = {}
+    if dpop_offered:  # RFC 9728 §2
+        proof = {"dpop_signing_alg_values_supported": list(dpop.ALGORITHMS),
+                 "dpop_bound_access_tokens_required": config.dpop == "required"}
+
     async def metadata(request: Request) -> Response:
         path = request.path_params["path"] or ""
         if path not in paths and path != "":
             return JSONResponse({"error": "not_found"}, status_code=404)
         return JSONResponse({
+            **proof,
             "resource": f"{config.public_url}{path}",
             "authorization_servers": [config.public_url],
             "bearer_methods_supported": ["header"],

@@ -77,12 +77,12 @@ class Price(_Model):
     output_per_mtok: float = Field(ge=0)
 
 
-class IdentityProvider(_Model):
-    """A humans' identity provider whose JWTs may be exchanged for delegated session tokens."""
+class JwtIssuer(_Model):
+    """An external issuer whose JWTs the gateway verifies against its published key set."""
 
-    issuer: str  # matched exactly against the subject token's `iss`
+    issuer: str  # matched exactly against the token's `iss`
     jwks_url: str  # https, or http on a loopback host; fetched asynchronously, redirects not followed
-    audience: str  # the subject token's `aud` must contain it
+    audience: str  # the token's `aud` must contain it
     algorithms: tuple[str, ...] = ("RS256", "ES256", "EdDSA")  # asymmetric only; never taken from the token
     jwks_cache: Duration = 300.0  # how long a fetched key set is used before it is fetched again
     jwks_refresh_min: Duration = 10.0  # an unknown `kid` refetches at most this often
@@ -99,6 +99,33 @@ class IdentityProvider(_Model):
             if algorithm not in ASYMMETRIC_ALGORITHMS:
                 raise ValueError(f"{algorithm!r} is not one of {', '.join(ASYMMETRIC_ALGORITHMS)}")
         return value
+
+
+class IdentityProvider(JwtIssuer):
+    """A humans' identity provider whose JWTs may be exchanged for delegated session tokens."""
+
+    # true: it may also issue ID-JAGs (Identity Assertion JWT Authorization Grants) whose `aud` is this
+    # gateway, which an agent presents with the jwt-bearer grant to act for the person they name
+    id_jag: bool = False
+
+
+class WorkloadIssuer(JwtIssuer):
+    """A platform issuing short-lived JWTs to workloads (Kubernetes service accounts, SPIFFE JWT-SVIDs).
+
+    An agent whose agents.yaml `workload` names this issuer and a subject opens sessions with such a
+    JWT (the jwt-bearer grant) instead of a stored secret.
+    """
+
+
+DpopMode = Literal["off", "optional", "required"]  # off: proofs ignored; required: no token without a proof
+
+
+def _unique_issuers(value: tuple[JwtIssuer, ...]) -> tuple[JwtIssuer, ...]:
+    issuers = [entry.issuer for entry in value]
+    for issuer in issuers:
+        if issuers.count(issuer) > 1:
+            raise ValueError(f"issuer {issuer!r} is listed more than once")
+    return value
 
 
 class RateLimit(_Model):
@@ -155,6 +182,9 @@ class GatewayConfig(_Model):
     session_defaults: SessionDefaults = SessionDefaults()
     require_pins: bool = False
     identity_providers: tuple[IdentityProvider, ...] = ()
+    workload_issuers: tuple[WorkloadIssuer, ...] = ()  # platforms whose workload JWTs open agent sessions
+    dpop: DpopMode = "optional"  # RFC 9449 sender-constrained tokens; an agent's own `dpop` overrides it
+    dpop_nonce: bool = False  # true: every DPoP proof must carry a fresh server nonce (DPoP-Nonce header)
     oauth_rate_limit: RateLimit = RateLimit()  # /oauth/* requests per client and per source address
     shared_credentials: SharedCredentials = SharedCredentials()  # credential.shared_suspected detection
     call_timeout: Duration = 60.0  # per upstream request
@@ -172,6 +202,11 @@ class GatewayConfig(_Model):
         if value.endswith("/") or parts.query or parts.fragment:
             raise ValueError("must be canonical: no trailing slash, query or fragment")
         return value
+
+    @field_validator("identity_providers", "workload_issuers")
+    @classmethod
+    def _one_entry_per_issuer(cls, value: tuple[JwtIssuer, ...]) -> tuple[JwtIssuer, ...]:
+        return _unique_issuers(value)
 
     @field_validator("admin_token")
     @classmethod
@@ -299,12 +334,21 @@ class GrantSpec(_Model):
         return tuple(sorted(value))
 
 
+class Workload(_Model):
+    """The platform identity an agent authenticates with: a `workload_issuers` issuer and the JWT's `sub`."""
+
+    issuer: str
+    subject: str = Field(min_length=1)  # e.g. system:serviceaccount:<ns>:<name>, or spiffe://<domain>/<path>
+
+
 class AgentSpec(_Model):
     owner: str
     cost_center: str | None = None
     delegators: tuple[str, ...] = ()
     grant: GrantSpec = GrantSpec()
     jwks: dict[str, Any] | None = None  # public keys ({"keys": [JWK...]}) for private_key_jwt client authentication
+    workload: Workload | None = None  # authenticates with its platform's JWT (jwt-bearer grant); no stored secret
+    dpop: DpopMode | None = None  # overrides gateway.yaml `dpop` for this agent
     disabled: bool = False
 
     @field_validator("jwks")
@@ -497,6 +541,26 @@ def parse_grant(raw: Any, source: str = "grant") -> GrantSpec:
         return GrantSpec.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(validation_message(source, exc)) from None
+
+
+def check_workloads(config: GatewayConfig, agents: dict[str, AgentSpec]) -> None:
+    """Every agent `workload` names a configured `workload_issuers` entry, and no two agents share one.
+
+    Raises:
+        ConfigError: `<agents.yaml>: agents.<id>.workload: <reason>`.
+    """
+    issuers = {entry.issuer for entry in config.workload_issuers}
+    owners: dict[tuple[str, str], str] = {}
+    for agent_id, spec in agents.items():
+        if spec.workload is None:
+            continue
+        where = f"{config.agents}: agents.{agent_id}.workload"
+        if spec.workload.issuer not in issuers:
+            raise ConfigError(f"{where}: issuer {spec.workload.issuer!r} is not in gateway.yaml workload_issuers")
+        key = (spec.workload.issuer, spec.workload.subject)
+        if key in owners:
+            raise ConfigError(f"{where}: the same issuer and subject as agent {owners[key]!r}")
+        owners[key] = agent_id
 
 
 def glob_matches(pattern: str, value: str) -> bool:

@@ -2,9 +2,12 @@
 
 Runs before the SDK transport sees a request, in the order of DESIGN.md's
 pipeline. A request that passes carries its `Principal` in the ASGI scope; a
-request that fails gets the one answer the Errors table fixes for it. Every
-request of an agent session runs in a cancel scope registered under the
-session, so ending the session also ends its open streams.
+request that fails gets the one answer the Errors table fixes for it. A
+DPoP-bound token (`cnf.jkt`) is accepted only with the DPoP scheme and a fresh
+proof for this very request, checked on every request: the verified-token cache
+holds claims, never proofs. Every request of an agent session runs in a cancel
+scope registered under the session, so ending the session also ends its open
+streams.
 
 Handshake-era MCP sessions (`Mcp-Session-Id`) are bound to the agent session
 that opened them and counted against `limits` per agent session and per agent:
@@ -32,6 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import AuthError, Unavailable
 from gateway.front import PRINCIPAL
+from gateway.identity import dpop
 from gateway.principal import Principal
 from gateway.transport import McpEndpoint
 
@@ -64,6 +68,20 @@ async def send_json(send: Send, status: int, body: Any, headers: dict[str, str] 
     raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": data})
+
+
+def _with_header(send: Send, name: bytes, value: str | None) -> Send:
+    """`send`, adding one header to the response start (unchanged when `value` is None)."""
+    if value is None:
+        return send
+    encoded = value.encode("latin-1")
+
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), (name, encoded)]}
+        await send(message)
+
+    return wrapped
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -171,15 +189,20 @@ class Edge:
         remote = scope["client"][0] if scope.get("client") else "unknown"
         authorization = _header(scope, b"authorization") or ""
         scheme, _, token = authorization.partition(" ")
+        scheme, token = scheme.lower(), token.strip()
         try:
-            if scheme.lower() != "bearer" or not token.strip():
+            if scheme not in ("bearer", "dpop") or not token:
                 raise AuthError("missing bearer token")
-            principal = await self.gw.sessions.authenticate(token.strip(), remote_addr=remote)
+            await self._possession(scope, scheme, token)
+            principal = await self.gw.sessions.authenticate(token, remote_addr=remote)
+            if principal.token.jkt is None and self.gw.dpop.mode(principal.agent.dpop) == "required":
+                raise AuthError("this agent's tokens must be DPoP-bound: get one with a DPoP proof", error=dpop.INVALID)
             if not self.gw.audit.healthy:
                 await self.gw.audit.probe(refusing=True)  # a refusal here is counted in audit.recovered
         except AuthError as exc:
-            await self.failures.failed(remote, exc.reason)
-            await self._unauthorized(send, path, exc.reason)
+            if exc.error != dpop.USE_NONCE:  # asking for a nonce is the protocol, not a failure
+                await self.failures.failed(remote, exc.reason)
+            await self._unauthorized(send, path, exc.reason, error=exc.error)
             return
         except Unavailable as exc:
             await send_json(send, 503, {"error": "temporarily_unavailable", "error_description": str(exc)},
@@ -204,13 +227,15 @@ class Edge:
         claims = principal.token
         scope[PRINCIPAL] = principal
         scope["user"] = AuthenticatedUser(
-            AccessToken(token=token.strip(), client_id=claims.agent, scopes=[], expires_at=int(claims.expires_at),
+            AccessToken(token=token, client_id=claims.agent, scopes=[], expires_at=int(claims.expires_at),
                         subject=claims.subject, claims={"iss": self.gw.config.public_url, "sid": claims.sid})
         )
         scope["auth"] = AuthCredentials([])
         ending = mcp_session if scope["method"] == "DELETE" else None
+        nonce = self.gw.dpop.nonce() if scheme == "dpop" else None
         if not opening:
-            await self._run(app, principal.sid, scope, receive, self._binding(send, None, ending))
+            await self._run(app, principal.sid, scope, receive,
+                            _with_header(self._binding(send, None, ending), b"dpop-nonce", nonce))
             return
         assert isinstance(app, McpEndpoint)
         opener = _McpSession(principal.sid, principal.agent.id, app)
@@ -218,9 +243,31 @@ class Edge:
         self._opening_sessions[opener.sid] += 1
         self._opening_agents[opener.agent] += 1
         try:
-            await self._run(app, principal.sid, scope, receive, self._binding(send, opener, None))
+            await self._run(app, principal.sid, scope, receive,
+                            _with_header(self._binding(send, opener, None), b"dpop-nonce", nonce))
         finally:
             self._opened(opener)
+
+    async def _possession(self, scope: Scope, scheme: str, token: str) -> None:
+        """A bound token comes with the DPoP scheme and a proof for this very request; an unbound one as Bearer.
+
+        Raises:
+            AuthError: `invalid_dpop_proof` for a missing or bad proof; `invalid_token` for a bad token.
+            StoreUnavailable: the proof replay cache cannot be consulted.
+        """
+        claims = self.gw.tokens.verify(token)
+        if claims.jkt is None:
+            if scheme == "dpop":
+                raise AuthError("the token is not DPoP-bound: use the Bearer scheme")
+            return
+        if scheme != "dpop":
+            raise AuthError("the token is DPoP-bound: use the DPoP scheme with a proof", error=dpop.INVALID)
+        proofs = [value for key, value in scope["headers"] if key == b"dpop"]
+        if len(proofs) != 1:
+            raise AuthError("a DPoP-bound token needs exactly one DPoP proof", error=dpop.INVALID)
+        url = f"{self.gw.config.public_url}{scope.get('path', '')}"
+        await self.gw.dpop.verify(proofs[0].decode("latin-1"), method=scope["method"], url=url, access_token=token,
+                                  jkt=claims.jkt)
 
     def _opened(self, opener: _McpSession) -> None:
         """An admitted open is over (it became a session, or failed): it no longer counts as pending."""
@@ -301,8 +348,15 @@ class Edge:
         if cancel.cancelled_caught and not started:  # only end_session cancels it
             await self._unauthorized(send, scope.get("path", "").rstrip("/"), "session ended")
 
-    async def _unauthorized(self, send: Send, path: str, reason: str) -> None:
+    async def _unauthorized(self, send: Send, path: str, reason: str, *, error: str = "invalid_token") -> None:
         url = metadata_url(self.gw.config.public_url, path if path in self.resources else "")
+        if error in (dpop.INVALID, dpop.USE_NONCE):
+            headers = {"www-authenticate": dpop.challenge(reason, error=error, resource_metadata=url)}
+            nonce = self.gw.dpop.nonce()
+            if nonce is not None:
+                headers["dpop-nonce"] = nonce
+            await send_json(send, 401, {"error": error, "error_description": reason}, headers)
+            return
         description = reason.replace('"', "'")
         challenge = f'Bearer error="invalid_token", error_description="{description}", resource_metadata="{url}"'
         await send_json(send, 401, {"error": "invalid_token", "error_description": reason},

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.front")
 
 PRINCIPAL = "gateway.principal"
+ENTERPRISE_MANAGED_AUTHORIZATION = "io.modelcontextprotocol/enterprise-managed-authorization"
 Ctx = ServerRequestContext[Any, Any]
 
 _RESULT_TYPES: dict[str, type[Any]] = {
@@ -162,6 +163,8 @@ class Front:
             on_completion=handlers.complete,
         )
         server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, handlers.set_level)
+        if any(provider.id_jag for provider in self.gw.config.identity_providers):
+            server.extensions[ENTERPRISE_MANAGED_AUTHORIZATION] = {}  # SEP-2133: ID-JAGs are accepted
         # Replaces the SDK's default OpenTelemetry middleware: a span per message costs on every call and the
         # gateway's own audit stream and metrics already cover what crosses it.
         server.middleware = [_SharedCredentialCheck(self.gw)]

@@ -2,7 +2,8 @@
 
 Each action is itself audited, with the operator as `actor` ("cli:<user>" or
 "admin"). Agents defined in agents.yaml are authoritative there: they can be
-disabled, enabled and given a secret, but not created or granted here.
+disabled, enabled and given a secret, but not created or granted here. An agent
+with a `workload` identity never gets a secret.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from gateway.config import AGENT_ID, EMAIL, GrantSpec, check_public_jwks, parse_grant
+from pydantic import ValidationError
+
+from gateway.config import AGENT_ID, EMAIL, AgentSpec, GrantSpec, Workload, check_public_jwks, parse_grant
 from gateway.errors import ConfigError, OperatorError
 from gateway.identity.credentials import generate_secret, hash_secret
 from gateway.policy import compile_grant
@@ -36,17 +39,20 @@ class Operations:
         return [
             {"id": r.id, "owner": r.owner, "cost_center": r.cost_center, "source": r.source,
              "disabled": r.disabled or (r.id in specs and specs[r.id].disabled),
-             "has_secret": r.secret_hash is not None, "private_key_jwt": bool(r.jwks)}
+             "has_secret": r.secret_hash is not None, "private_key_jwt": bool(r.jwks),
+             "workload": r.workload or _spec_workload(specs.get(r.id))}
             for r in await self.gw.store.list_agents()
         ]
 
     async def create_agent(
-        self, agent_id: str, owner: str, cost_center: str | None = None, jwks: dict[str, Any] | None = None
+        self, agent_id: str, owner: str, cost_center: str | None = None, jwks: dict[str, Any] | None = None,
+        workload: dict[str, Any] | None = None,
     ) -> str | None:
-        """Create a store agent; returns its secret (shown once), or None when it authenticates with `jwks`.
+        """Create a store agent; returns its secret (shown once), or None when it authenticates with `jwks` or
+        its platform's JWT (`workload`: {issuer, subject}).
 
         Raises:
-            OperatorError: a bad id, owner or key set; the id exists or is defined in agents.yaml.
+            OperatorError: a bad id, owner, key set or workload; the id or the workload is taken.
         """
         if not isinstance(agent_id, str) or not AGENT_ID.fullmatch(agent_id):
             raise OperatorError(f"agent id must match {AGENT_ID.pattern}")
@@ -61,16 +67,39 @@ class Operations:
                 raise OperatorError(f"jwks: {exc}") from None
         if agent_id in self.gw.agents.specs:
             raise OperatorError(f"agent {agent_id!r} is defined in agents.yaml; edit it there", status=409)
-        secret = None if jwks is not None else generate_secret()
+        if workload is not None:
+            workload = await self._free_workload(workload, jwks)
+        credential = "workload" if workload else "private_key_jwt" if jwks is not None else "secret"
+        secret = generate_secret() if credential == "secret" else None
         record = AgentRecord(
             id=agent_id, owner=owner, cost_center=cost_center, source="store", created_at=self.gw.clock(),
             secret_hash=hash_secret(self.gw.credential_key, secret) if secret else None, jwks=jwks,
+            workload=workload,
         )
         if not await self.gw.store.create_agent(record):
-            raise OperatorError(f"agent {agent_id!r} already exists", status=409)
+            raise OperatorError(f"agent {agent_id!r} (or its workload identity) already exists", status=409)
         await self._audit("agent.created", agent=agent_id, owner=owner, cost_center=cost_center,
-                          credential="private_key_jwt" if jwks is not None else "secret")
+                          credential=credential, workload=workload)
         return secret
+
+    async def _free_workload(self, workload: Any, jwks: Any) -> dict[str, str]:
+        """A valid, configured `{issuer, subject}` no other agent has.
+
+        Raises:
+            OperatorError: malformed, an issuer not in gateway.yaml `workload_issuers`, or taken.
+        """
+        if jwks is not None:
+            raise OperatorError("an agent authenticates with jwks or a workload identity, not both")
+        try:
+            parsed = Workload.model_validate(workload)
+        except ValidationError as exc:
+            raise OperatorError(f"workload: {exc.errors()[0]['msg']} ({{issuer, subject}} required)") from None
+        if parsed.issuer not in {entry.issuer for entry in self.gw.config.workload_issuers}:
+            raise OperatorError(f"workload issuer {parsed.issuer!r} is not in gateway.yaml workload_issuers")
+        owner = await self.gw.agents.by_workload(parsed.issuer, parsed.subject)
+        if owner is not None:
+            raise OperatorError(f"agent {owner!r} already has this workload identity", status=409)
+        return {"issuer": parsed.issuer, "subject": parsed.subject}
 
     async def _known(self, agent_id: str) -> None:
         if await self.gw.store.get_agent(agent_id) is None:
@@ -92,7 +121,15 @@ class Operations:
         await self._audit("agent.enabled", agent=agent_id)
 
     async def rotate_secret(self, agent_id: str) -> str:
-        """A new secret for the agent (the old one stops working); returned once."""
+        """A new secret for the agent (the old one stops working); returned once.
+
+        Raises:
+            OperatorError: no such agent, or it authenticates with its platform's JWT (agents.yaml `workload`).
+        """
+        agent = await self.gw.agents.get(agent_id, fresh=True)
+        if agent is not None and agent.workload is not None:
+            raise OperatorError(f"agent {agent_id!r} authenticates with its workload identity; it has no secret",
+                                status=409)
         secret = generate_secret()
         await self._update_agent(agent_id, secret_hash=hash_secret(self.gw.credential_key, secret))
         await self._audit("agent.secret_rotated", agent=agent_id)
@@ -182,6 +219,10 @@ class Operations:
         await self._audit("session.resumed", agent=session.agent, owner=session.owner, session=session.sid,
                           task=session.task, add_calls=add_calls, add_tokens=add_tokens)
         return session
+
+
+def _spec_workload(spec: AgentSpec | None) -> dict[str, str] | None:
+    return spec.workload.model_dump() if spec is not None and spec.workload is not None else None
 
 
 def session_json(session: SessionRecord) -> dict[str, Any]:

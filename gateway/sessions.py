@@ -62,8 +62,12 @@ class Sessions:
         ttl: float | None = None,
         via: str,
         remote_addr: str | None = None,
+        credential: str | None = None,
+        jkt: str | None = None,
     ) -> tuple[SessionRecord, str]:
-        """Open a session for an agent and sign its token.
+        """Open a session for an agent and sign its token (bound to the DPoP key `jkt`, if given).
+
+        `credential` is what the agent proved itself with (secret, private_key_jwt, workload, id_jag).
 
         Raises:
             AuthError: the agent is unknown or disabled (`invalid_client`), or has
@@ -104,9 +108,10 @@ class Sessions:
             "session.opened", durable=True, **identity, expires_at=session.expires_at, via=via,
             remote_addr=remote_addr,
         )
-        return session, await self._issue(agent, session, via, remote_addr)
+        return session, await self._issue(agent, session, via, remote_addr, credential, jkt)
 
-    async def _issue(self, agent: Agent, session: SessionRecord, via: str, remote_addr: str | None) -> str:
+    async def _issue(self, agent: Agent, session: SessionRecord, via: str, remote_addr: str | None,
+                     credential: str | None, jkt: str | None) -> str:
         token, jti = self.tokens.issue(
             sid=session.sid,
             agent=agent.id,
@@ -114,15 +119,17 @@ class Sessions:
             expires_at=session.expires_at,
             task=session.task,
             grant=agent.grant.version,
+            jkt=jkt,
         )
+        bound = {"dpop_jkt": jkt} if jkt is not None else {}
         await self.audit.emit(
             "token.issued", durable=True, **_identity(agent, session), jti=jti,
-            expires_at=session.expires_at, via=via, remote_addr=remote_addr,
+            expires_at=session.expires_at, via=via, remote_addr=remote_addr, credential=credential, **bound,
         )
         return token
 
-    async def renew(self, sid: str, agent_id: str, ttl: float | None, *, via: str,
-                    remote_addr: str | None = None) -> tuple[SessionRecord, str]:
+    async def renew(self, sid: str, agent_id: str, ttl: float | None, *, via: str, remote_addr: str | None = None,
+                    credential: str | None = None, jkt: str | None = None) -> tuple[SessionRecord, str]:
         """Extend a live session of this agent, within its max lifetime; same sid, same budget.
 
         Raises:
@@ -138,7 +145,7 @@ class Sessions:
         renewed = await self.store.renew_session(sid, now + lifetime, now)
         if renewed is None:
             raise AuthError("the session has ended and cannot be renewed", error="invalid_grant")
-        return renewed, await self._issue(agent, renewed, via, remote_addr)
+        return renewed, await self._issue(agent, renewed, via, remote_addr, credential, jkt)
 
     async def authenticate(self, token: str, *, remote_addr: str | None = None) -> Principal:
         """The principal a bearer token stands for, checked against the live session; counts as activity.

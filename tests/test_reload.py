@@ -240,6 +240,10 @@ RESTART_ONLY: dict[str, Any] = {
     "limits": {"mcp_sessions_per_session": 3},
     "http": {"max_connections": 10},
     "work_dir": "./work2",
+    "workload_issuers": [{"issuer": "https://k8s.example.com", "jwks_url": "https://k8s.example.com/jwks",
+                          "audience": "gw"}],
+    "dpop": "required",
+    "dpop_nonce": True,
 }
 
 

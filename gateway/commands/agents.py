@@ -34,6 +34,10 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     create.add_argument("--cost-center", metavar="CC")
     create.add_argument("--jwks", type=Path, metavar="PATH",
                         help="a JSON JWK Set of public keys: authenticate with private_key_jwt instead of a secret")
+    create.add_argument("--workload-issuer", metavar="ISS",
+                        help="authenticate with this workload_issuers platform's JWT instead of a secret")
+    create.add_argument("--workload-subject", metavar="SUB",
+                        help="the JWT's sub, e.g. system:serviceaccount:NS:NAME or spiffe://DOMAIN/PATH")
     create.set_defaults(run=_create)
 
     list_ = group.add_parser("list", parents=[common], help="list agents")
@@ -75,8 +79,12 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
 
 def _create(args: argparse.Namespace) -> int:
     jwks = _read_jwks(args.jwks) if args.jwks else None
-    secret = operate(args, lambda ops: ops.create_agent(args.id, args.owner, args.cost_center, jwks))
-    print(secret if secret is not None else f"created {args.id} (private_key_jwt)")
+    if (args.workload_issuer is None) != (args.workload_subject is None):
+        raise OperatorError("--workload-issuer and --workload-subject go together")
+    workload = {"issuer": args.workload_issuer, "subject": args.workload_subject} if args.workload_issuer else None
+    secret = operate(args, lambda ops: ops.create_agent(args.id, args.owner, args.cost_center, jwks, workload))
+    kind = "workload" if workload else "private_key_jwt"
+    print(secret if secret is not None else f"created {args.id} ({kind})")
     return 0
 
 
@@ -94,7 +102,8 @@ def _list(args: argparse.Namespace) -> int:
         return 0
     print(f"{'AGENT':<24} {'OWNER':<28} {'SOURCE':<7} {'STATE':<9} CREDENTIAL")
     for r in rows:
-        credential = "secret" if r["has_secret"] else ("key" if r["private_key_jwt"] else "-")
+        credential = "secret" if r["has_secret"] else ("key" if r["private_key_jwt"] else
+                                                       "workload" if r["workload"] else "-")
         state = "disabled" if r["disabled"] else "enabled"
         print(f"{safe(r['id']):<24} {safe(r['owner']):<28} {safe(r['source']):<7} {state:<9} {credential}")
     return 0

@@ -1,11 +1,12 @@
-"""Humans' identity providers: verifying the subject token of an on-behalf-of exchange.
+"""Humans' identity providers: verifying the subject token of an on-behalf-of exchange, and ID-JAGs.
 
-Each provider in gateway.yaml `identity_providers` publishes its keys at a
-JWKS URL. Keys are fetched asynchronously (never a blocking call on the event
-loop) and the key set is cached for `jwks_cache` seconds. A token naming a
-`kid` the cached set lacks triggers a refetch, at most once per
-`jwks_refresh_min` seconds per provider, so a stream of made-up kids cannot
-turn the gateway into a flood against the provider.
+Each provider in gateway.yaml `identity_providers` (and each platform in
+`workload_issuers`, see workload.py) publishes its keys at a JWKS URL. Keys
+are fetched asynchronously (never a blocking call on the event loop) and the
+key set is cached for `jwks_cache` seconds. A token naming a `kid` the cached
+set lacks triggers a refetch, at most once per `jwks_refresh_min` seconds per
+provider, so a stream of made-up kids cannot turn the gateway into a flood
+against the provider.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 import anyio
 import httpx2 as httpx  # the HTTP client the MCP SDK already loads
 
-from gateway.config import EMAIL, IdentityProvider
+from gateway.config import EMAIL, IdentityProvider, JwtIssuer
 from gateway.errors import AuthError, Unavailable
 from gateway.identity.jwks import select_key, token_header, unverified_claims, verify_jwt
 
@@ -28,6 +29,7 @@ log = logging.getLogger("gateway.idp")
 _MAX_JWKS_BYTES = 1 << 20
 _FETCH_TIMEOUT = 5.0
 INVALID = "invalid_grant"
+ID_JAG_TYPE = "oauth-id-jag+jwt"
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ class Human:
 class ProviderKeys:
     """One provider's published keys, fetched over HTTP and cached."""
 
-    def __init__(self, provider: IdentityProvider, http: httpx.AsyncClient, clock: Callable[[], float]) -> None:
+    def __init__(self, provider: JwtIssuer, http: httpx.AsyncClient, clock: Callable[[], float]) -> None:
         self.provider = provider
         self.http = http
         self.clock = clock
@@ -95,20 +97,53 @@ class ProviderKeys:
         self._fetched_at = now
 
 
-class IdentityProviders:
-    """Verifies subject tokens against the configured providers."""
+class JwtIssuers:
+    """Verifies JWTs against the published keys of a group of configured issuers (one HTTP client for all)."""
 
-    def __init__(self, providers: tuple[IdentityProvider, ...], clock: Callable[[], float]) -> None:
+    def __init__(self, issuers: tuple[JwtIssuer, ...], clock: Callable[[], float]) -> None:
         self.clock = clock
-        self.http: httpx.AsyncClient | None = None  # only with providers to fetch from
+        self.http: httpx.AsyncClient | None = None  # only with issuers to fetch from
         self.keys: dict[str, ProviderKeys] = {}
-        if providers:
+        if issuers:
             self.http = httpx.AsyncClient(timeout=_FETCH_TIMEOUT, follow_redirects=False)
-            self.keys = {p.issuer: ProviderKeys(p, self.http, clock) for p in providers}
+            self.keys = {p.issuer: ProviderKeys(p, self.http, clock) for p in issuers}
 
     async def close(self) -> None:
         if self.http is not None:
             await self.http.aclose()
+
+    async def verified(
+        self, token: str, *, what: str, require: tuple[str, ...], audience: str | None = None,
+    ) -> tuple[JwtIssuer, dict[str, Any], dict[str, Any]]:
+        """(issuer, header, claims) of a token one of the issuers signed; `audience` defaults to the issuer's.
+
+        The algorithm list is the issuer's, never the token's; `sub` must be a non-empty string.
+
+        Raises:
+            AuthError: (`invalid_grant`) unlisted issuer, bad signature or key, wrong audience, expired.
+            Unavailable: the issuer's keys cannot be fetched.
+        """
+        issuer = unverified_claims(token, error=INVALID).get("iss")
+        source = self.keys.get(issuer) if isinstance(issuer, str) else None
+        if source is None:
+            raise AuthError(f"{what} issuer is not configured", error=INVALID)
+        config = source.provider
+        header = token_header(token, config.algorithms, error=INVALID)
+        key = select_key(await source.keys_for(header.get("kid")), header, error=INVALID)
+        claims = verify_jwt(
+            token, key, header["alg"], audience=audience or config.audience, issuer=config.issuer, now=self.clock(),
+            require=require, error=INVALID,
+        )
+        if not isinstance(claims["sub"], str) or not claims["sub"]:
+            raise AuthError(f"{what} sub claim malformed", error=INVALID)
+        return config, header, claims
+
+
+class IdentityProviders(JwtIssuers):
+    """Verifies subject tokens and ID-JAGs against the configured providers."""
+
+    def __init__(self, providers: tuple[IdentityProvider, ...], clock: Callable[[], float]) -> None:
+        super().__init__(providers, clock)
 
     async def verify(self, token: str) -> Human:
         """The human a subject token names.
@@ -118,24 +153,44 @@ class IdentityProviders:
             Unavailable: the provider's keys cannot be fetched.
         """
         issuer = unverified_claims(token, error=INVALID).get("iss")
+        if not isinstance(issuer, str) or issuer not in self.keys:
+            raise AuthError("subject_token issuer is not a configured identity provider", error=INVALID)
+        provider, _, claims = await self.verified(token, what="subject_token", require=("iss", "sub", "aud", "exp"))
+        return _human(provider, claims)
+
+    async def verify_id_jag(self, token: str, gateway_issuer: str) -> tuple[Human, dict[str, Any]]:
+        """The human an ID-JAG names, and its claims: `typ` oauth-id-jag+jwt, `aud` this gateway, from an
+        `id_jag: true` provider, with `client_id` and `jti` (the caller checks both).
+
+        Raises:
+            AuthError: (`invalid_grant`) any of those fails, or the checks of `verify`.
+            Unavailable: the provider's keys cannot be fetched.
+        """
+        issuer = unverified_claims(token, error=INVALID).get("iss")
         source = self.keys.get(issuer) if isinstance(issuer, str) else None
         if source is None:
-            raise AuthError("subject_token issuer is not a configured identity provider", error=INVALID)
-        provider = source.provider
-        header = token_header(token, provider.algorithms, error=INVALID)
-        key = select_key(await source.keys_for(header.get("kid")), header, error=INVALID)
-        claims = verify_jwt(
-            token, key, header["alg"], audience=provider.audience, issuer=provider.issuer, now=self.clock(),
-            require=("iss", "sub", "aud", "exp"), error=INVALID,
+            raise AuthError("ID-JAG issuer is not a configured identity provider", error=INVALID)
+        if not getattr(source.provider, "id_jag", False):
+            raise AuthError("this identity provider may not issue ID-JAGs (id_jag: true)", error=INVALID)
+        typ = token_header(token, source.provider.algorithms, error=INVALID).get("typ")
+        if not isinstance(typ, str) or typ.lower().removeprefix("application/") != ID_JAG_TYPE:
+            raise AuthError(f"assertion typ must be {ID_JAG_TYPE}", error=INVALID)
+        provider, _, claims = await self.verified(
+            token, what="ID-JAG", audience=gateway_issuer,
+            require=("iss", "sub", "aud", "exp", "iat", "jti", "client_id"),
         )
-        subject = claims["sub"]
-        if not isinstance(subject, str) or not subject:
-            raise AuthError("subject_token sub claim malformed", error=INVALID)
-        email = claims.get("email")
-        verified = claims.get("email_verified") in (True, "true")
-        return Human(
-            issuer=provider.issuer,
-            subject=subject,
-            email=email.lower() if verified and isinstance(email, str) and EMAIL.fullmatch(email) else None,
-            may_act=claims.get("may_act"),
-        )
+        aud = claims["aud"]
+        if aud != gateway_issuer and aud != [gateway_issuer]:
+            raise AuthError("ID-JAG audience must be exactly this gateway", error=INVALID)
+        return _human(provider, claims), claims
+
+
+def _human(provider: JwtIssuer, claims: dict[str, Any]) -> Human:
+    email = claims.get("email")
+    verified = claims.get("email_verified") in (True, "true")
+    return Human(
+        issuer=provider.issuer,
+        subject=claims["sub"],
+        email=email.lower() if verified and isinstance(email, str) and EMAIL.fullmatch(email) else None,
+        may_act=claims.get("may_act"),
+    )

@@ -1,12 +1,16 @@
 """The gateway as an OAuth authorization server for its agents.
 
-    POST /oauth/token       client_credentials (new session, or renewal with session_id)
-                            and RFC 8693 token exchange (on behalf of a human)
+    POST /oauth/token       client_credentials (new session, or renewal with session_id),
+                            RFC 8693 token exchange (on behalf of a human), and the RFC 7523
+                            jwt-bearer grant: a workload JWT without client authentication
+                            (workload.py), or an ID-JAG with it (on behalf of a human)
     POST /oauth/revoke      RFC 7009: ends the session a token belongs to
     POST /oauth/introspect  RFC 7662, for holders of the admin token
 
 Every token issued opens (or renews) a session: the token is only a pointer to
-it. Requests are rate-limited per source address before anything else and per
+it. With a valid `DPoP` proof (and `dpop` not off) the token is bound to the
+proof's key and its type is DPoP; with `dpop: required` there is no token
+without one. Requests are rate-limited per source address before anything else and per
 client once authenticated; failed authentications go to the aggregated
 `auth.failed` records. Errors are RFC 6749 §5.2 JSON bodies.
 """
@@ -23,12 +27,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.agents import Agent
+from gateway.config import DpopMode
 from gateway.durations import parse_duration
 from gateway.edge import AuthFailures
 from gateway.errors import AuthError, Unavailable
 from gateway.identity.client_auth import ClientAuthenticator
 from gateway.identity.delegation import may_act_allows, may_delegate
+from gateway.identity.dpop import INVALID as INVALID_DPOP
+from gateway.identity.dpop import USE_NONCE, challenge
 from gateway.identity.idp import IdentityProviders
+from gateway.identity.workload import WorkloadIssuers
 from gateway.policy import Grant
 from gateway.principal import Principal
 from gateway.ratelimit import RateLimiter
@@ -38,6 +46,7 @@ if TYPE_CHECKING:
 
 CLIENT_CREDENTIALS = "client_credentials"
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 SUBJECT_TOKEN_TYPES = (
     "urn:ietf:params:oauth:token-type:jwt",
@@ -131,6 +140,7 @@ class OAuth:
         self.clients = ClientAuthenticator(gateway.agents, gateway.store, gateway.credential_key,
                                            config.public_url, gateway.clock)
         self.idps = IdentityProviders(config.identity_providers, gateway.clock)
+        self.workloads = WorkloadIssuers(config.workload_issuers, gateway.agents, gateway.store, gateway.clock)
         limits = config.oauth_rate_limit
         self.per_source = RateLimiter(limits.per_source, limits.window)
         self.per_client = RateLimiter(limits.per_client, limits.window)
@@ -156,8 +166,10 @@ class OAuth:
             except OAuthError as exc:
                 return exc.response()
             except AuthError as exc:
-                if exc.error in ("invalid_client", "invalid_grant"):
+                if exc.error in ("invalid_client", "invalid_grant", INVALID_DPOP):
                     await self.failures.failed(remote, exc.reason)
+                if exc.error == USE_NONCE:  # RFC 9449 §8: the answer carries the nonce to use
+                    return OAuthError(exc.error, exc.reason, self._nonce_header()).response()
                 used_basic = request.headers.get("authorization", "").lower().startswith("basic ")
                 challenge = exc.error == "invalid_client" and used_basic  # RFC 6749 §5.2
                 headers = {"www-authenticate": 'Basic realm="mcp-gateway"'} if challenge else None
@@ -184,12 +196,12 @@ class OAuth:
 
     async def _token(self, request: Request, form: dict[str, Any]) -> Response:
         agent = await self._client(request, form)
-        if agent is None:
-            raise AuthError("client authentication required", error="invalid_client")
         grant_type = form.get("grant_type")
+        if agent is None and grant_type != JWT_BEARER:  # a jwt-bearer grant without a client is a workload's
+            raise AuthError("client authentication required", error="invalid_client")
         if not grant_type:
             raise OAuthError("invalid_request", "grant_type is required")
-        if grant_type not in (CLIENT_CREDENTIALS, TOKEN_EXCHANGE):
+        if grant_type not in (CLIENT_CREDENTIALS, TOKEN_EXCHANGE, JWT_BEARER):
             raise OAuthError("unsupported_grant_type", f"grant_type {grant_type!r} is not supported")
         for resource in form.get("resource", []):
             if resource not in self.resources:
@@ -202,25 +214,88 @@ class OAuth:
         remote = _remote(request)
         sessions = self.gw.sessions
         extra: dict[str, Any] = {}
+        credential = "private_key_jwt" if "client_assertion" in form else "secret"
+        human: str | None = None
+        if grant_type == JWT_BEARER:
+            if form.get("session_id"):
+                raise OAuthError("invalid_request", "session_id renews with grant_type=client_credentials")
+            assertion = form.get("assertion")
+            if not assertion:
+                raise OAuthError("invalid_request", "assertion is required")
+            if agent is None:
+                agent, credential = await self.workloads.agent_for(assertion), "workload"
+                if form.get("client_id", agent.id) != agent.id:
+                    raise AuthError("client_id is not the agent the workload JWT names", error="invalid_grant")
+                self._limit(self.per_client, agent.id)
+            else:
+                human, credential = await self._id_jag(assertion, agent), "id_jag"
+        jkt = await self._proof(request, agent.dpop)
+        bound = {"credential": credential, "jkt": jkt}
         if grant_type == CLIENT_CREDENTIALS and form.get("session_id"):
-            session, token = await sessions.renew(form["session_id"], agent.id, ttl, via="renewal", remote_addr=remote)
+            session, token = await sessions.renew(form["session_id"], agent.id, ttl, via="renewal", remote_addr=remote,
+                                                  **bound)
         elif grant_type == CLIENT_CREDENTIALS:
             session, token = await sessions.open(agent.id, task=task, ttl=ttl, via=CLIENT_CREDENTIALS,
-                                                 remote_addr=remote)
+                                                 remote_addr=remote, **bound)
+        elif grant_type == JWT_BEARER:
+            session, token = await sessions.open(agent.id, on_behalf_of=human, task=task, ttl=ttl, via=credential,
+                                                 remote_addr=remote, **bound)
         else:
             human = await self._subject(form, agent.id, agent.delegators)
             session, token = await sessions.open(agent.id, on_behalf_of=human, task=task, ttl=ttl,
-                                                 via="token_exchange", remote_addr=remote)
+                                                 via="token_exchange", remote_addr=remote, **bound)
             extra["issued_token_type"] = ACCESS_TOKEN_TYPE
         body = {
             "access_token": token,
-            "token_type": "Bearer",
+            "token_type": "DPoP" if jkt is not None else "Bearer",
             "expires_in": max(0, int(session.expires_at - self.gw.clock())),
             "session_id": session.sid,
             "scope": scope_of(agent.grant),
             **extra,
         }
-        return JSONResponse(body, headers=_NO_STORE)
+        return JSONResponse(body, headers={**_NO_STORE, **self._nonce_header()})
+
+    def _nonce_header(self) -> dict[str, str]:
+        nonce = self.gw.dpop.nonce()
+        return {"dpop-nonce": nonce} if nonce is not None else {}
+
+    async def _proof(self, request: Request, agent_mode: DpopMode | None) -> str | None:
+        """The thumbprint of the key a valid DPoP proof on this token request names, if the token is to be bound.
+
+        Raises:
+            AuthError: (`invalid_dpop_proof`) a proof that does not verify, or none where one is required.
+        """
+        dpop = self.gw.dpop
+        mode = dpop.mode(agent_mode)
+        proofs = request.headers.getlist("dpop")
+        if mode == "off":
+            return None  # RFC 9449 §5: a server without DPoP ignores the header and issues a Bearer token
+        if not proofs:
+            if mode == "required":
+                raise AuthError("a DPoP proof is required for this agent's tokens", error=INVALID_DPOP)
+            return None
+        if len(proofs) > 1:
+            raise AuthError("send exactly one DPoP proof", error=INVALID_DPOP)
+        proof = await dpop.verify(proofs[0], method="POST", url=f"{self.gw.config.public_url}/oauth/token")
+        return proof.jkt
+
+    async def _id_jag(self, assertion: str, agent: Agent) -> str:
+        """The human an ID-JAG lets this (authenticated) agent act for, once the delegation rules allow it."""
+        human, claims = await self.idps.verify_id_jag(assertion, self.gw.config.public_url)
+        if claims["client_id"] != agent.id:
+            raise AuthError("ID-JAG client_id is not the authenticated client", error="invalid_grant")
+        resource = claims.get("resource", [])
+        targets = [resource] if isinstance(resource, str) else resource
+        if not isinstance(targets, list) or any(target not in self.resources for target in targets):
+            raise AuthError("ID-JAG resource is not served by this gateway", error="invalid_grant")
+        if not may_delegate(agent.delegators, human):
+            raise AuthError("this person may not delegate to this agent (delegators)", error="invalid_grant")
+        jti = claims["jti"]
+        if not isinstance(jti, str) or not jti:
+            raise AuthError("ID-JAG jti malformed", error="invalid_grant")
+        if not await self.gw.store.remember_jti(f"id_jag|{human.issuer}|{jti}", float(claims["exp"]), self.gw.clock()):
+            raise AuthError("ID-JAG replayed (jti already used)", error="invalid_grant")
+        return human.principal
 
     async def _subject(self, form: dict[str, Any], agent_id: str, delegators: tuple[str, ...]) -> str:
         """The human an exchange acts for, once the subject token and the delegation rules allow it."""
@@ -264,9 +339,29 @@ class OAuth:
             return Response(status_code=200, headers=_NO_STORE)  # unknown, invalid or already ended
         if client is not None and principal.agent.id != client.id:
             raise OAuthError("unauthorized_client", "the token was not issued to this client")
+        if client is None and principal.token.jkt is not None:  # holding a bound token is not enough: prove the key
+            refusal = await self._holder_proof(request, form["token"], principal.token.jkt)
+            if refusal is not None:
+                return refusal
         actor = f"client:{principal.agent.id}" if client is not None else "token_holder"
         await self.gw.sessions.end(principal.sid, "closed", "closed", actor=actor)
         return Response(status_code=200, headers=_NO_STORE)
+
+    async def _holder_proof(self, request: Request, token: str, jkt: str) -> Response | None:
+        """None when the request carries a fresh DPoP proof by the key `token` is bound to, else the 401."""
+        proofs = request.headers.getlist("dpop")
+        try:
+            if len(proofs) != 1:
+                raise AuthError("a DPoP-bound token needs exactly one DPoP proof", error=INVALID_DPOP)
+            await self.gw.dpop.verify(proofs[0], method="POST", url=f"{self.gw.config.public_url}/oauth/revoke",
+                                      access_token=token, jkt=jkt)
+        except AuthError as exc:
+            if exc.error != USE_NONCE:
+                await self.failures.failed(_remote(request), exc.reason)
+            return JSONResponse({"error": exc.error, "error_description": exc.reason}, status_code=401,
+                                headers={**_NO_STORE, **self._nonce_header(),
+                                         "www-authenticate": challenge(exc.reason, error=exc.error)})
+        return None
 
     async def _introspect(self, request: Request, form: dict[str, Any]) -> Response:
         """RFC 7662 for holders of the admin token: what a token stands for, if it is live."""
@@ -279,10 +374,10 @@ class OAuth:
         claims = principal.token.raw
         body = {
             "active": True,
-            "token_type": "Bearer",
+            "token_type": "DPoP" if principal.token.jkt is not None else "Bearer",
             "scope": scope_of(principal.grant),
             **{name: claims[name] for name in ("iss", "aud", "sub", "client_id", "sid", "jti", "iat", "exp",
-                                                "act", "task", "grant") if name in claims},
+                                                "act", "task", "grant", "cnf") if name in claims},
             "session_state": principal.session.state,
         }
         return JSONResponse(body, headers=_NO_STORE)

@@ -44,6 +44,7 @@ class TokenClaims:
     expires_at: float
     jti: str
     raw: dict[str, Any]
+    jkt: str | None = None  # cnf.jkt: the thumbprint of the DPoP key the token is bound to (RFC 9449)
 
 
 class Tokens:
@@ -65,10 +66,12 @@ class Tokens:
         subject: str | None = None,
         task: str | None = None,
         grant: str | None = None,
+        jkt: str | None = None,
     ) -> tuple[str, str]:
         """Sign a session token; returns (token, jti).
 
-        A `subject` other than the agent makes it a delegated token (RFC 8693 `act`).
+        A `subject` other than the agent makes it a delegated token (RFC 8693 `act`); a `jkt` binds it to
+        that DPoP key (`cnf`, RFC 9449 §6).
         """
         now = self.clock()
         claims: dict[str, Any] = {
@@ -87,6 +90,8 @@ class Tokens:
             claims["task"] = task
         if grant is not None:
             claims["grant"] = grant
+        if jkt is not None:
+            claims["cnf"] = {"jkt": jkt}
         kid, key = self.keys.sign_key()
         token = jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": kid, "typ": TOKEN_TYPE})
         return token, claims["jti"]
@@ -159,6 +164,10 @@ class Tokens:
         actor = act.get("sub") if isinstance(act, dict) else None
         if act is not None and actor != payload["client_id"]:
             raise AuthError("token act claim does not name its client")
+        cnf = payload.get("cnf")
+        jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
+        if cnf is not None and (not isinstance(jkt, str) or not jkt):
+            raise AuthError("token cnf claim malformed")
         claims = TokenClaims(
             sid=payload["sid"],
             agent=payload["client_id"],
@@ -170,5 +179,6 @@ class Tokens:
             expires_at=float(exp),
             jti=payload["jti"],
             raw=payload,
+            jkt=jkt,
         )
         return claims, min(float(exp), key.verify_until if key.verify_until is not None else float("inf"))

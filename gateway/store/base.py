@@ -32,6 +32,7 @@ class AgentRecord:
     secret_hash: str | None = field(default=None, repr=False)
     jwks: dict[str, Any] | None = None
     grant: dict[str, Any] | None = None  # a GrantSpec as JSON, for store agents
+    workload: dict[str, str] | None = None  # {issuer, subject}: authenticates with its platform's JWT
 
 
 @dataclass(slots=True)  # built on every request: a frozen dataclass pays a setattr per field
@@ -219,6 +220,9 @@ class Store(Protocol):
     async def get_agent(self, agent_id: str) -> AgentRecord | None: ...
 
     async def list_agents(self) -> list[AgentRecord]: ...
+
+    async def agent_for_workload(self, issuer: str, subject: str) -> AgentRecord | None:
+        """The agent whose `workload` is this issuer and subject (at most one: the column is unique)."""
 
     async def create_agent(self, agent: AgentRecord) -> bool:
         """Insert a new agent; False if the id exists."""

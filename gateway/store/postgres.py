@@ -84,6 +84,9 @@ def _count(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
+_JTI_PRUNE_EVERY = 1.0  # seconds between deletions of expired single-use ids
+
+
 class PostgresStore:
     """`Store` and `KeyStore` over one PostgreSQL database shared by every replica."""
 
@@ -91,6 +94,7 @@ class PostgresStore:
         self.dsn = dsn
         self.pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
+        self._jti_pruned_at = float("-inf")
 
     # ------------------------------------------------------------ plumbing
 
@@ -207,11 +211,13 @@ class PostgresStore:
             await con.execute("LOCK TABLE agents IN SHARE ROW EXCLUSIVE MODE")  # replicas start together
             await con.execute("DELETE FROM agents WHERE source = 'config' AND NOT id = ANY($1::text[])", list(agents))
             await con.executemany(
-                """INSERT INTO agents (id, owner, cost_center, source, disabled, created_at, jwks, grant_spec)
-                   VALUES ($1, $2, $3, 'config', false, $4, $5, $6)
+                """INSERT INTO agents (id, owner, cost_center, source, disabled, created_at, jwks, grant_spec, workload)
+                   VALUES ($1, $2, $3, 'config', false, $4, $5, $6, $7)
                    ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, cost_center = excluded.cost_center,
-                     source = 'config', jwks = excluded.jwks, grant_spec = excluded.grant_spec""",
-                [(a.id, a.owner, a.cost_center, now, rows.dump(a.jwks), rows.dump(a.grant)) for a in agents.values()],
+                     source = 'config', jwks = excluded.jwks, grant_spec = excluded.grant_spec,
+                     workload = excluded.workload""",
+                [(a.id, a.owner, a.cost_center, now, rows.dump(a.jwks), rows.dump(a.grant), rows.dump(a.workload))
+                 for a in agents.values()],
             )
 
     async def get_agent(self, agent_id: str) -> AgentRecord | None:
@@ -221,13 +227,17 @@ class PostgresStore:
     async def list_agents(self) -> list[AgentRecord]:
         return [rows.agent(r) for r in await self._fetch("SELECT * FROM agents ORDER BY id")]
 
+    async def agent_for_workload(self, issuer: str, subject: str) -> AgentRecord | None:
+        row = await self._fetchrow("SELECT * FROM agents WHERE workload = $1", rows.workload_key(issuer, subject))
+        return rows.agent(row) if row else None
+
     async def create_agent(self, agent: AgentRecord) -> bool:
         return (
             await self._execute(
                 """INSERT INTO agents (id, owner, cost_center, source, disabled, created_at, secret_hash, jwks,
-                   grant_spec) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING""",
+                   grant_spec, workload) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING""",
                 agent.id, agent.owner, agent.cost_center, agent.source, agent.disabled, agent.created_at,
-                agent.secret_hash, rows.dump(agent.jwks), rows.dump(agent.grant),
+                agent.secret_hash, rows.dump(agent.jwks), rows.dump(agent.grant), rows.dump(agent.workload),
             )
             > 0
         )
@@ -407,13 +417,16 @@ class PostgresStore:
     # ------------------------------------------------------------ replay cache, checkpoints
 
     async def remember_jti(self, jti: str, expires_at: float, now: float) -> bool:
-        async with self._tx() as con:
-            await con.execute("DELETE FROM seen_jti WHERE expires_at < $1", now)
-            stored = await con.fetchval(
-                "INSERT INTO seen_jti (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING RETURNING true",
-                jti, expires_at,
-            )
-        return bool(stored)
+        # One round trip per id: DPoP spends one on every request. Expired ids are pruned at most once a
+        # second; one that expired since then still counts as seen, which only ever refuses more.
+        if now - self._jti_pruned_at >= _JTI_PRUNE_EVERY or now < self._jti_pruned_at:
+            self._jti_pruned_at = now
+            await self._execute("DELETE FROM seen_jti WHERE expires_at < $1", now)
+        row = await self._fetchrow(
+            "INSERT INTO seen_jti (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING RETURNING true",
+            jti, expires_at,
+        )
+        return row is not None
 
     async def put_checkpoint(self, instance: str, seq: int, head: str, signature: str, now: float) -> None:
         await self._execute(

@@ -237,4 +237,9 @@ MIGRATIONS: tuple[str, ...] = (
         RETURN (SELECT calls FROM agent_minutes WHERE agent = p_agent AND minute = p_minute);
     END $$;
     """,
+    # Workload identity federation: the platform identity ({issuer, subject}) a store agent authenticates with.
+    """
+    ALTER TABLE agents ADD COLUMN workload TEXT;
+    CREATE UNIQUE INDEX agents_workload ON agents (workload) WHERE workload IS NOT NULL;
+    """,
 )

@@ -17,6 +17,11 @@ AGENT_COLUMNS = {  # the agent fields `update_agent` may change, and their colum
 _JSON_FIELDS = ("jwks", "grant")
 
 
+def workload_key(issuer: str, subject: str) -> str:
+    """The `workload` column's value for this platform identity (unique across agents)."""
+    return dump({"issuer": issuer, "subject": subject}) or ""
+
+
 def dump(value: Any) -> str | None:
     return None if value is None else json.dumps(value, sort_keys=True)
 
@@ -36,6 +41,7 @@ def agent(row: Mapping[str, Any]) -> AgentRecord:
         secret_hash=row["secret_hash"],
         jwks=load(row["jwks"]),
         grant=load(row["grant_spec"]),
+        workload=load(row["workload"]),
     )
 
 

@@ -126,6 +126,11 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX settlements_applied_at ON settlements (applied_at);
     """,
+    # Workload identity federation: the platform identity ({issuer, subject}) a store agent authenticates with.
+    """
+    ALTER TABLE agents ADD COLUMN workload TEXT;
+    CREATE UNIQUE INDEX agents_workload ON agents (workload) WHERE workload IS NOT NULL;
+    """,
 )
 
 _RESERVE = """
@@ -236,12 +241,13 @@ class SQLiteStore:
             )
             for agent in agents.values():
                 db.execute(
-                    """INSERT INTO agents (id, owner, cost_center, source, disabled, created_at, jwks, grant_spec)
-                       VALUES (?, ?, ?, 'config', ?, ?, ?, ?)
+                    """INSERT INTO agents (id, owner, cost_center, source, disabled, created_at, jwks, grant_spec,
+                       workload) VALUES (?, ?, ?, 'config', ?, ?, ?, ?, ?)
                        ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, cost_center = excluded.cost_center,
-                         source = 'config', jwks = excluded.jwks, grant_spec = excluded.grant_spec""",
+                         source = 'config', jwks = excluded.jwks, grant_spec = excluded.grant_spec,
+                         workload = excluded.workload""",
                     (agent.id, agent.owner, agent.cost_center, 0, now,
-                     rows.dump(agent.jwks), rows.dump(agent.grant)),
+                     rows.dump(agent.jwks), rows.dump(agent.grant), rows.dump(agent.workload)),
                 )
 
     async def get_agent(self, agent_id: str) -> AgentRecord | None:
@@ -251,14 +257,18 @@ class SQLiteStore:
     async def list_agents(self) -> list[AgentRecord]:
         return [rows.agent(r) for r in self._all("SELECT * FROM agents ORDER BY id")]
 
+    async def agent_for_workload(self, issuer: str, subject: str) -> AgentRecord | None:
+        row = self._one("SELECT * FROM agents WHERE workload = ?", rows.workload_key(issuer, subject))
+        return rows.agent(row) if row else None
+
     async def create_agent(self, agent: AgentRecord) -> bool:
         with self._errors():
             try:
                 self._conn().execute(
                     """INSERT INTO agents (id, owner, cost_center, source, disabled, created_at, secret_hash, jwks,
-                       grant_spec) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                       grant_spec, workload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                     (agent.id, agent.owner, agent.cost_center, agent.source, int(agent.disabled), agent.created_at,
-                     agent.secret_hash, rows.dump(agent.jwks), rows.dump(agent.grant)),
+                     agent.secret_hash, rows.dump(agent.jwks), rows.dump(agent.grant), rows.dump(agent.workload)),
                 )
             except sqlite3.IntegrityError:
                 return False

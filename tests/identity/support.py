@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import io
 import json
 import socket
@@ -15,10 +16,14 @@ from typing import Any
 
 import anyio
 import httpx
+import httpx2
 import jwt
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -114,7 +119,8 @@ class IdP:
             published.append({**jwk, "kid": kid, "use": "sig"})
         return {"keys": published}
 
-    def sign(self, claims: dict[str, Any] | None = None, *, kid: str | None = None, **overrides: Any) -> str:
+    def sign(self, claims: dict[str, Any] | None = None, *, kid: str | None = None,
+             header: dict[str, Any] | None = None, **overrides: Any) -> str:
         kid = kid or self.keys[-1][0]
         key = dict(self.keys)[kid]
         now = int(time.time())
@@ -122,13 +128,14 @@ class IdP:
                 "email": "carol@example.com", "email_verified": True, **(claims or {}), **overrides}
         body = {k: v for k, v in body.items() if v is not None}
         alg = "RS256" if isinstance(key, rsa.RSAPrivateKey) else "ES256"
-        return jwt.encode(body, key, algorithm=alg, headers={"kid": kid})
+        return jwt.encode(body, key, algorithm=alg, headers={"kid": kid, **(header or {})})
 
 
 @contextlib.asynccontextmanager
-async def identity_provider() -> AsyncIterator[IdP]:
-    idp = IdP(port=free_port())
-    idp.add_key()
+async def identity_provider(key: str = "RS256", **settings: Any) -> AsyncIterator[IdP]:
+    """A JWKS server for a test issuer; `settings` override the IdP's fields (issuer, audience)."""
+    idp = IdP(port=free_port(), **settings)
+    idp.add_key(key)
 
     async def serve_jwks(request: Request) -> JSONResponse:
         idp.fetches += 1
@@ -178,3 +185,71 @@ async def read_stream(response: httpx.Response, lines: list[str], first_line: an
                 first_line.set()
     except (httpx.RemoteProtocolError, httpx.ReadError):
         pass
+
+
+# ------------------------------------------------------------------ DPoP (RFC 9449) on the client side
+
+
+class DpopKey:
+    """A client's DPoP key pair: signs proofs with the public key in the header, as RFC 9449 §4.2 says."""
+
+    def __init__(self, kind: str = "ES256") -> None:
+        self.alg = kind
+        self.private: Any = ec.generate_private_key(ec.SECP256R1()) if kind == "ES256" else rsa.generate_private_key(
+            65537, 2048)
+        algorithm = ECAlgorithm if kind == "ES256" else RSAAlgorithm
+        self.jwk: dict[str, Any] = json.loads(algorithm.to_jwk(self.private.public_key()))
+
+    @property
+    def thumbprint(self) -> str:
+        members = ("crv", "kty", "x", "y") if self.jwk["kty"] == "EC" else ("e", "kty", "n")
+        canonical = json.dumps({m: self.jwk[m] for m in members}, separators=(",", ":"), sort_keys=True)
+        return base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).rstrip(b"=").decode()
+
+    def proof(self, method: str, url: str, access_token: str | None = None, *, header: dict[str, Any] | None = None,
+              **claims: Any) -> str:
+        body: dict[str, Any] = {"jti": uuid.uuid4().hex, "htm": method, "htu": url, "iat": int(time.time())}
+        if access_token is not None:
+            digest = hashlib.sha256(access_token.encode("ascii")).digest()
+            body["ath"] = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+        body = {k: v for k, v in {**body, **claims}.items() if v is not None}
+        headers = {"typ": "dpop+jwt", "jwk": self.jwk, **(header or {})}
+        return jwt.encode(body, self.private, algorithm=self.alg, headers=headers)
+
+
+class DpopAuth(httpx2.Auth):
+    """An httpx2 auth hook for the SDK client: `Authorization: DPoP <token>` and a fresh proof per request.
+
+    It keeps the latest `DPoP-Nonce` the server sent and, refused with `use_dpop_nonce`, signs once more.
+    """
+
+    def __init__(self, key: DpopKey, access_token: str, nonce: str | None = None) -> None:
+        self.key = key
+        self.access_token = access_token
+        self.nonce = nonce
+        self.proofs = 0
+        self.retries = 0
+
+    def _sign(self, request: httpx2.Request) -> None:
+        url = str(request.url.copy_with(query=None, fragment=None))
+        request.headers["Authorization"] = f"DPoP {self.access_token}"
+        request.headers["DPoP"] = self.key.proof(request.method, url, self.access_token, nonce=self.nonce)
+        self.proofs += 1
+
+    def auth_flow(self, request: httpx2.Request) -> Any:
+        self._sign(request)
+        response = yield request
+        self.nonce = response.headers.get("dpop-nonce", self.nonce)
+        if response.status_code == 401 and 'error="use_dpop_nonce"' in response.headers.get("www-authenticate", ""):
+            self.retries += 1
+            self._sign(request)
+            response = yield request
+            self.nonce = response.headers.get("dpop-nonce", self.nonce)
+
+
+@contextlib.asynccontextmanager
+async def dpop_client(url: str, auth: DpopAuth, *, mode: str = "auto") -> AsyncIterator[Client]:
+    """The official SDK client sending a fresh DPoP proof with every request."""
+    async with create_mcp_http_client(auth=auth) as http:
+        async with Client(streamable_http_client(url, http_client=http), mode=mode, cache=None) as client:
+            yield client

@@ -17,7 +17,16 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from jwt.algorithms import OKPAlgorithm
 
-from tests.identity.support import basic, call_time, cli, client_credentials, mcp_status, token
+from tests.identity.support import (
+    INITIALIZE,
+    DpopKey,
+    basic,
+    call_time,
+    cli,
+    client_credentials,
+    mcp_status,
+    token,
+)
 from tests.identity.test_token_endpoint import _assertion, _jwt_form
 from tests.replicas.support import Replica, serve_replica
 from tests.support.harness import free_port, time_manifest
@@ -106,6 +115,28 @@ async def test_a_client_assertion_used_on_one_replica_cannot_be_replayed_on_the_
     assert replay.status_code == 401
     assert replay.json() == {"error": "invalid_client", "error_description": "client authentication failed"}
     assert any(r["reason"] == "client assertion replayed" for r in b.audit("auth.failed"))
+
+
+async def test_a_dpop_proof_used_on_one_replica_cannot_be_replayed_on_the_other(
+    pair: tuple[Replica, Replica],
+) -> None:
+    a, b = pair
+    secret = (await admin(a, "/admin/agents/alice-bot/rotate"))["client_secret"]
+    key = DpopKey()
+    issued = await token(b, {"grant_type": "client_credentials"},
+                         {**basic("alice-bot", secret), "DPoP": key.proof("POST", f"{b.public_url}/oauth/token")})
+    assert issued.status_code == 200 and issued.json()["token_type"] == "DPoP", issued.text
+    bound = issued.json()["access_token"]
+    proof = key.proof("POST", f"{a.public_url}/mcp", bound)  # the URL the load balancer gives both
+    headers = {"Authorization": f"DPoP {bound}", "DPoP": proof, "Accept": "application/json, text/event-stream"}
+    answers = []
+    for replica in (a, b):
+        async with replica.http() as http:
+            answers.append(await http.post("/mcp", json=INITIALIZE, headers=headers))
+    assert answers[0].status_code == 200, answers[0].text
+    assert answers[1].status_code == 401
+    assert answers[1].json() == {"error": "invalid_dpop_proof",
+                                 "error_description": "DPoP proof replayed (jti already used)"}
 
 
 async def test_a_key_rotated_from_the_cli_signs_on_both_replicas_and_the_old_one_keeps_verifying(
