@@ -50,6 +50,7 @@ from gateway.sealing import Sealer
 from gateway.sessions import Sessions
 from gateway.store import Store, open_store
 from gateway.store.base import KEYS_CHANGED, RESYNC, SESSION_ENDED, ChangeListener
+from gateway.telemetry import OFF, Off, Tracing, build_telemetry
 from gateway.transport import McpEndpoint
 from gateway.upstream import Upstreams
 from gateway.views import Names, View
@@ -84,6 +85,7 @@ class Gateway:
     shared: SharedCredentialDetector
     pins: Pins
     dpop: DpopVerifier
+    telemetry: Off | Tracing = OFF
     task_group: anyio.abc.TaskGroup | None = None
     config_path: Path | None = None  # gateway.yaml, re-read by hot reload (None: only agents.yaml and manifests)
     reloader: Reloader | None = None  # set while the app runs
@@ -122,7 +124,7 @@ def build_gateway(
     Call it inside the event loop that will run the gateway (its locks and events belong to it).
 
     Raises:
-        ConfigError: agents.yaml or a manifest is invalid.
+        ConfigError: agents.yaml or a manifest is invalid; telemetry is configured without the `otel` extra.
         StoreUnavailable: the keys live in the store (PostgreSQL) and it cannot be reached.
     """
     agent_specs = load_agents(config.agents) if agents is None else agents
@@ -141,6 +143,9 @@ def build_gateway(
     pins = Pins(upstreams, audit, require_pins=config.require_pins)
     upstreams.quarantine = pins.settle
     meter = Meter(load_tokenizer(config.metering))
+    telemetry = OFF if operator else build_telemetry(config.telemetry, config.instance)
+    if isinstance(telemetry, Tracing):
+        audit.observe = telemetry.observe  # token counts, read off the records like the Prometheus series
     gateway = Gateway(
         config=config,
         clock=clock,
@@ -153,7 +158,7 @@ def build_gateway(
         upstreams=upstreams,
         names=Names(upstreams),
         budgets=budgets,
-        pipeline=Pipeline(budgets, audit, fingerprints, meter),
+        pipeline=Pipeline(budgets, audit, fingerprints, meter, telemetry),
         fanout=Fanout(),
         # Paused calls run in the app's task group, which exists once the lifespan has started.
         exchanges=Exchanges(Sealer(secrets["state"]), lambda *a: gateway.spawn(*a), clock),
@@ -164,6 +169,7 @@ def build_gateway(
         pins=pins,
         config_path=config_path,
         dpop=DpopVerifier(store, clock, config.dpop, secrets["state"] if config.dpop_nonce else None),
+        telemetry=telemetry,
     )
     return gateway
 
@@ -189,6 +195,7 @@ def create_app(gateway: Gateway) -> Starlette:
         async with contextlib.AsyncExitStack() as stack:
             await gateway.store.open()
             stack.push_async_callback(gateway.store.close)
+            stack.push_async_callback(anyio.to_thread.run_sync, gateway.telemetry.shutdown)  # exports what is left
             gateway.keys.load()
             await stack.enter_async_context(gateway.audit.run())
             stack.push_async_callback(oauth.idps.close)

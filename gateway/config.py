@@ -162,6 +162,23 @@ class HttpSettings(_Model):
     max_connections: int = Field(1000, gt=0)  # open connections + requests in flight; beyond it, HTTP 503
 
 
+class TelemetrySettings(_Model):
+    """OpenTelemetry traces over OTLP/HTTP (the `otel` extra); off unless an endpoint is set here or in the
+    standard OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_TRACES_ENDPOINT variables."""
+
+    otlp_endpoint: str | None = None  # the collector's base URL, e.g. http://otel-collector:4318 (+ /v1/traces)
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _collector_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError("must be an absolute http(s) URL without query or fragment, e.g. http://collector:4318")
+        return value.rstrip("/")
+
+
 class GatewayConfig(_Model):
     """Static process settings (gateway.yaml). Every default is documented in README."""
 
@@ -194,6 +211,7 @@ class GatewayConfig(_Model):
     prices: dict[str, Price] = {}  # model name -> price, to cost POST /v1/usage reports that carry no cost_usd
     limits: Limits = Limits()  # MCP sessions per agent session and per agent
     http: HttpSettings = HttpSettings()  # keep-alive, request-head timeout, connection cap
+    telemetry: TelemetrySettings = TelemetrySettings()  # OpenTelemetry traces; off by default
 
     @field_validator("public_url")
     @classmethod

@@ -27,6 +27,7 @@ from gateway.budgets import stop_detail
 from gateway.errors import AuthError, Stopped, Unavailable, UpstreamError
 from gateway.fanout import Listener, listen_meta
 from gateway.principal import Principal
+from gateway.telemetry import Tracing
 from gateway.upstream import Downstream, Upstream
 from gateway.views import View
 
@@ -168,6 +169,8 @@ class Front:
         # Replaces the SDK's default OpenTelemetry middleware: a span per message costs on every call and the
         # gateway's own audit stream and metrics already cover what crosses it.
         server.middleware = [_SharedCredentialCheck(self.gw)]
+        if isinstance(self.gw.telemetry, Tracing):  # a span per request only when traces are exported
+            server.middleware.insert(0, self.gw.telemetry.middleware)
         return server
 
 

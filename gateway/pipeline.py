@@ -41,6 +41,7 @@ from gateway.errors import AuthError, Stopped, Unavailable, UpstreamError
 from gateway.metering import Meter
 from gateway.policy import NOT_GRANTED, decide, host_realpath
 from gateway.principal import Principal
+from gateway.telemetry import OFF, Off, Tracing
 from gateway.upstream import Downstream, Upstream
 
 MAX_INPUT_ROUNDS = 10
@@ -75,6 +76,7 @@ class Admitted:
     context: dict[str, Any]
     started: float = field(default_factory=time.perf_counter)
     recorded: bool = False  # its tool.result is written: never a second one
+    audit_seq: int | None = None  # the seq of its durable tool.call record
 
     def audit_fields(self) -> dict[str, Any]:
         return {
@@ -107,12 +109,14 @@ class Pipeline:
         audit: Audit,
         fingerprints: Fingerprints,
         meter: Meter,
+        telemetry: Off | Tracing = OFF,
     ) -> None:
         self.budgets = budgets
         self.audit = audit
         self.fingerprints = fingerprints
         self.meter = meter
         self._in_flight: dict[str, set[anyio.CancelScope]] = {}  # sid -> the forwards its end cuts
+        self.telemetry = telemetry
 
     async def admit(
         self,
@@ -163,14 +167,15 @@ class Pipeline:
             await self.audit.emit("tool.call", durable=True, **identity, decision="deny", reason=SESSION_ENDED)
             raise
         try:
-            await self.audit.emit(
+            record = await self.audit.emit(
                 "tool.call", durable=True, **identity, decision="allow", reason="granted",
                 request_tokens=request_tokens, arguments=fingerprint,
             )
         except Unavailable:  # refused after all: it never runs, so it spends nothing
             await self.budgets.release(reserved, call_id)
             raise
-        return Admitted(principal, upstream, tool, arguments, call_id, request_tokens, context)
+        return Admitted(principal, upstream, tool, arguments, call_id, request_tokens, context,
+                        audit_seq=record.get("seq"))
 
     async def _denied(
         self, principal: Principal, identity: dict[str, Any], reason: str, **detail: Any
@@ -221,14 +226,14 @@ class Pipeline:
         responses: types.InputResponses | None = None
         state: str | None = None
         for _ in range(MAX_INPUT_ROUNDS + 1):
-            result = await upstream.request(
+            result = await self.telemetry.upstream_call(call, lambda meta: upstream.request(  # meta: trace context
                 call.principal,
                 lambda s: s.call_tool(
                     tool, arguments, progress_callback=downstream.progress, input_responses=responses,
-                    request_state=state, allow_input_required=True,
+                    request_state=state, allow_input_required=True, meta=meta,
                 ),
                 downstream,
-            )
+            ))
             if not isinstance(result, types.InputRequiredResult):
                 return result
             # The upstream wants input (2026-07-28): ask the agent ourselves, so the upstream's

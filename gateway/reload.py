@@ -62,7 +62,7 @@ NOT_RELOADABLE = frozenset({
     "public_url", "listen", "instance", "state_dir", "signing_key", "secrets_dir", "store", "audit",
     "manifests", "agents", "session_defaults", "identity_providers", "oauth_rate_limit", "shared_credentials",
     "allowed_origins", "allowed_hosts", "metering", "limits", "http", "work_dir",
-    "workload_issuers", "dpop", "dpop_nonce",
+    "workload_issuers", "dpop", "dpop_nonce", "telemetry",
 })
 
 

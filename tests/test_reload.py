@@ -244,6 +244,7 @@ RESTART_ONLY: dict[str, Any] = {
                           "audience": "gw"}],
     "dpop": "required",
     "dpop_nonce": True,
+    "telemetry": {"otlp_endpoint": "http://127.0.0.1:4318"},
 }
 
 

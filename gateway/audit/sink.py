@@ -81,6 +81,7 @@ class Audit:
         self.rotate_interval = rotate_interval
         self.checkpoints = checkpoints
         self.clock = clock
+        self.observe: Callable[[dict[str, Any]], None] | None = None  # another reader of each record (telemetry)
         self.seq = 0
         self.head = GENESIS
         self.healthy = True
@@ -174,6 +175,8 @@ class Audit:
         elif self._append_or_hold(record, durable):
             await self._apply_fsync_policy(record["seq"], durable)
         metrics.observe(record)
+        if self.observe is not None:
+            self.observe(record)
         return record
 
     def _append_or_hold(self, record: dict[str, Any], durable: bool) -> bool:

@@ -1,4 +1,4 @@
-"""`mcp-gateway audit verify|tail`: check the hash chains, read the stream."""
+"""`mcp-gateway audit verify|tail|export`: check the hash chains, read the stream, convert it for SIEMs."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from jwt import PyJWK, PyJWTError
 
 from gateway.audit.checkpoints import PublicKeys
 from gateway.audit.files import audit_files, cli_instance, cli_path
-from gateway.audit.tail import Filter, Follower, history, readable
+from gateway.audit.ocsf import to_ocsf
+from gateway.audit.records import canonical_json
+from gateway.audit.tail import Filter, Follower, history, read_file, readable
 from gateway.audit.verify import verify
 from gateway.commands._context import run
 from gateway.config import GatewayConfig, load_gateway_config
@@ -55,6 +57,18 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
                       help="how many past records to print (default 10, or all with --since)")
     tail.add_argument("--json", action="store_true", help="one JSON record a line, for pipes")
     tail.set_defaults(run=_tail)
+
+    export = group.add_parser("export", parents=[common], help="the stream as OCSF 1.8 JSON lines, for a SIEM")
+    export.add_argument("paths", nargs="*", type=Path, metavar="PATH",
+                        help="audit files (default: the configured stream, its rotated files and the CLI chain)")
+    export.add_argument("--format", choices=["ocsf"], default="ocsf", help="ocsf: one OCSF 1.8 event a line")
+    export.add_argument("--since", type=moment_argument, metavar="WHEN",
+                        help="a duration ago (15m) or an ISO 8601 time")
+    window = export.add_mutually_exclusive_group()
+    window.add_argument("--until", type=moment_argument, metavar="WHEN", help="records up to this time")
+    window.add_argument("-f", "--follow", action="store_true",
+                        help="keep exporting records as they are written, across rotations")
+    export.set_defaults(run=_export)
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -148,6 +162,41 @@ def _tail(args: argparse.Namespace) -> int:
                 for record in follower.poll():
                     if wanted.matches(record):
                         print(show(record), flush=True)
+    except BrokenPipeError:  # the reader went away (| head)
+        sys.stderr.close()
+    finally:
+        for follower in followers:
+            follower.close()
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    wanted = Filter(since=args.since)
+    if args.paths:
+        for path in args.paths:
+            if not path.is_file():
+                raise GatewayError(f"{path}: no such audit file")
+        paths = sorted(args.paths, key=_first_seq)
+        followers = [Follower(path) for path in paths] if args.follow else []
+    else:
+        config = load_gateway_config(Path(args.config))
+        paths = []
+        followers = [Follower(config.audit.path), Follower(cli_path(config.audit.path))]
+
+    def write(records: list[dict[str, Any]]) -> None:
+        for record in records:
+            if wanted.matches(record) and (args.until is None or float(record.get("ts", 0)) <= args.until):
+                sys.stdout.write(canonical_json(to_ocsf(record)) + "\n")
+        sys.stdout.flush()
+
+    try:
+        if followers:
+            write(history(followers, Filter(), None) if not args.paths else [r for f in followers for r in f.poll()])
+        else:
+            write([record for path in paths for record in read_file(path)])
+        while args.follow:
+            time.sleep(POLL_SECONDS)
+            write([record for follower in followers for record in follower.poll()])
     except BrokenPipeError:  # the reader went away (| head)
         sys.stderr.close()
     finally:

@@ -12,6 +12,7 @@ from gateway.config import load_gateway_config
 from gateway.durations import moment_argument
 from gateway.errors import GatewayError
 from gateway.report import FORMATS, GROUPS, build, read_records, render
+from gateway.report_focus import render_focus
 
 
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -24,7 +25,8 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
                         help="ISO 8601 date/time (UTC) or a duration ago: 7d")
     report.add_argument("--until", type=moment_argument, metavar="WHEN",
                         help="end of the period (exclusive); default now")
-    report.add_argument("--format", choices=FORMATS, default="table", help="(default: %(default)s)")
+    report.add_argument("--format", choices=[*FORMATS, "focus"], default="table",
+                        help="focus: FOCUS 1.2 CSV, one row per day, session and tool or model (default: %(default)s)")
     report.add_argument("--output", metavar="PATH", help="write the report here instead of standard output")
     report.set_defaults(run=_report)
 
@@ -35,11 +37,17 @@ def _report(args: argparse.Namespace) -> int:
     for stream in args.audit:
         if not stream.is_file():
             raise GatewayError(f"{stream}: no audit file there")
-    streams = args.audit or [load_gateway_config(Path(args.config)).audit.path]
+    config_path = Path(args.config)
+    wants_config = not args.audit or (args.format == "focus" and config_path.exists())  # focus: the account
+    config = load_gateway_config(config_path) if wants_config else None
+    streams = args.audit if args.audit or config is None else [config.audit.path]
     files = sorted({file for stream in streams for file in audit_files(stream)})
     records, skipped = read_records(files)
     report = build(records, args.by, args.since, args.until, [str(f) for f in files], skipped)
-    text = render(report, args.format)
+    if args.format == "focus":  # billed to this gateway deployment, one sub account per cost center
+        text = render_focus(records, args.since, args.until, config.public_url if config else "mcp-gateway")
+    else:
+        text = render(report, args.format)
     if args.output:
         try:
             Path(args.output).write_text(text, encoding="utf-8")

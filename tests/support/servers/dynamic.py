@@ -4,12 +4,14 @@
 - `grow` registers a new tool and announces list_changed;
 - `whoami` returns the environment variables it can see (to prove the minimal environment);
 - `slow` answers after `seconds`, for timeouts;
-- `count` returns how many calls this process has served (to prove what never reached it).
+- `count` returns how many calls this process has served (to prove what never reached it);
+- `meta` returns the `_meta` its call arrived with (to prove what the gateway propagates, e.g. traceparent).
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.utilities.types import Audio
@@ -67,6 +69,13 @@ async def slow(seconds: float) -> str:
 def count() -> int:
     """How many calls this process has served before this one."""
     return calls
+
+
+@server.tool()
+def meta(ctx: Context) -> dict[str, Any]:
+    """The `_meta` of this call's request."""
+    _counted()
+    return dict(ctx.request_context.meta or {})
 
 
 if __name__ == "__main__":
