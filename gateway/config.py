@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.durations import Duration
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, ConfigNotFound
 
 _ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 # Identifier patterns end in \Z, never $: `$` also matches before a trailing newline, so "rb\n" would pass.
@@ -479,6 +479,8 @@ def load_gateway_config(path: Path) -> GatewayConfig:
     Raises:
         ConfigError: the file is missing, malformed, or a field is invalid.
     """
+    if not path.is_file():
+        raise ConfigNotFound(f"{path}: no such file")
     raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: (top level): expected a mapping of settings")

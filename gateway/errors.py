@@ -5,6 +5,7 @@ into the answers DESIGN.md's Errors table fixes, in one place each.
 
     GatewayError
     ├── ConfigError           a bad file, field or CLI argument (startup, CLI)
+    │   └── ConfigNotFound    gateway.yaml is not where the command looked
     ├── OperatorError         an operator action cannot be done (CLI exit 1, admin API 4xx)
     ├── AuthError             HTTP 401 invalid_token (bad token, ended session)
     ├── Unavailable           HTTP 503: identity, session store or audit sink down
@@ -29,6 +30,10 @@ class ConfigError(GatewayError):
 
     The message is one line naming the file, the field and the reason.
     """
+
+
+class ConfigNotFound(ConfigError):
+    """gateway.yaml is not where the command looked for it."""
 
 
 class OperatorError(GatewayError):

@@ -8,6 +8,7 @@ with a `workload` identity never gets a secret.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -35,14 +36,7 @@ class Operations:
 
     async def list_agents(self) -> list[dict[str, Any]]:
         """Every agent in the store (agents.yaml's are synced there); agents.yaml may also disable one."""
-        specs = self.gw.agents.specs
-        return [
-            {"id": r.id, "owner": r.owner, "cost_center": r.cost_center, "source": r.source,
-             "disabled": r.disabled or (r.id in specs and specs[r.id].disabled),
-             "has_secret": r.secret_hash is not None, "private_key_jwt": bool(r.jwks),
-             "workload": r.workload or _spec_workload(specs.get(r.id))}
-            for r in await self.gw.store.list_agents()
-        ]
+        return agent_rows(await self.gw.store.list_agents(), self.gw.agents.specs)
 
     async def create_agent(
         self, agent_id: str, owner: str, cost_center: str | None = None, jwks: dict[str, Any] | None = None,
@@ -223,6 +217,17 @@ class Operations:
 
 def _spec_workload(spec: AgentSpec | None) -> dict[str, str] | None:
     return spec.workload.model_dump() if spec is not None and spec.workload is not None else None
+
+
+def agent_rows(records: list[AgentRecord], specs: Mapping[str, AgentSpec]) -> list[dict[str, Any]]:
+    """What `agents list` and the admin API show of each agent."""
+    return [
+        {"id": r.id, "owner": r.owner, "cost_center": r.cost_center, "source": r.source,
+         "disabled": r.disabled or (r.id in specs and specs[r.id].disabled),
+         "has_secret": r.secret_hash is not None, "private_key_jwt": bool(r.jwks),
+         "workload": r.workload or _spec_workload(specs.get(r.id))}
+        for r in records
+    ]
 
 
 def session_json(session: SessionRecord) -> dict[str, Any]:

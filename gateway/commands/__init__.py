@@ -7,12 +7,12 @@ modules (reports, lint, verification) in the gateway's memory.
 
 from __future__ import annotations
 
-COMMAND_GROUPS: dict[str, str] = {
-    "serve": "gateway.commands.serve",
-    "agents": "gateway.commands.agents",
-    "sessions": "gateway.commands.sessions",
-    "keys": "gateway.commands.keys",
-    "manifests": "gateway.commands.manifests",
-    "report": "gateway.commands.report",
-    "audit": "gateway.commands.audit",
+COMMAND_GROUPS: dict[str, tuple[str, str]] = {
+    "serve": ("gateway.commands.serve", "run the gateway"),
+    "agents": ("gateway.commands.agents", "agent identities"),
+    "sessions": ("gateway.commands.sessions", "agent sessions"),
+    "keys": ("gateway.commands.keys", "signing keys"),
+    "manifests": ("gateway.commands.manifests", "tool manifests"),
+    "report": ("gateway.commands.report", "chargeback and evidence from the audit stream"),
+    "audit": ("gateway.commands.audit", "the audit stream"),
 }

@@ -15,11 +15,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+from typing import TYPE_CHECKING
+
 import anyio
 
-from gateway.app import Gateway, build_gateway
-from gateway.config import load_gateway_config
-from gateway.operations import Operations
+from gateway.config import GatewayConfig, load_gateway_config
+from gateway.store import Store, open_store
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+    from gateway.operations import Operations
 
 T = TypeVar("T")
 
@@ -34,6 +39,8 @@ def operator() -> str:
 @contextlib.asynccontextmanager
 async def opened(args: argparse.Namespace) -> AsyncIterator[Gateway]:
     """A gateway's collaborators, opened for one operator command (no upstreams started)."""
+    from gateway.app import build_gateway  # the MCP SDK with it: only commands that change state pay for it
+
     config = load_gateway_config(Path(args.config))
     gateway = build_gateway(config, manifests={}, operator=True)
     await gateway.store.open()
@@ -59,6 +66,8 @@ def operate(args: argparse.Namespace, action: Callable[[Operations], Awaitable[T
     GatewayErrors propagate to main() for the one-line error.
     """
 
+    from gateway.operations import Operations
+
     async def body() -> T:
         async with opened(args) as gw:
             return await action(Operations(gw, operator()))
@@ -66,4 +75,19 @@ def operate(args: argparse.Namespace, action: Callable[[Operations], Awaitable[T
     return anyio.run(body)
 
 
-__all__ = ["opened", "operate", "operator", "run"]
+def query(args: argparse.Namespace, read: Callable[[Store, GatewayConfig, float], Awaitable[T]]) -> T:
+    """Run a read-only query on the store alone: no keys, no audit chain, no MCP SDK (a fast `list`)."""
+    config = load_gateway_config(Path(args.config))
+
+    async def body() -> T:
+        store = open_store(config)
+        await store.open()
+        try:
+            return await read(store, config, time.time())
+        finally:
+            await store.close()
+
+    return anyio.run(body)
+
+
+__all__ = ["opened", "operate", "operator", "query", "run"]

@@ -7,9 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gateway.commands._context import operate
-from gateway.config import AGENT_ID, EMAIL
+from gateway.commands._context import operate, query
+from gateway.agents import AgentDirectory
+from gateway.config import AGENT_ID, EMAIL, GatewayConfig, load_agents
 from gateway.errors import OperatorError
+from gateway.operations import agent_rows
+from gateway.store import Store
 from gateway.terminal import safe
 
 
@@ -95,8 +98,14 @@ def _read_jwks(path: Path) -> Any:
         raise OperatorError(f"--jwks {path}: cannot read a JSON key set: {exc}") from None
 
 
+async def _agent_rows(store: Store, config: GatewayConfig, now: float) -> list[dict[str, Any]]:
+    directory = AgentDirectory(store, load_agents(config.agents))
+    await directory.sync(now)  # as a gateway start would: agents.yaml's agents are listed even before one ran
+    return agent_rows(await store.list_agents(), directory.specs)
+
+
 def _list(args: argparse.Namespace) -> int:
-    rows = operate(args, lambda ops: ops.list_agents())
+    rows = query(args, _agent_rows)
     if args.json:
         print(json.dumps(rows))
         return 0

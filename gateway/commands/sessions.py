@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any, get_args
 
-from gateway.commands._context import operate
+from gateway.commands._context import operate, query
 from gateway.durations import parse_duration
 from gateway.operations import session_json
 from gateway.store.base import SessionState
@@ -78,7 +78,7 @@ def _open(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    sessions = operate(args, lambda ops: ops.list_sessions(args.agent, args.state))
+    sessions = query(args, lambda store, _config, now: store.list_sessions(args.agent, args.state, now=now))
     if args.json:
         print(json.dumps([session_json(s) for s in sessions], default=str))
         return 0
