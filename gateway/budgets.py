@@ -78,7 +78,7 @@ def stop_for(detail: dict[str, Any]) -> Stopped:
             f"STOP calling {tool}: it was called with the same arguments {used} times within "
             f"{detail.get('window_s')}s (the grant allows {maximum}), which looks like a loop. Calls to {tool} are "
             f"refused for the rest of this session; do not retry it. Change approach or report to the user. "
-            f"An operator can lift this by resuming session {sid}."
+            f"An operator can lift this with: mcp-gateway sessions resume {sid}"
         )
     elif limit == "tool_calls":
         message = (
@@ -88,7 +88,8 @@ def stop_for(detail: dict[str, Any]) -> Stopped:
     else:
         message = (
             f"STOP: {_WHAT.get(limit, limit)} is exhausted{usage}. Do not call more tools in this session; "
-            f"report to the user that the task hit its budget. An operator can resume session {sid}."
+            f"report to the user that the task hit its budget. An operator can resume it with: "
+            f"mcp-gateway sessions resume {sid} --add-tokens N --add-calls N"
         )
     return Stopped(limit, message, detail)
 

@@ -56,6 +56,10 @@ class _McpSession:
     agent: str
     endpoint: McpEndpoint
 
+# Names that reach only this machine. DNS rebinding needs a name that resolves elsewhere first, so
+# accepting these for a loopback public_url opens nothing.
+_LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+
 
 def metadata_url(public_url: str, path: str) -> str:
     """RFC 9728 §3.1: the well-known URI inserted between the host and the resource's path."""
@@ -144,6 +148,9 @@ class Edge:
         self.hosts = {public.netloc, f"{listen.host}:{listen.port}", *gateway.config.allowed_hosts}
         if public.port is None:
             self.hosts.add(f"{public.hostname}:{443 if public.scheme == 'https' else 80}")
+        if public.hostname in ("127.0.0.1", "localhost", "::1"):  # a loopback gateway answers to every loopback name of its port
+            port = public.port or (443 if public.scheme == "https" else 80)
+            self.hosts.update(f"{name}:{port}" for name in _LOOPBACK_NAMES)
         self.origins = {f"{public.scheme}://{public.netloc}", *gateway.config.allowed_origins}
         self._scopes: dict[str, set[anyio.CancelScope]] = defaultdict(set)
         self._mcp_sessions: dict[str, _McpSession] = {}  # Mcp-Session-Id -> who opened it
@@ -180,7 +187,9 @@ class Edge:
     async def _serve(self, app: ASGIApp, path: str, scope: Scope, receive: Receive, send: Send) -> None:
         host = _header(scope, b"host")
         if host is None or host not in self.hosts:
-            await send_json(send, 421, {"error": "misdirected_request", "error_description": "Host not accepted"})
+            await send_json(send, 421, {"error": "misdirected_request", "error_description": (
+                "Host not accepted: use public_url's host, or add this host (host:port) to allowed_hosts in gateway.yaml"
+            )})
             return
         origin = _header(scope, b"origin")
         if origin is not None and origin not in self.origins:

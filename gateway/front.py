@@ -17,7 +17,8 @@ import anyio
 import mcp_types as types
 from mcp.server.connection import allowed_log_levels
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
-from mcp.server.lowlevel import Server
+from mcp.server.lowlevel import NotificationOptions, Server
+from mcp.server.models import InitializationOptions
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import ServerMessageMetadata
 from mcp.shared.subscriptions import event_to_notification
@@ -146,7 +147,7 @@ class Front:
     def server(self, view: View) -> Server[Any]:
         name = "mcp-identity-gateway" if view.server is None else f"mcp-identity-gateway/{view.server}"
         handlers = _Handlers(self.gw, view)
-        server: Server[Any] = Server(
+        server: Server[Any] = _ListChangingServer(
             name,
             version="0.1.0",
             instructions=None,
@@ -172,6 +173,22 @@ class Front:
         if isinstance(self.gw.telemetry, Tracing):  # a span per request only when traces are exported
             server.middleware.insert(0, self.gw.telemetry.middleware)
         return server
+
+
+class _ListChangingServer(Server[Any]):
+    """Declares `listChanged` in the handshake era too: the fanout sends list changes on both eras' streams
+    (the SDK's default declares them only for 2026-07-28, where `subscriptions/listen` carries them)."""
+
+    def create_initialization_options(
+        self,
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+    ) -> InitializationOptions:
+        changes = notification_options or NotificationOptions(
+            prompts_changed=True, resources_changed=True, tools_changed=True
+        )
+        return super().create_initialization_options(changes, experimental_capabilities, extensions)
 
 
 class _SharedCredentialCheck:

@@ -5,6 +5,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 gw="$root/.venv/bin/mcp-gateway"
+py="$root/.venv/bin/python"
 cfg="$here/gateway.yaml"
 
 # A demo repository the git server may read (research-bot's grant allows only this tree).
@@ -18,19 +19,42 @@ if [ ! -d "$demo/.git" ]; then
 fi
 
 "$gw" manifests validate --config "$cfg"
-token=$("$gw" sessions open --config "$cfg" --agent research-bot --task quickstart --ttl 8h)
+
+# A run that was killed before it could close its session leaves it active: close those first, so
+# repeated starts never pile up against research-bot's max_active_sessions.
+leftover=$("$gw" sessions list --config "$cfg" --agent research-bot --state active --json |
+    "$py" -c 'import json, sys; print(" ".join(s["sid"] for s in json.load(sys.stdin) if s["task"] == "quickstart"))')
+for sid in $leftover; do
+    "$gw" sessions close "$sid" --config "$cfg" >/dev/null
+done
+
+opened=$("$gw" sessions open --config "$cfg" --agent research-bot --task quickstart --ttl 8h --json)
+sid=$("$py" -c 'import json, sys; print(json.load(sys.stdin)["session_id"])' <<<"$opened")
+token=$("$py" -c 'import json, sys; print(json.load(sys.stdin)["access_token"])' <<<"$opened")
 
 cat <<MSG
 
 MCP identity gateway (quickstart)
-  MCP endpoint      http://127.0.0.1:8765/mcp            (every granted server, tools named <server>__<tool>)
+  MCP endpoint      http://127.0.0.1:8765/mcp            (every granted server, tools named <server>__<tool>;
+                    http://localhost:8765/mcp works too)
   one server        http://127.0.0.1:8765/servers/time/mcp
   agent             research-bot, on behalf of alice@example.com's grant
   Authorization     Bearer $token
+  session           $sid (closed when this script exits)
 
 Try it from another terminal:
   $root/.venv/bin/python $root/examples/agent.py --url http://127.0.0.1:8765/mcp --token $token
-Audit stream:       $here/.state/audit.jsonl     (mcp-gateway audit tail --follow --config $cfg)
+Your own tokens (client_credentials): research-bot's secret is shown once by
+  $gw agents rotate research-bot --config $cfg
+  then: curl -u research-bot:SECRET -d grant_type=client_credentials http://127.0.0.1:8765/oauth/token
+Audit stream:       $here/.state/audit.jsonl     ($gw audit tail --follow --config $cfg)
 
 MSG
-exec "$gw" serve --config "$cfg"
+
+"$gw" serve --config "$cfg" &
+server=$!
+# However this script ends, the gateway stops and the quickstart's session is closed.
+trap 'kill -TERM "$server" 2>/dev/null; wait "$server" 2>/dev/null || true; "$gw" sessions close "$sid" --config "$cfg" >/dev/null 2>&1 || true' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+wait "$server"

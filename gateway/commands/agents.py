@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +87,10 @@ def _create(args: argparse.Namespace) -> int:
         raise OperatorError("--workload-issuer and --workload-subject go together")
     workload = {"issuer": args.workload_issuer, "subject": args.workload_subject} if args.workload_issuer else None
     secret = operate(args, lambda ops: ops.create_agent(args.id, args.owner, args.cost_center, jwks, workload))
-    kind = "workload" if workload else "private_key_jwt"
-    print(secret if secret is not None else f"created {args.id} ({kind})")
+    if secret is None:
+        print(f"created {args.id} ({'workload' if workload else 'private_key_jwt'})")
+    else:
+        _print_secret(args.id, secret)
     return 0
 
 
@@ -192,5 +195,11 @@ def _enable(args: argparse.Namespace) -> int:
 
 
 def _rotate(args: argparse.Namespace) -> int:
-    print(operate(args, lambda ops: ops.rotate_secret(args.id)))
+    _print_secret(args.id, operate(args, lambda ops: ops.rotate_secret(args.id)))
     return 0
+
+
+def _print_secret(agent: str, secret: str) -> None:
+    """The secret alone on stdout (for scripts); the warning on stderr, where a terminal shows it too."""
+    sys.stderr.write(f"client secret for {agent}: shown once, store it now (only its hash is kept)\n")
+    print(secret)

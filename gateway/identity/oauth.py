@@ -119,7 +119,12 @@ async def admin_refusal(request: Request, admin_token: str | None, failures: Aut
     if bearer_matches(request, admin_token):
         return None
     await failures.failed(_remote(request), "admin token missing or wrong")
-    return JSONResponse({"error": "invalid_token", "error_description": "admin token required"},
+    if admin_token is None:
+        description = ("admin token required, and none is configured: set admin_token in gateway.yaml "
+                       "(e.g. admin_token: ${env:GATEWAY_ADMIN_TOKEN}) and send it as Authorization: Bearer")
+    else:
+        description = "admin token required: send gateway.yaml's admin_token as Authorization: Bearer"
+    return JSONResponse({"error": "invalid_token", "error_description": description},
                         status_code=401, headers={"www-authenticate": 'Bearer realm="mcp-gateway-admin"'})
 
 

@@ -23,6 +23,8 @@ async def test_the_same_call_repeated_past_loop_repeats_blocks_that_tool_for_the
             stop = stop_of(looped)
             assert stop["limit"] == "loop_repeats" and stop["tool"] == "counter.echo" and stop["used"] == 4
             assert looped.content[0].text.startswith("STOP calling counter.echo")
+            # The agent can tell its user exactly how an operator lifts the stop.
+            assert looped.content[0].text.endswith(f"mcp-gateway sessions resume {stop['session']}")
             # The tool stays blocked, whatever the arguments; other tools keep working.
             other = await client.call_tool("counter__echo", {"text": "something else"})
             assert stop_of(other)["limit"] == "loop_repeats"
