@@ -52,11 +52,12 @@ from gateway.store import Store, open_store
 from gateway.store.base import KEYS_CHANGED, RESYNC, SESSION_ENDED, ChangeListener
 from gateway.telemetry import OFF, Off, Tracing, build_telemetry
 from gateway.transport import McpEndpoint
-from gateway.upstream import Upstreams
+from gateway.upstream import Upstream, Upstreams
 from gateway.views import Names, View
 
 log = logging.getLogger("gateway.app")
 
+READY_PING_TIMEOUT = 2.0  # seconds an upstream has to answer /readyz's ping before it is reported unresponsive
 SWEEP_EVERY = 1.0  # seconds between checks for sessions that ended elsewhere or expired, and key rotations
 ACTIVE_SESSIONS = METRICS.gauge("gateway_active_sessions", "Sessions that are active now (read at scrape time)")
 
@@ -348,7 +349,15 @@ def _readyz(gateway: Gateway) -> Callable[[Request], Any]:
             await gateway.audit.probe()
         except Unavailable as exc:
             problems["audit"] = str(exc)
-        upstreams = {name: ("up" if u.up else "down") for name, u in gateway.upstreams.servers.items()}
+        upstreams: dict[str, str] = {}
+
+        async def check(name: str, upstream: Upstream) -> None:
+            upstreams[name] = await upstream.liveness(READY_PING_TIMEOUT)
+
+        async with anyio.create_task_group() as tg:
+            for name, upstream in gateway.upstreams.servers.items():
+                tg.start_soon(check, name, upstream)
+        upstreams = dict(sorted(upstreams.items()))
         body = {"status": "not ready" if problems else "ready", "problems": problems, "upstreams": upstreams}
         return JSONResponse(body, status_code=503 if problems else 200)
 

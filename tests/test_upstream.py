@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 from pathlib import Path
 
 import anyio
@@ -177,3 +178,20 @@ async def test_an_unreachable_upstream_does_not_stop_the_gateway(tmp_path: Path)
         async with gw.http() as http:
             ready = (await http.get("/readyz")).json()
         assert ready["upstreams"] == {"time": "up", "gone": "down"}
+
+
+async def test_readyz_reports_a_stopped_upstream_as_unresponsive_and_up_again_once_it_continues(
+    tmp_path: Path,
+) -> None:
+    async with running_gateway(tmp_path, manifests=[time_manifest()], agents=AGENTS) as gw:
+        (child,) = children_running("mcp_server_time")
+        child.send_signal(signal.SIGSTOP)  # alive, pipes open, answering nothing: what a hang looks like
+        try:
+            async with gw.http() as http:
+                with anyio.fail_after(10):
+                    ready = (await http.get("/readyz")).json()
+                assert ready["upstreams"] == {"time": "unresponsive"}
+        finally:
+            child.send_signal(signal.SIGCONT)
+        async with gw.http() as http:
+            assert (await http.get("/readyz")).json()["upstreams"] == {"time": "up"}

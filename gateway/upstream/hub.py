@@ -84,6 +84,22 @@ class Upstream:
     def up(self) -> bool:
         return self.main.up
 
+    async def liveness(self, timeout: float) -> str:
+        """`up`, `down`, or `unresponsive`: connected, but no answer to a ping within `timeout` (a hung or
+        stopped process still holds its pipes open, so only a round trip tells)."""
+        if not self.main.up:
+            return "down"
+        try:
+            with anyio.fail_after(timeout):
+                await (await self.main.session(timeout)).send_ping()
+        except TimeoutError:
+            return "unresponsive"
+        except UpstreamError:
+            return "down"
+        except MCPError as exc:  # an error answer is an answer (2026-07-28 servers may not serve ping)
+            return "down" if exc.code == types.CONNECTION_CLOSED else "up"
+        return "up"
+
     def tools(self) -> Mapping[str, types.Tool]:
         """The tools this server exposes now: listed, allowed by its manifest, not quarantined."""
         if not self.hidden:
