@@ -29,6 +29,14 @@ class BadSignature(Exception):
     """A checkpoint's signature does not verify, or names a key nobody supplied."""
 
 
+class UnknownKey(BadSignature):
+    """Signed by a key the verifier does not have: nothing is known to be wrong, only unproven."""
+
+    def __init__(self, kid: str | None) -> None:
+        super().__init__(f"signed by unknown key {kid!r}; supply its public key with --jwks")
+        self.kid = kid
+
+
 class Checkpoints:
     """Signs heads with the active gateway key and keeps the latest per chain in the store."""
 
@@ -62,7 +70,7 @@ def signed_head(signature: str, keys: PublicKeys) -> dict[str, Any]:
         kid = jwt.get_unverified_header(signature).get("kid")
         key = keys(kid) if isinstance(kid, str) else None
         if key is None:
-            raise BadSignature(f"signed by unknown key {kid!r}; supply its public key with --jwks")
+            raise UnknownKey(kid if isinstance(kid, str) else None)
         payload = jwt.api_jws.decode(signature, key, algorithms=[ALGORITHM])
         claims = json.loads(payload)
     except jwt.PyJWTError as exc:

@@ -6,6 +6,10 @@ record's hash matches its contents, each seq follows the one before and links
 to its hash, and each checkpoint's signature vouches for the record before it.
 Given the store's checkpoint for a chain, the files must also still reach the
 head it vouches for: a cut-off tail does not.
+
+A checkpoint signed by a key the verifier does not have (run away from the
+gateway, without --jwks) proves nothing either way: the chain's hashes still
+verify, and the checkpoint is counted as unverified, never as tampering.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.audit.chain import GENESIS, record_hash
-from gateway.audit.checkpoints import EVENT as CHECKPOINT, BadSignature, PublicKeys, signed_head
+from gateway.audit.checkpoints import EVENT as CHECKPOINT, BadSignature, PublicKeys, UnknownKey, signed_head
 
 
 @dataclass
@@ -29,6 +33,7 @@ class Chain:
     files: list[Path] = field(default_factory=list)
     expect: tuple[int, str] | None = None  # the store's checkpoint: (seq, head)
     broken: str | None = None  # the first broken link
+    unverified: dict[str, int] = field(default_factory=dict)  # kid -> checkpoints signed by a key not at hand
 
     def fail(self, seq: int, problem: str) -> None:
         if self.broken is None:
@@ -39,8 +44,14 @@ class Chain:
             return f"{self.instance}: BROKEN at {self.broken}"
         span = f"seq 1..{self.seq}" if self.seq else "no records"
         store = f", reaches the store's checkpoint at seq {self.expect[0]}" if self.expect else ""
-        return (f"{self.instance}: intact, {_count(self.seq, 'record')} ({span}) in "
-                f"{_count(len(self.files), 'file')}, {_count(self.checkpoints, 'checkpoint')}{store}")
+        summary = (f"{self.instance}: intact, {_count(self.seq, 'record')} ({span}) in "
+                   f"{_count(len(self.files), 'file')}, {_count(self.checkpoints, 'checkpoint')}{store}")
+        if self.unverified:
+            keys = ", ".join(f"key {kid!r} unknown" for kid in sorted(self.unverified))
+            summary = (f"{self.instance}: hash chain intact, {_count(self.seq, 'record')} ({span}) in "
+                       f"{_count(len(self.files), 'file')}; {_count(sum(self.unverified.values()), 'checkpoint')} "
+                       f"not verified: {keys} (pass --jwks FILE or URL)")
+        return summary
 
 
 def _count(n: int, noun: str) -> str:
@@ -55,6 +66,9 @@ def verify(paths: Sequence[Path], keys: PublicKeys, stored: dict[str, dict[str, 
         chain = chains[instance] = Chain(instance, expect=(seq, head))
         try:
             claims = signed_head(checkpoint["signature"], keys)
+        except UnknownKey as exc:
+            chain.unverified[str(exc.kid)] = chain.unverified.get(str(exc.kid), 0) + 1
+            continue
         except BadSignature as exc:
             chain.fail(seq, f"the store's checkpoint is {exc}")
             continue
@@ -127,6 +141,12 @@ def _vouches(chain: Chain, record: dict[str, Any], where: str, keys: PublicKeys)
     """A checkpoint record must carry a valid signature over the head before it."""
     try:
         claims = signed_head(str(record.get("signature")), keys)
+    except UnknownKey as exc:  # the link itself verified (its hash); only the signature is unproven
+        chain.unverified[str(exc.kid)] = chain.unverified.get(str(exc.kid), 0) + 1
+        if record.get("head_seq") != chain.seq or record.get("head") != chain.head:
+            chain.fail(record["seq"], f"checkpoint does not vouch for seq {chain.seq} before it {where}")
+            return False
+        return True
     except BadSignature as exc:
         chain.fail(record["seq"], f"checkpoint {exc} {where}")
         return False

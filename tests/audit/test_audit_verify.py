@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import random
 import sqlite3
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -120,18 +123,63 @@ def test_files_named_in_any_order_verify_in_chain_order(stream: Stream, capsys: 
 
 
 def test_checkpoints_verify_with_public_keys_alone(stream: Stream, capsys: pytest.CaptureFixture[str], tmp_path: Path):
-    """Without the gateway's key files, checkpoints need a JWKS; with it, the stream verifies."""
+    """Away from the gateway, without its keys, an untouched stream is not called broken: its hash chain is
+    intact and its checkpoints unverified (exit 3); with the public keys, from a file or the gateway's
+    jwks_uri, it verifies (exit 0)."""
     config = load_gateway_config(stream.config)
     keys = KeyRing(config.signing_key)
     keys.load(create=False)
     jwks = tmp_path / "jwks.json"
     jwks.write_text(json.dumps(keys.jwks(0)))
+    kid = keys.jwks(0)["keys"][0]["kid"]
     elsewhere = ["--config", str(tmp_path / "absent.yaml"), *map(str, stream.files)]
 
-    assert main(["audit", "verify", *elsewhere]) == 1
-    assert "signed by unknown key" in capsys.readouterr().out
+    assert main(["audit", "verify", *elsewhere]) == 3
+    out = capsys.readouterr().out
+    assert "BROKEN" not in out
+    assert f"not verified: key {kid!r} unknown (pass --jwks FILE or URL)" in out
     assert main(["audit", "verify", *elsewhere, "--jwks", str(jwks)]) == 0
     assert "intact:" in capsys.readouterr().out
+    with _serving(jwks.read_bytes()) as url:
+        assert main(["audit", "verify", *elsewhere, "--jwks", url]) == 0
+    assert "intact:" in capsys.readouterr().out
+
+
+def test_tampering_is_told_apart_from_missing_keys(stream: Stream, capsys: pytest.CaptureFixture[str], tmp_path: Path):
+    path = stream.files[0]
+    lines = _lines(path)
+    record = json.loads(lines[1])
+    record["tool"] = "something-else"
+    lines[1] = json.dumps(record)
+    rewrite(path, lines)
+    assert main(["audit", "verify", "--config", str(tmp_path / "absent.yaml"), *map(str, stream.files)]) == 1
+    assert "BROKEN at seq 2" in capsys.readouterr().out
+
+
+@contextlib.contextmanager
+def _serving(body: bytes) -> Iterator[str]:
+    """A real HTTP server on loopback answering every GET with `body`."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/jwks.json"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
 
 
 def test_a_checkpoint_signed_by_another_key_is_caught(stream: Stream, capsys: pytest.CaptureFixture[str]):
