@@ -52,7 +52,7 @@ def config_path(given: str | None) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser(argv[0] if argv and argv[0] in COMMAND_GROUPS else None).parse_args(argv)
-    if hasattr(args, "config"):
+    if hasattr(args, "config") and not getattr(args, "config_optional", False):
         args.config = config_path(args.config)
     try:
         return int(args.run(args) or 0)

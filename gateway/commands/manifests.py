@@ -50,7 +50,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
                           help="json: one object per file {file, ok, errors[{field, reason}], warnings, skipped}")
     validate.add_argument("--strict", action="store_true", help="fail on warnings too")
     validate.add_argument("--offline", action="store_true", help="check the files only; do not connect to servers")
-    validate.set_defaults(run=_validate)
+    validate.set_defaults(run=_validate, config_optional=True)  # files alone need no gateway.yaml
     pin = group.add_parser("pin", parents=[common], help="pin a server's tool definitions in its manifest")
     pin.add_argument("server", help="the server (manifest name) to pin")
     pin.add_argument("--tool", metavar="NAME", help="pin only this tool")
@@ -148,7 +148,9 @@ def _validate(args: argparse.Namespace) -> int:
         sys.stderr.write(f"mcp-gateway: error: {missing[0]}: no such file or directory\n")
         return EXIT_USAGE
     only_files = bool(args.paths) and all(p.is_file() for p in args.paths)
-    config_path = args.config or (None if only_files else "gateway.yaml")
+    from gateway.cli import config_path as discovered  # --config, else $GATEWAY_CONFIG, else ./gateway.yaml
+
+    config_path = args.config or (None if only_files else discovered(None))
     config = load_gateway_config(Path(config_path)) if config_path else None
     files: list[Path] = []
     for path in args.paths or [config.manifests]:  # type: ignore[union-attr]
