@@ -24,7 +24,7 @@ from pathlib import Path
 import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import overhead  # noqa: E402  (a sibling script, not a package)
+import overhead
 
 STUBS = {
     "audit": "gateway.audit.sink:Audit.emit",

@@ -19,9 +19,9 @@ from typing import NoReturn
 
 from gateway.commands import COMMAND_GROUPS
 from gateway.errors import ConfigNotFound, GatewayError
+from gateway.terminal import safe
 
 CONFIG_ENV = "GATEWAY_CONFIG"
-from gateway.terminal import safe
 
 
 class _Parser(argparse.ArgumentParser):

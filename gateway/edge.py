@@ -148,7 +148,7 @@ class Edge:
         self.hosts = {public.netloc, f"{listen.host}:{listen.port}", *gateway.config.allowed_hosts}
         if public.port is None:
             self.hosts.add(f"{public.hostname}:{443 if public.scheme == 'https' else 80}")
-        if public.hostname in ("127.0.0.1", "localhost", "::1"):  # a loopback gateway answers to every loopback name of its port
+        if public.hostname in ("127.0.0.1", "localhost", "::1"):  # answer to every loopback name of the port
             port = public.port or (443 if public.scheme == "https" else 80)
             self.hosts.update(f"{name}:{port}" for name in _LOOPBACK_NAMES)
         self.origins = {f"{public.scheme}://{public.netloc}", *gateway.config.allowed_origins}
@@ -188,7 +188,8 @@ class Edge:
         host = _header(scope, b"host")
         if host is None or host not in self.hosts:
             await send_json(send, 421, {"error": "misdirected_request", "error_description": (
-                "Host not accepted: use public_url's host, or add this host (host:port) to allowed_hosts in gateway.yaml"
+                "Host not accepted: use public_url's host, or add this host (host:port) to allowed_hosts "
+                "in gateway.yaml"
             )})
             return
         origin = _header(scope, b"origin")

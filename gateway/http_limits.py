@@ -25,7 +25,6 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from gateway.config import HttpSettings
 
-
 MAX_HEAD_BYTES = 16 * 1024  # h11's default bound on an incomplete request head, applied to httptools as well
 
 

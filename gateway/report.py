@@ -111,7 +111,8 @@ def contribution(record: dict[str, Any]) -> dict[str, float]:
                 metric = "stops" if reason in STOP_REASONS else "denials"
                 out[metric] = out.get(metric, 0) + amount
         return out
-    if event in METERED or (event in GATED and "outcome" in record):  # outcomes; or an earlier version's one-record read
+    # Outcome records; or the one-record read of an earlier version.
+    if event in METERED or (event in GATED and "outcome" in record):
         amounts = {"request_tokens": ("request_tokens", MAX_RECORD_TOKENS, True),
                    "response_tokens": ("response_tokens", MAX_RECORD_TOKENS, True)}
     elif event == "model.usage":

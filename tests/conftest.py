@@ -1,15 +1,13 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import os
+from collections.abc import Iterator
 
 import pytest
 import structlog
 from hypothesis import settings
 
 from tests.support.postgres import drop_idle
-
 
 # CI replays the same examples every run (a failure there reproduces); a developer's run explores new ones.
 # No deadline anywhere: the 2-core machines are shared, and a slow example is not a wrong one.

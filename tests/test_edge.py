@@ -9,15 +9,10 @@ from collections.abc import AsyncIterator
 import jwt
 import pytest
 
-from tests.support.harness import Harness, running_gateway, time_manifest
+from tests.support.harness import HEADERS, INIT, Harness, running_gateway, time_manifest
 
 pytestmark = pytest.mark.anyio
 
-INIT = {
-    "jsonrpc": "2.0", "id": 1, "method": "initialize",
-    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-}
-HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 
 
 @pytest.fixture(scope="module")

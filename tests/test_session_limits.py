@@ -19,7 +19,15 @@ from gateway.cli import main
 from gateway.config import GatewayConfig
 from gateway.edge import TOO_MANY_MCP_SESSIONS
 from gateway.errors import UpstreamError
-from tests.support.harness import EVERYTHING, Harness, everything_stdio_manifest, running_gateway, time_manifest
+from tests.support.harness import (
+    EVERYTHING,
+    HEADERS,
+    INIT,
+    Harness,
+    everything_stdio_manifest,
+    running_gateway,
+    time_manifest,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -30,11 +38,6 @@ AGENTS: dict[str, Any] = {
     "bob-bot": {"owner": "bob@example.com", "grant": {"tools": ["time.*"]}},
 }
 LIMITS = {"mcp_sessions_per_session": 3, "mcp_sessions_per_agent": 5}
-INIT = {
-    "jsonrpc": "2.0", "id": 1, "method": "initialize",
-    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-}
-HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 
 
 @pytest.fixture(scope="module")

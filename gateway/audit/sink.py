@@ -38,7 +38,8 @@ import anyio.lowlevel
 
 from gateway.audit import metrics
 from gateway.audit.chain import GENESIS, seal
-from gateway.audit.checkpoints import EVENT as CHECKPOINT, Checkpoints
+from gateway.audit.checkpoints import EVENT as CHECKPOINT
+from gateway.audit.checkpoints import Checkpoints
 from gateway.audit.files import cli_instance, cli_path, complete_size, last_record, rotated_files, rotated_path
 from gateway.audit.records import capped
 from gateway.config import GatewayConfig

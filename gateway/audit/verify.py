@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway.audit.chain import GENESIS, record_hash
-from gateway.audit.checkpoints import EVENT as CHECKPOINT, BadSignature, PublicKeys, UnknownKey, signed_head
+from gateway.audit.checkpoints import EVENT as CHECKPOINT
+from gateway.audit.checkpoints import BadSignature, PublicKeys, UnknownKey, signed_head
 
 
 @dataclass

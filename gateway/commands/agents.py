@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.commands._context import operate, query
 from gateway.agents import AgentDirectory
+from gateway.commands._context import operate, query
 from gateway.config import AGENT_ID, EMAIL, GatewayConfig, load_agents
 from gateway.errors import OperatorError
 from gateway.operations import agent_rows

@@ -7,6 +7,7 @@ import json
 import sys
 import time
 import urllib.request
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -183,22 +184,14 @@ def _tail(args: argparse.Namespace) -> int:
     limit = args.lines if args.lines is not None else (None if args.since is not None else 10)
     show = _json_line if args.json else readable
     followers = [Follower(config.audit.path), Follower(cli_path(config.audit.path))]
-    try:
-        for record in history(followers, wanted, limit):
-            print(show(record))
+
+    def write(records: Iterable[dict[str, Any]]) -> None:
+        for record in records:
+            if wanted.matches(record):
+                print(show(record))
         sys.stdout.flush()
-        while args.follow:
-            time.sleep(POLL_SECONDS)
-            for follower in followers:
-                for record in follower.poll():
-                    if wanted.matches(record):
-                        print(show(record), flush=True)
-    except BrokenPipeError:  # the reader went away (| head)
-        sys.stderr.close()
-    finally:
-        for follower in followers:
-            follower.close()
-    return 0
+
+    return _following(followers, lambda: write(history(followers, wanted, limit)), write, args.follow)
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -214,20 +207,30 @@ def _export(args: argparse.Namespace) -> int:
         paths = []
         followers = [Follower(config.audit.path), Follower(cli_path(config.audit.path))]
 
-    def write(records: list[dict[str, Any]]) -> None:
+    def write(records: Iterable[dict[str, Any]]) -> None:
         for record in records:
             if wanted.matches(record) and (args.until is None or float(record.get("ts", 0)) <= args.until):
                 sys.stdout.write(canonical_json(to_ocsf(record)) + "\n")
         sys.stdout.flush()
 
-    try:
+    def first() -> None:
         if followers:
             write(history(followers, Filter(), None) if not args.paths else [r for f in followers for r in f.poll()])
         else:
             write([record for path in paths for record in read_file(path)])
-        while args.follow:
+
+    return _following(followers, first, write, args.follow)
+
+
+def _following(
+    followers: list[Follower], first: Callable[[], None], more: Callable[[list[dict[str, Any]]], None], follow: bool
+) -> int:
+    """Print what is there (`first`), then, with `follow`, what the followers find as it is written."""
+    try:
+        first()
+        while follow:
             time.sleep(POLL_SECONDS)
-            write([record for follower in followers for record in follower.poll()])
+            more([record for follower in followers for record in follower.poll()])
     except BrokenPipeError:  # the reader went away (| head)
         sys.stderr.close()
     finally:

@@ -60,6 +60,14 @@ class Clock:
 # ------------------------------------------------------------------ manifests
 
 
+# A raw handshake-era initialize, and the headers a streamable-HTTP POST needs (for tests that speak HTTP directly).
+INIT = {
+    "jsonrpc": "2.0", "id": 1, "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+}
+HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+
+
 def time_manifest(**extra: Any) -> dict[str, Any]:
     return {
         "name": "time", "owner": "platform@example.com", "transport": "stdio", "command": sys.executable,
