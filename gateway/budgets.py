@@ -161,7 +161,8 @@ class _Aggregate:
     events: Counter[str] = field(default_factory=Counter)
 
 
-DENIAL_FIELDS = ("agent", "owner", "cost_center", "on_behalf_of", "session", "task", "grant", "remote_addr")
+DENIAL_FIELDS = ("agent", "owner", "cost_center", "on_behalf_of", "session", "task", "grant", "remote_addr",
+                 "credential", "dpop_jkt")
 
 
 class Budgets:

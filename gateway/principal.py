@@ -39,4 +39,6 @@ class Principal:
             "task": self.session.task,
             "grant": self.agent.grant.version,
             "remote_addr": self.remote_addr,
+            "credential": self.token.credential,  # how the agent got this token: from the token, never re-derived
+            "dpop_jkt": self.token.jkt,  # the key the token is bound to (absent from the record when unbound)
         }

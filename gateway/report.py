@@ -17,8 +17,10 @@ a few metrics of the group it belongs to:
 
 The evidence block answers DESIGN.md's question for every action (a forwarded
 tool call, an allowed read, prompt or completion, a model usage report): is it tied to a
-unique agent identity (one not flagged by `credential.shared_suspected`), to a
-grant, and to a session that closed cleanly (vs expired, revoked, still open)?
+unique agent identity (its agent's credential not flagged by `credential.shared_suspected`
+around it), to a grant, and to a session that closed cleanly (vs expired, revoked, still
+open); was it made by an agent without a stored secret, with a sender-constrained token?
+Each share says what the actions it did not count lacked (gateway/evidence.py).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from typing import Any
 from gateway.audit.files import parse_lines
 from gateway.audit.records import SESSION_ENDED
 from gateway.budgets import STOP_REASONS
+from gateway.evidence import SHARED_FLAG, evidence
 from gateway.terminal import safe
 
 GROUPS = ("agent", "owner", "session", "task", "tool", "server")
@@ -222,7 +225,7 @@ def build(records: list[dict[str, Any]], by: str, since: float | None = None, un
             report.totals[metric] += amount
         if added.get("response_tokens"):
             tools[group_key(record, "tool")] += int(added["response_tokens"])
-    report.evidence = _evidence(window, closed)
+    report.evidence = _evidence(window, closed, records)
     report.charts = {
         "spend_by_agent": _spend_over_time(contributions, since, until),
         "top_tools_by_response_tokens": sorted(tools.items(), key=lambda kv: (-kv[1], kv[0]))[:10],
@@ -231,14 +234,15 @@ def build(records: list[dict[str, Any]], by: str, since: float | None = None, un
     return report
 
 
-def _evidence(window: list[dict[str, Any]], closed: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    flags = [r for r in window if r.get("event") == "credential.shared_suspected"]
+def _evidence(window: list[dict[str, Any]], closed: dict[str, dict[str, Any]],
+              records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The evidence block; every share comes with what the actions it did not count lacked (gateway.evidence)."""
+    flags = [r for r in window if r.get("event") == SHARED_FLAG]
     flagged = {r.get("agent") for r in flags if r.get("agent")}
     actions = [r for r in window if is_action(r)]
-    tied = {
-        "unique_identity": sum(1 for r in actions if r.get("agent") and r["agent"] not in flagged),
-        "grant": sum(1 for r in actions if r.get("grant")),
-    }
+    explained = evidence(actions, records, lambda r: session_outcome(closed.get(r.get("session", ""))))
+    shares = explained["shares"]
+    tied = {"unique_identity": shares["unique_identity"]["counted"], "grant": shares["grant"]["counted"]}
     by_outcome = dict.fromkeys(OUTCOMES, 0)
     for record in actions:
         by_outcome[session_outcome(closed.get(record.get("session", "")))] += 1
@@ -263,6 +267,12 @@ def _evidence(window: list[dict[str, Any]], closed: dict[str, dict[str, Any]]) -
         "sessions": session_counts,
         "shared_credential_flags": len(flags),
         "flagged_agents": sorted(a for a in flagged if isinstance(a, str)),
+        "without_stored_secret": shares["without_stored_secret"]["counted"],
+        "without_stored_secret_share": shares["without_stored_secret"]["value"],
+        "sender_constrained": shares["sender_constrained"]["counted"],
+        "sender_constrained_share": shares["sender_constrained"]["value"],
+        "by_credential": explained["by_credential"],
+        "shares": shares,
     }
 
 
@@ -350,14 +360,15 @@ def _table(data: dict[str, Any]) -> str:
     actions = evidence["actions"]
     out += ["", f"Evidence over {actions} action(s) from {data['since'] or 'the start'} to {data['until'] or 'now'}:"]
     if actions:
-        out += [
-            f"  tied to a unique agent identity  {evidence['tied_to_unique_identity_share']:.1%}",
-            f"  tied to a grant                  {evidence['tied_to_grant_share']:.1%}",
-            "  in sessions that  " + ", ".join(
-                f"{name if name != 'open' else 'are still open'} {share:.1%}"
-                for name, share in evidence["by_session_outcome_share"].items()
-            ),
-        ]
+        shares = evidence["shares"]
+        for name in ("unique_identity", "grant", "closed_cleanly", "without_stored_secret", "sender_constrained"):
+            share = shares[name]
+            out.append(f"  {share['label']:<33}{share['value']:.1%} ({share['counted']} of {share['total']})")
+            if name == "closed_cleanly":
+                out.append("    in sessions that  " + ", ".join(
+                    f"{outcome if outcome != 'open' else 'are still open'} {value:.1%}"
+                    for outcome, value in evidence["by_session_outcome_share"].items()))
+            out += [f"    not counted: {safe(sentence)}" for sentence in share["explanations"]]
     out.append(f"  shared-credential flags          {evidence['shared_credential_flags']}"
                + (f" ({', '.join(map(safe, evidence['flagged_agents']))})" if evidence["flagged_agents"] else ""))
     return "\n".join(out) + "\n"

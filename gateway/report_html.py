@@ -20,7 +20,7 @@ h1{font-size:1.4rem}h2{font-size:1.1rem;margin-top:2rem}
 table{border-collapse:collapse}td,th{padding:.25rem .6rem;border-bottom:1px solid #e5e7eb;text-align:right}
 td:first-child,th:first-child{text-align:left}tr.total td{font-weight:600;border-top:2px solid #111827}
 .charts{display:flex;flex-wrap:wrap;gap:2rem}.chart{border:1px solid #e5e7eb;padding:.5rem}
-svg text{font:11px system-ui,sans-serif;fill:#374151}.muted{color:#6b7280}
+svg text{font:11px system-ui,sans-serif;fill:#374151}.muted{color:#6b7280}#evidence td{text-align:left}
 """
 
 
@@ -82,19 +82,32 @@ def _share(value: float | None) -> str:
 
 
 def _evidence(evidence: dict[str, Any]) -> str:
+    """Each share with what the actions it did not count lacked, one line per reason."""
     outcome_shares = evidence["by_session_outcome_share"]
-    items = [
-        ("Actions", f"{evidence['actions']:,}"),
-        ("Tied to a unique agent identity", _share(evidence["tied_to_unique_identity_share"])),
-        ("Tied to a grant", _share(evidence["tied_to_grant_share"])),
-        ("In a session that closed cleanly", _share(outcome_shares["closed"])),
-        ("In a session that expired", _share(outcome_shares["expired"])),
-        ("In a session that was revoked", _share(outcome_shares["revoked"])),
-        ("In a session still open", _share(outcome_shares["open"])),
+    shares = evidence["shares"]
+
+    def row(name: str) -> tuple[str, str, list[str]]:
+        share = shares[name]
+        return (share["label"].capitalize(), f"{_share(share['value'])} ({share['counted']:,} of {share['total']:,})",
+                share["explanations"])
+
+    items: list[tuple[str, str, list[str]]] = [
+        ("Actions", f"{evidence['actions']:,}", []),
+        row("unique_identity"),
+        row("grant"),
+        row("closed_cleanly"),
+        ("In a session that expired", _share(outcome_shares["expired"]), []),
+        ("In a session that was revoked", _share(outcome_shares["revoked"]), []),
+        ("In a session still open", _share(outcome_shares["open"]), []),
+        row("without_stored_secret"),
+        row("sender_constrained"),
         ("Shared-credential flags", f"{evidence['shared_credential_flags']}"
-         + (f" ({escape(', '.join(evidence['flagged_agents']))})" if evidence["flagged_agents"] else "")),
+         + (f" ({escape(', '.join(evidence['flagged_agents']))})" if evidence["flagged_agents"] else ""), []),
     ]
-    return "<table>" + "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in items) + "</table>"
+    return '<table id="evidence">' + "".join(
+        f"<tr><td>{k}</td><td>{v}</td><td class=\"muted\">"
+        + "".join(f'<div class="lacked">not counted: {escape(line)}</div>' for line in lines) + "</td></tr>"
+        for k, v, lines in items) + "</table>"
 
 
 def _spend_chart(spend: dict[str, Any]) -> str:

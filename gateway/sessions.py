@@ -67,7 +67,9 @@ class Sessions:
     ) -> tuple[SessionRecord, str]:
         """Open a session for an agent and sign its token (bound to the DPoP key `jkt`, if given).
 
-        `credential` is what the agent proved itself with (secret, private_key_jwt, workload, id_jag).
+        `credential` is what the agent proved itself with (one of `tokens.CREDENTIALS`: secret, private_key_jwt,
+        workload, id_jag; `operator` for a token an operator mints): the token carries it, so every record its
+        requests cause says it.
 
         Raises:
             AuthError: the agent is unknown or disabled (`invalid_client`), or has
@@ -120,6 +122,7 @@ class Sessions:
             task=session.task,
             grant=agent.grant.version,
             jkt=jkt,
+            credential=credential,
         )
         bound = {"dpop_jkt": jkt} if jkt is not None else {}
         await self.audit.emit(

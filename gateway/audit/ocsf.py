@@ -14,8 +14,11 @@ Every event keeps its place in the verified ledger: `metadata.log_name` is the c
 `hash`, `metadata.uid` is `<gateway>#<seq>`, `metadata.event_code` the gateway's event
 name. The acting agent is `actor.user` (type Service); the human it acts for
 (`on_behalf_of`) is the session's delegating user: the authenticated `user` of
-Authentication events and `unmapped.on_behalf_of` everywhere. Record fields OCSF has no
-attribute for stay under `unmapped` with their gateway names. Decisions use the
+Authentication events and `unmapped.on_behalf_of` everywhere. The DPoP key a session's token
+is bound to (`dpop_jkt`) is its `session.credential_uid`; how the agent got the token
+(`credential`: secret, private_key_jwt, workload, id_jag, operator) has no OCSF attribute and
+stays in `unmapped.credential`. Record fields OCSF has no attribute for stay under
+`unmapped` with their gateway names. Decisions use the
 security_control profile (`action_id` Allowed/Denied, `disposition_id`, `authorizations`
 naming the grant version).
 """
@@ -210,6 +213,8 @@ def _session(r: _Record) -> dict[str, Any] | None:
     if not sid:
         return None
     session: dict[str, Any] = {"uid": sid}
+    if r.fields.get("dpop_jkt"):  # the key the session's token is bound to identifies its credential
+        session["credential_uid"] = r.get("dpop_jkt")
     if r.fields.get("expires_at") is not None:
         session["expiration_time"] = _ms(r.get("expires_at"))
     return session

@@ -61,6 +61,7 @@ CAP_STRUCTURED = 4096  # objects and lists (masked arguments, client lists), as 
 NAME_FIELDS = frozenset({
     "agent", "owner", "cost_center", "on_behalf_of", "session", "grant", "server", "tool", "call_id", "model",
     "client", "mcp_session", "protocol_version", "remote_addr", "event", "gateway", "actor", "kid", "jti",
+    "credential", "dpop_jkt",
 })
 
 

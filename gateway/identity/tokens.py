@@ -26,6 +26,10 @@ from gateway.identity.jwks import CLOCK_SKEW
 from gateway.identity.keys import ALGORITHM, KeyRing
 
 TOKEN_TYPE = "at+jwt"
+# How an agent proved itself when a token was issued (the `credential` claim, and the audit field of every
+# record its requests cause): a stored secret, a registered key, its platform's workload JWT, an ID-JAG (with
+# the agent's own client authentication), a user's sign-in (reserved), or an operator's `sessions open`.
+CREDENTIALS = frozenset({"secret", "private_key_jwt", "workload", "id_jag", "interactive", "operator"})
 _REQUIRED = ("iss", "aud", "exp", "iat", "sid", "client_id", "sub", "jti")
 _CACHE_SIZE = 10_000
 
@@ -45,6 +49,7 @@ class TokenClaims:
     jti: str
     raw: dict[str, Any]
     jkt: str | None = None  # cnf.jkt: the thumbprint of the DPoP key the token is bound to (RFC 9449)
+    credential: str | None = None  # one of CREDENTIALS; None in tokens issued before the claim existed
 
 
 class Tokens:
@@ -67,12 +72,19 @@ class Tokens:
         task: str | None = None,
         grant: str | None = None,
         jkt: str | None = None,
+        credential: str | None = None,
     ) -> tuple[str, str]:
         """Sign a session token; returns (token, jti).
 
         A `subject` other than the agent makes it a delegated token (RFC 8693 `act`); a `jkt` binds it to
-        that DPoP key (`cnf`, RFC 9449 §6).
+        that DPoP key (`cnf`, RFC 9449 §6); `credential` (one of CREDENTIALS) says how the agent got it, so
+        every request's audit records can say so without a store read.
+
+        Raises:
+            ValueError: `credential` is not one of CREDENTIALS.
         """
+        if credential is not None and credential not in CREDENTIALS:
+            raise ValueError(f"credential must be one of {', '.join(sorted(CREDENTIALS))}")
         now = self.clock()
         claims: dict[str, Any] = {
             "iss": self.issuer,
@@ -92,6 +104,8 @@ class Tokens:
             claims["grant"] = grant
         if jkt is not None:
             claims["cnf"] = {"jkt": jkt}
+        if credential is not None:
+            claims["credential"] = credential
         kid, key = self.keys.sign_key()
         token = jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": kid, "typ": TOKEN_TYPE})
         return token, claims["jti"]
@@ -168,6 +182,9 @@ class Tokens:
         jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
         if cnf is not None and (not isinstance(jkt, str) or not jkt):
             raise AuthError("token cnf claim malformed")
+        credential = payload.get("credential")
+        if credential is not None and (not isinstance(credential, str) or credential not in CREDENTIALS):
+            raise AuthError("token credential claim malformed")
         claims = TokenClaims(
             sid=payload["sid"],
             agent=payload["client_id"],
@@ -180,5 +197,6 @@ class Tokens:
             jti=payload["jti"],
             raw=payload,
             jkt=jkt,
+            credential=credential,
         )
         return claims, min(float(exp), key.verify_until if key.verify_until is not None else float("inf"))

@@ -66,6 +66,8 @@ async def test_forged_and_misused_tokens_are_all_refused_with_the_challenge(tmp_
             "signed by a stranger": jwt.encode(claims, Ed25519PrivateKey.generate(), algorithm="EdDSA",
                                                headers={"kid": kid, "typ": "at+jwt"}),
             "subject swapped": signed(sub="mallory@example.com"),
+            "a credential kind it never issues": signed(credential="root"),
+            "a credential claim that is not a name": signed(credential=["workload"]),
         }
         for name, forged in attacks.items():
             response = await mcp_status(gw, forged)
