@@ -103,7 +103,7 @@ async def measure(calls: int) -> None:
     for stages in ([], *([s] for s in STUBS)):
         with tempfile.TemporaryDirectory() as tmp:
             port = overhead.free_port()
-            config = overhead.write_config(Path(tmp), port)
+            config = overhead.write_config(Path(tmp), port, unsandboxed=True)
             program = [*stubbed_gateway(stages), "serve", "--config", str(config), "--log-level", "WARNING"]
             label = "gateway" if not stages else f"gateway without {stages[0]}"
             rows[label] = await count(program, "/servers/everything/mcp", config, port, calls)

@@ -117,7 +117,10 @@ def via_gateway(url: str, token: str, mode: str) -> Callable[[], Any]:
     return connect
 
 
-def write_config(root: Path, port: int) -> Path:
+def write_config(root: Path, port: int, *, unsandboxed: bool = False) -> Path:
+    """The benchmark's gateway.yaml; `unsandboxed` for a gateway under valgrind, which does not know the Landlock
+    system calls (the gateway would find no sandbox and refuse its stdio servers). The sandbox applies to the
+    children only, at their start: it costs the gateway nothing per call."""
     manifests = root / "manifests"
     manifests.mkdir()
     for name, manifest in {
@@ -126,6 +129,8 @@ def write_config(root: Path, port: int) -> Path:
         "time": {"transport": "stdio", "command": "python", "args": ["-m", "mcp_server_time"], "tools": "*"},
         "git": {"transport": "stdio", "command": "python", "args": ["-m", "mcp_server_git"], "tools": "*"},
     }.items():
+        if unsandboxed:
+            manifest["sandbox"] = "off"
         (manifests / f"{name}.yaml").write_text(yaml.safe_dump({"name": name, "owner": "b@example.com", **manifest}))
     (root / "agents.yaml").write_text(yaml.safe_dump({"agents": {"bench-bot": {
         "owner": "bench@example.com",

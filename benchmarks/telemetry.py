@@ -8,7 +8,8 @@ exporting spans and metrics over OTLP/HTTP to a receiver in this process, altern
 and reports the gateway process's CPU time per call (its counters only) for each, plus the
 spans the receiver decoded. With --baseline, a third run per round serves the gateway from the
 source tree DIR (e.g. `git archive <commit> | tar -x -C DIR` of the code before telemetry), to
-show that "off" costs what the gateway cost before. Needs the `otel` and `test` extras.
+show that "off" costs what the gateway cost before. `--log-level INFO` keeps the canonical request line
+(one per request, written to a file). Needs the `otel` and `test` extras.
 """
 
 from __future__ import annotations
@@ -71,8 +72,9 @@ async def one_run(endpoint: str | None, args: argparse.Namespace, source: Path =
         if endpoint is not None:
             settings = yaml.safe_load(config.read_text())
             config.write_text(yaml.safe_dump({**settings, "telemetry": {"otlp_endpoint": endpoint}}))
+        log = (Path(tmp) / "gateway.log").open("wb")  # the process log, JSON lines to a file as under a supervisor
         process = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(config), "--log-level",
-                                    "WARNING"], cwd=source, stdout=subprocess.DEVNULL)
+                                    args.log_level], cwd=source, stdout=subprocess.DEVNULL, stderr=log)
         url = f"http://127.0.0.1:{port}"
         try:
             await anyio.to_thread.run_sync(overhead.wait_ready, url, process)
@@ -85,6 +87,7 @@ async def one_run(endpoint: str | None, args: argparse.Namespace, source: Path =
         finally:
             process.send_signal(2)
             await anyio.to_thread.run_sync(process.wait, 30)
+            log.close()
 
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -107,6 +110,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=500, help="calls per measured run (default %(default)s)")
     parser.add_argument("--clients", type=int, default=1, help="concurrent clients (default %(default)s)")
     parser.add_argument("--rounds", type=int, default=2, help="off/on pairs to run (default %(default)s)")
+    parser.add_argument("--log-level", default="WARNING", help="the gateway's --log-level (INFO: a line per request)")
     parser.add_argument("--baseline", type=Path, metavar="DIR", help="also run the gateway from this source tree")
     print(json.dumps(anyio.run(measure, parser.parse_args()), indent=2))
 

@@ -25,6 +25,7 @@ from gateway.admin import admin_routes
 from gateway.agents import AgentDirectory
 from gateway.audit import Audit, build_audit
 from gateway.audit.interrupted import close_interrupted
+from gateway.audit.push import OcsfPush
 from gateway.audit.records import Fingerprints
 from gateway.budgets import Budgets
 from gateway.config import ASSERTION_ALGORITHMS, AgentSpec, GatewayConfig, check_workloads, load_agents, parse_grant
@@ -224,6 +225,8 @@ def create_app(gateway: Gateway) -> Starlette:
             tg.start_soon(gateway.store.watch, _on_store_change(gateway, edge))
             tg.start_soon(edge.failures.run)
             tg.start_soon(gateway.pins.watch)
+            if config.telemetry.ocsf is not None:  # the SIEM's own copy of the stream, from the cursor on
+                tg.start_soon(OcsfPush(config.telemetry.ocsf, config.audit.path, config.state_dir).run)
             gateway.reloader = await stack.enter_async_context(reloader.run())
             gateway.ready.set()
             try:

@@ -162,11 +162,28 @@ class HttpSettings(_Model):
     max_connections: int = Field(1000, gt=0)  # open connections + requests in flight; beyond it, HTTP 503
 
 
+class OcsfPushSettings(_Model):
+    """The audit stream's OCSF events POSTed to an HTTP collector (JSON arrays), resumed from a cursor file."""
+
+    url: str  # e.g. a SIEM's HTTP event collector endpoint
+    headers: dict[str, str] = {}  # e.g. {"Authorization": "Splunk <token>"}: sent, never logged
+    batch: int = Field(default=100, ge=1, le=10_000)  # events per POST
+
+    @field_validator("url")
+    @classmethod
+    def _collector_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.fragment:
+            raise ValueError("must be an absolute http(s) URL, e.g. https://siem.example.com:8088/services/collector")
+        return value
+
+
 class TelemetrySettings(_Model):
     """OpenTelemetry traces over OTLP/HTTP (the `otel` extra); off unless an endpoint is set here or in the
     standard OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_TRACES_ENDPOINT variables."""
 
     otlp_endpoint: str | None = None  # the collector's base URL, e.g. http://otel-collector:4318 (+ /v1/traces)
+    ocsf: OcsfPushSettings | None = None  # push the audit stream's OCSF events to this HTTP collector
 
     @field_validator("otlp_endpoint")
     @classmethod

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import anyio
+import structlog
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
@@ -43,6 +46,7 @@ if TYPE_CHECKING:
     from gateway.app import Gateway
 
 log = logging.getLogger("gateway.edge")
+requests_log = logging.getLogger("gateway.request")  # the canonical line: one per request served here
 
 TOO_MANY_MCP_SESSIONS = -32013  # JSON-RPC error code of the HTTP 429 that refuses an MCP session beyond `limits`
 _HANDSHAKE = frozenset(HANDSHAKE_PROTOCOL_VERSIONS)
@@ -182,7 +186,35 @@ class Edge:
             assert self.fallback is not None
             await self.fallback(scope, receive, send)
             return
-        await self._serve(app, path.rstrip("/"), scope, receive, send)
+        await self._logged(app, path.rstrip("/"), scope, receive, send)
+
+    async def _logged(self, app: ASGIApp, path: str, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve with this request's context bound to every log line written meanwhile (`request_id` now;
+        `agent`, `sid` and `mcp_session` once authenticated), then write its one canonical line."""
+        structlog.contextvars.clear_contextvars()  # nothing carried over from what this task served before
+        structlog.contextvars.bind_contextvars(request_id=secrets.token_hex(8))
+        status, opened = 0, None  # status 0: no answer was started (the client went away, or the request was cut)
+
+        async def answered(message: Message) -> None:
+            nonlocal status, opened
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                opened = next((v.decode("latin-1") for k, v in message.get("headers", []) if k == b"mcp-session-id"),
+                              None)
+            await send(message)
+
+        started = time.perf_counter()
+        try:
+            await self._serve(app, path, scope, receive, answered)
+        finally:
+            if requests_log.isEnabledFor(logging.INFO):
+                bound = structlog.contextvars.get_contextvars()
+                requests_log.info("request", extra={
+                    "method": scope["method"], "path": path, "status": status,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "agent": bound.get("agent"), "sid": bound.get("sid"),
+                    "mcp_session": bound.get("mcp_session") or opened,
+                })
 
     async def _serve(self, app: ASGIApp, path: str, scope: Scope, receive: Receive, send: Send) -> None:
         host = _header(scope, b"host")
@@ -219,6 +251,7 @@ class Edge:
                             {"retry-after": "1"})
             return
         mcp_session = _header(scope, b"mcp-session-id")
+        structlog.contextvars.bind_contextvars(agent=principal.agent.id, sid=principal.sid, mcp_session=mcp_session)
         owned = self._mcp_sessions.get(mcp_session) if mcp_session is not None else None
         if owned is not None and owned.sid != principal.sid:
             # Bound to another agent session: answer exactly as if it did not exist.

@@ -167,10 +167,10 @@ class Pipeline:
             await self.audit.emit("tool.call", durable=True, **identity, decision="deny", reason=SESSION_ENDED)
             raise
         try:
-            record = await self.audit.emit(
+            record = await self.telemetry.audit_write(lambda: self.audit.emit(  # a span only when traces are on
                 "tool.call", durable=True, **identity, decision="allow", reason="granted",
                 request_tokens=request_tokens, arguments=fingerprint,
-            )
+            ))
         except Unavailable:  # refused after all: it never runs, so it spends nothing
             await self.budgets.release(reserved, call_id)
             raise

@@ -19,21 +19,27 @@ extra (opentelemetry-sdk and the OTLP exporter, imported only then):
   `mcp.protocol.version`, `error.type`) and the counter `gateway.tokens` (by
   `gen_ai.agent.id`, `gateway.server`, `gen_ai.tool.name`, `gateway.direction`:
   request|response|model_input|model_output), read off the audit records as they are
-  written, like the Prometheus series.
+  written, like the Prometheus series;
+- a SERVER span per POST /oauth/token, `oauth.token {grant}`, with the grant type, the agent
+  and session it opened or the RFC 6749 error (never a secret or a token), and an INTERNAL
+  span `audit.write` around a call's durable tool.call record, under the request's span.
 
-Off, the gateway holds `OFF`: the front installs no middleware and the pipeline's
-upstream hook is one method call that forwards as before. (The mcp SDK itself imports
+Off, the gateway holds `OFF`: the front installs no middleware, the token handler is the
+plain one (bound once, when the routes are made), and the pipeline's upstream and
+audit-write hooks are one method call each that runs the work as before. (The mcp SDK itself imports
 the OpenTelemetry API, a no-op without a provider; the SDK and exporter stay unloaded.)
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
+import jwt
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
@@ -52,6 +58,13 @@ DURATION_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 120, 3
 _TOKEN_FIELDS = (("request_tokens", "request"), ("response_tokens", "response"),
                  ("input_tokens", "model_input"), ("output_tokens", "model_output"))
 _TRACE_KEYS = ("traceparent", "tracestate")
+TokenHandler = Callable[[Any, dict[str, Any]], Awaitable[Any]]  # (Request, form) -> Response: /oauth/token's handler
+# The grant types a span is named after; any other value the caller sent is `other` (span names stay bounded).
+_GRANTS = {
+    "client_credentials": "client_credentials",
+    "urn:ietf:params:oauth:grant-type:token-exchange": "token_exchange",
+    "urn:ietf:params:oauth:grant-type:jwt-bearer": "jwt_bearer",
+}
 
 
 class Off:
@@ -61,6 +74,12 @@ class Off:
 
     def upstream_call(self, call: Admitted, send: Send[R]) -> Awaitable[R]:
         return send(None)
+
+    def token_handler(self, handler: TokenHandler) -> TokenHandler:
+        return handler  # bound once, when the routes are made: a token request costs nothing more
+
+    def audit_write(self, write: Callable[[], Awaitable[R]]) -> Awaitable[R]:
+        return write()
 
     def force_flush(self) -> bool:
         return True
@@ -216,6 +235,61 @@ class Tracing:
                 span.set_status(self._trace.StatusCode.ERROR)
             return result
 
+    # ------------------------------------------------------------ the token endpoint and the durable audit write
+
+    def token_handler(self, handler: TokenHandler) -> TokenHandler:
+        """`handler` (POST /oauth/token, given the parsed form) in a SERVER span `oauth.token {grant}`.
+
+        The span carries the grant type, and on success the agent and session the token opened (read off the
+        issued token's claims, unverified: the gateway has just signed it); on failure `error.type` is the RFC
+        6749 error code. Never a secret, an assertion or a token.
+        """
+
+        async def traced(request: Any, form: dict[str, Any]) -> Any:
+            sent = form.get("grant_type")
+            grant = _GRANTS.get(str(sent), "other") if sent else "none"
+            attributes: dict[str, Any] = {
+                "http.request.method": "POST", "url.path": "/oauth/token",
+                "oauth.grant_type": sent if grant not in ("other", "none") else grant,
+            }
+            carrier = {k: v for k in _TRACE_KEYS if (v := request.headers.get(k))}
+            parent = self.propagator.extract(carrier) if "traceparent" in carrier else None
+            with self.tracer.start_as_current_span(
+                f"oauth.token {grant}", context=parent, kind=self._trace.SpanKind.SERVER, attributes=attributes,
+                record_exception=False, set_status_on_exception=False,
+            ) as span:
+                try:
+                    response = await handler(request, form)
+                except Exception as exc:
+                    error = getattr(exc, "error", None)  # OAuthError and AuthError carry their RFC 6749 code
+                    span.set_attribute("error.type", error if isinstance(error, str) else type(exc).__qualname__)
+                    span.set_status(self._trace.StatusCode.ERROR)
+                    raise
+                span.set_attribute("http.response.status_code", response.status_code)
+                span.set_attributes(_issued(getattr(response, "body", b"")))
+                return response
+
+        return traced
+
+    async def audit_write(self, write: Callable[[], Awaitable[R]]) -> R:
+        """A call's durable audit record, written in an INTERNAL span `audit.write` under the request's span."""
+        with self.tracer.start_as_current_span(
+            "audit.write", kind=self._trace.SpanKind.INTERNAL, attributes={"gateway.audit.durable": True},
+            record_exception=False, set_status_on_exception=False,
+        ) as span:
+            try:
+                record = await write()
+            except Exception as exc:
+                span.set_attribute("error.type", type(exc).__qualname__)
+                span.set_status(self._trace.StatusCode.ERROR)
+                raise
+            if isinstance(record, dict):
+                span.set_attributes({k: v for k, v in (("gateway.audit.seq", record.get("seq")),
+                                                       ("gateway.audit.event", record.get("event")),
+                                                       ("gateway.call_id", record.get("call_id")))
+                                     if isinstance(v, (int, str))})
+            return record
+
     # ------------------------------------------------------------ metrics off the audit records
 
     def observe(self, record: dict[str, Any]) -> None:
@@ -248,6 +322,19 @@ def _identity(principal: Principal) -> dict[str, Any]:
     if session.task:
         attributes["gateway.task"] = session.task
     return attributes
+
+
+def _issued(body: bytes) -> dict[str, Any]:
+    """The agent (`gen_ai.agent.id`, the OAuth client) and session a token response opened; {} if it is not one."""
+    try:
+        token = json.loads(body)["access_token"]
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except (ValueError, KeyError, TypeError, jwt.InvalidTokenError):
+        return {}
+    attributes = {"gen_ai.agent.id": claims.get("client_id"), "gateway.session.id": claims.get("sid")}
+    if claims.get("sub") != claims.get("client_id"):
+        attributes["enduser.id"] = claims.get("sub")
+    return {k: v for k, v in attributes.items() if isinstance(v, str)}
 
 
 def _address(url: str | None) -> str | None:

@@ -18,6 +18,8 @@ from mcp.shared.exceptions import MCPError
 from gateway.config import TelemetrySettings, load_gateway_config
 from gateway.errors import ConfigError
 from gateway.telemetry import OFF, Tracing, build_telemetry
+from tests.audit.test_audit_gateway import _point_at_a_full_disk
+from tests.identity.support import basic, client_credentials, give_secret, token
 from tests.support.harness import REPO, dynamic_manifest, running_gateway, write_config
 from tests.support.otlp import otlp_receiver
 
@@ -167,3 +169,71 @@ async def test_the_off_probe_would_see_the_sdk_if_it_were_loaded(tmp_path):
         assert done.returncode == 0, done.stderr
         assert done.stdout.decode().split()[0] == "Tracing" and "opentelemetry.sdk.trace" in done.stdout.decode()
         assert any(s.name == "tools/call dynamic__speak" for s in receiver.spans)  # exported at shutdown
+
+
+async def test_a_token_request_has_a_server_span_naming_the_grant_and_the_agent_and_no_secret(tmp_path):
+    async with otlp_receiver() as receiver, running_gateway(
+        tmp_path, manifests=[dynamic_manifest()], agents=AGENTS, extra={"telemetry": {"otlp_endpoint": receiver.url}}
+    ) as gw:
+        secret = await give_secret(gw, "bot")
+        issued = await client_credentials(gw, "bot", secret)
+        refused = await token(gw, {"grant_type": "client_credentials"}, basic("bot", "not-" + secret))
+        assert refused.status_code == 401
+        odd = await token(gw, {"grant_type": "caller-chosen-text"}, basic("bot", secret))
+        assert odd.status_code == 400
+        assert await anyio.to_thread.run_sync(gw.gateway.telemetry.force_flush)
+        spans = await receiver.wait_for(3)
+    [ok, failed] = [s for s in spans if s.name == "oauth.token client_credentials"]
+    assert ok.kind == failed.kind == "SERVER"
+    assert ok.attributes == {"http.request.method": "POST", "url.path": "/oauth/token",
+                             "oauth.grant_type": "client_credentials", "http.response.status_code": 200,
+                             "gen_ai.agent.id": "bot", "gateway.session.id": issued["session_id"]}
+    assert failed.attributes["error.type"] == "invalid_client" and failed.status_code == 2  # STATUS_CODE_ERROR
+    assert "gen_ai.agent.id" not in failed.attributes
+    [other] = [s for s in spans if s.name == "oauth.token other"]  # a grant type the caller made up is not echoed
+    assert other.attributes["oauth.grant_type"] == "other"
+    assert other.attributes["error.type"] == "unsupported_grant_type"
+    # Neither the secret, nor the token, nor the Authorization header reaches the collector, in any export.
+    everything = b"".join(receiver.payloads)
+    for text in (secret, issued["access_token"], issued["access_token"].split(".")[2],
+                 basic("bot", secret)["Authorization"], "caller-chosen-text"):
+        assert text.encode() not in everything
+
+
+async def test_a_calls_durable_audit_write_is_a_span_under_its_request_carrying_the_records_seq(tmp_path):
+    async with otlp_receiver() as receiver, running_gateway(
+        tmp_path, manifests=[dynamic_manifest()], agents=AGENTS, extra={"telemetry": {"otlp_endpoint": receiver.url}}
+    ) as gw:
+        async with gw.client(await gw.open_session("bot")) as client:
+            assert not (await client.call_tool("dynamic__speak", {})).is_error
+        assert await anyio.to_thread.run_sync(gw.gateway.telemetry.force_flush)
+        spans = await receiver.wait_for(3)
+        [call] = [r for r in gw.audit("tool.call") if r["decision"] == "allow"]
+    [server] = [s for s in spans if s.name == "tools/call dynamic__speak"]
+    [write] = [s for s in spans if s.name == "audit.write"]
+    [upstream] = [s for s in spans if s.name == "tools/call speak"]
+    assert write.kind == "INTERNAL" and (write.trace_id, write.parent_span_id) == (server.trace_id, server.span_id)
+    assert write.attributes == {"gateway.audit.durable": True, "gateway.audit.seq": call["seq"],
+                                "gateway.audit.event": "tool.call", "gateway.call_id": call["call_id"]}
+    assert upstream.parent_span_id == server.span_id  # the write is over before the upstream is called
+
+
+async def test_a_refused_durable_audit_write_is_an_error_span_and_the_call_never_goes_upstream(tmp_path):
+    async with otlp_receiver() as receiver, running_gateway(
+        tmp_path, manifests=[dynamic_manifest()], agents=AGENTS, extra={"telemetry": {"otlp_endpoint": receiver.url}}
+    ) as gw:
+        async with gw.client(await gw.open_session("bot"), mode="legacy") as client:
+            restore = _point_at_a_full_disk(gw.gateway.config.audit.path)
+            try:
+                with pytest.raises(MCPError) as refused:
+                    await client.call_tool("dynamic__speak", {})
+            finally:
+                restore()
+        assert refused.value.code == -32011
+        assert await anyio.to_thread.run_sync(gw.gateway.telemetry.force_flush)
+        spans = await receiver.wait_for(2)
+    [server] = [s for s in spans if s.name == "tools/call dynamic__speak"]
+    [write] = [s for s in spans if s.name == "audit.write"]
+    assert write.parent_span_id == server.span_id and write.status_code == 2  # STATUS_CODE_ERROR
+    assert write.attributes == {"gateway.audit.durable": True, "error.type": "AuditUnavailable"}
+    assert not [s for s in spans if s.name == "tools/call speak"]  # nothing was forwarded

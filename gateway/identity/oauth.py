@@ -154,7 +154,7 @@ class OAuth:
 
     def routes(self) -> list[Route]:
         return [
-            Route("/oauth/token", self._endpoint(self._token), methods=["POST"]),
+            Route("/oauth/token", self._endpoint(self.gw.telemetry.token_handler(self._token)), methods=["POST"]),
             Route("/oauth/revoke", self._endpoint(self._revoke), methods=["POST"]),
             Route("/oauth/introspect", self._endpoint(self._introspect), methods=["POST"]),
         ]

@@ -56,6 +56,7 @@ class Receiver:
     url: str
     spans: list[Span] = field(default_factory=list)
     metric_exports: list[list[Point]] = field(default_factory=list)  # one list per export request
+    payloads: list[bytes] = field(default_factory=list)  # every decompressed body received, traces and metrics
     _arrived: anyio.Event = field(default_factory=anyio.Event)
 
     async def wait_for(self, count: int, timeout: float = 20) -> list[Span]:
@@ -102,7 +103,9 @@ class Receiver:
 
 async def _body(request: Request) -> bytes:
     body = await request.body()
-    return gzip.decompress(body) if request.headers.get("content-encoding") == "gzip" else body
+    body = gzip.decompress(body) if request.headers.get("content-encoding") == "gzip" else body
+    request.app.state.receiver.payloads.append(body)
+    return body
 
 
 def _value(value: AnyValue) -> Any:
@@ -119,6 +122,7 @@ async def otlp_receiver() -> AsyncIterator[Receiver]:
     receiver = Receiver(f"http://127.0.0.1:{sock.getsockname()[1]}")
     app = Starlette(routes=[Route("/v1/traces", receiver._export, methods=["POST"]),
                             Route("/v1/metrics", receiver._export_metrics, methods=["POST"])])
+    app.state.receiver = receiver
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
     sock.listen(128)  # exports that arrive before the server has started queue in the backlog
     async with anyio.create_task_group() as tg:
