@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.config import LIFECYCLE_FIELDS
 from gateway.edge import AuthFailures
 from gateway.errors import OperatorError, Unavailable
 from gateway.identity.oauth import admin_refusal
@@ -91,11 +92,12 @@ async def _list_agents(ops: Operations, request: Request) -> Any:
 
 async def _create_agent(ops: Operations, request: Request) -> Any:
     body = await _body(request)
+    lifecycle = {name: body.pop(name) for name in LIFECYCLE_FIELDS if name in body}
     unknown = set(body) - {"id", "owner", "cost_center", "jwks", "workload"}
     if unknown:
         raise OperatorError(f"unknown field(s): {', '.join(sorted(unknown))}")
     secret = await ops.create_agent(body.get("id", ""), body.get("owner", ""), body.get("cost_center"),
-                                    body.get("jwks"), body.get("workload"))
+                                    body.get("jwks"), body.get("workload"), lifecycle)
     return {"id": body["id"], "client_secret": secret} if secret else {"id": body["id"]}
 
 

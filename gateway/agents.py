@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.config import AgentSpec, DpopMode, GrantSpec, Workload
@@ -26,6 +27,11 @@ class Agent:
     secret_hash: str | None = None
     workload: Workload | None = None  # authenticates with its platform's JWT (agents.yaml only)
     dpop: DpopMode | None = None  # overrides gateway.yaml `dpop`
+    created_at: float = 0.0
+    secret_at: float | None = None  # when its secret was set
+    keys_at: float | None = None  # when its registered key set was set or changed
+    last_used: float | None = None  # its last token issued
+    lifecycle: Mapping[str, float | None] = field(default_factory=dict)  # its own; gateway defaults fill the rest
 
 
 def _from_spec(agent_id: str, spec: AgentSpec, record: AgentRecord | None) -> Agent:
@@ -41,7 +47,16 @@ def _from_spec(agent_id: str, spec: AgentSpec, record: AgentRecord | None) -> Ag
         secret_hash=record.secret_hash if record else None,
         workload=spec.workload,
         dpop=spec.dpop,
+        lifecycle=spec.lifecycle(),
+        **_times(record),
     )
+
+
+def _times(record: AgentRecord | None) -> dict[str, Any]:
+    if record is None:
+        return {}
+    return {"created_at": record.created_at, "secret_at": record.secret_at, "keys_at": record.keys_at,
+            "last_used": record.last_used}
 
 
 def _from_record(record: AgentRecord) -> Agent:
@@ -56,7 +71,15 @@ def _from_record(record: AgentRecord) -> Agent:
         jwks=record.jwks,
         secret_hash=record.secret_hash,
         workload=Workload.model_validate(record.workload) if record.workload else None,
+        lifecycle=record.lifecycle or {},
+        **_times(record),
     )
+
+
+def resolve(record: AgentRecord, specs: Mapping[str, AgentSpec]) -> Agent:
+    """The agent a store row describes, with its agents.yaml definition (if any) laid over it."""
+    spec = specs.get(record.id)
+    return _from_spec(record.id, spec, record) if spec is not None else _from_record(record)
 
 
 class AgentDirectory:
@@ -115,6 +138,10 @@ class AgentDirectory:
         if len(self._cache) > 10_000:
             self._cache.clear()
         return agent
+
+    def resolve(self, record: AgentRecord) -> Agent:
+        """The agent a store row describes, agents.yaml's definition laid over it (no further read)."""
+        return resolve(record, self.specs)
 
     def forget(self, agent_id: str) -> None:
         self._cache.pop(agent_id, None)

@@ -41,6 +41,8 @@ from gateway.identity.oauth import CLIENT_CREDENTIALS, JWT_BEARER, TOKEN_EXCHANG
 from gateway.identity.shared import SharedCredentialDetector
 from gateway.identity.stored_keys import key_ring, shared_secrets
 from gateway.identity.tokens import Tokens
+from gateway.lifecycle import Lifecycle
+from gateway.lifecycle import sweep as lifecycle_sweep
 from gateway.manifests import UpstreamSpec, load_manifests
 from gateway.metering import Meter, load_tokenizer
 from gateway.metrics import METRICS
@@ -310,8 +312,10 @@ async def _watch_sessions(gateway: Gateway, edge: Edge) -> None:
 
     With PostgreSQL the store also pushes them (`_on_store_change`); this check is the safety net.
     """
+    lifecycle = Lifecycle(gateway)
     while True:
         await anyio.sleep(SWEEP_EVERY)
+        await lifecycle_sweep(lifecycle)  # agents expired or idle, credentials near their max age
         try:
             await gateway.keys.sync()
             await gateway.sessions.sweep()

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gateway.durations import Duration
+from gateway.durations import Duration, Instant
 from gateway.errors import ConfigError, ConfigNotFound
 
 _ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -54,6 +54,17 @@ class AuditSettings(_Model):
     # denied requests recorded in full per agent per clock minute; past this they are counted into one
     # `denials.aggregated` record per session at the end of the minute (bounds a denied agent's audit volume)
     denials_per_minute: int = Field(60, gt=0)
+
+
+class AgentLifecycle(_Model):
+    """Non-human identity hygiene: when an agent stops, and how old its credential may get. None: never."""
+
+    expires: Instant | None = None  # an ISO 8601 time or date (00:00 UTC): disabled then, its sessions revoked
+    disable_after_idle: Duration | None = None  # disabled after this long without a token issued or a call made
+    credential_max_age: Duration | None = None  # an older secret or registered key is refused at /oauth/token
+
+
+LIFECYCLE_FIELDS = tuple(AgentLifecycle.model_fields)
 
 
 class SessionDefaults(_Model):
@@ -214,6 +225,7 @@ class GatewayConfig(_Model):
     admin_token: str | None = None
     metrics_public: bool = False
     session_defaults: SessionDefaults = SessionDefaults()
+    agent_defaults: AgentLifecycle = AgentLifecycle()  # each agent's lifecycle unless agents.yaml sets its own
     require_pins: bool = False
     identity_providers: tuple[IdentityProvider, ...] = ()
     workload_issuers: tuple[WorkloadIssuer, ...] = ()  # platforms whose workload JWTs open agent sessions
@@ -385,6 +397,14 @@ class AgentSpec(_Model):
     workload: Workload | None = None  # authenticates with its platform's JWT (jwt-bearer grant); no stored secret
     dpop: DpopMode | None = None  # overrides gateway.yaml `dpop` for this agent
     disabled: bool = False
+    # Lifecycle, each overriding gateway.yaml `agent_defaults` when given (null included: "never" for this agent).
+    expires: Instant | None = None
+    disable_after_idle: Duration | None = None
+    credential_max_age: Duration | None = None
+
+    def lifecycle(self) -> dict[str, float | None]:
+        """The lifecycle fields this agent sets itself (null included), to lay over the gateway's defaults."""
+        return {name: getattr(self, name) for name in LIFECYCLE_FIELDS if name in self.model_fields_set}
 
     @field_validator("jwks")
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 import time
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator
@@ -60,3 +60,30 @@ def moment_argument(value: str) -> float:
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 """A config field holding seconds, written as a number or a `15m`-style string."""
+
+
+def parse_instant(value: Any) -> float:
+    """An ISO 8601 time (UTC unless it says otherwise) or date (its 00:00 UTC) -> a timestamp.
+
+    YAML reads an unquoted `2027-01-31` as a date and `2027-01-31T12:00:00Z` as a datetime: both are taken.
+
+    Raises:
+        ValueError: anything else.
+    """
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, date):
+        moment = datetime(value.year, value.month, value.day)
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError(f"{value!r} is not an ISO 8601 date or time, like 2027-01-31 or 2027-01-31T12:00Z"
+                             ) from None
+    else:
+        raise ValueError("expected an ISO 8601 date or time, like 2027-01-31 or 2027-01-31T12:00Z")
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+Instant = Annotated[float, BeforeValidator(parse_instant)]
+"""A config field holding a moment, written as an ISO 8601 date or time."""

@@ -47,10 +47,13 @@ class OperatorError(GatewayError):
 class AuthError(GatewayError):
     """The request's credential is missing, invalid, or its session has ended."""
 
-    def __init__(self, reason: str, *, error: str = "invalid_token") -> None:
+    def __init__(self, reason: str, *, error: str = "invalid_token", disclose: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.error = error
+        # The reason may be told to the caller even where failures are otherwise answered alike: it proved
+        # it holds the credential (an `invalid_client` for a secret past credential_max_age says to rotate it).
+        self.disclose = disclose
 
 
 class Unavailable(GatewayError):

@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from gateway.agents import resolve
 from gateway.config import AGENT_ID, EMAIL, AgentSpec, GrantSpec, Workload, check_public_jwks, parse_grant
 from gateway.errors import ConfigError, OperatorError
 from gateway.identity.credentials import generate_secret, hash_secret
+from gateway.lifecycle import credential_of, credential_set_at, iso, own_settings, policy
 from gateway.policy import compile_grant
 from gateway.store.base import AgentRecord, SessionRecord, SessionState
 
@@ -40,10 +42,11 @@ class Operations:
 
     async def create_agent(
         self, agent_id: str, owner: str, cost_center: str | None = None, jwks: dict[str, Any] | None = None,
-        workload: dict[str, Any] | None = None,
+        workload: dict[str, Any] | None = None, lifecycle: Mapping[str, Any] | None = None,
     ) -> str | None:
         """Create a store agent; returns its secret (shown once), or None when it authenticates with `jwks` or
-        its platform's JWT (`workload`: {issuer, subject}).
+        its platform's JWT (`workload`: {issuer, subject}). `lifecycle`: its own expires, disable_after_idle and
+        credential_max_age (as agents.yaml's), over gateway.yaml `agent_defaults`.
 
         Raises:
             OperatorError: a bad id, owner, key set or workload; the id or the workload is taken.
@@ -59,21 +62,27 @@ class Operations:
                 check_public_jwks(jwks)
             except ValueError as exc:
                 raise OperatorError(f"jwks: {exc}") from None
+        try:
+            own = own_settings(lifecycle) if lifecycle else None
+        except ValueError as exc:
+            raise OperatorError(str(exc)) from None
         if agent_id in self.gw.agents.specs:
             raise OperatorError(f"agent {agent_id!r} is defined in agents.yaml; edit it there", status=409)
         if workload is not None:
             workload = await self._free_workload(workload, jwks)
         credential = "workload" if workload else "private_key_jwt" if jwks is not None else "secret"
         secret = generate_secret() if credential == "secret" else None
+        now = self.gw.clock()
         record = AgentRecord(
-            id=agent_id, owner=owner, cost_center=cost_center, source="store", created_at=self.gw.clock(),
+            id=agent_id, owner=owner, cost_center=cost_center, source="store", created_at=now,
             secret_hash=hash_secret(self.gw.credential_key, secret) if secret else None, jwks=jwks,
-            workload=workload,
+            workload=workload, secret_at=now if secret else None, keys_at=now if jwks is not None else None,
+            lifecycle=own,
         )
         if not await self.gw.store.create_agent(record):
             raise OperatorError(f"agent {agent_id!r} (or its workload identity) already exists", status=409)
         await self._audit("agent.created", agent=agent_id, owner=owner, cost_center=cost_center,
-                          credential=credential, workload=workload)
+                          credential=credential, workload=workload, lifecycle=own)
         return secret
 
     async def _free_workload(self, workload: Any, jwks: Any) -> dict[str, str]:
@@ -111,7 +120,8 @@ class Operations:
         return await self.gw.sessions.end_agent(agent_id, "revoked", actor=self.actor)
 
     async def enable_agent(self, agent_id: str) -> None:
-        await self._update_agent(agent_id, disabled=False)
+        # Enabling counts as use: an idle-disabled agent gets a full disable_after_idle before the next sweep.
+        await self._update_agent(agent_id, disabled=False, last_used=self.gw.clock())
         await self._audit("agent.enabled", agent=agent_id)
 
     async def rotate_secret(self, agent_id: str) -> str:
@@ -125,7 +135,8 @@ class Operations:
             raise OperatorError(f"agent {agent_id!r} authenticates with its workload identity; it has no secret",
                                 status=409)
         secret = generate_secret()
-        await self._update_agent(agent_id, secret_hash=hash_secret(self.gw.credential_key, secret))
+        await self._update_agent(agent_id, secret_hash=hash_secret(self.gw.credential_key, secret),
+                                 secret_at=self.gw.clock())  # credential_max_age counts from here
         await self._audit("agent.secret_rotated", agent=agent_id)
         return secret
 
@@ -154,6 +165,20 @@ class Operations:
             "created_at": record.created_at if record else None,
             "grant_version": compile_grant(grant).version,
             "grant": grant.model_dump(mode="json"),
+            "lifecycle": self._lifecycle(record) if record is not None else None,
+        }
+
+    def _lifecycle(self, record: AgentRecord) -> dict[str, Any]:
+        """The agent's lifecycle in force (its own settings over gateway.yaml's defaults) and its credential's age."""
+        agent = resolve(record, self.gw.agents.specs)
+        rules = policy(agent, self.gw.config.agent_defaults)
+        kind = credential_of(agent)
+        set_at = credential_set_at(agent, kind)
+        return {
+            "expires": iso(rules.expires) if rules.expires is not None else None,
+            "disable_after_idle": rules.disable_after_idle, "credential_max_age": rules.credential_max_age,
+            "credential": kind, "credential_set_at": iso(set_at) if set_at is not None else None,
+            "last_used": iso(agent.last_used) if agent.last_used is not None else None,
         }
 
     async def set_grant(self, agent_id: str, raw: Any, *, source: str = "grant") -> GrantSpec:

@@ -7,7 +7,7 @@ import pytest
 import structlog
 from hypothesis import settings
 
-from tests.support.postgres import drop_idle
+from tests.support.postgres import drop_idle, needs_server, require_server
 
 # CI replays the same examples every run (a failure there reproduces); a developer's run explores new ones.
 # No deadline anywhere: the 2-core machines are shared, and a slow example is not a wrong one.
@@ -19,6 +19,12 @@ settings.load_profile("ci" if os.environ.get("CI") else "dev")
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
     return "asyncio"
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # Before any fixture starts a gateway: without the cluster, one line saying what is missing.
+    if needs_server(item):
+        require_server()
 
 
 @pytest.fixture(autouse=True)

@@ -42,6 +42,9 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
                         help="authenticate with this workload_issuers platform's JWT instead of a secret")
     create.add_argument("--workload-subject", metavar="SUB",
                         help="the JWT's sub, e.g. system:serviceaccount:NS:NAME or spiffe://DOMAIN/PATH")
+    for flag, example in (("expires", "2027-01-31"), ("disable-after-idle", "30d"), ("credential-max-age", "90d")):
+        create.add_argument(f"--{flag}", metavar="WHEN" if flag == "expires" else "DURATION",
+                            help=f"lifecycle, e.g. {example} (default: gateway.yaml agent_defaults)")
     create.set_defaults(run=_create)
 
     list_ = group.add_parser("list", parents=[common], help="list agents")
@@ -86,7 +89,10 @@ def _create(args: argparse.Namespace) -> int:
     if (args.workload_issuer is None) != (args.workload_subject is None):
         raise OperatorError("--workload-issuer and --workload-subject go together")
     workload = {"issuer": args.workload_issuer, "subject": args.workload_subject} if args.workload_issuer else None
-    secret = operate(args, lambda ops: ops.create_agent(args.id, args.owner, args.cost_center, jwks, workload))
+    lifecycle = {name: value for name in ("expires", "disable_after_idle", "credential_max_age")
+                 if (value := getattr(args, name)) is not None}
+    secret = operate(args, lambda ops: ops.create_agent(args.id, args.owner, args.cost_center, jwks, workload,
+                                                        lifecycle))
     if secret is None:
         print(f"created {args.id} ({'workload' if workload else 'private_key_jwt'})")
     else:

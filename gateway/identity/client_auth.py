@@ -13,6 +13,10 @@ only: the endpoints answer every `invalid_client` alike, so a caller cannot tell
 an unknown id from a wrong secret or a disabled agent. A secret is hashed and
 compared even when the id is unknown or disabled, so the answer also takes as
 long.
+
+One refusal is told to the caller: a secret or key set older than its `credential_max_age`, judged
+only after the credential has been verified (gateway/lifecycle.py). A caller that proved it holds the
+agent's credential learns nothing it did not know, and learns what to do: rotate it.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ import binascii
 from collections.abc import Callable, Mapping
 from urllib.parse import unquote
 
+from gateway import lifecycle
 from gateway.agents import Agent, AgentDirectory
-from gateway.config import ASSERTION_ALGORITHMS
+from gateway.config import ASSERTION_ALGORITHMS, AgentLifecycle
 from gateway.errors import AuthError
 from gateway.identity.credentials import verify_secret
 from gateway.identity.jwks import select_key, token_header, unverified_claims, verify_jwt
@@ -58,13 +63,39 @@ def _usable(agent: Agent | None) -> Agent:
 
 class ClientAuthenticator:
     def __init__(
-        self, agents: AgentDirectory, store: Store, credential_key: bytes, issuer: str, clock: Callable[[], float]
+        self, agents: AgentDirectory, store: Store, credential_key: bytes, issuer: str, clock: Callable[[], float],
+        defaults: Callable[[], AgentLifecycle] = AgentLifecycle,
     ) -> None:
         self.agents = agents
         self.store = store
         self.key = credential_key
         self.issuer = issuer
         self.clock = clock
+        self.defaults = defaults  # gateway.yaml agent_defaults, read at each request (it reloads)
+
+    def not_expired(self, agent: Agent, now: float, error: str = INVALID) -> lifecycle.Policy:
+        """The agent's lifecycle, unless it has expired (the sweep that disables it may not have run yet).
+
+        Raises:
+            AuthError: `error` (`invalid_client`, or `invalid_grant` for a workload's JWT).
+        """
+        rules = lifecycle.policy(agent, self.defaults())
+        if rules.expires is not None and now >= rules.expires:
+            raise AuthError(f"client expired at {lifecycle.iso(rules.expires)}", error=error)
+        return rules
+
+    def _alive(self, agent: Agent, kind: lifecycle.Credential) -> Agent:
+        """The verified agent, unless it has expired (the sweep may not have run yet) or its credential is too old.
+
+        Raises:
+            AuthError: `invalid_client`; for a too-old credential with a reason the caller is told.
+        """
+        now = self.clock()
+        rules = self.not_expired(agent, now)
+        stale = lifecycle.stale_refusal(agent, kind, rules.credential_max_age, now)
+        if stale is not None:
+            raise AuthError(stale, error=INVALID, disclose=True)
+        return agent
 
     async def authenticate(self, authorization: str | None, form: Mapping[str, str]) -> Agent | None:
         """The authenticated agent, or None when the request presents no client credentials.
@@ -96,7 +127,7 @@ class ClientAuthenticator:
         agent = _usable(found)
         if not matches:
             raise AuthError("wrong client secret", error=INVALID)
-        return agent
+        return self._alive(agent, "secret")
 
     async def _agent(self, client_id: str, form: Mapping[str, str]) -> Agent:
         return _usable(await self._lookup(client_id, form))
@@ -131,4 +162,4 @@ class ClientAuthenticator:
             raise AuthError("client assertion jti malformed", error=INVALID)
         if not await self.store.remember_jti(f"{client_id}|{jti}", float(verified["exp"]), now):
             raise AuthError("client assertion replayed", error=INVALID)
-        return agent
+        return self._alive(agent, "private_key_jwt")

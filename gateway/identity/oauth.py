@@ -18,6 +18,7 @@ client once authenticated; failed authentications go to the aggregated
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
@@ -43,6 +44,8 @@ from gateway.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
+
+log = logging.getLogger("gateway.oauth")
 
 CLIENT_CREDENTIALS = "client_credentials"
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -143,7 +146,7 @@ class OAuth:
         self.failures = failures
         config = gateway.config
         self.clients = ClientAuthenticator(gateway.agents, gateway.store, gateway.credential_key,
-                                           config.public_url, gateway.clock)
+                                           config.public_url, gateway.clock, lambda: gateway.config.agent_defaults)
         self.idps = IdentityProviders(config.identity_providers, gateway.clock)
         self.workloads = WorkloadIssuers(config.workload_issuers, gateway.agents, gateway.store, gateway.clock)
         limits = config.oauth_rate_limit
@@ -178,7 +181,7 @@ class OAuth:
                 used_basic = request.headers.get("authorization", "").lower().startswith("basic ")
                 challenge = exc.error == "invalid_client" and used_basic  # RFC 6749 §5.2
                 headers = {"www-authenticate": 'Basic realm="mcp-gateway"'} if challenge else None
-                description = CLIENT_AUTH_FAILED if exc.error == "invalid_client" else exc.reason
+                description = CLIENT_AUTH_FAILED if exc.error == "invalid_client" and not exc.disclose else exc.reason
                 return OAuthError(exc.error, description, headers).response()
             except Unavailable as exc:
                 error = OAuthError("temporarily_unavailable", str(exc), {"retry-after": "1"})
@@ -229,6 +232,7 @@ class OAuth:
                 raise OAuthError("invalid_request", "assertion is required")
             if agent is None:
                 agent, credential = await self.workloads.agent_for(assertion), "workload"
+                self.clients.not_expired(agent, self.gw.clock(), "invalid_grant")
                 if form.get("client_id", agent.id) != agent.id:
                     raise AuthError("client_id is not the agent the workload JWT names", error="invalid_grant")
                 self._limit(self.per_client, agent.id)
@@ -250,6 +254,13 @@ class OAuth:
             session, token = await sessions.open(agent.id, on_behalf_of=human, task=task, ttl=ttl,
                                                  via="token_exchange", remote_addr=remote, **bound)
             extra["issued_token_type"] = ACCESS_TOKEN_TYPE
+        # Last use, for disable_after_idle: once per token, never per call (calls update the session's last_seen,
+        # which opening and renewing a session also set: this column is the agent's own record of it, so a
+        # failure to write it costs nothing the token needs).
+        try:
+            await self.gw.store.update_agent(agent.id, last_used=self.gw.clock())
+        except Unavailable as exc:
+            log.warning("agent %s: last use not recorded: %s", agent.id, exc)
         body = {
             "access_token": token,
             "token_type": "DPoP" if jkt is not None else "Bearer",

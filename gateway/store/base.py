@@ -33,6 +33,10 @@ class AgentRecord:
     jwks: dict[str, Any] | None = None
     grant: dict[str, Any] | None = None  # a GrantSpec as JSON, for store agents
     workload: dict[str, str] | None = None  # {issuer, subject}: authenticates with its platform's JWT
+    secret_at: float | None = None  # when its secret was set (created or rotated): credential_max_age counts from it
+    keys_at: float | None = None  # when its registered key set (jwks) was set or last changed
+    last_used: float | None = None  # its last token issued (calls count through its sessions' last_seen)
+    lifecycle: dict[str, float | None] | None = None  # a store agent's own expires / disable_after_idle / ...
 
 
 @dataclass(slots=True)  # built on every request: a frozen dataclass pays a setattr per field
@@ -226,6 +230,9 @@ class Store(Protocol):
 
     async def create_agent(self, agent: AgentRecord) -> bool:
         """Insert a new agent; False if the id exists."""
+
+    async def last_seen_by_agent(self) -> dict[str, float]:
+        """Each agent's latest session activity (`last_seen`: its last call or renewal), for idle agents."""
 
     async def update_agent(self, agent_id: str, **changes: Any) -> bool:
         """Change fields of an agent; False if it does not exist. ValueError for a field that cannot change."""

@@ -211,12 +211,16 @@ class PostgresStore:
             await con.execute("LOCK TABLE agents IN SHARE ROW EXCLUSIVE MODE")  # replicas start together
             await con.execute("DELETE FROM agents WHERE source = 'config' AND NOT id = ANY($1::text[])", list(agents))
             await con.executemany(
-                """INSERT INTO agents (id, owner, cost_center, source, disabled, created_at, jwks, grant_spec, workload)
-                   VALUES ($1, $2, $3, 'config', false, $4, $5, $6, $7)
+                """INSERT INTO agents (id, owner, cost_center, source, disabled, created_at, jwks, grant_spec, workload,
+                     keys_at)
+                   VALUES ($1, $2, $3, 'config', false, $4, $5, $6, $7, $8)
                    ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, cost_center = excluded.cost_center,
                      source = 'config', jwks = excluded.jwks, grant_spec = excluded.grant_spec,
-                     workload = excluded.workload""",
-                [(a.id, a.owner, a.cost_center, now, rows.dump(a.jwks), rows.dump(a.grant), rows.dump(a.workload))
+                     workload = excluded.workload,
+                     keys_at = CASE WHEN agents.jwks IS NOT DISTINCT FROM excluded.jwks THEN agents.keys_at
+                                    ELSE excluded.keys_at END""",
+                [(a.id, a.owner, a.cost_center, now, rows.dump(a.jwks), rows.dump(a.grant), rows.dump(a.workload),
+                  now if a.jwks is not None else None)
                  for a in agents.values()],
             )
 
@@ -235,12 +239,18 @@ class PostgresStore:
         return (
             await self._execute(
                 """INSERT INTO agents (id, owner, cost_center, source, disabled, created_at, secret_hash, jwks,
-                   grant_spec, workload) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING""",
+                   grant_spec, workload, secret_at, keys_at, lifecycle)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT DO NOTHING""",
                 agent.id, agent.owner, agent.cost_center, agent.source, agent.disabled, agent.created_at,
                 agent.secret_hash, rows.dump(agent.jwks), rows.dump(agent.grant), rows.dump(agent.workload),
+                agent.secret_at, agent.keys_at, rows.dump(agent.lifecycle),
             )
             > 0
         )
+
+    async def last_seen_by_agent(self) -> dict[str, float]:
+        return {r["agent"]: r["last_seen"] for r in await self._fetch(
+            "SELECT agent, MAX(last_seen) AS last_seen FROM sessions GROUP BY agent")}
 
     async def update_agent(self, agent_id: str, **changes: Any) -> bool:
         values = rows.agent_changes(changes)

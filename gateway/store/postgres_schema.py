@@ -242,4 +242,16 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE agents ADD COLUMN workload TEXT;
     CREATE UNIQUE INDEX agents_workload ON agents (workload) WHERE workload IS NOT NULL;
     """,
+    # Agent lifecycle: when a secret or key set was last set (credential_max_age counts from it; a credential
+    # older than this migration counts from its agent's creation, never younger than it is), the last token,
+    # and a store agent's own lifecycle settings (agents.yaml's agents keep theirs there).
+    """
+    ALTER TABLE agents ADD COLUMN secret_at DOUBLE PRECISION;
+    ALTER TABLE agents ADD COLUMN keys_at DOUBLE PRECISION;
+    ALTER TABLE agents ADD COLUMN last_used DOUBLE PRECISION;
+    ALTER TABLE agents ADD COLUMN lifecycle TEXT;
+    UPDATE agents SET secret_at = created_at WHERE secret_hash IS NOT NULL;
+    UPDATE agents SET keys_at = created_at WHERE jwks IS NOT NULL;
+    CREATE INDEX sessions_agent_last_seen ON sessions (agent, last_seen);
+    """,
 )

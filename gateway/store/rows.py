@@ -12,9 +12,10 @@ from gateway.store.base import AgentRecord, SessionRecord
 SESSION_COLUMNS = [f.name for f in fields(SessionRecord)]
 AGENT_COLUMNS = {  # the agent fields `update_agent` may change, and their columns
     "owner": "owner", "cost_center": "cost_center", "disabled": "disabled", "secret_hash": "secret_hash",
-    "jwks": "jwks", "grant": "grant_spec",
+    "jwks": "jwks", "grant": "grant_spec", "secret_at": "secret_at", "last_used": "last_used",
+    "lifecycle": "lifecycle",
 }
-_JSON_FIELDS = ("jwks", "grant")
+_JSON_FIELDS = ("jwks", "grant", "lifecycle")
 
 
 def workload_key(issuer: str, subject: str) -> str:
@@ -42,6 +43,10 @@ def agent(row: Mapping[str, Any]) -> AgentRecord:
         jwks=load(row["jwks"]),
         grant=load(row["grant_spec"]),
         workload=load(row["workload"]),
+        secret_at=row["secret_at"],
+        keys_at=row["keys_at"],
+        last_used=row["last_used"],
+        lifecycle=load(row["lifecycle"]),
     )
 
 

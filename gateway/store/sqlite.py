@@ -131,6 +131,18 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE agents ADD COLUMN workload TEXT;
     CREATE UNIQUE INDEX agents_workload ON agents (workload) WHERE workload IS NOT NULL;
     """,
+    # Agent lifecycle: when a secret or key set was last set (credential_max_age counts from it; a credential
+    # older than this migration counts from its agent's creation, never younger than it is), the last token,
+    # and a store agent's own lifecycle settings (agents.yaml's agents keep theirs there).
+    """
+    ALTER TABLE agents ADD COLUMN secret_at REAL;
+    ALTER TABLE agents ADD COLUMN keys_at REAL;
+    ALTER TABLE agents ADD COLUMN last_used REAL;
+    ALTER TABLE agents ADD COLUMN lifecycle TEXT;
+    UPDATE agents SET secret_at = created_at WHERE secret_hash IS NOT NULL;
+    UPDATE agents SET keys_at = created_at WHERE jwks IS NOT NULL;
+    CREATE INDEX sessions_agent_last_seen ON sessions (agent, last_seen);
+    """,
 )
 
 _RESERVE = """
@@ -242,12 +254,15 @@ class SQLiteStore:
             for agent in agents.values():
                 db.execute(
                     """INSERT INTO agents (id, owner, cost_center, source, disabled, created_at, jwks, grant_spec,
-                       workload) VALUES (?, ?, ?, 'config', ?, ?, ?, ?, ?)
+                       workload, keys_at) VALUES (?, ?, ?, 'config', ?, ?, ?, ?, ?, ?)
                        ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, cost_center = excluded.cost_center,
                          source = 'config', jwks = excluded.jwks, grant_spec = excluded.grant_spec,
-                         workload = excluded.workload""",
+                         workload = excluded.workload,
+                         keys_at = CASE WHEN agents.jwks IS excluded.jwks THEN agents.keys_at
+                                        ELSE excluded.keys_at END""",
                     (agent.id, agent.owner, agent.cost_center, 0, now,
-                     rows.dump(agent.jwks), rows.dump(agent.grant), rows.dump(agent.workload)),
+                     rows.dump(agent.jwks), rows.dump(agent.grant), rows.dump(agent.workload),
+                     now if agent.jwks is not None else None),
                 )
 
     async def get_agent(self, agent_id: str) -> AgentRecord | None:
@@ -266,13 +281,19 @@ class SQLiteStore:
             try:
                 self._conn().execute(
                     """INSERT INTO agents (id, owner, cost_center, source, disabled, created_at, secret_hash, jwks,
-                       grant_spec, workload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                       grant_spec, workload, secret_at, keys_at, lifecycle)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                     (agent.id, agent.owner, agent.cost_center, agent.source, int(agent.disabled), agent.created_at,
-                     agent.secret_hash, rows.dump(agent.jwks), rows.dump(agent.grant), rows.dump(agent.workload)),
+                     agent.secret_hash, rows.dump(agent.jwks), rows.dump(agent.grant), rows.dump(agent.workload),
+                     agent.secret_at, agent.keys_at, rows.dump(agent.lifecycle)),
                 )
             except sqlite3.IntegrityError:
                 return False
         return True
+
+    async def last_seen_by_agent(self) -> dict[str, float]:
+        return {r["agent"]: r["last_seen"] for r in self._all(
+            "SELECT agent, MAX(last_seen) AS last_seen FROM sessions GROUP BY agent")}
 
     async def update_agent(self, agent_id: str, **changes: Any) -> bool:
         values = rows.agent_changes(changes)

@@ -147,3 +147,19 @@ async def test_metadata_documents_describe_what_the_gateway_implements(tmp_path)
             resource = (await http.get("/.well-known/oauth-protected-resource/mcp")).json()
             assert resource["resource"] == f"{gw.url}/mcp"
             assert resource["authorization_servers"] == [gw.url]
+
+
+async def test_the_admin_api_creates_an_agent_with_its_own_lifecycle_and_refuses_a_bad_one_naming_the_field(tmp_path):
+    async with running_gateway(tmp_path, manifests=[], extra={"admin_token": ADMIN_TOKEN}) as gw:
+        async with gw.http() as http:
+            bad = await http.post("/admin/agents", json={"id": "tmp-bot", "owner": "t@example.com",
+                                                         "disable_after_idle": "soon"}, headers=ADMIN)
+            assert bad.status_code == 400 and bad.json()["error"].startswith("disable_after_idle: "), bad.text
+            created = await http.post("/admin/agents", json={"id": "tmp-bot", "owner": "t@example.com",
+                                                             "expires": "2030-06-01", "credential_max_age": "90d"},
+                                      headers=ADMIN)
+            assert created.status_code == 201, created.text
+            shown = (await http.get("/admin/agents/tmp-bot", headers=ADMIN)).json()
+            assert shown["lifecycle"]["expires"] == "2030-06-01T00:00:00Z"
+            assert shown["lifecycle"]["credential_max_age"] == 90 * 86400.0
+            assert shown["lifecycle"]["disable_after_idle"] is None

@@ -248,10 +248,11 @@ async def test_a_store_made_before_workload_identities_is_upgraded_in_place(tmp_
 
     path = tmp_path / "gateway.db"
     db = sqlite3.connect(path)
-    for script in MIGRATIONS[:-1]:  # the schema as the previous release left it
+    before = 3  # the schema as the release before workload identities left it (migration 4 added them)
+    for script in MIGRATIONS[:before]:
         for statement in _statements(script):
             db.execute(statement)
-    db.execute(f"PRAGMA user_version = {len(MIGRATIONS) - 1}")
+    db.execute(f"PRAGMA user_version = {before}")
     db.execute("INSERT INTO agents (id, owner, source, created_at) VALUES ('old-bot', 'o@example.com', 'store', 0)")
     db.commit()
     db.close()
@@ -267,3 +268,15 @@ async def test_a_store_made_before_workload_identities_is_upgraded_in_place(tmp_
         assert found is not None and found.id == "new-bot"
     finally:
         await store.close()
+
+
+async def test_an_expired_workload_agent_gets_no_token_even_before_the_sweep_disables_it(tmp_path):
+    async with identity_provider(issuer=K8S, audience="mcp-gateway") as k8s:
+        agents = _agents(k8s)
+        agents["k8s-bot"]["expires"] = "2020-01-01"
+        extra = {"workload_issuers": [k8s.config()]}
+        async with running_gateway(tmp_path, manifests=[time_manifest()], agents=agents, extra=extra) as gw:
+            await gw.gateway.store.update_agent("k8s-bot", disabled=False)  # as if the sweep had not run
+            gw.gateway.agents.forget("k8s-bot")
+            response = await token(gw, _grant(_k8s_token(k8s)))
+            assert response.status_code == 400 and response.json()["error"] == "invalid_grant", response.text

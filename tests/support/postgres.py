@@ -1,5 +1,9 @@
 """Throwaway PostgreSQL databases for tests, on the machine's cluster (127.0.0.1:5432, trust auth).
 
+The cluster is GATEWAY_TEST_PG (default postgresql://postgres@127.0.0.1:5432). Without
+one answering there, every test that needs it fails at once with one line saying so
+(`require_server`), instead of a bare ConnectionRefusedError after asyncpg's minute.
+
 `GATEWAY_TEST_STORE=postgres` runs harness gateways on PostgreSQL instead of
 SQLite: each gateway directory gets a database of its own (a restart on the same
 directory finds its sessions again, as it would find its SQLite file), dropped
@@ -11,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import socket
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,9 +23,49 @@ from pathlib import Path
 
 import anyio
 import asyncpg
+import pytest
 
 SERVER = os.environ.get("GATEWAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 STORES = ("sqlite", "postgres")
+_CONNECT_TIMEOUT = 2.0  # seconds: a cluster on this machine answers in milliseconds
+_missing: list[str] = []  # the one-line reason, once the cluster was found missing (checked once per run)
+
+
+def _address() -> tuple[str, int]:
+    netloc = SERVER.split("://", 1)[-1].split("/", 1)[0].rsplit("@", 1)[-1]
+    host, _, port = netloc.rpartition(":") if ":" in netloc else (netloc, "", "5432")
+    return host.strip("[]") or "127.0.0.1", int(port or 5432)
+
+
+def require_server() -> None:
+    """Fail the calling test with one line unless the PostgreSQL cluster accepts connections.
+
+    Checked with a plain TCP connect, bounded, once per test run: every later test that needs it fails at once.
+    """
+    if not _missing:
+        host, port = _address()
+        try:
+            socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT).close()
+            _missing.append("")
+        except OSError as exc:
+            _missing.append(
+                f"PostgreSQL is not reachable at {host}:{port} ({exc.strerror or exc}): these tests need it. Start it "
+                "(pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start) or set "
+                "GATEWAY_TEST_PG=postgresql://USER@HOST:PORT (trust auth)"
+            )
+    if _missing[0]:
+        pytest.fail(_missing[0], pytrace=False)
+
+
+def needs_server(item: pytest.Item) -> bool:
+    """Whether a collected test needs the cluster: the replica tests, a `postgres` parametrization, or every
+    harness gateway under GATEWAY_TEST_STORE=postgres."""
+    callspec = getattr(item, "callspec", None)
+    return (
+        "replicas" in item.path.parts
+        or (callspec is not None and "postgres" in callspec.params.values())
+        or store_under_test() == "postgres"
+    )
 
 
 def store_under_test() -> str:
@@ -33,6 +78,7 @@ def store_under_test() -> str:
 
 async def admin(sql: str, *args: object) -> str:
     """Run one statement on the cluster's maintenance database."""
+    require_server()
     con = await asyncpg.connect(f"{SERVER}/postgres")
     try:
         return await con.execute(sql, *args)
