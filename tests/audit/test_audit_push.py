@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +12,6 @@ from typing import Any
 
 import anyio
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -26,6 +24,7 @@ from gateway.config import load_gateway_config
 from gateway.errors import ConfigError
 from tests.audit.test_audit_ocsf import problems
 from tests.support.harness import dynamic_manifest, running_gateway, write_config
+from tests.support.serving import serving
 
 pytestmark = pytest.mark.anyio
 
@@ -64,18 +63,11 @@ class Collector:
 
 @contextlib.asynccontextmanager
 async def collector(refuse: int = 0) -> AsyncIterator[Collector]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    found = Collector(f"http://127.0.0.1:{sock.getsockname()[1]}/services/collector", refuse)
+    found = Collector("", refuse)
     app = Starlette(routes=[Route("/services/collector", found.receive, methods=["POST"])])
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(lambda: server.serve(sockets=[sock]))
-        try:
-            yield found
-        finally:
-            server.should_exit = True
+    async with serving(app) as base:
+        found.url = f"{base}/services/collector"
+        yield found
 
 
 def _records(root: Path) -> list[dict[str, Any]]:

@@ -6,7 +6,6 @@ Every test moves the gateway's injected clock and waits for the sweep's audit re
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from typing import Any
 
@@ -17,10 +16,11 @@ import yaml
 from gateway.lifecycle import STALE_SHARE, Lifecycle
 from gateway.operations import Operations
 from gateway.store.base import AgentRecord
-from gateway.store.sqlite import MIGRATIONS, SQLiteStore, _statements
+from gateway.store.sqlite import SQLiteStore
 from tests.budgets.test_accounting import each_store
 from tests.identity.support import basic, call_time, cli, client_credentials, give_secret, mcp_status, token
 from tests.support.harness import Harness, running_gateway, time_manifest
+from tests.support.serving import sqlite_at_version
 
 pytestmark = pytest.mark.anyio
 
@@ -170,12 +170,7 @@ async def test_an_agent_created_with_expires_by_the_cli_expires_and_a_bad_value_
 
 async def test_a_store_made_before_lifecycle_counts_existing_credentials_from_their_agents_creation(tmp_path):
     path = tmp_path / "gateway.db"
-    db = sqlite3.connect(path)
-    before = 4  # the schema as the release before agent lifecycle left it
-    for script in MIGRATIONS[:before]:
-        for statement in _statements(script):
-            db.execute(statement)
-    db.execute(f"PRAGMA user_version = {before}")
+    db = sqlite_at_version(path, 4)  # the schema as the release before agent lifecycle left it
     db.execute("INSERT INTO agents (id, owner, source, created_at, secret_hash) "
                "VALUES ('old-bot', 'o@example.com', 'store', 1000, 'h')")
     db.execute("INSERT INTO agents (id, owner, source, created_at, jwks) "

@@ -20,6 +20,7 @@ from gateway.errors import ConfigError, OperatorError
 from gateway.operations import Operations
 from tests.identity.support import IdP, call_time, cli, identity_provider, token
 from tests.support.harness import running_gateway, time_manifest
+from tests.support.serving import sqlite_at_version
 
 pytestmark = pytest.mark.anyio
 
@@ -241,18 +242,11 @@ async def test_an_agent_created_with_a_workload_identity_from_the_cli_or_the_api
 
 
 async def test_a_store_made_before_workload_identities_is_upgraded_in_place(tmp_path: Path) -> None:
-    import sqlite3
-
     from gateway.store.base import AgentRecord
-    from gateway.store.sqlite import MIGRATIONS, SQLiteStore, _statements
+    from gateway.store.sqlite import SQLiteStore
 
     path = tmp_path / "gateway.db"
-    db = sqlite3.connect(path)
-    before = 3  # the schema as the release before workload identities left it (migration 4 added them)
-    for script in MIGRATIONS[:before]:
-        for statement in _statements(script):
-            db.execute(statement)
-    db.execute(f"PRAGMA user_version = {before}")
+    db = sqlite_at_version(path, 3)  # the schema as the release before workload identities (migration 4) left it
     db.execute("INSERT INTO agents (id, owner, source, created_at) VALUES ('old-bot', 'o@example.com', 'store', 0)")
     db.commit()
     db.close()

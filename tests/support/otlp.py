@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-import uvicorn
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
     ExportMetricsServiceResponse,
@@ -24,6 +22,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from tests.support.serving import serving
 
 KINDS = {1: "INTERNAL", 2: "SERVER", 3: "CLIENT", 4: "PRODUCER", 5: "CONSUMER"}
 
@@ -116,18 +116,10 @@ def _value(value: AnyValue) -> Any:
 @contextlib.asynccontextmanager
 async def otlp_receiver() -> AsyncIterator[Receiver]:
     """Serve POST /v1/traces on a free loopback port; yields the receiver (its `url` is the OTLP base URL)."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    receiver = Receiver(f"http://127.0.0.1:{sock.getsockname()[1]}")
+    receiver = Receiver("")
     app = Starlette(routes=[Route("/v1/traces", receiver._export, methods=["POST"]),
                             Route("/v1/metrics", receiver._export_metrics, methods=["POST"])])
     app.state.receiver = receiver
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
-    sock.listen(128)  # exports that arrive before the server has started queue in the backlog
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(lambda: server.serve(sockets=[sock]))
-        try:
-            yield receiver
-        finally:
-            server.should_exit = True
+    async with serving(app) as url:
+        receiver.url = url
+        yield receiver
