@@ -19,7 +19,6 @@ import structlog
 
 from gateway.terminal import safe
 
-
 # The fields of the canonical request line (`extra=` of a standard-library call). Other libraries' extras (uvicorn's
 # ANSI `color_message`, …) are left out.
 REQUEST_FIELDS = ("method", "path", "status", "duration_ms", "agent", "sid", "mcp_session")

@@ -226,14 +226,17 @@ class Pipeline:
         responses: types.InputResponses | None = None
         state: str | None = None
         for _ in range(MAX_INPUT_ROUNDS + 1):
-            result = await self.telemetry.upstream_call(call, lambda meta: upstream.request(  # meta: trace context
-                call.principal,
-                lambda s: s.call_tool(
-                    tool, arguments, progress_callback=downstream.progress, input_responses=responses,
-                    request_state=state, allow_input_required=True, meta=meta,
-                ),
-                downstream,
-            ))
+            def send(meta: dict[str, Any] | None, responses: Any = responses, state: Any = state) -> Any:
+                return upstream.request(  # meta: the trace context to pass on
+                    call.principal,
+                    lambda s: s.call_tool(
+                        tool, arguments, progress_callback=downstream.progress, input_responses=responses,
+                        request_state=state, allow_input_required=True, meta=meta,
+                    ),
+                    downstream,
+                )
+
+            result = await self.telemetry.upstream_call(call, send)
             if not isinstance(result, types.InputRequiredResult):
                 return result
             # The upstream wants input (2026-07-28): ask the agent ourselves, so the upstream's
