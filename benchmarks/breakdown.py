@@ -94,6 +94,16 @@ async def count(program: list[str], url_path: str, config: Path | None, port: in
     return total / calls
 
 
+async def gateway_only(calls: int) -> None:
+    """The whole gateway's instructions per call, nothing stubbed: a quick before/after of one change."""
+    with tempfile.TemporaryDirectory() as tmp:
+        port = overhead.free_port()
+        config = overhead.write_config(Path(tmp), port, unsandboxed=True)
+        program = [*stubbed_gateway([]), "serve", "--config", str(config), "--log-level", "WARNING"]
+        total = await count(program, "/servers/everything/mcp", config, port, calls)
+    print(f"gateway: {total / 1e6:.2f} Minstr/tools/call ({calls} calls)")
+
+
 async def measure(calls: int) -> None:
     floor = overhead.REPO / "benchmarks" / "floor.py"
     rows: dict[str, float] = {}
@@ -128,5 +138,7 @@ async def measure(calls: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--gateway-only", action="store_true", help="only the whole gateway, no stages or floors")
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    anyio.run(measure, parser.parse_args().calls)
+    args = parser.parse_args()
+    anyio.run(gateway_only if args.gateway_only else measure, args.calls)
