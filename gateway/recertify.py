@@ -31,7 +31,7 @@ from gateway.agents import resolve
 from gateway.config import AgentLifecycle, AgentSpec, glob_matches
 from gateway.lifecycle import credential_of, credential_set_at, days, iso, last_use, policy
 from gateway.manifests import UpstreamSpec
-from gateway.report import build
+from gateway.report import build, tokens
 from gateway.store.base import AgentRecord, SessionRecord
 from gateway.terminal import safe
 
@@ -109,8 +109,6 @@ def build_recertification(inputs: Inputs, since: float, until: float, sources: l
         grant = agent.grant
         unused = unused_granted(grant.tools, used[agent.id], known)
         money = spend_by.get(agent.id, {})
-        tokens = sum(int(money.get(k, 0)) for k in ("request_tokens", "response_tokens", "model_input_tokens",
-                                                     "model_output_tokens"))
         findings = []
         if agent.disabled:
             findings.append("disabled")
@@ -137,7 +135,8 @@ def build_recertification(inputs: Inputs, since: float, until: float, sources: l
             "used_tools": sorted(f"{s}.{t}" for s, t in used[agent.id]),
             "unused_granted_tools": unused,
             "sessions": opened[agent.id],
-            "calls": int(money.get("calls", 0)), "tokens": tokens, "cost_usd": float(money.get("cost_usd", 0.0)),
+            "calls": int(money.get("calls", 0)), "tokens": int(tokens(money)),
+            "cost_usd": float(money.get("cost_usd", 0.0)),
             "findings": findings,
         })
     return {"kind": "recertification", "since": iso(since), "until": iso(until), "sources": sources,

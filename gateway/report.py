@@ -47,6 +47,7 @@ GROUPS = ("agent", "owner", "session", "task", "tool", "server")
 FORMATS = ("table", "csv", "json", "html")
 METRICS = ("calls", "denials", "stops", "request_tokens", "response_tokens", "model_input_tokens",
            "model_output_tokens", "cost_usd")
+TOKENS = ("request_tokens", "response_tokens", "model_input_tokens", "model_output_tokens")
 METERED = frozenset({"tool.result", "resource.result", "prompt.result", "completion.result", "sampling.request",
                      "elicitation.request", "roots.request", "input.request"})
 GATED = frozenset({"tool.call", "resource.read", "prompt.get", "completion.complete"})
@@ -190,9 +191,12 @@ class Report:
 
 def _by_spend(item: tuple[str, dict[str, float]]) -> tuple[float, str]:
     values = item[1]
-    tokens = values["request_tokens"] + values["response_tokens"] + values["model_input_tokens"] + values[
-        "model_output_tokens"]
-    return -(values["cost_usd"] * 1e9 + tokens + values["calls"]), item[0]
+    return -(values["cost_usd"] * 1e9 + tokens(values) + values["calls"]), item[0]
+
+
+def tokens(values: dict[str, Any]) -> float:
+    """The tokens of every kind in a contribution or a row (absent kinds: 0)."""
+    return sum(values.get(k, 0) for k in TOKENS)
 
 
 def _rounded(values: dict[str, float]) -> dict[str, float]:
@@ -288,11 +292,10 @@ def _spend_over_time(contributions: list[tuple[dict[str, Any], dict[str, float]]
     step = 3600 if end - start <= 2 * 86400 else 86400
     buckets: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(lambda: [0.0, 0.0]))
     for record, added in contributions:
-        tokens = sum(added.get(k, 0) for k in ("request_tokens", "response_tokens", "model_input_tokens",
-                                                "model_output_tokens"))
-        if tokens or added.get("cost_usd"):
+        count = tokens(added)
+        if count or added.get("cost_usd"):
             cell = buckets[str(record.get("agent") or NONE)][int(record["ts"] // step * step)]
-            cell[0] += tokens
+            cell[0] += count
             cell[1] += added.get("cost_usd", 0.0)
     times = sorted({t for series in buckets.values() for t in series})
     return {

@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from gateway.report import NONE, contribution, group_key
+from gateway.report import NONE, contribution, group_key, tokens
 
 COLUMNS = (
     "BilledCost", "BillingAccountId", "BillingAccountName", "BillingCurrency", "BillingPeriodEnd",
@@ -34,7 +34,6 @@ COLUMNS = (
 )
 PRODUCT = "MCP identity gateway"
 UNIT = "Tokens"
-_TOKENS = ("request_tokens", "response_tokens", "model_input_tokens", "model_output_tokens")
 
 
 @dataclass
@@ -56,14 +55,14 @@ def rows(records: Iterable[dict[str, Any]], since: float | None = None,
         if (since is not None and ts < since) or (until is not None and ts >= until):
             continue
         added = contribution(record)
-        tokens = int(sum(added.get(k, 0) for k in _TOKENS))
-        if not (tokens or added.get("calls") or added.get("cost_usd")):
+        count = int(tokens(added))
+        if not (count or added.get("calls") or added.get("cost_usd")):
             continue  # denials and stops cost nothing and consume nothing
         day = datetime.fromtimestamp(ts, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
         tool = group_key(record, "tool")
         key = (day.isoformat(), str(record.get("session") or NONE), tool)
         row = found.setdefault(key, _Row(record, tool, day))
-        row.tokens += tokens
+        row.tokens += count
         row.calls += int(added.get("calls", 0))
         # The report sums the same floats; decimal from their shortest text keeps each row's cost exact.
         row.cost += Decimal(repr(float(added.get("cost_usd", 0.0))))
