@@ -110,11 +110,15 @@ def stale_refusal(agent: Agent, kind: Credential, max_age: float | None, now: fl
     set_at = credential_set_at(agent, kind)
     if max_age is None or set_at is None or now - set_at <= max_age:
         return None
+    what = "client secret" if kind == "secret" else "client key set"
+    return f"{what} is older than credential_max_age ({days(max_age)} days): {_renewal(agent, kind)}"
+
+
+def _renewal(agent: Agent, kind: Credential) -> str:
+    """How to renew a stored credential of `kind`."""
     if kind == "secret":
-        return (f"client secret is older than credential_max_age ({days(max_age)} days): "
-                f"rotate it with mcp-gateway agents rotate {agent.id}")
-    return (f"client key set is older than credential_max_age ({days(max_age)} days): "
-            f"register a new key in the agent's jwks")
+        return f"rotate it with mcp-gateway agents rotate {agent.id}"
+    return "register a new key in the agent's jwks"
 
 
 class Lifecycle:
@@ -178,12 +182,10 @@ class Lifecycle:
             return
         if await self.gw.store.first_alert(f"agent:{agent.id}", f"credential_stale:{kind}:{set_at}", STALE_SHARE):
             refused_from = set_at + max_age
-            action = (f"rotate it with mcp-gateway agents rotate {agent.id}" if kind == "secret"
-                      else "register a new key in the agent's jwks")
             await self.gw.audit.emit(
                 "agent.credential_stale", durable=True, actor=ACTOR, agent=agent.id, owner=agent.owner,
                 credential=kind, age_days=days(now - set_at), credential_max_age_days=days(max_age),
-                refused_from=iso(refused_from), action=action,
+                refused_from=iso(refused_from), action=_renewal(agent, kind),
             )
 
 
