@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,11 +164,8 @@ def _validate(args: argparse.Namespace) -> int:
             manifest = read_manifest(path)
             if config is None:
                 result.skipped.append(_NEEDS_CONFIG)
-                exposes = None if manifest.tools == "*" else set(manifest.tools)
-                for tool in sorted(manifest.pins):
-                    if exposes is not None and tool not in exposes:
-                        result.warnings.append({"tool": f"{manifest.name}.{tool}",
-                                                "reason": "pinned, but the manifest's tools list does not expose it"})
+                listed = manifest.tools
+                _unexposed_pins(result, manifest.name, manifest.pins, lambda tool: listed == "*" or tool in listed)
                 continue
             spec = load_manifest(path, config)
         except ConfigError as exc:
@@ -178,10 +175,7 @@ def _validate(args: argparse.Namespace) -> int:
         by_server[spec.name] = result
         if spec.unsandboxed:
             result.warnings.append({"tool": spec.name, "reason": "runs unsandboxed (its manifest says sandbox: off)"})
-        for tool in sorted(spec.pins):
-            if not spec.exposes(tool):
-                result.warnings.append({"tool": f"{spec.name}.{tool}",
-                                        "reason": "pinned, but the manifest's tools list does not expose it"})
+        _unexposed_pins(result, spec.name, spec.pins, spec.exposes)
     if specs and config is not None and not args.offline:
         _check_served(specs, config, by_server)
     _report(args.format, files, results, specs)
@@ -192,6 +186,14 @@ def _validate(args: argparse.Namespace) -> int:
     if warnings and args.strict:
         raise ConfigError(f"{warnings} warning(s), and --strict fails on warnings")
     return EXIT_OK
+
+
+def _unexposed_pins(result: FileResult, server: str, pinned: Iterable[str], exposes: Callable[[str], bool]) -> None:
+    """Warn of each pin naming a tool the manifest's tools list does not let through."""
+    for tool in sorted(pinned):
+        if not exposes(tool):
+            result.warnings.append({"tool": f"{server}.{tool}",
+                                    "reason": "pinned, but the manifest's tools list does not expose it"})
 
 
 def _check_served(specs: dict[str, UpstreamSpec], config: GatewayConfig, by_server: dict[str, FileResult]) -> None:
