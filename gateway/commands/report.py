@@ -46,8 +46,7 @@ def _report(args: argparse.Namespace) -> int:
     wants_config = not args.audit or (args.format == "focus" and config_path.exists())  # focus: the account
     config = load_gateway_config(config_path) if wants_config else None
     streams = args.audit if args.audit or config is None else [config.audit.path]
-    files = sorted({file for stream in streams for file in audit_files(stream)})
-    records, skipped = read_records(files)
+    files, records, skipped = _read(streams)
     report = build(records, args.by, args.since, args.until, [str(f) for f in files], skipped)
     if args.format == "focus":  # billed to this gateway deployment, one sub account per cost center
         text = render_focus(records, args.since, args.until, config.public_url if config else "mcp-gateway")
@@ -60,6 +59,13 @@ def _report(args: argparse.Namespace) -> int:
         print(f"warning: left out {report.invalid_values} amount(s) that are negative, too large or not numbers",
               file=sys.stderr)
     return 0
+
+
+def _read(streams: list[Path]) -> tuple[list[Path], list[dict[str, Any]], int]:
+    """Every file of the audit streams (rotated ones too), their records, and how many lines were not records."""
+    files = sorted({file for stream in streams for file in audit_files(stream)})
+    records, skipped = read_records(files)
+    return files, records, skipped
 
 
 def _write(args: argparse.Namespace, text: str, rows: int) -> None:
@@ -100,8 +106,7 @@ def _recertify(args: argparse.Namespace) -> int:
         print(f"warning: manifests not read, granted tools expanded from the audit alone: {exc}", file=sys.stderr)
         manifests = {}
     streams = args.audit or [config.audit.path]
-    files = sorted({file for stream in streams for file in audit_files(stream)})
-    records, skipped = read_records(files)
+    files, records, skipped = _read(streams)
     inputs = Inputs(agents, load_agents(config.agents), config.agent_defaults, sessions, manifests, records)
     data = build_recertification(inputs, since, until, [str(f) for f in files])
     _write(args, render_recertification(data, args.format), len(data["agents"]))
