@@ -181,8 +181,7 @@ class Reloader:
     async def reload(self, trigger: str) -> bool:
         """Validate the files and apply them; False (and the running configuration kept) when refused."""
         async with self._lock:
-            hashes = self.hashes()
-            self._seen = hashes  # a refused state is reported once, not every second
+            self._seen = self.hashes()  # a refused state is reported once, not every second
             try:
                 snapshot = self._read()
             except ConfigError as exc:
