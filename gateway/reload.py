@@ -138,7 +138,6 @@ class Reloader:
         self.config_path = config_path  # None: gateway.yaml is not watched (agents.yaml and manifests still are)
         self._lock = anyio.Lock()
         self._seen: dict[str, str | None] = {}
-        self.reloads = 0  # applied reloads, for tests and logs
 
     def hashes(self, config: GatewayConfig | None = None) -> dict[str, str | None]:
         """SHA-256 of every file a reload reads, by path."""
@@ -190,7 +189,6 @@ class Reloader:
             hashes = self.hashes(snapshot.config)
             self._seen = hashes
             changes = await self._apply(snapshot)
-            self.reloads += 1
             log.info("configuration reloaded (%s): %s", trigger, changes or "nothing changed")
             await self._audit("config.reloaded", trigger=trigger, files=hashes, **changes)
             return True
