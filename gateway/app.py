@@ -241,14 +241,15 @@ def create_app(gateway: Gateway) -> Starlette:
                     await gateway.budgets.close()
                     await gateway.audit.emit("gateway.stopped")
 
+    dpop_offered = _dpop_offered(config, gateway.agents.specs)
     routes = [
         Route("/healthz", _healthz),
         Route("/readyz", _readyz(gateway)),
         Route("/metrics", _metrics(gateway, edge.failures)),
-        Route("/.well-known/oauth-authorization-server", _as_metadata(config, gateway.agents.specs)),
+        Route("/.well-known/oauth-authorization-server", _as_metadata(config, dpop_offered)),
         Route("/jwks.json", _jwks(gateway)),
         Route("/.well-known/oauth-protected-resource{path:path}",
-              _pr_metadata(config, edge.resources, _dpop_offered(config, gateway.agents.specs))),
+              _pr_metadata(config, edge.resources, dpop_offered)),
         *oauth.routes(),
         *admin_routes(gateway, edge.failures),
     ]
@@ -392,7 +393,7 @@ def _dpop_offered(config: GatewayConfig, agents: dict[str, AgentSpec]) -> bool:
     return any(mode != "off" for mode in (config.dpop, *(spec.dpop for spec in agents.values() if spec.dpop)))
 
 
-def _as_metadata(config: GatewayConfig, agents: dict[str, AgentSpec]) -> Callable[[Request], Any]:
+def _as_metadata(config: GatewayConfig, dpop_offered: bool) -> Callable[[Request], Any]:
     base = config.public_url
     jwt_bearer = bool(config.workload_issuers) or any(p.id_jag for p in config.identity_providers)
     document: dict[str, Any] = {
@@ -408,7 +409,7 @@ def _as_metadata(config: GatewayConfig, agents: dict[str, AgentSpec]) -> Callabl
                                                        "private_key_jwt", "none"],
         "response_types_supported": [],
     }
-    if _dpop_offered(config, agents):
+    if dpop_offered:
         document["dpop_signing_alg_values_supported"] = list(dpop.ALGORITHMS)
 
     async def metadata(request: Request) -> Response:
