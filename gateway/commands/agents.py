@@ -8,10 +8,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from gateway.agents import AgentDirectory
 from gateway.commands._context import operate, query
-from gateway.config import AGENT_ID, EMAIL, GatewayConfig, load_agents
-from gateway.errors import OperatorError
+from gateway.config import AGENT_ID, EMAIL, GatewayConfig, load_agents, read_yaml
+from gateway.errors import ConfigError, OperatorError
 from gateway.operations import agent_rows
 from gateway.store import Store
 from gateway.terminal import safe
@@ -132,16 +134,12 @@ def _show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(agent))
     else:
-        import yaml
-
         print(yaml.safe_dump(agent, sort_keys=False), end="")
     return 0
 
 
 def _grant_from_flags(args: argparse.Namespace) -> dict[str, Any]:
     """The grant the flags describe; values in --budget are read as YAML scalars (100, 8h, true)."""
-    import yaml
-
     grant: dict[str, Any] = {"tools": args.tools, "resources": args.resources, "prompts": args.prompts}
     budget: dict[str, Any] = {}
     for item in args.budget:
@@ -173,9 +171,6 @@ def _grant(args: argparse.Namespace) -> int:
     if args.file is None and not flags:
         raise OperatorError("nothing to grant: give --tools/--resources/--prompts/--budget/--alerts or --file")
     if args.file is not None:
-        from gateway.config import read_yaml
-        from gateway.errors import ConfigError
-
         try:
             raw = read_yaml(args.file)
         except ConfigError as exc:
