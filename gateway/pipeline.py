@@ -404,8 +404,8 @@ class Pipeline:
                 with anyio.CancelScope(shield=True):
                     await record_cut("revoked" if scope.cancel_called else "cancelled")
                 raise
-        with anyio.CancelScope(shield=True):  # only our own scope was cancelled: the session ended
-            await record_cut("revoked")
+        # Only our own scope was cancelled, and it swallowed the cancellation: the session ended
+        # (recorded `revoked` above, on the way out).
         raise AuthError("session ended")
 
     @contextlib.contextmanager
