@@ -250,7 +250,7 @@ class _Handlers:
     ) -> types.CallToolResult | types.InputRequiredResult:
         principal = self._principal(ctx)
         leg = ContextDownstream(ctx, principal.sid)
-        try:
+        async with self._refusals(principal):  # stops and a down upstream are answered as tool results already
             if params.request_state is not None:
                 return await self.gw.exchanges.resume(principal.sid, params.request_state, params.input_responses, leg)
             admitted = await self.gw.pipeline.admit(
@@ -267,10 +267,6 @@ class _Handlers:
             if is_modern(ctx) and answers_input(ctx):  # the call may have to pause for the client's answers
                 return await self.gw.exchanges.start(principal.sid, leg, forward)
             return await forward(leg)
-        except Unavailable as exc:
-            raise unavailable_error(exc) from None
-        except AuthError as exc:
-            raise await self._session_ended(principal, exc) from None
 
     async def _session_ended(self, principal: Principal, exc: AuthError) -> MCPError:
         """The session ended after this request was authenticated (a revoke racing it, or cutting it mid-call).
@@ -283,8 +279,8 @@ class _Handlers:
 
     @contextlib.asynccontextmanager
     async def _refusals(self, principal: Principal, server: str = "") -> AsyncIterator[None]:
-        """A method other than tools/call: the pipeline's refusals, as the Errors table answers them;
-        `server` names the upstream in the agent's answer when it is down."""
+        """The pipeline's refusals, as the Errors table answers them (tools/call answers stops and a down
+        upstream as tool results, so only the others reach it there); `server` names the upstream when it is down."""
         try:
             yield
         except Stopped as stop:
