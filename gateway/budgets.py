@@ -323,6 +323,8 @@ class Budgets:
         Raises:
             StoreUnavailable: the store still cannot take it (what is left keeps waiting, in order).
         """
+        if not self._pending:  # the usual case, on every reservation and check
+            return None
         totals = None
         for key in list(self._pending):
             pending = self._pending.pop(key, None)

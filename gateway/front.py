@@ -250,7 +250,7 @@ class _Handlers:
     ) -> types.CallToolResult | types.InputRequiredResult:
         principal = self._principal(ctx)
         leg = ContextDownstream(ctx, principal.sid)
-        try:
+        async with self._refusals(principal):  # stops and a down upstream are answered as tool results already
             if params.request_state is not None:
                 return await self.gw.exchanges.resume(principal.sid, params.request_state, params.input_responses, leg)
             admitted = await self.gw.pipeline.admit(
@@ -267,10 +267,6 @@ class _Handlers:
             if is_modern(ctx) and answers_input(ctx):  # the call may have to pause for the client's answers
                 return await self.gw.exchanges.start(principal.sid, leg, forward)
             return await forward(leg)
-        except Unavailable as exc:
-            raise unavailable_error(exc) from None
-        except AuthError as exc:
-            raise await self._session_ended(principal, exc) from None
 
     async def _session_ended(self, principal: Principal, exc: AuthError) -> MCPError:
         """The session ended after this request was authenticated (a revoke racing it, or cutting it mid-call).
@@ -282,8 +278,9 @@ class _Handlers:
         return session_ended_error(exc)
 
     @contextlib.asynccontextmanager
-    async def _refusals(self, principal: Principal) -> AsyncIterator[None]:
-        """A method other than tools/call: the pipeline's refusals, as the Errors table answers them."""
+    async def _refusals(self, principal: Principal, server: str = "") -> AsyncIterator[None]:
+        """The pipeline's refusals, as the Errors table answers them (tools/call answers stops and a down
+        upstream as tool results, so only the others reach it there); `server` names the upstream when it is down."""
         try:
             yield
         except Stopped as stop:
@@ -292,6 +289,8 @@ class _Handlers:
             raise unavailable_error(exc) from None
         except AuthError as exc:
             raise await self._session_ended(principal, exc) from None
+        except UpstreamError as exc:  # the detail goes to the log and the audit only
+            raise MCPError(types.INTERNAL_ERROR, exc.for_agent(server)) from None
 
     # ------------------------------------------------------------ resources
 
@@ -315,7 +314,7 @@ class _Handlers:
             return result.model_copy(update={"contents": contents})
 
         try:
-            async with self._refusals(principal):
+            async with self._refusals(principal, server):
                 return await self.gw.pipeline.read_resource(
                     principal, params.uri, target, request_fields(ctx), resource_not_found(ctx, params.uri), out
                 )
@@ -323,8 +322,6 @@ class _Handlers:
             if exc.code in (LEGACY_RESOURCE_NOT_FOUND, types.INVALID_PARAMS):
                 raise resource_not_found(ctx, params.uri) from None
             raise
-        except UpstreamError as exc:
-            raise MCPError(types.INTERNAL_ERROR, exc.for_agent(server)) from None
 
     def _listener(self, ctx: Ctx, principal: Principal) -> Listener:
         mcp_session = ctx.request.headers.get("mcp-session-id") if ctx.request is not None else None
@@ -403,13 +400,10 @@ class _Handlers:
     async def get_prompt(self, ctx: Ctx, params: types.GetPromptRequestParams) -> types.GetPromptResult:
         principal = self._principal(ctx)
         target = self.view.resolve_prompt(principal.grant, params.name)
-        try:
-            async with self._refusals(principal):
-                return await self.gw.pipeline.get_prompt(
-                    principal, params.name, target, params.arguments, request_fields(ctx), unknown_prompt(params.name)
-                )
-        except UpstreamError as exc:
-            raise MCPError(types.INTERNAL_ERROR, exc.for_agent(target[0].name if target else params.name)) from None
+        async with self._refusals(principal, target[0].name if target else params.name):
+            return await self.gw.pipeline.get_prompt(
+                principal, params.name, target, params.arguments, request_fields(ctx), unknown_prompt(params.name)
+            )
 
     async def complete(self, ctx: Ctx, params: types.CompleteRequestParams) -> types.CompleteResult:
         principal = self._principal(ctx)
@@ -430,15 +424,12 @@ class _Handlers:
                 upstream, upstream_ref = resource[0], ref.model_copy(update={"uri": resource[1]})
         argument = {"name": params.argument.name, "value": params.argument.value}
         context = params.context.arguments if params.context else None
-        try:
-            async with self._refusals(principal):
-                return await self.gw.pipeline.complete(
-                    principal, {**request_fields(ctx), **fields}, upstream,
-                    lambda s: s.complete(upstream_ref, argument, context_arguments=context),
-                    {"argument": argument, "context": context}, missing,
-                )
-        except UpstreamError as exc:
-            raise MCPError(types.INTERNAL_ERROR, exc.for_agent(upstream.name if upstream else "")) from None
+        async with self._refusals(principal, upstream.name if upstream else ""):
+            return await self.gw.pipeline.complete(
+                principal, {**request_fields(ctx), **fields}, upstream,
+                lambda s: s.complete(upstream_ref, argument, context_arguments=context),
+                {"argument": argument, "context": context}, missing,
+            )
 
     async def set_level(self, ctx: Ctx, params: types.SetLevelRequestParams) -> types.EmptyResult:
         """Forwarded to this session's own (per-session) connections of the servers its grant reaches.

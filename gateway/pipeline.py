@@ -137,9 +137,9 @@ class Pipeline:
         identity = {**principal.audit_fields(), **context, "call_id": call_id}
         if target is None:  # not granted, or no such tool: one answer for both (the rate limit counts it too)
             identity["tool"] = exposed
-            limited = await self._denied(principal, identity, "unknown_or_not_granted")
-            if limited is not None:
-                return limited
+            limited = await self._denied("tool.call", principal, identity, "unknown_or_not_granted")
+            if limited is not None:  # past the rate limit: the answer is the stop a granted call gets
+                return error_result(str(limited), stop_detail(limited))
             raise unknown_tool(exposed)
         upstream, tool = target
         identity.update(server=upstream.name, server_owner=upstream.spec.owner, tool=tool)
@@ -149,9 +149,11 @@ class Pipeline:
         if decision is NOT_GRANTED:  # the view already checked; kept so the gate never depends on the caller
             raise unknown_tool(exposed)
         if not decision.allowed:
-            limited = await self._denied(principal, identity, "argument_constraint",
+            limited = await self._denied("tool.call", principal, identity, "argument_constraint",
                                          error=f"{decision.argument}: {decision.rule}")
-            return limited or error_result(
+            if limited is not None:
+                return error_result(str(limited), stop_detail(limited))
+            return error_result(
                 f"Invalid arguments for tool {exposed}: argument {decision.argument!r} {decision.rule}."
             )
         text = canonical_json(arguments or {})  # metered and fingerprinted as one text
@@ -178,15 +180,15 @@ class Pipeline:
                         audit_seq=record.get("seq"))
 
     async def _denied(
-        self, principal: Principal, identity: dict[str, Any], reason: str, **detail: Any
-    ) -> types.CallToolResult | None:
-        """Record a call denied before any reservation. It counts against the rate limit; past the
-        limit, the answer is the rate-limit stop a granted call gets (returned), not the denial."""
+        self, event: str, principal: Principal, identity: dict[str, Any], reason: str, **detail: Any
+    ) -> Stopped | None:
+        """Record a request denied before any reservation. It counts against the rate limit; past the
+        limit, the rate-limit stop is recorded and returned: the caller answers it instead of the denial."""
         limited = await self.budgets.count_denial(principal)
         if limited is not None:
-            await self.budgets.record_denial("tool.call", {**identity, "decision": "deny", "reason": limited.limit})
-            return error_result(str(limited), stop_detail(limited))
-        await self.budgets.record_denial("tool.call", {**identity, "decision": "deny", "reason": reason, **detail})
+            await self.budgets.record_denial(event, {**identity, "decision": "deny", "reason": limited.limit})
+            return limited
+        await self.budgets.record_denial(event, {**identity, "decision": "deny", "reason": reason, **detail})
         return None
 
     async def forward(self, call: Admitted, downstream: Downstream) -> types.CallToolResult:
@@ -322,12 +324,7 @@ class Pipeline:
         """The grant, then the budget check, each refusal recorded; then the durable allow record."""
         identity = {**principal.audit_fields(), **fields, "call_id": secrets.token_hex(8)}
         if upstream is None:  # not granted, or no such thing: one answer for both (the rate limit counts it too)
-            limited = await self.budgets.count_denial(principal)
-            reason = limited.limit if limited is not None else "unknown_or_not_granted"
-            await self.budgets.record_denial(event, {**identity, "decision": "deny", "reason": reason})
-            if limited is not None:
-                raise limited
-            raise missing
+            raise await self._denied(event, principal, identity, "unknown_or_not_granted") or missing
         identity["server"] = upstream.name
         try:
             await self.budgets.check(principal)  # no call is counted, but a stopped session stays stopped
@@ -407,8 +404,8 @@ class Pipeline:
                 with anyio.CancelScope(shield=True):
                     await record_cut("revoked" if scope.cancel_called else "cancelled")
                 raise
-        with anyio.CancelScope(shield=True):  # only our own scope was cancelled: the session ended
-            await record_cut("revoked")
+        # Only our own scope was cancelled, and it swallowed the cancellation: the session ended
+        # (recorded `revoked` above, on the way out).
         raise AuthError("session ended")
 
     @contextlib.contextmanager

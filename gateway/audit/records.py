@@ -73,9 +73,6 @@ def capped(fields: dict[str, Any]) -> dict[str, Any]:
             text, cap = value, (CAP_NAME if key in NAME_FIELDS else CAP_TEXT)
         elif isinstance(value, dict | list | tuple) and value:
             text, cap = canonical_json(value), CAP_STRUCTURED
-            if len(text) <= cap:
-                out[key] = value
-                continue
         else:
             out[key] = value
             continue
