@@ -43,6 +43,7 @@ import jwt
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
+from gateway.audit.records import RESULT_EVENTS
 from gateway.config import TelemetrySettings
 from gateway.errors import ConfigError
 from gateway.principal import Principal
@@ -294,7 +295,7 @@ class Tracing:
 
     def observe(self, record: dict[str, Any]) -> None:
         """Count the tokens an audit record carries (the sink calls this for every record it writes)."""
-        if record["event"] == "tool.call":  # its request tokens are counted once forwarded, on tool.result
+        if record["event"] in RESULT_EVENTS:  # an admission: its request tokens are counted on its outcome record
             return
         server = record.get("server")
         attributes = {"gen_ai.agent.id": str(record.get("agent") or ""), "gateway.server": str(server or "")}

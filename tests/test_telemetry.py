@@ -20,7 +20,7 @@ from gateway.errors import ConfigError
 from gateway.telemetry import OFF, Tracing, build_telemetry
 from tests.audit.test_audit_gateway import _point_at_a_full_disk
 from tests.identity.support import basic, client_credentials, give_secret, token
-from tests.support.harness import REPO, dynamic_manifest, running_gateway, write_config
+from tests.support.harness import REPO, dynamic_manifest, everything_stdio_manifest, running_gateway, write_config
 from tests.support.otlp import otlp_receiver
 
 pytestmark = pytest.mark.anyio
@@ -114,6 +114,23 @@ async def test_the_duration_histogram_and_the_token_counter_match_the_calls_and_
     assert tokens["response"].attributes == {"gen_ai.agent.id": "bot", "gateway.server": "dynamic",
                                              "gen_ai.tool.name": "dynamic.speak", "gateway.direction": "response"}
     assert tokens["response"].unit == "{token}"
+
+
+async def test_a_prompts_request_tokens_are_counted_once(tmp_path):
+    """Regression: the token counter skipped only tool.call among admissions, so a prompt's arguments were
+    counted on prompt.get and again on prompt.result."""
+    agents = {"reader": {"owner": "r@example.com", "grant": {"prompts": ["everything"]}}}
+    async with otlp_receiver() as receiver, running_gateway(
+        tmp_path, manifests=[everything_stdio_manifest()], agents=agents,
+        extra={"telemetry": {"otlp_endpoint": receiver.url}},
+    ) as gw:
+        async with gw.client(await gw.open_session("reader")) as client:
+            await client.get_prompt("everything__args-prompt", {"city": "Paris", "state": "TX"})
+        assert await anyio.to_thread.run_sync(gw.gateway.telemetry.force_flush)
+        [result] = gw.audit("prompt.result")
+    points = receiver.metric_exports[-1]
+    [request] = [p for p in points if p.metric == "gateway.tokens" and p.attributes["gateway.direction"] == "request"]
+    assert request.value == result["request_tokens"] > 0
 
 
 def test_telemetry_is_off_unless_an_endpoint_is_configured_and_the_sdk_can_turn_it_off():
