@@ -328,9 +328,9 @@ class Pipeline:
         identity["server"] = upstream.name
         try:
             await self.budgets.check(principal)  # no call is counted, but a stopped session stays stopped
-        except Stopped as stop:
-            await self.audit.emit(event, durable=True, **identity, decision="deny", reason=stop.limit,
-                                  request_tokens=request_tokens)
+        except Stopped as stop:  # recorded like a tools/call stop: in full up to denials_per_minute, then counted
+            await self.budgets.record_denial(event, {**identity, "decision": "deny", "reason": stop.limit,
+                                                     "request_tokens": request_tokens})
             raise
         except AuthError:
             await self.audit.emit(event, durable=True, **identity, decision="deny", reason=SESSION_ENDED)

@@ -90,3 +90,21 @@ async def test_a_flood_of_denied_calls_is_rate_limited_and_writes_a_bounded_audi
         totals = build(gw.audit(), "agent").totals
         assert (totals["denials"], totals["stops"], totals["calls"]) == (PER_MINUTE, FLOOD + 1 - PER_MINUTE, 0)
     assert broken_links(gw.gateway) == [None]
+
+
+async def test_reads_on_a_stopped_session_are_recorded_in_full_only_up_to_denials_per_minute(tmp_path: Path):
+    """Regression: a stop on resources/read (prompts/get, completion) wrote a full durable record every time,
+    so a stopped session could still grow the audit without bound."""
+    agents = {"reader": {"owner": "r@example.com", "grant": {
+        "tools": ["time.get_current_time"], "resources": ["time"], "budget": {"session_calls": 1}}}}
+    async with running_gateway(tmp_path, manifests=[time_manifest()], agents=agents, extra={"audit": AUDIT}) as gw:
+        gw.clock.advance(60 - gw.clock() % 60 + 1)  # one second into a fresh minute
+        async with gw.client(await gw.open_session("reader")) as client:
+            assert not (await client.call_tool("time__get_current_time", {"timezone": "UTC"})).is_error
+            assert stop_of(await client.call_tool("time__get_current_time", {"timezone": "UTC"}))
+            for _ in range(3 * FULL):
+                with pytest.raises(MCPError) as stopped:
+                    await client.read_resource("time+time://now")
+                assert stopped.value.error.code == -32010
+        reads = [r for r in gw.audit("resource.read") if r["decision"] == "deny"]
+        assert len(reads) <= FULL
