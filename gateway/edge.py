@@ -39,6 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.errors import AuthError, Unavailable
 from gateway.front import PRINCIPAL
 from gateway.identity import dpop
+from gateway.identity.tokens import TokenClaims
 from gateway.principal import Principal
 from gateway.transport import McpEndpoint
 
@@ -235,8 +236,8 @@ class Edge:
         try:
             if scheme not in ("bearer", "dpop") or not token:
                 raise AuthError("missing bearer token")
-            await self._possession(scope, scheme, token)
-            principal = await self.gw.sessions.authenticate(token, remote_addr=remote)
+            verified = await self._possession(scope, scheme, token)
+            principal = await self.gw.sessions.authenticate(token, remote_addr=remote, claims=verified)
             if principal.token.jkt is None and self.gw.dpop.mode(principal.agent.dpop) == "required":
                 raise AuthError("this agent's tokens must be DPoP-bound: get one with a DPoP proof", error=dpop.INVALID)
             if not self.gw.audit.healthy:
@@ -291,8 +292,9 @@ class Edge:
         finally:
             self._opened(opener)
 
-    async def _possession(self, scope: Scope, scheme: str, token: str) -> None:
+    async def _possession(self, scope: Scope, scheme: str, token: str) -> TokenClaims:
         """A bound token comes with the DPoP scheme and a proof for this very request; an unbound one as Bearer.
+        Returns the token's verified claims, so they are not verified again.
 
         Raises:
             AuthError: `invalid_dpop_proof` for a missing or bad proof; `invalid_token` for a bad token.
@@ -302,7 +304,7 @@ class Edge:
         if claims.jkt is None:
             if scheme == "dpop":
                 raise AuthError("the token is not DPoP-bound: use the Bearer scheme")
-            return
+            return claims
         if scheme != "dpop":
             raise AuthError("the token is DPoP-bound: use the DPoP scheme with a proof", error=dpop.INVALID)
         proofs = [value for key, value in scope["headers"] if key == b"dpop"]
@@ -311,6 +313,7 @@ class Edge:
         url = f"{self.gw.config.public_url}{scope.get('path', '')}"
         await self.gw.dpop.verify(proofs[0].decode("latin-1"), method=scope["method"], url=url, access_token=token,
                                   jkt=claims.jkt)
+        return claims
 
     def _opened(self, opener: _McpSession) -> None:
         """An admitted open is over (it became a session, or failed): it no longer counts as pending."""
