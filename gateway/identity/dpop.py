@@ -133,8 +133,8 @@ def check_proof(proof: str, *, method: str, url: str, now: float, access_token: 
         raise AuthError("DPoP proof signature invalid", error=INVALID) from None
     if claims["htm"] != method:
         raise AuthError("DPoP proof htm is not this request's method", error=INVALID)
-    htu = claims["htu"]
-    if not isinstance(htu, str) or normalise_url(htu) is None or normalise_url(htu) != normalise_url(url):
+    htu = normalise_url(claims["htu"]) if isinstance(claims["htu"], str) else None
+    if htu is None or htu != normalise_url(url):
         raise AuthError("DPoP proof htu is not this request's URL", error=INVALID)
     iat, jti = claims["iat"], claims["jti"]
     if not isinstance(iat, int | float) or isinstance(iat, bool) or abs(now - iat) > PROOF_WINDOW:
@@ -157,10 +157,6 @@ class DpopVerifier:
         self.default_mode = default_mode
         # with a secret, proofs must carry a nonce of ours; the key is derived so it serves nothing else
         self._nonce_key = hmac.new(nonce_secret, b"dpop-nonce", hashlib.sha256).digest() if nonce_secret else None
-
-    @property
-    def nonces(self) -> bool:
-        return self._nonce_key is not None
 
     def nonce(self) -> str | None:
         """A nonce to hand out now (None when nonces are off)."""

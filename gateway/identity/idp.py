@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 import httpx2 as httpx  # the HTTP client the MCP SDK already loads
 
-from gateway.config import EMAIL, IdentityProvider, JwtIssuer
+from gateway.config import EMAIL, JwtIssuer
 from gateway.errors import AuthError, Unavailable
 from gateway.identity.jwks import select_key, token_header, unverified_claims, verify_jwt
 
@@ -140,10 +140,7 @@ class JwtIssuers:
 
 
 class IdentityProviders(JwtIssuers):
-    """Verifies subject tokens and ID-JAGs against the configured providers."""
-
-    def __init__(self, providers: tuple[IdentityProvider, ...], clock: Callable[[], float]) -> None:
-        super().__init__(providers, clock)
+    """Verifies subject tokens and ID-JAGs against the configured providers (`identity_providers`)."""
 
     async def verify(self, token: str) -> Human:
         """The human a subject token names.
