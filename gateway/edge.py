@@ -93,11 +93,21 @@ def _with_header(send: Send, name: bytes, value: str | None) -> Send:
     return wrapped
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+_READ = frozenset({b"host", b"origin", b"authorization", b"mcp-session-id", b"mcp-protocol-version", b"dpop"})
+
+
+def _read_headers(scope: Scope) -> dict[bytes, list[str]]:
+    """The request headers the edge reads, each with its values in order, from one pass over the scope."""
+    found: dict[bytes, list[str]] = {}
     for key, value in scope["headers"]:
-        if key == name:
-            return value.decode("latin-1")
-    return None
+        if key in _READ:
+            found.setdefault(key, []).append(value.decode("latin-1"))
+    return found
+
+
+def _first(headers: dict[bytes, list[str]], name: bytes) -> str | None:
+    values = headers.get(name)
+    return values[0] if values else None
 
 
 class AuthFailures:
@@ -218,25 +228,26 @@ class Edge:
                 })
 
     async def _serve(self, app: ASGIApp, path: str, scope: Scope, receive: Receive, send: Send) -> None:
-        host = _header(scope, b"host")
+        headers = _read_headers(scope)
+        host = _first(headers, b"host")
         if host is None or host not in self.hosts:
             await send_json(send, 421, {"error": "misdirected_request", "error_description": (
                 "Host not accepted: use public_url's host, or add this host (host:port) to allowed_hosts "
                 "in gateway.yaml"
             )})
             return
-        origin = _header(scope, b"origin")
+        origin = _first(headers, b"origin")
         if origin is not None and origin not in self.origins:
             await send_json(send, 403, {"error": "forbidden", "error_description": "Origin not allowed"})
             return
         remote = scope["client"][0] if scope.get("client") else "unknown"
-        authorization = _header(scope, b"authorization") or ""
+        authorization = _first(headers, b"authorization") or ""
         scheme, _, token = authorization.partition(" ")
         scheme, token = scheme.lower(), token.strip()
         try:
             if scheme not in ("bearer", "dpop") or not token:
                 raise AuthError("missing bearer token")
-            verified = await self._possession(scope, scheme, token)
+            verified = await self._possession(scope, scheme, token, headers.get(b"dpop", []))
             principal = await self.gw.sessions.authenticate(token, remote_addr=remote, claims=verified)
             if principal.token.jkt is None and self.gw.dpop.mode(principal.agent.dpop) == "required":
                 raise AuthError("this agent's tokens must be DPoP-bound: get one with a DPoP proof", error=dpop.INVALID)
@@ -251,7 +262,7 @@ class Edge:
             await send_json(send, 503, {"error": "temporarily_unavailable", "error_description": str(exc)},
                             {"retry-after": "1"})
             return
-        mcp_session = _header(scope, b"mcp-session-id")
+        mcp_session = _first(headers, b"mcp-session-id")
         structlog.contextvars.bind_contextvars(agent=principal.agent.id, sid=principal.sid, mcp_session=mcp_session)
         owned = self._mcp_sessions.get(mcp_session) if mcp_session is not None else None
         if owned is not None and owned.sid != principal.sid:
@@ -259,7 +270,7 @@ class Edge:
             await send_json(send, 404, {"jsonrpc": "2.0", "id": None,
                                         "error": {"code": -32600, "message": "Session not found"}})
             return
-        opening = isinstance(app, McpEndpoint) and mcp_session is None and _may_open_session(scope)
+        opening = isinstance(app, McpEndpoint) and mcp_session is None and _may_open_session(scope, headers)
         if opening:
             refusal = self._mcp_session_refusal(principal)
             if refusal is not None:
@@ -292,7 +303,7 @@ class Edge:
         finally:
             self._opened(opener)
 
-    async def _possession(self, scope: Scope, scheme: str, token: str) -> TokenClaims:
+    async def _possession(self, scope: Scope, scheme: str, token: str, proofs: list[str]) -> TokenClaims:
         """A bound token comes with the DPoP scheme and a proof for this very request; an unbound one as Bearer.
         Returns the token's verified claims, so they are not verified again.
 
@@ -307,11 +318,10 @@ class Edge:
             return claims
         if scheme != "dpop":
             raise AuthError("the token is DPoP-bound: use the DPoP scheme with a proof", error=dpop.INVALID)
-        proofs = [value for key, value in scope["headers"] if key == b"dpop"]
         if len(proofs) != 1:
             raise AuthError("a DPoP-bound token needs exactly one DPoP proof", error=dpop.INVALID)
         url = f"{self.gw.config.public_url}{scope.get('path', '')}"
-        await self.gw.dpop.verify(proofs[0].decode("latin-1"), method=scope["method"], url=url, access_token=token,
+        await self.gw.dpop.verify(proofs[0], method=scope["method"], url=url, access_token=token,
                                   jkt=claims.jkt)
         return claims
 
@@ -409,10 +419,10 @@ class Edge:
                         {"www-authenticate": challenge})
 
 
-def _may_open_session(scope: Scope) -> bool:
+def _may_open_session(scope: Scope, headers: dict[bytes, list[str]]) -> bool:
     """A POST without `Mcp-Session-Id` in the handshake era (no or a handshake-era protocol header): the SDK
     opens a new MCP session for it. 2026-07-28 requests are sessionless."""
     if scope["method"] != "POST":
         return False
-    version = _header(scope, b"mcp-protocol-version")
+    version = _first(headers, b"mcp-protocol-version")
     return version is None or version in _HANDSHAKE
