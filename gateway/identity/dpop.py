@@ -157,6 +157,7 @@ class DpopVerifier:
         self.default_mode = default_mode
         # with a secret, proofs must carry a nonce of ours; the key is derived so it serves nothing else
         self._nonce_key = hmac.new(nonce_secret, b"dpop-nonce", hashlib.sha256).digest() if nonce_secret else None
+        self._nonces: dict[int, str] = {}  # bucket -> its nonce, for the (at most two) buckets in use now
 
     def nonce(self) -> str | None:
         """A nonce to hand out now (None when nonces are off)."""
@@ -165,9 +166,15 @@ class DpopVerifier:
         return self._nonce_for(int(self.clock() // NONCE_PERIOD))
 
     def _nonce_for(self, bucket: int) -> str:
-        assert self._nonce_key is not None
-        raw = bucket.to_bytes(8, "big")
-        return _b64url(raw + hmac.new(self._nonce_key, raw, hashlib.sha256).digest()[:16])
+        """The nonce of a current or previous bucket, computed once per bucket (every DPoP answer carries one)."""
+        nonce = self._nonces.get(bucket)
+        if nonce is None:
+            assert self._nonce_key is not None
+            raw = bucket.to_bytes(8, "big")
+            nonce = _b64url(raw + hmac.new(self._nonce_key, raw, hashlib.sha256).digest()[:16])
+            self._nonces = {kept: value for kept, value in self._nonces.items() if abs(kept - bucket) <= 1}
+            self._nonces[bucket] = nonce
+        return nonce
 
     def _fresh(self, nonce: str | None) -> bool:
         if nonce is None or len(nonce) > 64:
