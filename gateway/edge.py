@@ -204,6 +204,9 @@ class Edge:
         `agent`, `sid` and `mcp_session` once authenticated), then write its one canonical line."""
         structlog.contextvars.clear_contextvars()  # nothing carried over from what this task served before
         structlog.contextvars.bind_contextvars(request_id=secrets.token_hex(8))
+        if not requests_log.isEnabledFor(logging.INFO):  # no canonical line: nothing to time or watch
+            await self._serve(app, path, scope, receive, send)
+            return
         status, opened = 0, None  # status 0: no answer was started (the client went away, or the request was cut)
 
         async def answered(message: Message) -> None:
@@ -218,14 +221,13 @@ class Edge:
         try:
             await self._serve(app, path, scope, receive, answered)
         finally:
-            if requests_log.isEnabledFor(logging.INFO):
-                bound = structlog.contextvars.get_contextvars()
-                requests_log.info("request", extra={
-                    "method": scope["method"], "path": path, "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                    "agent": bound.get("agent"), "sid": bound.get("sid"),
-                    "mcp_session": bound.get("mcp_session") or opened,
-                })
+            bound = structlog.contextvars.get_contextvars()
+            requests_log.info("request", extra={
+                "method": scope["method"], "path": path, "status": status,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                "agent": bound.get("agent"), "sid": bound.get("sid"),
+                "mcp_session": bound.get("mcp_session") or opened,
+            })
 
     async def _serve(self, app: ASGIApp, path: str, scope: Scope, receive: Receive, send: Send) -> None:
         headers = _read_headers(scope)
@@ -364,15 +366,19 @@ class Edge:
         return held
 
     def _binding(self, send: Send, opener: _McpSession | None, ending: str | None) -> Send:
-        """Remember which agent session a new MCP session belongs to; forget one its client terminated."""
+        """Remember which agent session a new MCP session belongs to; forget one its client terminated.
+        `send` itself when the request does neither (most requests)."""
+        if opener is None and ending is None:
+            return send
 
         async def wrapped(message: Message) -> None:
             if message["type"] == "http.response.start":
                 if ending is not None and message["status"] < 300:
                     self._forget(ending)
-                for key, value in message.get("headers", []):
-                    if key.lower() == b"mcp-session-id" and opener is not None:
-                        self._mcp_sessions.setdefault(value.decode("latin-1"), opener)
+                if opener is not None:
+                    for key, value in message.get("headers", []):
+                        if key.lower() == b"mcp-session-id":
+                            self._mcp_sessions.setdefault(value.decode("latin-1"), opener)
             await send(message)
 
         return wrapped
