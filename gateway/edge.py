@@ -320,11 +320,8 @@ class Edge:
             return claims
         if scheme != "dpop":
             raise AuthError("the token is DPoP-bound: use the DPoP scheme with a proof", error=dpop.INVALID)
-        if len(proofs) != 1:
-            raise AuthError("a DPoP-bound token needs exactly one DPoP proof", error=dpop.INVALID)
         url = f"{self.gw.config.public_url}{scope.get('path', '')}"
-        await self.gw.dpop.verify(proofs[0], method=scope["method"], url=url, access_token=token,
-                                  jkt=claims.jkt)
+        await self.gw.dpop.verify_holder(proofs, method=scope["method"], url=url, access_token=token, jkt=claims.jkt)
         return claims
 
     def _opened(self, opener: _McpSession) -> None:

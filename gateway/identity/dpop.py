@@ -211,6 +211,17 @@ class DpopVerifier:
             raise AuthError("DPoP proof replayed (jti already used)", error=INVALID)
         return checked
 
+    async def verify_holder(self, proofs: list[str], *, method: str, url: str, access_token: str,
+                            jkt: str) -> Proof:
+        """The one proof (of the request's `DPoP` headers) that the holder of a token bound to `jkt` has its key.
+
+        Raises:
+            AuthError, StoreUnavailable: as for `verify`; `invalid_dpop_proof` for no proof or more than one.
+        """
+        if len(proofs) != 1:
+            raise AuthError("a DPoP-bound token needs exactly one DPoP proof", error=INVALID)
+        return await self.verify(proofs[0], method=method, url=url, access_token=access_token, jkt=jkt)
+
 
 def challenge(reason: str, *, error: str = INVALID, resource_metadata: str | None = None) -> str:
     """The `WWW-Authenticate: DPoP ...` value of a refusal (RFC 9449 §7.1)."""

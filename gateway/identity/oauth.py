@@ -365,12 +365,10 @@ class OAuth:
 
     async def _holder_proof(self, request: Request, token: str, jkt: str) -> Response | None:
         """None when the request carries a fresh DPoP proof by the key `token` is bound to, else the 401."""
-        proofs = request.headers.getlist("dpop")
         try:
-            if len(proofs) != 1:
-                raise AuthError("a DPoP-bound token needs exactly one DPoP proof", error=INVALID_DPOP)
-            await self.gw.dpop.verify(proofs[0], method="POST", url=f"{self.gw.config.public_url}/oauth/revoke",
-                                      access_token=token, jkt=jkt)
+            await self.gw.dpop.verify_holder(request.headers.getlist("dpop"), method="POST",
+                                             url=f"{self.gw.config.public_url}/oauth/revoke", access_token=token,
+                                             jkt=jkt)
         except AuthError as exc:
             if exc.error != USE_NONCE:
                 await self.failures.failed(_remote(request), exc.reason)
