@@ -410,10 +410,8 @@ class Edge:
     async def _unauthorized(self, send: Send, path: str, reason: str, *, error: str = "invalid_token") -> None:
         url = metadata_url(self.gw.config.public_url, path if path in self.resources else "")
         if error in (dpop.INVALID, dpop.USE_NONCE):
-            headers = {"www-authenticate": dpop.challenge(reason, error=error, resource_metadata=url)}
-            nonce = self.gw.dpop.nonce()
-            if nonce is not None:
-                headers["dpop-nonce"] = nonce
+            headers = {"www-authenticate": dpop.challenge(reason, error=error, resource_metadata=url),
+                       **self.gw.dpop.nonce_header()}
             await send_json(send, 401, {"error": error, "error_description": reason}, headers)
             return
         description = reason.replace('"', "'")

@@ -165,6 +165,11 @@ class DpopVerifier:
             return None
         return self._nonce_for(int(self.clock() // NONCE_PERIOD))
 
+    def nonce_header(self) -> dict[str, str]:
+        """The `DPoP-Nonce` header to add to an answer now (none when nonces are off)."""
+        nonce = self.nonce()
+        return {"dpop-nonce": nonce} if nonce is not None else {}
+
     def _nonce_for(self, bucket: int) -> str:
         """The nonce of a current or previous bucket, computed once per bucket (every DPoP answer carries one)."""
         nonce = self._nonces.get(bucket)
