@@ -39,6 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.errors import AuthError, Unavailable
 from gateway.front import PRINCIPAL
 from gateway.identity import dpop
+from gateway.identity.tokens import TokenClaims
 from gateway.principal import Principal
 from gateway.transport import McpEndpoint
 
@@ -92,11 +93,21 @@ def _with_header(send: Send, name: bytes, value: str | None) -> Send:
     return wrapped
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+_READ = frozenset({b"host", b"origin", b"authorization", b"mcp-session-id", b"mcp-protocol-version", b"dpop"})
+
+
+def _read_headers(scope: Scope) -> dict[bytes, list[str]]:
+    """The request headers the edge reads, each with its values in order, from one pass over the scope."""
+    found: dict[bytes, list[str]] = {}
     for key, value in scope["headers"]:
-        if key == name:
-            return value.decode("latin-1")
-    return None
+        if key in _READ:
+            found.setdefault(key, []).append(value.decode("latin-1"))
+    return found
+
+
+def _first(headers: dict[bytes, list[str]], name: bytes) -> str | None:
+    values = headers.get(name)
+    return values[0] if values else None
 
 
 class AuthFailures:
@@ -193,6 +204,9 @@ class Edge:
         `agent`, `sid` and `mcp_session` once authenticated), then write its one canonical line."""
         structlog.contextvars.clear_contextvars()  # nothing carried over from what this task served before
         structlog.contextvars.bind_contextvars(request_id=secrets.token_hex(8))
+        if not requests_log.isEnabledFor(logging.INFO):  # no canonical line: nothing to time or watch
+            await self._serve(app, path, scope, receive, send)
+            return
         status, opened = 0, None  # status 0: no answer was started (the client went away, or the request was cut)
 
         async def answered(message: Message) -> None:
@@ -207,36 +221,36 @@ class Edge:
         try:
             await self._serve(app, path, scope, receive, answered)
         finally:
-            if requests_log.isEnabledFor(logging.INFO):
-                bound = structlog.contextvars.get_contextvars()
-                requests_log.info("request", extra={
-                    "method": scope["method"], "path": path, "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                    "agent": bound.get("agent"), "sid": bound.get("sid"),
-                    "mcp_session": bound.get("mcp_session") or opened,
-                })
+            bound = structlog.contextvars.get_contextvars()
+            requests_log.info("request", extra={
+                "method": scope["method"], "path": path, "status": status,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                "agent": bound.get("agent"), "sid": bound.get("sid"),
+                "mcp_session": bound.get("mcp_session") or opened,
+            })
 
     async def _serve(self, app: ASGIApp, path: str, scope: Scope, receive: Receive, send: Send) -> None:
-        host = _header(scope, b"host")
+        headers = _read_headers(scope)
+        host = _first(headers, b"host")
         if host is None or host not in self.hosts:
             await send_json(send, 421, {"error": "misdirected_request", "error_description": (
                 "Host not accepted: use public_url's host, or add this host (host:port) to allowed_hosts "
                 "in gateway.yaml"
             )})
             return
-        origin = _header(scope, b"origin")
+        origin = _first(headers, b"origin")
         if origin is not None and origin not in self.origins:
             await send_json(send, 403, {"error": "forbidden", "error_description": "Origin not allowed"})
             return
         remote = scope["client"][0] if scope.get("client") else "unknown"
-        authorization = _header(scope, b"authorization") or ""
+        authorization = _first(headers, b"authorization") or ""
         scheme, _, token = authorization.partition(" ")
         scheme, token = scheme.lower(), token.strip()
         try:
             if scheme not in ("bearer", "dpop") or not token:
                 raise AuthError("missing bearer token")
-            await self._possession(scope, scheme, token)
-            principal = await self.gw.sessions.authenticate(token, remote_addr=remote)
+            verified = await self._possession(scope, scheme, token, headers.get(b"dpop", []))
+            principal = await self.gw.sessions.authenticate(token, remote_addr=remote, claims=verified)
             if principal.token.jkt is None and self.gw.dpop.mode(principal.agent.dpop) == "required":
                 raise AuthError("this agent's tokens must be DPoP-bound: get one with a DPoP proof", error=dpop.INVALID)
             if not self.gw.audit.healthy:
@@ -250,7 +264,7 @@ class Edge:
             await send_json(send, 503, {"error": "temporarily_unavailable", "error_description": str(exc)},
                             {"retry-after": "1"})
             return
-        mcp_session = _header(scope, b"mcp-session-id")
+        mcp_session = _first(headers, b"mcp-session-id")
         structlog.contextvars.bind_contextvars(agent=principal.agent.id, sid=principal.sid, mcp_session=mcp_session)
         owned = self._mcp_sessions.get(mcp_session) if mcp_session is not None else None
         if owned is not None and owned.sid != principal.sid:
@@ -258,7 +272,7 @@ class Edge:
             await send_json(send, 404, {"jsonrpc": "2.0", "id": None,
                                         "error": {"code": -32600, "message": "Session not found"}})
             return
-        opening = isinstance(app, McpEndpoint) and mcp_session is None and _may_open_session(scope)
+        opening = isinstance(app, McpEndpoint) and mcp_session is None and _may_open_session(scope, headers)
         if opening:
             refusal = self._mcp_session_refusal(principal)
             if refusal is not None:
@@ -291,8 +305,9 @@ class Edge:
         finally:
             self._opened(opener)
 
-    async def _possession(self, scope: Scope, scheme: str, token: str) -> None:
+    async def _possession(self, scope: Scope, scheme: str, token: str, proofs: list[str]) -> TokenClaims:
         """A bound token comes with the DPoP scheme and a proof for this very request; an unbound one as Bearer.
+        Returns the token's verified claims, so they are not verified again.
 
         Raises:
             AuthError: `invalid_dpop_proof` for a missing or bad proof; `invalid_token` for a bad token.
@@ -302,15 +317,12 @@ class Edge:
         if claims.jkt is None:
             if scheme == "dpop":
                 raise AuthError("the token is not DPoP-bound: use the Bearer scheme")
-            return
+            return claims
         if scheme != "dpop":
             raise AuthError("the token is DPoP-bound: use the DPoP scheme with a proof", error=dpop.INVALID)
-        proofs = [value for key, value in scope["headers"] if key == b"dpop"]
-        if len(proofs) != 1:
-            raise AuthError("a DPoP-bound token needs exactly one DPoP proof", error=dpop.INVALID)
         url = f"{self.gw.config.public_url}{scope.get('path', '')}"
-        await self.gw.dpop.verify(proofs[0].decode("latin-1"), method=scope["method"], url=url, access_token=token,
-                                  jkt=claims.jkt)
+        await self.gw.dpop.verify_holder(proofs, method=scope["method"], url=url, access_token=token, jkt=claims.jkt)
+        return claims
 
     def _opened(self, opener: _McpSession) -> None:
         """An admitted open is over (it became a session, or failed): it no longer counts as pending."""
@@ -351,15 +363,19 @@ class Edge:
         return held
 
     def _binding(self, send: Send, opener: _McpSession | None, ending: str | None) -> Send:
-        """Remember which agent session a new MCP session belongs to; forget one its client terminated."""
+        """Remember which agent session a new MCP session belongs to; forget one its client terminated.
+        `send` itself when the request does neither (most requests)."""
+        if opener is None and ending is None:
+            return send
 
         async def wrapped(message: Message) -> None:
             if message["type"] == "http.response.start":
                 if ending is not None and message["status"] < 300:
                     self._forget(ending)
-                for key, value in message.get("headers", []):
-                    if key.lower() == b"mcp-session-id" and opener is not None:
-                        self._mcp_sessions.setdefault(value.decode("latin-1"), opener)
+                if opener is not None:
+                    for key, value in message.get("headers", []):
+                        if key.lower() == b"mcp-session-id":
+                            self._mcp_sessions.setdefault(value.decode("latin-1"), opener)
             await send(message)
 
         return wrapped
@@ -394,10 +410,8 @@ class Edge:
     async def _unauthorized(self, send: Send, path: str, reason: str, *, error: str = "invalid_token") -> None:
         url = metadata_url(self.gw.config.public_url, path if path in self.resources else "")
         if error in (dpop.INVALID, dpop.USE_NONCE):
-            headers = {"www-authenticate": dpop.challenge(reason, error=error, resource_metadata=url)}
-            nonce = self.gw.dpop.nonce()
-            if nonce is not None:
-                headers["dpop-nonce"] = nonce
+            headers = {"www-authenticate": dpop.challenge(reason, error=error, resource_metadata=url),
+                       **self.gw.dpop.nonce_header()}
             await send_json(send, 401, {"error": error, "error_description": reason}, headers)
             return
         description = reason.replace('"', "'")
@@ -406,10 +420,10 @@ class Edge:
                         {"www-authenticate": challenge})
 
 
-def _may_open_session(scope: Scope) -> bool:
+def _may_open_session(scope: Scope, headers: dict[bytes, list[str]]) -> bool:
     """A POST without `Mcp-Session-Id` in the handshake era (no or a handshake-era protocol header): the SDK
     opens a new MCP session for it. 2026-07-28 requests are sessionless."""
     if scope["method"] != "POST":
         return False
-    version = _header(scope, b"mcp-protocol-version")
+    version = _first(headers, b"mcp-protocol-version")
     return version is None or version in _HANDSHAKE

@@ -17,7 +17,7 @@ from gateway.agents import Agent, AgentDirectory
 from gateway.audit import Audit
 from gateway.config import SessionDefaults
 from gateway.errors import AuthError
-from gateway.identity.tokens import Tokens
+from gateway.identity.tokens import TokenClaims, Tokens
 from gateway.principal import Principal
 from gateway.store.base import ENDED_STATES, SessionRecord, SessionState, Store
 
@@ -150,26 +150,31 @@ class Sessions:
             raise AuthError("the session has ended and cannot be renewed", error="invalid_grant")
         return renewed, await self._issue(agent, renewed, via, remote_addr, credential, jkt)
 
-    async def authenticate(self, token: str, *, remote_addr: str | None = None) -> Principal:
+    async def authenticate(self, token: str, *, remote_addr: str | None = None,
+                           claims: TokenClaims | None = None) -> Principal:
         """The principal a bearer token stands for, checked against the live session; counts as activity.
+
+        `claims`: the token's, when the caller has just verified it (the edge does, for DPoP).
 
         Raises:
             AuthError: invalid token, unknown session, ended session, disabled agent.
             StoreUnavailable: the store cannot be consulted (the caller refuses).
         """
-        principal = await self.resolve(token, remote_addr=remote_addr)
+        principal = await self.resolve(token, remote_addr=remote_addr, claims=claims)
         now = self.clock()
         if now - principal.session.last_seen >= _TOUCH_EVERY:
             await self.store.touch_session(principal.sid, now)
         return principal
 
-    async def resolve(self, token: str, *, remote_addr: str | None = None) -> Principal:
+    async def resolve(self, token: str, *, remote_addr: str | None = None,
+                      claims: TokenClaims | None = None) -> Principal:
         """Like `authenticate`, without recording activity (introspection, revocation).
 
         Raises:
             AuthError, StoreUnavailable: as for `authenticate`.
         """
-        claims = self.tokens.verify(token)
+        if claims is None:
+            claims = self.tokens.verify(token)
         session = await self.store.get_session(claims.sid)
         if session is None or session.agent != claims.agent or session.grant_version is None:
             raise AuthError("token does not belong to a session of its agent")

@@ -133,8 +133,8 @@ def check_proof(proof: str, *, method: str, url: str, now: float, access_token: 
         raise AuthError("DPoP proof signature invalid", error=INVALID) from None
     if claims["htm"] != method:
         raise AuthError("DPoP proof htm is not this request's method", error=INVALID)
-    htu = claims["htu"]
-    if not isinstance(htu, str) or normalise_url(htu) is None or normalise_url(htu) != normalise_url(url):
+    htu = normalise_url(claims["htu"]) if isinstance(claims["htu"], str) else None
+    if htu is None or htu != normalise_url(url):
         raise AuthError("DPoP proof htu is not this request's URL", error=INVALID)
     iat, jti = claims["iat"], claims["jti"]
     if not isinstance(iat, int | float) or isinstance(iat, bool) or abs(now - iat) > PROOF_WINDOW:
@@ -157,10 +157,7 @@ class DpopVerifier:
         self.default_mode = default_mode
         # with a secret, proofs must carry a nonce of ours; the key is derived so it serves nothing else
         self._nonce_key = hmac.new(nonce_secret, b"dpop-nonce", hashlib.sha256).digest() if nonce_secret else None
-
-    @property
-    def nonces(self) -> bool:
-        return self._nonce_key is not None
+        self._nonces: dict[int, str] = {}  # bucket -> its nonce, for the (at most two) buckets in use now
 
     def nonce(self) -> str | None:
         """A nonce to hand out now (None when nonces are off)."""
@@ -168,10 +165,21 @@ class DpopVerifier:
             return None
         return self._nonce_for(int(self.clock() // NONCE_PERIOD))
 
+    def nonce_header(self) -> dict[str, str]:
+        """The `DPoP-Nonce` header to add to an answer now (none when nonces are off)."""
+        nonce = self.nonce()
+        return {"dpop-nonce": nonce} if nonce is not None else {}
+
     def _nonce_for(self, bucket: int) -> str:
-        assert self._nonce_key is not None
-        raw = bucket.to_bytes(8, "big")
-        return _b64url(raw + hmac.new(self._nonce_key, raw, hashlib.sha256).digest()[:16])
+        """The nonce of a current or previous bucket, computed once per bucket (every DPoP answer carries one)."""
+        nonce = self._nonces.get(bucket)
+        if nonce is None:
+            assert self._nonce_key is not None
+            raw = bucket.to_bytes(8, "big")
+            nonce = _b64url(raw + hmac.new(self._nonce_key, raw, hashlib.sha256).digest()[:16])
+            self._nonces = {kept: value for kept, value in self._nonces.items() if abs(kept - bucket) <= 1}
+            self._nonces[bucket] = nonce
+        return nonce
 
     def _fresh(self, nonce: str | None) -> bool:
         if nonce is None or len(nonce) > 64:
@@ -207,6 +215,17 @@ class DpopVerifier:
         if not await self.store.remember_jti(f"dpop|{checked.jkt}|{checked.jti}", checked.iat + PROOF_WINDOW, now):
             raise AuthError("DPoP proof replayed (jti already used)", error=INVALID)
         return checked
+
+    async def verify_holder(self, proofs: list[str], *, method: str, url: str, access_token: str,
+                            jkt: str) -> Proof:
+        """The one proof (of the request's `DPoP` headers) that the holder of a token bound to `jkt` has its key.
+
+        Raises:
+            AuthError, StoreUnavailable: as for `verify`; `invalid_dpop_proof` for no proof or more than one.
+        """
+        if len(proofs) != 1:
+            raise AuthError("a DPoP-bound token needs exactly one DPoP proof", error=INVALID)
+        return await self.verify(proofs[0], method=method, url=url, access_token=access_token, jkt=jkt)
 
 
 def challenge(reason: str, *, error: str = INVALID, resource_metadata: str | None = None) -> str:

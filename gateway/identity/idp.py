@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 import httpx2 as httpx  # the HTTP client the MCP SDK already loads
 
-from gateway.config import EMAIL, IdentityProvider, JwtIssuer
+from gateway.config import EMAIL, JwtIssuer
 from gateway.errors import AuthError, Unavailable
 from gateway.identity.jwks import select_key, token_header, unverified_claims, verify_jwt
 
@@ -114,8 +114,10 @@ class JwtIssuers:
 
     async def verified(
         self, token: str, *, what: str, require: tuple[str, ...], audience: str | None = None,
+        unlisted: str | None = None,
     ) -> tuple[JwtIssuer, dict[str, Any], dict[str, Any]]:
-        """(issuer, header, claims) of a token one of the issuers signed; `audience` defaults to the issuer's.
+        """(issuer, header, claims) of a token one of the issuers signed; `audience` defaults to the issuer's;
+        `unlisted` is the reason for an issuer not configured (by default, one made of `what`).
 
         The algorithm list is the issuer's, never the token's; `sub` must be a non-empty string.
 
@@ -126,7 +128,7 @@ class JwtIssuers:
         issuer = unverified_claims(token, error=INVALID).get("iss")
         source = self.keys.get(issuer) if isinstance(issuer, str) else None
         if source is None:
-            raise AuthError(f"{what} issuer is not configured", error=INVALID)
+            raise AuthError(unlisted or f"{what} issuer is not configured", error=INVALID)
         config = source.provider
         header = token_header(token, config.algorithms, error=INVALID)
         key = select_key(await source.keys_for(header.get("kid")), header, error=INVALID)
@@ -140,10 +142,7 @@ class JwtIssuers:
 
 
 class IdentityProviders(JwtIssuers):
-    """Verifies subject tokens and ID-JAGs against the configured providers."""
-
-    def __init__(self, providers: tuple[IdentityProvider, ...], clock: Callable[[], float]) -> None:
-        super().__init__(providers, clock)
+    """Verifies subject tokens and ID-JAGs against the configured providers (`identity_providers`)."""
 
     async def verify(self, token: str) -> Human:
         """The human a subject token names.
@@ -152,10 +151,10 @@ class IdentityProviders(JwtIssuers):
             AuthError: (`invalid_grant`) unlisted issuer, bad signature or key, wrong audience, expired.
             Unavailable: the provider's keys cannot be fetched.
         """
-        issuer = unverified_claims(token, error=INVALID).get("iss")
-        if not isinstance(issuer, str) or issuer not in self.keys:
-            raise AuthError("subject_token issuer is not a configured identity provider", error=INVALID)
-        provider, _, claims = await self.verified(token, what="subject_token", require=("iss", "sub", "aud", "exp"))
+        provider, _, claims = await self.verified(
+            token, what="subject_token", require=("iss", "sub", "aud", "exp"),
+            unlisted="subject_token issuer is not a configured identity provider",
+        )
         return _human(provider, claims)
 
     async def verify_id_jag(self, token: str, gateway_issuer: str) -> tuple[Human, dict[str, Any]]:

@@ -177,7 +177,7 @@ class OAuth:
                 if exc.error in ("invalid_client", "invalid_grant", INVALID_DPOP):
                     await self.failures.failed(remote, exc.reason)
                 if exc.error == USE_NONCE:  # RFC 9449 §8: the answer carries the nonce to use
-                    return OAuthError(exc.error, exc.reason, self._nonce_header()).response()
+                    return OAuthError(exc.error, exc.reason, self.gw.dpop.nonce_header()).response()
                 used_basic = request.headers.get("authorization", "").lower().startswith("basic ")
                 challenge = exc.error == "invalid_client" and used_basic  # RFC 6749 §5.2
                 headers = {"www-authenticate": 'Basic realm="mcp-gateway"'} if challenge else None
@@ -269,11 +269,7 @@ class OAuth:
             "scope": scope_of(agent.grant),
             **extra,
         }
-        return JSONResponse(body, headers={**_NO_STORE, **self._nonce_header()})
-
-    def _nonce_header(self) -> dict[str, str]:
-        nonce = self.gw.dpop.nonce()
-        return {"dpop-nonce": nonce} if nonce is not None else {}
+        return JSONResponse(body, headers={**_NO_STORE, **self.gw.dpop.nonce_header()})
 
     async def _proof(self, request: Request, agent_mode: DpopMode | None) -> str | None:
         """The thumbprint of the key a valid DPoP proof on this token request names, if the token is to be bound.
@@ -365,17 +361,15 @@ class OAuth:
 
     async def _holder_proof(self, request: Request, token: str, jkt: str) -> Response | None:
         """None when the request carries a fresh DPoP proof by the key `token` is bound to, else the 401."""
-        proofs = request.headers.getlist("dpop")
         try:
-            if len(proofs) != 1:
-                raise AuthError("a DPoP-bound token needs exactly one DPoP proof", error=INVALID_DPOP)
-            await self.gw.dpop.verify(proofs[0], method="POST", url=f"{self.gw.config.public_url}/oauth/revoke",
-                                      access_token=token, jkt=jkt)
+            await self.gw.dpop.verify_holder(request.headers.getlist("dpop"), method="POST",
+                                             url=f"{self.gw.config.public_url}/oauth/revoke", access_token=token,
+                                             jkt=jkt)
         except AuthError as exc:
             if exc.error != USE_NONCE:
                 await self.failures.failed(_remote(request), exc.reason)
             return JSONResponse({"error": exc.error, "error_description": exc.reason}, status_code=401,
-                                headers={**_NO_STORE, **self._nonce_header(),
+                                headers={**_NO_STORE, **self.gw.dpop.nonce_header(),
                                          "www-authenticate": challenge(exc.reason, error=exc.error)})
         return None
 
