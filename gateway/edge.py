@@ -41,6 +41,7 @@ from gateway.front import PRINCIPAL
 from gateway.identity import dpop
 from gateway.identity.tokens import TokenClaims
 from gateway.principal import Principal
+from gateway.scopes import SessionScopes
 from gateway.transport import McpEndpoint
 
 if TYPE_CHECKING:
@@ -167,7 +168,7 @@ class Edge:
             port = public.port or (443 if public.scheme == "https" else 80)
             self.hosts.update(f"{name}:{port}" for name in _LOOPBACK_NAMES)
         self.origins = {f"{public.scheme}://{public.netloc}", *gateway.config.allowed_origins}
-        self._scopes: dict[str, set[anyio.CancelScope]] = defaultdict(set)
+        self._scopes = SessionScopes()  # the requests a session's end cuts
         self._mcp_sessions: dict[str, _McpSession] = {}  # Mcp-Session-Id -> who opened it
         self._opening_sessions: Counter[str] = Counter()  # agent sid -> MCP sessions being opened now
         self._opening_agents: Counter[str] = Counter()  # agent id -> MCP sessions being opened now
@@ -175,7 +176,7 @@ class Edge:
 
     def tracked_sids(self) -> set[str]:
         """Agent sessions with an open request or an MCP session here: their end must be noticed."""
-        return {*self._scopes, *(owned.sid for owned in self._mcp_sessions.values())}
+        return {*self._scopes.sids(), *(owned.sid for owned in self._mcp_sessions.values())}
 
     def prune_mcp_sessions(self) -> None:
         """Forget MCP sessions the SDK ended on its own (idle timeout), and their listeners."""
@@ -183,8 +184,7 @@ class Edge:
 
     async def end_session(self, sid: str) -> None:
         """The session ended: cut its open streams and in-flight requests, and terminate its MCP sessions, now."""
-        for scope in self._scopes.pop(sid, set()):
-            scope.cancel()
+        self._scopes.cancel(sid)
         for mcp_session, owned in list(self._mcp_sessions.items()):
             if owned.sid == sid:
                 self._forget(mcp_session)
@@ -394,16 +394,8 @@ class Edge:
             started = started or message["type"] == "http.response.start"
             await send(message)
 
-        with anyio.CancelScope() as cancel:
-            self._scopes[sid].add(cancel)
-            try:
-                await app(scope, receive, tracked)
-            finally:
-                live = self._scopes.get(sid)
-                if live is not None:
-                    live.discard(cancel)
-                    if not live:
-                        del self._scopes[sid]
+        with self._scopes.open(sid) as cancel:
+            await app(scope, receive, tracked)
         if cancel.cancelled_caught and not started:  # only end_session cancels it
             await self._unauthorized(send, scope.get("path", "").rstrip("/"), "session ended")
 

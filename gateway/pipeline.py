@@ -22,10 +22,9 @@ allows without one; the next start records them `interrupted` (audit/interrupted
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -41,6 +40,7 @@ from gateway.errors import AuthError, Stopped, Unavailable, UpstreamError
 from gateway.metering import Meter
 from gateway.policy import NOT_GRANTED, decide, host_realpath
 from gateway.principal import Principal
+from gateway.scopes import SessionScopes
 from gateway.telemetry import OFF, Off, Tracing
 from gateway.upstream import Downstream, Upstream
 
@@ -115,7 +115,7 @@ class Pipeline:
         self.audit = audit
         self.fingerprints = fingerprints
         self.meter = meter
-        self._in_flight: dict[str, set[anyio.CancelScope]] = {}  # sid -> the forwards its end cuts
+        self._in_flight = SessionScopes()  # the forwards a session's end cuts
         self.telemetry = telemetry
 
     async def admit(
@@ -384,8 +384,7 @@ class Pipeline:
 
     def session_ended(self, sid: str) -> None:
         """The session ended: cut its forwards in flight now (each records `revoked`)."""
-        for scope in self._in_flight.pop(sid, set()):
-            scope.cancel()
+        self._in_flight.cancel(sid)
 
     async def _cuttable(
         self, sid: str, run: Callable[[], Awaitable[T]], record_cut: Callable[[str], Awaitable[None]]
@@ -397,7 +396,7 @@ class Pipeline:
         Raises:
             AuthError: the session ended during the forward.
         """
-        with self._registered(sid) as scope:
+        with self._in_flight.open(sid) as scope:
             try:
                 return await run()
             except anyio.get_cancelled_exc_class():
@@ -407,20 +406,6 @@ class Pipeline:
         # Only our own scope was cancelled, and it swallowed the cancellation: the session ended
         # (recorded `revoked` above, on the way out).
         raise AuthError("session ended")
-
-    @contextlib.contextmanager
-    def _registered(self, sid: str) -> Iterator[anyio.CancelScope]:
-        scope = anyio.CancelScope()
-        self._in_flight.setdefault(sid, set()).add(scope)
-        try:
-            with scope:
-                yield scope
-        finally:
-            live = self._in_flight.get(sid)
-            if live is not None:
-                live.discard(scope)
-                if not live:
-                    del self._in_flight[sid]
 
 
 class _MeteredDownstream:
