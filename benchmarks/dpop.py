@@ -38,7 +38,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
+
+from gateway.upstream.http_client import mcp_http_client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import overhead
@@ -129,7 +130,7 @@ class DpopAuth(httpx2.Auth):
 def connector(url: str, **client: Any) -> Callable[[], Any]:
     @contextlib.asynccontextmanager
     async def connect() -> AsyncIterator[Callable[[], Awaitable[Any]]]:
-        async with create_mcp_http_client(**client) as http:
+        async with mcp_http_client(**client) as http:
             async with Client(streamable_http_client(url, http_client=http), cache=None) as session:
                 yield overhead.echo(session)
 

@@ -34,7 +34,8 @@ import yaml
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
+
+from gateway.upstream.http_client import mcp_http_client
 
 REPO = Path(__file__).resolve().parents[1]
 EVERYTHING = REPO / "node_modules" / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
@@ -110,7 +111,7 @@ async def direct() -> AsyncIterator[Callable[[], Awaitable[Any]]]:
 def via_gateway(url: str, token: str, mode: str) -> Callable[[], Any]:
     @contextlib.asynccontextmanager
     async def connect() -> AsyncIterator[Callable[[], Awaitable[Any]]]:
-        async with create_mcp_http_client(headers={"Authorization": f"Bearer {token}"}) as http:
+        async with mcp_http_client(headers={"Authorization": f"Bearer {token}"}) as http:
             async with Client(streamable_http_client(url, http_client=http), mode=mode, cache=None) as client:
                 yield echo(client)
 

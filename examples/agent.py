@@ -8,13 +8,13 @@ from __future__ import annotations
 import argparse
 
 import anyio
+import httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 
 
 async def main(url: str, token: str) -> None:
-    async with create_mcp_http_client(headers={"Authorization": f"Bearer {token}"}) as http:
+    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http:
         async with Client(streamable_http_client(url, http_client=http)) as client:
             tools = await client.list_tools()
             print("granted tools:", ", ".join(t.name for t in tools.tools))

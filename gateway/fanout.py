@@ -72,7 +72,7 @@ class Listener:
             return True
         assert self.session is not None
         try:
-            await self.session.send_notification(event_to_notification(event, {}))  # type: ignore[arg-type]
+            await self.session.send_notification(event_to_notification(event, {}))
         except Exception:  # a vanished client surfaces as any transport error; forget it
             return False
         return True

@@ -24,6 +24,7 @@ from mcp.shared.message import ServerMessageMetadata
 from mcp.shared.subscriptions import event_to_notification
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from gateway import __version__
 from gateway.budgets import stop_detail
 from gateway.errors import AuthError, Stopped, Unavailable, UpstreamError
 from gateway.fanout import Listener, listen_meta
@@ -121,7 +122,7 @@ class ContextDownstream:
         if isinstance(request, types.CreateMessageRequest) and request.params.tools:
             result_type = types.CreateMessageResultWithTools
         try:
-            return await ctx.session.send_request(  # type: ignore[no-any-return]
+            return await ctx.session.send_request(
                 request, result_type, metadata=ServerMessageMetadata(related_request_id=ctx.request_id)
             )
         except MCPError as exc:
@@ -149,7 +150,7 @@ class Front:
         handlers = _Handlers(self.gw, view)
         server: Server[Any] = _ListChangingServer(
             name,
-            version="0.1.0",
+            version=__version__,
             instructions=None,
             get_tool_input_schema=lambda _name: None,  # arguments are checked by the grant and the upstream
             on_list_tools=handlers.list_tools,
@@ -201,6 +202,8 @@ class _SharedCredentialCheck:
         principal = ctx.request.scope.get(PRINCIPAL) if ctx.request is not None else None
         if ctx.request_id is None or not isinstance(principal, Principal):
             return await call_next(ctx)
+        name: object
+        version: object
         if ctx.session.client_params is not None:
             client = ctx.session.client_params.client_info
             name, version = client.name, client.version

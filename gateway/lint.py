@@ -109,7 +109,7 @@ def lint(tool: types.Tool, other_tools: Collection[str] = ()) -> list[str]:
             reasons.append(f"an <IMPORTANT>-style tag in {where}: {match.group(0)!r}")
         if where.endswith("description") and len(text) > LONG_DESCRIPTION:
             reasons.append(f"{where} is {len(text)} characters long (usual: under {LONG_DESCRIPTION})")
-        mentioned = sorted({_tool_named(token, others) for token in _TOKEN.findall(text)} - {None})
+        mentioned = sorted({n for token in _TOKEN.findall(text) if (n := _tool_named(token, others)) is not None})
         if mentioned:
             reasons.append(f"{where} mentions other tools: {', '.join(mentioned)}")
     return list(dict.fromkeys(reasons))

@@ -200,7 +200,10 @@ def load_manifest(path: Path, config: GatewayConfig) -> UpstreamSpec:
     """
     manifest = read_manifest(path)
     base = path.resolve().parent
-    resolve = lambda value, field: _resolve_secrets(value, config, manifest.name, f"{path}: {field}")  # noqa: E731
+
+    def resolve(value: str, field: str) -> str:
+        return _resolve_secrets(value, config, manifest.name, f"{path}: {field}")
+
     if manifest.url is not None:
         host = urlsplit(manifest.url).hostname or ""
         if not any(glob_matches(pattern, host) for pattern in config.upstream_hosts):

@@ -35,6 +35,9 @@ class _Metric:
     def header(self) -> list[str]:
         return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
 
+    def render(self) -> list[str]:
+        raise NotImplementedError
+
 
 class Counter(_Metric):
     kind = "counter"
@@ -91,7 +94,7 @@ class Histogram(_Metric):
         for key, counts in sorted(self._series.items()):
             series = list(itertools.accumulate(counts[:-1])) + counts[-1:]
             for bound, count in zip(self.buckets, series, strict=False):
-                le = 'le="%g"' % bound
+                le = f'le="{bound:g}"'
                 lines.append(f"{self.name}_bucket{_labels(self.label_names, key, le)} {count:g}")
             inf = 'le="+Inf"'
             lines.append(f"{self.name}_bucket{_labels(self.label_names, key, inf)} {series[-2]:g}")

@@ -228,7 +228,11 @@ class Pipeline:
         responses: types.InputResponses | None = None
         state: str | None = None
         for _ in range(MAX_INPUT_ROUNDS + 1):
-            def send(meta: dict[str, Any] | None, responses: Any = responses, state: Any = state) -> Any:
+            def send(
+                meta: types.RequestParamsMeta | None,
+                responses: types.InputResponses | None = responses,
+                state: str | None = state,
+            ) -> Awaitable[types.CallToolResult | types.InputRequiredResult]:
                 return upstream.request(  # meta: the trace context to pass on
                     call.principal,
                     lambda s: s.call_tool(

@@ -80,7 +80,7 @@ def _same_json(a: Any, b: Any) -> bool:
     # JSON equality: true is not 1, 1.0 is 1.
     if isinstance(a, bool) or isinstance(b, bool):
         return isinstance(a, bool) and isinstance(b, bool) and a == b
-    return a == b
+    return bool(a == b)
 
 
 def _under(path: str, prefix: str) -> bool:

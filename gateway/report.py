@@ -117,7 +117,7 @@ def contribution(record: dict[str, Any]) -> dict[str, float]:
         return out
     # Outcome records; or the one-record read of an earlier version.
     if event in METERED or (event in GATED and "outcome" in record):
-        amounts = {"request_tokens": ("request_tokens", MAX_RECORD_TOKENS, True),
+        amounts: dict[str, tuple[str, float, bool]] = {"request_tokens": ("request_tokens", MAX_RECORD_TOKENS, True),
                    "response_tokens": ("response_tokens", MAX_RECORD_TOKENS, True)}
     elif event == "model.usage":
         amounts = {"model_input_tokens": ("input_tokens", MAX_RECORD_TOKENS, True),
@@ -196,7 +196,8 @@ def _by_spend(item: tuple[str, dict[str, float]]) -> tuple[float, str]:
 
 def tokens(values: dict[str, Any]) -> float:
     """The tokens of every kind in a contribution or a row (absent kinds: 0)."""
-    return sum(values.get(k, 0) for k in TOKENS)
+    total: float = sum(values.get(k, 0) for k in TOKENS)
+    return total
 
 
 def _rounded(values: dict[str, float]) -> dict[str, float]:

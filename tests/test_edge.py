@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import jwt
 import pytest
+from mcp.shared.exceptions import MCPError
 
 from tests.support.harness import HEADERS, INIT, Harness, running_gateway, time_manifest
 
@@ -76,6 +77,7 @@ async def test_a_foreign_origin_is_refused_before_anything_else(gw: Harness) -> 
         evil = await http.post("/mcp", headers={**HEADERS, "origin": "http://evil.example",
                                                 "authorization": f"Bearer {token}"}, content=json.dumps(INIT))
         assert evil.status_code == 403
+        assert evil.json()["error_description"] == "Origin not allowed"
         unauthenticated = await http.post("/mcp", headers={**HEADERS, "origin": "http://evil.example"},
                                           content=json.dumps(INIT))
         assert unauthenticated.status_code == 403
@@ -115,6 +117,7 @@ async def test_an_mcp_session_cannot_be_borrowed_by_another_agent_session(gw: Ha
             content=json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
         )
     assert borrowed.status_code == 404
+    assert borrowed.json()["error"] == {"code": -32600, "message": "Session not found"}
 
 
 async def test_every_tool_call_leaves_exactly_one_tool_call_record_with_the_identity_triple(gw: Harness) -> None:
@@ -123,7 +126,7 @@ async def test_every_tool_call_leaves_exactly_one_tool_call_record_with_the_iden
     async with gw.client(token) as client:
         for tz in ("UTC", "Europe/Paris", "Asia/Tokyo"):
             await client.call_tool("time__get_current_time", {"timezone": tz})
-        with pytest.raises(Exception):
+        with pytest.raises(MCPError, match="^Unknown tool: time__nope$"):
             await client.call_tool("time__nope", {})
     calls = [r for r in gw.audit("tool.call") if r["session"] == sid]
     assert len(calls) == 4

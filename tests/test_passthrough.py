@@ -181,6 +181,7 @@ async def test_modern_logging_is_delivered_when_the_request_opts_in(gw: Harness,
         await client.call_tool("everything__toggle-simulated-logging", {})  # logs once, during this call
         await client.call_tool("everything__toggle-simulated-logging", {})
     assert lines, "the opted-in call carried the server's log line"
+    assert isinstance(lines[0].data, str) and "message" in lines[0].data.lower()
 
 
 async def test_legacy_resource_subscription_delivers_updates_for_the_exposed_uri(gw: Harness, token: str) -> None:

@@ -12,12 +12,12 @@ import anyio
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
 from gateway.config import TelemetrySettings, load_gateway_config
 from gateway.errors import ConfigError
 from gateway.telemetry import OFF, Tracing, build_telemetry
+from gateway.upstream.http_client import mcp_http_client
 from tests.audit.test_audit_gateway import _point_at_a_full_disk
 from tests.identity.support import basic, client_credentials, give_secret, token
 from tests.support.harness import REPO, dynamic_manifest, everything_stdio_manifest, running_gateway, write_config
@@ -80,7 +80,7 @@ async def test_the_http_traceparent_header_parents_the_span_when_meta_has_none(t
     ) as gw:
         token = await gw.open_session("bot")
         headers = {"Authorization": f"Bearer {token}", "traceparent": f"00-{TRACE}-{CALLER_SPAN}-01"}
-        async with create_mcp_http_client(headers=headers) as http, Client(
+        async with mcp_http_client(headers=headers) as http, Client(
             streamable_http_client(gw.mcp_url, http_client=http), mode="legacy", cache=None
         ) as client:
             result = await client.call_tool("dynamic__speak", {})

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import sys
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,8 +165,7 @@ def _validate(args: argparse.Namespace) -> int:
             manifest = read_manifest(path)
             if config is None:
                 result.skipped.append(_NEEDS_CONFIG)
-                listed = manifest.tools
-                _unexposed_pins(result, manifest.name, manifest.pins, lambda tool: listed == "*" or tool in listed)
+                _unexposed_pins(result, manifest.name, manifest.pins, functools.partial(_listed, manifest.tools))
                 continue
             spec = load_manifest(path, config)
         except ConfigError as exc:
@@ -186,6 +186,11 @@ def _validate(args: argparse.Namespace) -> int:
     if warnings and args.strict:
         raise ConfigError(f"{warnings} warning(s), and --strict fails on warnings")
     return EXIT_OK
+
+
+def _listed(tools: str | Sequence[str], tool: str) -> bool:
+    """Whether a manifest's `tools:` (a list, or "*") exposes this tool."""
+    return tools == "*" or tool in tools
 
 
 def _unexposed_pins(result: FileResult, server: str, pinned: Iterable[str], exposes: Callable[[str], bool]) -> None:

@@ -152,7 +152,8 @@ class PostgresStore:
 
     async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         with _errors():
-            return await self._p().fetch(sql, *args)
+            rows: list[asyncpg.Record] = await self._p().fetch(sql, *args)
+            return rows
 
     async def _execute(self, sql: str, *args: Any) -> int:
         with _errors():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, fields, replace
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.store.base import AgentRecord, SessionRecord
 
@@ -16,6 +16,12 @@ AGENT_COLUMNS = {  # the agent fields `update_agent` may change, and their colum
     "lifecycle": "lifecycle",
 }
 _JSON_FIELDS = ("jwks", "grant", "lifecycle")
+
+
+class Row(Protocol):
+    """A row read by column name: a dict, sqlite3.Row or asyncpg.Record."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
 
 
 def workload_key(issuer: str, subject: str) -> str:
@@ -31,7 +37,7 @@ def load(text: str | None) -> Any:
     return json.loads(text) if text else None
 
 
-def agent(row: Mapping[str, Any]) -> AgentRecord:
+def agent(row: Row) -> AgentRecord:
     return AgentRecord(
         id=row["id"],
         owner=row["owner"],
@@ -69,7 +75,7 @@ def session_values(session: SessionRecord) -> dict[str, Any]:
     return values
 
 
-def session(row: Mapping[str, Any]) -> SessionRecord:
+def session(row: Row) -> SessionRecord:
     values = {name: row[name] for name in SESSION_COLUMNS}
     values["stop"] = load(values["stop"])
     return SessionRecord(**values)
@@ -91,7 +97,7 @@ def state_at(now: str) -> str:
     )
 
 
-def listed(found: Iterable[Mapping[str, Any]], now: float | None) -> list[SessionRecord]:
+def listed(found: Iterable[Row], now: float | None) -> list[SessionRecord]:
     """`list_sessions`' rows as records; with `now`, lazily-expired ones reported as expired."""
     sessions = [session(r) for r in found]
     return sessions if now is None else [as_of(s, now) for s in sessions]

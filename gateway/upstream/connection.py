@@ -29,14 +29,15 @@ from mcp import Client
 from mcp.client.session import ClientRequestContext, ClientSession, IncomingMessage
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.subscriptions import event_to_notification
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from gateway import __version__
 from gateway.dirs import private_dir
 from gateway.errors import UpstreamError
 from gateway.manifests import UpstreamSpec
 from gateway.metrics import METRICS
+from gateway.upstream.http_client import mcp_http_client
 
 log = logging.getLogger("gateway.upstream")
 RESTARTS = METRICS.counter("gateway_upstream_restarts_total", "Upstream reconnects after a failure", ["server"])
@@ -239,7 +240,7 @@ class Connection:
             transport: Any = stdio_client(params, errlog=errlog)
         else:
             assert spec.url is not None
-            http = create_mcp_http_client(headers=spec.headers or None)
+            http = mcp_http_client(headers=spec.headers or None)
             transport = _http_transport(spec.url, http)
         return Client(
             _watched(transport, closed),
@@ -248,7 +249,7 @@ class Connection:
             elicitation_callback=self._elicitation,
             list_roots_callback=self._roots,
             message_handler=self._message,
-            client_info=types.Implementation(name="mcp-identity-gateway", version="0.1.0"),
+            client_info=types.Implementation(name="mcp-identity-gateway", version=__version__),
             cache=None,
         )
 

@@ -23,7 +23,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -31,6 +30,7 @@ from starlette.routing import Route
 
 from gateway.cli import main
 from gateway.operations import Operations
+from gateway.upstream.http_client import mcp_http_client
 from tests.support.harness import Harness, free_port
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -250,6 +250,6 @@ class DpopAuth(httpx2.Auth):
 @contextlib.asynccontextmanager
 async def dpop_client(url: str, auth: DpopAuth, *, mode: str = "auto") -> AsyncIterator[Client]:
     """The official SDK client sending a fresh DPoP proof with every request."""
-    async with create_mcp_http_client(auth=auth) as http:
+    async with mcp_http_client(auth=auth) as http:
         async with Client(streamable_http_client(url, http_client=http), mode=mode, cache=None) as client:
             yield client

@@ -24,11 +24,11 @@ import uvicorn
 import yaml
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 
 from gateway.app import Gateway, build_gateway, create_app
 from gateway.config import load_gateway_config
 from gateway.http_limits import server_options
+from gateway.upstream.http_client import mcp_http_client
 from tests.support.postgres import database_for, store_under_test
 
 REPO = Path(__file__).resolve().parents[2]
@@ -130,7 +130,7 @@ async def everything_http() -> AsyncIterator[str]:
 @contextlib.asynccontextmanager
 async def connect(url: str, token: str, *, mode: str = "auto", **kwargs: Any) -> AsyncIterator[Client]:
     """The official SDK client on `url` with a bearer token."""
-    http = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
+    http = mcp_http_client(headers={"Authorization": f"Bearer {token}"})
     async with http:
         transport = streamable_http_client(url, http_client=http)
         async with Client(transport, mode=mode, cache=None, **kwargs) as client:
