@@ -8,9 +8,10 @@ RUN apt-get update \
 WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund --omit=dev
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md .ci/constraints.txt ./
 COPY gateway ./gateway
-RUN pip install --no-cache-dir '.[fast,postgres]' mcp-server-time mcp-server-git
+# The same locked versions CI tests (.ci/constraints.txt, from `uv pip compile`).
+RUN pip install --no-cache-dir -c constraints.txt '.[fast,postgres,quickstart]'
 COPY tool_manifests ./tool_manifests
 COPY examples ./examples
 
