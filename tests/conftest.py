@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
+import mcp.client.stdio
 import pytest
 import structlog
 from hypothesis import settings
@@ -14,6 +15,11 @@ from tests.support.postgres import drop_idle, needs_server, require_server
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
 settings.register_profile("dev", deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+# The SDK gives a stdio server 2 s to exit after its stdin closes before it sends SIGTERM (the spec's
+# shutdown order). server-everything keeps timers and never exits on its own, so every gateway the tests
+# stop waited those 2 s per such child; the tests' in-process gateways escalate after 0.2 s instead.
+mcp.client.stdio.PROCESS_TERMINATION_TIMEOUT = 0.2
 
 
 @pytest.fixture(scope="session")
