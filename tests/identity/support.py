@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import io
 import json
 import socket
 import time
@@ -28,9 +27,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from gateway.cli import main
 from gateway.operations import Operations
 from gateway.upstream.http_client import mcp_http_client
+from tests.support.cli import run_cli
 from tests.support.harness import Harness, free_port
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -40,14 +39,9 @@ ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 
 async def cli(gw: Harness, *argv: str, status: int = 0) -> str:
     """Run an operator command the way a shell would (its own event loop, its own store connection)."""
-    out = io.StringIO()
-
-    def run() -> int:
-        with contextlib.redirect_stdout(out):
-            return main([*argv, "--config", str(gw.root / "gateway.yaml")])
-
-    assert await anyio.to_thread.run_sync(run) == status
-    return out.getvalue()
+    got, out = await run_cli(*argv, "--config", str(gw.root / "gateway.yaml"))
+    assert got == status
+    return out
 
 
 async def give_secret(gw: Harness, agent: str) -> str:

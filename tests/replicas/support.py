@@ -8,7 +8,6 @@ them), so a token any of them issues is valid on all.
 from __future__ import annotations
 
 import contextlib
-import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -22,6 +21,7 @@ from mcp import Client
 
 from tests.support.harness import STARTUP_TIMEOUT, Harness, connect, free_port, running_gateway, write_config
 from tests.support.postgres import admin
+from tests.support.records import audit_records
 
 READY_LINE = b"Application startup complete."
 
@@ -53,13 +53,6 @@ class Replica:
 
     def audit(self, event: str | None = None) -> list[dict[str, Any]]:
         return audit_records(self.root / "state" / "audit.jsonl", event)
-
-
-def audit_records(path: Path, event: str | None = None) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if event is None or r["event"] == event]
 
 
 def replica_extra(dsn: str, public_url: str, instance: str, **extra: Any) -> dict[str, Any]:

@@ -9,13 +9,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import anyio
 import mcp_types as types
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import cli
 from gateway.audit.files import audit_files
 from gateway.audit.ocsf import to_ocsf
 from gateway.evidence import SHARES, evidence
@@ -31,6 +29,7 @@ from tests.identity.support import (
     token,
 )
 from tests.identity.support import cli as operator_cli
+from tests.support.cli import run_cli as cli_run
 from tests.support.harness import Harness, running_gateway, time_manifest
 
 pytestmark = pytest.mark.anyio
@@ -43,7 +42,8 @@ PER_CALL = {"tools.listed", "tool.call", "tool.result", "model.usage"}
 
 
 async def run_cli(*argv: str) -> int:
-    return await anyio.to_thread.run_sync(cli.main, list(argv))
+    status, _ = await cli_run(*argv)
+    return status
 
 
 async def usage(gw: Harness, headers: dict[str, str]) -> None:

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 from pathlib import Path
 
-import anyio
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway import cli
 from gateway.config import glob_matches
 from gateway.recertify import render_recertification, unused_granted
 from tests.identity.support import call_time, client_credentials, give_secret
+from tests.support.cli import run_cli
 from tests.support.harness import running_gateway, time_manifest
 
 pytestmark = pytest.mark.anyio
@@ -30,17 +28,6 @@ AGENTS = {
     # Granted a server nobody runs or called, never used at all.
     "idle-bot": {"owner": "idle@example.com", "grant": {"tools": ["git.*"]}},
 }
-
-
-async def run_cli(*argv: str) -> tuple[int, str]:
-    out = io.StringIO()
-
-    def run() -> int:
-        with contextlib.redirect_stdout(out):
-            return cli.main(list(argv))
-
-    status = await anyio.to_thread.run_sync(run)
-    return status, out.getvalue()
 
 
 async def traffic(tmp_path: Path) -> str:

@@ -9,7 +9,6 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-import anyio
 import mcp_types as types
 import pytest
 from mcp.shared.exceptions import MCPError
@@ -17,6 +16,7 @@ from mcp.shared.exceptions import MCPError
 from gateway import cli
 from gateway.audit.files import audit_files, rotated_path
 from gateway.report import build, read_records
+from tests.support.cli import run_cli as cli_run
 from tests.support.counter import counter_manifest
 from tests.support.harness import Harness, everything_stdio_manifest, running_gateway
 
@@ -37,7 +37,8 @@ async def usage(gw: Harness, token: str, body: dict[str, Any]) -> None:
 
 
 async def run_cli(*argv: str) -> int:
-    return await anyio.to_thread.run_sync(cli.main, list(argv))
+    status, _ = await cli_run(*argv)
+    return status
 
 
 async def traffic(tmp_path: Path) -> Path:

@@ -7,7 +7,6 @@ collaborators (store, sessions, audit) directly and inject a clock.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
 import subprocess
@@ -30,6 +29,7 @@ from gateway.config import load_gateway_config
 from gateway.http_limits import server_options
 from gateway.upstream.http_client import mcp_http_client
 from tests.support.postgres import database_for, store_under_test
+from tests.support.records import audit_records
 
 REPO = Path(__file__).resolve().parents[2]
 NODE_MODULES = REPO / "node_modules"
@@ -185,11 +185,7 @@ class Harness:
         return httpx.AsyncClient(base_url=self.url, timeout=10)
 
     def audit(self, event: str | None = None) -> list[dict[str, Any]]:
-        path = self.gateway.config.audit.path
-        if not path.exists():
-            return []
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        return [r for r in records if event is None or r["event"] == event]
+        return audit_records(self.gateway.config.audit.path, event)
 
 
 def write_config(
