@@ -41,6 +41,7 @@ from gateway.audit.files import parse_lines
 from gateway.audit.records import SESSION_ENDED
 from gateway.budgets import STOP_REASONS
 from gateway.evidence import SHARED_FLAG, evidence
+from gateway.report_html import render_html
 from gateway.terminal import safe
 
 GROUPS = ("agent", "owner", "session", "task", "tool", "server")
@@ -324,8 +325,6 @@ def render(report: Report, fmt: str) -> str:
     if fmt == "csv":
         return _csv(data)
     if fmt == "html":
-        from gateway.report_html import render_html
-
         return render_html(data)
     if fmt == "table":
         return _table(data)

@@ -10,7 +10,6 @@ import json
 from html import escape
 from typing import Any
 
-from gateway.report import METRICS
 
 _PALETTE = ("#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#4b5563")
 _OUTCOME_COLOURS = {"closed": "#16a34a", "expired": "#d97706", "revoked": "#dc2626", "open": "#6b7280"}
@@ -33,11 +32,12 @@ def render_html(data: dict[str, Any]) -> str:
     by = data["by"]
     evidence = data["evidence"]
     charts = data["charts"]
+    metrics = list(data["totals"])  # the report's columns, in its order
     rows = "".join(
-        f"<tr><td>{escape(_label(row, by))}</td>" + "".join(f"<td>{_fmt(row[m])}</td>" for m in METRICS) + "</tr>"
+        f"<tr><td>{escape(_label(row, by))}</td>" + "".join(f"<td>{_fmt(row[m])}</td>" for m in metrics) + "</tr>"
         for row in data["rows"]
     )
-    totals = "".join(f"<td>{_fmt(data['totals'][m])}</td>" for m in METRICS)
+    totals = "".join(f"<td>{_fmt(data['totals'][m])}</td>" for m in metrics)
     payload = json.dumps(data, allow_nan=False).replace("</", "<\\/")
     window = f"{data['since'] or 'the start'} to {data['until'] or 'now'}"
     return f"""<!doctype html>
@@ -58,7 +58,7 @@ cost in the legend</p>
 {_bars([(k, v) for k, v in charts['session_outcomes'].items()], None)}</div>
 </div>
 <h2>Totals</h2>
-<table><thead><tr><th>{escape(by)}</th>{''.join(f'<th>{m}</th>' for m in METRICS)}</tr></thead>
+<table><thead><tr><th>{escape(by)}</th>{''.join(f'<th>{m}</th>' for m in metrics)}</tr></thead>
 <tbody>{rows}<tr class="total"><td>TOTAL</td>{totals}</tr></tbody></table>
 <h2>Evidence</h2>
 {_evidence(evidence)}
