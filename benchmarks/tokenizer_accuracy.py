@@ -31,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from gateway.metering import Estimator, Meter, load_bpe  # noqa: E402
+from gateway.spend.metering import Estimator, Meter, load_bpe  # noqa: E402
 
 NON_LATIN = {
     "japanese": "ゲートウェイはエージェントごとに固有の資格情報を発行し、セッションが終了するとトークンは失効します。"

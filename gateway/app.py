@@ -20,43 +20,50 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway import usage
-from gateway.admin import admin_routes
-from gateway.agents import AgentDirectory
 from gateway.audit import Audit, build_audit
 from gateway.audit.interrupted import close_interrupted
 from gateway.audit.push import OcsfPush
 from gateway.audit.records import Fingerprints
-from gateway.budgets import Budgets
-from gateway.config import ASSERTION_ALGORITHMS, AgentSpec, GatewayConfig, check_workloads, load_agents, parse_grant
-from gateway.edge import AuthFailures, Edge, metadata_url
+from gateway.config.files import (
+    ASSERTION_ALGORITHMS,
+    AgentSpec,
+    GatewayConfig,
+    check_workloads,
+    load_agents,
+    parse_grant,
+)
+from gateway.config.reload import Reloader, ServerEndpoints
 from gateway.errors import Unavailable
-from gateway.exchanges import Exchanges
-from gateway.fanout import Fanout
-from gateway.front import Front
+from gateway.http import usage
+from gateway.http.admin import admin_routes
+from gateway.http.edge import AuthFailures, Edge, metadata_url
+from gateway.http.oauth import CLIENT_CREDENTIALS, JWT_BEARER, TOKEN_EXCHANGE, OAuth, admin_refusal
+from gateway.http.transport import McpEndpoint
 from gateway.identity import dpop
+from gateway.identity.agents import AgentDirectory
 from gateway.identity.dpop import DpopVerifier
 from gateway.identity.keys import KeyRing
-from gateway.identity.oauth import CLIENT_CREDENTIALS, JWT_BEARER, TOKEN_EXCHANGE, OAuth, admin_refusal
+from gateway.identity.lifecycle import Lifecycle
+from gateway.identity.lifecycle import sweep as lifecycle_sweep
+from gateway.identity.sealing import Sealer
+from gateway.identity.sessions import Sessions
 from gateway.identity.shared import SharedCredentialDetector
 from gateway.identity.stored_keys import key_ring, shared_secrets
 from gateway.identity.tokens import Tokens
-from gateway.lifecycle import Lifecycle
-from gateway.lifecycle import sweep as lifecycle_sweep
-from gateway.manifests import UpstreamSpec, load_manifests
-from gateway.metering import Meter, load_tokenizer
+from gateway.mcp.exchanges import Exchanges
+from gateway.mcp.fanout import Fanout
+from gateway.mcp.pipeline import Pipeline
+from gateway.mcp.server import Front
+from gateway.mcp.views import Names, View
 from gateway.metrics import METRICS
-from gateway.pins import Pins
-from gateway.pipeline import Pipeline
-from gateway.reload import Reloader, ServerEndpoints
-from gateway.sealing import Sealer
-from gateway.sessions import Sessions
+from gateway.pins.definitions import Pins
+from gateway.spend.budgets import Budgets
+from gateway.spend.metering import Meter, load_tokenizer
 from gateway.store import Store, open_store
 from gateway.store.base import KEYS_CHANGED, RESYNC, SESSION_ENDED, ChangeListener
 from gateway.telemetry import OFF, Off, Tracing, build_telemetry
-from gateway.transport import McpEndpoint
 from gateway.upstream import Upstream, Upstreams
-from gateway.views import Names, View
+from gateway.upstream.manifests import UpstreamSpec, load_manifests
 
 log = logging.getLogger("gateway.app")
 

@@ -2,7 +2,7 @@
 
 Every line, structlog's or a standard-library logger's, is one object: `ts` (ISO 8601, UTC),
 `level`, `event` (the message), `logger`, and the context bound for the request being served
-(the edge binds `request_id`, `agent`, `sid`, `mcp_session`; see `gateway.edge`). On a terminal
+(the edge binds `request_id`, `agent`, `sid`, `mcp_session`; see `gateway.http.edge`). On a terminal
 the same lines are shown by structlog's console renderer, string values escaped (`safe`); in
 JSON, the encoder's own escaping is all that is needed.
 

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from gateway.agents import resolve
-from gateway.config import AGENT_ID, EMAIL, AgentSpec, GrantSpec, Workload, check_public_jwks, parse_grant
+from gateway.config.files import AGENT_ID, EMAIL, AgentSpec, GrantSpec, Workload, check_public_jwks, parse_grant
 from gateway.errors import ConfigError, OperatorError
+from gateway.identity.agents import resolve
 from gateway.identity.credentials import generate_secret, hash_secret
-from gateway.lifecycle import credential_of, credential_set_at, iso, own_settings, policy
-from gateway.policy import compile_grant
+from gateway.identity.lifecycle import credential_of, credential_set_at, iso, own_settings, policy
+from gateway.identity.policy import compile_grant
 from gateway.store.base import AgentRecord, SessionRecord, SessionState
 
 if TYPE_CHECKING:
@@ -184,7 +184,7 @@ class Operations:
     async def set_grant(self, agent_id: str, raw: Any, *, source: str = "grant") -> GrantSpec:
         """Replace a store agent's grant; live sessions use it from their next call.
 
-        `raw` is validated exactly as agents.yaml's `grant:` block (gateway/config.py `parse_grant`).
+        `raw` is validated exactly as agents.yaml's `grant:` block (gateway/config/files.py `parse_grant`).
 
         Raises:
             OperatorError: an invalid grant (one line naming the field), an agents.yaml agent, no such agent.

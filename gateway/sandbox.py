@@ -16,7 +16,7 @@ ptrace of processes outside the sandbox is always refused by Landlock.
 
 This module is the launcher, so it imports only the standard library and
 `landlockpy` (the gateway's packages would cost every spawn half a second).
-Which paths a server gets is decided by `gateway/manifests.py`.
+Which paths a server gets is decided by `gateway/upstream/manifests.py`.
 """
 
 from __future__ import annotations

@@ -44,12 +44,12 @@ import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
 from gateway.audit.records import RESULT_EVENTS
-from gateway.config import TelemetrySettings
+from gateway.config.files import TelemetrySettings
 from gateway.errors import ConfigError
-from gateway.principal import Principal
+from gateway.identity.principal import Principal
 
 if TYPE_CHECKING:
-    from gateway.pipeline import Admitted
+    from gateway.mcp.pipeline import Admitted
 
 R = TypeVar("R")
 Send = Callable[[Any], Awaitable[R]]  # the upstream request, given the _meta (RequestParamsMeta or None) to send
@@ -126,7 +126,7 @@ class Tracing:
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-        from gateway.front import PRINCIPAL  # the front imports this module: bound here, once
+        from gateway.mcp.server import PRINCIPAL  # the front imports this module: bound here, once
 
         attributes = {"service.instance.id": instance}
         if not environ.get("OTEL_SERVICE_NAME"):  # the standard variable names the service when it is set

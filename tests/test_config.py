@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from gateway.cli import main
-from gateway.config import load_agents, load_gateway_config
+from gateway.config.files import load_agents, load_gateway_config
 from gateway.errors import ConfigError
-from gateway.manifests import load_manifest, load_manifests
+from gateway.upstream.manifests import load_manifest, load_manifests
 from tests.support.harness import write_config
 
 

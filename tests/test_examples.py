@@ -7,9 +7,9 @@ import re
 import tomllib
 from pathlib import Path
 
-from gateway.config import load_agents, load_gateway_config
-from gateway.manifests import load_manifests
-from gateway.policy import compile_grant
+from gateway.config.files import load_agents, load_gateway_config
+from gateway.identity.policy import compile_grant
+from gateway.upstream.manifests import load_manifests
 
 REPO = Path(__file__).resolve().parents[1]
 

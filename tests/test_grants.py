@@ -9,11 +9,11 @@ import mcp_types as types
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.config import GrantSpec
-from gateway.manifests import UpstreamSpec
-from gateway.policy import EMPTY_GRANT, compile_grant, decide, host_realpath
+from gateway.config.files import GrantSpec
+from gateway.identity.policy import EMPTY_GRANT, compile_grant, decide, host_realpath
+from gateway.mcp.views import Names, View
 from gateway.upstream.hub import Catalog, Upstreams
-from gateway.views import Names, View
+from gateway.upstream.manifests import UpstreamSpec
 
 SERVERS = ["time", "git", "files-2"]
 tool_names = st.text(alphabet=string.ascii_lowercase + "._-", min_size=1, max_size=12).filter(

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.config import GatewayConfig
+from gateway.config.files import GatewayConfig
 from tests.support.harness import Harness, running_gateway, time_manifest
 
 pytestmark = pytest.mark.anyio

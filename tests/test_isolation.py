@@ -243,8 +243,8 @@ class _Leg:
 
 async def test_a_request_state_names_no_exchange_of_another_process_sharing_the_sealing_key() -> None:
     """After a restart, or on another replica, the same key opens the state; its exchange must not be found."""
-    from gateway.exchanges import INVALID_STATE, Exchanges
-    from gateway.sealing import Sealer
+    from gateway.identity.sealing import Sealer
+    from gateway.mcp.exchanges import INVALID_STATE, Exchanges
 
     key = bytes(32)
     answered: list[str] = []

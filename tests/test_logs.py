@@ -19,8 +19,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway import cli
+from gateway.http.usage import PATH as USAGE
 from gateway.logs import configure
-from gateway.usage import PATH as USAGE
 from tests.replicas.support import READY_LINE
 from tests.support.harness import STARTUP_TIMEOUT, connect, dynamic_manifest, free_port, running_gateway, write_config
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.names import NameCollision, NameMap, exposed_name, exposed_uri, split_uri
+from gateway.mcp.names import NameCollision, NameMap, exposed_name, exposed_uri, split_uri
 
 LLM_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 servers = st.from_regex(r"[a-z0-9][a-z0-9-]{0,31}", fullmatch=True)

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from gateway.config import GrantSpec
-from gateway.policy import compile_grant, decide, host_realpath
+from gateway.config.files import GrantSpec
+from gateway.identity.policy import compile_grant, decide, host_realpath
 from tests.support.harness import running_gateway
 
 pytestmark = pytest.mark.anyio

@@ -17,9 +17,9 @@ import pytest
 import yaml
 from mcp.shared.exceptions import MCPError
 
-from gateway.config import GatewayConfig
+from gateway.config.files import GatewayConfig
+from gateway.config.reload import NOT_RELOADABLE, RELOADABLE
 from gateway.errors import UpstreamError
-from gateway.reload import NOT_RELOADABLE, RELOADABLE
 from tests.identity.support import client_credentials, give_secret
 from tests.support.harness import (
     STARTUP_TIMEOUT,

@@ -18,9 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.cli import main
-from gateway.config import gateway_files, load_gateway_config
+from gateway.config.files import gateway_files, load_gateway_config
 from gateway.errors import ConfigError
-from gateway.manifests import load_manifest
+from gateway.upstream.manifests import load_manifest
 from tests.support.harness import SERVERS, http_manifest, running_gateway, time_manifest, write_config
 
 pytestmark = pytest.mark.anyio

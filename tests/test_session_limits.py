@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from mcp.shared.exceptions import MCPError
 
 from gateway.cli import main
-from gateway.config import GatewayConfig
-from gateway.edge import TOO_MANY_MCP_SESSIONS
+from gateway.config.files import GatewayConfig
 from gateway.errors import UpstreamError
+from gateway.http.edge import TOO_MANY_MCP_SESSIONS
 from tests.support.harness import (
     EVERYTHING,
     HEADERS,

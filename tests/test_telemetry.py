@@ -14,7 +14,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from gateway.config import TelemetrySettings, load_gateway_config
+from gateway.config.files import TelemetrySettings, load_gateway_config
 from gateway.errors import ConfigError
 from gateway.telemetry import OFF, Tracing, build_telemetry
 from gateway.upstream.http_client import mcp_http_client

@@ -24,7 +24,7 @@ import httpx2 as httpx  # the HTTP client the MCP SDK already loads
 from gateway.audit.files import cli_path
 from gateway.audit.ocsf import to_ocsf
 from gateway.audit.tail import Filter, Follower, history
-from gateway.config import OcsfPushSettings
+from gateway.config.files import OcsfPushSettings
 
 log = logging.getLogger("gateway.audit.push")
 

@@ -42,8 +42,8 @@ from gateway.audit.checkpoints import EVENT as CHECKPOINT
 from gateway.audit.checkpoints import Checkpoints
 from gateway.audit.files import cli_instance, cli_path, complete_size, last_record, rotated_files, rotated_path
 from gateway.audit.records import capped
-from gateway.config import GatewayConfig
-from gateway.dirs import private_dir
+from gateway.config.dirs import private_dir
+from gateway.config.files import GatewayConfig
 from gateway.errors import AuditUnavailable, Unavailable
 from gateway.identity.keys import KeyRing
 from gateway.store.base import Store

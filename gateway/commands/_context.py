@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
-from gateway.config import GatewayConfig, load_gateway_config
+from gateway.config.files import GatewayConfig, load_gateway_config
 from gateway.store import Store, open_store
 
 if TYPE_CHECKING:

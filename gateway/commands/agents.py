@@ -10,10 +10,10 @@ from typing import Any
 
 import yaml
 
-from gateway.agents import AgentDirectory
 from gateway.commands._context import operate, query
-from gateway.config import AGENT_ID, EMAIL, GatewayConfig, load_agents, read_yaml
+from gateway.config.files import AGENT_ID, EMAIL, GatewayConfig, load_agents, read_yaml
 from gateway.errors import ConfigError, OperatorError
+from gateway.identity.agents import AgentDirectory
 from gateway.operations import agent_rows
 from gateway.store import Store
 from gateway.terminal import safe

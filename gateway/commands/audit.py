@@ -21,8 +21,8 @@ from gateway.audit.records import canonical_json
 from gateway.audit.tail import Filter, Follower, history, read_file, readable
 from gateway.audit.verify import verify
 from gateway.commands._context import run
-from gateway.config import GatewayConfig, load_gateway_config
-from gateway.durations import moment_argument
+from gateway.config.durations import moment_argument
+from gateway.config.files import GatewayConfig, load_gateway_config
 from gateway.errors import ConfigError, GatewayError
 from gateway.identity.keys import ALGORITHM
 from gateway.identity.stored_keys import key_ring

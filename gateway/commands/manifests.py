@@ -23,14 +23,15 @@ import anyio
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
-from gateway import lockfile, pins
 from gateway.commands._context import opened, operator, run
-from gateway.config import GatewayConfig, load_gateway_config
+from gateway.config.files import GatewayConfig, load_gateway_config
 from gateway.errors import ConfigError, GatewayError, UpstreamError
-from gateway.lint import lint
-from gateway.manifests import UpstreamSpec, describe, load_manifest, manifest_files, read_manifest
+from gateway.pins import definitions as pins
+from gateway.pins import lockfile
+from gateway.pins.lint import lint
 from gateway.terminal import safe
 from gateway.upstream import Upstreams
+from gateway.upstream.manifests import UpstreamSpec, describe, load_manifest, manifest_files, read_manifest
 
 SETTLE = 0.3  # seconds without a tool-list change after connecting before a server's list counts as final
 SETTLE_LIMIT = 5.0  # a server whose list never stays still is taken as it is then

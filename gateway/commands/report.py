@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from gateway.audit.files import audit_files
-from gateway.config import load_gateway_config
-from gateway.durations import moment_argument
+from gateway.config.durations import moment_argument
+from gateway.config.files import load_gateway_config
 from gateway.errors import GatewayError
-from gateway.report import FORMATS, GROUPS, build, read_records, render
-from gateway.report_focus import render_focus
+from gateway.report.chargeback import FORMATS, GROUPS, build, read_records, render
+from gateway.report.focus import render_focus
 
 
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -82,11 +82,11 @@ def _write(args: argparse.Namespace, text: str, rows: int) -> None:
 def _recertify(args: argparse.Namespace) -> int:
     """The access review: the store's agents and sessions (read alone, as `agents list` does) plus the audit."""
     from gateway.commands._context import query
-    from gateway.config import load_agents
+    from gateway.config.files import load_agents
     from gateway.errors import ConfigError
-    from gateway.manifests import load_manifests
-    from gateway.recertify import FORMATS as RECERTIFY_FORMATS
-    from gateway.recertify import Inputs, build_recertification, render_recertification
+    from gateway.report.recertify import FORMATS as RECERTIFY_FORMATS
+    from gateway.report.recertify import Inputs, build_recertification, render_recertification
+    from gateway.upstream.manifests import load_manifests
 
     if args.format not in RECERTIFY_FORMATS:
         raise GatewayError(f"--recertify: --format must be one of {', '.join(RECERTIFY_FORMATS)}")

@@ -7,8 +7,8 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from gateway.config import load_gateway_config
-from gateway.dirs import private_dir
+from gateway.config.dirs import private_dir
+from gateway.config.files import load_gateway_config
 
 
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -21,7 +21,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.app import build_gateway, create_app
-    from gateway.http_limits import server_options
+    from gateway.http.limits import server_options
     from gateway.logs import configure
 
     configure(args.log_level)

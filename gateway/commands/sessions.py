@@ -7,7 +7,7 @@ import json
 from typing import Any, get_args
 
 from gateway.commands._context import operate, query
-from gateway.durations import parse_duration
+from gateway.config.durations import parse_duration
 from gateway.operations import session_json
 from gateway.store.base import SessionState
 from gateway.terminal import safe

@@ -1,1 +1,2 @@
-"""Who is calling: signing keys, session tokens, agent credentials, OAuth endpoints."""
+"""Who is calling and what they may do: agents, sessions, grants (policy.py), signing keys, session
+tokens, agent credentials, humans' identity providers, workload identity, DPoP."""

@@ -15,7 +15,7 @@ compared even when the id is unknown or disabled, so the answer also takes as
 long.
 
 One refusal is told to the caller: a secret or key set older than its `credential_max_age`, judged
-only after the credential has been verified (gateway/lifecycle.py). A caller that proved it holds the
+only after the credential has been verified (gateway/identity/lifecycle.py). A caller that proved it holds the
 agent's credential learns nothing it did not know, and learns what to do: rotate it.
 """
 
@@ -26,10 +26,10 @@ import binascii
 from collections.abc import Callable, Mapping
 from urllib.parse import unquote
 
-from gateway import lifecycle
-from gateway.agents import Agent, AgentDirectory
-from gateway.config import ASSERTION_ALGORITHMS, AgentLifecycle
+from gateway.config.files import ASSERTION_ALGORITHMS, AgentLifecycle
 from gateway.errors import AuthError
+from gateway.identity import lifecycle
+from gateway.identity.agents import Agent, AgentDirectory
 from gateway.identity.credentials import verify_secret
 from gateway.identity.jwks import select_key, token_header, unverified_claims, verify_jwt
 from gateway.store.base import Store

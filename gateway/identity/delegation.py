@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.config import glob_matches
+from gateway.config.files import glob_matches
 from gateway.identity.idp import Human
 
 

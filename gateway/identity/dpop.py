@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 import jwt
 from jwt import PyJWK
 
-from gateway.config import DpopMode
+from gateway.config.files import DpopMode
 from gateway.errors import AuthError
 from gateway.store.base import Store
 

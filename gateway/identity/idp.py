@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 import httpx2 as httpx  # the HTTP client the MCP SDK already loads
 
-from gateway.config import EMAIL, JwtIssuer
+from gateway.config.files import EMAIL, JwtIssuer
 from gateway.errors import AuthError, Unavailable
 from gateway.identity.jwks import select_key, token_header, unverified_claims, verify_jwt
 

@@ -22,7 +22,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from gateway.dirs import private_dir
+from gateway.config.dirs import private_dir
 from gateway.errors import ConfigError
 
 ALGORITHM = "EdDSA"

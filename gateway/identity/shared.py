@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.config import SharedCredentials
+from gateway.config.files import SharedCredentials
 
 Fingerprint = tuple[str | None, str | None, str | None]  # remote address, clientInfo name, clientInfo version
 

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.config import GatewayConfig
+from gateway.config.files import GatewayConfig
 from gateway.errors import ConfigError
 from gateway.identity.keys import KeyRing, VerifyKey, load_private, private_pem, thumbprint
-from gateway.sealing import load_key
+from gateway.identity.sealing import load_key
 from gateway.store.base import StoredKey
 
 if TYPE_CHECKING:

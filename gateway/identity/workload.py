@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from gateway.agents import Agent, AgentDirectory
-from gateway.config import WorkloadIssuer
+from gateway.config.files import WorkloadIssuer
 from gateway.errors import AuthError
+from gateway.identity.agents import Agent, AgentDirectory
 from gateway.identity.idp import ID_JAG_TYPE, INVALID, JwtIssuers
 from gateway.store.base import Store
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.config import GatewayConfig
+from gateway.config.files import GatewayConfig
 from gateway.store.base import AgentRecord, Reservation, SessionRecord, SessionState, Store
 
 __all__ = ["AgentRecord", "Reservation", "SessionRecord", "SessionState", "Store", "open_store"]

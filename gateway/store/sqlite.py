@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from gateway.dirs import private_dir
+from gateway.config.dirs import private_dir
 from gateway.errors import StoreUnavailable
 from gateway.store import rows
 from gateway.store.base import (

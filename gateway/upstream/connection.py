@@ -33,11 +33,11 @@ from mcp.shared.subscriptions import event_to_notification
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from gateway import __version__
-from gateway.dirs import private_dir
+from gateway.config.dirs import private_dir
 from gateway.errors import UpstreamError
-from gateway.manifests import UpstreamSpec
 from gateway.metrics import METRICS
 from gateway.upstream.http_client import mcp_http_client
+from gateway.upstream.manifests import UpstreamSpec
 
 log = logging.getLogger("gateway.upstream")
 RESTARTS = METRICS.counter("gateway_upstream_restarts_total", "Upstream reconnects after a failure", ["server"])

@@ -20,11 +20,11 @@ from mcp.client.session import ClientSession
 from mcp.shared.exceptions import MCPError
 
 from gateway.errors import UpstreamError, UpstreamTimeout
-from gateway.manifests import UpstreamSpec
 from gateway.upstream.connection import Connection, Downstream
+from gateway.upstream.manifests import UpstreamSpec
 
 if TYPE_CHECKING:
-    from gateway.principal import Principal
+    from gateway.identity.principal import Principal
 
 log = logging.getLogger("gateway.upstream")
 
@@ -318,7 +318,7 @@ class Upstreams:
         self._change_listeners: list[ChangeListener] = []
         self._update_listeners: list[UpdateListener] = []
         self._log_listeners: list[LogListener] = []
-        self.quarantine: Quarantine = _nothing_hidden  # the app installs the pin check (gateway/pins.py)
+        self.quarantine: Quarantine = _nothing_hidden  # the app installs the pin check (gateway/pins/definitions.py)
 
     def __getitem__(self, name: str) -> Upstream:
         return self.servers[name]

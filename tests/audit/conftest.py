@@ -18,7 +18,7 @@ from gateway.audit.files import cli_path, stream_files
 from gateway.audit.metrics import WRITES
 from gateway.audit.verify import verify
 from gateway.cli import main
-from gateway.config import load_gateway_config
+from gateway.config.files import load_gateway_config
 from tests.support.harness import write_config
 
 AGENTS = ["alice-bot", "bob-bot"]

@@ -24,8 +24,8 @@ from mcp.shared.exceptions import MCPError
 
 from gateway.audit.files import audit_files
 from gateway.audit.ocsf import to_ocsf
-from gateway.durations import parse_moment
-from gateway.policy import grant_version
+from gateway.config.durations import parse_moment
+from gateway.identity.policy import grant_version
 from tests.audit.conftest import audit_running, make_stream, write_calls, write_stream
 from tests.pins.support import ToolListChanges, mcp_gateway, mutable_manifest
 from tests.support.harness import running_gateway

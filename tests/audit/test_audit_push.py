@@ -20,7 +20,7 @@ from starlette.routing import Route
 from gateway.audit.files import audit_files
 from gateway.audit.ocsf import to_ocsf
 from gateway.audit.push import CURSOR
-from gateway.config import load_gateway_config
+from gateway.config.files import load_gateway_config
 from gateway.errors import ConfigError
 from tests.audit.test_audit_ocsf import problems
 from tests.support.harness import dynamic_manifest, running_gateway, write_config

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from gateway.audit.chain import canonical, record_hash, seal
 from gateway.audit.checkpoints import PublicKeys
 from gateway.audit.verify import verify
-from gateway.config import load_gateway_config
+from gateway.config.files import load_gateway_config
 from gateway.identity.keys import KeyRing
 from gateway.store import open_store
 from tests.audit.conftest import Stream, make_stream

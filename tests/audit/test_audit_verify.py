@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from gateway.cli import main
-from gateway.config import load_gateway_config
+from gateway.config.files import load_gateway_config
 from gateway.identity.keys import KeyRing
 from tests.audit.conftest import Stream, rewrite, verify_cli
 

@@ -16,7 +16,7 @@ from mcp.shared.exceptions import MCPError
 
 from gateway.audit.chain import record_hash
 from gateway.audit.metrics import CALLS
-from gateway.report import build
+from gateway.report.chargeback import build
 from tests.audit.conftest import broken_links
 from tests.support.counter import stop_of
 from tests.support.harness import Harness, running_gateway, time_manifest

@@ -15,9 +15,9 @@ import mcp_types as types
 import pytest
 import tiktoken
 
-from gateway.config import MeteringSettings
+from gateway.config.files import MeteringSettings
 from gateway.errors import ConfigError
-from gateway.metering import Bpe, Estimator, Meter, load_bpe, load_tokenizer, media_tokens, tiktoken_cache_file
+from gateway.spend.metering import Bpe, Estimator, Meter, load_bpe, load_tokenizer, media_tokens, tiktoken_cache_file
 from tests.support.harness import everything_stdio_manifest, running_gateway
 
 pytestmark = pytest.mark.anyio

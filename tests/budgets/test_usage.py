@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.usage import parse
+from gateway.http.usage import parse
 from tests.support.counter import agent, counter_manifest, sid_of, stop_of, upstream_calls
 from tests.support.harness import Harness, running_gateway
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from mcp.shared.exceptions import MCPError
 from pydantic import ValidationError
 
-from gateway.config import GrantSpec, parse_grant
+from gateway.config.files import GrantSpec, parse_grant
 from gateway.errors import ConfigError
 from tests.identity.support import cli, client_credentials
 from tests.support.harness import Harness, running_gateway, time_manifest
@@ -177,7 +177,7 @@ _VALUES: st.SearchStrategy[Any] = st.one_of(
 @given(st.dictionaries(_FIELDS, _VALUES, max_size=3))
 def test_a_grant_the_api_accepts_is_exactly_one_agents_yaml_accepts(raw):
     """One validator: the admin/CLI path and agents.yaml agree on every input, and errors are one line."""
-    from gateway.config import AgentsFile
+    from gateway.config.files import AgentsFile
 
     try:
         via_api: GrantSpec | None = parse_grant(raw)

@@ -13,7 +13,7 @@ import anyio
 import pytest
 import yaml
 
-from gateway.lifecycle import STALE_SHARE, Lifecycle
+from gateway.identity.lifecycle import STALE_SHARE, Lifecycle
 from gateway.operations import Operations
 from gateway.store.base import AgentRecord
 from gateway.store.sqlite import SQLiteStore

@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_private_key
 from jwt.algorithms import ECAlgorithm
 
-from gateway.config import load_agents
+from gateway.config.files import load_agents
 from gateway.errors import ConfigError
 from tests.identity.support import cli, client_credentials, mcp_status, token
 from tests.support.harness import running_gateway

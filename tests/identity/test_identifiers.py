@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from gateway.commands.agents import _agent_id, _email
-from gateway.config import AgentSpec, load_agents
+from gateway.config.files import AgentSpec, load_agents
 from gateway.errors import ConfigError
-from gateway.manifests import Manifest
+from gateway.upstream.manifests import Manifest
 from tests.identity.test_admin_api import ADMIN, ADMIN_TOKEN
 from tests.support.harness import REPO, running_gateway
 
@@ -59,7 +59,7 @@ def _refuses(check: Any, value: str) -> bool:
 
 
 def _agents_yaml(agent_id: str) -> None:
-    from gateway.config import AgentsFile
+    from gateway.config.files import AgentsFile
 
     AgentsFile.model_validate({"agents": {agent_id: {"owner": "o@example.com"}}})
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from gateway.ratelimit import RateLimiter
+from gateway.http.ratelimit import RateLimiter
 
 
 def test_a_bucket_allows_its_limit_then_refills_over_the_window():

@@ -6,7 +6,7 @@ import mcp_types as types
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from gateway.config import SharedCredentials
+from gateway.config.files import SharedCredentials
 from gateway.identity.shared import SharedCredentialDetector
 from tests.support.harness import running_gateway, time_manifest
 

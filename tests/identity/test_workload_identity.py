@@ -15,7 +15,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from gateway.config import AgentSpec, GatewayConfig, check_workloads
+from gateway.config.files import AgentSpec, GatewayConfig, check_workloads
 from gateway.errors import ConfigError, OperatorError
 from gateway.operations import Operations
 from tests.identity.support import IdP, call_time, cli, identity_provider, token

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.errors import ConfigError
-from gateway.lockfile import replace_pins, write_pins
+from gateway.pins.lockfile import replace_pins, write_pins
 from tests.pins.support import mcp_gateway, mutable_manifest
 from tests.support.harness import free_port, write_config
 

@@ -10,7 +10,7 @@ import mcp_types as types
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.pins import check, pin
+from gateway.pins.definitions import check, pin
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=20),

@@ -7,7 +7,7 @@ import json
 import mcp_types as types
 import pytest
 
-from gateway.lint import LONG_DESCRIPTION, lint, visible
+from gateway.pins.lint import LONG_DESCRIPTION, lint, visible
 from tests.pins.support import mcp_gateway, mutable_manifest
 from tests.support.harness import everything_stdio_manifest, free_port, time_manifest, write_config
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gateway.pins import CHANGES, pin
+from gateway.pins.definitions import CHANGES, pin
 from tests.pins.support import ToolListChanges, mcp_gateway, mutable_manifest, unknown_everywhere, visible_tools
 from tests.support.harness import everything_stdio_manifest, running_gateway, time_manifest
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.config import GatewayConfig
+from gateway.config.files import GatewayConfig
 from gateway.errors import StoreUnavailable
 from gateway.identity.stored_keys import StoredKeyRing
 from gateway.store.base import KEYS_CHANGED, RESYNC, SESSION_ENDED, Ask, KeyStore, SessionRecord, Store, StoredKey

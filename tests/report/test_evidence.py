@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from gateway.audit.files import audit_files
 from gateway.audit.ocsf import to_ocsf
-from gateway.evidence import SHARES, evidence
-from gateway.report import build, read_records
+from gateway.report.chargeback import build, read_records
+from gateway.report.evidence import SHARES, evidence
 from tests.audit.test_audit_ocsf import problems
 from tests.identity.support import (
     DpopAuth,

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.config import glob_matches
-from gateway.recertify import render_recertification, unused_granted
+from gateway.config.files import glob_matches
+from gateway.report.recertify import render_recertification, unused_granted
 from tests.identity.support import call_time, client_credentials, give_secret
 from tests.support.cli import run_cli
 from tests.support.harness import running_gateway, time_manifest

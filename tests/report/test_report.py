@@ -15,7 +15,7 @@ from mcp.shared.exceptions import MCPError
 
 from gateway import cli
 from gateway.audit.files import audit_files, rotated_path
-from gateway.report import build, read_records
+from gateway.report.chargeback import build, read_records
 from tests.support.cli import run_cli as cli_run
 from tests.support.counter import counter_manifest
 from tests.support.harness import Harness, everything_stdio_manifest, running_gateway

@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 
 from gateway import cli
 from gateway.audit.files import audit_files
-from gateway.config import load_gateway_config
-from gateway.report import build
-from gateway.report_focus import COLUMNS, render_focus
+from gateway.config.files import load_gateway_config
+from gateway.report.chargeback import build
+from gateway.report.focus import COLUMNS, render_focus
 from tests.report.test_report import traffic
 
 pytestmark = pytest.mark.anyio

@@ -25,8 +25,8 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from gateway.app import Gateway, build_gateway, create_app
-from gateway.config import load_gateway_config
-from gateway.http_limits import server_options
+from gateway.config.files import load_gateway_config
+from gateway.http.limits import server_options
 from gateway.upstream.http_client import mcp_http_client
 from tests.support.postgres import database_for, store_under_test
 from tests.support.records import audit_records

@@ -1,0 +1,5 @@
+"""HTTP in front of and beside the MCP server: the edge (Host/Origin, bearer or DPoP auth, session
+binding), the SDK transports, the OAuth endpoints, the admin API, POST /v1/usage, HTTP limits.
+
+Imports identity/, mcp/ (the request scope's principal key), store/, config/ and operations.py.
+"""
