@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -93,9 +93,9 @@ async def throughput(connect: Callable[[], Any], clients: int, total: int) -> fl
     return per_client * clients / (time.perf_counter() - begin)
 
 
-def echo(client: Client) -> Callable[[], Awaitable[Any]]:
+def echo(client: Client, tool: str = "echo") -> Callable[[], Awaitable[Any]]:
     async def call() -> Any:
-        result = await client.call_tool("echo", {"message": "benchmark"})
+        result = await client.call_tool(tool, {"message": "benchmark"})
         assert not result.is_error
 
     return call
@@ -108,36 +108,44 @@ async def direct() -> AsyncIterator[Callable[[], Awaitable[Any]]]:
         yield echo(client)
 
 
-def via_gateway(url: str, token: str, mode: str) -> Callable[[], Any]:
+def via_gateway(url: str, token: str, mode: str, tool: str = "echo") -> Callable[[], Any]:
+    """Connections to a streamable-HTTP endpoint (the gateway's or a peer's) that call `tool` like `echo`."""
+
     @contextlib.asynccontextmanager
     async def connect() -> AsyncIterator[Callable[[], Awaitable[Any]]]:
         async with mcp_http_client(headers={"Authorization": f"Bearer {token}"}) as http:
             async with Client(streamable_http_client(url, http_client=http), mode=mode, cache=None) as client:
-                yield echo(client)
+                yield echo(client, tool)
 
     return connect
 
 
-def write_config(root: Path, port: int, *, unsandboxed: bool = False) -> Path:
+def write_config(root: Path, port: int, *, unsandboxed: bool = False, http_upstream: str | None = None) -> Path:
     """The benchmark's gateway.yaml; `unsandboxed` for a gateway under valgrind, which does not know the Landlock
     system calls (the gateway would find no sandbox and refuse its stdio servers). The sandbox applies to the
-    children only, at their start: it costs the gateway nothing per call."""
+    children only, at their start: it costs the gateway nothing per call. With `http_upstream` (a streamable-HTTP
+    server-everything's URL) a fourth server, `everything-http`, fronts it under the same grant and constraints."""
     manifests = root / "manifests"
     manifests.mkdir()
-    for name, manifest in {
+    servers: dict[str, dict[str, Any]] = {
         "everything": {"transport": "stdio", "command": "node", "args": [str(EVERYTHING), "stdio"],
                        "tools": "*", "isolation": "shared"},
         "time": {"transport": "stdio", "command": "python", "args": ["-m", "mcp_server_time"], "tools": "*"},
         "git": {"transport": "stdio", "command": "python", "args": ["-m", "mcp_server_git"], "tools": "*"},
-    }.items():
+    }
+    echo_tools = ["everything.echo"]
+    if http_upstream is not None:
+        servers["everything-http"] = {"transport": "http", "url": http_upstream, "tools": "*"}
+        echo_tools.append("everything-http.echo")
+    for name, manifest in servers.items():
         if unsandboxed:
             manifest["sandbox"] = "off"
         (manifests / f"{name}.yaml").write_text(yaml.safe_dump({"name": name, "owner": "b@example.com", **manifest}))
     (root / "agents.yaml").write_text(yaml.safe_dump({"agents": {"bench-bot": {
         "owner": "bench@example.com",
         "grant": {
-            "tools": ["everything.echo", "time.*"],
-            "arguments": {"everything.echo": {"message": {"pattern": "[a-z]+", "max_length": 64}}},
+            "tools": [*echo_tools, "time.*"],
+            "arguments": {tool: {"message": {"pattern": "[a-z]+", "max_length": 64}} for tool in echo_tools},
             "budget": {"session_calls": 10_000_000, "session_tokens": 10_000_000_000, "session_ttl": "8h",
                        "idle_timeout": "1h"},
         },
@@ -250,38 +258,67 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-async def cpu_run(label: str, server: psutil.Process, connect: Callable[[], Any], args: argparse.Namespace) -> dict[str, Any]:
-    """CPU time of `server` (its own counters, children excluded) and of this client over `args.calls` calls."""
+ServerProcesses = psutil.Process | Callable[[], Sequence[psutil.Process]]
+
+
+def _processes(server: ServerProcesses) -> Sequence[psutil.Process]:
+    return [server] if isinstance(server, psutil.Process) else server()
+
+
+def _cpu_seconds(processes: Sequence[psutil.Process]) -> dict[int, float]:
+    seconds = {}
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            seconds[process.pid] = times.user + times.system
+    return seconds
+
+
+def rss_mb(server: ServerProcesses) -> float:
+    total = 0
+    for process in _processes(server):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += process.memory_info().rss
+    return round(total / 2**20, 1)
+
+
+async def cpu_run(
+    label: str, server: ServerProcesses, connect: Callable[[], Any], args: argparse.Namespace
+) -> dict[str, Any]:
+    """CPU time of `server` (its own counters, children excluded) and of this client over `args.calls` calls.
+
+    `server` is one process, or a function naming the processes that make up a server that runs several (asked
+    before and after the run; a process that only exists at the end counts from its start)."""
     me = psutil.Process()
-    before, mine = server.cpu_times(), me.cpu_times()
+    before, mine = _cpu_seconds(_processes(server)), me.cpu_times()
     wall = time.perf_counter()
     await throughput(connect, args.clients, args.calls)
     wall = time.perf_counter() - wall
-    after, mine_after = server.cpu_times(), me.cpu_times()
-    used = (after.user - before.user) + (after.system - before.system)
+    after, mine_after = _cpu_seconds(_processes(server)), me.cpu_times()
+    used = sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
     client = (mine_after.user - mine.user) + (mine_after.system - mine.system)
     return {
         "label": label,
         "calls": args.calls,
         "cpu_ms_per_call": round(used / args.calls * 1000, 3),
         "calls_per_s": round(args.calls / wall, 1),
-        "rss_mb": round(server.memory_info().rss / 2**20, 1),
+        "rss_mb": rss_mb(server),
         "client_cpu_share": round(client / wall / psutil.cpu_count(), 3),
         "server_cpu_share": round(used / wall / psutil.cpu_count(), 3),
     }
 
 
-def wait_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+def wait_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30, what: str = "the floor server") -> None:
     import socket
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit("the floor server exited during startup")
+            raise SystemExit(f"{what} exited during startup")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return
         time.sleep(0.1)
-    raise SystemExit(f"the floor server did not start in {timeout:g}s")
+    raise SystemExit(f"{what} did not start in {timeout:g}s")
 
 
 def machine() -> str:
