@@ -33,6 +33,8 @@ from gateway.config.files import (
     parse_grant,
 )
 from gateway.config.reload import Reloader, ServerEndpoints
+from gateway.console import console_routes
+from gateway.console.auth import console_key
 from gateway.errors import Unavailable
 from gateway.http import usage
 from gateway.http.admin import admin_routes
@@ -97,6 +99,7 @@ class Gateway:
     pins: Pins
     dpop: DpopVerifier
     telemetry: Off | Tracing = OFF
+    console_key: bytes = b""  # seals the console's session cookies (gateway/console/auth.py)
     task_group: anyio.abc.TaskGroup | None = None
     config_path: Path | None = None  # gateway.yaml, re-read by hot reload (None: only agents.yaml and manifests)
     reloader: Reloader | None = None  # set while the app runs
@@ -181,6 +184,7 @@ def build_gateway(
         config_path=config_path,
         dpop=DpopVerifier(store, clock, config.dpop, secrets["state"] if config.dpop_nonce else None),
         telemetry=telemetry,
+        console_key=console_key(secrets["state"]),
     )
     return gateway
 
@@ -259,6 +263,7 @@ def create_app(gateway: Gateway) -> Starlette:
               _pr_metadata(config, edge.resources, dpop_offered)),
         *oauth.routes(),
         *admin_routes(gateway, edge.failures),
+        console_routes(gateway, edge),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(_EdgeMiddleware, edge=edge)])
     app.state.gateway = gateway

@@ -27,10 +27,13 @@ AGENTS = {"bot": {"owner": "o@example.com", "grant": {"tools": ["*.*"], "resourc
 
 
 def children_running(script: str) -> list[psutil.Process]:
-    return [
-        p for p in psutil.Process().children(recursive=True)
-        if p.is_running() and p.status() != psutil.STATUS_ZOMBIE and script in " ".join(p.cmdline())
-    ]
+    def running(p: psutil.Process) -> bool:
+        try:
+            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE and script in " ".join(p.cmdline())
+        except psutil.NoSuchProcess:  # it exited between the listing and this look: not running
+            return False
+
+    return [p for p in psutil.Process().children(recursive=True) if running(p)]
 
 
 async def test_an_upstream_killed_mid_call_gives_an_error_result_and_comes_back(tmp_path: Path) -> None:

@@ -18,11 +18,15 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.audit.chain import GENESIS, record_hash
 from gateway.audit.checkpoints import EVENT as CHECKPOINT
 from gateway.audit.checkpoints import BadSignature, PublicKeys, UnknownKey, signed_head
+from gateway.audit.files import cli_instance
+
+if TYPE_CHECKING:
+    from gateway.store import Store
 
 
 @dataclass
@@ -157,3 +161,9 @@ def _vouches(chain: Chain, record: dict[str, Any], where: str, keys: PublicKeys)
         return False
     chain.checkpoints += 1
     return True
+
+
+async def stored_checkpoints(store: Store, instance: str) -> dict[str, dict[str, Any]]:
+    """The store's last checkpoint of the gateway's chain and of its operator chain (an opened store)."""
+    found = {i: await store.get_checkpoint(i) for i in (instance, cli_instance(instance))}
+    return {name: checkpoint for name, checkpoint in found.items() if checkpoint is not None}

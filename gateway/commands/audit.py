@@ -15,11 +15,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from jwt import PyJWK, PyJWTError
 
 from gateway.audit.checkpoints import PublicKeys
-from gateway.audit.files import audit_files, cli_instance, cli_path
+from gateway.audit.files import audit_files, cli_path
 from gateway.audit.ocsf import to_ocsf
 from gateway.audit.records import canonical_json
 from gateway.audit.tail import Filter, Follower, history, read_file, readable
-from gateway.audit.verify import verify
+from gateway.audit.verify import stored_checkpoints, verify
 from gateway.commands._context import run
 from gateway.config.durations import moment_argument
 from gateway.config.files import GatewayConfig, load_gateway_config
@@ -122,10 +122,9 @@ def _first_seq(path: Path) -> int:
 async def _stored_checkpoints(config: GatewayConfig, store: Store) -> dict[str, dict[str, Any]]:
     await store.open()
     try:
-        found = {i: await store.get_checkpoint(i) for i in (config.instance, cli_instance(config.instance))}
+        return await stored_checkpoints(store, config.instance)
     finally:
         await store.close()
-    return {instance: checkpoint for instance, checkpoint in found.items() if checkpoint is not None}
 
 
 def _public_keys(config: GatewayConfig | None, store: Store | None, jwks_sources: list[str]) -> PublicKeys:

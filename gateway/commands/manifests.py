@@ -27,7 +27,7 @@ from gateway.commands._context import opened, operator, run
 from gateway.config.files import GatewayConfig, load_gateway_config
 from gateway.errors import ConfigError, GatewayError, UpstreamError
 from gateway.pins import definitions as pins
-from gateway.pins import lockfile
+from gateway.pins import lockfile, pinning
 from gateway.pins.lint import lint
 from gateway.terminal import safe
 from gateway.upstream import Upstreams
@@ -277,16 +277,8 @@ def _pin(args: argparse.Namespace) -> int:
         served, failed = await served_tools({spec.name: spec}, config)
         if spec.name in failed:
             raise UpstreamError(f"cannot list the tools of {spec.name!r}: {failed[spec.name]}")
-        tools = served[spec.name]
-        definitions = {name: pins.definition(tool) for name, tool in tools.items()}
-        new = {name: pins.digest(d) for name, d in definitions.items()}
-        names = set(spec.pins) | set(new)
-        if args.tool is not None:
-            if args.tool not in names:
-                raise ConfigError(f"{spec.name!r} serves no tool {args.tool!r} and has no pin for it")
-            names = {args.tool}
-        recorded = lockfile.read_record(path)
-        entries = lockfile.plan(spec.pins, new, definitions, recorded, names)
+        change = pinning.plan(path, spec.name, spec.owner, spec.pins, served[spec.name], args.tool)
+        entries = change.entries
         if not entries:
             print(f"{spec.name}: pins are up to date ({path})")
             return 0
@@ -295,17 +287,9 @@ def _pin(args: argparse.Namespace) -> int:
         for entry in entries:
             print("\n".join(map(safe, lockfile.describe(entry))))  # served names and definitions
         _confirm(args.yes, f"Write {len(entries)} pin change(s) to {path}?")
-        after = {name: p for name, p in spec.pins.items() if name not in names}
-        after.update({name: new[name] for name in names if name in new})
-        record = {name: d for name, d in recorded.items() if name in after and name not in names}
-        record.update({name: definitions[name] for name in names if name in new})
         async with opened(args) as gw:
-            for entry in entries:
-                await gw.audit.emit("tool.pinned", durable=True, server=spec.name, server_owner=spec.owner,
-                                    tool=entry.tool,
-                                    old_pin=entry.old_pin, new_pin=entry.new_pin, actor=operator())
-        lockfile.write_pins(path, after)
-        lockfile.write_record(path, record)
+            await pinning.write(change, gw.audit, operator())
+        after = change.after
         print(f"wrote {len(after)} pin(s) to {path}")
         return 0
 

@@ -224,6 +224,7 @@ class GatewayConfig(_Model):
     agents: Path = Path("./agents.yaml")
     admin_token: str | None = None
     metrics_public: bool = False
+    operators: tuple[str, ...] = ()  # emails (globs) who may sign in to /console through `login`'s identity provider
     session_defaults: SessionDefaults = SessionDefaults()
     agent_defaults: AgentLifecycle = AgentLifecycle()  # each agent's lifecycle unless agents.yaml sets its own
     require_pins: bool = False
@@ -254,6 +255,14 @@ class GatewayConfig(_Model):
     @classmethod
     def _one_entry_per_issuer(cls, value: tuple[JwtIssuer, ...]) -> tuple[JwtIssuer, ...]:
         return _unique_issuers(value)
+
+    @field_validator("operators")
+    @classmethod
+    def _operator_emails(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            if "@" not in entry or any(c.isspace() for c in entry):
+                raise ValueError(f"{entry!r}: each entry is an email address or an email glob (*@example.com)")
+        return value
 
     @field_validator("admin_token")
     @classmethod

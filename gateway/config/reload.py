@@ -56,6 +56,7 @@ ACTOR = "config"  # the audit actor of what a reload does (sessions revoked with
 
 RELOADABLE = frozenset({
     "admin_token", "metrics_public", "prices", "require_pins",
+    "operators",  # read at every console request: a removed operator is signed out at their next request
     "agent_defaults",  # read at each token request and lifecycle sweep
     "call_timeout", "upstream_hosts",  # read when manifests are loaded: a change restarts the servers it touches
 })

@@ -67,7 +67,8 @@ def _recorded(recorded: Mapping[str, Definition], name: str, pin: str | None) ->
     return definition
 
 
-def _render(d: Definition) -> list[str]:
+def render_definition(d: Definition) -> list[str]:
+    """A definition as readable lines (what a diff compares): title, description, then the schemas."""
     lines = [f"title: {visible(d['title'])}"] if d.get("title") else []
     lines.append("description:")
     lines += [f"  {visible(line)}" for line in (d.get("description") or "").split("\n")]  # splitlines eats U+2028
@@ -87,13 +88,14 @@ def describe(entry: Entry) -> list[str]:
     }[entry.kind]
     body: list[str] = []
     if entry.kind == "new" and entry.served is not None:
-        body = _render(entry.served)
+        body = render_definition(entry.served)
     elif entry.kind == "changed" and entry.served is not None:
         if entry.pinned is None:
-            body = ["(the pinned definition was not recorded; the served one follows)", *_render(entry.served)]
+            body = ["(the pinned definition was not recorded; the served one follows)",
+                    *render_definition(entry.served)]
         else:
-            body = list(difflib.unified_diff(_render(entry.pinned), _render(entry.served), "pinned", "served",
-                                             lineterm=""))
+            body = list(difflib.unified_diff(render_definition(entry.pinned), render_definition(entry.served),
+                                             "pinned", "served", lineterm=""))
     return [head, *(f"    {line}" for line in body)]
 
 

@@ -50,11 +50,11 @@ def render_html(data: dict[str, Any]) -> str:
 <div class="chart" id="chart-spend"><h2>Spend by agent over time</h2>
 <p class="muted">metered and model tokens per {_bucket(charts['spend_by_agent'])}, stacked by agent;
 cost in the legend</p>
-{_spend_chart(charts['spend_by_agent'])}</div>
+{spend_chart(charts['spend_by_agent'])}</div>
 <div class="chart" id="chart-tools"><h2>Top tools by response tokens</h2>
-{_bars(charts['top_tools_by_response_tokens'], _PALETTE[0])}</div>
+{bars(charts['top_tools_by_response_tokens'], _PALETTE[0])}</div>
 <div class="chart" id="chart-outcomes"><h2>Session outcomes</h2>
-{_bars([(k, v) for k, v in charts['session_outcomes'].items()], None)}</div>
+{bars([(k, v) for k, v in charts['session_outcomes'].items()], None)}</div>
 </div>
 <h2>Totals</h2>
 <table><thead><tr><th>{escape(by)}</th>{''.join(f'<th>{m}</th>' for m in metrics)}</tr></thead>
@@ -109,7 +109,7 @@ def _evidence(evidence: dict[str, Any]) -> str:
         for k, v, lines in items) + "</table>"
 
 
-def _spend_chart(spend: dict[str, Any]) -> str:
+def spend_chart(spend: dict[str, Any]) -> str:
     """Tokens per bucket as columns stacked by agent; each block's tooltip has its tokens and cost."""
     buckets, series = spend["buckets"], spend["series"]
     if not buckets:
@@ -146,7 +146,7 @@ def _spend_chart(spend: dict[str, Any]) -> str:
     return f'<svg width="{width}" height="{height}" role="img">{"".join(parts)}</svg>'
 
 
-def _bars(items: list[tuple[str, int]] | list[list[Any]], colour: str | None) -> str:
+def bars(items: list[tuple[str, int]] | list[list[Any]], colour: str | None) -> str:
     """Horizontal bars with their values; colours by session outcome when `colour` is None."""
     if not items or not any(value for _, value in items):
         return '<p class="muted">Nothing to show in this period.</p>'
