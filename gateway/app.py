@@ -21,6 +21,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.audit import Audit, build_audit
+from gateway.audit.events import Event
 from gateway.audit.interrupted import close_interrupted
 from gateway.audit.push import OcsfPush
 from gateway.audit.records import Fingerprints
@@ -217,12 +218,12 @@ def create_app(gateway: Gateway) -> Starlette:
             stack.push_async_callback(oauth.workloads.close)
             await gateway.agents.sync(gateway.clock())
             await close_interrupted(gateway.audit)  # calls a crash of the previous run left without an outcome
-            await gateway.audit.emit("gateway.started", public_url=config.public_url,
+            await gateway.audit.emit(Event.GATEWAY_STARTED, public_url=config.public_url,
                                      servers=sorted(gateway.upstreams.servers), tokenizer=gateway.meter.tokenizer.name)
             for name, upstream in sorted(gateway.upstreams.servers.items()):
                 if upstream.spec.unsandboxed:  # the operator's explicit `sandbox: off`: never a silent downgrade
                     log.warning("stdio server %s runs unsandboxed: its manifest says sandbox: off", name)
-                    await gateway.audit.emit("upstream.unsandboxed", durable=True, server=name,
+                    await gateway.audit.emit(Event.UPSTREAM_UNSANDBOXED, durable=True, server=name,
                                              reason="sandbox: off in its manifest")
             gateway.upstreams.on_change(_on_change(gateway))
             gateway.upstreams.on_update(gateway.fanout.updated)
@@ -250,7 +251,7 @@ def create_app(gateway: Gateway) -> Starlette:
                 with anyio.CancelScope(shield=True):
                     await edge.failures.flush()
                     await gateway.budgets.close()
-                    await gateway.audit.emit("gateway.stopped")
+                    await gateway.audit.emit(Event.GATEWAY_STOPPED)
 
     dpop_offered = _dpop_offered(config, gateway.agents.specs)
     routes = [

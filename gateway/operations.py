@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from gateway.audit.events import Event
 from gateway.config.files import AGENT_ID, EMAIL, AgentSpec, GrantSpec, Workload, check_public_jwks, parse_grant
 from gateway.errors import ConfigError, OperatorError
 from gateway.identity.agents import resolve
@@ -31,7 +32,7 @@ class Operations:
         self.gw = gateway
         self.actor = actor
 
-    async def _audit(self, event: str, **fields: Any) -> None:
+    async def _audit(self, event: Event, **fields: Any) -> None:
         await self.gw.audit.emit(event, durable=True, actor=self.actor, **fields)
 
     # ------------------------------------------------------------ agents
@@ -81,7 +82,7 @@ class Operations:
         )
         if not await self.gw.store.create_agent(record):
             raise OperatorError(f"agent {agent_id!r} (or its workload identity) already exists", status=409)
-        await self._audit("agent.created", agent=agent_id, owner=owner, cost_center=cost_center,
+        await self._audit(Event.AGENT_CREATED, agent=agent_id, owner=owner, cost_center=cost_center,
                           credential=credential, workload=workload, lifecycle=own)
         return secret
 
@@ -116,13 +117,13 @@ class Operations:
     async def disable_agent(self, agent_id: str) -> list[str]:
         """Disable an agent and revoke its live sessions; returns their ids."""
         await self._update_agent(agent_id, disabled=True)
-        await self._audit("agent.disabled", agent=agent_id)
+        await self._audit(Event.AGENT_DISABLED, agent=agent_id)
         return await self.gw.sessions.end_agent(agent_id, "revoked", actor=self.actor)
 
     async def enable_agent(self, agent_id: str) -> None:
         # Enabling counts as use: an idle-disabled agent gets a full disable_after_idle before the next sweep.
         await self._update_agent(agent_id, disabled=False, last_used=self.gw.clock())
-        await self._audit("agent.enabled", agent=agent_id)
+        await self._audit(Event.AGENT_ENABLED, agent=agent_id)
 
     async def rotate_secret(self, agent_id: str) -> str:
         """A new secret for the agent (the old one stops working); returned once.
@@ -137,7 +138,7 @@ class Operations:
         secret = generate_secret()
         await self._update_agent(agent_id, secret_hash=hash_secret(self.gw.credential_key, secret),
                                  secret_at=self.gw.clock())  # credential_max_age counts from here
-        await self._audit("agent.secret_rotated", agent=agent_id)
+        await self._audit(Event.AGENT_SECRET_ROTATED, agent=agent_id)
         return secret
 
     async def show_agent(self, agent_id: str) -> dict[str, Any]:
@@ -202,7 +203,7 @@ class Operations:
             raise OperatorError(f"agent {agent_id!r} is defined in agents.yaml; change its grant there", status=409)
         previous = compile_grant(parse_grant(record.grant, f"agent {agent_id}: stored grant")).version
         await self._update_agent(agent_id, grant=grant.model_dump(mode="json"))
-        await self._audit("agent.grant_changed", agent=agent_id, owner=record.owner,
+        await self._audit(Event.AGENT_GRANT_CHANGED, agent=agent_id, owner=record.owner,
                           grant=compile_grant(grant).version, previous_grant=previous,
                           tools=list(grant.tools), resources=list(grant.resources), prompts=list(grant.prompts))
         return grant
@@ -235,7 +236,7 @@ class Operations:
         session = await self.gw.store.resume_session(sid, add_calls, add_tokens, self.gw.clock())
         if session is None:
             raise OperatorError(f"no live session {sid!r}", status=404)
-        await self._audit("session.resumed", agent=session.agent, owner=session.owner, session=session.sid,
+        await self._audit(Event.SESSION_RESUMED, agent=session.agent, owner=session.owner, session=session.sid,
                           task=session.task, add_calls=add_calls, add_tokens=add_tokens)
         return session
 

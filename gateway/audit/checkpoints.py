@@ -17,10 +17,11 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.audit.chain import canonical
+from gateway.audit.events import Event
 from gateway.identity.keys import ALGORITHM, KeyRing
 from gateway.store.base import Store
 
-EVENT = "audit.checkpoint"
+EVENT = Event.AUDIT_CHECKPOINT
 
 PublicKeys = Callable[[str], Ed25519PublicKey | None]  # kid -> key
 

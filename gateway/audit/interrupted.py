@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.audit.events import Event
 from gateway.audit.files import records_backwards, stream_files
 from gateway.audit.records import RESULT_EVENTS
 from gateway.audit.sink import Audit
@@ -35,7 +36,7 @@ def open_admissions(audit: Audit, limit: int = MAX_SCAN) -> list[dict[str, Any]]
         if record.get("gateway") != audit.instance:
             continue
         event, call_id = record.get("event"), record.get("call_id")
-        if event == "gateway.started":
+        if event == Event.GATEWAY_STARTED:
             break
         if event in _OUTCOMES and isinstance(call_id, str):
             closed.add(call_id)  # read before its admission: the scan runs backwards

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.audit.events import Event
 from gateway.audit.records import RESULT_EVENTS
 from gateway.metrics import METRICS
 
@@ -39,19 +40,19 @@ def observe(record: dict[str, Any]) -> None:
     RECORDS.inc(event)
     agent, server = record.get("agent") or "", record.get("server") or ""
     if event in RESULT_EVENTS:  # an admission: its request_tokens are counted again, once forwarded, on its outcome
-        if event == "tool.call":
+        if event == Event.TOOL_CALL:
             # A name no server offers is the caller's to choose: one label for all of them keeps series bounded.
             tool = (record.get("tool") or "") if server else "(unknown)"
             CALLS.inc(agent, server, tool, record.get("decision") or "")
         return
-    if event == "denials.aggregated":  # denied calls past the full-record share, counted per session and minute
-        denied = (record.get("events") or {}).get("tool.call")
+    if event == Event.DENIALS_AGGREGATED:  # denied calls past the full-record share, counted per session and minute
+        denied = (record.get("events") or {}).get(Event.TOOL_CALL)
         if isinstance(denied, int) and denied > 0:
             CALLS.inc(agent, "", "(aggregated)", "deny", amount=denied)
         return
-    if event == "budget.exceeded":
+    if event == Event.BUDGET_EXCEEDED:
         STOPS.inc(agent, record.get("reason") or "")
-    if event == "tool.result" and record.get("latency_ms") is not None:
+    if event == Event.TOOL_RESULT and record.get("latency_ms") is not None:
         LATENCY.observe(record["latency_ms"] / 1000, server, record.get("tool") or "")
     for name, direction in _TOKEN_FIELDS:
         tokens = record.get(name)

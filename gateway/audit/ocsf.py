@@ -29,6 +29,8 @@ from collections.abc import Callable
 from importlib import metadata as package_metadata
 from typing import Any
 
+from gateway.audit.events import Event
+
 OCSF_VERSION = "1.8.0"
 PRODUCT = "MCP identity gateway"
 
@@ -54,34 +56,34 @@ _ACTIVITIES = {
 }
 # event: (class, activity_id, MCP method or what the activity is, for activity 99)
 _EVENTS: dict[str, tuple[str, int, str]] = {
-    "tool.call": ("api_activity", 99, "tools/call"),
-    "tool.result": ("api_activity", 99, "tools/call"),
-    "resource.read": ("api_activity", 2, "resources/read"),
-    "prompt.get": ("api_activity", 2, "prompts/get"),
-    "tools.listed": ("api_activity", 2, "tools/list"),
-    "sampling.request": ("api_activity", 99, "sampling/createMessage"),
-    "elicitation.request": ("api_activity", 99, "elicitation/create"),
-    "roots.request": ("api_activity", 99, "roots/list"),
-    "input.request": ("api_activity", 99, "input"),
-    "model.usage": ("api_activity", 1, "/v1/usage"),
-    "session.opened": ("authentication", 1, "session opened"),
-    "login.completed": ("authentication", 1, "sign-in"),
-    "login.failed": ("authentication", 1, "sign-in"),
-    "auth.failed": ("authentication", 1, "bearer token"),
-    "token.issued": ("authentication", 3, "token issued"),
-    "token.refreshed": ("authentication", 5, "token refreshed"),
-    "session.closed": ("authentication", 2, "session ended"),
-    "agent.created": ("account_change", 1, "agent created"),
-    "agent.enabled": ("account_change", 2, "agent enabled"),
-    "agent.disabled": ("account_change", 5, "agent disabled"),
-    "agent.secret_rotated": ("account_change", 4, "agent secret rotated"),
-    "session.resumed": ("account_change", 12, "Resume session"),
-    "key.rotated": ("account_change", 99, "Rotate signing key"),
-    "tool.changed": ("detection_finding", 1, "Tool definition changed; tool quarantined"),
-    "budget.exceeded": ("detection_finding", 1, "Budget exceeded; session stopped"),
-    "budget.threshold": ("detection_finding", 1, "Budget threshold reached"),
-    "credential.shared_suspected": ("detection_finding", 1, "Agent credential used by several clients"),
-    "tool.pinned": ("detection_finding", 3, "Tool definition pinned by an operator"),
+    Event.TOOL_CALL: ("api_activity", 99, "tools/call"),
+    Event.TOOL_RESULT: ("api_activity", 99, "tools/call"),
+    Event.RESOURCE_READ: ("api_activity", 2, "resources/read"),
+    Event.PROMPT_GET: ("api_activity", 2, "prompts/get"),
+    Event.TOOLS_LISTED: ("api_activity", 2, "tools/list"),
+    Event.SAMPLING_REQUEST: ("api_activity", 99, "sampling/createMessage"),
+    Event.ELICITATION_REQUEST: ("api_activity", 99, "elicitation/create"),
+    Event.ROOTS_REQUEST: ("api_activity", 99, "roots/list"),
+    Event.INPUT_REQUEST: ("api_activity", 99, "input"),
+    Event.MODEL_USAGE: ("api_activity", 1, "/v1/usage"),
+    Event.SESSION_OPENED: ("authentication", 1, "session opened"),
+    Event.LOGIN_COMPLETED: ("authentication", 1, "sign-in"),
+    Event.LOGIN_FAILED: ("authentication", 1, "sign-in"),
+    Event.AUTH_FAILED: ("authentication", 1, "bearer token"),
+    Event.TOKEN_ISSUED: ("authentication", 3, "token issued"),
+    Event.TOKEN_REFRESHED: ("authentication", 5, "token refreshed"),
+    Event.SESSION_CLOSED: ("authentication", 2, "session ended"),
+    Event.AGENT_CREATED: ("account_change", 1, "agent created"),
+    Event.AGENT_ENABLED: ("account_change", 2, "agent enabled"),
+    Event.AGENT_DISABLED: ("account_change", 5, "agent disabled"),
+    Event.AGENT_SECRET_ROTATED: ("account_change", 4, "agent secret rotated"),
+    Event.SESSION_RESUMED: ("account_change", 12, "Resume session"),
+    Event.KEY_ROTATED: ("account_change", 99, "Rotate signing key"),
+    Event.TOOL_CHANGED: ("detection_finding", 1, "Tool definition changed; tool quarantined"),
+    Event.BUDGET_EXCEEDED: ("detection_finding", 1, "Budget exceeded; session stopped"),
+    Event.BUDGET_THRESHOLD: ("detection_finding", 1, "Budget threshold reached"),
+    Event.CREDENTIAL_SHARED_SUSPECTED: ("detection_finding", 1, "Agent credential used by several clients"),
+    Event.TOOL_PINNED: ("detection_finding", 3, "Tool definition pinned by an operator"),
 }
 _SEVERITIES = {1: "Informational", 2: "Low", 3: "Medium", 4: "High"}
 _STATUS = {1: "Success", 2: "Failure"}
@@ -322,10 +324,10 @@ def _authentication(r: _Record, out: dict[str, Any], what: str) -> list[str]:
     session = _session(r)
     if session is not None:
         reason = r.get("reason")
-        if reason and r.fields.get("event") == "session.closed":
+        if reason and r.fields.get("event") == Event.SESSION_CLOSED:
             session["expiration_reason"] = reason
         out["session"] = session
-    failed = r.fields.get("event") in ("auth.failed", "login.failed")
+    failed = r.fields.get("event") in (Event.AUTH_FAILED, Event.LOGIN_FAILED)
     _status(out, not failed, r.get("reason") if failed else r.get("state"))
     if failed:
         out["severity_id"] = 2
@@ -337,7 +339,7 @@ def _authentication(r: _Record, out: dict[str, Any], what: str) -> list[str]:
 
 def _account_change(r: _Record, out: dict[str, Any], what: str) -> list[str]:
     agent = _agent(r)
-    if r.fields.get("event") == "key.rotated" or agent is None:
+    if r.fields.get("event") == Event.KEY_ROTATED or agent is None:
         out["user"] = _user(str(r.fields.get("gateway")), 3)  # the gateway's own signing identity
     else:
         out["user"] = agent  # its owner stays in unmapped: an agent has no email address of its own
@@ -353,12 +355,12 @@ def _detection_finding(r: _Record, out: dict[str, Any], title: str) -> list[str]
     server, tool = r.get("server"), r.get("tool")
     target = ".".join(str(x) for x in (server, tool) if x)
     pin = r.get("new_pin")
-    if event in ("tool.changed", "tool.pinned"):
+    if event in (Event.TOOL_CHANGED, Event.TOOL_PINNED):
         uid = f"tool:{target}@{pin}"  # a pin of the quarantined definition closes its finding
     else:
         uid = f"{r.fields.get('gateway')}#{r.fields.get('seq')}"
     reason = r.get("reason")
-    if event == "budget.exceeded" and reason == "loop_repeats":
+    if event == Event.BUDGET_EXCEEDED and reason == "loop_repeats":
         title = "Loop detected; tool stopped for this session"
     info: dict[str, Any] = {"uid": uid, "title": title, "types": [event], "created_time": _ms(r.fields.get("ts"))}
     if reason:
@@ -376,15 +378,17 @@ def _detection_finding(r: _Record, out: dict[str, Any], title: str) -> list[str]
         resources.append({"type": "MCP tool", "name": target})
     if resources:
         out["resources"] = resources
-    closed = event == "tool.pinned"
+    closed = event == Event.TOOL_PINNED
     out["status_id"] = 4 if closed else 1
     out["status"] = _FINDING_STATUS[out["status_id"]]
-    out["severity_id"] = {"tool.changed": 4, "credential.shared_suspected": 4, "budget.exceeded": 3,
-                          "budget.threshold": 2}.get(event, 1)
+    severities: dict[str, int] = {Event.TOOL_CHANGED: 4, Event.CREDENTIAL_SHARED_SUSPECTED: 4, Event.BUDGET_EXCEEDED: 3,
+                                  Event.BUDGET_THRESHOLD: 2}
+    out["severity_id"] = severities.get(event, 1)
     out["is_alert"] = out["severity_id"] >= 3
-    disposition = {"tool.changed": (3, "Quarantined"), "budget.exceeded": (2, "Blocked"),
-                   "budget.threshold": (19, "Alert"), "credential.shared_suspected": (15, "Detected"),
-                   "tool.pinned": (8, "Approved")}[event]
+    dispositions: dict[str, tuple[int, str]] = {Event.TOOL_CHANGED: (3, "Quarantined"), Event.BUDGET_EXCEEDED: (2, "Blocked"),
+                   Event.BUDGET_THRESHOLD: (19, "Alert"), Event.CREDENTIAL_SHARED_SUSPECTED: (15, "Detected"),
+                   Event.TOOL_PINNED: (8, "Approved")}
+    disposition = dispositions[event]
     out["disposition_id"], out["disposition"] = disposition
     r.get("decision")  # tool.changed's "quarantine": the disposition says it
     return ["security_control"]

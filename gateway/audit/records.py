@@ -17,12 +17,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from gateway.audit.events import Event
+
 # Each record written before forwarding -> the one outcome record written after it (same call_id).
-RESULT_EVENTS = {
-    "tool.call": "tool.result",
-    "resource.read": "resource.result",
-    "prompt.get": "prompt.result",
-    "completion.complete": "completion.result",
+RESULT_EVENTS: dict[str, Event] = {
+    Event.TOOL_CALL: Event.TOOL_RESULT,
+    Event.RESOURCE_READ: Event.RESOURCE_RESULT,
+    Event.PROMPT_GET: Event.PROMPT_RESULT,
+    Event.COMPLETION_COMPLETE: Event.COMPLETION_RESULT,
 }
 SESSION_ENDED = "session_ended"  # the deny reason when the session ended between authentication and admission
 

@@ -40,6 +40,7 @@ from gateway.audit import metrics
 from gateway.audit.chain import GENESIS, seal
 from gateway.audit.checkpoints import EVENT as CHECKPOINT
 from gateway.audit.checkpoints import Checkpoints
+from gateway.audit.events import Event
 from gateway.audit.files import cli_instance, cli_path, complete_size, last_record, rotated_files, rotated_path
 from gateway.audit.records import capped
 from gateway.config.dirs import private_dir
@@ -161,7 +162,7 @@ class Audit:
 
     # ------------------------------------------------------------ writing
 
-    async def emit(self, event: str, *, durable: bool = False, **fields: Any) -> dict[str, Any]:
+    async def emit(self, event: Event, *, durable: bool = False, **fields: Any) -> dict[str, Any]:
         """Append one record; with `durable`, return only once it is on disk.
 
         Raises:
@@ -483,7 +484,7 @@ class Audit:
             self._append(self._held[0])
             self._held.popleft()
         self._append({
-            "ts": round(self.clock(), 6), "event": "audit.recovered", "gateway": self.instance,
+            "ts": round(self.clock(), 6), "event": Event.AUDIT_RECOVERED, "gateway": self.instance,
             "error": self.error, "down_s": round(self.clock() - self._down_since, 3),
             "refused": self._refused, "lost": self._lost,
         })

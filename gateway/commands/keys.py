@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from gateway.audit.events import Event
 from gateway.commands._context import opened, operator, run
 
 
@@ -20,7 +21,7 @@ def _rotate(args: argparse.Namespace) -> int:
             old = gw.keys.active_kid
             overlap = await gw.max_session_lifetime()
             new = gw.keys.rotate(gw.clock(), overlap)
-            await gw.audit.emit("key.rotated", durable=True, actor=operator(), kid=new, retired_kid=old,
+            await gw.audit.emit(Event.KEY_ROTATED, durable=True, actor=operator(), kid=new, retired_kid=old,
                                 overlap_s=overlap)
         print(f"signing with {new}; {old} verifies its tokens for {overlap:g}s more")
         return 0

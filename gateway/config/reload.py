@@ -36,6 +36,7 @@ import anyio
 import anyio.abc
 from mcp.server.transport_security import TransportSecuritySettings
 
+from gateway.audit.events import Event
 from gateway.config.files import AgentSpec, GatewayConfig, load_agents, load_gateway_config
 from gateway.errors import ConfigError, Unavailable, UpstreamError
 from gateway.http.transport import McpEndpoint
@@ -191,7 +192,7 @@ class Reloader:
             self._seen = hashes
             changes = await self._apply(snapshot)
             log.info("configuration reloaded (%s): %s", trigger, changes or "nothing changed")
-            await self._audit("config.reloaded", trigger=trigger, files=hashes, **changes)
+            await self._audit(Event.CONFIG_RELOADED, trigger=trigger, files=hashes, **changes)
             return True
 
     def _read(self) -> Snapshot:
@@ -212,9 +213,9 @@ class Reloader:
     async def _rejected(self, reason: str, trigger: str) -> None:
         log.error("configuration rejected, keeping the running one: %s", reason)
         file = reason.partition(": ")[0]
-        await self._audit("config.rejected", trigger=trigger, file=file, reason=reason)
+        await self._audit(Event.CONFIG_REJECTED, trigger=trigger, file=file, reason=reason)
 
-    async def _audit(self, event: str, **fields: Any) -> None:
+    async def _audit(self, event: Event, **fields: Any) -> None:
         try:
             await self.gw.audit.emit(event, durable=True, actor=ACTOR, **fields)
         except Unavailable as exc:

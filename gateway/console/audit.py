@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.audit.events import Event
 from gateway.audit.files import audit_files
 from gateway.audit.verify import stored_checkpoints, verify
 from gateway.console import live
@@ -75,7 +76,7 @@ def routes(web: Web) -> list[Route]:
 
     async def check(request: Request, operator: Operator, form: FormData) -> Response:
         verified = await chain.verify()
-        await web.gw.audit.emit("audit.verified", durable=True, actor=operator.actor, outcome=verified.state,
+        await web.gw.audit.emit(Event.AUDIT_VERIFIED, durable=True, actor=operator.actor, outcome=verified.state,
                                 records=verified.records)
         return web.done(request, "audit", "verified")
 

@@ -7,6 +7,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from gateway.audit.events import Event
 from gateway.console.auth import ADMIN, Operator
 from gateway.console.web import Web
 
@@ -38,14 +39,14 @@ def routes(web: Web) -> list[Route]:
             return form_page(request, 401, "That is not the admin token.")
         response = web.redirect(request, "sessions")
         operator = auth.start_session(response, ADMIN, "admin_token")
-        await gw.audit.emit("console.signed_in", durable=True, actor=operator.actor, via="admin_token",
+        await gw.audit.emit(Event.CONSOLE_SIGNED_IN, durable=True, actor=operator.actor, via="admin_token",
                             remote_addr=remote)
         return response
 
     async def logout(request: Request, operator: Operator, form: FormData) -> Response:
         response = web.redirect(request, "login")
         auth.end_session(response, operator)
-        await gw.audit.emit("console.signed_out", durable=True, actor=operator.actor)
+        await gw.audit.emit(Event.CONSOLE_SIGNED_OUT, durable=True, actor=operator.actor)
         return response
 
     async def home(request: Request, operator: Operator) -> Response:

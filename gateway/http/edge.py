@@ -36,6 +36,7 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.authentication import AuthCredentials
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.audit.events import Event
 from gateway.errors import AuthError, Unavailable
 from gateway.http.transport import McpEndpoint
 from gateway.identity import dpop
@@ -139,7 +140,7 @@ class AuthFailures:
     async def _emit(self, remote: str, reasons: dict[str, int], *, first: bool) -> None:
         try:
             await self.gw.audit.emit(
-                "auth.failed", remote_addr=remote, count=sum(reasons.values()), reasons=reasons,
+                Event.AUTH_FAILED, remote_addr=remote, count=sum(reasons.values()), reasons=reasons,
                 window_s=self.window, reason=next(iter(reasons)) if first else "aggregate",
             )
         except Unavailable:

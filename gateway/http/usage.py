@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.types import Receive, Scope, Send
 
+from gateway.audit.events import Event
 from gateway.config.files import Price
 from gateway.errors import Unavailable
 from gateway.http.edge import send_json
@@ -89,7 +90,7 @@ class UsageEndpoint:
         tokens = report.input_tokens + report.output_tokens
         call_id = secrets.token_hex(8)  # the settlement's key: counted once however often it is retried
         await self.gw.audit.emit(
-            "model.usage", durable=True, **principal.audit_fields(), model=report.model, call_id=call_id,
+            Event.MODEL_USAGE, durable=True, **principal.audit_fields(), model=report.model, call_id=call_id,
             input_tokens=report.input_tokens, output_tokens=report.output_tokens, cost_usd=cost, cost_source=source,
         )
         await self.gw.budgets.settle(principal, tokens, call_id=call_id)

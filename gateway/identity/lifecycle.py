@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
 
+from gateway.audit.events import Event
 from gateway.config.files import AgentLifecycle
 from gateway.errors import Unavailable
 from gateway.identity.agents import Agent
@@ -150,7 +151,7 @@ class Lifecycle:
             agent = gw.agents.resolve(record)
             rules = policy(agent, defaults)
             if not agent.disabled and rules.expires is not None and now >= rules.expires:
-                await self._disable(agent, "agent.expired", "agent expired", f"expires:{rules.expires}",
+                await self._disable(agent, Event.AGENT_EXPIRED, "agent expired", f"expires:{rules.expires}",
                                     expires=iso(rules.expires))
                 continue
             if not agent.disabled and rules.disable_after_idle is not None:
@@ -158,14 +159,14 @@ class Lifecycle:
                     last_seen = await gw.store.last_seen_by_agent()
                 used = last_use(agent, last_seen.get(agent.id))
                 if now - used >= rules.disable_after_idle:
-                    await self._disable(agent, "agent.idle_disabled", "agent idle", f"idle:{used}",
+                    await self._disable(agent, Event.AGENT_IDLE_DISABLED, "agent idle", f"idle:{used}",
                                         last_used=iso(used), idle_days=days(now - used),
                                         disable_after_idle_days=days(rules.disable_after_idle))
                     continue
             if not agent.disabled and rules.credential_max_age is not None:
                 await self._stale(agent, rules.credential_max_age, now)
 
-    async def _disable(self, agent: Agent, event: str, reason: str, once: str, **fields: str) -> None:
+    async def _disable(self, agent: Agent, event: Event, reason: str, once: str, **fields: str) -> None:
         gw = self.gw
         await gw.store.update_agent(agent.id, disabled=True)
         gw.agents.forget(agent.id)
@@ -183,7 +184,7 @@ class Lifecycle:
         if await self.gw.store.first_alert(f"agent:{agent.id}", f"credential_stale:{kind}:{set_at}", STALE_SHARE):
             refused_from = set_at + max_age
             await self.gw.audit.emit(
-                "agent.credential_stale", durable=True, actor=ACTOR, agent=agent.id, owner=agent.owner,
+                Event.AGENT_CREDENTIAL_STALE, durable=True, actor=ACTOR, agent=agent.id, owner=agent.owner,
                 credential=kind, age_days=days(now - set_at), credential_max_age_days=days(max_age),
                 refused_from=iso(refused_from), action=_renewal(agent, kind),
             )

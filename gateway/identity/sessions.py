@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gateway.audit import Audit
+from gateway.audit.events import Event
 from gateway.config.files import SessionDefaults
 from gateway.errors import AuthError
 from gateway.identity.agents import Agent, AgentDirectory
@@ -107,7 +108,7 @@ class Sessions:
             )
         identity = _identity(agent, session)
         await self.audit.emit(
-            "session.opened", durable=True, **identity, expires_at=session.expires_at, via=via,
+            Event.SESSION_OPENED, durable=True, **identity, expires_at=session.expires_at, via=via,
             remote_addr=remote_addr,
         )
         return session, await self._issue(agent, session, via, remote_addr, credential, jkt)
@@ -126,7 +127,7 @@ class Sessions:
         )
         bound = {"dpop_jkt": jkt} if jkt is not None else {}
         await self.audit.emit(
-            "token.issued", durable=True, **_identity(agent, session), jti=jti,
+            Event.TOKEN_ISSUED, durable=True, **_identity(agent, session), jti=jti,
             expires_at=session.expires_at, via=via, remote_addr=remote_addr, credential=credential, **bound,
         )
         return token
@@ -217,7 +218,7 @@ class Sessions:
 
     async def _ended(self, session: SessionRecord, actor: str | None) -> None:
         await self.audit.emit(
-            "session.closed", durable=True, agent=session.agent, owner=session.owner,
+            Event.SESSION_CLOSED, durable=True, agent=session.agent, owner=session.owner,
             on_behalf_of=session.on_behalf_of, session=session.sid, task=session.task,
             grant=session.grant_version, state=session.state, reason=session.reason, actor=actor,
             calls=session.calls, tokens=session.tokens,

@@ -34,6 +34,7 @@ from mcp.client.session import ClientSession
 from mcp.shared.exceptions import MCPError
 
 from gateway.audit import Audit
+from gateway.audit.events import Event
 from gateway.audit.records import RESULT_EVENTS, SESSION_ENDED, Fingerprints, canonical_json, masked
 from gateway.errors import AuthError, Stopped, Unavailable, UpstreamError
 from gateway.identity.policy import NOT_GRANTED, decide, host_realpath
@@ -95,7 +96,7 @@ class AdmittedRequest:
 
     principal: Principal
     upstream: Upstream
-    event: str  # the record written before forwarding; RESULT_EVENTS names the one after
+    event: Event  # the record written before forwarding; RESULT_EVENTS names the one after
     fields: dict[str, Any]  # identity, request fields, server, what was asked for, call_id
     request_tokens: int
     started: float = field(default_factory=time.perf_counter)
@@ -137,7 +138,7 @@ class Pipeline:
         identity = {**principal.audit_fields(), **context, "call_id": call_id}
         if target is None:  # not granted, or no such tool: one answer for both (the rate limit counts it too)
             identity["tool"] = exposed
-            limited = await self._denied("tool.call", principal, identity, "unknown_or_not_granted")
+            limited = await self._denied(Event.TOOL_CALL, principal, identity, "unknown_or_not_granted")
             if limited is not None:  # past the rate limit: the answer is the stop a granted call gets
                 return error_result(str(limited), stop_detail(limited))
             raise unknown_tool(exposed)
@@ -149,7 +150,7 @@ class Pipeline:
         if decision is NOT_GRANTED:  # the view already checked; kept so the gate never depends on the caller
             raise unknown_tool(exposed)
         if not decision.allowed:
-            limited = await self._denied("tool.call", principal, identity, "argument_constraint",
+            limited = await self._denied(Event.TOOL_CALL, principal, identity, "argument_constraint",
                                          error=f"{decision.argument}: {decision.rule}")
             if limited is not None:
                 return error_result(str(limited), stop_detail(limited))
@@ -162,15 +163,15 @@ class Pipeline:
         try:
             reserved = await self.budgets.reserve(principal, f"{upstream.name}.{tool}", request_tokens, fingerprint)
         except Stopped as stop:
-            await self.budgets.record_denial("tool.call", {**identity, "decision": "deny", "reason": stop.limit,
+            await self.budgets.record_denial(Event.TOOL_CALL, {**identity, "decision": "deny", "reason": stop.limit,
                                                            "request_tokens": request_tokens})
             return error_result(str(stop), stop_detail(stop))
         except AuthError:  # the session ended after the edge authenticated this request (a revoke racing it)
-            await self.audit.emit("tool.call", durable=True, **identity, decision="deny", reason=SESSION_ENDED)
+            await self.audit.emit(Event.TOOL_CALL, durable=True, **identity, decision="deny", reason=SESSION_ENDED)
             raise
         try:
             record = await self.telemetry.audit_write(lambda: self.audit.emit(  # a span only when traces are on
-                "tool.call", durable=True, **identity, decision="allow", reason="granted",
+                Event.TOOL_CALL, durable=True, **identity, decision="allow", reason="granted",
                 request_tokens=request_tokens, arguments=fingerprint,
             ))
         except Unavailable:  # refused after all: it never runs, so it spends nothing
@@ -180,7 +181,7 @@ class Pipeline:
                         audit_seq=record.get("seq"))
 
     async def _denied(
-        self, event: str, principal: Principal, identity: dict[str, Any], reason: str, **detail: Any
+        self, event: Event, principal: Principal, identity: dict[str, Any], reason: str, **detail: Any
     ) -> Stopped | None:
         """Record a request denied before any reservation. It counts against the rate limit; past the
         limit, the rate-limit stop is recorded and returned: the caller answers it instead of the denial."""
@@ -263,7 +264,7 @@ class Pipeline:
             return
         call.recorded = True
         await self.audit.emit(
-            "tool.result", **call.audit_fields(), outcome=outcome, error=error,
+            Event.TOOL_RESULT, **call.audit_fields(), outcome=outcome, error=error,
             request_tokens=call.request_tokens, response_tokens=tokens,
             latency_ms=round((time.perf_counter() - call.started) * 1000, 3),
             result=fingerprint,
@@ -286,7 +287,7 @@ class Pipeline:
             AuthError, AuditUnavailable, StoreUnavailable: as for `admit`.
         """
         upstream, upstream_uri = target or (None, uri)
-        request = await self._admit_request("resource.read", principal, upstream, {**context, "resource": uri}, 0,
+        request = await self._admit_request(Event.RESOURCE_READ, principal, upstream, {**context, "resource": uri}, 0,
                                             missing)
         return await self._forward_request(request, lambda s: s.read_resource(upstream_uri), out)
 
@@ -301,7 +302,7 @@ class Pipeline:
         """
         upstream, upstream_name = target or (None, name)
         tokens = self.meter.arguments(arguments)
-        request = await self._admit_request("prompt.get", principal, upstream, {**context, "prompt": name}, tokens,
+        request = await self._admit_request(Event.PROMPT_GET, principal, upstream, {**context, "prompt": name}, tokens,
                                             missing)
         return await self._forward_request(request, lambda s: s.get_prompt(upstream_name, arguments))
 
@@ -317,12 +318,12 @@ class Pipeline:
         Raises:
             MCPError, Stopped, UpstreamError, AuthError, AuditUnavailable, StoreUnavailable: as `read_resource`.
         """
-        request = await self._admit_request("completion.complete", principal, upstream, fields,
+        request = await self._admit_request(Event.COMPLETION_COMPLETE, principal, upstream, fields,
                                             self.meter.arguments(metered), missing)
         return await self._forward_request(request, send)
 
     async def _admit_request(
-        self, event: str, principal: Principal, upstream: Upstream | None, fields: dict[str, Any],
+        self, event: Event, principal: Principal, upstream: Upstream | None, fields: dict[str, Any],
         request_tokens: int, missing: MCPError,
     ) -> AdmittedRequest:
         """The grant, then the budget check, each refusal recorded; then the durable allow record."""
@@ -416,9 +417,9 @@ class _MeteredDownstream:
     """Counts and records what a call's server-initiated requests carry (sampling both ways)."""
 
     _EVENTS = {
-        "sampling/createMessage": "sampling.request",
-        "elicitation/create": "elicitation.request",
-        "roots/list": "roots.request",
+        "sampling/createMessage": Event.SAMPLING_REQUEST,
+        "elicitation/create": Event.ELICITATION_REQUEST,
+        "roots/list": Event.ROOTS_REQUEST,
     }
 
     def __init__(self, inner: Downstream, pipeline: Pipeline, call: Admitted) -> None:
@@ -434,7 +435,7 @@ class _MeteredDownstream:
         received = 0 if isinstance(answer, types.ErrorData) else meter.count(answer)
         await self.pipeline.budgets.settle(self.call.principal, sent + received)
         await self.pipeline.audit.emit(
-            self._EVENTS.get(request.method, "input.request"), **self.call.audit_fields(),
+            self._EVENTS.get(request.method, Event.INPUT_REQUEST), **self.call.audit_fields(),
             request_tokens=sent, response_tokens=received,
             outcome="error" if isinstance(answer, types.ErrorData) else "ok",
         )

@@ -25,6 +25,7 @@ from mcp.shared.subscriptions import event_to_notification
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from gateway import __version__
+from gateway.audit.events import Event
 from gateway.errors import AuthError, Stopped, Unavailable, UpstreamError
 from gateway.identity.principal import Principal
 from gateway.mcp.fanout import Listener, listen_meta
@@ -215,7 +216,7 @@ class _SharedCredentialCheck:
         verdict = self.gw.shared.observe(principal.agent.id, fingerprint)
         if verdict.report is not None:
             try:
-                await self.gw.audit.emit("credential.shared_suspected", durable=True,
+                await self.gw.audit.emit(Event.CREDENTIAL_SHARED_SUSPECTED, durable=True,
                                          **{**principal.audit_fields(), **verdict.report})
             except Unavailable as exc:
                 raise unavailable_error(exc) from None
@@ -243,7 +244,7 @@ class _Handlers:
         principal = self._principal(ctx)
         tools = self.view.tools(principal.grant)
         await self.gw.audit.emit(
-            "tools.listed", **principal.audit_fields(), **request_fields(ctx), server=self.view.server,
+            Event.TOOLS_LISTED, **principal.audit_fields(), **request_fields(ctx), server=self.view.server,
             count=len(tools),
         )
         return types.ListToolsResult(tools=tools)
@@ -449,12 +450,12 @@ class _Handlers:
                 try:
                     await self.gw.budgets.check(principal)
                 except Stopped as stop:
-                    await self.gw.audit.emit("logging.set_level", durable=True, **fields, decision="deny",
+                    await self.gw.audit.emit(Event.LOGGING_SET_LEVEL, durable=True, **fields, decision="deny",
                                              reason=stop.limit)
                     raise
         for upstream in targets:
             try:
-                await self.gw.audit.emit("logging.set_level", durable=True, **fields, server=upstream.name,
+                await self.gw.audit.emit(Event.LOGGING_SET_LEVEL, durable=True, **fields, server=upstream.name,
                                          decision="allow")
             except Unavailable as exc:
                 raise unavailable_error(exc) from None

@@ -42,6 +42,7 @@ import anyio
 import mcp_types as types
 
 from gateway.audit import Audit
+from gateway.audit.events import Event
 from gateway.errors import AuditUnavailable, ConfigError
 from gateway.metrics import METRICS
 from gateway.upstream.manifests import UpstreamSpec, read_manifest
@@ -162,7 +163,7 @@ class Pins:
             return
         log.warning("quarantined %s.%s: its definition no longer matches its pin", server, change.tool)
         try:
-            await self.audit.emit("tool.changed", durable=True, server=server, server_owner=upstream.spec.owner,
+            await self.audit.emit(Event.TOOL_CHANGED, durable=True, server=server, server_owner=upstream.spec.owner,
                                   tool=change.tool,
                                   old_pin=change.pinned, new_pin=change.served, decision="quarantine")
         except AuditUnavailable as exc:  # stays hidden; reported again at the next re-list

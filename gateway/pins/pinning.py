@@ -16,6 +16,7 @@ from pathlib import Path
 import mcp_types as types
 
 from gateway.audit import Audit
+from gateway.audit.events import Event
 from gateway.errors import ConfigError
 from gateway.pins import definitions as pins
 from gateway.pins import lockfile
@@ -66,7 +67,7 @@ async def write(change: PinPlan, audit: Audit, actor: str) -> None:
         ConfigError: a file cannot be written.
     """
     for entry in change.entries:
-        await audit.emit("tool.pinned", durable=True, server=change.server, server_owner=change.owner,
+        await audit.emit(Event.TOOL_PINNED, durable=True, server=change.server, server_owner=change.owner,
                          tool=entry.tool, old_pin=entry.old_pin, new_pin=entry.new_pin, actor=actor)
     lockfile.write_pins(change.path, change.after)
     lockfile.write_record(change.path, change.record)

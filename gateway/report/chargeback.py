@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gateway.audit.events import Event
 from gateway.audit.files import parse_lines
 from gateway.audit.records import SESSION_ENDED
 from gateway.report.evidence import SHARED_FLAG, evidence
@@ -49,9 +50,9 @@ FORMATS = ("table", "csv", "json", "html")
 METRICS = ("calls", "denials", "stops", "request_tokens", "response_tokens", "model_input_tokens",
            "model_output_tokens", "cost_usd")
 TOKENS = ("request_tokens", "response_tokens", "model_input_tokens", "model_output_tokens")
-METERED = frozenset({"tool.result", "resource.result", "prompt.result", "completion.result", "sampling.request",
-                     "elicitation.request", "roots.request", "input.request"})
-GATED = frozenset({"tool.call", "resource.read", "prompt.get", "completion.complete"})
+METERED = frozenset({Event.TOOL_RESULT, Event.RESOURCE_RESULT, Event.PROMPT_RESULT, Event.COMPLETION_RESULT, Event.SAMPLING_REQUEST,
+                     Event.ELICITATION_REQUEST, Event.ROOTS_REQUEST, Event.INPUT_REQUEST})
+GATED = frozenset({Event.TOOL_CALL, Event.RESOURCE_READ, Event.PROMPT_GET, Event.COMPLETION_COMPLETE})
 OTHER_METHODS = frozenset({"resource", "prompt", "completion"})  # event prefixes grouped as `server.(resources)`
 OUTCOMES = ("closed", "expired", "revoked", "open")
 NONE = "(none)"
@@ -104,10 +105,10 @@ def contribution(record: dict[str, Any]) -> dict[str, float]:
             if record.get("reason") != SESSION_ENDED:  # an ended session is neither a scope denial nor a stop
                 out["stops" if record.get("reason") in STOP_REASONS else "denials"] = 1
             return out
-        if event == "tool.call" and decision == "allow":
+        if event == Event.TOOL_CALL and decision == "allow":
             out["calls"] = 1
             return out
-    if event == "denials.aggregated" and isinstance(record.get("reasons"), dict):
+    if event == Event.DENIALS_AGGREGATED and isinstance(record.get("reasons"), dict):
         for reason, count in record["reasons"].items():
             amount = _amount(count, MAX_RECORD_TOKENS, integer=True)
             if amount is None:
@@ -120,7 +121,7 @@ def contribution(record: dict[str, Any]) -> dict[str, float]:
     if event in METERED or (event in GATED and "outcome" in record):
         amounts: dict[str, tuple[str, float, bool]] = {"request_tokens": ("request_tokens", MAX_RECORD_TOKENS, True),
                    "response_tokens": ("response_tokens", MAX_RECORD_TOKENS, True)}
-    elif event == "model.usage":
+    elif event == Event.MODEL_USAGE:
         amounts = {"model_input_tokens": ("input_tokens", MAX_RECORD_TOKENS, True),
                    "model_output_tokens": ("output_tokens", MAX_RECORD_TOKENS, True),
                    "cost_usd": ("cost_usd", MAX_RECORD_COST_USD, False)}
@@ -139,13 +140,13 @@ def group_key(record: dict[str, Any], by: str) -> str:
     """The group a record belongs to under `--by`."""
     event = record.get("event")
     if by == "tool":
-        if event == "model.usage":
+        if event == Event.MODEL_USAGE:
             return f"(model) {record.get('model')}"
         kind = str(event).split(".")[0]
         if kind in OTHER_METHODS:
             return f"{record.get('server') or NONE}.({kind}s)"
         return f"{record['server']}.{record['tool']}" if record.get("server") and record.get("tool") else NONE
-    if by == "server" and event == "model.usage":
+    if by == "server" and event == Event.MODEL_USAGE:
         return "(model)"
     return str(record.get(by) or NONE)
 
@@ -154,7 +155,7 @@ def is_action(record: dict[str, Any]) -> bool:
     """Something that happened on an agent's behalf: a forwarded call, an allowed read, prompt or completion,
     model usage."""
     event = record.get("event")
-    return event == "model.usage" or (event in GATED and record.get("decision") == "allow")
+    return event == Event.MODEL_USAGE or (event in GATED and record.get("decision") == "allow")
 
 
 def session_outcome(closed: dict[str, Any] | None) -> str:
@@ -214,7 +215,7 @@ def build(records: list[dict[str, Any]], by: str, since: float | None = None, un
     """The report over `records` with `since <= ts < until`, grouped `by`."""
     if by not in GROUPS:
         raise ValueError(f"--by must be one of {', '.join(GROUPS)}")
-    closed = {r["session"]: r for r in records if r.get("event") == "session.closed" and r.get("session")}
+    closed = {r["session"]: r for r in records if r.get("event") == Event.SESSION_CLOSED and r.get("session")}
     window = [r for r in records if (since is None or r["ts"] >= since) and (until is None or r["ts"] < until)]
     report = Report(by, since, until, sources or [], records=len(window), skipped_lines=skipped_lines)
     tools: dict[str, int] = defaultdict(int)

@@ -37,9 +37,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.audit.events import Event
 from gateway.identity.tokens import CREDENTIALS
 
-SHARED_FLAG = "credential.shared_suspected"
+SHARED_FLAG = Event.CREDENTIAL_SHARED_SUSPECTED
 SECRETLESS = frozenset({"workload", "interactive"})
 UNKNOWN = "unknown"
 SHARES = ("unique_identity", "grant", "closed_cleanly", "without_stored_secret", "sender_constrained")

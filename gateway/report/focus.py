@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from gateway.audit.events import Event
 from gateway.report.chargeback import NONE, contribution, group_key, tokens
 
 COLUMNS = (
@@ -82,7 +83,7 @@ def render_focus(records: Iterable[dict[str, Any]], since: float | None, until: 
 
 def _cells(row: _Row, billing_account: str) -> dict[str, str]:
     record = row.record
-    model = record.get("event") == "model.usage"
+    model = record.get("event") == Event.MODEL_USAGE
     month = row.day.replace(day=1)
     next_month = (month + timedelta(days=32)).replace(day=1)
     cost = _decimal(row.cost)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
+from gateway.audit.events import Event
 from gateway.config.files import AgentLifecycle, AgentSpec, glob_matches
 from gateway.identity.agents import resolve
 from gateway.identity.lifecycle import credential_of, credential_set_at, days, iso, last_use, policy
@@ -54,7 +55,7 @@ def known_tools(manifests: Mapping[str, UpstreamSpec], audit: Iterable[dict[str,
     """Every (server, tool) a manifest names or an audit record shows being called."""
     known = {(name, tool) for name, spec in manifests.items() for tool in (*(spec.tools or ()), *spec.pins)}
     known |= {(r["server"], r["tool"]) for r in audit
-              if r.get("event") == "tool.call" and isinstance(r.get("server"), str) and isinstance(r.get("tool"), str)}
+              if r.get("event") == Event.TOOL_CALL and isinstance(r.get("server"), str) and isinstance(r.get("tool"), str)}
     return known
 
 
@@ -86,9 +87,9 @@ def build_recertification(inputs: Inputs, since: float, until: float, sources: l
         agent = r.get("agent")
         if not isinstance(agent, str):
             continue
-        if r.get("event") == "tool.call" and r.get("decision") == "allow" and r.get("server") and r.get("tool"):
+        if r.get("event") == Event.TOOL_CALL and r.get("decision") == "allow" and r.get("server") and r.get("tool"):
             used[agent].add((str(r["server"]), str(r["tool"])))
-        if r.get("event") in ("tool.call", "session.opened", "resource.read", "prompt.get", "model.usage"):
+        if r.get("event") in (Event.TOOL_CALL, Event.SESSION_OPENED, Event.RESOURCE_READ, Event.PROMPT_GET, Event.MODEL_USAGE):
             last_action[agent] = max(last_action.get(agent, 0.0), float(r["ts"]))
     last_seen: dict[str, float] = {}
     opened: dict[str, int] = defaultdict(int)

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.audit import Audit
+from gateway.audit.events import Event
 from gateway.errors import AuthError, Stopped, StoreUnavailable, Unavailable
 from gateway.identity.principal import Principal
 from gateway.store.base import Ask, Reservation, Settled, Store, clock_minute, utc_day
@@ -245,7 +246,7 @@ class Budgets:
             return None
         return _rate_stop(principal.sid, used, limit, now)
 
-    async def record_denial(self, event: str, fields: dict[str, Any]) -> None:
+    async def record_denial(self, event: Event, fields: dict[str, Any]) -> None:
         """Audit a denied request: durably while the agent is within `denials_per_minute`, else counted.
 
         Counted denials become one `denials.aggregated` record per session when the minute ends.
@@ -276,7 +277,7 @@ class Budgets:
         self._denials.clear()
         for aggregate in aggregates.values():
             await self.audit.emit(
-                "denials.aggregated", **aggregate.fields, count=sum(aggregate.reasons.values()),
+                Event.DENIALS_AGGREGATED, **aggregate.fields, count=sum(aggregate.reasons.values()),
                 reasons=dict(aggregate.reasons), events=dict(aggregate.events), window_s=60,
                 window_start=ended * 60,
             )
@@ -417,7 +418,7 @@ class Budgets:
         if limit == "daily_tokens":
             detail["resets_at"] = utc_day(ask.now + 86400) + "T00:00:00Z"
         if await self.store.suspend_session(session.sid, detail):
-            await self.audit.emit("budget.exceeded", durable=True, **principal.audit_fields(), reason=limit,
+            await self.audit.emit(Event.BUDGET_EXCEEDED, durable=True, **principal.audit_fields(), reason=limit,
                                   used=used, limit=maximum, scope="session")
         if maximum is not None:  # an exhausted limit has reached every alert share
             scope = f"{principal.agent.id}@{ask.day}" if limit == "daily_tokens" else session.sid
@@ -435,7 +436,7 @@ class Budgets:
     async def _block(self, principal: Principal, tool: str, detail: dict[str, Any]) -> None:
         if await self.store.block_tool(principal.sid, tool, detail):
             server, _, name = tool.partition(".")
-            await self.audit.emit("budget.exceeded", durable=True, **principal.audit_fields(), reason=detail["limit"],
+            await self.audit.emit(Event.BUDGET_EXCEEDED, durable=True, **principal.audit_fields(), reason=detail["limit"],
                                   used=detail["used"], limit=detail["max"], scope="tool", server=server, tool=name)
 
     async def _alerts(self, principal: Principal, limit: str, used: int, maximum: int | None, scope: str) -> None:
@@ -449,7 +450,7 @@ class Budgets:
             if key in self._alerted:
                 continue
             if await self.store.first_alert(scope, limit, share):
-                await self.audit.emit("budget.threshold", **principal.audit_fields(), reason=limit, share=share,
+                await self.audit.emit(Event.BUDGET_THRESHOLD, **principal.audit_fields(), reason=limit, share=share,
                                       used=used, limit=maximum)
             self._alerted.add(key)
 
