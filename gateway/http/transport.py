@@ -22,6 +22,8 @@ from mcp_types import LOG_LEVEL_META_KEY
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.types import Message, Receive, Scope, Send
 
+from gateway.http.resumable import ResumableSessionManager
+
 _MODERN = frozenset(v.encode() for v in MODERN_PROTOCOL_VERSIONS)
 
 
@@ -29,7 +31,8 @@ class McpEndpoint:
     """ASGI app for one MCP path."""
 
     def __init__(self, server: Server[Any], security: TransportSecuritySettings) -> None:
-        self.streaming = StreamableHTTPSessionManager(app=server, json_response=False, security_settings=security)
+        # Handshake-era sessions' SSE streams are resumable (priming event, retry, Last-Event-ID): gateway/http/resumable.py.
+        self.streaming = ResumableSessionManager(app=server, json_response=False, security_settings=security)
         self.plain = StreamableHTTPSessionManager(app=server, json_response=True, security_settings=security)
 
     @contextlib.asynccontextmanager

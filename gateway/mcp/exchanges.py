@@ -18,13 +18,16 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
+import anyio.lowlevel
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
 from gateway.identity.sealing import InvalidEnvelope, Sealer
 from gateway.upstream import Downstream
+from gateway.upstream.caller import CALLER
 
 log = logging.getLogger("gateway.exchanges")
 
@@ -40,27 +43,41 @@ class _Question:
 
 
 class Exchange:
-    """The `Downstream` of a paused call: questions queue here until the client's next leg."""
+    """The `Downstream` of a paused call: questions queue here until the client's next leg.
 
-    def __init__(self, id: str, sid: str, ttl: float) -> None:
+    Questions asked together go out together, each under the upstream's own key where it has one (a client
+    correlates them by key); only the sealed requestState stays the gateway's.
+    """
+
+    def __init__(self, id: str, sid: str, ttl: float, method: str = "tools/call") -> None:
         self.id = id
         self.sid = sid
         self.ttl = ttl
+        self.method = method  # a state is resumed only by the method that started it
+        self.caller = CALLER.get()  # created while serving the client's first leg: that client
         self.leg: Downstream | None = None
         self.questions: dict[str, _Question] = {}
         self.changed = anyio.Event()
         self.collected: anyio.Event | None = None  # set once a requestState naming it went out
         self.done = False
-        self.result: types.CallToolResult | None = None
+        self.result: types.Result | None = None
         self.error: BaseException | None = None
         self._keys = itertools.count(1)
 
     def _poke(self) -> None:
         self.changed.set()
 
-    async def ask(self, request: types.InputRequest) -> types.InputResponse | types.ErrorData:
+    async def ask(
+        self, request: types.InputRequest, key: str | None = None
+    ) -> types.InputResponse | types.ErrorData:
+        if self.caller is not None and not self.caller.answers(request.method):
+            return types.ErrorData(code=types.METHOD_NOT_FOUND,
+                                   message=f"the client did not declare the capability {request.method} needs")
         question = _Question(request)
-        key = f"q{next(self._keys)}"
+        if key is None or key in self.questions:
+            key = f"q{next(self._keys)}"
+            while key in self.questions:
+                key = f"q{next(self._keys)}"
         self.questions[key] = question
         self._poke()
         with anyio.move_on_after(self.ttl):
@@ -79,14 +96,36 @@ class Exchange:
             await self.leg.log(params)
 
     def answer(self, responses: types.InputResponses) -> None:
+        """Deliver the client's answers; a question it sent no answer for is asked again on this leg."""
         for key, response in responses.items():
             question = self.questions.get(key)
             if question is not None and question.sent and not question.answered.is_set():
                 question.answer = response
                 question.answered.set()
+        for question in self.questions.values():
+            if question.sent and not question.answered.is_set():
+                question.sent = False
 
 
-Work = Callable[[Downstream], Awaitable[types.CallToolResult]]
+Work = Callable[[Downstream], Awaitable[types.Result]]
+_SETTLE_ROUNDS = 8
+
+
+async def _settled(exchange: Exchange) -> dict[str, _Question]:
+    """The unsent questions once the ones asked alongside the first have joined it.
+
+    An upstream's round is asked concurrently (one task per request, started together), so every one of
+    them is queued within a scheduling round or two of the first: wait while the set still grows.
+    """
+    unsent = {k: q for k, q in exchange.questions.items() if not q.sent}
+    for _ in range(_SETTLE_ROUNDS):
+        await anyio.lowlevel.checkpoint()
+        now = {k: q for k, q in exchange.questions.items() if not q.sent}
+        if len(now) == len(unsent):
+            break
+        unsent = now
+    return unsent
+Answer = types.CallToolResult | types.GetPromptResult | types.ReadResourceResult | types.InputRequiredResult
 
 
 class Exchanges:
@@ -107,15 +146,16 @@ class Exchanges:
         self._prefix = secrets.token_urlsafe(8)
         self._ids = itertools.count(1)
 
-    async def start(self, sid: str, leg: Downstream, work: Work) -> types.CallToolResult | types.InputRequiredResult:
+    async def start(self, sid: str, leg: Downstream, work: Work, method: str = "tools/call") -> Any:
         """Run `work` in the background and answer this leg with its result or its first questions."""
-        exchange = Exchange(f"{self._prefix}.{next(self._ids)}", sid, self.ttl)
+        exchange = Exchange(f"{self._prefix}.{next(self._ids)}", sid, self.ttl, method)
         self.spawn(self._run, exchange, work)
         return await self._leg(exchange, leg)
 
     async def resume(
-        self, sid: str, state: str, responses: types.InputResponses | None, leg: Downstream
-    ) -> types.CallToolResult | types.InputRequiredResult:
+        self, sid: str, state: str, responses: types.InputResponses | None, leg: Downstream,
+        method: str = "tools/call",
+    ) -> Any:
         """Continue the exchange `state` names, with the client's answers.
 
         Raises:
@@ -126,7 +166,7 @@ class Exchanges:
         except InvalidEnvelope:
             raise MCPError(types.INVALID_PARAMS, INVALID_STATE) from None
         exchange = self._live.get(str(payload.get("x")))
-        if payload.get("sid") != sid or exchange is None or exchange.sid != sid:
+        if payload.get("sid") != sid or exchange is None or exchange.sid != sid or exchange.method != method:
             raise MCPError(types.INVALID_PARAMS, INVALID_STATE)
         exchange.answer(responses or {})
         return await self._leg(exchange, leg)
@@ -144,7 +184,7 @@ class Exchanges:
                 await exchange.collected.wait()
             self._live.pop(exchange.id, None)
 
-    async def _leg(self, exchange: Exchange, leg: Downstream) -> types.CallToolResult | types.InputRequiredResult:
+    async def _leg(self, exchange: Exchange, leg: Downstream) -> Any:
         exchange.leg = leg
         try:
             while True:
@@ -158,6 +198,7 @@ class Exchanges:
                     return exchange.result
                 unsent = {k: q for k, q in exchange.questions.items() if not q.sent}
                 if unsent:
+                    unsent = await _settled(exchange)
                     for question in unsent.values():
                         question.sent = True
                     if exchange.collected is None:

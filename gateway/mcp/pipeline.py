@@ -248,13 +248,7 @@ class Pipeline:
                 return result
             # The upstream wants input (2026-07-28): ask the agent ourselves, so the upstream's
             # requestState never leaves the gateway.
-            responses = {}
-            for key, request in (result.input_requests or {}).items():
-                answer = await downstream.ask(request)
-                if isinstance(answer, types.ErrorData):
-                    raise MCPError.from_error_data(answer)
-                responses[key] = answer
-            state = result.request_state
+            responses, state = await answers(result, downstream), result.request_state
         raise UpstreamError(f"upstream server {upstream.name!r} asked for input more than {MAX_INPUT_ROUNDS} times")
 
     async def _record_result(
@@ -275,6 +269,7 @@ class Pipeline:
     async def read_resource(
         self, principal: Principal, uri: str, target: tuple[Upstream, str] | None, context: dict[str, Any],
         missing: MCPError, out: Callable[[types.ReadResourceResult], types.ReadResourceResult],
+        downstream: Downstream | None = None,
     ) -> types.ReadResourceResult:
         """resources/read: `uri` as the agent named it, `target` the upstream and its own URI (None: not granted).
 
@@ -289,11 +284,13 @@ class Pipeline:
         upstream, upstream_uri = target or (None, uri)
         request = await self._admit_request(Event.RESOURCE_READ, principal, upstream, {**context, "resource": uri}, 0,
                                             missing)
-        return await self._forward_request(request, lambda s: s.read_resource(upstream_uri), out)
+        return await self._forward_request(request, lambda s, responses, state: s.read_resource(
+            upstream_uri, input_responses=responses, request_state=state, allow_input_required=True,
+        ), out, downstream)
 
     async def get_prompt(
         self, principal: Principal, name: str, target: tuple[Upstream, str] | None, arguments: dict[str, str] | None,
-        context: dict[str, Any], missing: MCPError,
+        context: dict[str, Any], missing: MCPError, downstream: Downstream | None = None,
     ) -> types.GetPromptResult:
         """prompts/get, as `read_resource`; the arguments are metered as request tokens.
 
@@ -304,7 +301,9 @@ class Pipeline:
         tokens = self.meter.arguments(arguments)
         request = await self._admit_request(Event.PROMPT_GET, principal, upstream, {**context, "prompt": name}, tokens,
                                             missing)
-        return await self._forward_request(request, lambda s: s.get_prompt(upstream_name, arguments))
+        return await self._forward_request(request, lambda s, responses, state: s.get_prompt(
+            upstream_name, arguments, input_responses=responses, request_state=state, allow_input_required=True,
+        ), downstream=downstream)
 
     async def complete(
         self, principal: Principal, fields: dict[str, Any], upstream: Upstream | None,
@@ -320,7 +319,7 @@ class Pipeline:
         """
         request = await self._admit_request(Event.COMPLETION_COMPLETE, principal, upstream, fields,
                                             self.meter.arguments(metered), missing)
-        return await self._forward_request(request, send)
+        return await self._forward_request(request, lambda s, _responses, _state: send(s))
 
     async def _admit_request(
         self, event: Event, principal: Principal, upstream: Upstream | None, fields: dict[str, Any],
@@ -345,12 +344,34 @@ class Pipeline:
         return AdmittedRequest(principal, upstream, event, identity, request_tokens)
 
     async def _forward_request(
-        self, request: AdmittedRequest, send: Callable[[ClientSession], Awaitable[T]],
-        out: Callable[[T], T] = lambda result: result,
+        self, request: AdmittedRequest, send: Callable[[ClientSession, Any, str | None], Awaitable[Any]],
+        out: Callable[[T], T] = lambda result: result, downstream: Downstream | None = None,
     ) -> T:
+        """Forward an admitted request; an upstream's `InputRequiredResult` rounds are asked of `downstream`
+        (prompts/get and resources/read may pause for input as tools/call does)."""
+
+        async def rounds() -> T:
+            responses: types.InputResponses | None = None
+            state: str | None = None
+            for _ in range(MAX_INPUT_ROUNDS + 1):
+                def once(s: ClientSession, r: types.InputResponses | None = responses, st: str | None = state) -> Any:
+                    return send(s, r, st)
+
+                result = await request.upstream.request(request.principal, once, downstream)
+                if not isinstance(result, types.InputRequiredResult):
+                    return result  # type: ignore[no-any-return]
+                if downstream is None:
+                    raise UpstreamError(f"upstream server {request.upstream.name!r} asked for input on a request "
+                                        "that cannot carry it")
+                metered = _MeteredRequestDownstream(downstream, self, request)
+                responses, state = await answers(result, metered), result.request_state
+            raise UpstreamError(
+                f"upstream server {request.upstream.name!r} asked for input more than {MAX_INPUT_ROUNDS} times"
+            )
+
         async def forward() -> T:
             try:
-                result = out(await request.upstream.request(request.principal, send))
+                result = out(await rounds())
             except UpstreamError as exc:
                 await self._settle_request(request, exc.outcome, str(exc))
                 raise
@@ -413,6 +434,30 @@ class Pipeline:
         raise AuthError("session ended")
 
 
+async def answers(result: types.InputRequiredResult, downstream: Downstream) -> types.InputResponses:
+    """Ask the agent every request of one `InputRequiredResult` round at once, under the upstream's keys.
+
+    Raises:
+        MCPError: the agent answered one of them with an error (passed on as the call's error).
+    """
+    requests = result.input_requests or {}
+    got: dict[str, types.InputResponse | types.ErrorData] = {}
+
+    async def one(key: str, request: types.InputRequest) -> None:
+        got[key] = await downstream.ask(request, key)
+
+    async with anyio.create_task_group() as tg:
+        for key, request in requests.items():
+            tg.start_soon(one, key, request)
+    responses: types.InputResponses = {}
+    for key in requests:
+        answer = got[key]
+        if isinstance(answer, types.ErrorData):
+            raise MCPError.from_error_data(answer)
+        responses[key] = answer
+    return responses
+
+
 class _MeteredDownstream:
     """Counts and records what a call's server-initiated requests carry (sampling both ways)."""
 
@@ -428,14 +473,47 @@ class _MeteredDownstream:
         self.pipeline = pipeline
         self.call = call
 
-    async def ask(self, request: types.InputRequest) -> types.InputResponse | types.ErrorData:
+    async def ask(
+        self, request: types.InputRequest, key: str | None = None
+    ) -> types.InputResponse | types.ErrorData:
         meter = self.pipeline.meter
         sent = meter.count(request.params)
-        answer = await self.inner.ask(request)
+        answer = await self.inner.ask(request, key)
         received = 0 if isinstance(answer, types.ErrorData) else meter.count(answer)
         await self.pipeline.budgets.settle(self.call.principal, sent + received)
         await self.pipeline.audit.emit(
             self._EVENTS.get(request.method, Event.INPUT_REQUEST), **self.call.audit_fields(),
+            request_tokens=sent, response_tokens=received,
+            outcome="error" if isinstance(answer, types.ErrorData) else "ok",
+        )
+        return answer
+
+    async def progress(self, progress: float, total: float | None, message: str | None) -> None:
+        await self.inner.progress(progress, total, message)
+
+    async def log(self, params: types.LoggingMessageNotificationParams) -> None:
+        await self.inner.log(params)
+
+
+class _MeteredRequestDownstream:
+    """As `_MeteredDownstream`, for the input rounds of a prompts/get or resources/read."""
+
+    def __init__(self, inner: Downstream, pipeline: Pipeline, request: AdmittedRequest) -> None:
+        self.inner = inner
+        self.sid = inner.sid
+        self.pipeline = pipeline
+        self.request = request
+
+    async def ask(
+        self, request: types.InputRequest, key: str | None = None
+    ) -> types.InputResponse | types.ErrorData:
+        meter = self.pipeline.meter
+        sent = meter.count(request.params)
+        answer = await self.inner.ask(request, key)
+        received = 0 if isinstance(answer, types.ErrorData) else meter.count(answer)
+        await self.pipeline.budgets.settle(self.request.principal, sent + received)
+        await self.pipeline.audit.emit(
+            _MeteredDownstream._EVENTS.get(request.method, Event.INPUT_REQUEST), **self.request.fields,
             request_tokens=sent, response_tokens=received,
             outcome="error" if isinstance(answer, types.ErrorData) else "ok",
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -33,6 +33,7 @@ from gateway.mcp.views import View
 from gateway.spend.budgets import stop_detail
 from gateway.telemetry import Tracing
 from gateway.upstream import Downstream, Upstream
+from gateway.upstream.caller import CALLER, Caller
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -63,9 +64,13 @@ def is_modern(ctx: Ctx) -> bool:
 
 
 def answers_input(ctx: Ctx) -> bool:
-    """Whether the client declared it can answer sampling or elicitation (roots the gateway answers itself)."""
+    """Whether the client declared it can answer any input request (sampling, elicitation or roots)."""
     caps = ctx.session.client_capabilities
-    return caps is not None and (caps.sampling is not None or caps.elicitation is not None)
+    return caps is not None and (caps.sampling is not None or caps.elicitation is not None or caps.roots is not None)
+
+
+def caller_of(ctx: Ctx) -> Caller:
+    return Caller(ctx.session.client_capabilities or types.ClientCapabilities(), ctx.protocol_version)
 
 
 def request_fields(ctx: Ctx) -> dict[str, Any]:
@@ -115,10 +120,15 @@ class ContextDownstream:
         self.ctx = ctx
         self.sid = sid
 
-    async def ask(self, request: types.InputRequest) -> types.InputResponse | types.ErrorData:
+    async def ask(
+        self, request: types.InputRequest, key: str | None = None
+    ) -> types.InputResponse | types.ErrorData:
         ctx = self.ctx
         if is_modern(ctx) or not ctx.session.can_send_request:
             return types.ErrorData(code=types.INVALID_REQUEST, message="the client cannot receive requests")
+        if not caller_of(ctx).answers(request.method):  # a shared upstream declared what the gateway can relay
+            return types.ErrorData(code=types.METHOD_NOT_FOUND,
+                                   message=f"the client did not declare the capability {request.method} needs")
         result_type = _RESULT_TYPES[request.method]
         if isinstance(request, types.CreateMessageRequest) and request.params.tools:
             result_type = types.CreateMessageResultWithTools
@@ -171,7 +181,7 @@ class Front:
             server.extensions[ENTERPRISE_MANAGED_AUTHORIZATION] = {}  # SEP-2133: ID-JAGs are accepted
         # Replaces the SDK's default OpenTelemetry middleware: a span per message costs on every call and the
         # gateway's own audit stream and metrics already cover what crosses it.
-        server.middleware = [_SharedCredentialCheck(self.gw)]
+        server.middleware = [_caller_context, _SharedCredentialCheck(self.gw)]
         if isinstance(self.gw.telemetry, Tracing):  # a span per request only when traces are exported
             server.middleware.insert(0, self.gw.telemetry.middleware)
         return server
@@ -191,6 +201,15 @@ class _ListChangingServer(Server[Any]):
             prompts_changed=True, resources_changed=True, tools_changed=True
         )
         return super().create_initialization_options(changes, experimental_capabilities, extensions)
+
+
+async def _caller_context(ctx: Ctx, call_next: CallNext) -> HandlerResult:
+    """Every upstream request made while serving this one declares this client's capabilities (and era)."""
+    token = CALLER.set(caller_of(ctx))
+    try:
+        return await call_next(ctx)
+    finally:
+        CALLER.reset(token)
 
 
 class _SharedCredentialCheck:
@@ -255,8 +274,10 @@ class _Handlers:
         principal = self._principal(ctx)
         leg = ContextDownstream(ctx, principal.sid)
         async with self._refusals(principal):  # stops and a down upstream are answered as tool results already
+            answer: types.CallToolResult | types.InputRequiredResult
             if params.request_state is not None:
-                return await self.gw.exchanges.resume(principal.sid, params.request_state, params.input_responses, leg)
+                answer = await self.gw.exchanges.resume(principal.sid, params.request_state, params.input_responses, leg)
+                return answer
             admitted = await self.gw.pipeline.admit(
                 principal, params.name, self.view.resolve_tool(principal.grant, params.name), params.arguments,
                 request_fields(ctx),
@@ -269,7 +290,8 @@ class _Handlers:
                 return self.view.result_out(server, await self.gw.pipeline.forward(admitted, downstream))
 
             if is_modern(ctx) and answers_input(ctx):  # the call may have to pause for the client's answers
-                return await self.gw.exchanges.start(principal.sid, leg, forward)
+                answer = await self.gw.exchanges.start(principal.sid, leg, forward)
+                return answer
             return await forward(leg)
 
     async def _session_ended(self, principal: Principal, exc: AuthError) -> MCPError:
@@ -308,7 +330,21 @@ class _Handlers:
     ) -> types.ListResourceTemplatesResult:
         return types.ListResourceTemplatesResult(resource_templates=self.view.templates(self._principal(ctx).grant))
 
-    async def read_resource(self, ctx: Ctx, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
+    async def _pausable(self, ctx: Ctx, principal: Principal, method: str, params: Any,
+                        work: Callable[[Downstream], Awaitable[Any]]) -> Any:
+        """Run `work` so that an upstream's input requests reach this client: asked directly on a handshake-era
+        session, as `InputRequiredResult` rounds (one exchange, resumed by its sealed requestState) on 2026-07-28."""
+        leg = ContextDownstream(ctx, principal.sid)
+        if params.request_state is not None:
+            return await self.gw.exchanges.resume(principal.sid, params.request_state, params.input_responses, leg,
+                                                  method)
+        if is_modern(ctx) and answers_input(ctx):
+            return await self.gw.exchanges.start(principal.sid, leg, work, method)
+        return await work(leg)
+
+    async def read_resource(
+        self, ctx: Ctx, params: types.ReadResourceRequestParams
+    ) -> types.ReadResourceResult | types.InputRequiredResult:
         principal = self._principal(ctx)
         target = self.view.resolve_uri(principal.grant, params.uri)
         server = target[0].name if target else ""
@@ -317,15 +353,19 @@ class _Handlers:
             contents = [c.model_copy(update={"uri": self.view.uri_out(server, c.uri)}) for c in result.contents]
             return result.model_copy(update={"contents": contents})
 
-        try:
-            async with self._refusals(principal, server):
+        async def work(downstream: Downstream) -> types.ReadResourceResult:
+            try:
                 return await self.gw.pipeline.read_resource(
-                    principal, params.uri, target, request_fields(ctx), resource_not_found(ctx, params.uri), out
+                    principal, params.uri, target, request_fields(ctx), resource_not_found(ctx, params.uri), out,
+                    downstream,
                 )
-        except MCPError as exc:
-            if exc.code in (LEGACY_RESOURCE_NOT_FOUND, types.INVALID_PARAMS):
-                raise resource_not_found(ctx, params.uri) from None
-            raise
+            except MCPError as exc:
+                if exc.code in (LEGACY_RESOURCE_NOT_FOUND, types.INVALID_PARAMS):
+                    raise resource_not_found(ctx, params.uri) from None
+                raise
+
+        async with self._refusals(principal, server):
+            return await self._pausable(ctx, principal, "resources/read", params, work)  # type: ignore[no-any-return]
 
     def _listener(self, ctx: Ctx, principal: Principal) -> Listener:
         mcp_session = ctx.request.headers.get("mcp-session-id") if ctx.request is not None else None
@@ -401,13 +441,20 @@ class _Handlers:
     async def list_prompts(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListPromptsResult:
         return types.ListPromptsResult(prompts=self.view.prompts(self._principal(ctx).grant))
 
-    async def get_prompt(self, ctx: Ctx, params: types.GetPromptRequestParams) -> types.GetPromptResult:
+    async def get_prompt(
+        self, ctx: Ctx, params: types.GetPromptRequestParams
+    ) -> types.GetPromptResult | types.InputRequiredResult:
         principal = self._principal(ctx)
         target = self.view.resolve_prompt(principal.grant, params.name)
-        async with self._refusals(principal, target[0].name if target else params.name):
+
+        async def work(downstream: Downstream) -> types.GetPromptResult:
             return await self.gw.pipeline.get_prompt(
-                principal, params.name, target, params.arguments, request_fields(ctx), unknown_prompt(params.name)
+                principal, params.name, target, params.arguments, request_fields(ctx), unknown_prompt(params.name),
+                downstream,
             )
+
+        async with self._refusals(principal, target[0].name if target else params.name):
+            return await self._pausable(ctx, principal, "prompts/get", params, work)  # type: ignore[no-any-return]
 
     async def complete(self, ctx: Ctx, params: types.CompleteRequestParams) -> types.CompleteResult:
         principal = self._principal(ctx)

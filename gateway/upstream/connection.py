@@ -29,13 +29,17 @@ from mcp import Client
 from mcp.client.session import ClientRequestContext, ClientSession, IncomingMessage
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.message import SessionMessage
 from mcp.shared.subscriptions import event_to_notification
+from mcp_types import CLIENT_CAPABILITIES_META_KEY
+from mcp_types.jsonrpc import JSONRPCResponse
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from gateway import __version__
 from gateway.config.dirs import private_dir
 from gateway.errors import UpstreamError
 from gateway.metrics import METRICS
+from gateway.upstream.caller import CALLER, Caller
 from gateway.upstream.http_client import mcp_http_client
 from gateway.upstream.manifests import UpstreamSpec
 
@@ -52,8 +56,13 @@ class Downstream(Protocol):
 
     sid: str
 
-    async def ask(self, request: types.InputRequest) -> types.InputResponse | types.ErrorData:
-        """Forward a sampling, elicitation or roots request to the agent and return its answer."""
+    async def ask(
+        self, request: types.InputRequest, key: str | None = None
+    ) -> types.InputResponse | types.ErrorData:
+        """Forward a sampling, elicitation or roots request to the agent and return its answer.
+
+        `key` is the upstream's own name for the request (an `InputRequiredResult` key), kept where it can be.
+        """
         ...
 
     async def progress(self, progress: float, total: float | None, message: str | None) -> None: ...
@@ -64,9 +73,17 @@ class Downstream(Protocol):
 Hook = Callable[["Connection", types.ServerNotification], Awaitable[None]]
 
 
+def _complete_by_default(item: Any) -> None:
+    """A 2026-07-28 result without `resultType` is complete (the spec: clients MUST treat an absent one so);
+    the SDK's strict validation would reject it, so the tag is filled in before it looks."""
+    if isinstance(item, SessionMessage) and isinstance(item.message, JSONRPCResponse):
+        item.message.result.setdefault("resultType", "complete")
+
+
 @contextlib.asynccontextmanager
-async def _watched(transport: Any, closed: anyio.Event) -> AsyncIterator[Any]:
-    """Wrap a transport so `closed` fires when the server side of it ends."""
+async def _watched(transport: Any, closed: anyio.Event, modern: Callable[[], bool]) -> AsyncIterator[Any]:
+    """Wrap a transport so `closed` fires when the server side of it ends (and absent result tags read complete
+    once the connection speaks 2026-07-28)."""
     async with transport as (read, write):
         send, receive = anyio.create_memory_object_stream[Any](0)
 
@@ -74,6 +91,8 @@ async def _watched(transport: Any, closed: anyio.Event) -> AsyncIterator[Any]:
             try:
                 async with send:
                     async for item in read:
+                        if modern():
+                            _complete_by_default(item)
                         await send.send(item)
             except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream):
                 pass
@@ -99,9 +118,11 @@ class Connection:
         on_connected: Callable[[Connection, ClientSession], Awaitable[None]],
         owner_sid: str | None = None,
         stderr_dir: Path | None = None,
+        caller: Caller | None = None,
     ) -> None:
         self.spec = spec
         self.owner_sid = owner_sid  # per_session connections belong to one agent session
+        self.caller = caller  # per_session: the client that opened it (its era, and its handshake capabilities)
         self._on_notification = on_notification
         self._on_connected = on_connected
         self._stderr_dir = stderr_dir
@@ -114,6 +135,7 @@ class Connection:
         self._listen_scope = anyio.CancelScope()
         self.finished = anyio.Event()  # run() has returned: the client is closed, a stdio child reaped
         self.restarts = 0
+        self._followed_era_failed = False  # the caller's handshake era did not connect: negotiate instead
         self.last_error: str | None = None
         self.server_capabilities: types.ServerCapabilities | None = None
         self.protocol_version: str | None = None
@@ -139,6 +161,7 @@ class Connection:
                     client = await stack.enter_async_context(self._client_for(closed, errlog))
                     self._client = client
                     self.protocol_version = client.protocol_version
+                    _declare_per_request(client.session)
                     self.server_capabilities = client.server_capabilities
                     await self._on_connected(self, client.session)
                     self.last_error = None
@@ -154,6 +177,8 @@ class Connection:
                         await closed.wait()
                         tg.cancel_scope.cancel()
             except Exception as exc:  # any failure to connect or serve means: reconnect
+                if self._client is None and self._mode() == "legacy" and self.spec.protocol == "auto":
+                    self._followed_era_failed = True  # e.g. a 2026-07-28-only server: the next try negotiates
                 while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
                     exc = exc.exceptions[0]  # the task groups' wrapping says nothing; what they wrap does
                 self.last_error = f"{type(exc).__name__}: {exc}"
@@ -242,16 +267,31 @@ class Connection:
             assert spec.url is not None
             http = mcp_http_client(headers=spec.headers or None)
             transport = _http_transport(spec.url, http)
+        # The handshake declares capabilities once per connection: a per_session one declares what the client
+        # that opened it declared; a shared one what the gateway can relay, each request checked against its
+        # own caller (ContextDownstream.ask). On 2026-07-28 every request declares its caller's own.
+        relay = self.caller.has if self.caller is not None else (lambda _capability: True)
         return Client(
-            _watched(transport, closed),
-            mode="auto",
-            sampling_callback=self._sampling,
-            elicitation_callback=self._elicitation,
-            list_roots_callback=self._roots,
+            _watched(transport, closed, lambda: self.modern),
+            mode=self._mode(),
+            sampling_callback=self._sampling if relay("sampling") else None,
+            elicitation_callback=self._elicitation if relay("elicitation") else None,
+            list_roots_callback=self._roots if relay("roots") else None,
             message_handler=self._message,
             client_info=types.Implementation(name="mcp-identity-gateway", version=__version__),
             cache=None,
         )
+
+    def _mode(self) -> str:
+        """The SDK client's `mode` for this connection's era (manifest `protocol:`)."""
+        if self.spec.protocol == "2025-11-25":
+            return "legacy"
+        if self.spec.protocol == "2026-07-28":
+            return "2026-07-28"
+        if (self.caller is not None and self.caller.protocol_version is not None and not self.caller.modern
+                and not self._followed_era_failed):
+            return "legacy"  # a per_session connection follows its handshake-era client: nothing to translate
+        return "auto"
 
     def _errlog(self) -> Any:
         """Where a stdio server's stderr goes: a log file per server under the state dir (opened here, never by it)."""
@@ -325,6 +365,27 @@ class Connection:
     def attributable_route(self) -> Downstream | None:
         """The caller a per-session connection's unsolicited traffic belongs to, if a call is in flight."""
         return self._route() if self.owner_sid is not None else None
+
+
+def _declare_per_request(session: ClientSession) -> None:
+    """On 2026-07-28 each request carries the client's capabilities: make them the caller's, not the gateway's.
+
+    The SDK stamps its own capability ad on every request and offers no per-request override, so the stamp it
+    installed at connect is wrapped. Requests with no caller (catalog refreshes, pings) keep the SDK's ad.
+    """
+    stamp = getattr(session, "_stamp", None)
+    if stamp is None or getattr(stamp, "_gateway", False):
+        return
+
+    def per_caller(data: dict[str, Any], opts: Any) -> None:
+        stamp(data, opts)
+        caller = CALLER.get()
+        meta = (data.get("params") or {}).get("_meta")
+        if caller is not None and isinstance(meta, dict) and CLIENT_CAPABILITIES_META_KEY in meta:
+            meta[CLIENT_CAPABILITIES_META_KEY] = caller.declared()
+
+    per_caller._gateway = True  # type: ignore[attr-defined]
+    session._stamp = per_caller
 
 
 async def _set_when(stop: anyio.Event, closed: anyio.Event) -> None:

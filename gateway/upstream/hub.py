@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 import anyio.abc
 import mcp_types as types
+import pydantic
 from mcp.client.session import ClientSession
 from mcp.shared.exceptions import MCPError
 
 from gateway.errors import UpstreamError, UpstreamTimeout
+from gateway.upstream.caller import CALLER, Caller
 from gateway.upstream.connection import Connection, Downstream
 from gateway.upstream.manifests import UpstreamSpec
 
@@ -71,13 +73,14 @@ class Upstream:
         self._idle.set()
         self.stopped = False  # removed by hot reload: no new connection is ever started for it
 
-    def _connection(self, sid: str | None) -> Connection:
+    def _connection(self, sid: str | None, caller: Caller | None = None) -> Connection:
         return Connection(
             self.spec,
             on_notification=self._notification,
             on_connected=self._connected,
             owner_sid=sid,
             stderr_dir=self.hub.stderr_dir,
+            caller=caller,
         )
 
     @property
@@ -124,7 +127,7 @@ class Upstream:
         if connection is None:
             if not principal.grant.reaches(self.name, self.tools()):
                 raise UpstreamError(f"session {principal.sid} has no grant on upstream server {self.name!r}")
-            connection = self._per_session[principal.sid] = self._connection(principal.sid)
+            connection = self._per_session[principal.sid] = self._connection(principal.sid, CALLER.get())
             self.hub.spawn(connection.run)
         return connection
 
@@ -178,7 +181,14 @@ class Upstream:
                     raise UpstreamError(
                         f"upstream server {self.name!r} closed the connection (it will be restarted)"
                     ) from exc
+                if exc.code == types.PARSE_ERROR:  # the SDK's word for a body it could not parse: not the caller's
+                    raise UpstreamError(f"upstream server {self.name!r} sent a malformed response: {exc}") from exc
                 raise
+            except pydantic.ValidationError as exc:  # an answer that breaks the protocol is the upstream's fault
+                raise UpstreamError(
+                    f"upstream server {self.name!r} sent an invalid result: {exc.error_count()} error(s), "
+                    f"first: {exc.errors()[0]['msg'] if exc.errors() else 'unknown'}"
+                ) from None
         except UpstreamError as exc:  # the detail is the operator's: the agent is told only exc.for_agent()
             log.warning("upstream %s: request failed: %s", self.name, exc)
             raise

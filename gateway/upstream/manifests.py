@@ -69,6 +69,9 @@ class Manifest(BaseModel):
     url: str | None = None
     headers: dict[str, str] = {}
     isolation: Literal["shared", "per_session"] = "shared"
+    # Which protocol era the gateway speaks to the server: `auto` negotiates (2026-07-28 where offered; a
+    # per_session connection follows the era of the client that opened it), a date pins it.
+    protocol: Literal["auto", "2025-11-25", "2026-07-28"] = "auto"
     tools: Literal["*"] | tuple[str, ...] = Field(...)
     pins: dict[str, str] = {}
     timeout: Duration | None = None  # overrides gateway call_timeout for this server
@@ -142,6 +145,7 @@ class UpstreamSpec:
     url: str | None = None
     headers: dict[str, str] = field(default_factory=dict, repr=False)
     source: Path | None = None
+    protocol: Literal["auto", "2025-11-25", "2026-07-28"] = "auto"
 
     @property
     def unsandboxed(self) -> bool:
@@ -236,6 +240,7 @@ def load_manifest(path: Path, config: GatewayConfig) -> UpstreamSpec:
         url=resolve(manifest.url, "url") if manifest.url else None,
         headers={k: resolve(v, f"headers.{k}") for k, v in manifest.headers.items()},
         source=path.resolve(),
+        protocol=manifest.protocol,
     )
 
 
