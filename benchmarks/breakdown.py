@@ -28,10 +28,10 @@ import overhead
 
 STUBS = {
     "audit": "gateway.audit.sink:Audit.emit",
-    "budgets": "gateway.budgets:Budgets.reserve,gateway.budgets:Budgets.settle",
+    "budgets": "gateway.spend.budgets:Budgets.reserve,gateway.spend.budgets:Budgets.settle",
     # both sides: the arguments' JSON text, its tokens (the config's estimator) and fingerprint; the result's
-    "metering": "gateway.pipeline:canonical_json,gateway.metering:Estimator.count,"
-                "gateway.audit.records:Fingerprints.of_bytes,gateway.metering:Meter.count,"
+    "metering": "gateway.mcp.pipeline:canonical_json,gateway.spend.metering:Estimator.count,"
+                "gateway.audit.records:Fingerprints.of_bytes,gateway.spend.metering:Meter.count,"
                 "gateway.audit.records:Fingerprints.of",
     "session-read": "gateway.store.sqlite:SQLiteStore.get_session",
 }
