@@ -29,8 +29,10 @@ from gateway.config.files import (
     ASSERTION_ALGORITHMS,
     AgentSpec,
     GatewayConfig,
+    check_login,
     check_workloads,
     load_agents,
+    load_templates,
     parse_grant,
 )
 from gateway.config.reload import Reloader, ServerEndpoints
@@ -53,6 +55,8 @@ from gateway.identity.sessions import Sessions
 from gateway.identity.shared import SharedCredentialDetector
 from gateway.identity.stored_keys import key_ring, shared_secrets
 from gateway.identity.tokens import Tokens
+from gateway.login.flow import tool_scopes
+from gateway.login.grants import AUTHORIZATION_CODE, REFRESH_TOKEN
 from gateway.mcp.exchanges import Exchanges
 from gateway.mcp.fanout import Fanout
 from gateway.mcp.pipeline import Pipeline
@@ -105,6 +109,7 @@ class Gateway:
     config_path: Path | None = None  # gateway.yaml, re-read by hot reload (None: only agents.yaml and manifests)
     reloader: Reloader | None = None  # set while the app runs
     ready: anyio.Event = field(default_factory=anyio.Event)  # set once startup has finished
+    sealer: Sealer | None = None  # opaque envelopes the gateway hands out and gets back (gateway/identity/sealing.py)
 
     async def max_session_lifetime(self) -> float:
         """The longest any token can live: how long a retired signing key must keep verifying.
@@ -143,18 +148,21 @@ def build_gateway(
         StoreUnavailable: the keys live in the store (PostgreSQL) and it cannot be reached.
     """
     agent_specs = load_agents(config.agents) if agents is None else agents
+    templates = load_templates(config.agents) if agents is None else {}
     check_workloads(config, agent_specs)
+    check_login(config)
     specs = load_manifests(config) if manifests is None else manifests
     store = open_store(config)
     keys = key_ring(config, store)
     secrets = shared_secrets(config, store)
     audit = build_audit(config, keys, store, clock, operator=operator)
     tokens = Tokens(keys, config.public_url, clock)
-    directory = AgentDirectory(store, agent_specs)
+    directory = AgentDirectory(store, agent_specs, templates)
     sessions = Sessions(store, directory, tokens, audit, config.session_defaults, clock)
     upstreams = Upstreams(specs, stderr_dir=config.state_dir / "logs")
     budgets = Budgets(store, audit, clock, denials_per_minute=config.audit.denials_per_minute)
     fingerprints = Fingerprints(secrets["fingerprint"])
+    sealer = Sealer(secrets["state"])  # envelopes handed to clients: paused calls' requestState, sign-in cookies
     pins = Pins(upstreams, audit, require_pins=config.require_pins)
     upstreams.quarantine = pins.settle
     meter = Meter(load_tokenizer(config.metering))
@@ -176,7 +184,8 @@ def build_gateway(
         pipeline=Pipeline(budgets, audit, fingerprints, meter, telemetry),
         fanout=Fanout(),
         # Paused calls run in the app's task group, which exists once the lifespan has started.
-        exchanges=Exchanges(Sealer(secrets["state"]), lambda *a: gateway.spawn(*a), clock),
+        exchanges=Exchanges(sealer, lambda *a: gateway.spawn(*a), clock),
+        sealer=sealer,
         fingerprints=fingerprints,
         meter=meter,
         credential_key=secrets["credential"],
@@ -214,7 +223,7 @@ def create_app(gateway: Gateway) -> Starlette:
             stack.push_async_callback(anyio.to_thread.run_sync, gateway.telemetry.shutdown)  # exports what is left
             gateway.keys.load()
             await stack.enter_async_context(gateway.audit.run())
-            stack.push_async_callback(oauth.idps.close)
+            stack.push_async_callback(oauth.close)
             stack.push_async_callback(oauth.workloads.close)
             await gateway.agents.sync(gateway.clock())
             await close_interrupted(gateway.audit)  # calls a crash of the previous run left without an outcome
@@ -254,14 +263,16 @@ def create_app(gateway: Gateway) -> Starlette:
                     await gateway.audit.emit(Event.GATEWAY_STOPPED)
 
     dpop_offered = _dpop_offered(config, gateway.agents.specs)
+    scopes = tool_scopes(gateway.agents.templates) if config.login is not None else []
+    edge.scope = " ".join(scopes) or None
     routes = [
         Route("/healthz", _healthz),
         Route("/readyz", _readyz(gateway)),
         Route("/metrics", _metrics(gateway, edge.failures)),
-        Route("/.well-known/oauth-authorization-server", _as_metadata(config, dpop_offered)),
+        Route("/.well-known/oauth-authorization-server", _as_metadata(config, dpop_offered, scopes)),
         Route("/jwks.json", _jwks(gateway)),
         Route("/.well-known/oauth-protected-resource{path:path}",
-              _pr_metadata(config, edge.resources, dpop_offered)),
+              _pr_metadata(config, edge.resources, dpop_offered, scopes)),
         *oauth.routes(),
         *admin_routes(gateway, edge.failures),
         console_routes(gateway, edge),
@@ -406,22 +417,38 @@ def _dpop_offered(config: GatewayConfig, agents: dict[str, AgentSpec]) -> bool:
     return any(mode != "off" for mode in (config.dpop, *(spec.dpop for spec in agents.values() if spec.dpop)))
 
 
-def _as_metadata(config: GatewayConfig, dpop_offered: bool) -> Callable[[Request], Any]:
+def _as_metadata(config: GatewayConfig, dpop_offered: bool, scopes: list[str]) -> Callable[[Request], Any]:
+    """RFC 8414. `authorization_endpoint` is always listed (every OAuth client's schema requires it, even for
+    client_credentials); without `login:` it answers that sign-in is not configured."""
     base = config.public_url
     jwt_bearer = bool(config.workload_issuers) or any(p.id_jag for p in config.identity_providers)
+    login = config.login is not None
+    sign_in = [AUTHORIZATION_CODE, REFRESH_TOKEN] if login else []
     document: dict[str, Any] = {
         "issuer": base,
+        "authorization_endpoint": f"{base}/oauth/authorize",
         "token_endpoint": f"{base}/oauth/token",
         "revocation_endpoint": f"{base}/oauth/revoke",
         "introspection_endpoint": f"{base}/oauth/introspect",
         "jwks_uri": f"{base}/jwks.json",
-        "grant_types_supported": [CLIENT_CREDENTIALS, TOKEN_EXCHANGE, *([JWT_BEARER] if jwt_bearer else [])],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
+        "grant_types_supported": [*sign_in, CLIENT_CREDENTIALS, TOKEN_EXCHANGE, *([JWT_BEARER] if jwt_bearer else [])],
+        "token_endpoint_auth_methods_supported": [*(["none"] if login else []), "client_secret_basic",
+                                                  "client_secret_post", "private_key_jwt"],
         "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post",
                                                        "private_key_jwt", "none"],
-        "response_types_supported": [],
+        "revocation_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),  # RFC 8414 §2
+        "introspection_endpoint_auth_methods_supported": ["bearer"],
+        "response_types_supported": ["code"] if login else [],
+        "response_modes_supported": ["query"],
+        "code_challenge_methods_supported": ["S256"],
+        "authorization_response_iss_parameter_supported": True,
+        "client_id_metadata_document_supported": login and bool(config.clients.metadata_documents),
     }
+    if scopes:
+        document["scopes_supported"] = scopes
+    if login and config.clients.dynamic_registration:
+        document["registration_endpoint"] = f"{base}/oauth/register"
     if dpop_offered:
         document["dpop_signing_alg_values_supported"] = list(dpop.ALGORITHMS)
 
@@ -431,7 +458,8 @@ def _as_metadata(config: GatewayConfig, dpop_offered: bool) -> Callable[[Request
     return metadata
 
 
-def _pr_metadata(config: GatewayConfig, paths: set[str], dpop_offered: bool) -> Callable[[Request], Any]:
+def _pr_metadata(config: GatewayConfig, paths: set[str], dpop_offered: bool,
+                 scopes: list[str]) -> Callable[[Request], Any]:
     proof: dict[str, Any] = {}
     if dpop_offered:  # RFC 9728 §2
         proof = {"dpop_signing_alg_values_supported": list(dpop.ALGORITHMS),
@@ -448,6 +476,7 @@ def _pr_metadata(config: GatewayConfig, paths: set[str], dpop_offered: bool) -> 
             "bearer_methods_supported": ["header"],
             "resource_signing_alg_values_supported": ["EdDSA"],
             "resource_name": "MCP identity gateway",
+            **({"scopes_supported": scopes} if scopes else {}),
         })
 
     return metadata

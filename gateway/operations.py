@@ -135,6 +135,9 @@ class Operations:
         if agent is not None and agent.workload is not None:
             raise OperatorError(f"agent {agent_id!r} authenticates with its workload identity; it has no secret",
                                 status=409)
+        if agent is not None and agent.source == "interactive":  # its human signs in; a secret would bypass that
+            raise OperatorError(f"agent {agent_id!r} is a sign-in's agent; its human signs in, it has no secret",
+                                status=409)
         secret = generate_secret()
         await self._update_agent(agent_id, secret_hash=hash_secret(self.gw.credential_key, secret),
                                  secret_at=self.gw.clock())  # credential_max_age counts from here
@@ -171,7 +174,7 @@ class Operations:
 
     def _lifecycle(self, record: AgentRecord) -> dict[str, Any]:
         """The agent's lifecycle in force (its own settings over gateway.yaml's defaults) and its credential's age."""
-        agent = resolve(record, self.gw.agents.specs)
+        agent = resolve(record, self.gw.agents.specs, self.gw.agents.templates)
         rules = policy(agent, self.gw.config.agent_defaults)
         kind = credential_of(agent)
         set_at = credential_set_at(agent, kind)

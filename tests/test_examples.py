@@ -31,7 +31,18 @@ def test_ide_snippets_are_json_pointing_at_the_mcp_endpoint_with_a_bearer_header
     for path in snippets:
         text = path.read_text()
         json.loads(text)
-        assert "http://127.0.0.1:8765/mcp" in text and "Bearer" in text, path.name
+        assert "http://127.0.0.1:8765/mcp" in text, path.name
+        # a pasted token, or (the *.signin.* snippets) nothing: the IDE signs in
+        assert ("Bearer" in text) != (".signin." in path.name), path.name
+
+
+def test_the_quickstart_admits_sign_ins_through_its_ide_template() -> None:
+    from gateway.config.files import check_login, load_templates
+
+    config = load_gateway_config(REPO / "examples" / "quickstart" / "gateway.yaml")
+    check_login(config)
+    templates = load_templates(config.agents)
+    assert "dcr-*" in templates["ide"].clients and config.clients.dynamic_registration
 
 
 def test_the_readme_quickstart_command_installs_every_python_server_the_shipped_manifests_run() -> None:

@@ -29,10 +29,13 @@ def quickstart(tmp_path: Path) -> Path:
     (tmp_path / "tool_manifests").mkdir()
     shutil.copy(REPO / "tool_manifests" / "time.yaml", tmp_path / "tool_manifests")
     (tmp_path / ".venv").symlink_to(Path(sys.executable).parents[1])
+    (tmp_path / "node_modules").symlink_to(REPO / "node_modules")  # the demo IdP's oidc-provider
     config = yaml.safe_load((here / "gateway.yaml").read_text())
-    port = free_port()
+    port, idp = free_port(), f"http://127.0.0.1:{free_port()}"
     config["public_url"] = f"http://127.0.0.1:{port}"
     config["listen"]["port"] = port
+    config["login"]["identity_provider"] = idp
+    config["identity_providers"][0].update(issuer=idp, jwks_url=f"{idp}/jwks")
     (here / "gateway.yaml").write_text(yaml.safe_dump(config))
     return here
 
@@ -80,6 +83,7 @@ def test_the_quickstart_starts_six_times_in_a_row_and_never_leaks_its_session(qu
         run = _Run(quickstart)
         banner = run.wait_for(READY)
         assert any("Authorization     Bearer ey" in line for line in banner)
+        assert any("sign in as alice@example.com" in line for line in banner)
         assert len(_active_quickstart_sessions(quickstart)) == 1
         run.process.send_signal(signal.SIGINT)  # Ctrl-C reaches the script
         assert run.process.wait(timeout=60) == 130

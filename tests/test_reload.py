@@ -245,6 +245,8 @@ RESTART_ONLY: dict[str, Any] = {
     "dpop": "required",
     "dpop_nonce": True,
     "telemetry": {"otlp_endpoint": "http://127.0.0.1:4318"},
+    "login": {"identity_provider": "https://idp.example.com"},
+    "clients": {"dynamic_registration": True},
 }
 
 

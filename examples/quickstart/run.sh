@@ -20,6 +20,23 @@ fi
 
 "$gw" manifests validate --config "$cfg"
 
+# The demo identity provider for sign-in, on the port gateway.yaml's login names; the gateway's
+# callback is its public_url + /oauth/callback.
+read -r idp_port public_url < <("$py" -c 'import sys, yaml; from urllib.parse import urlsplit
+c = yaml.safe_load(open(sys.argv[1]))
+print(urlsplit(c["login"]["identity_provider"]).port, c["public_url"])' "$cfg")
+idp_password=${IDP_PASSWORD:-$("$py" -c 'import secrets; print(secrets.token_urlsafe(9))')}
+idp_log="$here/.state/idp.log"
+mkdir -p "$here/.state"
+if [ -d "$root/node_modules/oidc-provider" ]; then
+    IDP_PORT=$idp_port IDP_REDIRECT_URI="$public_url/oauth/callback" IDP_CLIENT_SECRET=quickstart-idp-secret \
+        IDP_PASSWORD="$idp_password" node "$here/idp.mjs" >"$idp_log" 2>&1 &
+    idp=$!
+else
+    idp=""
+    echo "npm ci has not been run: no demo identity provider, so sign-in will not work (tokens still do)" >&2
+fi
+
 # A run that was killed before it could close its session leaves it active: close those first, so
 # repeated starts never pile up against research-bot's max_active_sessions.
 leftover=$("$gw" sessions list --config "$cfg" --agent research-bot --state active --json |
@@ -49,12 +66,18 @@ Your own tokens (client_credentials): research-bot's secret is shown once by
   then: curl -u research-bot:SECRET -d grant_type=client_credentials http://127.0.0.1:8765/oauth/token
 Audit stream:       $here/.state/audit.jsonl     ($gw audit tail --follow --config $cfg)
 
+Sign in from an IDE instead of pasting a token (examples/ide/README.md has each IDE's steps):
+  add the server URL $public_url/mcp (no headers) to VS Code, Claude Code or Cursor;
+  it opens a browser at the demo identity provider http://127.0.0.1:$idp_port:
+  sign in as alice@example.com (or bob@example.com) with the password  $idp_password
+  and allow the consent page; the IDE gets its own agent, e.g. ide:alice@example.com:vscode.dev.
+
 MSG
 
 "$gw" serve --config "$cfg" &
 server=$!
 # However this script ends, the gateway stops and the quickstart's session is closed.
-trap 'kill -TERM "$server" 2>/dev/null; wait "$server" 2>/dev/null || true; "$gw" sessions close "$sid" --config "$cfg" >/dev/null 2>&1 || true' EXIT
+trap 'kill -TERM "$server" $idp 2>/dev/null; wait "$server" 2>/dev/null || true; "$gw" sessions close "$sid" --config "$cfg" >/dev/null 2>&1 || true' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 wait "$server"

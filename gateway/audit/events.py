@@ -32,6 +32,7 @@ class Event(StrEnum):
     REFRESH_REUSED = "refresh.reused"
     CLIENT_REGISTERED = "client.registered"
     CLIENT_METADATA_FETCHED = "client.metadata_fetched"
+    CLIENT_METADATA_FAILED = "client.metadata_failed"
     SESSION_OPENED = "session.opened"
     SESSION_CLOSED = "session.closed"
     SESSION_RESUMED = "session.resumed"

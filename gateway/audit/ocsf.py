@@ -5,7 +5,7 @@
     session.opened, token.issued, auth.failed, session.closed     Authentication (3002)
     agent.*, session.resumed, key.rotated (operator changes)      Account Change (3001)
     tool.changed (quarantine), budget.exceeded (budget and loop
-    stops), budget.threshold, credential.shared_suspected,
+    stops), budget.threshold, credential.shared_suspected, refresh.reused,
     tool.pinned (closes a quarantine finding)                     Detection Finding (2004)
     anything else (gateway.started, audit.checkpoint, ...)        Base Event (0)
 
@@ -83,6 +83,7 @@ _EVENTS: dict[str, tuple[str, int, str]] = {
     Event.BUDGET_EXCEEDED: ("detection_finding", 1, "Budget exceeded; session stopped"),
     Event.BUDGET_THRESHOLD: ("detection_finding", 1, "Budget threshold reached"),
     Event.CREDENTIAL_SHARED_SUSPECTED: ("detection_finding", 1, "Agent credential used by several clients"),
+    Event.REFRESH_REUSED: ("detection_finding", 1, "Refresh token reused; session revoked"),
     Event.TOOL_PINNED: ("detection_finding", 3, "Tool definition pinned by an operator"),
 }
 _SEVERITIES = {1: "Informational", 2: "Low", 3: "Medium", 4: "High"}
@@ -381,13 +382,13 @@ def _detection_finding(r: _Record, out: dict[str, Any], title: str) -> list[str]
     closed = event == Event.TOOL_PINNED
     out["status_id"] = 4 if closed else 1
     out["status"] = _FINDING_STATUS[out["status_id"]]
-    severities: dict[str, int] = {Event.TOOL_CHANGED: 4, Event.CREDENTIAL_SHARED_SUSPECTED: 4, Event.BUDGET_EXCEEDED: 3,
-                                  Event.BUDGET_THRESHOLD: 2}
+    severities: dict[str, int] = {Event.TOOL_CHANGED: 4, Event.CREDENTIAL_SHARED_SUSPECTED: 4,
+                                  Event.REFRESH_REUSED: 4, Event.BUDGET_EXCEEDED: 3, Event.BUDGET_THRESHOLD: 2}
     out["severity_id"] = severities.get(event, 1)
     out["is_alert"] = out["severity_id"] >= 3
     dispositions: dict[str, tuple[int, str]] = {Event.TOOL_CHANGED: (3, "Quarantined"), Event.BUDGET_EXCEEDED: (2, "Blocked"),
                    Event.BUDGET_THRESHOLD: (19, "Alert"), Event.CREDENTIAL_SHARED_SUSPECTED: (15, "Detected"),
-                   Event.TOOL_PINNED: (8, "Approved")}
+                   Event.TOOL_PINNED: (8, "Approved"), Event.REFRESH_REUSED: (2, "Blocked")}
     disposition = dispositions[event]
     out["disposition_id"], out["disposition"] = disposition
     r.get("decision")  # tool.changed's "quarantine": the disposition says it

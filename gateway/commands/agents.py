@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from gateway.commands._context import operate, query
-from gateway.config.files import AGENT_ID, EMAIL, GatewayConfig, load_agents, read_yaml
+from gateway.config.files import AGENT_ID, EMAIL, INTERACTIVE_AGENT_ID, GatewayConfig, load_agents, read_yaml
 from gateway.errors import ConfigError, OperatorError
 from gateway.identity.agents import AgentDirectory
 from gateway.operations import agent_rows
@@ -23,6 +23,13 @@ def _agent_id(value: str) -> str:
     if not AGENT_ID.fullmatch(value):
         raise argparse.ArgumentTypeError(f"{value!r} must match {AGENT_ID.pattern}")
     return value
+
+
+def _any_agent_id(value: str) -> str:
+    """An agent id, or a sign-in's `<template>:<human>:<client host>` (for show, disable, enable, ...)."""
+    if INTERACTIVE_AGENT_ID.fullmatch(value):
+        return value
+    return _agent_id(value)
 
 
 def _email(value: str) -> str:
@@ -54,7 +61,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     list_.set_defaults(run=_list)
 
     show = group.add_parser("show", parents=[common], help="show an agent with its grant (YAML)")
-    show.add_argument("id", type=_agent_id)
+    show.add_argument("id", type=_any_agent_id)
     show.add_argument("--json", action="store_true")
     show.set_defaults(run=_show)
 
@@ -82,7 +89,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
         ("rotate", "issue a new secret (the old one stops working) and print it once", _rotate),
     ):
         sub = group.add_parser(name, parents=[common], help=helptext)
-        sub.add_argument("id", type=_agent_id)
+        sub.add_argument("id", type=_any_agent_id)
         sub.set_defaults(run=handler)
 
 

@@ -112,12 +112,75 @@ class JwtIssuer(_Model):
         return value
 
 
+class OidcClient(_Model):
+    """The gateway as a confidential OpenID Connect relying party of an identity provider (human sign-in)."""
+
+    client_id: str = Field(min_length=1)  # the gateway's client at the IdP; also the ID token's `aud`
+    client_secret: str = Field(min_length=1, repr=False)  # client_secret_basic at the IdP's token endpoint
+    scopes: tuple[str, ...] = ("openid", "email", "profile")  # must include openid
+    # where the IdP's discovery document is; default <issuer>/.well-known/openid-configuration
+    discovery_url: str | None = None
+
+    @field_validator("scopes")
+    @classmethod
+    def _openid(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if "openid" not in value:
+            raise ValueError("must include openid")
+        return value
+
+    @field_validator("discovery_url")
+    @classmethod
+    def _fetchable(cls, value: str | None) -> str | None:
+        return None if value is None else _http_url(value)
+
+
 class IdentityProvider(JwtIssuer):
     """A humans' identity provider whose JWTs may be exchanged for delegated session tokens."""
 
     # true: it may also issue ID-JAGs (Identity Assertion JWT Authorization Grants) whose `aud` is this
     # gateway, which an agent presents with the jwt-bearer grant to act for the person they name
     id_jag: bool = False
+    oidc: OidcClient | None = None  # humans sign in here for interactive agents (gateway.yaml `login`)
+
+
+class LoginSettings(_Model):
+    """Sign-in for interactive agents: the gateway as an OAuth 2.1 authorization server (authorization code
+    + PKCE), humans proving who they are at `identity_provider` (an `identity_providers` entry with `oidc:`)."""
+
+    identity_provider: str  # the issuer of that entry
+    consent: Literal["once", "always"] = "once"  # once: remembered per (human, client, grant version)
+    access_token_ttl: Duration = Field(900.0, gt=0, le=900)  # at most 15 minutes; refresh tokens renew them
+    code_ttl: Duration = Field(60.0, gt=0, le=60)  # authorization codes live at most 60 s
+    login_timeout: Duration = Field(600.0, gt=0)  # how long a sign-in at the IdP and the consent page may take
+
+
+class CimdFetch(_Model):
+    """Bounds on fetching a Client ID Metadata Document."""
+
+    timeout: Duration = Field(5.0, gt=0)  # the whole fetch: connect, headers and body
+    max_bytes: int = Field(5120, gt=0, le=1_048_576)  # a larger document is refused
+    max_cache: Duration = Field(86400.0, ge=0)  # a document is reused per its Cache-Control max-age, at most this
+    default_cache: Duration = Field(300.0, ge=0)  # how long a document without cache headers is reused
+    ca_file: Path | None = None  # a PEM bundle trusted for these fetches instead of the system's (internal CAs)
+
+
+class ClientsSettings(_Model):
+    """Which interactive agent software (OAuth clients) may connect."""
+
+    # URL globs a Client ID Metadata Document's URL must match (https only; a private or loopback address
+    # only when a glob names that host literally, without wildcards)
+    metadata_documents: tuple[str, ...] = ()
+    dynamic_registration: bool = False  # RFC 7591 POST /oauth/register, for clients without a metadata document
+    fetch: CimdFetch = CimdFetch()
+
+    @field_validator("metadata_documents")
+    @classmethod
+    def _https_globs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for glob in value:
+            parts = urlsplit(glob)
+            if parts.scheme != "https" or not parts.netloc or parts.path in ("", "/"):
+                raise ValueError(f"{glob!r} must be an https URL glob with a path, e.g. https://vscode.dev/oauth/*")
+        return value
 
 
 class WorkloadIssuer(JwtIssuer):
@@ -242,6 +305,15 @@ class GatewayConfig(_Model):
     limits: Limits = Limits()  # MCP sessions per agent session and per agent
     http: HttpSettings = HttpSettings()  # keep-alive, request-head timeout, connection cap
     telemetry: TelemetrySettings = TelemetrySettings()  # OpenTelemetry traces; off by default
+    login: LoginSettings | None = None  # sign-in for interactive agents (authorization code + PKCE); off if unset
+    clients: ClientsSettings = ClientsSettings()  # interactive OAuth clients: metadata documents, registration
+
+    @property
+    def login_provider(self) -> IdentityProvider | None:
+        """The identity provider humans sign in at, when `login` is configured."""
+        if self.login is None:
+            return None
+        return next((p for p in self.identity_providers if p.issuer == self.login.identity_provider), None)
 
     @field_validator("public_url")
     @classmethod
@@ -430,8 +502,30 @@ class AgentSpec(_Model):
         return value
 
 
+TEMPLATE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}\Z")
+
+
+class InteractiveTemplate(_Model):
+    """An `interactive:` template: every (human, client) pair that signs in through it becomes its own agent,
+    `<template>:<human>:<client host>`, owned by the human, with this grant."""
+
+    clients: tuple[str, ...] = Field(min_length=1)  # client_id globs: metadata document URLs, or dcr-* (registered)
+    users: tuple[str, ...] = Field(min_length=1)  # humans who may sign in: verified email globs, or "iss|sub"
+    grant: GrantSpec = GrantSpec()
+    cost_center: str | None = None
+
+
 class AgentsFile(_Model):
     agents: dict[str, AgentSpec] = {}
+    interactive: dict[str, InteractiveTemplate] = {}
+
+    @field_validator("interactive")
+    @classmethod
+    def _template_names(cls, value: dict[str, InteractiveTemplate]) -> dict[str, InteractiveTemplate]:
+        for name in value:
+            if not TEMPLATE_NAME.fullmatch(name):
+                raise ValueError(f"template name {name!r} must match {TEMPLATE_NAME.pattern}")
+        return value
 
     @field_validator("agents")
     @classmethod
@@ -468,6 +562,8 @@ def check_public_jwks(value: Any) -> None:
 
 
 AGENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")  # \Z: see SERVER_NAME
+# A sign-in's agent: <template>:<human (email, or iss|sub)>:<client host>; printable, no spaces
+INTERACTIVE_AGENT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}:[\x21-\x7e]{1,400}:[A-Za-z0-9.-]{1,253}\Z")
 
 
 # ---------------------------------------------------------------- loading
@@ -550,11 +646,19 @@ def load_gateway_config(path: Path) -> GatewayConfig:
             "manifests": _resolve(base, config.manifests),
             "agents": _resolve(base, config.agents),
             "audit": config.audit.model_copy(update={"path": _resolve(base, config.audit.path)}),
+            "clients": _resolve_ca(base, config.clients),
             "store": store,
         }
     )
     _check_work_dir(path, config)
     return config
+
+
+def _resolve_ca(base: Path, clients: ClientsSettings) -> ClientsSettings:
+    if clients.fetch.ca_file is None:
+        return clients
+    fetch = clients.fetch.model_copy(update={"ca_file": _resolve(base, clients.fetch.ca_file)})
+    return clients.model_copy(update={"fetch": fetch})
 
 
 def gateway_files(config: GatewayConfig) -> list[tuple[Path, str]]:
@@ -593,6 +697,23 @@ def load_agents(path: Path) -> dict[str, AgentSpec]:
         raise ConfigError(validation_message(path, exc)) from None
 
 
+def load_templates(path: Path) -> dict[str, InteractiveTemplate]:
+    """agents.yaml's `interactive:` templates; a missing file means none.
+
+    Raises:
+        ConfigError: the file is malformed or a field is invalid.
+    """
+    if not path.exists():
+        return {}
+    raw = read_yaml(path)
+    if raw is None:
+        return {}
+    try:
+        return AgentsFile.model_validate(raw).interactive
+    except ValidationError as exc:
+        raise ConfigError(validation_message(path, exc)) from None
+
+
 def parse_grant(raw: Any, source: str = "grant") -> GrantSpec:
     """One grant, validated exactly as agents.yaml's `grant:` block is (the CLI and admin API use it too).
 
@@ -607,6 +728,24 @@ def parse_grant(raw: Any, source: str = "grant") -> GrantSpec:
         return GrantSpec.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(validation_message(source, exc)) from None
+
+
+def check_login(config: GatewayConfig) -> None:
+    """`login.identity_provider` names an `identity_providers` entry that has `oidc:` settings.
+
+    Raises:
+        ConfigError: naming the field.
+    """
+    if config.login is None:
+        return
+    for provider in config.identity_providers:
+        if provider.issuer == config.login.identity_provider:
+            if provider.oidc is None:
+                raise ConfigError(f"login.identity_provider: {provider.issuer!r} has no oidc: settings "
+                                  "(client_id, client_secret) in identity_providers")
+            return
+    raise ConfigError(f"login.identity_provider: {config.login.identity_provider!r} is not an identity_providers "
+                      "issuer")
 
 
 def check_workloads(config: GatewayConfig, agents: dict[str, AgentSpec]) -> None:

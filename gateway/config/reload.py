@@ -37,7 +37,7 @@ import anyio.abc
 from mcp.server.transport_security import TransportSecuritySettings
 
 from gateway.audit.events import Event
-from gateway.config.files import AgentSpec, GatewayConfig, load_agents, load_gateway_config
+from gateway.config.files import AgentSpec, GatewayConfig, load_agents, load_gateway_config, load_templates
 from gateway.errors import ConfigError, Unavailable, UpstreamError
 from gateway.http.transport import McpEndpoint
 from gateway.mcp.views import View
@@ -65,7 +65,7 @@ NOT_RELOADABLE = frozenset({
     "public_url", "listen", "instance", "state_dir", "signing_key", "secrets_dir", "store", "audit",
     "manifests", "agents", "session_defaults", "identity_providers", "oauth_rate_limit", "shared_credentials",
     "allowed_origins", "allowed_hosts", "metering", "limits", "http", "work_dir",
-    "workload_issuers", "dpop", "dpop_nonce", "telemetry",
+    "workload_issuers", "dpop", "dpop_nonce", "telemetry", "login", "clients",
 })
 
 
@@ -235,6 +235,7 @@ class Reloader:
         gw.pins.require_pins = snapshot.config.require_pins
         old_agents = gw.agents.specs
         gw.agents.specs = snapshot.agents
+        gw.agents.templates = load_templates(gw.config.agents)
         gw.agents.forget_all()
         agents_removed = sorted(set(old_agents) - set(snapshot.agents))
         agents_changed = sorted(a for a in set(old_agents) & set(snapshot.agents)

@@ -160,6 +160,7 @@ class Edge:
         self.resources = set(apps)  # MCP paths: each has its own RFC 9728 document
         self.apps = {**apps, **(api or {})}  # path -> the SDK transport app of that view, or an API app
         self.fallback: ASGIApp | None = None  # the router, set when the middleware stack is built
+        self.scope: str | None = None  # the `scope` a 401 names when sign-in templates define tool scopes
         public = urlsplit(gateway.config.public_url)
         listen = gateway.config.listen
         self.hosts = {public.netloc, f"{listen.host}:{listen.port}", *gateway.config.allowed_hosts}
@@ -409,6 +410,8 @@ class Edge:
             return
         description = reason.replace('"', "'")
         challenge = f'Bearer error="invalid_token", error_description="{description}", resource_metadata="{url}"'
+        if self.scope:  # MCP authorization: the scope a sign-in should ask for
+            challenge += f', scope="{self.scope}"'
         await send_json(send, 401, {"error": "invalid_token", "error_description": reason},
                         {"www-authenticate": challenge})
 

@@ -41,6 +41,11 @@ from gateway.identity.idp import IdentityProviders
 from gateway.identity.policy import Grant
 from gateway.identity.principal import Principal
 from gateway.identity.workload import WorkloadIssuers
+from gateway.login import pages as login_pages
+from gateway.login.clients import REGISTERED_PREFIX
+from gateway.login.flow import Login
+from gateway.login.grants import AUTHORIZATION_CODE, REFRESH_TOKEN, Grants
+from gateway.login.register import register
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -154,13 +159,61 @@ class OAuth:
         self.per_client = RateLimiter(limits.per_client, limits.window)
         base = config.public_url
         self.resources = {base, f"{base}/mcp", *(f"{base}/servers/{name}/mcp" for name in gateway.upstreams.servers)}
+        self.login = Login(gateway, self.idps, self.resources) if config.login is not None else None
+        self.grants = Grants(gateway, self.login) if self.login is not None else None
+
+    async def close(self) -> None:
+        await self.idps.close()
+        if self.login is not None:
+            await self.login.close()
 
     def routes(self) -> list[Route]:
-        return [
+        routes = [
             Route("/oauth/token", self._endpoint(self.gw.telemetry.token_handler(self._token)), methods=["POST"]),
             Route("/oauth/revoke", self._endpoint(self._revoke), methods=["POST"]),
             Route("/oauth/introspect", self._endpoint(self._introspect), methods=["POST"]),
+            Route("/oauth/authorize", self._page(self._authorize), methods=["GET"]),
         ]
+        if self.login is not None:
+            login = self.login
+            routes += [
+                Route("/oauth/callback", self._page(login.callback), methods=["GET"]),
+                Route("/oauth/consent", self._page(self._consent), methods=["POST"]),
+            ]
+            if self.gw.config.clients.dynamic_registration:
+                routes.append(Route("/oauth/register", self._page(self._register), methods=["POST"]))
+        return routes
+
+    def _page(self, handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
+        """A sign-in endpoint a browser (or a registering client) reaches: rate-limited per source address."""
+
+        async def endpoint(request: Request) -> Response:
+            wait = self.per_source.acquire(_remote(request))
+            if wait is not None:
+                return login_pages.error_page("Too many requests; retry in a minute.", status=429)
+            try:
+                result: Response = await handler(request)
+                return result
+            except OAuthError as exc:
+                return login_pages.error_page(exc.description)
+            except Unavailable as exc:
+                log.warning("sign-in: %s", exc)
+                return login_pages.error_page("The gateway cannot complete the sign-in now; try again.", status=503)
+
+        return endpoint
+
+    async def _authorize(self, request: Request) -> Response:
+        if self.login is None:
+            return login_pages.error_page("Sign-in is not configured on this gateway (gateway.yaml login:). Agents "
+                                          "get tokens with client_credentials; ask the operator for one.", 404)
+        return await self.login.authorize(request)
+
+    async def _consent(self, request: Request) -> Response:
+        assert self.login is not None
+        return await self.login.consent(request, await read_form(request))
+
+    async def _register(self, request: Request) -> Response:
+        return await register(self.gw, request)
 
     def _endpoint(self, handler: Callable[[Request, dict[str, Any]], Any]) -> Callable[[Request], Any]:
         """Rate limit, parse, run; map every failure to its RFC 6749 answer."""
@@ -203,8 +256,12 @@ class OAuth:
     # ------------------------------------------------------------ token
 
     async def _token(self, request: Request, form: dict[str, Any]) -> Response:
-        agent = await self._client(request, form)
         grant_type = form.get("grant_type")
+        if grant_type in (AUTHORIZATION_CODE, REFRESH_TOKEN):  # sign-ins: their clients are not agents
+            if self.grants is None:
+                raise OAuthError("unsupported_grant_type", f"grant_type {grant_type!r} needs login: in gateway.yaml")
+            return await self.grants.token(request, form, scope_of)
+        agent = await self._client(request, form)
         if agent is None and grant_type != JWT_BEARER:  # a jwt-bearer grant without a client is a workload's
             raise AuthError("client authentication required", error="invalid_client")
         if not grant_type:
@@ -238,8 +295,10 @@ class OAuth:
                 self._limit(self.per_client, agent.id)
             else:
                 human, credential = await self._id_jag(assertion, agent), "id_jag"
+        if agent is None:  # only a workload's jwt-bearer grant comes without client authentication
+            raise AuthError("client authentication required", error="invalid_client")
         jkt = await self._proof(request, agent.dpop)
-        bound = {"credential": credential, "jkt": jkt}
+        bound: dict[str, Any] = {"credential": credential, "jkt": jkt}
         if grant_type == CLIENT_CREDENTIALS and form.get("session_id"):
             session, token = await sessions.renew(form["session_id"], agent.id, ttl, via="renewal", remote_addr=remote,
                                                   **bound)
@@ -344,7 +403,11 @@ class OAuth:
 
     async def _revoke(self, request: Request, form: dict[str, Any]) -> Response:
         """RFC 7009. A client may revoke its own tokens; a request without client credentials may
-        revoke the token it presents (holding it already grants using it)."""
+        revoke the token it presents (holding it already grants using it), a sign-in's refresh token included."""
+        if self.grants is not None and await self.grants.revoke(form):
+            return Response(status_code=200, headers=_NO_STORE)
+        if self.login is not None and _public_client(form):
+            form = {k: v for k, v in form.items() if k != "client_id"}  # a sign-in client is not an agent
         client = await self._client(request, form)
         principal = await self._token_of(form)
         if principal is None:
@@ -382,7 +445,7 @@ class OAuth:
         if principal is None:
             return JSONResponse({"active": False}, headers=_NO_STORE)
         claims = principal.token.raw
-        body = {
+        body: dict[str, Any] = {
             "active": True,
             "token_type": "DPoP" if principal.token.jkt is not None else "Bearer",
             "scope": scope_of(principal.grant),
@@ -391,6 +454,12 @@ class OAuth:
             "session_state": principal.session.state,
         }
         return JSONResponse(body, headers=_NO_STORE)
+
+
+def _public_client(form: dict[str, Any]) -> bool:
+    """A revocation by a sign-in's public client: it names itself (a metadata URL or registration), no secret."""
+    client_id = form.get("client_id", "")
+    return "client_secret" not in form and (client_id.startswith(("https://", REGISTERED_PREFIX)))
 
 
 def _ttl(value: str | None) -> float | None:

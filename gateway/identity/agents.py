@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.config.files import AgentSpec, DpopMode, GrantSpec, Workload
+from gateway.config.files import AgentSpec, DpopMode, GrantSpec, InteractiveTemplate, Workload
 from gateway.identity.policy import EMPTY_GRANT, Grant, compile_grant
 from gateway.store.base import AgentRecord, Store
 
@@ -19,7 +19,7 @@ class Agent:
     id: str
     owner: str
     cost_center: str | None
-    source: str  # "config" | "store"
+    source: str  # "config" | "store" | "interactive" (created by a sign-in, from an `interactive:` template)
     disabled: bool
     grant: Grant
     delegators: tuple[str, ...] = ()
@@ -59,14 +59,25 @@ def _times(record: AgentRecord | None) -> dict[str, Any]:
             "last_used": record.last_used}
 
 
-def _from_record(record: AgentRecord) -> Agent:
-    grant = compile_grant(GrantSpec.model_validate(record.grant)) if record.grant else EMPTY_GRANT
+def template_of(agent_id: str) -> str:
+    """The `interactive:` template an interactive agent (`<template>:<human>:<client host>`) was made from."""
+    return agent_id.partition(":")[0]
+
+
+def _from_record(record: AgentRecord, templates: Mapping[str, InteractiveTemplate] | None = None) -> Agent:
+    disabled = record.disabled
+    if record.source == "interactive":  # the template's current grant; a template removed disables its agents
+        template = (templates or {}).get(template_of(record.id))
+        grant = compile_grant(template.grant) if template is not None else EMPTY_GRANT
+        disabled = disabled or template is None
+    else:
+        grant = compile_grant(GrantSpec.model_validate(record.grant)) if record.grant else EMPTY_GRANT
     return Agent(
         id=record.id,
         owner=record.owner,
         cost_center=record.cost_center,
         source=record.source,
-        disabled=record.disabled,
+        disabled=disabled,
         grant=grant,
         jwks=record.jwks,
         secret_hash=record.secret_hash,
@@ -76,18 +87,21 @@ def _from_record(record: AgentRecord) -> Agent:
     )
 
 
-def resolve(record: AgentRecord, specs: Mapping[str, AgentSpec]) -> Agent:
+def resolve(record: AgentRecord, specs: Mapping[str, AgentSpec],
+            templates: Mapping[str, InteractiveTemplate] | None = None) -> Agent:
     """The agent a store row describes, with its agents.yaml definition (if any) laid over it."""
     spec = specs.get(record.id)
-    return _from_spec(record.id, spec, record) if spec is not None else _from_record(record)
+    return _from_spec(record.id, spec, record) if spec is not None else _from_record(record, templates)
 
 
 class AgentDirectory:
     """Looks agents up by id. Config definitions win; credentials and the disabled flag live in the store."""
 
-    def __init__(self, store: Store, specs: dict[str, AgentSpec]) -> None:
+    def __init__(self, store: Store, specs: dict[str, AgentSpec],
+                 templates: dict[str, InteractiveTemplate] | None = None) -> None:
         self.store = store
         self.specs = specs
+        self.templates = templates or {}  # agents.yaml `interactive:`: the grants of sign-in agents
         self._cache: dict[str, tuple[float, Agent | None]] = {}
         self._workloads = {(spec.workload.issuer, spec.workload.subject): agent_id
                            for agent_id, spec in specs.items() if spec.workload is not None}
@@ -133,7 +147,7 @@ class AgentDirectory:
         if spec is not None:
             agent: Agent | None = _from_spec(agent_id, spec, record)
         else:
-            agent = _from_record(record) if record is not None else None
+            agent = _from_record(record, self.templates) if record is not None else None
         self._cache[agent_id] = (now, agent)
         if len(self._cache) > 10_000:
             self._cache.clear()
@@ -141,7 +155,7 @@ class AgentDirectory:
 
     def resolve(self, record: AgentRecord) -> Agent:
         """The agent a store row describes, agents.yaml's definition laid over it (no further read)."""
-        return resolve(record, self.specs)
+        return resolve(record, self.specs, self.templates)
 
     def forget(self, agent_id: str) -> None:
         self._cache.pop(agent_id, None)

@@ -65,8 +65,12 @@ class Sessions:
         remote_addr: str | None = None,
         credential: str | None = None,
         jkt: str | None = None,
+        token_ttl: float | None = None,
     ) -> tuple[SessionRecord, str]:
         """Open a session for an agent and sign its token (bound to the DPoP key `jkt`, if given).
+
+        `token_ttl`: the token lives at most this long (a sign-in's short access tokens, renewed with refresh
+        tokens); by default it lives as long as the session.
 
         `credential` is what the agent proved itself with (one of `tokens.CREDENTIALS`: secret, private_key_jwt,
         workload, id_jag; `operator` for a token an operator mints): the token carries it, so every record its
@@ -111,15 +115,18 @@ class Sessions:
             Event.SESSION_OPENED, durable=True, **identity, expires_at=session.expires_at, via=via,
             remote_addr=remote_addr,
         )
-        return session, await self._issue(agent, session, via, remote_addr, credential, jkt)
+        return session, await self._issue(agent, session, via, remote_addr, credential, jkt, token_ttl)
 
     async def _issue(self, agent: Agent, session: SessionRecord, via: str, remote_addr: str | None,
-                     credential: str | None, jkt: str | None) -> str:
+                     credential: str | None, jkt: str | None, token_ttl: float | None = None) -> str:
+        expires_at = session.expires_at
+        if token_ttl is not None:
+            expires_at = min(expires_at, self.clock() + token_ttl)
         token, jti = self.tokens.issue(
             sid=session.sid,
             agent=agent.id,
             subject=session.on_behalf_of,
-            expires_at=session.expires_at,
+            expires_at=expires_at,
             task=session.task,
             grant=agent.grant.version,
             jkt=jkt,
@@ -128,7 +135,7 @@ class Sessions:
         bound = {"dpop_jkt": jkt} if jkt is not None else {}
         await self.audit.emit(
             Event.TOKEN_ISSUED, durable=True, **_identity(agent, session), jti=jti,
-            expires_at=session.expires_at, via=via, remote_addr=remote_addr, credential=credential, **bound,
+            expires_at=expires_at, via=via, remote_addr=remote_addr, credential=credential, **bound,
         )
         return token
 
@@ -150,6 +157,23 @@ class Sessions:
         if renewed is None:
             raise AuthError("the session has ended and cannot be renewed", error="invalid_grant")
         return renewed, await self._issue(agent, renewed, via, remote_addr, credential, jkt)
+
+    async def reissue(self, sid: str, agent_id: str, *, via: str, token_ttl: float, remote_addr: str | None = None,
+                      credential: str | None = None) -> tuple[SessionRecord, str]:
+        """A new short token for a live session of this agent (a refresh): the session's lifetime is unchanged,
+        the refresh counts as activity.
+
+        Raises:
+            AuthError: (`invalid_grant`) the session is not a live session of this agent, or the agent is disabled.
+        """
+        agent = await self.agents.get(agent_id, fresh=True)
+        current = await self.store.get_session(sid)
+        if agent is None or agent.disabled or current is None or current.agent != agent_id:
+            raise AuthError("no such session for this client", error="invalid_grant")
+        renewed = await self.store.renew_session(sid, current.expires_at, self.clock())
+        if renewed is None:
+            raise AuthError("the session has ended: sign in again", error="invalid_grant")
+        return renewed, await self._issue(agent, renewed, via, remote_addr, credential, None, token_ttl)
 
     async def authenticate(self, token: str, *, remote_addr: str | None = None,
                            claims: TokenClaims | None = None) -> Principal:

@@ -26,7 +26,7 @@ class AgentRecord:
     id: str
     owner: str
     cost_center: str | None = None
-    source: Literal["config", "store"] = "store"
+    source: Literal["config", "store", "interactive"] = "store"  # interactive: created by a sign-in
     disabled: bool = False
     created_at: float = 0.0
     secret_hash: str | None = field(default=None, repr=False)
@@ -37,6 +37,14 @@ class AgentRecord:
     keys_at: float | None = None  # when its registered key set (jwks) was set or last changed
     last_used: float | None = None  # its last token issued (calls count through its sessions' last_seen)
     lifecycle: dict[str, float | None] | None = None  # a store agent's own expires / disable_after_idle / ...
+
+
+@dataclass(frozen=True)
+class LoginItem:
+    """A sign-in record (code, refresh token, consent, registered client) and when it was first used."""
+
+    data: dict[str, Any]
+    used_at: float | None  # None: never used (for `use_login_item`: this very call is its first use)
 
 
 @dataclass(slots=True)  # built on every request: a frozen dataclass pays a setattr per field
@@ -316,6 +324,18 @@ class Store(Protocol):
     # replay cache for client assertions (private_key_jwt)
     async def remember_jti(self, jti: str, expires_at: float, now: float) -> bool:
         """Record a single-use id; False if it was already seen."""
+
+    # sign-in (gateway/login/): codes, refresh tokens, consent, registered clients, by kind and hashed key
+    async def put_login_item(self, kind: str, key: str, data: dict[str, Any], expires_at: float,
+                             now: float) -> bool:
+        """Store an item unless one exists under (kind, key); prunes expired items. False if it existed."""
+
+    async def get_login_item(self, kind: str, key: str, now: float) -> LoginItem | None:
+        """The unexpired item, or None."""
+
+    async def use_login_item(self, kind: str, key: str, now: float) -> LoginItem | None:
+        """Mark the unexpired item used (atomic) and return it as it was before: `used_at` None means this
+        call was its first use. None when there is no such unexpired item."""
 
     # audit checkpoints, kept outside the audit file
     async def put_checkpoint(self, instance: str, seq: int, head: str, signature: str, now: float) -> None: ...

@@ -40,6 +40,7 @@ from gateway.store.base import (
     Ask,
     ChangeListener,
     Counters,
+    LoginItem,
     Reservation,
     SessionRecord,
     SessionState,
@@ -438,6 +439,35 @@ class PostgresStore:
             jti, expires_at,
         )
         return row is not None
+
+    # ------------------------------------------------------------ sign-in items
+
+    async def put_login_item(self, kind: str, key: str, data: dict[str, Any], expires_at: float,
+                             now: float) -> bool:
+        await self._execute("DELETE FROM login_items WHERE expires_at < $1", now)
+        row = await self._fetchrow(
+            """INSERT INTO login_items (kind, key, data, expires_at) VALUES ($1, $2, $3, $4)
+               ON CONFLICT (kind, key) DO NOTHING RETURNING true""",
+            kind, key, rows.dump(data), expires_at,
+        )
+        return row is not None
+
+    async def get_login_item(self, kind: str, key: str, now: float) -> LoginItem | None:
+        row = await self._fetchrow("SELECT * FROM login_items WHERE kind = $1 AND key = $2 AND expires_at > $3",
+                                   kind, key, now)
+        return LoginItem(rows.load(row["data"]), row["used_at"]) if row else None
+
+    async def use_login_item(self, kind: str, key: str, now: float) -> LoginItem | None:
+        # One statement: the row as it was before this use (used_at NULL: this is the first use).
+        row = await self._fetchrow(
+            """UPDATE login_items AS l SET used_at = coalesce(l.used_at, $3)
+               FROM (SELECT kind, key, used_at FROM login_items WHERE kind = $1 AND key = $2 AND expires_at > $3
+                     FOR UPDATE) AS before
+               WHERE l.kind = before.kind AND l.key = before.key
+               RETURNING l.data, before.used_at""",
+            kind, key, now,
+        )
+        return LoginItem(rows.load(row["data"]), row["used_at"]) if row else None
 
     async def put_checkpoint(self, instance: str, seq: int, head: str, signature: str, now: float) -> None:
         await self._execute(

@@ -254,4 +254,14 @@ MIGRATIONS: tuple[str, ...] = (
     UPDATE agents SET keys_at = created_at WHERE jwks IS NOT NULL;
     CREATE INDEX sessions_agent_last_seen ON sessions (agent, last_seen);
     """,
+    # Sign-in (gateway/login/): authorization codes, refresh tokens, remembered consent and registered
+    # clients, keyed by kind and a SHA-256 (never the secret itself); `used_at` makes codes and refresh
+    # tokens single-use across replicas.
+    """
+    CREATE TABLE login_items (
+        kind TEXT NOT NULL, key TEXT NOT NULL, data TEXT NOT NULL, expires_at DOUBLE PRECISION NOT NULL,
+        used_at DOUBLE PRECISION, PRIMARY KEY (kind, key)
+    );
+    CREATE INDEX login_items_expires_at ON login_items (expires_at);
+    """,
 )

@@ -24,6 +24,7 @@ from gateway.store.base import (
     Ask,
     ChangeListener,
     Counters,
+    LoginItem,
     Reservation,
     SessionRecord,
     SessionState,
@@ -142,6 +143,16 @@ MIGRATIONS: tuple[str, ...] = (
     UPDATE agents SET secret_at = created_at WHERE secret_hash IS NOT NULL;
     UPDATE agents SET keys_at = created_at WHERE jwks IS NOT NULL;
     CREATE INDEX sessions_agent_last_seen ON sessions (agent, last_seen);
+    """,
+    # Sign-in (gateway/login/): authorization codes, refresh tokens, remembered consent and registered
+    # clients, keyed by kind and a SHA-256 (never the secret itself); `used_at` makes codes and refresh
+    # tokens single-use across processes.
+    """
+    CREATE TABLE login_items (
+        kind TEXT NOT NULL, key TEXT NOT NULL, data TEXT NOT NULL, expires_at REAL NOT NULL, used_at REAL,
+        PRIMARY KEY (kind, key)
+    ) WITHOUT ROWID;
+    CREATE INDEX login_items_expires_at ON login_items (expires_at);
     """,
 )
 
@@ -506,6 +517,32 @@ class SQLiteStore:
             except sqlite3.IntegrityError:
                 return False
         return True
+
+    # ------------------------------------------------------------ sign-in items
+
+    async def put_login_item(self, kind: str, key: str, data: dict[str, Any], expires_at: float,
+                             now: float) -> bool:
+        with self._tx() as db:
+            db.execute("DELETE FROM login_items WHERE expires_at < ?", (now,))
+            inserted: int = db.execute(
+                "INSERT OR IGNORE INTO login_items (kind, key, data, expires_at) VALUES (?, ?, ?, ?)",
+                (kind, key, rows.dump(data), expires_at),
+            ).rowcount
+        return inserted > 0
+
+    async def get_login_item(self, kind: str, key: str, now: float) -> LoginItem | None:
+        row = self._one("SELECT * FROM login_items WHERE kind = ? AND key = ? AND expires_at > ?", kind, key, now)
+        return LoginItem(rows.load(row["data"]), row["used_at"]) if row else None
+
+    async def use_login_item(self, kind: str, key: str, now: float) -> LoginItem | None:
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM login_items WHERE kind = ? AND key = ? AND expires_at > ?",
+                             (kind, key, now)).fetchone()
+            if row is None:
+                return None
+            if row["used_at"] is None:
+                db.execute("UPDATE login_items SET used_at = ? WHERE kind = ? AND key = ?", (now, kind, key))
+        return LoginItem(rows.load(row["data"]), row["used_at"])
 
     async def put_checkpoint(self, instance: str, seq: int, head: str, signature: str, now: float) -> None:
         self._run(

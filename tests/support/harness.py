@@ -195,11 +195,15 @@ def write_config(
     manifests: list[dict[str, Any]],
     agents: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    interactive: dict[str, Any] | None = None,
 ) -> Path:
     (root / "manifests").mkdir(parents=True, exist_ok=True)
     for manifest in manifests:
         (root / "manifests" / f"{manifest['name']}.yaml").write_text(yaml.safe_dump(manifest))
-    (root / "agents.yaml").write_text(yaml.safe_dump({"agents": agents if agents is not None else DEFAULT_AGENTS}))
+    agents_file: dict[str, Any] = {"agents": agents if agents is not None else DEFAULT_AGENTS}
+    if interactive:
+        agents_file["interactive"] = interactive
+    (root / "agents.yaml").write_text(yaml.safe_dump(agents_file))
     config = {
         "public_url": f"http://127.0.0.1:{port}",
         "listen": {"host": "127.0.0.1", "port": port},
@@ -227,6 +231,7 @@ async def running_gateway(
     port: int | None = None,
     clock: Clock | None = None,
     fast: bool | None = None,
+    interactive: dict[str, Any] | None = None,
 ) -> AsyncIterator[Harness]:
     """Start a gateway with these manifests and agents; stop it (and reap every upstream) on exit.
 
@@ -236,11 +241,11 @@ async def running_gateway(
     if store_under_test() == "postgres" and "store" not in (extra or {}):
         async with database_for(root) as dsn:
             async with running_gateway(root, manifests=manifests, agents=agents, extra={**(extra or {}), "store": dsn},
-                                       port=port, clock=clock, fast=fast) as harness:
+                                       port=port, clock=clock, fast=fast, interactive=interactive) as harness:
                 yield harness
         return
     port = port or free_port()
-    config_path = write_config(root, port, manifests=manifests, agents=agents, extra=extra)
+    config_path = write_config(root, port, manifests=manifests, agents=agents, extra=extra, interactive=interactive)
     clock = clock or Clock()
     gateway = build_gateway(load_gateway_config(config_path), clock=clock, config_path=config_path)
     app = create_app(gateway)
