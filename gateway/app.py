@@ -213,6 +213,7 @@ def create_app(gateway: Gateway) -> Starlette:
     endpoints = {path: McpEndpoint(front.server(view), security) for path, view in views.items()}
     edge = Edge(gateway, endpoints, {usage.PATH: usage.UsageEndpoint(gateway)})
     oauth = OAuth(gateway, edge.failures)
+    console, console_close = console_routes(gateway, edge, oauth.idps)
     reloader = Reloader(gateway, ServerEndpoints(gateway, front, security, edge), gateway.config_path)
 
     @contextlib.asynccontextmanager
@@ -224,6 +225,7 @@ def create_app(gateway: Gateway) -> Starlette:
             gateway.keys.load()
             await stack.enter_async_context(gateway.audit.run())
             stack.push_async_callback(oauth.close)
+            stack.push_async_callback(console_close)
             stack.push_async_callback(oauth.workloads.close)
             await gateway.agents.sync(gateway.clock())
             await close_interrupted(gateway.audit)  # calls a crash of the previous run left without an outcome
@@ -275,7 +277,7 @@ def create_app(gateway: Gateway) -> Starlette:
               _pr_metadata(config, edge.resources, dpop_offered, scopes)),
         *oauth.routes(),
         *admin_routes(gateway, edge.failures),
-        console_routes(gateway, edge),
+        console,
     ]
     app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(_EdgeMiddleware, edge=edge)])
     app.state.gateway = gateway

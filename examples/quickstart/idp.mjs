@@ -2,7 +2,8 @@
 // (OpenID-certified), on 127.0.0.1 only, with two demo users and one printed password.
 //
 //   IDP_PORT            port [8766]
-//   IDP_REDIRECT_URI    the gateway's callback [http://127.0.0.1:8765/oauth/callback]
+//   IDP_REDIRECT_URI    the gateway's callback [http://127.0.0.1:8765/oauth/callback]; the console's
+//                       (/console/callback on the same origin) is registered beside it
 //   IDP_CLIENT_SECRET   the gateway's client secret (client_id mcp-gateway) [quickstart-idp-secret]
 //   IDP_PASSWORD        the demo users' password [a random one, printed]
 //
@@ -26,7 +27,8 @@ const bySub = Object.fromEntries(Object.entries(users).map(([email, u]) => [u.su
 const key = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ format: 'jwk' });
 const provider = new Provider(issuer, {
   clients: [{
-    client_id: 'mcp-gateway', client_secret: clientSecret, redirect_uris: [redirect],
+    client_id: 'mcp-gateway', client_secret: clientSecret,
+    redirect_uris: [redirect, redirect.replace(/\/oauth\/callback$/, '/console/callback')],
     grant_types: ['authorization_code'], response_types: ['code'], token_endpoint_auth_method: 'client_secret_basic',
   }],
   jwks: { keys: [{ ...key, use: 'sig', kid: crypto.randomUUID() }] },

@@ -12,28 +12,38 @@ agent-controlled text only as text.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from starlette.middleware import Middleware
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from gateway.console import agents, audit, sessions, signin, spend, tools
+from gateway.console import agents, audit, idp, sessions, signin, spend, tools
 from gateway.console.headers import SecurityHeaders
 from gateway.console.web import Web
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
     from gateway.http.edge import Edge
+    from gateway.identity.idp import IdentityProviders
 
 PATH = "/console"
 
 
-def console_routes(gateway: Gateway, edge: Edge) -> Mount:
+def console_routes(gateway: Gateway, edge: Edge, idps: IdentityProviders) -> tuple[Mount, Callable[[], Awaitable[None]]]:
+    """The console's routes, and what to await at shutdown (the identity provider client, if any)."""
     web = Web(gateway, edge)
+    closers: list[Callable[[], Awaitable[None]]] = []
     routes = [route for page in (signin, sessions, agents, spend, audit, tools) for route in page.routes(web)]
+    routes += idp.routes(web, idps, closers)
     routes.append(Mount("/static", StaticFiles(packages=[("gateway.console", "static")])))
-    return Mount(PATH, routes=routes, middleware=[Middleware(SecurityHeaders)])
+
+    async def close() -> None:
+        for closer in closers:
+            await closer()
+
+    return Mount(PATH, routes=routes, middleware=[Middleware(SecurityHeaders)]), close
 
 
 __all__ = ["PATH", "console_routes"]

@@ -14,10 +14,12 @@ from gateway.console.web import Web
 
 def routes(web: Web) -> list[Route]:
     gw, auth = web.gw, web.auth
+    provider = gw.config.login_provider
+    idp_issuer = provider.issuer if provider is not None and gw.config.operators else None  # see console/idp.py
 
     def form_page(request: Request, status: int = 200, refused: str | None = None) -> Response:
         return web.html(request, "login.html", status, operator=None, page="login", refused=refused,
-                        token_configured=gw.config.admin_token is not None)
+                        token_configured=gw.config.admin_token is not None, idp=idp_issuer)
 
     async def login_form(request: Request) -> Response:
         if (refusal := web.host_refusal(request)) is not None:
