@@ -31,8 +31,8 @@ STUBS = {
     "budgets": "gateway.spend.budgets:Budgets.reserve,gateway.spend.budgets:Budgets.settle",
     # both sides: the arguments' JSON text, its tokens (the config's estimator) and fingerprint; the result's
     "metering": "gateway.mcp.pipeline:canonical_json,gateway.spend.metering:Estimator.count,"
-                "gateway.audit.records:Fingerprints.of_bytes,gateway.spend.metering:Meter.count,"
-                "gateway.audit.records:Fingerprints.of",
+    "gateway.audit.records:Fingerprints.of_bytes,gateway.spend.metering:Meter.count,"
+    "gateway.audit.records:Fingerprints.of",
     "session-read": "gateway.store.sqlite:SQLiteStore.get_session",
 }
 
@@ -48,7 +48,8 @@ def stubbed_gateway(stages: list[str]) -> list[str]:
             if stage == "session-read":  # read once, then reuse: what remains is the cost of the statement
                 lines.append(
                     f"_o = _c.{name}\n_m = {{}}\n"
-                    f"async def _r(self, sid):\n    if sid not in _m: _m[sid] = await _o(self, sid)\n    return _m[sid]\n"
+                    f"async def _r(self, sid):\n"
+                    f"    if sid not in _m: _m[sid] = await _o(self, sid)\n    return _m[sid]\n"
                     f"_c.{name} = _r"
                 )
             elif stage == "metering":  # counts are 0, texts and fingerprints "x"
@@ -63,8 +64,10 @@ async def count(program: list[str], url_path: str, config: Path | None, port: in
     """Instructions per call of the server `program` runs, while `calls` echo calls are made."""
     out = Path(tempfile.mkdtemp()) / "callgrind.out"
     server = subprocess.Popen(
-        ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", sys.executable,
-         *program], cwd=overhead.REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", sys.executable, *program],
+        cwd=overhead.REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         # startup under valgrind takes a while; this script may wait for it, the tests may not
@@ -123,8 +126,8 @@ async def measure(calls: int) -> None:
         "SDK client to the upstream": bridge - sdk,
         **{f"gateway: {stage}": total - rows[f"gateway without {stage}"] for stage in STUBS},
     }
-    parts["gateway: the rest (edge, grant, pipeline, front)"] = total - bridge - sum(
-        v for k, v in parts.items() if k.startswith("gateway:")
+    parts["gateway: the rest (edge, grant, pipeline, front)"] = (
+        total - bridge - sum(v for k, v in parts.items() if k.startswith("gateway:"))
     )
     print(f"instructions per tools/call ({calls} calls each; millions)\n")
     print("| run | Minstr/call |\n|---|---|")

@@ -146,19 +146,29 @@ async def end_to_end(calls: int) -> dict[str, Any]:
         try:
             base = f"http://127.0.0.1:{port}"
             overhead.wait_ready(base, process)
-            secret = subprocess.run([sys.executable, "-m", "gateway", "agents", "rotate", "bench-bot", "--config",
-                                     str(config)], check=True, capture_output=True, text=True).stdout.strip()
+            secret = subprocess.run(
+                [sys.executable, "-m", "gateway", "agents", "rotate", "bench-bot", "--config", str(config)],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
             key = Key("ES256")
-            response = httpx.post(f"{base}/oauth/token", data={"grant_type": "client_credentials"},
-                                  auth=("bench-bot", secret),
-                                  headers={"DPoP": key.proof("POST", f"{base}/oauth/token", "")}, timeout=10)
+            response = httpx.post(
+                f"{base}/oauth/token",
+                data={"grant_type": "client_credentials"},
+                auth=("bench-bot", secret),
+                headers={"DPoP": key.proof("POST", f"{base}/oauth/token", "")},
+                timeout=10,
+            )
             response.raise_for_status()
             bound = response.json()["access_token"]
             bearer = overhead.open_session(config)
             url = f"{base}/servers/everything/mcp"
             server = psutil.Process(process.pid)
-            for label, connect in (("bearer", connector(url, headers={"Authorization": f"Bearer {bearer}"})),
-                                   ("dpop", connector(url, auth=DpopAuth(key, bound)))):
+            for label, connect in (
+                ("bearer", connector(url, headers={"Authorization": f"Bearer {bearer}"})),
+                ("dpop", connector(url, auth=DpopAuth(key, bound))),
+            ):
                 async with connect() as call:
                     samples = await overhead.sequential(call, calls)  # after its own warm-up
                     before = server.cpu_times()
@@ -178,11 +188,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--proofs", type=int, default=500)
     parser.add_argument("--calls", type=int, default=300)
-    parser.add_argument("--postgres", metavar="URL", help="also spend jtis on this server, e.g. "
-                        "postgresql://postgres@127.0.0.1:5432 (a throwaway database is created and dropped)")
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="also spend jtis on this server, e.g. "
+        "postgresql://postgres@127.0.0.1:5432 (a throwaway database is created and dropped)",
+    )
     args = parser.parse_args()
-    results = {**micro(args.proofs), **anyio.run(with_store, args.proofs, args.postgres),
-               **anyio.run(end_to_end, args.calls)}
+    results = {
+        **micro(args.proofs),
+        **anyio.run(with_store, args.proofs, args.postgres),
+        **anyio.run(end_to_end, args.calls),
+    }
     print(json.dumps(results, indent=2))
 
 

@@ -42,8 +42,9 @@ def build(bridge: bool, json_response: bool) -> Starlette:
         message = (params.arguments or {}).get("message", "")
         return types.CallToolResult(content=[types.TextContent(type="text", text=f"Echo: {message}")])
 
-    server: Server[Any] = Server("floor", on_list_tools=list_tools, on_call_tool=call_tool,
-                                 get_tool_input_schema=lambda name: None)
+    server: Server[Any] = Server(
+        "floor", on_list_tools=list_tools, on_call_tool=call_tool, get_tool_input_schema=lambda name: None
+    )
     server.middleware = []
     manager = StreamableHTTPSessionManager(app=server, json_response=json_response)
 
@@ -66,8 +67,14 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="JSON responses instead of SSE")
     args = parser.parse_args()
     fast = "uvloop" in sys.modules or __import__("importlib").util.find_spec("uvloop") is not None
-    uvicorn.run(build(args.bridge, args.json), host="127.0.0.1", port=args.port, log_level="warning",
-                loop="uvloop" if fast else "asyncio", http="httptools" if fast else "h11")
+    uvicorn.run(
+        build(args.bridge, args.json),
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        loop="uvloop" if fast else "asyncio",
+        http="httptools" if fast else "h11",
+    )
 
 
 if __name__ == "__main__":

@@ -128,8 +128,13 @@ def write_config(root: Path, port: int, *, unsandboxed: bool = False, http_upstr
     manifests = root / "manifests"
     manifests.mkdir()
     servers: dict[str, dict[str, Any]] = {
-        "everything": {"transport": "stdio", "command": "node", "args": [str(EVERYTHING), "stdio"],
-                       "tools": "*", "isolation": "shared"},
+        "everything": {
+            "transport": "stdio",
+            "command": "node",
+            "args": [str(EVERYTHING), "stdio"],
+            "tools": "*",
+            "isolation": "shared",
+        },
         "time": {"transport": "stdio", "command": "python", "args": ["-m", "mcp_server_time"], "tools": "*"},
         "git": {"transport": "stdio", "command": "python", "args": ["-m", "mcp_server_git"], "tools": "*"},
     }
@@ -141,19 +146,38 @@ def write_config(root: Path, port: int, *, unsandboxed: bool = False, http_upstr
         if unsandboxed:
             manifest["sandbox"] = "off"
         (manifests / f"{name}.yaml").write_text(yaml.safe_dump({"name": name, "owner": "b@example.com", **manifest}))
-    (root / "agents.yaml").write_text(yaml.safe_dump({"agents": {"bench-bot": {
-        "owner": "bench@example.com",
-        "grant": {
-            "tools": [*echo_tools, "time.*"],
-            "arguments": {tool: {"message": {"pattern": "[a-z]+", "max_length": 64}} for tool in echo_tools},
-            "budget": {"session_calls": 10_000_000, "session_tokens": 10_000_000_000, "session_ttl": "8h",
-                       "idle_timeout": "1h"},
-        },
-    }}}))
+    (root / "agents.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "agents": {
+                    "bench-bot": {
+                        "owner": "bench@example.com",
+                        "grant": {
+                            "tools": [*echo_tools, "time.*"],
+                            "arguments": {
+                                tool: {"message": {"pattern": "[a-z]+", "max_length": 64}} for tool in echo_tools
+                            },
+                            "budget": {
+                                "session_calls": 10_000_000,
+                                "session_tokens": 10_000_000_000,
+                                "session_ttl": "8h",
+                                "idle_timeout": "1h",
+                            },
+                        },
+                    }
+                }
+            }
+        )
+    )
     config = {
-        "public_url": f"http://127.0.0.1:{port}", "listen": {"host": "127.0.0.1", "port": port},
-        "state_dir": "./state", "signing_key": "./state/signing.pem", "store": "sqlite:///state/gateway.db",
-        "audit": {"path": "./state/audit.jsonl"}, "manifests": "./manifests", "agents": "./agents.yaml",
+        "public_url": f"http://127.0.0.1:{port}",
+        "listen": {"host": "127.0.0.1", "port": port},
+        "state_dir": "./state",
+        "signing_key": "./state/signing.pem",
+        "store": "sqlite:///state/gateway.db",
+        "audit": {"path": "./state/audit.jsonl"},
+        "manifests": "./manifests",
+        "agents": "./agents.yaml",
     }
     (root / "gateway.yaml").write_text(yaml.safe_dump(config))
     return root / "gateway.yaml"
@@ -170,8 +194,7 @@ def free_port() -> int:
 def start_gateway(config: Path, profile: Path | None) -> subprocess.Popen[bytes]:
     cli = [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--log-level", "WARNING"]
     if profile is not None:
-        cli = [sys.executable, "-m", "pyinstrument", "-r", "text", "-o", str(profile), "-m", "gateway",
-               *cli[3:]]
+        cli = [sys.executable, "-m", "pyinstrument", "-r", "text", "-o", str(profile), "-m", "gateway", *cli[3:]]
     return subprocess.Popen(cli, cwd=REPO, stdout=subprocess.DEVNULL)
 
 
@@ -190,8 +213,22 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 30) 
 def open_session(config: Path) -> str:
     """A session token for the benchmark agent, from the CLI."""
     return subprocess.run(
-        [sys.executable, "-m", "gateway", "sessions", "open", "--config", str(config), "--agent",
-         "bench-bot", "--task", "benchmark"], check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "sessions",
+            "open",
+            "--config",
+            str(config),
+            "--agent",
+            "bench-bot",
+            "--task",
+            "benchmark",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
 
 
@@ -204,9 +241,15 @@ async def timed(label: str, connect: Callable[[], Any], args: argparse.Namespace
     """Sequential p50/p99 over one connection, then calls/s with 1 and N clients."""
     async with connect() as call:
         samples = await sequential(call, args.sequential)
-    return Run(label, statistics.median(samples), percentile(samples, 0.99), args.sequential,
-               await throughput(connect, 1, args.throughput),
-               await throughput(connect, args.clients, args.throughput), args.clients)
+    return Run(
+        label,
+        statistics.median(samples),
+        percentile(samples, 0.99),
+        args.sequential,
+        await throughput(connect, 1, args.throughput),
+        await throughput(connect, args.clients, args.throughput),
+        args.clients,
+    )
 
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -215,11 +258,17 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     floors = []
     # JSON responses: the SDK's cheapest mode, and what the gateway answers plain 2026-07-28 calls with.
-    for label, flags in (("SDK server, echo in process (floor)", ["--json"]),
-                         ("SDK bridge to stdio, no controls", ["--bridge", "--json"])):
+    for label, flags in (
+        ("SDK server, echo in process (floor)", ["--json"]),
+        ("SDK bridge to stdio, no controls", ["--bridge", "--json"]),
+    ):
         port = free_port()
-        process = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "floor.py"), "--port", str(port), *flags],
-                                   cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            [sys.executable, str(REPO / "benchmarks" / "floor.py"), "--port", str(port), *flags],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             wait_port(port, process)
             connect = via_gateway(f"http://127.0.0.1:{port}/mcp", "unused", "auto")
@@ -253,8 +302,9 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             process.wait(30)
     out["runs"] = [asdict(r) for r in runs]
     base = runs[0]
-    out["ratios"] = {r.path: {"p50": round(r.p50_ms / base.p50_ms, 2), "rps_n": round(r.rps_n / base.rps_n, 2)}
-                     for r in runs[1:]}
+    out["ratios"] = {
+        r.path: {"p50": round(r.p50_ms / base.p50_ms, 2), "rps_n": round(r.rps_n / base.rps_n, 2)} for r in runs[1:]
+    }
     return out
 
 
@@ -322,23 +372,33 @@ def wait_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30, 
 
 
 def machine() -> str:
-    return f"{platform.machine()}, {psutil.cpu_count()} cores, {round(psutil.virtual_memory().total / 2**30)} GiB, " \
-           f"Python {platform.python_version()}, {platform.system()} {platform.release()}"
+    return (
+        f"{platform.machine()}, {psutil.cpu_count()} cores, {round(psutil.virtual_memory().total / 2**30)} GiB, "
+        f"Python {platform.python_version()}, {platform.system()} {platform.release()}"
+    )
 
 
 def report(out: dict[str, Any]) -> str:
-    lines = [f"{out['date']} on {out['machine']}", "",
-             f"| path | p50 ms | p99 ms | calls/s, 1 client | calls/s, {out['runs'][0]['clients']} clients |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"{out['date']} on {out['machine']}",
+        "",
+        f"| path | p50 ms | p99 ms | calls/s, 1 client | calls/s, {out['runs'][0]['clients']} clients |",
+        "|---|---|---|---|---|",
+    ]
     for r in out["runs"]:
         lines.append(f"| {r['path']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['rps_1']:.0f} | {r['rps_n']:.0f} |")
     lines += ["", "| ratio to direct stdio | p50 | calls/s (N clients) |", "|---|---|---|"]
     lines += [f"| {k} | {v['p50']}x | {v['rps_n']}x |" for k, v in out["ratios"].items()]
-    lines += ["", "| server process | calls | CPU ms/call | calls/s | RSS MB | client CPU share | server CPU share |",
-              "|---|---|---|---|---|---|---|"]
-    lines += [f"| {c['label']} | {c['calls']} | {c['cpu_ms_per_call']} | {c['calls_per_s']} | "
-              f"{c['rss_mb']} | {c['client_cpu_share']} | {c['server_cpu_share']} |"
-              for c in [*out["floors"], *out["cpu"]]]
+    lines += [
+        "",
+        "| server process | calls | CPU ms/call | calls/s | RSS MB | client CPU share | server CPU share |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {c['label']} | {c['calls']} | {c['cpu_ms_per_call']} | {c['calls_per_s']} | "
+        f"{c['rss_mb']} | {c['client_cpu_share']} | {c['server_cpu_share']} |"
+        for c in [*out["floors"], *out["cpu"]]
+    ]
     lines += ["", f"Gateway RSS after the 2025-11-25 runs as well: {out['rss_after_legacy_mb']} MB"]
     return "\n".join(lines)
 

@@ -104,18 +104,31 @@ def install(name: str, reinstall: bool) -> tuple[Path, str]:
     package = PACKAGES[name]
     if not (venv / "bin" / ENTRY[name]).exists():
         print(f"installing {package} into {venv.relative_to(overhead.REPO)} ...", flush=True)
-        steps = {"python -m venv": [sys.executable, "-m", "venv", "--clear", str(venv)],
-                 f"pip install {package}": [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
-                                            package]}
+        steps = {
+            "python -m venv": [sys.executable, "-m", "venv", "--clear", str(venv)],
+            f"pip install {package}": [
+                str(venv / "bin" / "pip"),
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                package,
+            ],
+        }
         for what, step in steps.items():
             done = subprocess.run(step, capture_output=True, text=True, env=peer_env())
             if done.returncode != 0:
-                lines = [line for line in (done.stderr or done.stdout).splitlines()
-                         if line.strip() and not line.startswith("WARNING: Location")]
+                lines = [
+                    line
+                    for line in (done.stderr or done.stdout).splitlines()
+                    if line.strip() and not line.startswith("WARNING: Location")
+                ]
                 raise Unavailable(f"{what} failed: {lines[-1] if lines else done.returncode}")
-    version = subprocess.run([str(venv / "bin" / "python"), "-c",
-                              f"import importlib.metadata as m; print(m.version({package!r}))"],
-                             capture_output=True, text=True, env=peer_env()).stdout.strip()
+    version = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", f"import importlib.metadata as m; print(m.version({package!r}))"],
+        capture_output=True,
+        text=True,
+        env=peer_env(),
+    ).stdout.strip()
     return venv, version
 
 
@@ -151,8 +164,9 @@ class Processes:
 
     def start(self, name: str, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
         log = open(self.logs / f"{name}.log", "wb")
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True, **kwargs)
+        process = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **kwargs
+        )
         log.close()
         self.started.append(process)
         return process
@@ -178,8 +192,12 @@ class Processes:
 def http_everything(procs: Processes, name: str) -> str:
     """A streamable-HTTP server-everything on a free loopback port; its /mcp URL."""
     port = overhead.free_port()
-    process = procs.start(name, ["node", "-r", str(PRELOAD), str(EVERYTHING), "streamableHttp"],
-                          cwd=overhead.REPO, env={**os.environ, "PORT": str(port)})
+    process = procs.start(
+        name,
+        ["node", "-r", str(PRELOAD), str(EVERYTHING), "streamableHttp"],
+        cwd=overhead.REPO,
+        env={**os.environ, "PORT": str(port)},
+    )
     wait(port, process, name, procs)
     return f"http://127.0.0.1:{port}/mcp"
 
@@ -195,8 +213,11 @@ def start_gateway(procs: Processes, root: Path) -> list[Target]:
     http_url = http_everything(procs, "gateway-upstream")
     port = overhead.free_port()
     config = overhead.write_config(root, port, http_upstream=http_url)
-    process = procs.start("gateway", [sys.executable, "-m", "gateway", "serve", "--config", str(config),
-                                      "--log-level", "WARNING"], cwd=overhead.REPO)
+    process = procs.start(
+        "gateway",
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--log-level", "WARNING"],
+        cwd=overhead.REPO,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         overhead.wait_ready(url, process)
@@ -205,24 +226,68 @@ def start_gateway(procs: Processes, root: Path) -> list[Target]:
     token = overhead.open_session(config)
     own = lambda: [overhead.gateway_process(process)]  # noqa: E731 - its children are the upstreams
     return [
-        Target("gateway 2026-07-28, stdio", "gateway", "stdio", "auto", f"{url}/servers/everything/mcp",
-               token=token, processes=own),
-        Target("gateway 2025-11-25, stdio", "gateway", "stdio", "legacy", f"{url}/servers/everything/mcp",
-               token=token, processes=own),
-        Target("gateway 2026-07-28, HTTP", "gateway", "http", "auto", f"{url}/servers/everything-http/mcp",
-               token=token, processes=own),
+        Target(
+            "gateway 2026-07-28, stdio",
+            "gateway",
+            "stdio",
+            "auto",
+            f"{url}/servers/everything/mcp",
+            token=token,
+            processes=own,
+        ),
+        Target(
+            "gateway 2025-11-25, stdio",
+            "gateway",
+            "stdio",
+            "legacy",
+            f"{url}/servers/everything/mcp",
+            token=token,
+            processes=own,
+        ),
+        Target(
+            "gateway 2026-07-28, HTTP",
+            "gateway",
+            "http",
+            "auto",
+            f"{url}/servers/everything-http/mcp",
+            token=token,
+            processes=own,
+        ),
     ]
 
 
 def start_mcp_proxy(procs: Processes, venv: Path, version: str) -> list[Target]:
     port = overhead.free_port()
-    process = procs.start("mcp-proxy", [str(venv / "bin" / "mcp-proxy"), "--host", "127.0.0.1", "--port", str(port),
-                                        "--log-level", "WARNING", "--", "node", str(EVERYTHING), "stdio"],
-                          cwd=overhead.REPO, env=peer_env())
+    process = procs.start(
+        "mcp-proxy",
+        [
+            str(venv / "bin" / "mcp-proxy"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "WARNING",
+            "--",
+            "node",
+            str(EVERYTHING),
+            "stdio",
+        ],
+        cwd=overhead.REPO,
+        env=peer_env(),
+    )
     wait(port, process, "mcp-proxy", procs)
     # mcp-proxy's server side bridges a stdio command only; an HTTP upstream has no mode to front it.
-    return [Target(f"mcp-proxy {version}, stdio", "mcp-proxy", "stdio", "auto", f"http://127.0.0.1:{port}/mcp",
-                   processes=tree(process))]
+    return [
+        Target(
+            f"mcp-proxy {version}, stdio",
+            "mcp-proxy",
+            "stdio",
+            "auto",
+            f"http://127.0.0.1:{port}/mcp",
+            processes=tree(process),
+        )
+    ]
 
 
 def start_fastmcp(procs: Processes, venv: Path, version: str) -> list[Target]:
@@ -231,11 +296,23 @@ def start_fastmcp(procs: Processes, venv: Path, version: str) -> list[Target]:
         backend = str(EVERYTHING) if upstream == "stdio" else http_everything(procs, "fastmcp-upstream")
         port = overhead.free_port()
         name = f"fastmcp-{upstream}"
-        process = procs.start(name, [str(venv / "bin" / "python"), "-c", FASTMCP_PROXY, backend, str(port)],
-                              cwd=overhead.REPO, env=peer_env())
+        process = procs.start(
+            name,
+            [str(venv / "bin" / "python"), "-c", FASTMCP_PROXY, backend, str(port)],
+            cwd=overhead.REPO,
+            env=peer_env(),
+        )
         wait(port, process, name, procs)
-        targets.append(Target(f"FastMCP proxy {version}, {'HTTP' if upstream == 'http' else 'stdio'}", "fastmcp",
-                              upstream, "auto", f"http://127.0.0.1:{port}/mcp", processes=tree(process)))
+        targets.append(
+            Target(
+                f"FastMCP proxy {version}, {'HTTP' if upstream == 'http' else 'stdio'}",
+                "fastmcp",
+                upstream,
+                "auto",
+                f"http://127.0.0.1:{port}/mcp",
+                processes=tree(process),
+            )
+        )
     return targets
 
 
@@ -246,28 +323,71 @@ def start_contextforge(procs: Processes, venv: Path, version: str, root: Path, s
     home = root / "contextforge"
     home.mkdir()
     secret = secrets.token_urlsafe(48)
-    env = {**peer_env(), "HOME": str(home), "DATABASE_URL": f"sqlite:///{home}/mcp.db", "JWT_SECRET_KEY": secret,
-           "AUTH_ENCRYPTION_SECRET": secrets.token_urlsafe(48), "PLATFORM_ADMIN_EMAIL": "admin@example.com",
-           "PLATFORM_ADMIN_PASSWORD": f"Bench-{secrets.token_urlsafe(12)}!9",
-           "BASIC_AUTH_PASSWORD": f"Bench-{secrets.token_urlsafe(12)}!9", "MCPGATEWAY_ADMIN_API_ENABLED": "true",
-           "MCPGATEWAY_UI_ENABLED": "false", "SSRF_ALLOW_LOCALHOST": "true", "CACHE_TYPE": "memory",
-           "LOG_LEVEL": "ERROR", "RATE_LIMITING_ENABLED": "false",
-           "USE_STATEFUL_SESSIONS": "false" if stateless else "true"}
+    env = {
+        **peer_env(),
+        "HOME": str(home),
+        "DATABASE_URL": f"sqlite:///{home}/mcp.db",
+        "JWT_SECRET_KEY": secret,
+        "AUTH_ENCRYPTION_SECRET": secrets.token_urlsafe(48),
+        "PLATFORM_ADMIN_EMAIL": "admin@example.com",
+        "PLATFORM_ADMIN_PASSWORD": f"Bench-{secrets.token_urlsafe(12)}!9",
+        "BASIC_AUTH_PASSWORD": f"Bench-{secrets.token_urlsafe(12)}!9",
+        "MCPGATEWAY_ADMIN_API_ENABLED": "true",
+        "MCPGATEWAY_UI_ENABLED": "false",
+        "SSRF_ALLOW_LOCALHOST": "true",
+        "CACHE_TYPE": "memory",
+        "LOG_LEVEL": "ERROR",
+        "RATE_LIMITING_ENABLED": "false",
+        "USE_STATEFUL_SESSIONS": "false" if stateless else "true",
+    }
     bridge_port = overhead.free_port()
-    bridge = procs.start("contextforge-translate", [
-        str(venv / "bin" / "python"), "-m", "mcpgateway.translate", "--stdio", f"node {EVERYTHING} stdio",
-        "--expose-streamable-http", "--host", "127.0.0.1", "--port", str(bridge_port), "--logLevel", "error"],
-        cwd=home, env=env)
+    bridge = procs.start(
+        "contextforge-translate",
+        [
+            str(venv / "bin" / "python"),
+            "-m",
+            "mcpgateway.translate",
+            "--stdio",
+            f"node {EVERYTHING} stdio",
+            "--expose-streamable-http",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(bridge_port),
+            "--logLevel",
+            "error",
+        ],
+        cwd=home,
+        env=env,
+    )
     http_url = http_everything(procs, "contextforge-upstream")
     port = overhead.free_port()
-    process = procs.start("contextforge", [str(venv / "bin" / "mcpgateway"), "--host", "127.0.0.1", "--port",
-                                           str(port)], cwd=home, env=env)
+    process = procs.start(
+        "contextforge",
+        [str(venv / "bin" / "mcpgateway"), "--host", "127.0.0.1", "--port", str(port)],
+        cwd=home,
+        env=env,
+    )
     wait(bridge_port, bridge, "contextforge-translate", procs)
     wait(port, process, "contextforge", procs, timeout=180)
     base = f"http://127.0.0.1:{port}"
-    made = subprocess.run([str(venv / "bin" / "python"), "-m", "mcpgateway.utils.create_jwt_token", "--username",
-                           "admin@example.com", "--exp", "1440", "--secret", secret],
-                          capture_output=True, text=True, cwd=home, env=env)
+    made = subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            "-m",
+            "mcpgateway.utils.create_jwt_token",
+            "--username",
+            "admin@example.com",
+            "--exp",
+            "1440",
+            "--secret",
+            secret,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=home,
+        env=env,
+    )
     if made.returncode != 0 or not made.stdout.strip():
         raise Unavailable(f"create_jwt_token failed: {(made.stderr.strip().splitlines() or ['?'])[-1]}")
     token = made.stdout.strip().splitlines()[-1]
@@ -278,25 +398,37 @@ def start_contextforge(procs: Processes, venv: Path, version: str, root: Path, s
         answer = admin.post("/gateways", json={"name": name, "url": url, "transport": "STREAMABLEHTTP"})
         if answer.status_code >= 300:
             raise Unavailable(f"registering {url} failed: {answer.status_code} {answer.text[:200]}")
-        tools = [t for t in admin.get("/tools").json() if t.get("originalName") == "echo"
-                 and t.get("gatewayId", t.get("gateway_id")) == answer.json()["id"]]
+        tools = [
+            t
+            for t in admin.get("/tools").json()
+            if t.get("originalName") == "echo" and t.get("gatewayId", t.get("gateway_id")) == answer.json()["id"]
+        ]
         if not tools:
             raise Unavailable(f"ContextForge found no echo tool on {url}")
-        server = admin.post("/servers", json={"server": {"name": f"bench-{upstream}",
-                                                         "associated_tools": [tools[0]["id"]]}})
+        server = admin.post(
+            "/servers", json={"server": {"name": f"bench-{upstream}", "associated_tools": [tools[0]["id"]]}}
+        )
         if server.status_code >= 300:
             raise Unavailable(f"creating the virtual server failed: {server.status_code} {server.text[:200]}")
         parts = [process, bridge] if upstream == "stdio" else [process]
-        targets.append(Target(f"ContextForge {version}, {'HTTP' if upstream == 'http' else 'stdio'}",
-                              "contextforge", upstream, "auto", f"{base}/servers/{server.json()['id']}/mcp",
-                              tool=tools[0]["name"], token=token, processes=tree(*parts)))
+        targets.append(
+            Target(
+                f"ContextForge {version}, {'HTTP' if upstream == 'http' else 'stdio'}",
+                "contextforge",
+                upstream,
+                "auto",
+                f"{base}/servers/{server.json()['id']}/mcp",
+                tool=tools[0]["name"],
+                token=token,
+                processes=tree(*parts),
+            )
+        )
     return targets
 
 
 async def negotiated(target: Target) -> str:
     async with mcp_http_client(headers={"Authorization": f"Bearer {target.token}"}) as http:
-        async with Client(streamable_http_client(target.url, http_client=http), mode=target.mode,
-                          cache=None) as client:
+        async with Client(streamable_http_client(target.url, http_client=http), mode=target.mode, cache=None) as client:
             await overhead.echo(client, target.tool)()
             return str(client.protocol_version)
 
@@ -307,8 +439,14 @@ async def measure(target: Target, args: argparse.Namespace) -> dict[str, Any]:
         samples = await overhead.sequential(call, args.sequential)
     rps_1 = await overhead.throughput(connect, 1, args.calls)
     cpu = await overhead.cpu_run(target.label, target.processes, connect, args)
-    return {"p50_ms": statistics.median(samples), "p99_ms": overhead.percentile(samples, 0.99), "rps_1": rps_1,
-            "rps_n": cpu["calls_per_s"], "cpu_ms_per_call": cpu["cpu_ms_per_call"], "rss_mb": cpu["rss_mb"]}
+    return {
+        "p50_ms": statistics.median(samples),
+        "p99_ms": overhead.percentile(samples, 0.99),
+        "rps_1": rps_1,
+        "rps_n": cpu["calls_per_s"],
+        "cpu_ms_per_call": cpu["cpu_ms_per_call"],
+        "rss_mb": cpu["rss_mb"],
+    }
 
 
 def start_all(procs: Processes, root: Path, args: argparse.Namespace) -> tuple[list[Target], dict[str, str]]:
@@ -353,9 +491,12 @@ async def run_rounds(targets: list[Target], args: argparse.Namespace) -> None:
                 print(f"{target.label}: {target.error}", flush=True)
                 continue
             target.rounds.append(result)
-            print(f"round {round_no + 1}: {target.label}: p50 {result['p50_ms']:.2f} ms, "
-                  f"{result['rps_n']:.0f} calls/s ({args.clients} clients), "
-                  f"CPU {result['cpu_ms_per_call']:.2f} ms/call", flush=True)
+            print(
+                f"round {round_no + 1}: {target.label}: p50 {result['p50_ms']:.2f} ms, "
+                f"{result['rps_n']:.0f} calls/s ({args.clients} clients), "
+                f"CPU {result['cpu_ms_per_call']:.2f} ms/call",
+                flush=True,
+            )
 
 
 def one_line(exc: BaseException) -> str:
@@ -370,18 +511,34 @@ METRICS = ("p50_ms", "p99_ms", "rps_1", "rps_n", "cpu_ms_per_call", "rss_mb")
 def summarise(targets: list[Target]) -> list[dict[str, Any]]:
     rows = []
     for target in targets:
-        row: dict[str, Any] = {"label": target.label, "peer": target.peer, "upstream": target.upstream,
-                               "protocol": target.protocol, "rounds": len(target.rounds), "error": target.error}
+        row: dict[str, Any] = {
+            "label": target.label,
+            "peer": target.peer,
+            "upstream": target.upstream,
+            "protocol": target.protocol,
+            "rounds": len(target.rounds),
+            "error": target.error,
+        }
         if target.rounds:
             row.update({m: round(statistics.median(r[m] for r in target.rounds), 3) for m in METRICS})
             row["rss_mb"] = target.rounds[-1]["rss_mb"]  # at the end, not the median: growth shows
         rows.append(row)
     for row in rows:
-        reference = next((r for r in rows if r["peer"] == "gateway" and r["upstream"] == row["upstream"]
-                          and r["protocol"] == "2026-07-28" and "p50_ms" in r), None)
+        reference = next(
+            (
+                r
+                for r in rows
+                if r["peer"] == "gateway"
+                and r["upstream"] == row["upstream"]
+                and r["protocol"] == "2026-07-28"
+                and "p50_ms" in r
+            ),
+            None,
+        )
         if reference is not None and "p50_ms" in row:
-            row["vs_gateway"] = {m: round(row[m] / reference[m], 2) for m in ("p50_ms", "rps_n", "cpu_ms_per_call")
-                                 if reference[m]}
+            row["vs_gateway"] = {
+                m: round(row[m] / reference[m], 2) for m in ("p50_ms", "rps_n", "cpu_ms_per_call") if reference[m]
+            }
     return rows
 
 
@@ -409,27 +566,38 @@ def targets_check(rows: list[dict[str, Any]]) -> list[str]:
         check("gateway CPU/call, HTTP upstream to stdio", gw_http["cpu_ms_per_call"] / gw["cpu_ms_per_call"], 1.3)
     for upstream, mine in (("stdio", gw), ("http", gw_http)):
         if mine and upstream in forge:
-            check(f"gateway calls/s ({upstream}) to ContextForge's", mine["rps_n"] / forge[upstream]["rps_n"], 10,
-                  at_most=False)
+            check(
+                f"gateway calls/s ({upstream}) to ContextForge's",
+                mine["rps_n"] / forge[upstream]["rps_n"],
+                10,
+                at_most=False,
+            )
     return lines
 
 
 def report(out: dict[str, Any]) -> str:
     n = out["clients"]
-    lines = [f"{out['date']} on {out['machine']}; medians of {out['rounds']} interleaved rounds, each "
-             f"{out['sequential']} sequential calls, then {out['calls']} calls with 1 and with {n} clients "
-             f"(CPU and RSS: the {n}-client run)", "",
-             f"| path | protocol | p50 ms | p99 ms | calls/s, 1 client | calls/s, {n} clients | CPU ms/call | RSS MB "
-             "| p50 / gateway | calls/s / gateway | CPU / gateway |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"{out['date']} on {out['machine']}; medians of {out['rounds']} interleaved rounds, each "
+        f"{out['sequential']} sequential calls, then {out['calls']} calls with 1 and with {n} clients "
+        f"(CPU and RSS: the {n}-client run)",
+        "",
+        f"| path | protocol | p50 ms | p99 ms | calls/s, 1 client | calls/s, {n} clients | CPU ms/call | RSS MB "
+        "| p50 / gateway | calls/s / gateway | CPU / gateway |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in out["rows"]:
         if "p50_ms" not in r:
             lines.append(f"| {r['label']} | {r['protocol'] or '-'} | failed: {r['error']} |||||||||")
             continue
-        ratios = " | ".join(f"{r['vs_gateway'][m]:.2f}x" if m in r.get("vs_gateway", {}) else "-"
-                            for m in ("p50_ms", "rps_n", "cpu_ms_per_call"))
-        lines.append(f"| {r['label']} | {r['protocol']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['rps_1']:.0f} "
-                     f"| {r['rps_n']:.0f} | {r['cpu_ms_per_call']:.2f} | {r['rss_mb']:.0f} | {ratios} |")
+        ratios = " | ".join(
+            f"{r['vs_gateway'][m]:.2f}x" if m in r.get("vs_gateway", {}) else "-"
+            for m in ("p50_ms", "rps_n", "cpu_ms_per_call")
+        )
+        lines.append(
+            f"| {r['label']} | {r['protocol']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['rps_1']:.0f} "
+            f"| {r['rps_n']:.0f} | {r['cpu_ms_per_call']:.2f} | {r['rss_mb']:.0f} | {ratios} |"
+        )
     lines += ["", "Ratios are to the gateway in 2026-07-28 mode on the same upstream transport."]
     if out["unavailable"]:
         lines += ["", *[f"- {name}: not measured: {why}" for name, why in out["unavailable"].items()]]
@@ -442,15 +610,22 @@ def report(out: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default %(default)s)")
-    parser.add_argument("--calls", type=int, default=1000,
-                        help="calls per throughput and CPU measurement, 1 and N clients (default %(default)s)")
+    parser.add_argument(
+        "--calls",
+        type=int,
+        default=1000,
+        help="calls per throughput and CPU measurement, 1 and N clients (default %(default)s)",
+    )
     parser.add_argument("--sequential", type=int, default=300, help="sequential calls for p50/p99 (default 300)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients (default %(default)s)")
     parser.add_argument("--only", nargs="+", choices=["gateway", *PACKAGES], help="measure only these")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 round of 100 calls each")
     parser.add_argument("--reinstall", action="store_true", help="recreate the peers' venvs from PyPI")
-    parser.add_argument("--contextforge-stateless", action="store_true",
-                        help="ContextForge without stateful sessions (its default; stateful is the one compared)")
+    parser.add_argument(
+        "--contextforge-stateless",
+        action="store_true",
+        help="ContextForge without stateful sessions (its default; stateful is the one compared)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.calls, args.sequential = 1, 100, 100
@@ -468,9 +643,17 @@ def main() -> None:
             procs.stop()
             for log in root.glob("*.log"):
                 shutil.copy(log, overhead.RESULTS / f"peers-{log.name}")
-    out = {"date": time.strftime("%Y-%m-%d"), "machine": overhead.machine(), "rounds": args.rounds,
-           "calls": args.calls, "sequential": args.sequential, "clients": args.clients, "unavailable": unavailable,
-           "rows": summarise(targets), "raw": {t.label: t.rounds for t in targets}}
+    out = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": overhead.machine(),
+        "rounds": args.rounds,
+        "calls": args.calls,
+        "sequential": args.sequential,
+        "clients": args.clients,
+        "unavailable": unavailable,
+        "rows": summarise(targets),
+        "raw": {t.label: t.rounds for t in targets},
+    }
     (overhead.RESULTS / "peers.json").write_text(json.dumps(out, indent=2))
     text = report(out)
     (overhead.RESULTS / "peers.md").write_text(text + "\n")

@@ -50,12 +50,14 @@ async def receiver() -> AsyncIterator[tuple[str, list[int]]]:
         return Response(b"", media_type="application/x-protobuf")
 
     port = overhead.free_port()
+
     async def metrics(request: Request) -> Response:
         await request.body()
         return Response(b"", media_type="application/x-protobuf")
 
-    app = Starlette(routes=[Route("/v1/traces", export, methods=["POST"]),
-                            Route("/v1/metrics", metrics, methods=["POST"])])
+    app = Starlette(
+        routes=[Route("/v1/traces", export, methods=["POST"]), Route("/v1/metrics", metrics, methods=["POST"])]
+    )
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False))
     async with anyio.create_task_group() as tg:
         tg.start_soon(server.serve)
@@ -73,8 +75,12 @@ async def one_run(endpoint: str | None, args: argparse.Namespace, source: Path =
             settings = yaml.safe_load(config.read_text())
             config.write_text(yaml.safe_dump({**settings, "telemetry": {"otlp_endpoint": endpoint}}))
         log = (Path(tmp) / "gateway.log").open("wb")  # the process log, JSON lines to a file as under a supervisor
-        process = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(config), "--log-level",
-                                    args.log_level], cwd=source, stdout=subprocess.DEVNULL, stderr=log)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--log-level", args.log_level],
+            cwd=source,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
         url = f"http://127.0.0.1:{port}"
         try:
             await anyio.to_thread.run_sync(overhead.wait_ready, url, process)
@@ -100,9 +106,15 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 result = await one_run(endpoint if mode == "on" else None, args, source)
                 runs[mode].append(result["cpu_ms_per_call"])
     medians = {mode: round(statistics.median(values), 3) for mode, values in runs.items()}
-    return {"calls_per_run": args.calls, "clients": args.clients, "cpu_ms_per_call": runs,
-            "median_ms": medians, "on_minus_off_ms": round(medians["on"] - medians["off"], 3),
-            "spans_received": spans[0], "machine": overhead.machine()}
+    return {
+        "calls_per_run": args.calls,
+        "clients": args.clients,
+        "cpu_ms_per_call": runs,
+        "median_ms": medians,
+        "on_minus_off_ms": round(medians["on"] - medians["off"], 3),
+        "spans_received": spans[0],
+        "machine": overhead.machine(),
+    }
 
 
 def main() -> None:

@@ -35,20 +35,20 @@ from gateway.spend.metering import Estimator, Meter, load_bpe  # noqa: E402
 
 NON_LATIN = {
     "japanese": "ゲートウェイはエージェントごとに固有の資格情報を発行し、セッションが終了するとトークンは失効します。"
-                "予算を超えた呼び出しは上流に転送されず、監査ログに記録されます。月末の請求は監査ストリームから計算されます。",
+    "予算を超えた呼び出しは上流に転送されず、監査ログに記録されます。月末の請求は監査ストリームから計算されます。",
     "chinese": "网关为每个代理签发独立的凭据，任务结束时会话令牌随即失效。超出预算的调用不会转发到上游服务器，"
-               "并且会记录在审计日志中。财务团队可以根据审计流按代理、所有者和任务进行成本分摊。",
+    "并且会记录在审计日志中。财务团队可以根据审计流按代理、所有者和任务进行成本分摊。",
     "russian": "Шлюз выдаёт каждому агенту собственные учётные данные, а токен сеанса перестаёт действовать, "
-               "когда задача завершена. Вызовы сверх бюджета не передаются на вышестоящий сервер и "
-               "записываются в журнал аудита, по которому финансовый отдел распределяет расходы.",
+    "когда задача завершена. Вызовы сверх бюджета не передаются на вышестоящий сервер и "
+    "записываются в журнал аудита, по которому финансовый отдел распределяет расходы.",
     "arabic": "تصدر البوابة لكل وكيل بيانات اعتماد خاصة به، وتنتهي صلاحية رمز الجلسة عند انتهاء المهمة. "
-              "لا يتم تمرير الاستدعاءات التي تتجاوز الميزانية إلى الخادم، بل تسجل في سجل التدقيق.",
+    "لا يتم تمرير الاستدعاءات التي تتجاوز الميزانية إلى الخادم، بل تسجل في سجل التدقيق.",
     "hindi": "गेटवे हर एजेंट को उसकी अपनी पहचान देता है, और काम खत्म होने पर सत्र का टोकन समाप्त हो जाता है। "
-             "बजट से अधिक कॉल आगे नहीं भेजी जातीं और ऑडिट लॉग में दर्ज की जाती हैं।",
+    "बजट से अधिक कॉल आगे नहीं भेजी जातीं और ऑडिट लॉग में दर्ज की जाती हैं।",
     "greek": "Η πύλη εκδίδει σε κάθε πράκτορα τα δικά του διαπιστευτήρια και το διακριτικό της συνεδρίας "
-             "λήγει όταν ολοκληρωθεί η εργασία. Οι κλήσεις πέρα από τον προϋπολογισμό δεν προωθούνται.",
+    "λήγει όταν ολοκληρωθεί η εργασία. Οι κλήσεις πέρα από τον προϋπολογισμό δεν προωθούνται.",
     "korean": "게이트웨이는 에이전트마다 고유한 자격 증명을 발급하고 작업이 끝나면 세션 토큰이 만료됩니다. "
-              "예산을 초과한 호출은 업스트림으로 전달되지 않고 감사 로그에 기록됩니다.",
+    "예산을 초과한 호출은 업스트림으로 전달되지 않고 감사 로그에 기록됩니다.",
 }
 
 
@@ -62,8 +62,8 @@ def corpus() -> dict[str, list[str]]:
     modules = REPO / "node_modules"
     kinds = {
         "json": _files("**/package.json", modules, 60) + _files("**/*.schema.json", modules, 20),
-        "code": _files("gateway/**/*.py", REPO, 40) + _files("@modelcontextprotocol/server-everything/dist/**/*.js",
-                                                               modules, 40),
+        "code": _files("gateway/**/*.py", REPO, 40)
+        + _files("@modelcontextprotocol/server-everything/dist/**/*.js", modules, 40),
         "prose": _files("**/README.md", modules, 40) + _files("*", Path("/usr/share/common-licenses"), 10),
         "non-latin": [text * n for text in NON_LATIN.values() for n in (1, 3)],
     }
@@ -126,13 +126,17 @@ def main() -> None:
         print(json.dumps(result, indent=2))
         return
     print(f"estimator vs {args.encoding} (BPE)")
-    print("| kind | docs | chars/token (BPE) | BPE tokens | estimated | aggregate error | median abs error "
-          "| p90 abs error |")
+    print(
+        "| kind | docs | chars/token (BPE) | BPE tokens | estimated | aggregate error | median abs error "
+        "| p90 abs error |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for kind, row in result["kinds"].items():  # type: ignore[union-attr]
-        print(f"| {kind} | {row['documents']} | {row['chars_per_bpe_token']} | {row['bpe_tokens']:,} | "
-              f"{row['estimated_tokens']:,} | {row['aggregate_error']:+.1%} | {row['median_abs_error']:.1%} | "
-              f"{row['p90_abs_error']:.1%} |")
+        print(
+            f"| {kind} | {row['documents']} | {row['chars_per_bpe_token']} | {row['bpe_tokens']:,} | "
+            f"{row['estimated_tokens']:,} | {row['aggregate_error']:+.1%} | {row['median_abs_error']:.1%} | "
+            f"{row['p90_abs_error']:.1%} |"
+        )
     print("cost per KB of text (µs):", ", ".join(f"{k} {v}" for k, v in result["microseconds_per_kb"].items()))
 
 

@@ -1,6 +1,6 @@
 """A scripted agent: connects to the gateway with its session token, lists and calls tools.
 
-    python examples/agent.py --url http://127.0.0.1:8765/mcp --token <session token>
+python examples/agent.py --url http://127.0.0.1:8765/mcp --token <session token>
 """
 
 from __future__ import annotations

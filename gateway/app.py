@@ -118,8 +118,11 @@ class Gateway:
             StoreUnavailable: the store agents' grants cannot be read.
         """
         grants = [spec.grant for spec in self.agents.specs.values()]
-        grants += [parse_grant(r.grant, f"agent {r.id}: stored grant")
-                   for r in await self.store.list_agents() if r.source == "store" and r.grant]
+        grants += [
+            parse_grant(r.grant, f"agent {r.id}: stored grant")
+            for r in await self.store.list_agents()
+            if r.source == "store" and r.grant
+        ]
         return max([self.config.session_defaults.ttl, *(g.budget.session_ttl or 0.0 for g in grants)])
 
     def spawn(self, fn: Callable[..., Any], *args: Any) -> None:
@@ -229,13 +232,18 @@ def create_app(gateway: Gateway) -> Starlette:
             stack.push_async_callback(oauth.workloads.close)
             await gateway.agents.sync(gateway.clock())
             await close_interrupted(gateway.audit)  # calls a crash of the previous run left without an outcome
-            await gateway.audit.emit(Event.GATEWAY_STARTED, public_url=config.public_url,
-                                     servers=sorted(gateway.upstreams.servers), tokenizer=gateway.meter.tokenizer.name)
+            await gateway.audit.emit(
+                Event.GATEWAY_STARTED,
+                public_url=config.public_url,
+                servers=sorted(gateway.upstreams.servers),
+                tokenizer=gateway.meter.tokenizer.name,
+            )
             for name, upstream in sorted(gateway.upstreams.servers.items()):
                 if upstream.spec.unsandboxed:  # the operator's explicit `sandbox: off`: never a silent downgrade
                     log.warning("stdio server %s runs unsandboxed: its manifest says sandbox: off", name)
-                    await gateway.audit.emit(Event.UPSTREAM_UNSANDBOXED, durable=True, server=name,
-                                             reason="sandbox: off in its manifest")
+                    await gateway.audit.emit(
+                        Event.UPSTREAM_UNSANDBOXED, durable=True, server=name, reason="sandbox: off in its manifest"
+                    )
             gateway.upstreams.on_change(_on_change(gateway))
             gateway.upstreams.on_update(gateway.fanout.updated)
             gateway.upstreams.on_log(gateway.fanout.log)
@@ -273,8 +281,10 @@ def create_app(gateway: Gateway) -> Starlette:
         Route("/metrics", _metrics(gateway, edge.failures)),
         Route("/.well-known/oauth-authorization-server", _as_metadata(config, dpop_offered, scopes)),
         Route("/jwks.json", _jwks(gateway)),
-        Route("/.well-known/oauth-protected-resource{path:path}",
-              _pr_metadata(config, edge.resources, dpop_offered, scopes)),
+        Route(
+            "/.well-known/oauth-protected-resource{path:path}",
+            _pr_metadata(config, edge.resources, dpop_offered, scopes),
+        ),
         *oauth.routes(),
         *admin_routes(gateway, edge.failures),
         console,
@@ -434,11 +444,19 @@ def _as_metadata(config: GatewayConfig, dpop_offered: bool, scopes: list[str]) -
         "introspection_endpoint": f"{base}/oauth/introspect",
         "jwks_uri": f"{base}/jwks.json",
         "grant_types_supported": [*sign_in, CLIENT_CREDENTIALS, TOKEN_EXCHANGE, *([JWT_BEARER] if jwt_bearer else [])],
-        "token_endpoint_auth_methods_supported": [*(["none"] if login else []), "client_secret_basic",
-                                                  "client_secret_post", "private_key_jwt"],
+        "token_endpoint_auth_methods_supported": [
+            *(["none"] if login else []),
+            "client_secret_basic",
+            "client_secret_post",
+            "private_key_jwt",
+        ],
         "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
-        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post",
-                                                       "private_key_jwt", "none"],
+        "revocation_endpoint_auth_methods_supported": [
+            "client_secret_basic",
+            "client_secret_post",
+            "private_key_jwt",
+            "none",
+        ],
         "revocation_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),  # RFC 8414 §2
         "introspection_endpoint_auth_methods_supported": ["bearer"],
         "response_types_supported": ["code"] if login else [],
@@ -460,26 +478,31 @@ def _as_metadata(config: GatewayConfig, dpop_offered: bool, scopes: list[str]) -
     return metadata
 
 
-def _pr_metadata(config: GatewayConfig, paths: set[str], dpop_offered: bool,
-                 scopes: list[str]) -> Callable[[Request], Any]:
+def _pr_metadata(
+    config: GatewayConfig, paths: set[str], dpop_offered: bool, scopes: list[str]
+) -> Callable[[Request], Any]:
     proof: dict[str, Any] = {}
     if dpop_offered:  # RFC 9728 §2
-        proof = {"dpop_signing_alg_values_supported": list(dpop.ALGORITHMS),
-                 "dpop_bound_access_tokens_required": config.dpop == "required"}
+        proof = {
+            "dpop_signing_alg_values_supported": list(dpop.ALGORITHMS),
+            "dpop_bound_access_tokens_required": config.dpop == "required",
+        }
 
     async def metadata(request: Request) -> Response:
         path = request.path_params["path"] or ""
         if path not in paths and path != "":
             return JSONResponse({"error": "not_found"}, status_code=404)
-        return JSONResponse({
-            **proof,
-            "resource": f"{config.public_url}{path}",
-            "authorization_servers": [config.public_url],
-            "bearer_methods_supported": ["header"],
-            "resource_signing_alg_values_supported": ["EdDSA"],
-            "resource_name": "MCP identity gateway",
-            **({"scopes_supported": scopes} if scopes else {}),
-        })
+        return JSONResponse(
+            {
+                **proof,
+                "resource": f"{config.public_url}{path}",
+                "authorization_servers": [config.public_url],
+                "bearer_methods_supported": ["header"],
+                "resource_signing_alg_values_supported": ["EdDSA"],
+                "resource_name": "MCP identity gateway",
+                **({"scopes_supported": scopes} if scopes else {}),
+            }
+        )
 
     return metadata
 

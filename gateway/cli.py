@@ -57,8 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except ConfigNotFound as exc:
-        sys.stderr.write(f"mcp-gateway: error: {exc} (the config is --config PATH, else ${CONFIG_ENV}, "
-                         "else ./gateway.yaml)\n")
+        sys.stderr.write(
+            f"mcp-gateway: error: {exc} (the config is --config PATH, else ${CONFIG_ENV}, else ./gateway.yaml)\n"
+        )
         return 1
     except GatewayError as exc:
         sys.stderr.write(f"mcp-gateway: error: {safe(str(exc))}\n")  # may quote what a tool server said

@@ -133,4 +133,3 @@ class Registry:
 
 
 METRICS = Registry()
-

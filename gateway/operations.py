@@ -42,8 +42,13 @@ class Operations:
         return agent_rows(await self.gw.store.list_agents(), self.gw.agents.specs)
 
     async def create_agent(
-        self, agent_id: str, owner: str, cost_center: str | None = None, jwks: dict[str, Any] | None = None,
-        workload: dict[str, Any] | None = None, lifecycle: Mapping[str, Any] | None = None,
+        self,
+        agent_id: str,
+        owner: str,
+        cost_center: str | None = None,
+        jwks: dict[str, Any] | None = None,
+        workload: dict[str, Any] | None = None,
+        lifecycle: Mapping[str, Any] | None = None,
     ) -> str | None:
         """Create a store agent; returns its secret (shown once), or None when it authenticates with `jwks` or
         its platform's JWT (`workload`: {issuer, subject}). `lifecycle`: its own expires, disable_after_idle and
@@ -75,15 +80,29 @@ class Operations:
         secret = generate_secret() if credential == "secret" else None
         now = self.gw.clock()
         record = AgentRecord(
-            id=agent_id, owner=owner, cost_center=cost_center, source="store", created_at=now,
-            secret_hash=hash_secret(self.gw.credential_key, secret) if secret else None, jwks=jwks,
-            workload=workload, secret_at=now if secret else None, keys_at=now if jwks is not None else None,
+            id=agent_id,
+            owner=owner,
+            cost_center=cost_center,
+            source="store",
+            created_at=now,
+            secret_hash=hash_secret(self.gw.credential_key, secret) if secret else None,
+            jwks=jwks,
+            workload=workload,
+            secret_at=now if secret else None,
+            keys_at=now if jwks is not None else None,
             lifecycle=own,
         )
         if not await self.gw.store.create_agent(record):
             raise OperatorError(f"agent {agent_id!r} (or its workload identity) already exists", status=409)
-        await self._audit(Event.AGENT_CREATED, agent=agent_id, owner=owner, cost_center=cost_center,
-                          credential=credential, workload=workload, lifecycle=own)
+        await self._audit(
+            Event.AGENT_CREATED,
+            agent=agent_id,
+            owner=owner,
+            cost_center=cost_center,
+            credential=credential,
+            workload=workload,
+            lifecycle=own,
+        )
         return secret
 
     async def _free_workload(self, workload: Any, jwks: Any) -> dict[str, str]:
@@ -133,14 +152,17 @@ class Operations:
         """
         agent = await self.gw.agents.get(agent_id, fresh=True)
         if agent is not None and agent.workload is not None:
-            raise OperatorError(f"agent {agent_id!r} authenticates with its workload identity; it has no secret",
-                                status=409)
+            raise OperatorError(
+                f"agent {agent_id!r} authenticates with its workload identity; it has no secret", status=409
+            )
         if agent is not None and agent.source == "interactive":  # its human signs in; a secret would bypass that
-            raise OperatorError(f"agent {agent_id!r} is a sign-in's agent; its human signs in, it has no secret",
-                                status=409)
+            raise OperatorError(
+                f"agent {agent_id!r} is a sign-in's agent; its human signs in, it has no secret", status=409
+            )
         secret = generate_secret()
-        await self._update_agent(agent_id, secret_hash=hash_secret(self.gw.credential_key, secret),
-                                 secret_at=self.gw.clock())  # credential_max_age counts from here
+        await self._update_agent(
+            agent_id, secret_hash=hash_secret(self.gw.credential_key, secret), secret_at=self.gw.clock()
+        )  # credential_max_age counts from here
         await self._audit(Event.AGENT_SECRET_ROTATED, agent=agent_id)
         return secret
 
@@ -180,8 +202,10 @@ class Operations:
         set_at = credential_set_at(agent, kind)
         return {
             "expires": iso(rules.expires) if rules.expires is not None else None,
-            "disable_after_idle": rules.disable_after_idle, "credential_max_age": rules.credential_max_age,
-            "credential": kind, "credential_set_at": iso(set_at) if set_at is not None else None,
+            "disable_after_idle": rules.disable_after_idle,
+            "credential_max_age": rules.credential_max_age,
+            "credential": kind,
+            "credential_set_at": iso(set_at) if set_at is not None else None,
             "last_used": iso(agent.last_used) if agent.last_used is not None else None,
         }
 
@@ -206,9 +230,16 @@ class Operations:
             raise OperatorError(f"agent {agent_id!r} is defined in agents.yaml; change its grant there", status=409)
         previous = compile_grant(parse_grant(record.grant, f"agent {agent_id}: stored grant")).version
         await self._update_agent(agent_id, grant=grant.model_dump(mode="json"))
-        await self._audit(Event.AGENT_GRANT_CHANGED, agent=agent_id, owner=record.owner,
-                          grant=compile_grant(grant).version, previous_grant=previous,
-                          tools=list(grant.tools), resources=list(grant.resources), prompts=list(grant.prompts))
+        await self._audit(
+            Event.AGENT_GRANT_CHANGED,
+            agent=agent_id,
+            owner=record.owner,
+            grant=compile_grant(grant).version,
+            previous_grant=previous,
+            tools=list(grant.tools),
+            resources=list(grant.resources),
+            prompts=list(grant.prompts),
+        )
         return grant
 
     # ------------------------------------------------------------ sessions
@@ -239,8 +270,15 @@ class Operations:
         session = await self.gw.store.resume_session(sid, add_calls, add_tokens, self.gw.clock())
         if session is None:
             raise OperatorError(f"no live session {sid!r}", status=404)
-        await self._audit(Event.SESSION_RESUMED, agent=session.agent, owner=session.owner, session=session.sid,
-                          task=session.task, add_calls=add_calls, add_tokens=add_tokens)
+        await self._audit(
+            Event.SESSION_RESUMED,
+            agent=session.agent,
+            owner=session.owner,
+            session=session.sid,
+            task=session.task,
+            add_calls=add_calls,
+            add_tokens=add_tokens,
+        )
         return session
 
 
@@ -251,10 +289,16 @@ def _spec_workload(spec: AgentSpec | None) -> dict[str, str] | None:
 def agent_rows(records: list[AgentRecord], specs: Mapping[str, AgentSpec]) -> list[dict[str, Any]]:
     """What `agents list` and the admin API show of each agent."""
     return [
-        {"id": r.id, "owner": r.owner, "cost_center": r.cost_center, "source": r.source,
-         "disabled": r.disabled or (r.id in specs and specs[r.id].disabled),
-         "has_secret": r.secret_hash is not None, "private_key_jwt": bool(r.jwks),
-         "workload": r.workload or _spec_workload(specs.get(r.id))}
+        {
+            "id": r.id,
+            "owner": r.owner,
+            "cost_center": r.cost_center,
+            "source": r.source,
+            "disabled": r.disabled or (r.id in specs and specs[r.id].disabled),
+            "has_secret": r.secret_hash is not None,
+            "private_key_jwt": bool(r.jwks),
+            "workload": r.workload or _spec_workload(specs.get(r.id)),
+        }
         for r in records
     ]
 

@@ -33,10 +33,27 @@ TEST_HOOK = "GATEWAY_SANDBOX"  # "unavailable": report the sandbox as unavailabl
 
 # Runtime files every interpreter needs, read-only. Not all of /etc: it can hold secrets (shadow, keys).
 ETC = (
-    "/etc/alternatives", "/etc/ca-certificates", "/etc/ca-certificates.conf", "/etc/crypto-policies", "/etc/gai.conf",
-    "/etc/gitconfig", "/etc/group", "/etc/host.conf", "/etc/hosts", "/etc/ld.so.cache", "/etc/ld.so.conf",
-    "/etc/ld.so.conf.d", "/etc/localtime", "/etc/mime.types", "/etc/nsswitch.conf", "/etc/os-release", "/etc/passwd",
-    "/etc/pki", "/etc/resolv.conf", "/etc/ssl", "/etc/timezone",
+    "/etc/alternatives",
+    "/etc/ca-certificates",
+    "/etc/ca-certificates.conf",
+    "/etc/crypto-policies",
+    "/etc/gai.conf",
+    "/etc/gitconfig",
+    "/etc/group",
+    "/etc/host.conf",
+    "/etc/hosts",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/localtime",
+    "/etc/mime.types",
+    "/etc/nsswitch.conf",
+    "/etc/os-release",
+    "/etc/passwd",
+    "/etc/pki",
+    "/etc/resolv.conf",
+    "/etc/ssl",
+    "/etc/timezone",
 )
 SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", *ETC)
 DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")  # read and write
@@ -164,7 +181,7 @@ def main(argv: Sequence[str]) -> NoReturn:
         sys.stderr.write("usage: python -m gateway.sandbox [--read=PATH] [--write=PATH] -- COMMAND [ARGS...]\n")
         raise SystemExit(2)
     split = list(argv).index("--")
-    flags, command = list(argv[:split]), list(argv[split + 1:])
+    flags, command = list(argv[:split]), list(argv[split + 1 :])
     read = [f.removeprefix("--read=") for f in flags if f.startswith("--read=")]
     write = [f.removeprefix("--write=") for f in flags if f.startswith("--write=")]
     unknown = [f for f in flags if not f.startswith(("--read=", "--write="))]

@@ -56,8 +56,12 @@ Send = Callable[[Any], Awaitable[R]]  # the upstream request, given the _meta (R
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 # The semantic conventions' advisory buckets for mcp.server.operation.duration, in seconds.
 DURATION_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
-_TOKEN_FIELDS = (("request_tokens", "request"), ("response_tokens", "response"),
-                 ("input_tokens", "model_input"), ("output_tokens", "model_output"))
+_TOKEN_FIELDS = (
+    ("request_tokens", "request"),
+    ("response_tokens", "response"),
+    ("input_tokens", "model_input"),
+    ("output_tokens", "model_output"),
+)
 _TRACE_KEYS = ("traceparent", "tracestate")
 TokenHandler = Callable[[Any, dict[str, Any]], Awaitable[Any]]  # (Request, form) -> Response: /oauth/token's handler
 # The grant types a span is named after; any other value the caller sent is `other` (span names stay bounded).
@@ -92,8 +96,9 @@ class Off:
 OFF = Off()
 
 
-def build_telemetry(settings: TelemetrySettings, instance: str,
-                    environ: Mapping[str, str] = os.environ) -> Off | Tracing:
+def build_telemetry(
+    settings: TelemetrySettings, instance: str, environ: Mapping[str, str] = os.environ
+) -> Off | Tracing:
     """OFF unless an OTLP endpoint is configured.
 
     Raises:
@@ -106,8 +111,10 @@ def build_telemetry(settings: TelemetrySettings, instance: str,
     try:
         return Tracing(settings.otlp_endpoint, instance, environ)
     except ImportError as exc:
-        raise ConfigError(f"telemetry: an OTLP endpoint is set but {exc.name or 'opentelemetry-sdk'} is not "
-                          "installed; pip install 'mcp-identity-gateway[otel]'") from None
+        raise ConfigError(
+            f"telemetry: an OTLP endpoint is set but {exc.name or 'opentelemetry-sdk'} is not "
+            "installed; pip install 'mcp-identity-gateway[otel]'"
+        ) from None
 
 
 class Tracing:
@@ -141,11 +148,14 @@ class Tracing:
         self.meters = MeterProvider(resource=resource, metric_readers=[PeriodicExportingMetricReader(metrics)])
         meter = self.meters.get_meter("mcp-identity-gateway")
         self.duration = meter.create_histogram(
-            "mcp.server.operation.duration", unit="s", description="MCP requests handled, from arrival to the answer",
+            "mcp.server.operation.duration",
+            unit="s",
+            description="MCP requests handled, from arrival to the answer",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
-        self.tokens = meter.create_counter("gateway.tokens", unit="{token}",
-                                           description="Tokens metered by the gateway, by agent, tool and direction")
+        self.tokens = meter.create_counter(
+            "gateway.tokens", unit="{token}", description="Tokens metered by the gateway, by agent, tool and direction"
+        )
         self.propagator = TraceContextTextMapPropagator()
         self._trace = trace
         self._principal_key = PRINCIPAL
@@ -174,8 +184,12 @@ class Tracing:
         measured = {"mcp.method.name": method, "mcp.protocol.version": str(ctx.protocol_version or "")}
         started = time.perf_counter()
         with self.tracer.start_as_current_span(
-            name, context=self._parent(ctx), kind=self._trace.SpanKind.SERVER, attributes=attributes,
-            record_exception=False, set_status_on_exception=False,
+            name,
+            context=self._parent(ctx),
+            kind=self._trace.SpanKind.SERVER,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
         ) as span:
             try:
                 result = await call_next(ctx)
@@ -216,12 +230,18 @@ class Tracing:
         self._trace.get_current_span().set_attributes(identity)  # the MCP request's span learns the call
         spec = call.upstream.spec
         attributes = {
-            "mcp.method.name": "tools/call", "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": call.tool,
-            "server.address": _address(spec.url) or call.upstream.name, **identity,
+            "mcp.method.name": "tools/call",
+            "gen_ai.operation.name": "execute_tool",
+            "gen_ai.tool.name": call.tool,
+            "server.address": _address(spec.url) or call.upstream.name,
+            **identity,
         }
         with self.tracer.start_as_current_span(
-            f"tools/call {call.tool}", kind=self._trace.SpanKind.CLIENT, attributes=attributes,
-            record_exception=False, set_status_on_exception=False,
+            f"tools/call {call.tool}",
+            kind=self._trace.SpanKind.CLIENT,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
         ) as span:
             meta: dict[str, Any] = {}
             self.propagator.inject(meta)  # this span's context, for the upstream's own spans
@@ -250,14 +270,19 @@ class Tracing:
             sent = form.get("grant_type")
             grant = _GRANTS.get(str(sent), "other") if sent else "none"
             attributes: dict[str, Any] = {
-                "http.request.method": "POST", "url.path": "/oauth/token",
+                "http.request.method": "POST",
+                "url.path": "/oauth/token",
                 "oauth.grant_type": sent if grant not in ("other", "none") else grant,
             }
             carrier = {k: v for k in _TRACE_KEYS if (v := request.headers.get(k))}
             parent = self.propagator.extract(carrier) if "traceparent" in carrier else None
             with self.tracer.start_as_current_span(
-                f"oauth.token {grant}", context=parent, kind=self._trace.SpanKind.SERVER, attributes=attributes,
-                record_exception=False, set_status_on_exception=False,
+                f"oauth.token {grant}",
+                context=parent,
+                kind=self._trace.SpanKind.SERVER,
+                attributes=attributes,
+                record_exception=False,
+                set_status_on_exception=False,
             ) as span:
                 try:
                     response = await handler(request, form)
@@ -275,8 +300,11 @@ class Tracing:
     async def audit_write(self, write: Callable[[], Awaitable[R]]) -> R:
         """A call's durable audit record, written in an INTERNAL span `audit.write` under the request's span."""
         with self.tracer.start_as_current_span(
-            "audit.write", kind=self._trace.SpanKind.INTERNAL, attributes={"gateway.audit.durable": True},
-            record_exception=False, set_status_on_exception=False,
+            "audit.write",
+            kind=self._trace.SpanKind.INTERNAL,
+            attributes={"gateway.audit.durable": True},
+            record_exception=False,
+            set_status_on_exception=False,
         ) as span:
             try:
                 record = await write()
@@ -285,10 +313,17 @@ class Tracing:
                 span.set_status(self._trace.StatusCode.ERROR)
                 raise
             if isinstance(record, dict):
-                span.set_attributes({k: v for k, v in (("gateway.audit.seq", record.get("seq")),
-                                                       ("gateway.audit.event", record.get("event")),
-                                                       ("gateway.call_id", record.get("call_id")))
-                                     if isinstance(v, (int, str))})
+                span.set_attributes(
+                    {
+                        k: v
+                        for k, v in (
+                            ("gateway.audit.seq", record.get("seq")),
+                            ("gateway.audit.event", record.get("event")),
+                            ("gateway.call_id", record.get("call_id")),
+                        )
+                        if isinstance(v, (int, str))
+                    }
+                )
             return record
 
     # ------------------------------------------------------------ metrics off the audit records

@@ -36,13 +36,17 @@ async def test_a_session_opened_on_the_command_line_works_until_it_is_closed(
         status, out, _ = await anyio.to_thread.run_sync(lambda: cli(capsys, "sessions", "list", "--config", config))
         assert sid in out and "active" in out
 
-        status, out, _ = await anyio.to_thread.run_sync(lambda: cli(capsys, "sessions", "close", sid, "--config", config))
+        status, out, _ = await anyio.to_thread.run_sync(
+            lambda: cli(capsys, "sessions", "close", sid, "--config", config)
+        )
         assert status == 0
         async with gw.http() as http:
             response = await http.post("/mcp", headers={"authorization": f"Bearer {token}"}, json={})
         assert response.status_code == 401
 
-        status, _, err = await anyio.to_thread.run_sync(lambda: cli(capsys, "sessions", "close", sid, "--config", config))
+        status, _, err = await anyio.to_thread.run_sync(
+            lambda: cli(capsys, "sessions", "close", sid, "--config", config)
+        )
         assert status == 1 and err.strip() == f"mcp-gateway: error: session {sid} is already closed"
         cli_chain = tmp_path / "state" / "audit-cli.jsonl"
         assert '"event":"session.closed"' in cli_chain.read_text()

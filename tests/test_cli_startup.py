@@ -15,7 +15,11 @@ from tests.support.harness import time_manifest, write_config
 
 def _run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway", *args], cwd=cwd, capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "gateway", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, **(env or {})},
     )
 
@@ -32,8 +36,14 @@ def test_without_config_the_cli_reads_gateway_config_from_the_environment(tmp_pa
 def test_without_config_or_environment_the_cli_reads_gateway_yaml_here(tmp_path: Path) -> None:
     write_config(tmp_path, 8765, manifests=[time_manifest()])
     env = {k: v for k, v in os.environ.items() if k != "GATEWAY_CONFIG"}
-    listed = subprocess.run([sys.executable, "-m", "gateway", "sessions", "list"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=60)
+    listed = subprocess.run(
+        [sys.executable, "-m", "gateway", "sessions", "list"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert listed.returncode == 0, listed.stderr
 
 
@@ -44,8 +54,10 @@ def test_a_missing_config_names_all_three_places_the_cli_looks(
     monkeypatch.delenv("GATEWAY_CONFIG", raising=False)
     assert main(["sessions", "list"]) == 1
     err = capsys.readouterr().err
-    assert err == ("mcp-gateway: error: gateway.yaml: no such file (the config is --config PATH, else "
-                   "$GATEWAY_CONFIG, else ./gateway.yaml)\n")
+    assert err == (
+        "mcp-gateway: error: gateway.yaml: no such file (the config is --config PATH, else "
+        "$GATEWAY_CONFIG, else ./gateway.yaml)\n"
+    )
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["sessions", "list"], ["agents", "list"]])

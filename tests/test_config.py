@@ -20,8 +20,15 @@ def config_at(tmp_path: Path, manifests: list[dict], **extra: object):
 
 
 def manifest(**fields: object) -> dict:
-    return {"name": "time", "owner": "o@example.com", "transport": "stdio", "command": "python",
-            "args": ["-m", "mcp_server_time"], "tools": ["get_current_time"], **fields}
+    return {
+        "name": "time",
+        "owner": "o@example.com",
+        "transport": "stdio",
+        "command": "python",
+        "args": ["-m", "mcp_server_time"],
+        "tools": ["get_current_time"],
+        **fields,
+    }
 
 
 def test_a_manifest_becomes_a_resolved_upstream_spec(tmp_path: Path) -> None:
@@ -48,8 +55,11 @@ def test_a_manifest_becomes_a_resolved_upstream_spec(tmp_path: Path) -> None:
         ({"transport": "http", "command": None, "args": [], "url": "ftp://x"}, "(top level)", "http(s) URL"),
         ({"sandbox": {"read": ["/srv"], "exec": ["/x"]}}, "sandbox.exec", "unknown field"),
         ({"sandbox": "sometimes"}, "sandbox", "must be off, or a mapping of read and write path lists"),
-        ({"transport": "http", "command": None, "args": [], "url": "http://127.0.0.1:1/mcp", "sandbox": "off"},
-         "(top level)", "sandbox is for stdio manifests"),
+        (
+            {"transport": "http", "command": None, "args": [], "url": "http://127.0.0.1:1/mcp", "sandbox": "off"},
+            "(top level)",
+            "sandbox is for stdio manifests",
+        ),
     ],
 )
 def test_a_bad_manifest_is_refused_naming_file_field_and_reason(
@@ -73,8 +83,14 @@ def test_manifest_name_must_match_its_file(tmp_path: Path) -> None:
 
 
 def test_secrets_come_only_from_the_servers_own_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    http = {"name": "api", "owner": "o@example.com", "transport": "http", "url": "http://127.0.0.1:9/mcp",
-            "headers": {"Authorization": "Bearer ${secret:TOKEN}"}, "tools": "*"}
+    http = {
+        "name": "api",
+        "owner": "o@example.com",
+        "transport": "http",
+        "url": "http://127.0.0.1:9/mcp",
+        "headers": {"Authorization": "Bearer ${secret:TOKEN}"},
+        "tools": "*",
+    }
     config = config_at(tmp_path, [http])
     (tmp_path / "secrets" / "api").mkdir(parents=True)
     (tmp_path / "secrets" / "api" / "TOKEN").write_text("from-file\n")
@@ -92,8 +108,7 @@ def test_secrets_come_only_from_the_servers_own_store(tmp_path: Path, monkeypatc
 
 
 def test_http_upstreams_must_be_on_an_allowed_host(tmp_path: Path) -> None:
-    http = {"name": "api", "owner": "o@example.com", "transport": "http", "url": "http://10.0.0.8:80/mcp",
-            "tools": "*"}
+    http = {"name": "api", "owner": "o@example.com", "transport": "http", "url": "http://10.0.0.8:80/mcp", "tools": "*"}
     with pytest.raises(ConfigError, match="url: host '10.0.0.8' is not in upstream_hosts"):
         load_manifests(config_at(tmp_path, [http]))
 
@@ -125,8 +140,12 @@ def test_agents_yaml_rejects_unknown_fields_and_bad_rules(tmp_path: Path) -> Non
     path = tmp_path / "agents.yaml"
     cases = {
         "agents.bot.grant.toolz: unknown field": {"bot": {"owner": "a@example.com", "grant": {"toolz": []}}},
-        "pattern requires max_length": {"bot": {"owner": "a@example.com", "grant": {
-            "tools": ["x.y"], "arguments": {"x.y": {"a": {"pattern": "[a-z]+"}}}}}},
+        "pattern requires max_length": {
+            "bot": {
+                "owner": "a@example.com",
+                "grant": {"tools": ["x.y"], "arguments": {"x.y": {"a": {"pattern": "[a-z]+"}}}},
+            }
+        },
         "must be server.tool": {"bot": {"owner": "a@example.com", "grant": {"tools": ["time"]}}},
         "owner: must be an email": {"bot": {"owner": "alice"}},
     }

@@ -46,17 +46,40 @@ DIRECT_ONLY_FAILURES = {"tasks-", "http-header-validation", "http-custom-header-
 # On /mcp every name is `<server>__<name>` and every URI `<server>+...`: a scenario that calls a literal
 # fixture name (`test_simple_text`, `test://static-text`) gets "Unknown tool" there by design.
 PREFIXED_EXCEPTIONS = {
-    "completion-complete", "elicitation-sep1034-defaults", "elicitation-sep1330-enums", "json-schema-2020-12",
-    "prompts-get-simple", "prompts-get-with-args", "prompts-get-embedded-resource", "prompts-get-with-image",
-    "resources-read-text", "resources-read-binary", "resources-templates-read", "resources-subscribe",
-    "resources-unsubscribe", "tools-call-simple-text", "tools-call-image", "tools-call-audio",
-    "tools-call-embedded-resource", "tools-call-mixed-content", "tools-call-with-logging", "tools-call-error",
-    "tools-call-with-progress", "tools-call-sampling", "tools-call-elicitation", "server-stateless",
-    "input-required-result-basic-elicitation", "input-required-result-basic-sampling",
-    "input-required-result-basic-list-roots", "input-required-result-request-state",
-    "input-required-result-multiple-input-requests", "input-required-result-multi-round",
-    "input-required-result-non-tool-request", "input-required-result-result-type",
-    "input-required-result-tampered-state", "input-required-result-capability-check",
+    "completion-complete",
+    "elicitation-sep1034-defaults",
+    "elicitation-sep1330-enums",
+    "json-schema-2020-12",
+    "prompts-get-simple",
+    "prompts-get-with-args",
+    "prompts-get-embedded-resource",
+    "prompts-get-with-image",
+    "resources-read-text",
+    "resources-read-binary",
+    "resources-templates-read",
+    "resources-subscribe",
+    "resources-unsubscribe",
+    "tools-call-simple-text",
+    "tools-call-image",
+    "tools-call-audio",
+    "tools-call-embedded-resource",
+    "tools-call-mixed-content",
+    "tools-call-with-logging",
+    "tools-call-error",
+    "tools-call-with-progress",
+    "tools-call-sampling",
+    "tools-call-elicitation",
+    "server-stateless",
+    "input-required-result-basic-elicitation",
+    "input-required-result-basic-sampling",
+    "input-required-result-basic-list-roots",
+    "input-required-result-request-state",
+    "input-required-result-multiple-input-requests",
+    "input-required-result-multi-round",
+    "input-required-result-non-tool-request",
+    "input-required-result-result-type",
+    "input-required-result-tampered-state",
+    "input-required-result-capability-check",
 }
 # The suite opens a handshake-era MCP session per scenario and leaves it open: room for a whole run per token.
 LIMITS = {"limits": {"mcp_sessions_per_session": 128, "mcp_sessions_per_agent": 1024}}
@@ -86,13 +109,20 @@ async def gw(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Harness]
             http_manifest("conf-http", upstream_url, isolation="per_session"),
             http_manifest("conf-bare", bare_url, isolation="per_session"),
         ]
-        async with running_gateway(tmp_path_factory.mktemp("conformance"), manifests=manifests,
-                                   agents=AGENTS, extra=LIMITS) as gw:
+        async with running_gateway(
+            tmp_path_factory.mktemp("conformance"), manifests=manifests, agents=AGENTS, extra=LIMITS
+        ) as gw:
             yield gw
 
 
-async def through(gw: Harness, path: str, era: str, out: Path, direct: dict[str, Any],
-                  excepted: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
+async def through(
+    gw: Harness,
+    path: str,
+    era: str,
+    out: Path,
+    direct: dict[str, Any],
+    excepted: frozenset[str] | set[str] = frozenset(),
+) -> dict[str, Any]:
     """The suite through `path`; a scenario lost against `direct` runs once more on its own before it counts
     (on two shared cores the suite's 20 s scenario timeout can strike a slow legacy exchange directly too)."""
     token = await gw.open_session("conformance-bot", task=f"conformance {path} {era}")

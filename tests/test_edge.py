@@ -15,7 +15,6 @@ from tests.support.harness import HEADERS, INIT, Harness, running_gateway, time_
 pytestmark = pytest.mark.anyio
 
 
-
 @pytest.fixture(scope="module")
 async def gw(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Harness]:
     async with running_gateway(tmp_path_factory.mktemp("edge"), manifests=[time_manifest()]) as gw:
@@ -25,12 +24,24 @@ async def gw(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Harness]
 def forge(gw: Harness, **changes: object) -> str:
     """A token signed with the gateway's real key, with some claims changed."""
     now = int(time.time())
-    claims = {"iss": gw.url, "aud": gw.url, "client_id": "alice-bot", "sub": "alice-bot", "sid": "s-x",
-              "iat": now, "exp": now + 300, "jti": "j"}
+    claims = {
+        "iss": gw.url,
+        "aud": gw.url,
+        "client_id": "alice-bot",
+        "sub": "alice-bot",
+        "sid": "s-x",
+        "iat": now,
+        "exp": now + 300,
+        "jti": "j",
+    }
     claims.update(changes)
     kid, key = gw.gateway.keys.sign_key()
-    return jwt.encode({k: v for k, v in claims.items() if v is not None}, key, algorithm="EdDSA",
-                      headers={"kid": kid, "typ": "at+jwt"})
+    return jwt.encode(
+        {k: v for k, v in claims.items() if v is not None},
+        key,
+        algorithm="EdDSA",
+        headers={"kid": kid, "typ": "at+jwt"},
+    )
 
 
 async def assert_401(gw: Harness, token: str | None, path: str = "/mcp") -> None:
@@ -74,18 +85,26 @@ async def test_the_gateway_serves_protected_resource_metadata_for_each_endpoint(
 async def test_a_foreign_origin_is_refused_before_anything_else(gw: Harness) -> None:
     token = await gw.open_session("alice-bot")
     async with gw.http() as http:
-        evil = await http.post("/mcp", headers={**HEADERS, "origin": "http://evil.example",
-                                                "authorization": f"Bearer {token}"}, content=json.dumps(INIT))
+        evil = await http.post(
+            "/mcp",
+            headers={**HEADERS, "origin": "http://evil.example", "authorization": f"Bearer {token}"},
+            content=json.dumps(INIT),
+        )
         assert evil.status_code == 403
         assert evil.json()["error_description"] == "Origin not allowed"
-        unauthenticated = await http.post("/mcp", headers={**HEADERS, "origin": "http://evil.example"},
-                                          content=json.dumps(INIT))
+        unauthenticated = await http.post(
+            "/mcp", headers={**HEADERS, "origin": "http://evil.example"}, content=json.dumps(INIT)
+        )
         assert unauthenticated.status_code == 403
-        rebinding = await http.post("/mcp", headers={**HEADERS, "host": "evil.example:80",
-                                                     "authorization": f"Bearer {token}"}, content=json.dumps(INIT))
+        rebinding = await http.post(
+            "/mcp",
+            headers={**HEADERS, "host": "evil.example:80", "authorization": f"Bearer {token}"},
+            content=json.dumps(INIT),
+        )
         assert rebinding.status_code == 421
-        own = await http.post("/mcp", headers={**HEADERS, "origin": gw.url, "authorization": f"Bearer {token}"},
-                              content=json.dumps(INIT))
+        own = await http.post(
+            "/mcp", headers={**HEADERS, "origin": gw.url, "authorization": f"Bearer {token}"}, content=json.dumps(INIT)
+        )
         assert own.status_code == 200
 
 
@@ -107,13 +126,18 @@ async def test_malformed_and_oversized_bodies_get_protocol_errors_and_the_gatewa
 async def test_an_mcp_session_cannot_be_borrowed_by_another_agent_session(gw: Harness) -> None:
     first, second = await gw.open_session("alice-bot"), await gw.open_session("alice-bot")
     async with gw.http() as http:
-        opened = await http.post("/mcp", headers={**HEADERS, "authorization": f"Bearer {first}"},
-                                 content=json.dumps(INIT))
+        opened = await http.post(
+            "/mcp", headers={**HEADERS, "authorization": f"Bearer {first}"}, content=json.dumps(INIT)
+        )
         mcp_session = opened.headers["mcp-session-id"]
         borrowed = await http.post(
             "/mcp",
-            headers={**HEADERS, "authorization": f"Bearer {second}", "mcp-session-id": mcp_session,
-                     "mcp-protocol-version": "2025-11-25"},
+            headers={
+                **HEADERS,
+                "authorization": f"Bearer {second}",
+                "mcp-session-id": mcp_session,
+                "mcp-protocol-version": "2025-11-25",
+            },
             content=json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
         )
     assert borrowed.status_code == 404

@@ -50,8 +50,9 @@ def test_the_readme_quickstart_command_installs_every_python_server_the_shipped_
     extras = re.search(r"pip install -e '\.\[([\w,]+)\]'", command)
     assert extras is not None, command
     optional = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    installed = {re.split(r"[<>=\[ ]", req)[0].replace("-", "_") for extra in extras[1].split(",")
-                 for req in optional[extra]}
+    installed = {
+        re.split(r"[<>=\[ ]", req)[0].replace("-", "_") for extra in extras[1].split(",") for req in optional[extra]
+    }
     specs = load_manifests(load_gateway_config(REPO / "examples" / "quickstart" / "gateway.yaml"))
     modules = {s.args[1] for s in specs.values() if Path(s.command).name.startswith("python") and s.args[:1] == ("-m",)}
     assert modules and modules <= installed

@@ -107,8 +107,7 @@ async def test_a_client_without_sampling_gets_the_upstreams_missing_capability_e
 @pytest.mark.parametrize("server", ["conf-http", "conf-stdio"])
 async def test_the_upstream_asks_only_for_what_the_client_declared(gw: Harness, token: str, server: str) -> None:
     async with gw.client(token, url=gw.server_url(server), sampling_callback=sampled) as client:
-        first = await client.session.call_tool("test_input_required_result_capabilities", {},
-                                               allow_input_required=True)
+        first = await client.session.call_tool("test_input_required_result_capabilities", {}, allow_input_required=True)
         assert isinstance(first, types.InputRequiredResult)
         assert set(first.input_requests or {}) == {"sample_input"}  # no elicitation: the client never declared it
         result = await client.call_tool("test_input_required_result_capabilities", {})
@@ -139,12 +138,15 @@ async def test_a_prompt_that_needs_input_gets_it_from_the_client(gw: Harness, to
 
 async def test_a_tool_exchange_state_does_not_resume_a_prompt(gw: Harness, token: str) -> None:
     async with gw.client(token, url=gw.server_url("conf-http"), elicitation_callback=elicited) as client:
-        first = await client.session.call_tool("test_input_required_result_elicitation", {},
-                                               allow_input_required=True)
+        first = await client.session.call_tool("test_input_required_result_elicitation", {}, allow_input_required=True)
         assert isinstance(first, types.InputRequiredResult)
         with pytest.raises(MCPError) as raised:
-            await client.session.get_prompt("test_input_required_result_prompt", request_state=first.request_state,
-                                            input_responses={}, allow_input_required=True)
+            await client.session.get_prompt(
+                "test_input_required_result_prompt",
+                request_state=first.request_state,
+                input_responses={},
+                allow_input_required=True,
+            )
     assert raised.value.error.code == types.INVALID_PARAMS
 
 
@@ -157,8 +159,9 @@ async def test_all_of_a_rounds_requests_arrive_in_one_round_under_the_upstreams_
 ) -> None:
     callbacks = {"sampling_callback": sampled, "elicitation_callback": elicited, "list_roots_callback": listed_roots}
     async with gw.client(token, url=gw.server_url(server), **callbacks) as client:
-        first = await client.session.call_tool("test_input_required_result_multiple_inputs", {},
-                                               allow_input_required=True)
+        first = await client.session.call_tool(
+            "test_input_required_result_multiple_inputs", {}, allow_input_required=True
+        )
         assert isinstance(first, types.InputRequiredResult)
         assert set(first.input_requests or {}) == {"user_name", "greeting", "client_roots"}
         result = await client.call_tool("test_input_required_result_multiple_inputs", {})
@@ -167,11 +170,15 @@ async def test_all_of_a_rounds_requests_arrive_in_one_round_under_the_upstreams_
 
 async def test_a_question_the_client_left_unanswered_is_asked_again(gw: Harness, token: str) -> None:
     async with gw.client(token, url=gw.server_url("conf-http"), elicitation_callback=elicited) as client:
-        first = await client.session.call_tool("test_input_required_result_elicitation", {},
-                                               allow_input_required=True)
+        first = await client.session.call_tool("test_input_required_result_elicitation", {}, allow_input_required=True)
         assert isinstance(first, types.InputRequiredResult)
-        again = await client.session.call_tool("test_input_required_result_elicitation", {}, input_responses={},
-                                               request_state=first.request_state, allow_input_required=True)
+        again = await client.session.call_tool(
+            "test_input_required_result_elicitation",
+            {},
+            input_responses={},
+            request_state=first.request_state,
+            allow_input_required=True,
+        )
     assert isinstance(again, types.InputRequiredResult)
     assert set(again.input_requests or {}) == {"user_name"}
 
@@ -197,8 +204,9 @@ async def test_a_manifest_protocol_outside_the_three_is_refused(tmp_path: Any) -
     from gateway.upstream.manifests import read_manifest
 
     path = tmp_path / "x.yaml"
-    path.write_text("name: x\nowner: a@example.com\ntransport: stdio\ncommand: python\ntools: '*'\n"
-                    "protocol: 2025-06-18\n")
+    path.write_text(
+        "name: x\nowner: a@example.com\ntransport: stdio\ncommand: python\ntools: '*'\nprotocol: 2025-06-18\n"
+    )
     with pytest.raises(ConfigError, match="protocol"):
         read_manifest(path)
 
@@ -207,12 +215,24 @@ async def test_a_manifest_protocol_outside_the_three_is_refused(tmp_path: Any) -
 
 
 async def test_an_mcp_method_header_that_contradicts_the_body_is_refused(gw: Harness, token: str) -> None:
-    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": {
-        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-        "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
-        "io.modelcontextprotocol/clientCapabilities": {}}}}
-    headers = {**HEADERS, "authorization": f"Bearer {token}", "mcp-protocol-version": "2026-07-28",
-               "mcp-method": "tools/call"}
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/list",
+        "params": {
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
+                "io.modelcontextprotocol/clientCapabilities": {},
+            }
+        },
+    }
+    headers = {
+        **HEADERS,
+        "authorization": f"Bearer {token}",
+        "mcp-protocol-version": "2026-07-28",
+        "mcp-method": "tools/call",
+    }
     async with httpx.AsyncClient(timeout=10) as http:
         response = await http.post(gw.server_url("conf-http"), json=body, headers=headers)
     assert response.status_code == 400
@@ -245,8 +265,12 @@ def sse_events(text: str) -> list[dict[str, str]]:
 
 async def _legacy_session(http: httpx.AsyncClient, url: str, token: str) -> dict[str, str]:
     headers = {**HEADERS, "authorization": f"Bearer {token}"}
-    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
     response = await http.post(url, json=init, headers=headers)
     assert response.status_code == 200, response.text
     headers = {**headers, "mcp-session-id": response.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
@@ -256,8 +280,12 @@ async def _legacy_session(http: httpx.AsyncClient, url: str, token: str) -> dict
 
 async def test_a_dropped_stream_resumes_from_its_last_event_id(gw: Harness, token: str) -> None:
     url = gw.server_url("conf-http")
-    call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call",
-            "params": {"name": "test_tool_with_progress", "arguments": {}, "_meta": {"progressToken": "p"}}}
+    call = {
+        "jsonrpc": "2.0",
+        "id": 7,
+        "method": "tools/call",
+        "params": {"name": "test_tool_with_progress", "arguments": {}, "_meta": {"progressToken": "p"}},
+    }
     async with httpx.AsyncClient(timeout=10) as http:
         headers = await _legacy_session(http, url, token)
         events = sse_events((await http.post(url, json=call, headers=headers)).text)
@@ -275,7 +303,8 @@ async def test_a_dropped_stream_resumes_from_its_last_event_id(gw: Harness, toke
                     if any(m.get("id") == 7 for m in replayed):
                         break
         assert [m.get("method") or m["id"] for m in replayed] == [
-            json.loads(e["data"]).get("method") or json.loads(e["data"])["id"] for e in events[1:]]
+            json.loads(e["data"]).get("method") or json.loads(e["data"])["id"] for e in events[1:]
+        ]
         # Another MCP session of the same agent presenting that id gets nothing of this one's stream.
         other = await _legacy_session(http, url, token)
         stolen = await http.get(url, headers={**other, "last-event-id": priming["id"]})

@@ -16,9 +16,7 @@ from gateway.upstream.hub import Catalog, Upstreams
 from gateway.upstream.manifests import UpstreamSpec
 
 SERVERS = ["time", "git", "files-2"]
-tool_names = st.text(alphabet=string.ascii_lowercase + "._-", min_size=1, max_size=12).filter(
-    lambda s: s[0].isalpha()
-)
+tool_names = st.text(alphabet=string.ascii_lowercase + "._-", min_size=1, max_size=12).filter(lambda s: s[0].isalpha())
 patterns = st.builds(
     lambda server, tool: f"{server}.{tool}",
     st.sampled_from([*SERVERS, "*", "g*", "nope"]),
@@ -32,8 +30,16 @@ def views(catalog: dict[str, list[str]]) -> list[View]:
 
 async def _views(catalog: dict[str, list[str]]) -> list[View]:
     specs = {
-        name: UpstreamSpec(name=name, owner="o@example.com", transport="stdio", isolation="shared", tools=None,
-                           pins={}, timeout=1.0, command="true")
+        name: UpstreamSpec(
+            name=name,
+            owner="o@example.com",
+            transport="stdio",
+            isolation="shared",
+            tools=None,
+            pins={},
+            timeout=1.0,
+            command="true",
+        )
         for name in catalog
     }
     upstreams = Upstreams(specs)
@@ -79,14 +85,16 @@ def test_tool_names_with_dots_split_at_the_first_dot() -> None:
     assert grant.allows_tool("time", "a.b.c")
 
 
-PATH_GRANT = compile_grant(GrantSpec(
-    tools=["git.*", "time.*", "everything.echo"],
-    arguments={
-        "git.git_log": {"repo_path": {"path_prefix": "/srv/repos"}},
-        "time.convert_time": {"target_timezone": {"enum": ["UTC", "Europe/Paris"]}},
-        "everything.echo": {"message": {"pattern": "[a-z ]+", "max_length": 20}},
-    },
-))
+PATH_GRANT = compile_grant(
+    GrantSpec(
+        tools=["git.*", "time.*", "everything.echo"],
+        arguments={
+            "git.git_log": {"repo_path": {"path_prefix": "/srv/repos"}},
+            "time.convert_time": {"target_timezone": {"enum": ["UTC", "Europe/Paris"]}},
+            "everything.echo": {"message": {"pattern": "[a-z ]+", "max_length": 20}},
+        },
+    )
+)
 
 
 @given(st.text(alphabet="/.ab\x00\\", max_size=30))

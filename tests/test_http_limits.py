@@ -102,8 +102,10 @@ async def test_connections_beyond_max_connections_are_answered_503(tmp_path: Pat
 @settings(deadline=None)
 @given(seconds=st.floats(-5, 5, allow_nan=False), connections=st.integers(-2, 5))
 def test_http_bounds_must_be_positive(seconds: float, connections: int) -> None:
-    raw = {"public_url": "http://127.0.0.1:1",
-           "http": {"keep_alive": seconds, "header_timeout": seconds, "max_connections": connections}}
+    raw = {
+        "public_url": "http://127.0.0.1:1",
+        "http": {"keep_alive": seconds, "header_timeout": seconds, "max_connections": connections},
+    }
     if seconds > 0 and connections > 0:
         http = GatewayConfig.model_validate(raw).http
         assert (http.keep_alive, http.header_timeout, http.max_connections) == (seconds, seconds, connections)
@@ -125,8 +127,12 @@ async def test_an_oversized_body_is_answered_413_and_its_bytes_never_count_as_a_
     connection before the client could read the 413."""
     async with gateway(tmp_path, fast) as gw:
         token = await gw.open_session("alice-bot")
-        headers = {"authorization": f"Bearer {token}", "content-type": "application/json",
-                   "accept": "application/json, text/event-stream", "mcp-protocol-version": "2025-11-25"}
+        headers = {
+            "authorization": f"Bearer {token}",
+            "content-type": "application/json",
+            "accept": "application/json, text/event-stream",
+            "mcp-protocol-version": "2025-11-25",
+        }
         async with gw.http() as http:
             huge = await http.post("/mcp", headers=headers, content=b"{" + b" " * (5 * 1024 * 1024) + b"}")
             assert huge.status_code == 413

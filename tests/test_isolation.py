@@ -21,13 +21,20 @@ AGENTS = {
     },
     "bob-bot": {
         "owner": "bob@example.com",
-        "grant": {"tools": ["time.get_current_time", "everything.*", "shared.*"], "resources": ["everything", "shared"]},
+        "grant": {
+            "tools": ["time.get_current_time", "everything.*", "shared.*"],
+            "resources": ["everything", "shared"],
+        },
     },
     "carol-bot": {"owner": "carol@example.com", "grant": {"tools": ["shared.*"], "resources": ["shared"]}},
 }
 ALICE_TOOLS = {
-    "time__get_current_time", "time__convert_time", "everything__echo", "everything__trigger-long-running-operation",
-    "everything__trigger-sampling-request", "everything__trigger-elicitation-request",
+    "time__get_current_time",
+    "time__convert_time",
+    "everything__echo",
+    "everything__trigger-long-running-operation",
+    "everything__trigger-sampling-request",
+    "everything__trigger-elicitation-request",
 }
 
 
@@ -57,7 +64,9 @@ async def test_each_agent_sees_exactly_its_grant_and_nothing_else_exists_for_it(
         alice_tools = {t.name for t in listed.tools}
         bob_tools = {t.name for t in (await b.list_tools()).tools}
         assert ALICE_TOOLS <= alice_tools
-        assert alice_tools - ALICE_TOOLS <= {n for n in alice_tools if n.startswith(("everything__trigger-", "shared__"))}
+        assert alice_tools - ALICE_TOOLS <= {
+            n for n in alice_tools if n.startswith(("everything__trigger-", "shared__"))
+        }
         assert "time__convert_time" not in bob_tools and "everything__get-sum" in bob_tools
         assert "everything__get-sum" not in alice_tools
 
@@ -102,7 +111,8 @@ async def test_concurrent_callers_get_only_their_own_results_and_progress(gw: Ha
                 echo = await client.call_tool("everything__echo", {"message": f"{who}-{i}"})
                 results[who].append(echo.content[0].text)
             await client.session.call_tool(
-                "everything__trigger-long-running-operation", {"duration": 0.2 * steps, "steps": steps},
+                "everything__trigger-long-running-operation",
+                {"duration": 0.2 * steps, "steps": steps},
                 progress_callback=on_progress,
             )
 
@@ -212,18 +222,25 @@ async def test_a_paused_calls_request_state_is_useless_to_another_session(gw: Ha
         )
         assert isinstance(paused, types.InputRequiredResult) and paused.request_state
         (key,) = paused.input_requests or {}
-        answer = types.CreateMessageResult(role="assistant", model="m",
-                                           content=types.TextContent(type="text", text="stolen"))
+        answer = types.CreateMessageResult(
+            role="assistant", model="m", content=types.TextContent(type="text", text="stolen")
+        )
         for client, state in ((b, paused.request_state), (a, paused.request_state[:-3] + "abc")):
             with pytest.raises(MCPError) as refused:
                 await client.session.call_tool(
-                    "everything__trigger-sampling-request", {"prompt": "x"}, input_responses={key: answer},
-                    request_state=state, allow_input_required=True,
+                    "everything__trigger-sampling-request",
+                    {"prompt": "x"},
+                    input_responses={key: answer},
+                    request_state=state,
+                    allow_input_required=True,
                 )
             assert "requestState is invalid" in refused.value.message
         done = await a.session.call_tool(
-            "everything__trigger-sampling-request", {"prompt": "x"}, input_responses={key: answer},
-            request_state=paused.request_state, allow_input_required=True,
+            "everything__trigger-sampling-request",
+            {"prompt": "x"},
+            input_responses={key: answer},
+            request_state=paused.request_state,
+            allow_input_required=True,
         )
         assert isinstance(done, types.CallToolResult) and "stolen" in done.content[0].text
 

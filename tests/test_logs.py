@@ -41,8 +41,11 @@ async def _serve_and_call(tmp_path: Path) -> tuple[str, list[str]]:
     port = free_port()
     # A per-session server is started by the session's first call: its "connected" line is logged mid-request.
     config = write_config(tmp_path, port, manifests=[dynamic_manifest(isolation="per_session")], agents=AGENTS)
-    process = await anyio.open_process([sys.executable, "-m", "gateway", "serve", "--config", str(config)],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # not a terminal
+    process = await anyio.open_process(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )  # not a terminal
     assert process.stderr is not None
     seen = b""
     try:
@@ -82,10 +85,18 @@ async def test_the_serve_log_is_json_lines_with_one_canonical_line_per_request_a
     assert sid.startswith("s-")
     # Both eras' initialize, the call, ...: each request has its own line, id, status and duration.
     assert len(requests) >= 4 and len({r["request_id"] for r in requests}) == len(requests)
-    assert all(r["event"] == "request" and r["level"] == "info" and r["agent"] == "bot" and r["sid"] == sid
-               and r["method"] in ("POST", "GET", "DELETE") and r["path"] == "/mcp"
-               and isinstance(r["status"], int) and 200 <= r["status"] < 300 and r["duration_ms"] >= 0
-               for r in requests)
+    assert all(
+        r["event"] == "request"
+        and r["level"] == "info"
+        and r["agent"] == "bot"
+        and r["sid"] == sid
+        and r["method"] in ("POST", "GET", "DELETE")
+        and r["path"] == "/mcp"
+        and isinstance(r["status"], int)
+        and 200 <= r["status"] < 300
+        and r["duration_ms"] >= 0
+        for r in requests
+    )
     assert any(r["mcp_session"] for r in requests) and any(r["mcp_session"] is None for r in requests)
     # The session's server started during the first call: that line carries the call's request context.
     # (A per_session connection follows the era of the client that opened it: whichever era that was.)
@@ -93,7 +104,7 @@ async def test_the_serve_log_is_json_lines_with_one_canonical_line_per_request_a
     [during] = [r for r in requests if r["request_id"] == connected["request_id"]]
     assert (connected["agent"], connected["sid"], connected["mcp_session"]) == ("bot", sid, during["mcp_session"])
     # The startup lines, logged before any request, carry none.
-    assert not any("request_id" in r for r in records[:records.index(connected)] if r["logger"] != "gateway.request")
+    assert not any("request_id" in r for r in records[: records.index(connected)] if r["logger"] != "gateway.request")
     text = "\n".join(lines)
     assert token not in text and token.split(".")[2] not in text  # no bearer token, not even its signature
 

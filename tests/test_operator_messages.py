@@ -38,8 +38,11 @@ async def test_both_protocol_eras_declare_the_list_changes_the_gateway_sends(tmp
             async with gw.client(token, mode=mode) as client:
                 caps = client.server_capabilities
                 assert caps is not None and caps.tools is not None
-                declared[mode] = (caps.tools.list_changed, caps.prompts and caps.prompts.list_changed,
-                                  caps.resources and caps.resources.list_changed)
+                declared[mode] = (
+                    caps.tools.list_changed,
+                    caps.prompts and caps.prompts.list_changed,
+                    caps.resources and caps.resources.list_changed,
+                )
         assert declared["legacy"] == declared["auto"] == (True, True, True)
 
 

@@ -43,14 +43,25 @@ MODES = pytest.mark.parametrize("mode", ["legacy", "auto"])
 DOCUMENT = "everything+demo://resource/static/document/architecture.md"
 LONG = "everything__trigger-long-running-operation"
 AGENTS = {
-    "full-bot": {"owner": "ops@example.com",
-                 "grant": {"tools": ["everything.*"], "resources": ["everything"], "prompts": ["everything"]}},
-    "capped-bot": {"owner": "ops@example.com",
-                   "grant": {"tools": ["everything.echo"], "resources": ["everything"], "prompts": ["everything"],
-                             "budget": {"session_calls": 1}}},
+    "full-bot": {
+        "owner": "ops@example.com",
+        "grant": {"tools": ["everything.*"], "resources": ["everything"], "prompts": ["everything"]},
+    },
+    "capped-bot": {
+        "owner": "ops@example.com",
+        "grant": {
+            "tools": ["everything.echo"],
+            "resources": ["everything"],
+            "prompts": ["everything"],
+            "budget": {"session_calls": 1},
+        },
+    },
 }
-PAIRS = (("resource.read", "resource.result"), ("prompt.get", "prompt.result"),
-         ("completion.complete", "completion.result"))
+PAIRS = (
+    ("resource.read", "resource.result"),
+    ("prompt.get", "prompt.result"),
+    ("completion.complete", "completion.result"),
+)
 
 
 class Written:
@@ -82,8 +93,9 @@ class Written:
 
 @pytest.fixture(scope="module")
 async def gw(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Harness]:
-    async with running_gateway(tmp_path_factory.mktemp("outcomes"), manifests=[everything_stdio_manifest()],
-                               agents=AGENTS) as gw:
+    async with running_gateway(
+        tmp_path_factory.mktemp("outcomes"), manifests=[everything_stdio_manifest()], agents=AGENTS
+    ) as gw:
         gw.written = Written(gw)  # type: ignore[attr-defined]
         yield gw
 
@@ -193,8 +205,9 @@ async def test_a_call_the_client_cancels_gets_exactly_one_cancelled_outcome(gw: 
 
     async with gw.client(token, mode="legacy") as client:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(lambda: client.session.call_tool(LONG, {"duration": 30, "steps": 30},
-                                                           progress_callback=on_progress))
+            tg.start_soon(
+                lambda: client.session.call_tool(LONG, {"duration": 30, "steps": 30}, progress_callback=on_progress)
+            )
             with anyio.fail_after(20):
                 await progressed.wait()
             tg.cancel_scope.cancel()  # the SDK client sends notifications/cancelled
@@ -206,17 +219,16 @@ async def test_a_call_the_client_cancels_gets_exactly_one_cancelled_outcome(gw: 
 
 
 @MODES
-async def test_a_call_cut_by_revocation_records_revoked_and_a_waiting_answer_is_the_401(
-    gw: Harness, mode: str
-) -> None:
+async def test_a_call_cut_by_revocation_records_revoked_and_a_waiting_answer_is_the_401(gw: Harness, mode: str) -> None:
     sid, token = await session_of(gw)
     answers: list[httpx2.Response] = []
 
     async def seen(response: httpx2.Response) -> None:
         answers.append(response)
 
-    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30,
-                              event_hooks={"response": [seen]})
+    http = httpx2.AsyncClient(
+        headers={"Authorization": f"Bearer {token}"}, timeout=30, event_hooks={"response": [seen]}
+    )
     failure: list[BaseException] = []
     async with http:
         with contextlib.suppress(BaseException):
@@ -257,8 +269,11 @@ async def test_a_call_racing_a_revoke_is_refused_as_an_ended_session_with_a_deny
 @contextlib.asynccontextmanager
 async def serving(config: Path) -> AsyncIterator[anyio.abc.Process]:
     """`mcp-gateway serve` in its own process, ready once uvicorn says so; killed at exit if still running."""
-    process = await anyio.open_process([sys.executable, "-m", "gateway", "serve", "--config", str(config)],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = await anyio.open_process(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         assert process.stderr is not None
         seen = b""
@@ -288,8 +303,11 @@ async def test_after_a_crash_the_restart_records_interrupted_outcomes(tmp_path: 
         with contextlib.suppress(BaseException):
             async with connect(f"http://127.0.0.1:{port}/mcp", token, mode="legacy") as client:
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(lambda: client.session.call_tool(LONG, {"duration": 30, "steps": 30},
-                                                                   progress_callback=on_progress))
+                    tg.start_soon(
+                        lambda: client.session.call_tool(
+                            LONG, {"duration": 30, "steps": 30}, progress_callback=on_progress
+                        )
+                    )
                     with anyio.fail_after(20):
                         await progressed.wait()
                     process.kill()  # SIGKILL: no shutdown, no outcome record

@@ -39,7 +39,8 @@ async def token(gw: Harness) -> str:
 async def sampled(context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
     asked = params.messages[0].content
     return types.CreateMessageResult(
-        role="assistant", model="test-model",
+        role="assistant",
+        model="test-model",
         content=types.TextContent(type="text", text=f"sampled reply to: {getattr(asked, 'text', '')}"),
     )
 
@@ -59,7 +60,9 @@ async def test_every_content_type_arrives_intact(gw: Harness, token: str, mode: 
         assert images and images[0].mime_type == "image/png"
         assert base64.b64decode(images[0].data).startswith(b"\x89PNG")
 
-        embedded = await client.call_tool("everything__get-resource-reference", {"resourceType": "Text", "resourceId": 3})
+        embedded = await client.call_tool(
+            "everything__get-resource-reference", {"resourceType": "Text", "resourceId": 3}
+        )
         resources = [c for c in embedded.content if isinstance(c, types.EmbeddedResource)]
         assert resources and resources[0].resource.uri == "everything+demo://resource/dynamic/text/3"
 

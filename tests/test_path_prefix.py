@@ -22,16 +22,38 @@ pytestmark = pytest.mark.anyio
 
 def git_repo(path: Path) -> Path:
     subprocess.run(["git", "init", "-q", str(path)], check=True)
-    subprocess.run(["git", "-C", str(path), "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q",
-                    "--allow-empty", "-m", f"commit in {path.name}"], check=True)
+    subprocess.run(
+        [
+            "git",
+            "-C",
+            str(path),
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.com",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            f"commit in {path.name}",
+        ],
+        check=True,
+    )
     return path
 
 
 def git_manifest(repos: Path) -> dict[str, Any]:
     """mcp-server-git as the quickstart runs it: no --repository, so the grant is the fence the agent meets
     (the sandbox may read the repositories' directory, as the quickstart's manifest grants)."""
-    return {"name": "git", "owner": "platform@example.com", "transport": "stdio", "command": sys.executable,
-            "args": ["-m", "mcp_server_git"], "tools": "*", "sandbox": {"read": [str(repos)]}}
+    return {
+        "name": "git",
+        "owner": "platform@example.com",
+        "transport": "stdio",
+        "command": sys.executable,
+        "args": ["-m", "mcp_server_git"],
+        "tools": "*",
+        "sandbox": {"read": [str(repos)]},
+    }
 
 
 async def test_a_symlink_inside_the_prefix_cannot_lead_git_log_to_a_repository_outside(tmp_path: Path) -> None:
@@ -42,8 +64,15 @@ async def test_a_symlink_inside_the_prefix_cannot_lead_git_log_to_a_repository_o
     (repos / "link").symlink_to(outside)  # the repository itself, through a link
     (repos / "parent").symlink_to(tmp_path)  # a link to a directory above: .../parent/secret
     (repos / "deep").symlink_to(outside / ".git")  # `..` after a link: .../deep/.. is the outside repository
-    agents = {"research-bot": {"owner": "alice@example.com", "grant": {
-        "tools": ["git.git_log"], "arguments": {"git.git_log": {"repo_path": {"path_prefix": str(repos)}}}}}}
+    agents = {
+        "research-bot": {
+            "owner": "alice@example.com",
+            "grant": {
+                "tools": ["git.git_log"],
+                "arguments": {"git.git_log": {"repo_path": {"path_prefix": str(repos)}}},
+            },
+        }
+    }
     async with running_gateway(tmp_path / "gw", manifests=[git_manifest(repos)], agents=agents) as gw:
         token = await gw.open_session("research-bot")
         async with gw.client(token) as client:
@@ -90,16 +119,18 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @settings(max_examples=400, deadline=None)
-@given(parts=st.lists(st.sampled_from(PARTS), max_size=8), through_link=st.booleans(),
-       slashes=st.sampled_from(["/", "//"]))
+@given(
+    parts=st.lists(st.sampled_from(PARTS), max_size=8), through_link=st.booleans(), slashes=st.sampled_from(["/", "//"])
+)
 @example(parts=["link-ab", "..", "split"], through_link=False, slashes="/")  # the readings of `..` disagree
 @example(parts=["link-out", "..", "prefix", "a"], through_link=True, slashes="/")  # out through a link and back in
 def test_an_allowed_path_always_really_leads_inside_the_prefix(
     tree: tuple[Path, Path], parts: list[str], through_link: bool, slashes: str
 ) -> None:
     prefix = str(tree[1] if through_link else tree[0])  # a prefix that is itself a link is resolved too
-    grant = compile_grant(GrantSpec(tools=["git.git_log"],
-                                    arguments={"git.git_log": {"repo_path": {"path_prefix": prefix}}}))
+    grant = compile_grant(
+        GrantSpec(tools=["git.git_log"], arguments={"git.git_log": {"repo_path": {"path_prefix": prefix}}})
+    )
     path = prefix + slashes + slashes.join(parts)
     decision = decide(grant, "git", "git_log", {"repo_path": path}, resolve=host_realpath)
     real_prefix = os.path.realpath(prefix)

@@ -45,8 +45,12 @@ class _Run:
 
     def __init__(self, here: Path) -> None:
         self.process = subprocess.Popen(
-            ["bash", str(here / "run.sh")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            start_new_session=True, env={k: v for k, v in os.environ.items() if k != "GATEWAY_CONFIG"},
+            ["bash", str(here / "run.sh")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+            env={k: v for k, v in os.environ.items() if k != "GATEWAY_CONFIG"},
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
@@ -71,9 +75,24 @@ class _Run:
 
 def _active_quickstart_sessions(here: Path) -> list[str]:
     listed = subprocess.run(
-        [sys.executable, "-m", "gateway", "sessions", "list", "--config", str(here / "gateway.yaml"),
-         "--agent", "research-bot", "--state", "active", "--json"],
-        capture_output=True, text=True, timeout=60, check=True,
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "sessions",
+            "list",
+            "--config",
+            str(here / "gateway.yaml"),
+            "--agent",
+            "research-bot",
+            "--state",
+            "active",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     return [s["sid"] for s in json.loads(listed.stdout) if s["task"] == "quickstart"]
 

@@ -134,18 +134,26 @@ async def test_a_broken_agents_yaml_edit_is_rejected_and_the_old_grants_keep_wor
             assert rejected["file"] == agents_file
             lines = [r.getMessage() for r in caplog.records if r.name == "gateway.reload"]
             assert len(lines) == 1 and "agents.other-bot.grnat: unknown field" in lines[0]
-            assert not (await client.call_tool("time__convert_time", {
-                "source_timezone": "UTC", "time": "12:00", "target_timezone": "UTC"})).is_error
+            assert not (
+                await client.call_tool(
+                    "time__convert_time", {"source_timezone": "UTC", "time": "12:00", "target_timezone": "UTC"}
+                )
+            ).is_error
             assert gw.audit("config.reloaded") == []
 
-            narrowed = {"agents": {**AGENTS, "other-bot": {"owner": "p@example.com",
-                                                             "grant": {"tools": ["time.get_current_time"]}}}}
+            narrowed = {
+                "agents": {
+                    **AGENTS,
+                    "other-bot": {"owner": "p@example.com", "grant": {"tools": ["time.get_current_time"]}},
+                }
+            }
             (gw.root / "agents.yaml").write_text(yaml.safe_dump(narrowed))
             (reloaded,) = await _audited(gw.audit, "config.reloaded")
             assert reloaded["agents_changed"] == ["other-bot"]
             with pytest.raises(MCPError, match="Unknown tool: time__convert_time"):  # the live session, next call
-                await client.call_tool("time__convert_time", {
-                    "source_timezone": "UTC", "time": "12:00", "target_timezone": "UTC"})
+                await client.call_tool(
+                    "time__convert_time", {"source_timezone": "UTC", "time": "12:00", "target_timezone": "UTC"}
+                )
 
 
 async def test_an_agent_removed_from_agents_yaml_loses_its_live_sessions(tmp_path):
@@ -158,8 +166,9 @@ async def test_an_agent_removed_from_agents_yaml_loses_its_live_sessions(tmp_pat
         assert closed and closed[0]["state"] == "revoked" and closed[0]["actor"] == "config"
         assert gw.audit("config.reloaded")[-1]["agents_removed"] == ["other-bot"]
         async with gw.http() as http:
-            refused = await http.post("/oauth/token", data={"grant_type": "client_credentials"},
-                                      auth=("other-bot", secret))
+            refused = await http.post(
+                "/oauth/token", data={"grant_type": "client_credentials"}, auth=("other-bot", secret)
+            )
         assert refused.status_code == 401
 
 
@@ -167,8 +176,15 @@ async def test_a_change_of_listen_is_refused_naming_the_field_and_the_gateway_ke
     async with running_gateway(tmp_path, manifests=[time_manifest()], agents=AGENTS) as gw:
         path = gw.root / "gateway.yaml"
         config = yaml.safe_load(path.read_text())
-        path.write_text(yaml.safe_dump({**config, "listen": {"host": "127.0.0.1", "port": gw.port + 1},
-                                        "admin_token": "a-new-admin-token-0123456789"}))
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    **config,
+                    "listen": {"host": "127.0.0.1", "port": gw.port + 1},
+                    "admin_token": "a-new-admin-token-0123456789",
+                }
+            )
+        )
         (rejected,) = await _audited(gw.audit, "config.rejected")
         assert rejected["reason"] == f"{path}: listen: not reloadable; restart the gateway to change it"
         assert gw.gateway.config.admin_token is None  # nothing of the refused file applied
@@ -186,8 +202,12 @@ async def test_sighup_makes_a_gateway_process_reload(tmp_path):
     port = free_port()
     config = write_config(tmp_path, port, manifests=[time_manifest()], agents=AGENTS)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = await anyio.open_process([sys.executable, "-m", "gateway", "serve", "--config", str(config)],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    process = await anyio.open_process(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
     audit_path = tmp_path / "state" / "audit.jsonl"
 
     def audit(event: str) -> list[dict[str, Any]]:
@@ -230,8 +250,9 @@ RESTART_ONLY: dict[str, Any] = {
     "manifests": "./manifests2",
     "agents": "./agents2.yaml",
     "session_defaults": {"ttl": "2h"},
-    "identity_providers": [{"issuer": "https://idp.example.com", "jwks_url": "https://idp.example.com/jwks",
-                            "audience": "gw"}],
+    "identity_providers": [
+        {"issuer": "https://idp.example.com", "jwks_url": "https://idp.example.com/jwks", "audience": "gw"}
+    ],
     "oauth_rate_limit": {"per_client": 5},
     "shared_credentials": {"max_fingerprints": 2},
     "allowed_origins": ["http://127.0.0.1:9"],
@@ -240,8 +261,9 @@ RESTART_ONLY: dict[str, Any] = {
     "limits": {"mcp_sessions_per_session": 3},
     "http": {"max_connections": 10},
     "work_dir": "./work2",
-    "workload_issuers": [{"issuer": "https://k8s.example.com", "jwks_url": "https://k8s.example.com/jwks",
-                          "audience": "gw"}],
+    "workload_issuers": [
+        {"issuer": "https://k8s.example.com", "jwks_url": "https://k8s.example.com/jwks", "audience": "gw"}
+    ],
     "dpop": "required",
     "dpop_nonce": True,
     "telemetry": {"otlp_endpoint": "http://127.0.0.1:4318"},

@@ -86,4 +86,3 @@ def test_every_question_gets_its_own_key_and_an_upstream_key_is_kept_where_free(
             tg.cancel_scope.cancel()
 
     anyio.run(run)
-

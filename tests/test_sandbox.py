@@ -33,9 +33,15 @@ QUICKSTART_REPOS = Path("/tmp/mcp-gateway-quickstart/repos")  # what tool_manife
 
 def escape_manifest(**extra: Any) -> dict[str, Any]:
     """tests/support/servers/escape.py, granted nothing beyond the defaults but its own script."""
-    fields: dict[str, Any] = {"name": "escape", "owner": "platform@example.com", "transport": "stdio",
-                              "command": sys.executable, "args": [str(ESCAPE)], "tools": "*",
-                              "sandbox": {"read": [str(ESCAPE)]}}
+    fields: dict[str, Any] = {
+        "name": "escape",
+        "owner": "platform@example.com",
+        "transport": "stdio",
+        "command": sys.executable,
+        "args": [str(ESCAPE)],
+        "tools": "*",
+        "sandbox": {"read": [str(ESCAPE)]},
+    }
     return {**fields, **extra}
 
 
@@ -63,8 +69,11 @@ async def test_a_sandboxed_server_cannot_reach_the_keys_store_audit_or_another_s
             read = await attempt(client, files, "read")
             appended = await attempt(client, [config.audit.path, state / "gateway.db", state / "signing.pem"], "append")
             listed = await attempt(client, [state, secrets, config.work_dir / "time", tmp_path], "list")
-            planted = await attempt(client, [state / "planted", secrets / "time" / "planted",
-                                             config.work_dir / "time" / "planted"], "create")
+            planted = await attempt(
+                client,
+                [state / "planted", secrets / "time" / "planted", config.work_dir / "time" / "planted"],
+                "create",
+            )
             where = (await client.call_tool("escape__where", {})).structured_content
             assert where is not None
             own = await attempt(client, [Path(where["cwd"]) / "notes.txt", Path(where["tmp"]) / "scratch"], "create")
@@ -171,9 +180,27 @@ def test_a_server_may_be_granted_its_own_secrets_and_unrelated_paths(tmp_path: P
 
 
 # Where a grant may lead: the gateway's files, places above and beside them, links into them, and harmless places.
-CANDIDATES = ["state", "state/signing.pem", "state/logs", ".", "..", "secrets", "secrets/time", "secrets/escape",
-              "secrets/escape/KEY", ".work", ".work/time", ".work/escape/cache", "data", "data/deep", "link-to-state",
-              "link-to-data", "data/../state", "manifests", "state/../data"]
+CANDIDATES = [
+    "state",
+    "state/signing.pem",
+    "state/logs",
+    ".",
+    "..",
+    "secrets",
+    "secrets/time",
+    "secrets/escape",
+    "secrets/escape/KEY",
+    ".work",
+    ".work/time",
+    ".work/escape/cache",
+    "data",
+    "data/deep",
+    "link-to-state",
+    "link-to-data",
+    "data/../state",
+    "manifests",
+    "state/../data",
+]
 
 
 @given(read=st.lists(st.sampled_from(CANDIDATES), max_size=4), write=st.lists(st.sampled_from(CANDIDATES), max_size=3))
@@ -191,8 +218,13 @@ def test_whatever_a_manifest_lists_no_granted_path_reaches_the_gateways_files(
         (root / "link-to-data").symlink_to(root / "data")
         config = load_gateway_config(write_config(root, 8765, manifests=[]))
         path = root / "manifests" / "escape.yaml"
-        path.write_text(yaml.safe_dump(escape_manifest(sandbox={"read": [str(root / p) for p in read],
-                                                                "write": [str(root / p) for p in write]})))
+        path.write_text(
+            yaml.safe_dump(
+                escape_manifest(
+                    sandbox={"read": [str(root / p) for p in read], "write": [str(root / p) for p in write]}
+                )
+            )
+        )
         try:
             policy = load_manifest(path, config).sandbox
         except ConfigError as exc:

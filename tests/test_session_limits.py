@@ -43,15 +43,17 @@ LIMITS = {"mcp_sessions_per_session": 3, "mcp_sessions_per_agent": 5}
 @pytest.fixture(scope="module")
 async def gw(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Harness]:
     manifests = [time_manifest(), everything_stdio_manifest(isolation="per_session")]
-    async with running_gateway(tmp_path_factory.mktemp("limits"), manifests=manifests, agents=AGENTS,
-                               extra={"limits": LIMITS}) as gw:
+    async with running_gateway(
+        tmp_path_factory.mktemp("limits"), manifests=manifests, agents=AGENTS, extra={"limits": LIMITS}
+    ) as gw:
         yield gw
 
 
 def everything_children() -> dict[int, psutil.Process]:
     """The server-everything processes this test process runs (the shared one plus one per agent session)."""
     return {
-        p.pid: p for p in psutil.Process().children(recursive=True)
+        p.pid: p
+        for p in psutil.Process().children(recursive=True)
         if p.is_running() and p.status() != psutil.STATUS_ZOMBIE and str(EVERYTHING) in " ".join(p.cmdline())
     }
 
@@ -69,12 +71,21 @@ async def initialize(http: httpx.AsyncClient, token: str) -> httpx.Response:
 
 
 async def call_echo(http: httpx.AsyncClient, token: str, mcp_session: str) -> httpx.Response:
-    headers = {**HEADERS, "authorization": f"Bearer {token}", "mcp-session-id": mcp_session,
-               "mcp-protocol-version": "2025-11-25"}
-    await http.post("/mcp", headers=headers,
-                    content=json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}))
-    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-            "params": {"name": "everything__echo", "arguments": {"message": "hi"}}}
+    headers = {
+        **HEADERS,
+        "authorization": f"Bearer {token}",
+        "mcp-session-id": mcp_session,
+        "mcp-protocol-version": "2025-11-25",
+    }
+    await http.post(
+        "/mcp", headers=headers, content=json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    )
+    call = {
+        "jsonrpc": "2.0",
+        "id": 2,
+        "method": "tools/call",
+        "params": {"name": "everything__echo", "arguments": {"message": "hi"}},
+    }
     return await http.post("/mcp", headers=headers, content=json.dumps(call))
 
 
@@ -99,7 +110,11 @@ async def test_set_level_starts_no_child_for_an_agent_without_a_grant_and_is_aud
         assert len(everything_children().keys() - before.keys()) == 1  # its own child, started by a granted request
     (record,) = [r for r in gw.audit("logging.set_level") if r["session"] == peer_sid]
     assert (record["agent"], record["server"], record["level"], record["decision"]) == (
-        "peer-bot", "everything", "debug", "allow")
+        "peer-bot",
+        "everything",
+        "debug",
+        "allow",
+    )
     await gw.gateway.sessions.end(peer_sid, "closed", "closed")
 
 
@@ -129,8 +144,14 @@ async def test_one_agent_session_cannot_open_more_mcp_sessions_than_its_limit_an
         assert "limits.mcp_sessions_per_agent = 5" in per_agent.json()["error"]["message"]
 
         # A client that ends its MCP session (DELETE) gets the room back.
-        ended = await http.delete("/mcp", headers={"authorization": f"Bearer {first}", "mcp-protocol-version":
-                                                   "2025-11-25", "mcp-session-id": opened[0].headers["mcp-session-id"]})
+        ended = await http.delete(
+            "/mcp",
+            headers={
+                "authorization": f"Bearer {first}",
+                "mcp-protocol-version": "2025-11-25",
+                "mcp-session-id": opened[0].headers["mcp-session-id"],
+            },
+        )
         assert ended.status_code == 200
         assert (await initialize(http, second)).status_code == 200
 
@@ -186,8 +207,10 @@ async def test_an_expired_session_stops_its_children_and_terminates_its_mcp_sess
 @settings(deadline=None)
 @given(per_session=st.integers(-3, 10_000), per_agent=st.integers(-3, 10_000))
 def test_mcp_session_limits_accept_positive_counts_and_refuse_the_rest(per_session: int, per_agent: int) -> None:
-    raw = {"public_url": "http://127.0.0.1:1",
-           "limits": {"mcp_sessions_per_session": per_session, "mcp_sessions_per_agent": per_agent}}
+    raw = {
+        "public_url": "http://127.0.0.1:1",
+        "limits": {"mcp_sessions_per_session": per_session, "mcp_sessions_per_agent": per_agent},
+    }
     if per_session > 0 and per_agent > 0:
         limits = GatewayConfig.model_validate(raw).limits
         assert (limits.mcp_sessions_per_session, limits.mcp_sessions_per_agent) == (per_session, per_agent)

@@ -25,21 +25,34 @@ from tests.support.otlp import otlp_receiver
 
 pytestmark = pytest.mark.anyio
 
-AGENTS = {"bot": {"owner": "ops@example.com", "cost_center": "research", "delegators": ["*@example.com"],
-                  "grant": {"tools": ["dynamic.meta", "dynamic.speak"]}}}
+AGENTS = {
+    "bot": {
+        "owner": "ops@example.com",
+        "cost_center": "research",
+        "delegators": ["*@example.com"],
+        "grant": {"tools": ["dynamic.meta", "dynamic.speak"]},
+    }
+}
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
 
 
 async def test_a_tool_calls_spans_carry_identity_and_join_the_callers_and_the_upstreams_trace(tmp_path):
-    async with otlp_receiver() as receiver, running_gateway(
-        tmp_path, manifests=[dynamic_manifest()], agents=AGENTS, extra={"telemetry": {"otlp_endpoint": receiver.url}}
-    ) as gw:
+    async with (
+        otlp_receiver() as receiver,
+        running_gateway(
+            tmp_path,
+            manifests=[dynamic_manifest()],
+            agents=AGENTS,
+            extra={"telemetry": {"otlp_endpoint": receiver.url}},
+        ) as gw,
+    ):
         token = await gw.open_session("bot", on_behalf_of="ada@example.com", task="trace me")
         sid = gw.gateway.tokens.verify(token).sid
         async with gw.client(token) as client:
-            result = await client.call_tool("dynamic__meta", {}, meta={"traceparent": f"00-{TRACE}-{CALLER_SPAN}-01",
-                                                                      "tracestate": "vendor=1"})
+            result = await client.call_tool(
+                "dynamic__meta", {}, meta={"traceparent": f"00-{TRACE}-{CALLER_SPAN}-01", "tracestate": "vendor=1"}
+            )
             with pytest.raises(MCPError):
                 await client.call_tool("dynamic__count", {})  # not granted: the span says so
         upstream_saw = result.structured_content or json.loads(result.content[0].text)
@@ -56,16 +69,28 @@ async def test_a_tool_calls_spans_carry_identity_and_join_the_callers_and_the_up
     # ...and the upstream received the upstream span's context in its request's _meta.
     assert upstream_saw["traceparent"] == f"00-{TRACE}-{upstream.span_id}-01"
     assert upstream_saw["tracestate"] == "vendor=1"
-    identity = {"gen_ai.agent.id": "bot", "enduser.id": "ada@example.com", "gateway.session.id": sid,
-                "gateway.task": "trace me", "gateway.call_id": call["call_id"], "gateway.audit.seq": call["seq"]}
+    identity = {
+        "gen_ai.agent.id": "bot",
+        "enduser.id": "ada@example.com",
+        "gateway.session.id": sid,
+        "gateway.task": "trace me",
+        "gateway.call_id": call["call_id"],
+        "gateway.audit.seq": call["seq"],
+    }
     assert server.attributes == {
-        "mcp.method.name": "tools/call", "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "dynamic__meta",
-        "jsonrpc.request.id": server.attributes["jsonrpc.request.id"], "mcp.protocol.version": "2026-07-28",
+        "mcp.method.name": "tools/call",
+        "gen_ai.operation.name": "execute_tool",
+        "gen_ai.tool.name": "dynamic__meta",
+        "jsonrpc.request.id": server.attributes["jsonrpc.request.id"],
+        "mcp.protocol.version": "2026-07-28",
         **identity,
     }
     assert upstream.attributes == {
-        "mcp.method.name": "tools/call", "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "meta",
-        "server.address": "dynamic", **identity,
+        "mcp.method.name": "tools/call",
+        "gen_ai.operation.name": "execute_tool",
+        "gen_ai.tool.name": "meta",
+        "server.address": "dynamic",
+        **identity,
     }
     assert server.resource["service.name"] == "mcp-gateway"
     assert server.resource["service.instance.id"] == gw.gateway.config.instance
@@ -75,14 +100,21 @@ async def test_a_tool_calls_spans_carry_identity_and_join_the_callers_and_the_up
 
 
 async def test_the_http_traceparent_header_parents_the_span_when_meta_has_none(tmp_path):
-    async with otlp_receiver() as receiver, running_gateway(
-        tmp_path, manifests=[dynamic_manifest()], agents=AGENTS, extra={"telemetry": {"otlp_endpoint": receiver.url}}
-    ) as gw:
+    async with (
+        otlp_receiver() as receiver,
+        running_gateway(
+            tmp_path,
+            manifests=[dynamic_manifest()],
+            agents=AGENTS,
+            extra={"telemetry": {"otlp_endpoint": receiver.url}},
+        ) as gw,
+    ):
         token = await gw.open_session("bot")
         headers = {"Authorization": f"Bearer {token}", "traceparent": f"00-{TRACE}-{CALLER_SPAN}-01"}
-        async with mcp_http_client(headers=headers) as http, Client(
-            streamable_http_client(gw.mcp_url, http_client=http), mode="legacy", cache=None
-        ) as client:
+        async with (
+            mcp_http_client(headers=headers) as http,
+            Client(streamable_http_client(gw.mcp_url, http_client=http), mode="legacy", cache=None) as client,
+        ):
             result = await client.call_tool("dynamic__speak", {})
         assert not result.is_error
         assert await anyio.to_thread.run_sync(gw.gateway.telemetry.force_flush)
@@ -94,9 +126,15 @@ async def test_the_http_traceparent_header_parents_the_span_when_meta_has_none(t
 
 
 async def test_the_duration_histogram_and_the_token_counter_match_the_calls_and_their_audit_records(tmp_path):
-    async with otlp_receiver() as receiver, running_gateway(
-        tmp_path, manifests=[dynamic_manifest()], agents=AGENTS, extra={"telemetry": {"otlp_endpoint": receiver.url}}
-    ) as gw:
+    async with (
+        otlp_receiver() as receiver,
+        running_gateway(
+            tmp_path,
+            manifests=[dynamic_manifest()],
+            agents=AGENTS,
+            extra={"telemetry": {"otlp_endpoint": receiver.url}},
+        ) as gw,
+    ):
         async with gw.client(await gw.open_session("bot")) as client:
             for _ in range(3):
                 assert not (await client.call_tool("dynamic__speak", {})).is_error
@@ -105,14 +143,21 @@ async def test_the_duration_histogram_and_the_token_counter_match_the_calls_and_
         assert await anyio.to_thread.run_sync(gw.gateway.telemetry.force_flush)
         results = gw.audit("tool.result")
     points = receiver.metric_exports[-1]  # cumulative: the last export holds the totals
-    durations = {p.attributes.get("error.type"): p for p in points
-                 if p.metric == "mcp.server.operation.duration" and p.attributes["mcp.method.name"] == "tools/call"}
+    durations = {
+        p.attributes.get("error.type"): p
+        for p in points
+        if p.metric == "mcp.server.operation.duration" and p.attributes["mcp.method.name"] == "tools/call"
+    }
     assert durations[None].count == 3 and durations["-32602"].count == 1 and durations[None].unit == "s"
     assert 0 < durations[None].value < 60
     tokens = {p.attributes["gateway.direction"]: p for p in points if p.metric == "gateway.tokens"}
     assert tokens["response"].value == sum(r["response_tokens"] for r in results) > 0
-    assert tokens["response"].attributes == {"gen_ai.agent.id": "bot", "gateway.server": "dynamic",
-                                             "gen_ai.tool.name": "dynamic.speak", "gateway.direction": "response"}
+    assert tokens["response"].attributes == {
+        "gen_ai.agent.id": "bot",
+        "gateway.server": "dynamic",
+        "gen_ai.tool.name": "dynamic.speak",
+        "gateway.direction": "response",
+    }
     assert tokens["response"].unit == "{token}"
 
 
@@ -120,10 +165,15 @@ async def test_a_prompts_request_tokens_are_counted_once(tmp_path):
     """Regression: the token counter skipped only tool.call among admissions, so a prompt's arguments were
     counted on prompt.get and again on prompt.result."""
     agents = {"reader": {"owner": "r@example.com", "grant": {"prompts": ["everything"]}}}
-    async with otlp_receiver() as receiver, running_gateway(
-        tmp_path, manifests=[everything_stdio_manifest()], agents=agents,
-        extra={"telemetry": {"otlp_endpoint": receiver.url}},
-    ) as gw:
+    async with (
+        otlp_receiver() as receiver,
+        running_gateway(
+            tmp_path,
+            manifests=[everything_stdio_manifest()],
+            agents=agents,
+            extra={"telemetry": {"otlp_endpoint": receiver.url}},
+        ) as gw,
+    ):
         async with gw.client(await gw.open_session("reader")) as client:
             await client.get_prompt("everything__args-prompt", {"city": "Paris", "state": "TX"})
         assert await anyio.to_thread.run_sync(gw.gateway.telemetry.force_flush)
@@ -170,17 +220,25 @@ _OFF_PROBE = textwrap.dedent("""
 
 def test_with_telemetry_off_a_call_loads_neither_the_otel_sdk_nor_an_exporter(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    done = subprocess.run([sys.executable, "-c", _OFF_PROBE, str(tmp_path)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", _OFF_PROBE, str(tmp_path)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["Off", "[]"]
 
 
 async def test_the_off_probe_would_see_the_sdk_if_it_were_loaded(tmp_path):
     async with otlp_receiver() as receiver:
-        probe = _OFF_PROBE.replace("manifests=[dynamic_manifest()], agents=agents)",
-                                   "manifests=[dynamic_manifest()], agents=agents, "
-                                   f"extra={{'telemetry': {{'otlp_endpoint': '{receiver.url}'}}}})")
+        probe = _OFF_PROBE.replace(
+            "manifests=[dynamic_manifest()], agents=agents)",
+            "manifests=[dynamic_manifest()], agents=agents, "
+            f"extra={{'telemetry': {{'otlp_endpoint': '{receiver.url}'}}}})",
+        )
         env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
         done = await anyio.run_process([sys.executable, "-c", probe, str(tmp_path)], cwd=REPO, env=env, check=False)
         assert done.returncode == 0, done.stderr
@@ -189,9 +247,15 @@ async def test_the_off_probe_would_see_the_sdk_if_it_were_loaded(tmp_path):
 
 
 async def test_a_token_request_has_a_server_span_naming_the_grant_and_the_agent_and_no_secret(tmp_path):
-    async with otlp_receiver() as receiver, running_gateway(
-        tmp_path, manifests=[dynamic_manifest()], agents=AGENTS, extra={"telemetry": {"otlp_endpoint": receiver.url}}
-    ) as gw:
+    async with (
+        otlp_receiver() as receiver,
+        running_gateway(
+            tmp_path,
+            manifests=[dynamic_manifest()],
+            agents=AGENTS,
+            extra={"telemetry": {"otlp_endpoint": receiver.url}},
+        ) as gw,
+    ):
         secret = await give_secret(gw, "bot")
         issued = await client_credentials(gw, "bot", secret)
         refused = await token(gw, {"grant_type": "client_credentials"}, basic("bot", "not-" + secret))
@@ -202,9 +266,14 @@ async def test_a_token_request_has_a_server_span_naming_the_grant_and_the_agent_
         spans = await receiver.wait_for(3)
     [ok, failed] = [s for s in spans if s.name == "oauth.token client_credentials"]
     assert ok.kind == failed.kind == "SERVER"
-    assert ok.attributes == {"http.request.method": "POST", "url.path": "/oauth/token",
-                             "oauth.grant_type": "client_credentials", "http.response.status_code": 200,
-                             "gen_ai.agent.id": "bot", "gateway.session.id": issued["session_id"]}
+    assert ok.attributes == {
+        "http.request.method": "POST",
+        "url.path": "/oauth/token",
+        "oauth.grant_type": "client_credentials",
+        "http.response.status_code": 200,
+        "gen_ai.agent.id": "bot",
+        "gateway.session.id": issued["session_id"],
+    }
     assert failed.attributes["error.type"] == "invalid_client" and failed.status_code == 2  # STATUS_CODE_ERROR
     assert "gen_ai.agent.id" not in failed.attributes
     [other] = [s for s in spans if s.name == "oauth.token other"]  # a grant type the caller made up is not echoed
@@ -212,15 +281,26 @@ async def test_a_token_request_has_a_server_span_naming_the_grant_and_the_agent_
     assert other.attributes["error.type"] == "unsupported_grant_type"
     # Neither the secret, nor the token, nor the Authorization header reaches the collector, in any export.
     everything = b"".join(receiver.payloads)
-    for text in (secret, issued["access_token"], issued["access_token"].split(".")[2],
-                 basic("bot", secret)["Authorization"], "caller-chosen-text"):
+    for text in (
+        secret,
+        issued["access_token"],
+        issued["access_token"].split(".")[2],
+        basic("bot", secret)["Authorization"],
+        "caller-chosen-text",
+    ):
         assert text.encode() not in everything
 
 
 async def test_a_calls_durable_audit_write_is_a_span_under_its_request_carrying_the_records_seq(tmp_path):
-    async with otlp_receiver() as receiver, running_gateway(
-        tmp_path, manifests=[dynamic_manifest()], agents=AGENTS, extra={"telemetry": {"otlp_endpoint": receiver.url}}
-    ) as gw:
+    async with (
+        otlp_receiver() as receiver,
+        running_gateway(
+            tmp_path,
+            manifests=[dynamic_manifest()],
+            agents=AGENTS,
+            extra={"telemetry": {"otlp_endpoint": receiver.url}},
+        ) as gw,
+    ):
         async with gw.client(await gw.open_session("bot")) as client:
             assert not (await client.call_tool("dynamic__speak", {})).is_error
         assert await anyio.to_thread.run_sync(gw.gateway.telemetry.force_flush)
@@ -230,15 +310,25 @@ async def test_a_calls_durable_audit_write_is_a_span_under_its_request_carrying_
     [write] = [s for s in spans if s.name == "audit.write"]
     [upstream] = [s for s in spans if s.name == "tools/call speak"]
     assert write.kind == "INTERNAL" and (write.trace_id, write.parent_span_id) == (server.trace_id, server.span_id)
-    assert write.attributes == {"gateway.audit.durable": True, "gateway.audit.seq": call["seq"],
-                                "gateway.audit.event": "tool.call", "gateway.call_id": call["call_id"]}
+    assert write.attributes == {
+        "gateway.audit.durable": True,
+        "gateway.audit.seq": call["seq"],
+        "gateway.audit.event": "tool.call",
+        "gateway.call_id": call["call_id"],
+    }
     assert upstream.parent_span_id == server.span_id  # the write is over before the upstream is called
 
 
 async def test_a_refused_durable_audit_write_is_an_error_span_and_the_call_never_goes_upstream(tmp_path):
-    async with otlp_receiver() as receiver, running_gateway(
-        tmp_path, manifests=[dynamic_manifest()], agents=AGENTS, extra={"telemetry": {"otlp_endpoint": receiver.url}}
-    ) as gw:
+    async with (
+        otlp_receiver() as receiver,
+        running_gateway(
+            tmp_path,
+            manifests=[dynamic_manifest()],
+            agents=AGENTS,
+            extra={"telemetry": {"otlp_endpoint": receiver.url}},
+        ) as gw,
+    ):
         async with gw.client(await gw.open_session("bot"), mode="legacy") as client:
             restore = _point_at_a_full_disk(gw.gateway.config.audit.path)
             try:

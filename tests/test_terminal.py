@@ -54,15 +54,21 @@ async def test_a_hostile_task_and_tool_name_are_shown_escaped_by_every_cli_print
 
         exact = {
             "sessions list --json": [s["task"] for s in json.loads(await cli(gw, "sessions", "list", "--json"))],
-            "report --format json": [row["task"] for row in json.loads(
-                await cli(gw, "report", "--by", "task", "--format", "json"))["rows"]],
-            "audit tail --json": [json.loads(line)["tool"] for line in (
-                await cli(gw, "audit", "tail", "--event", "tool.call", "--json")).splitlines()],
+            "report --format json": [
+                row["task"] for row in json.loads(await cli(gw, "report", "--by", "task", "--format", "json"))["rows"]
+            ],
+            "audit tail --json": [
+                json.loads(line)["tool"]
+                for line in (await cli(gw, "audit", "tail", "--event", "tool.call", "--json")).splitlines()
+            ],
         }
         for command, values in exact.items():
             assert HOSTILE in values, command
-        for argv in (("sessions", "list", "--json"), ("report", "--by", "task", "--format", "json"),
-                     ("audit", "tail", "--json")):
+        for argv in (
+            ("sessions", "list", "--json"),
+            ("report", "--by", "task", "--format", "json"),
+            ("audit", "tail", "--json"),
+        ):
             assert (await cli(gw, *argv)).isascii(), argv
 
 
@@ -84,8 +90,12 @@ def test_safe_text_holds_no_control_format_or_separator_character_and_names_each
         assert shown == text
 
 
-@given(st.recursive(st.text() | st.integers() | st.none(), lambda inner: st.lists(inner, max_size=3)
-                    | st.dictionaries(st.text(), inner, max_size=3)))
+@given(
+    st.recursive(
+        st.text() | st.integers() | st.none(),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    )
+)
 def test_json_for_a_terminal_is_ascii_and_reads_back_to_the_same_value(value: object) -> None:
     text = json_text(value)
     assert text.isascii() and not raw_characters(text)

@@ -24,10 +24,21 @@ def test_without_postgresql_the_replica_tests_fail_at_once_with_one_line_naming_
     env.pop("GATEWAY_TEST_STORE", None)
     started = time.monotonic()
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly",
-         "tests/replicas/test_postgres_store.py::test_replicas_starting_together_apply_each_migration_once",
-         "tests/replicas/test_postgres_store.py::test_a_database_migrated_by_a_newer_gateway_is_refused_with_the_reason"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:randomly",
+            "tests/replicas/test_postgres_store.py::test_replicas_starting_together_apply_each_migration_once",
+            "tests/replicas/test_postgres_store.py::test_a_database_migrated_by_a_newer_gateway_is_refused_with_the_reason",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     elapsed = time.monotonic() - started
     output = run.stdout + run.stderr

@@ -71,8 +71,9 @@ async def test_a_down_server_tells_the_agent_it_is_unavailable_and_only_the_audi
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     home = tmp_path / "srv"
-    async with running_gateway(tmp_path, manifests=[dynamic_manifest(cwd=str(home), timeout="2s")],
-                               agents=AGENTS) as gw:
+    async with running_gateway(
+        tmp_path, manifests=[dynamic_manifest(cwd=str(home), timeout="2s")], agents=AGENTS
+    ) as gw:
         token = await gw.open_session("bot")
         async with gw.client(token) as client:
             assert not (await client.call_tool("dynamic__count", {})).is_error
@@ -96,8 +97,9 @@ async def test_a_down_server_tells_the_agent_it_is_unavailable_and_only_the_audi
 
 async def test_a_down_server_refuses_a_prompt_in_the_same_plain_words(tmp_path: Path) -> None:
     home = tmp_path / "srv"
-    async with running_gateway(tmp_path, manifests=[everything_stdio_manifest(cwd=str(home), timeout="2s")],
-                               agents=AGENTS) as gw:
+    async with running_gateway(
+        tmp_path, manifests=[everything_stdio_manifest(cwd=str(home), timeout="2s")], agents=AGENTS
+    ) as gw:
         async with gw.client(await gw.open_session("bot")) as client:
             assert (await client.get_prompt("everything__simple-prompt", {})).messages
             (child,) = children_running("index.js")

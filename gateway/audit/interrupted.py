@@ -21,8 +21,9 @@ from gateway.audit.sink import Audit
 
 MAX_SCAN = 100_000  # records read back at most: the bound on startup time after a long run
 ERROR = "the gateway stopped before the call completed"
-_NOT_COPIED = frozenset({"ts", "event", "seq", "prev_hash", "hash", "gateway", "decision", "reason", "arguments",
-                         "arguments_masked"})
+_NOT_COPIED = frozenset(
+    {"ts", "event", "seq", "prev_hash", "hash", "gateway", "decision", "reason", "arguments", "arguments_masked"}
+)
 _OUTCOMES = frozenset(RESULT_EVENTS.values())
 
 
@@ -50,6 +51,7 @@ async def close_interrupted(audit: Audit) -> int:
     admissions = open_admissions(audit)
     for admission in admissions:
         fields = {k: v for k, v in admission.items() if k not in _NOT_COPIED}
-        await audit.emit(RESULT_EVENTS[admission["event"]], **fields, outcome="interrupted", error=ERROR,
-                         response_tokens=0)
+        await audit.emit(
+            RESULT_EVENTS[admission["event"]], **fields, outcome="interrupted", error=ERROR, response_tokens=0
+        )
     return len(admissions)

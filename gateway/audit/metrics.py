@@ -13,7 +13,9 @@ from gateway.audit.records import RESULT_EVENTS
 from gateway.metrics import METRICS
 
 CALLS = METRICS.counter(
-    "gateway_tool_calls_total", "Tool calls by agent, server, tool and decision", ["agent", "server", "tool", "decision"]
+    "gateway_tool_calls_total",
+    "Tool calls by agent, server, tool and decision",
+    ["agent", "server", "tool", "decision"],
 )
 LATENCY = METRICS.histogram(
     "gateway_tool_call_duration_seconds", "Tool calls from admission to the recorded result", ["server", "tool"]
@@ -24,15 +26,20 @@ TOKENS = METRICS.counter(
     "(model usage the agent runtime reported)",
     ["agent", "server", "direction"],
 )
-STOPS = METRICS.counter("gateway_budget_stops_total", "Sessions stopped by a budget, by agent and limit",
-                        ["agent", "limit"])
+STOPS = METRICS.counter(
+    "gateway_budget_stops_total", "Sessions stopped by a budget, by agent and limit", ["agent", "limit"]
+)
 RECORDS = METRICS.counter("gateway_audit_records_total", "Audit records written, by event", ["event"])
 WRITES = METRICS.histogram("gateway_audit_write_seconds", "Audit fsyncs: each makes every record before it durable")
 HEALTHY = METRICS.gauge("gateway_audit_healthy", "1 while the audit sink can write, 0 while calls are refused")
 
 
-_TOKEN_FIELDS = (("request_tokens", "request"), ("response_tokens", "response"),
-                 ("input_tokens", "model_input"), ("output_tokens", "model_output"))  # the last two: model.usage
+_TOKEN_FIELDS = (
+    ("request_tokens", "request"),
+    ("response_tokens", "response"),
+    ("input_tokens", "model_input"),
+    ("output_tokens", "model_output"),
+)  # the last two: model.usage
 
 
 def observe(record: dict[str, Any]) -> None:

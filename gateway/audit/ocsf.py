@@ -237,8 +237,9 @@ def _actor(r: _Record) -> dict[str, Any]:
         actor["app_name"] = client
     decision = r.fields.get("decision")
     if decision in ("allow", "deny") and r.fields.get("grant"):  # which grant version decided
-        actor["authorizations"] = [{"decision": decision,
-                                    "policy": {"uid": r.get("grant"), "name": "grant", "type": "agent grant"}}]
+        actor["authorizations"] = [
+            {"decision": decision, "policy": {"uid": r.get("grant"), "name": "grant", "type": "agent grant"}}
+        ]
     if not actor.keys() & {"user", "session", "app_name"}:  # no agent named: the gateway itself acted
         actor["invoked_by"] = "mcp-gateway"
     return actor
@@ -371,8 +372,7 @@ def _detection_finding(r: _Record, out: dict[str, Any], title: str) -> list[str]
     agent = r.get("agent")
     if agent:
         owner = r.get("owner")
-        resources.append({"type": "agent", "uid": agent, "name": agent,
-                          **({"owner": _human(owner)} if owner else {})})
+        resources.append({"type": "agent", "uid": agent, "name": agent, **({"owner": _human(owner)} if owner else {})})
     if r.fields.get("session"):
         resources.append({"type": "session", "uid": r.get("session")})
     if target:
@@ -382,13 +382,23 @@ def _detection_finding(r: _Record, out: dict[str, Any], title: str) -> list[str]
     closed = event == Event.TOOL_PINNED
     out["status_id"] = 4 if closed else 1
     out["status"] = _FINDING_STATUS[out["status_id"]]
-    severities: dict[str, int] = {Event.TOOL_CHANGED: 4, Event.CREDENTIAL_SHARED_SUSPECTED: 4,
-                                  Event.REFRESH_REUSED: 4, Event.BUDGET_EXCEEDED: 3, Event.BUDGET_THRESHOLD: 2}
+    severities: dict[str, int] = {
+        Event.TOOL_CHANGED: 4,
+        Event.CREDENTIAL_SHARED_SUSPECTED: 4,
+        Event.REFRESH_REUSED: 4,
+        Event.BUDGET_EXCEEDED: 3,
+        Event.BUDGET_THRESHOLD: 2,
+    }
     out["severity_id"] = severities.get(event, 1)
     out["is_alert"] = out["severity_id"] >= 3
-    dispositions: dict[str, tuple[int, str]] = {Event.TOOL_CHANGED: (3, "Quarantined"), Event.BUDGET_EXCEEDED: (2, "Blocked"),
-                   Event.BUDGET_THRESHOLD: (19, "Alert"), Event.CREDENTIAL_SHARED_SUSPECTED: (15, "Detected"),
-                   Event.TOOL_PINNED: (8, "Approved"), Event.REFRESH_REUSED: (2, "Blocked")}
+    dispositions: dict[str, tuple[int, str]] = {
+        Event.TOOL_CHANGED: (3, "Quarantined"),
+        Event.BUDGET_EXCEEDED: (2, "Blocked"),
+        Event.BUDGET_THRESHOLD: (19, "Alert"),
+        Event.CREDENTIAL_SHARED_SUSPECTED: (15, "Detected"),
+        Event.TOOL_PINNED: (8, "Approved"),
+        Event.REFRESH_REUSED: (2, "Blocked"),
+    }
     disposition = dispositions[event]
     out["disposition_id"], out["disposition"] = disposition
     r.get("decision")  # tool.changed's "quarantine": the disposition says it

@@ -68,8 +68,11 @@ class OcsfPush:
             partial.write_text(json.dumps(self.cursor, sort_keys=True))
             os.replace(partial, self.cursor_path)
         except OSError as exc:
-            log.warning("cannot write %s (%s): a restart will push these events again", self.cursor_path,
-                        exc.strerror or type(exc).__name__)
+            log.warning(
+                "cannot write %s (%s): a restart will push these events again",
+                self.cursor_path,
+                exc.strerror or type(exc).__name__,
+            )
 
     def _new(self, chain: str, records: list[dict[str, Any]]) -> Pending:
         after = self.cursor.get(chain, -1)
@@ -91,7 +94,7 @@ class OcsfPush:
             async with httpx.AsyncClient(timeout=10, follow_redirects=False) as http:
                 while True:
                     while pending:
-                        batch, pending = pending[:self.settings.batch], pending[self.settings.batch:]
+                        batch, pending = pending[: self.settings.batch], pending[self.settings.batch :]
                         await self._deliver(http, batch)
                         for chain, record in batch:
                             self.cursor[chain] = max(self.cursor.get(chain, -1), record["seq"])
@@ -118,8 +121,12 @@ class OcsfPush:
             except httpx.HTTPError as exc:
                 why = type(exc).__name__
             if not failing:  # once per outage, not once per retry
-                log.warning("OCSF collector %s refused %d events (%s): retrying, nothing is dropped",
-                            self.shown, len(batch), why)
+                log.warning(
+                    "OCSF collector %s refused %d events (%s): retrying, nothing is dropped",
+                    self.shown,
+                    len(batch),
+                    why,
+                )
                 failing = True
             await anyio.sleep(backoff)
             backoff = min(MAX_BACKOFF, backoff * 2)

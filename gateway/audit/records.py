@@ -60,11 +60,31 @@ def canonical_json(value: Any) -> str:
 CAP_NAME = 256  # identifiers and names
 CAP_TEXT = 1024  # free text: errors, reasons, tasks and every other string field
 CAP_STRUCTURED = 4096  # objects and lists (masked arguments, client lists), as canonical JSON
-NAME_FIELDS = frozenset({
-    "agent", "owner", "cost_center", "on_behalf_of", "session", "grant", "server", "tool", "call_id", "model",
-    "client", "mcp_session", "protocol_version", "remote_addr", "event", "gateway", "actor", "kid", "jti",
-    "credential", "dpop_jkt",
-})
+NAME_FIELDS = frozenset(
+    {
+        "agent",
+        "owner",
+        "cost_center",
+        "on_behalf_of",
+        "session",
+        "grant",
+        "server",
+        "tool",
+        "call_id",
+        "model",
+        "client",
+        "mcp_session",
+        "protocol_version",
+        "remote_addr",
+        "event",
+        "gateway",
+        "actor",
+        "kid",
+        "jti",
+        "credential",
+        "dpop_jkt",
+    }
+)
 
 
 def capped(fields: dict[str, Any]) -> dict[str, Any]:
@@ -92,11 +112,33 @@ def capped(fields: dict[str, Any]) -> dict[str, Any]:
 MASK = "[masked]"
 
 # Names whose values are masked whole: any word of the key, split at _ - . and camelCase.
-_SECRET_WORDS = frozenset({
-    "password", "passwd", "pwd", "passphrase", "secret", "secrets", "token", "tokens", "apikey", "key", "keys",
-    "auth", "authorization", "credential", "credentials", "cookie", "cookies", "signature", "private", "bearer",
-    "otp", "pin", "jwt",
-})
+_SECRET_WORDS = frozenset(
+    {
+        "password",
+        "passwd",
+        "pwd",
+        "passphrase",
+        "secret",
+        "secrets",
+        "token",
+        "tokens",
+        "apikey",
+        "key",
+        "keys",
+        "auth",
+        "authorization",
+        "credential",
+        "credentials",
+        "cookie",
+        "cookies",
+        "signature",
+        "private",
+        "bearer",
+        "otp",
+        "pin",
+        "jwt",
+    }
+)
 _WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 
 # Values that look like secrets wherever they appear, inside any string.
@@ -104,19 +146,28 @@ _SECRET_SHAPES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)", re.S), MASK),
     (re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), MASK),  # JWT / JWS
     # A scheme word followed by another ("basic Bearer x...") is prose: the credential follows the last one.
-    (re.compile(r"(?i)\b(bearer|basic|token)(\s+)(?!(?:bearer|basic|token)\b)[A-Za-z0-9._~+/=-]{6,}"),
-     rf"\1\2{MASK}"),
+    (re.compile(r"(?i)\b(bearer|basic|token)(\s+)(?!(?:bearer|basic|token)\b)[A-Za-z0-9._~+/=-]{6,}"), rf"\1\2{MASK}"),
     (re.compile(r"(?<=://)[^\s/@:]+:[^\s/@]+(?=@)"), MASK),  # user:password@ in URLs
-    (re.compile(r"(?i)(pass(?:word|wd|phrase)?|pwd|secret|token|api[_-]?key|access[_-]?key|auth)"
-                r"([\"']?\s*[=:]\s*[\"']?)[^\s\"'&;,]+"), rf"\1\2{MASK}"),  # password=..., "token": "..."
+    (
+        re.compile(
+            r"(?i)(pass(?:word|wd|phrase)?|pwd|secret|token|api[_-]?key|access[_-]?key|auth)"
+            r"([\"']?\s*[=:]\s*[\"']?)[^\s\"'&;,]+"
+        ),
+        rf"\1\2{MASK}",
+    ),  # password=..., "token": "..."
     (re.compile(r"(?<![A-Za-z0-9])(?:sk|pk|rk)[-_][A-Za-z0-9_-]{16,}"), MASK),  # OpenAI, Stripe, Anthropic
     (re.compile(r"(?<![A-Za-z0-9])(?:gh[pousr]_|github_pat_)[A-Za-z0-9_]{20,}"), MASK),  # GitHub
     (re.compile(r"(?<![A-Za-z0-9])xox[abposr]-[A-Za-z0-9-]{10,}"), MASK),  # Slack
     (re.compile(r"(?<![A-Z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}"), MASK),  # AWS access key id
     (re.compile(r"(?<![A-Za-z0-9])AIza[A-Za-z0-9_-]{30,}"), MASK),  # Google API key
     # Anything long and random-looking: 24+ characters mixing upper case, lower case and digits.
-    (re.compile(r"(?<![A-Za-z0-9+/_=-])(?=[A-Za-z0-9+/_=-]*[0-9])(?=[A-Za-z0-9+/_=-]*[a-z])"
-                r"(?=[A-Za-z0-9+/_=-]*[A-Z])[A-Za-z0-9+/_=-]{24,}"), MASK),
+    (
+        re.compile(
+            r"(?<![A-Za-z0-9+/_=-])(?=[A-Za-z0-9+/_=-]*[0-9])(?=[A-Za-z0-9+/_=-]*[a-z])"
+            r"(?=[A-Za-z0-9+/_=-]*[A-Z])[A-Za-z0-9+/_=-]{24,}"
+        ),
+        MASK,
+    ),
 )
 
 

@@ -290,8 +290,13 @@ class Audit:
         on_disk = (int(last["seq"]), str(last["hash"])) if last else (0, GENESIS)
         self.seq, self.head = max((self.seq, self.head), on_disk, self._floor, key=lambda point: point[0])
         if self._floor[0] > on_disk[0] and self.seq == self._floor[0]:
-            log.warning("%s ends at seq %d but the store's checkpoint is at seq %d: records are missing; "
-                        "continuing from the checkpoint", self.path, on_disk[0], self._floor[0])
+            log.warning(
+                "%s ends at seq %d but the store's checkpoint is at seq %d: records are missing; "
+                "continuing from the checkpoint",
+                self.path,
+                on_disk[0],
+                self._floor[0],
+            )
 
     def _check_file(self) -> None:
         if self._fd is None:
@@ -483,11 +488,17 @@ class Audit:
         while self._held:
             self._append(self._held[0])
             self._held.popleft()
-        self._append({
-            "ts": round(self.clock(), 6), "event": Event.AUDIT_RECOVERED, "gateway": self.instance,
-            "error": self.error, "down_s": round(self.clock() - self._down_since, 3),
-            "refused": self._refused, "lost": self._lost,
-        })
+        self._append(
+            {
+                "ts": round(self.clock(), 6),
+                "event": Event.AUDIT_RECOVERED,
+                "gateway": self.instance,
+                "error": self.error,
+                "down_s": round(self.clock() - self._down_since, 3),
+                "refused": self._refused,
+                "lost": self._lost,
+            }
+        )
         self._sync_now()
         self.healthy, self.error, self._refused, self._lost = True, None, 0, 0
         metrics.HEALTHY.set(value=1)
@@ -522,8 +533,9 @@ def _lock_for_writing(fd: int, path: Path) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise OSError(f"{path} is being written by another gateway process; "
-                      "give each process its own instance and audit.path") from None
+        raise OSError(
+            f"{path} is being written by another gateway process; give each process its own instance and audit.path"
+        ) from None
 
 
 def _unavailable(reason: object) -> AuditUnavailable:
@@ -577,10 +589,16 @@ def build_audit(
     settings = config.audit
     checkpoints = Checkpoints(keys, store, every=settings.checkpoint_every, interval=settings.checkpoint_interval)
     if operator:
-        return Audit(cli_path(settings.path), cli_instance(config.instance), checkpoints=checkpoints, clock=clock,
-                     shared=True)
+        return Audit(
+            cli_path(settings.path), cli_instance(config.instance), checkpoints=checkpoints, clock=clock, shared=True
+        )
     return Audit(
-        settings.path, config.instance, fsync=settings.fsync, batch_interval=settings.batch_interval,
-        rotate_bytes=settings.rotate_bytes, rotate_interval=settings.rotate_interval, checkpoints=checkpoints,
+        settings.path,
+        config.instance,
+        fsync=settings.fsync,
+        batch_interval=settings.batch_interval,
+        rotate_bytes=settings.rotate_bytes,
+        rotate_interval=settings.rotate_interval,
+        checkpoints=checkpoints,
         clock=clock,
     )

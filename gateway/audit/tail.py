@@ -101,7 +101,7 @@ class Follower:
             records += self._read()  # what was written before the rename
             files = rotated_files(self.path)
             mine = next((i for i, p in enumerate(files) if self.reading(p)), None)
-            for later in files[mine + 1:] if mine is not None else []:
+            for later in files[mine + 1 :] if mine is not None else []:
                 records += read_file(later)  # files that rotated away between two polls
             assert self._handle is not None
             self._handle.close()
@@ -136,4 +136,4 @@ def history(followers: list[Follower], wanted: Filter, limit: int | None) -> lis
             if not follower.reading(path):
                 found = [r for r in read_file(path) if wanted.matches(r)] + found
     found.sort(key=lambda r: float(r.get("ts", 0)))
-    return found[max(0, len(found) - limit):] if limit is not None else found
+    return found[max(0, len(found) - limit) :] if limit is not None else found

@@ -49,13 +49,17 @@ class Chain:
             return f"{self.instance}: BROKEN at {self.broken}"
         span = f"seq 1..{self.seq}" if self.seq else "no records"
         store = f", reaches the store's checkpoint at seq {self.expect[0]}" if self.expect else ""
-        summary = (f"{self.instance}: intact, {_count(self.seq, 'record')} ({span}) in "
-                   f"{_count(len(self.files), 'file')}, {_count(self.checkpoints, 'checkpoint')}{store}")
+        summary = (
+            f"{self.instance}: intact, {_count(self.seq, 'record')} ({span}) in "
+            f"{_count(len(self.files), 'file')}, {_count(self.checkpoints, 'checkpoint')}{store}"
+        )
         if self.unverified:
             keys = ", ".join(f"key {kid!r} unknown" for kid in sorted(self.unverified))
-            summary = (f"{self.instance}: hash chain intact, {_count(self.seq, 'record')} ({span}) in "
-                       f"{_count(len(self.files), 'file')}; {_count(sum(self.unverified.values()), 'checkpoint')} "
-                       f"not verified: {keys} (pass --jwks FILE or URL)")
+            summary = (
+                f"{self.instance}: hash chain intact, {_count(self.seq, 'record')} ({span}) in "
+                f"{_count(len(self.files), 'file')}; {_count(sum(self.unverified.values()), 'checkpoint')} "
+                f"not verified: {keys} (pass --jwks FILE or URL)"
+            )
         return summary
 
 
@@ -83,8 +87,11 @@ def verify(paths: Sequence[Path], keys: PublicKeys, stored: dict[str, dict[str, 
         _walk(path, chains, keys)
     for chain in chains.values():
         if chain.expect is not None and chain.seq < chain.expect[0]:
-            chain.fail(chain.seq + 1, f"missing: the stream ends at seq {chain.seq} but the store's checkpoint "
-                                      f"vouches for seq {chain.expect[0]} (the tail was cut off)")
+            chain.fail(
+                chain.seq + 1,
+                f"missing: the stream ends at seq {chain.seq} but the store's checkpoint "
+                f"vouches for seq {chain.expect[0]} (the tail was cut off)",
+            )
     return sorted(chains.values(), key=lambda c: c.instance)
 
 
@@ -124,8 +131,11 @@ def _check(chain: Chain, record: dict[str, Any], path: Path, where: str, keys: P
     elif seq > expected:
         missing = f"seq {expected}" if seq == expected + 1 else f"seq {expected}..{seq - 1}"
         if chain.files and chain.files[-1] != path:
-            chain.fail(expected, f"missing: {missing} should come between {chain.files[-1].name} and {path.name} "
-                                 "(a rotated file was removed?)")
+            chain.fail(
+                expected,
+                f"missing: {missing} should come between {chain.files[-1].name} and {path.name} "
+                "(a rotated file was removed?)",
+            )
         else:
             chain.fail(expected, f"missing: the next record is seq {seq}, so {missing} was deleted or moved {where}")
     elif seq < expected:

@@ -45,15 +45,28 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     create.add_argument("id", type=_agent_id)
     create.add_argument("--owner", required=True, type=_email)
     create.add_argument("--cost-center", metavar="CC")
-    create.add_argument("--jwks", type=Path, metavar="PATH",
-                        help="a JSON JWK Set of public keys: authenticate with private_key_jwt instead of a secret")
-    create.add_argument("--workload-issuer", metavar="ISS",
-                        help="authenticate with this workload_issuers platform's JWT instead of a secret")
-    create.add_argument("--workload-subject", metavar="SUB",
-                        help="the JWT's sub, e.g. system:serviceaccount:NS:NAME or spiffe://DOMAIN/PATH")
+    create.add_argument(
+        "--jwks",
+        type=Path,
+        metavar="PATH",
+        help="a JSON JWK Set of public keys: authenticate with private_key_jwt instead of a secret",
+    )
+    create.add_argument(
+        "--workload-issuer",
+        metavar="ISS",
+        help="authenticate with this workload_issuers platform's JWT instead of a secret",
+    )
+    create.add_argument(
+        "--workload-subject",
+        metavar="SUB",
+        help="the JWT's sub, e.g. system:serviceaccount:NS:NAME or spiffe://DOMAIN/PATH",
+    )
     for flag, example in (("expires", "2027-01-31"), ("disable-after-idle", "30d"), ("credential-max-age", "90d")):
-        create.add_argument(f"--{flag}", metavar="WHEN" if flag == "expires" else "DURATION",
-                            help=f"lifecycle, e.g. {example} (default: gateway.yaml agent_defaults)")
+        create.add_argument(
+            f"--{flag}",
+            metavar="WHEN" if flag == "expires" else "DURATION",
+            help=f"lifecycle, e.g. {example} (default: gateway.yaml agent_defaults)",
+        )
     create.set_defaults(run=_create)
 
     list_ = group.add_parser("list", parents=[common], help="list agents")
@@ -66,20 +79,32 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     show.set_defaults(run=_show)
 
     grant = group.add_parser(
-        "grant", parents=[common], help="replace a CLI- or API-created agent's grant",
+        "grant",
+        parents=[common],
+        help="replace a CLI- or API-created agent's grant",
         description="Replace the agent's whole grant, from flags or from a YAML file holding what agents.yaml's "
-                    "`grant:` block holds (same schema, same validation). Live sessions use it from their next "
-                    "call. Agents defined in agents.yaml are granted there.",
+        "`grant:` block holds (same schema, same validation). Live sessions use it from their next "
+        "call. Agents defined in agents.yaml are granted there.",
     )
     grant.add_argument("id", type=_agent_id)
-    grant.add_argument("--file", type=Path, metavar="PATH", help="a YAML grant (tools, resources, prompts, "
-                       "arguments, budget, alerts); not combined with the other flags")
-    grant.add_argument("--tools", action="append", default=[], metavar="SERVER.TOOL",
-                       help="a tool or glob (time.*); repeat for more")
+    grant.add_argument(
+        "--file",
+        type=Path,
+        metavar="PATH",
+        help="a YAML grant (tools, resources, prompts, arguments, budget, alerts); not combined with the other flags",
+    )
+    grant.add_argument(
+        "--tools", action="append", default=[], metavar="SERVER.TOOL", help="a tool or glob (time.*); repeat for more"
+    )
     grant.add_argument("--resources", action="append", default=[], metavar="SERVER", help="repeat for more")
     grant.add_argument("--prompts", action="append", default=[], metavar="SERVER", help="repeat for more")
-    grant.add_argument("--budget", action="append", default=[], metavar="KEY=VALUE",
-                       help="a budget limit (session_calls=100, session_ttl=8h, tool_calls.git.git_log=5); repeat")
+    grant.add_argument(
+        "--budget",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a budget limit (session_calls=100, session_ttl=8h, tool_calls.git.git_log=5); repeat",
+    )
     grant.add_argument("--alerts", metavar="SHARES", help="budget shares that alert, comma-separated (0.5,0.8,1)")
     grant.set_defaults(run=_grant)
 
@@ -98,10 +123,14 @@ def _create(args: argparse.Namespace) -> int:
     if (args.workload_issuer is None) != (args.workload_subject is None):
         raise OperatorError("--workload-issuer and --workload-subject go together")
     workload = {"issuer": args.workload_issuer, "subject": args.workload_subject} if args.workload_issuer else None
-    lifecycle = {name: value for name in ("expires", "disable_after_idle", "credential_max_age")
-                 if (value := getattr(args, name)) is not None}
-    secret = operate(args, lambda ops: ops.create_agent(args.id, args.owner, args.cost_center, jwks, workload,
-                                                        lifecycle))
+    lifecycle = {
+        name: value
+        for name in ("expires", "disable_after_idle", "credential_max_age")
+        if (value := getattr(args, name)) is not None
+    }
+    secret = operate(
+        args, lambda ops: ops.create_agent(args.id, args.owner, args.cost_center, jwks, workload, lifecycle)
+    )
     if secret is None:
         print(f"created {args.id} ({'workload' if workload else 'private_key_jwt'})")
     else:
@@ -129,8 +158,9 @@ def _list(args: argparse.Namespace) -> int:
         return 0
     print(f"{'AGENT':<24} {'OWNER':<28} {'SOURCE':<7} {'STATE':<9} CREDENTIAL")
     for r in rows:
-        credential = "secret" if r["has_secret"] else ("key" if r["private_key_jwt"] else
-                                                       "workload" if r["workload"] else "-")
+        credential = (
+            "secret" if r["has_secret"] else ("key" if r["private_key_jwt"] else "workload" if r["workload"] else "-")
+        )
         state = "disabled" if r["disabled"] else "enabled"
         print(f"{safe(r['id']):<24} {safe(r['owner']):<28} {safe(r['source']):<7} {state:<9} {credential}")
     return 0

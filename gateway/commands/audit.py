@@ -47,12 +47,22 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     group = commands.add_parser("audit", help="the audit stream").add_subparsers(dest="action", required=True)
 
     check = group.add_parser("verify", parents=[common], help="check the hash chains; name the first broken link")
-    check.add_argument("paths", nargs="*", type=Path, metavar="PATH",
-                       help="audit files (default: the configured stream, its rotated files and the CLI chain, "
-                            "compared with the store's checkpoints)")
-    check.add_argument("--jwks", action="append", default=[], metavar="FILE|URL",
-                       help="public keys (a JWKS file, or the gateway's jwks_uri) for checkpoints signed by keys "
-                            "not at hand; exit 0 intact, 1 broken, 3 hash chain intact but checkpoints unverified")
+    check.add_argument(
+        "paths",
+        nargs="*",
+        type=Path,
+        metavar="PATH",
+        help="audit files (default: the configured stream, its rotated files and the CLI chain, "
+        "compared with the store's checkpoints)",
+    )
+    check.add_argument(
+        "--jwks",
+        action="append",
+        default=[],
+        metavar="FILE|URL",
+        help="public keys (a JWKS file, or the gateway's jwks_uri) for checkpoints signed by keys "
+        "not at hand; exit 0 intact, 1 broken, 3 hash chain intact but checkpoints unverified",
+    )
     check.set_defaults(run=_verify)
 
     tail = group.add_parser("tail", parents=[common], help="print the newest records; --follow for more")
@@ -61,21 +71,33 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     tail.add_argument("--session", metavar="SID")
     tail.add_argument("--event", action="append", metavar="GLOB", help="e.g. tool.call or 'tool.*' (repeatable)")
     tail.add_argument("--since", type=moment_argument, metavar="WHEN", help="a duration ago (15m) or an ISO 8601 time")
-    tail.add_argument("-n", "--lines", type=_lines, metavar="N",
-                      help="how many past records to print (default 10, or all with --since)")
+    tail.add_argument(
+        "-n",
+        "--lines",
+        type=_lines,
+        metavar="N",
+        help="how many past records to print (default 10, or all with --since)",
+    )
     tail.add_argument("--json", action="store_true", help="one JSON record a line, for pipes")
     tail.set_defaults(run=_tail)
 
     export = group.add_parser("export", parents=[common], help="the stream as OCSF 1.8 JSON lines, for a SIEM")
-    export.add_argument("paths", nargs="*", type=Path, metavar="PATH",
-                        help="audit files (default: the configured stream, its rotated files and the CLI chain)")
+    export.add_argument(
+        "paths",
+        nargs="*",
+        type=Path,
+        metavar="PATH",
+        help="audit files (default: the configured stream, its rotated files and the CLI chain)",
+    )
     export.add_argument("--format", choices=["ocsf"], default="ocsf", help="ocsf: one OCSF 1.8 event a line")
-    export.add_argument("--since", type=moment_argument, metavar="WHEN",
-                        help="a duration ago (15m) or an ISO 8601 time")
+    export.add_argument(
+        "--since", type=moment_argument, metavar="WHEN", help="a duration ago (15m) or an ISO 8601 time"
+    )
     window = export.add_mutually_exclusive_group()
     window.add_argument("--until", type=moment_argument, metavar="WHEN", help="records up to this time")
-    window.add_argument("-f", "--follow", action="store_true",
-                        help="keep exporting records as they are written, across rotations")
+    window.add_argument(
+        "-f", "--follow", action="store_true", help="keep exporting records as they are written, across rotations"
+    )
     export.set_defaults(run=_export)
 
 
@@ -101,8 +123,10 @@ def _verify(args: argparse.Namespace) -> int:
             return 1
         unverified = sum(sum(chain.unverified.values()) for chain in chains)
         if unverified:
-            print(f"hash chains intact: {sum(chain.seq for chain in chains)} records; "
-                  f"{unverified} checkpoint signatures not verified (no key at hand)")
+            print(
+                f"hash chains intact: {sum(chain.seq for chain in chains)} records; "
+                f"{unverified} checkpoint signatures not verified (no key at hand)"
+            )
             return UNVERIFIED
         print(f"intact: {sum(chain.seq for chain in chains)} records")
         return 0
@@ -164,8 +188,9 @@ def _read_jwks(source: str) -> bytes:
             return None
 
     opener = urllib.request.build_opener(_NoRedirect)
-    with opener.open(urllib.request.Request(source, headers={"accept": "application/json"}),
-                     timeout=JWKS_TIMEOUT) as response:
+    with opener.open(
+        urllib.request.Request(source, headers={"accept": "application/json"}), timeout=JWKS_TIMEOUT
+    ) as response:
         body: bytes = response.read(JWKS_MAX_BYTES + 1)
     if len(body) > JWKS_MAX_BYTES:
         raise ValueError(f"larger than {JWKS_MAX_BYTES} bytes")

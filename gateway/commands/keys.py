@@ -21,8 +21,9 @@ def _rotate(args: argparse.Namespace) -> int:
             old = gw.keys.active_kid
             overlap = await gw.max_session_lifetime()
             new = gw.keys.rotate(gw.clock(), overlap)
-            await gw.audit.emit(Event.KEY_ROTATED, durable=True, actor=operator(), kid=new, retired_kid=old,
-                                overlap_s=overlap)
+            await gw.audit.emit(
+                Event.KEY_ROTATED, durable=True, actor=operator(), kid=new, retired_kid=old, overlap_s=overlap
+            )
         print(f"signing with {new}; {old} verifies its tokens for {overlap:g}s more")
         return 0
 

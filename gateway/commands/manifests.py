@@ -40,16 +40,30 @@ SETTLE_LIMIT = 5.0  # a server whose list never stays still is taken as it is th
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
     group = commands.add_parser("manifests", help="tool manifests").add_subparsers(dest="action", required=True)
     validate = group.add_parser(
-        "validate", help="validate manifests and lint the tools they serve",
+        "validate",
+        help="validate manifests and lint the tools they serve",
         description="Validate manifest files (a tool owner's CI needs no gateway.yaml) or directories. "
-                    "Exit status: 0 valid, 1 invalid (or warnings with --strict), 2 usage error.",
+        "Exit status: 0 valid, 1 invalid (or warnings with --strict), 2 usage error.",
     )
-    validate.add_argument("paths", nargs="*", type=Path, metavar="PATH",
-                          help="manifest files or directories (default: the manifests directory of gateway.yaml)")
-    validate.add_argument("--config", metavar="PATH", help="gateway.yaml: also check upstream_hosts and secrets "
-                          "and connect to the servers (default: ./gateway.yaml unless only files are given)")
-    validate.add_argument("--format", choices=("text", "json"), default="text",
-                          help="json: one object per file {file, ok, errors[{field, reason}], warnings, skipped}")
+    validate.add_argument(
+        "paths",
+        nargs="*",
+        type=Path,
+        metavar="PATH",
+        help="manifest files or directories (default: the manifests directory of gateway.yaml)",
+    )
+    validate.add_argument(
+        "--config",
+        metavar="PATH",
+        help="gateway.yaml: also check upstream_hosts and secrets "
+        "and connect to the servers (default: ./gateway.yaml unless only files are given)",
+    )
+    validate.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="json: one object per file {file, ok, errors[{field, reason}], warnings, skipped}",
+    )
     validate.add_argument("--strict", action="store_true", help="fail on warnings too")
     validate.add_argument("--offline", action="store_true", help="check the files only; do not connect to servers")
     validate.set_defaults(run=_validate, config_optional=True)  # files alone need no gateway.yaml
@@ -136,12 +150,18 @@ class FileResult:
         message = str(exc)
         rest = message.removeprefix(f"{self.file}: ")
         name, colon, reason = rest.partition(": ")
-        self.errors.append({"field": name, "reason": reason} if colon and rest != message else
-                           {"field": "(file)", "reason": rest})
+        self.errors.append(
+            {"field": name, "reason": reason} if colon and rest != message else {"field": "(file)", "reason": rest}
+        )
 
     def as_json(self) -> dict[str, Any]:
-        return {"file": self.file, "ok": self.ok, "errors": self.errors, "warnings": self.warnings,
-                "skipped": self.skipped}
+        return {
+            "file": self.file,
+            "ok": self.ok,
+            "errors": self.errors,
+            "warnings": self.warnings,
+            "skipped": self.skipped,
+        }
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -198,8 +218,9 @@ def _unexposed_pins(result: FileResult, server: str, pinned: Iterable[str], expo
     """Warn of each pin naming a tool the manifest's tools list does not let through."""
     for tool in sorted(pinned):
         if not exposes(tool):
-            result.warnings.append({"tool": f"{server}.{tool}",
-                                    "reason": "pinned, but the manifest's tools list does not expose it"})
+            result.warnings.append(
+                {"tool": f"{server}.{tool}", "reason": "pinned, but the manifest's tools list does not expose it"}
+            )
 
 
 def _check_served(specs: dict[str, UpstreamSpec], config: GatewayConfig, by_server: dict[str, FileResult]) -> None:

@@ -17,20 +17,34 @@ from gateway.report.focus import render_focus
 
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
     report = commands.add_parser("report", parents=[common], help="chargeback and evidence from the audit stream")
-    report.add_argument("audit", nargs="*", type=Path, metavar="AUDIT",
-                        help="audit files to read, e.g. each replica's (with their rotated and operator files); "
-                             "default: this gateway's")
+    report.add_argument(
+        "audit",
+        nargs="*",
+        type=Path,
+        metavar="AUDIT",
+        help="audit files to read, e.g. each replica's (with their rotated and operator files); "
+        "default: this gateway's",
+    )
     report.add_argument("--by", choices=GROUPS, default="agent", help="group rows by (default: %(default)s)")
-    report.add_argument("--since", type=moment_argument, metavar="WHEN",
-                        help="ISO 8601 date/time (UTC) or a duration ago: 7d")
-    report.add_argument("--until", type=moment_argument, metavar="WHEN",
-                        help="end of the period (exclusive); default now")
-    report.add_argument("--format", choices=[*FORMATS, "focus"], default="table",
-                        help="focus: FOCUS 1.2 CSV, one row per day, session and tool or model (default: %(default)s)")
+    report.add_argument(
+        "--since", type=moment_argument, metavar="WHEN", help="ISO 8601 date/time (UTC) or a duration ago: 7d"
+    )
+    report.add_argument(
+        "--until", type=moment_argument, metavar="WHEN", help="end of the period (exclusive); default now"
+    )
+    report.add_argument(
+        "--format",
+        choices=[*FORMATS, "focus"],
+        default="table",
+        help="focus: FOCUS 1.2 CSV, one row per day, session and tool or model (default: %(default)s)",
+    )
     report.add_argument("--output", metavar="PATH", help="write the report here instead of standard output")
-    report.add_argument("--recertify", action="store_true",
-                        help="access review: per agent its owner, credential and its age, last use, granted tools "
-                             "never used, sessions and spend (--since defaults to 30d)")
+    report.add_argument(
+        "--recertify",
+        action="store_true",
+        help="access review: per agent its owner, credential and its age, last use, granted tools "
+        "never used, sessions and spend (--since defaults to 30d)",
+    )
     report.set_defaults(run=_report)
 
 
@@ -56,8 +70,10 @@ def _report(args: argparse.Namespace) -> int:
     if skipped:
         print(f"warning: skipped {skipped} line(s) that are not audit records", file=sys.stderr)
     if report.invalid_values:
-        print(f"warning: left out {report.invalid_values} amount(s) that are negative, too large or not numbers",
-              file=sys.stderr)
+        print(
+            f"warning: left out {report.invalid_values} amount(s) that are negative, too large or not numbers",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -67,12 +67,28 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _open(args: argparse.Namespace) -> int:
-    session, token = operate(args, lambda ops: ops.gw.sessions.open(
-        args.agent, on_behalf_of=args.on_behalf_of, task=args.task, ttl=args.ttl, via=ops.actor,
-        credential="operator"))
+    session, token = operate(
+        args,
+        lambda ops: ops.gw.sessions.open(
+            args.agent,
+            on_behalf_of=args.on_behalf_of,
+            task=args.task,
+            ttl=args.ttl,
+            via=ops.actor,
+            credential="operator",
+        ),
+    )
     if args.json:
-        print(json.dumps({"session_id": session.sid, "agent": session.agent, "expires_at": session.expires_at,
-                          "access_token": token}))
+        print(
+            json.dumps(
+                {
+                    "session_id": session.sid,
+                    "agent": session.agent,
+                    "expires_at": session.expires_at,
+                    "access_token": token,
+                }
+            )
+        )
     else:
         print(token)
     return 0

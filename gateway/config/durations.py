@@ -78,8 +78,9 @@ def parse_instant(value: Any) -> float:
         try:
             moment = datetime.fromisoformat(value.strip())
         except ValueError:
-            raise ValueError(f"{value!r} is not an ISO 8601 date or time, like 2027-01-31 or 2027-01-31T12:00Z"
-                             ) from None
+            raise ValueError(
+                f"{value!r} is not an ISO 8601 date or time, like 2027-01-31 or 2027-01-31T12:00Z"
+            ) from None
     else:
         raise ValueError("expected an ISO 8601 date or time, like 2027-01-31 or 2027-01-31T12:00Z")
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()

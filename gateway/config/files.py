@@ -557,8 +557,10 @@ def check_public_jwks(value: Any) -> None:
         except (PyJWKError, ValueError, TypeError) as exc:
             raise ValueError(f"unusable key: {exc}") from None
         if jwk.algorithm_name not in ASSERTION_ALGORITHMS:
-            raise ValueError(f"key algorithm {jwk.algorithm_name!r} is not accepted for client authentication "
-                             f"(use one of {', '.join(ASSERTION_ALGORITHMS)})")
+            raise ValueError(
+                f"key algorithm {jwk.algorithm_name!r} is not accepted for client authentication "
+                f"(use one of {', '.join(ASSERTION_ALGORITHMS)})"
+            )
 
 
 AGENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")  # \Z: see SERVER_NAME
@@ -663,8 +665,12 @@ def _resolve_ca(base: Path, clients: ClientsSettings) -> ClientsSettings:
 
 def gateway_files(config: GatewayConfig) -> list[tuple[Path, str]]:
     """What no tool server may ever reach: the gateway's state, keys, store, audit and secrets, by field."""
-    files = [(config.state_dir, "state_dir"), (config.signing_key, "signing_key"), (config.audit.path, "audit.path"),
-             (config.secrets_dir, "secrets_dir")]
+    files = [
+        (config.state_dir, "state_dir"),
+        (config.signing_key, "signing_key"),
+        (config.audit.path, "audit.path"),
+        (config.secrets_dir, "secrets_dir"),
+    ]
     if config.store_is_sqlite:
         files.append((config.sqlite_path, "store"))
     return files
@@ -676,8 +682,10 @@ def _check_work_dir(path: Path, config: GatewayConfig) -> None:
     for other, name in gateway_files(config):
         real = Path(os.path.realpath(other))
         if real == work or work in real.parents or real in work.parents:
-            raise ConfigError(f"{path}: work_dir: {config.work_dir} overlaps {name} ({other}); "
-                              "tool servers' directories must be apart from the gateway's files")
+            raise ConfigError(
+                f"{path}: work_dir: {config.work_dir} overlaps {name} ({other}); "
+                "tool servers' directories must be apart from the gateway's files"
+            )
 
 
 def load_agents(path: Path) -> dict[str, AgentSpec]:
@@ -741,11 +749,14 @@ def check_login(config: GatewayConfig) -> None:
     for provider in config.identity_providers:
         if provider.issuer == config.login.identity_provider:
             if provider.oidc is None:
-                raise ConfigError(f"login.identity_provider: {provider.issuer!r} has no oidc: settings "
-                                  "(client_id, client_secret) in identity_providers")
+                raise ConfigError(
+                    f"login.identity_provider: {provider.issuer!r} has no oidc: settings "
+                    "(client_id, client_secret) in identity_providers"
+                )
             return
-    raise ConfigError(f"login.identity_provider: {config.login.identity_provider!r} is not an identity_providers "
-                      "issuer")
+    raise ConfigError(
+        f"login.identity_provider: {config.login.identity_provider!r} is not an identity_providers issuer"
+    )
 
 
 def check_workloads(config: GatewayConfig, agents: dict[str, AgentSpec]) -> None:

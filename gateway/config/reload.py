@@ -55,18 +55,48 @@ POLL_EVERY = 1.0  # seconds between checks of the files' contents
 DRAIN_GRACE = 1.0  # a call admitted just before a removal may still be on its way to the server
 ACTOR = "config"  # the audit actor of what a reload does (sessions revoked with a removed agent)
 
-RELOADABLE = frozenset({
-    "admin_token", "metrics_public", "prices", "require_pins",
-    "operators",  # read at every console request: a removed operator is signed out at their next request
-    "agent_defaults",  # read at each token request and lifecycle sweep
-    "call_timeout", "upstream_hosts",  # read when manifests are loaded: a change restarts the servers it touches
-})
-NOT_RELOADABLE = frozenset({
-    "public_url", "listen", "instance", "state_dir", "signing_key", "secrets_dir", "store", "audit",
-    "manifests", "agents", "session_defaults", "identity_providers", "oauth_rate_limit", "shared_credentials",
-    "allowed_origins", "allowed_hosts", "metering", "limits", "http", "work_dir",
-    "workload_issuers", "dpop", "dpop_nonce", "telemetry", "login", "clients",
-})
+RELOADABLE = frozenset(
+    {
+        "admin_token",
+        "metrics_public",
+        "prices",
+        "require_pins",
+        "operators",  # read at every console request: a removed operator is signed out at their next request
+        "agent_defaults",  # read at each token request and lifecycle sweep
+        "call_timeout",
+        "upstream_hosts",  # read when manifests are loaded: a change restarts the servers it touches
+    }
+)
+NOT_RELOADABLE = frozenset(
+    {
+        "public_url",
+        "listen",
+        "instance",
+        "state_dir",
+        "signing_key",
+        "secrets_dir",
+        "store",
+        "audit",
+        "manifests",
+        "agents",
+        "session_defaults",
+        "identity_providers",
+        "oauth_rate_limit",
+        "shared_credentials",
+        "allowed_origins",
+        "allowed_hosts",
+        "metering",
+        "limits",
+        "http",
+        "work_dir",
+        "workload_issuers",
+        "dpop",
+        "dpop_nonce",
+        "telemetry",
+        "login",
+        "clients",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -226,8 +256,9 @@ class Reloader:
         old_specs = {name: u.spec for name, u in gw.upstreams.servers.items()}
         added = sorted(set(snapshot.manifests) - set(old_specs))
         removed = sorted(set(old_specs) - set(snapshot.manifests))
-        changed = sorted(n for n in set(old_specs) & set(snapshot.manifests)
-                         if not _same_server(old_specs[n], snapshot.manifests[n]))
+        changed = sorted(
+            n for n in set(old_specs) & set(snapshot.manifests) if not _same_server(old_specs[n], snapshot.manifests[n])
+        )
 
         # Settings and agents first: they are plain swaps.
         require_pins_changed = gw.pins.require_pins != snapshot.config.require_pins
@@ -238,8 +269,9 @@ class Reloader:
         gw.agents.templates = load_templates(gw.config.agents)
         gw.agents.forget_all()
         agents_removed = sorted(set(old_agents) - set(snapshot.agents))
-        agents_changed = sorted(a for a in set(old_agents) & set(snapshot.agents)
-                                if old_agents[a] != snapshot.agents[a])
+        agents_changed = sorted(
+            a for a in set(old_agents) & set(snapshot.agents) if old_agents[a] != snapshot.agents[a]
+        )
         agents_added = sorted(set(snapshot.agents) - set(old_agents))
         try:
             await gw.agents.sync(gw.clock())
@@ -275,10 +307,18 @@ class Reloader:
                     await upstream.requarantine()
         for upstream in leaving:
             self._spawn(self._retire, upstream, upstream.name in removed)
-        return {key: value for key, value in (
-            ("servers_added", added), ("servers_removed", removed), ("servers_restarted", changed),
-            ("agents_added", agents_added), ("agents_removed", agents_removed), ("agents_changed", agents_changed),
-        ) if value}
+        return {
+            key: value
+            for key, value in (
+                ("servers_added", added),
+                ("servers_removed", removed),
+                ("servers_restarted", changed),
+                ("agents_added", agents_added),
+                ("agents_removed", agents_removed),
+                ("agents_changed", agents_changed),
+            )
+            if value
+        }
 
     def _spawn(self, fn: Any, *args: Any) -> None:
         if self.endpoints.task_group is not None:

@@ -31,7 +31,9 @@ if TYPE_CHECKING:
 PATH = "/console"
 
 
-def console_routes(gateway: Gateway, edge: Edge, idps: IdentityProviders) -> tuple[Mount, Callable[[], Awaitable[None]]]:
+def console_routes(
+    gateway: Gateway, edge: Edge, idps: IdentityProviders
+) -> tuple[Mount, Callable[[], Awaitable[None]]]:
     """The console's routes, and what to await at shutdown (the identity provider client, if any)."""
     web = Web(gateway, edge)
     closers: list[Callable[[], Awaitable[None]]] = []

@@ -24,17 +24,28 @@ def routes(web: Web) -> list[Route]:
             shown = await ops.show_agent(listed["id"])
             lifecycle = shown.get("lifecycle") or {}
             set_at = lifecycle.get("credential_set_at")
-            found.append({
-                **listed, **shown, "lifecycle": lifecycle,
-                "credential_age": web.gw.clock() - datetime.fromisoformat(set_at).timestamp() if set_at else None,
-                "kind": "interactive" if ":" in listed["id"] else shown["source"],
-                "grant_yaml": yaml.safe_dump(shown["grant"], sort_keys=True, default_flow_style=False),
-            })
+            found.append(
+                {
+                    **listed,
+                    **shown,
+                    "lifecycle": lifecycle,
+                    "credential_age": web.gw.clock() - datetime.fromisoformat(set_at).timestamp() if set_at else None,
+                    "kind": "interactive" if ":" in listed["id"] else shown["source"],
+                    "grant_yaml": yaml.safe_dump(shown["grant"], sort_keys=True, default_flow_style=False),
+                }
+            )
         return sorted(found, key=lambda r: r["id"])
 
     async def page(request: Request, operator: Operator, secret: tuple[str, str] | None = None) -> Response:
-        return web.html(request, "agents.html", operator=operator, page="agents", agents=await rows(operator),
-                        notice=web.notice(request), secret=secret)
+        return web.html(
+            request,
+            "agents.html",
+            operator=operator,
+            page="agents",
+            agents=await rows(operator),
+            notice=web.notice(request),
+            secret=secret,
+        )
 
     async def act(request: Request, operator: Operator, form: FormData) -> Response:
         agent, verb = request.path_params["id"], request.path_params["verb"]

@@ -56,8 +56,12 @@ class ChainStatus:
             files = audit_files(self.gw.config.audit.path)
             chains = await anyio.to_thread.run_sync(lambda: verify(files, self._key, stored))
             state: Literal["intact", "broken", "unverified"] = (
-                "broken" if any(c.broken for c in chains) else "unverified" if any(c.unverified for c in chains)
-                else "intact")
+                "broken"
+                if any(c.broken for c in chains)
+                else "unverified"
+                if any(c.unverified for c in chains)
+                else "intact"
+            )
             self.last = Verified(state, sum(c.seq for c in chains), [c.summary() for c in chains], self.gw.clock())
             return self.last
 
@@ -67,8 +71,16 @@ def routes(web: Web) -> list[Route]:
 
     async def page(request: Request, operator: Operator) -> Response:
         live.audit_filter(request, web.gw.clock())  # a bad filter is refused here, on the page
-        return web.html(request, "audit.html", operator=operator, page="audit", chain=chain.last,
-                        filters=request.query_params, notice=web.notice(request), live_query=request.url.query)
+        return web.html(
+            request,
+            "audit.html",
+            operator=operator,
+            page="audit",
+            chain=chain.last,
+            filters=request.query_params,
+            notice=web.notice(request),
+            live_query=request.url.query,
+        )
 
     async def updates(request: Request, operator: Operator) -> Response:
         wanted, limit = live.audit_filter(request, web.gw.clock())
@@ -76,8 +88,9 @@ def routes(web: Web) -> list[Route]:
 
     async def check(request: Request, operator: Operator, form: FormData) -> Response:
         verified = await chain.verify()
-        await web.gw.audit.emit(Event.AUDIT_VERIFIED, durable=True, actor=operator.actor, outcome=verified.state,
-                                records=verified.records)
+        await web.gw.audit.emit(
+            Event.AUDIT_VERIFIED, durable=True, actor=operator.actor, outcome=verified.state, records=verified.records
+        )
         return web.done(request, "audit", "verified")
 
     return [

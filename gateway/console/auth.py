@@ -86,8 +86,15 @@ class ConsoleAuth:
             if token is None:
                 raise ValueError("no admin_token is configured")
             payload["tok"] = token_fingerprint(self._key, token)
-        response.set_cookie(self.cookie, self._sealer.seal(payload, operator.expires_at), max_age=int(SESSION_TTL),
-                            path="/", secure=self.secure, httponly=True, samesite="strict")
+        response.set_cookie(
+            self.cookie,
+            self._sealer.seal(payload, operator.expires_at),
+            max_age=int(SESSION_TTL),
+            path="/",
+            secure=self.secure,
+            httponly=True,
+            samesite="strict",
+        )
         return operator
 
     def end_session(self, response: Response, operator: Operator | None) -> None:
@@ -112,8 +119,9 @@ class ConsoleAuth:
         config = self.gw.config
         if via == "admin_token":
             token = config.admin_token
-            if token is None or not hmac.compare_digest(str(payload.get("tok", "")),
-                                                        token_fingerprint(self._key, token)):
+            if token is None or not hmac.compare_digest(
+                str(payload.get("tok", "")), token_fingerprint(self._key, token)
+            ):
                 return None
         elif via == "idp":
             if not is_operator(config.operators, str(who)):

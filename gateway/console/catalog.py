@@ -47,8 +47,7 @@ def side_by_side(pinned: list[str], served: list[str]) -> list[DiffRow]:
     for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=pinned, b=served, autojunk=False).get_opcodes():
         left, right = pinned[i1:i2], served[j1:j2]
         for n in range(max(len(left), len(right))):
-            rows.append(DiffRow(tag, left[n] if n < len(left) else None,
-                                right[n] if n < len(right) else None))
+            rows.append(DiffRow(tag, left[n] if n < len(left) else None, right[n] if n < len(right) else None))
     return rows
 
 
@@ -69,11 +68,21 @@ def tool_rows(gateway: Gateway, upstream: Upstream) -> list[ToolRow]:
             before = recorded.get(name)
             known = isinstance(before, dict) and pins.digest(before) == pinned
             old = lockfile.render_definition(before) if known else []  # type: ignore[arg-type]
-            rows.append(ToolRow(name, "quarantined", pinned, served,
-                                side_by_side(old, lockfile.render_definition(definition)), recorded=known))
+            rows.append(
+                ToolRow(
+                    name,
+                    "quarantined",
+                    pinned,
+                    served,
+                    side_by_side(old, lockfile.render_definition(definition)),
+                    recorded=known,
+                )
+            )
     return rows
 
 
 def servers(gateway: Gateway) -> list[ServerRow]:
-    return [ServerRow(name, upstream.spec.owner, upstream.up, tool_rows(gateway, upstream))
-            for name, upstream in sorted(gateway.upstreams.servers.items())]
+    return [
+        ServerRow(name, upstream.spec.owner, upstream.up, tool_rows(gateway, upstream))
+        for name, upstream in sorted(gateway.upstreams.servers.items())
+    ]

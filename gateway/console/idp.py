@@ -49,8 +49,16 @@ def routes(web: Web, idps: IdentityProviders, closers: list[Callable[[], Awaitab
     secure = gw.config.public_url.startswith("https://")
 
     def refused(request: Request, message: str, status: int) -> Response:
-        response = web.html(request, "login.html", status, operator=None, page="login", refused=message,
-                            token_configured=gw.config.admin_token is not None, idp=provider.issuer)
+        response = web.html(
+            request,
+            "login.html",
+            status,
+            operator=None,
+            page="login",
+            refused=message,
+            token_configured=gw.config.admin_token is not None,
+            idp=provider.issuer,
+        )
         response.delete_cookie(COOKIE, path="/console", secure=secure, httponly=True, samesite="lax")
         return response
 
@@ -65,8 +73,15 @@ def routes(web: Web, idps: IdentityProviders, closers: list[Callable[[], Awaitab
             return refused(request, f"The identity provider cannot be reached now ({exc}); try again.", 503)
         response = RedirectResponse(url, status_code=303)
         pending = {"kind": "console-idp", "state": state, "nonce": nonce, "verifier": verifier}
-        response.set_cookie(COOKIE, sealer.seal(pending, gw.clock() + PENDING_TTL), max_age=int(PENDING_TTL),
-                            path="/console", secure=secure, httponly=True, samesite="lax")
+        response.set_cookie(
+            COOKIE,
+            sealer.seal(pending, gw.clock() + PENDING_TTL),
+            max_age=int(PENDING_TTL),
+            path="/console",
+            secure=secure,
+            httponly=True,
+            samesite="lax",
+        )
         return response
 
     async def callback(request: Request) -> Response:
@@ -80,8 +95,7 @@ def routes(web: Web, idps: IdentityProviders, closers: list[Callable[[], Awaitab
         state, code = request.query_params.get("state", ""), request.query_params.get("code", "")
         if pending.get("kind") != "console-idp" or not hmac.compare_digest(str(pending.get("state", "")), state):
             await web.edge.failures.failed(remote, "console sign-in: state does not match this browser's sign-in")
-            return refused(request, "That sign-in did not start in this browser, or took too long; start again.",
-                           400)
+            return refused(request, "That sign-in did not start in this browser, or took too long; start again.", 400)
         if not code:
             return refused(request, "The identity provider did not sign you in.", 401)
         try:
@@ -102,8 +116,14 @@ def routes(web: Web, idps: IdentityProviders, closers: list[Callable[[], Awaitab
         )
         response.delete_cookie(COOKIE, path="/console", secure=secure, httponly=True, samesite="lax")
         operator = auth.start_session(response, human.email, "idp")
-        await gw.audit.emit(Event.CONSOLE_SIGNED_IN, durable=True, actor=operator.actor, via="idp",
-                            on_behalf_of=human.email, remote_addr=remote)
+        await gw.audit.emit(
+            Event.CONSOLE_SIGNED_IN,
+            durable=True,
+            actor=operator.actor,
+            via="idp",
+            on_behalf_of=human.email,
+            remote_addr=remote,
+        )
         return response
 
     return [

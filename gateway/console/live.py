@@ -42,8 +42,9 @@ def _event(name: str, data: str) -> bytes:
 
 
 def _stream(body: AsyncIterator[bytes]) -> StreamingResponse:
-    return StreamingResponse(body, media_type="text/event-stream",
-                             headers={"x-accel-buffering": "no", "cache-control": "no-store"})
+    return StreamingResponse(
+        body, media_type="text/event-stream", headers={"x-accel-buffering": "no", "cache-control": "no-store"}
+    )
 
 
 def rows_stream(gateway: Gateway, render: Callable[[], Awaitable[str]]) -> StreamingResponse:
@@ -95,12 +96,20 @@ def audit_filter(request: Request, now: float) -> tuple[Filter, int | None]:
 
 
 def _record(record: dict[str, Any]) -> str:
-    return json.dumps({"line": readable(record), "event": str(record.get("event", "")),
-                       "seq": record.get("seq"), "gateway": str(record.get("gateway", ""))}, ensure_ascii=True)
+    return json.dumps(
+        {
+            "line": readable(record),
+            "event": str(record.get("event", "")),
+            "seq": record.get("seq"),
+            "gateway": str(record.get("gateway", "")),
+        },
+        ensure_ascii=True,
+    )
 
 
-def audit_stream(gateway: Gateway, auth: ConsoleAuth, request: Request, wanted: Filter,
-                 limit: int | None) -> StreamingResponse:
+def audit_stream(
+    gateway: Gateway, auth: ConsoleAuth, request: Request, wanted: Filter, limit: int | None
+) -> StreamingResponse:
     """The last `limit` matching records, then every matching record as it is written (`audit tail --follow`)."""
 
     async def body() -> AsyncIterator[bytes]:

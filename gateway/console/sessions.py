@@ -52,11 +52,20 @@ def routes(web: Web) -> list[Route]:
         agent, state, human = _filter(request)
         found = await matching(operator, agent, state, human)
         agents = sorted(a["id"] for a in await web.ops(operator).list_agents())
-        return web.html(request, "sessions.html", operator=operator, page="sessions", agents=agents,
-                        agent=agent, state=state, human=human, states=("live", "all", *STATES),
-                        rows=Markup(rows(request, operator, found)),  # escaped by its own (autoescaped) template
-                        notice=web.notice(request),
-                        live_query=request.url.query)
+        return web.html(
+            request,
+            "sessions.html",
+            operator=operator,
+            page="sessions",
+            agents=agents,
+            agent=agent,
+            state=state,
+            human=human,
+            states=("live", "all", *STATES),
+            rows=Markup(rows(request, operator, found)),  # escaped by its own (autoescaped) template
+            notice=web.notice(request),
+            live_query=request.url.query,
+        )
 
     async def updates(request: Request, operator: Operator) -> Response:
         agent, state, human = _filter(request)

@@ -18,8 +18,16 @@ def routes(web: Web) -> list[Route]:
     idp_issuer = provider.issuer if provider is not None and gw.config.operators else None  # see console/idp.py
 
     def form_page(request: Request, status: int = 200, refused: str | None = None) -> Response:
-        return web.html(request, "login.html", status, operator=None, page="login", refused=refused,
-                        token_configured=gw.config.admin_token is not None, idp=idp_issuer)
+        return web.html(
+            request,
+            "login.html",
+            status,
+            operator=None,
+            page="login",
+            refused=refused,
+            token_configured=gw.config.admin_token is not None,
+            idp=idp_issuer,
+        )
 
     async def login_form(request: Request) -> Response:
         if (refusal := web.host_refusal(request)) is not None:
@@ -41,8 +49,9 @@ def routes(web: Web) -> list[Route]:
             return form_page(request, 401, "That is not the admin token.")
         response = web.redirect(request, "sessions")
         operator = auth.start_session(response, ADMIN, "admin_token")
-        await gw.audit.emit(Event.CONSOLE_SIGNED_IN, durable=True, actor=operator.actor, via="admin_token",
-                            remote_addr=remote)
+        await gw.audit.emit(
+            Event.CONSOLE_SIGNED_IN, durable=True, actor=operator.actor, via="admin_token", remote_addr=remote
+        )
         return response
 
     async def logout(request: Request, operator: Operator, form: FormData) -> Response:

@@ -64,17 +64,30 @@ def routes(web: Web) -> list[Route]:
         name, since, until = window(request, web.gw.clock())
         stream = await records()
         reports = {by: build(stream, by, since, until).as_json() for by in GROUPS}
-        charts = {by: {  # bars() escapes every label (agent-chosen task names included)
-            "tokens": Markup(bars([(r[by], int(tokens(r))) for r in reports[by]["rows"][:TOP]], "#2563eb")),
-            "cost": Markup(bars([(r[by], round(r["cost_usd"], 4)) for r in reports[by]["rows"][:TOP]], "#16a34a")),
-        } for by in GROUPS}
+        charts = {
+            by: {  # bars() escapes every label (agent-chosen task names included)
+                "tokens": Markup(bars([(r[by], int(tokens(r))) for r in reports[by]["rows"][:TOP]], "#2563eb")),
+                "cost": Markup(bars([(r[by], round(r["cost_usd"], 4)) for r in reports[by]["rows"][:TOP]], "#16a34a")),
+            }
+            for by in GROUPS
+        }
         data = reports["agent"]
-        return web.html(request, "spend.html", operator=operator, page="spend", window=name,
-                        windows=(*WINDOWS, *(["custom"] if name == "custom" else [])), data=data, charts=charts,
-                        groups=GROUPS, over_time=Markup(spend_chart(data["charts"]["spend_by_agent"])),
-                        query={k: v for k, v in request.query_params.items() if k in ("since", "until", "window")},
-                        since=request.query_params.get("since", ""), until=request.query_params.get("until", ""),
-                        formats=(*FORMATS[1:], "focus"))
+        return web.html(
+            request,
+            "spend.html",
+            operator=operator,
+            page="spend",
+            window=name,
+            windows=(*WINDOWS, *(["custom"] if name == "custom" else [])),
+            data=data,
+            charts=charts,
+            groups=GROUPS,
+            over_time=Markup(spend_chart(data["charts"]["spend_by_agent"])),
+            query={k: v for k, v in request.query_params.items() if k in ("since", "until", "window")},
+            since=request.query_params.get("since", ""),
+            until=request.query_params.get("until", ""),
+            formats=(*FORMATS[1:], "focus"),
+        )
 
     async def export(request: Request, operator: Operator) -> Response:
         _, since, until = window(request, web.gw.clock())
@@ -83,13 +96,19 @@ def routes(web: Web) -> list[Route]:
             raise OperatorError(f"format must be one of {', '.join(MEDIA)}")
         stream = await records()
         try:
-            text = (render_focus(stream, since, until, web.gw.config.public_url) if fmt == "focus"
-                    else render(build(stream, by, since, until), fmt))
+            text = (
+                render_focus(stream, since, until, web.gw.config.public_url)
+                if fmt == "focus"
+                else render(build(stream, by, since, until), fmt)
+            )
         except ValueError as exc:  # --by outside GROUPS
             raise OperatorError(str(exc)) from None
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         name = f"mcp-gateway-report-{by if fmt != 'focus' else 'focus'}-{stamp}.{'csv' if fmt == 'focus' else fmt}"
-        return Response(text, media_type=f"{MEDIA[fmt]}; charset=utf-8",
-                        headers={"content-disposition": f'attachment; filename="{name}"'})
+        return Response(
+            text,
+            media_type=f"{MEDIA[fmt]}; charset=utf-8",
+            headers={"content-disposition": f'attachment; filename="{name}"'},
+        )
 
     return [Route("/spend", web.page(page)), Route("/spend/export", web.page(export))]

@@ -24,8 +24,15 @@ def routes(web: Web) -> list[Route]:
     gw = web.gw
 
     async def page(request: Request, operator: Operator) -> Response:
-        return web.html(request, "tools.html", operator=operator, page="tools", servers=servers(gw),
-                        notice=web.notice(request), require_pins=gw.config.require_pins)
+        return web.html(
+            request,
+            "tools.html",
+            operator=operator,
+            page="tools",
+            servers=servers(gw),
+            notice=web.notice(request),
+            require_pins=gw.config.require_pins,
+        )
 
     async def approve(request: Request, operator: Operator, form: FormData) -> Response:
         server, tool, reviewed = request.path_params["server"], form.get("tool"), form.get("pin")
@@ -41,8 +48,9 @@ def routes(web: Web) -> list[Route]:
         if entry is None:
             raise OperatorError(f"{server}.{tool} is pinned already", status=409)
         if entry.new_pin != reviewed:
-            raise OperatorError(f"{server}.{tool} changed again since you reviewed it; review the new definition",
-                                status=409)
+            raise OperatorError(
+                f"{server}.{tool} changed again since you reviewed it; review the new definition", status=409
+            )
         await pinning.write(change, gw.audit, operator.actor)
         await upstream.requarantine()  # at once, not at the next look at the manifest files
         return web.done(request, "tools", "pinned", f"{server}.{tool}")

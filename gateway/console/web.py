@@ -29,9 +29,14 @@ if TYPE_CHECKING:
 
 MAX_FORM = 16_384  # bytes: a console form is a few short fields
 NOTICES = {  # what an action's redirect may say; the subject is shown escaped
-    "closed": "Closed session", "revoked": "Revoked session", "resumed": "Resumed session",
-    "agent-revoked": "Revoked every live session of agent", "enabled": "Enabled agent",
-    "disabled": "Disabled agent (live sessions revoked):", "pinned": "Pinned", "verified": "Verified the chain",
+    "closed": "Closed session",
+    "revoked": "Revoked session",
+    "resumed": "Resumed session",
+    "agent-revoked": "Revoked every live session of agent",
+    "enabled": "Enabled agent",
+    "disabled": "Disabled agent (live sessions revoked):",
+    "pinned": "Pinned",
+    "verified": "Verified the chain",
 }
 
 Page = Callable[[Request, Operator], Awaitable[Response]]
@@ -60,8 +65,10 @@ def base(request: Request) -> str:
 
 def templates() -> Environment:
     """The console's templates, every value autoescaped."""
-    env = Environment(loader=PackageLoader("gateway.console", "templates"),
-                      autoescape=select_autoescape(default=True, default_for_string=True))
+    env = Environment(
+        loader=PackageLoader("gateway.console", "templates"),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+    )
     env.filters.update(iso=iso, age=age)
     return env
 
@@ -96,8 +103,9 @@ class Web:
     def host_refusal(self, request: Request) -> Response | None:
         if request.headers.get("host") in self.edge.hosts:
             return None
-        return PlainTextResponse("misdirected: this Host is not one the gateway serves (allowed_hosts)",
-                                 status_code=421)
+        return PlainTextResponse(
+            "misdirected: this Host is not one the gateway serves (allowed_hosts)", status_code=421
+        )
 
     def same_origin(self, request: Request) -> bool:
         origin = request.headers.get("origin")
@@ -114,8 +122,7 @@ class Web:
     def error(self, request: Request, operator: Operator | None, message: str, status: int) -> HTMLResponse:
         return self.html(request, "error.html", status, operator=operator, message=message, page="")
 
-    async def _guarded(self, request: Request, operator: Operator, call: Callable[[], Awaitable[Response]]
-                       ) -> Response:
+    async def _guarded(self, request: Request, operator: Operator, call: Callable[[], Awaitable[Response]]) -> Response:
         try:
             return await call()
         except OperatorError as exc:
@@ -146,8 +153,9 @@ class Web:
             if operator is None:
                 return PlainTextResponse("sign in first", status_code=401)
             if not self.same_origin(request):
-                return PlainTextResponse("refused: this request did not come from the console's own origin",
-                                         status_code=403)
+                return PlainTextResponse(
+                    "refused: this request did not come from the console's own origin", status_code=403
+                )
             form = await self.form(request)
             if form is None:
                 return PlainTextResponse(f"refused: a console form is at most {MAX_FORM} bytes", status_code=413)

@@ -96,8 +96,14 @@ async def _create_agent(ops: Operations, request: Request) -> Any:
     unknown = set(body) - {"id", "owner", "cost_center", "jwks", "workload"}
     if unknown:
         raise OperatorError(f"unknown field(s): {', '.join(sorted(unknown))}")
-    secret = await ops.create_agent(body.get("id", ""), body.get("owner", ""), body.get("cost_center"),
-                                    body.get("jwks"), body.get("workload"), lifecycle)
+    secret = await ops.create_agent(
+        body.get("id", ""),
+        body.get("owner", ""),
+        body.get("cost_center"),
+        body.get("jwks"),
+        body.get("workload"),
+        lifecycle,
+    )
     return {"id": body["id"], "client_secret": secret} if secret else {"id": body["id"]}
 
 

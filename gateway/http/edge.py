@@ -63,6 +63,7 @@ class _McpSession:
     agent: str
     endpoint: McpEndpoint
 
+
 # Names that reach only this machine. DNS rebinding needs a name that resolves elsewhere first, so
 # accepting these for a loopback public_url opens nothing.
 _LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
@@ -140,8 +141,12 @@ class AuthFailures:
     async def _emit(self, remote: str, reasons: dict[str, int], *, first: bool) -> None:
         try:
             await self.gw.audit.emit(
-                Event.AUTH_FAILED, remote_addr=remote, count=sum(reasons.values()), reasons=reasons,
-                window_s=self.window, reason=next(iter(reasons)) if first else "aggregate",
+                Event.AUTH_FAILED,
+                remote_addr=remote,
+                count=sum(reasons.values()),
+                reasons=reasons,
+                window_s=self.window,
+                reason=next(iter(reasons)) if first else "aggregate",
             )
         except Unavailable:
             log.warning("auth.failed could not be audited")
@@ -215,8 +220,9 @@ class Edge:
             nonlocal status, opened
             if message["type"] == "http.response.start":
                 status = message["status"]
-                opened = next((v.decode("latin-1") for k, v in message.get("headers", []) if k == b"mcp-session-id"),
-                              None)
+                opened = next(
+                    (v.decode("latin-1") for k, v in message.get("headers", []) if k == b"mcp-session-id"), None
+                )
             await send(message)
 
         started = time.perf_counter()
@@ -224,21 +230,34 @@ class Edge:
             await self._serve(app, path, scope, receive, answered)
         finally:
             bound = structlog.contextvars.get_contextvars()
-            requests_log.info("request", extra={
-                "method": scope["method"], "path": path, "status": status,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                "agent": bound.get("agent"), "sid": bound.get("sid"),
-                "mcp_session": bound.get("mcp_session") or opened,
-            })
+            requests_log.info(
+                "request",
+                extra={
+                    "method": scope["method"],
+                    "path": path,
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "agent": bound.get("agent"),
+                    "sid": bound.get("sid"),
+                    "mcp_session": bound.get("mcp_session") or opened,
+                },
+            )
 
     async def _serve(self, app: ASGIApp, path: str, scope: Scope, receive: Receive, send: Send) -> None:
         headers = _read_headers(scope)
         host = _first(headers, b"host")
         if host is None or host not in self.hosts:
-            await send_json(send, 421, {"error": "misdirected_request", "error_description": (
-                "Host not accepted: use public_url's host, or add this host (host:port) to allowed_hosts "
-                "in gateway.yaml"
-            )})
+            await send_json(
+                send,
+                421,
+                {
+                    "error": "misdirected_request",
+                    "error_description": (
+                        "Host not accepted: use public_url's host, or add this host (host:port) to allowed_hosts "
+                        "in gateway.yaml"
+                    ),
+                },
+            )
             return
         origin = _first(headers, b"origin")
         if origin is not None and origin not in self.origins:
@@ -263,38 +282,55 @@ class Edge:
             await self._unauthorized(send, path, exc.reason, error=exc.error)
             return
         except Unavailable as exc:
-            await send_json(send, 503, {"error": "temporarily_unavailable", "error_description": str(exc)},
-                            {"retry-after": "1"})
+            await send_json(
+                send, 503, {"error": "temporarily_unavailable", "error_description": str(exc)}, {"retry-after": "1"}
+            )
             return
         mcp_session = _first(headers, b"mcp-session-id")
         structlog.contextvars.bind_contextvars(agent=principal.agent.id, sid=principal.sid, mcp_session=mcp_session)
         owned = self._mcp_sessions.get(mcp_session) if mcp_session is not None else None
         if owned is not None and owned.sid != principal.sid:
             # Bound to another agent session: answer exactly as if it did not exist.
-            await send_json(send, 404, {"jsonrpc": "2.0", "id": None,
-                                        "error": {"code": -32600, "message": "Session not found"}})
+            await send_json(
+                send, 404, {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "Session not found"}}
+            )
             return
         opening = isinstance(app, McpEndpoint) and mcp_session is None and _may_open_session(scope, headers)
         if opening:
             refusal = self._mcp_session_refusal(principal)
             if refusal is not None:
-                log.warning("refused an MCP session to agent %s, session %s: %s", principal.agent.id,
-                            principal.sid, refusal)
-                await send_json(send, 429, {"jsonrpc": "2.0", "id": None,
-                                            "error": {"code": TOO_MANY_MCP_SESSIONS, "message": refusal}})
+                log.warning(
+                    "refused an MCP session to agent %s, session %s: %s", principal.agent.id, principal.sid, refusal
+                )
+                await send_json(
+                    send,
+                    429,
+                    {"jsonrpc": "2.0", "id": None, "error": {"code": TOO_MANY_MCP_SESSIONS, "message": refusal}},
+                )
                 return
         claims = principal.token
         scope[PRINCIPAL] = principal
         scope["user"] = AuthenticatedUser(
-            AccessToken(token=token, client_id=claims.agent, scopes=[], expires_at=int(claims.expires_at),
-                        subject=claims.subject, claims={"iss": self.gw.config.public_url, "sid": claims.sid})
+            AccessToken(
+                token=token,
+                client_id=claims.agent,
+                scopes=[],
+                expires_at=int(claims.expires_at),
+                subject=claims.subject,
+                claims={"iss": self.gw.config.public_url, "sid": claims.sid},
+            )
         )
         scope["auth"] = AuthCredentials([])
         ending = mcp_session if scope["method"] == "DELETE" else None
         nonce = self.gw.dpop.nonce() if scheme == "dpop" else None
         if not opening:
-            await self._run(app, principal.sid, scope, receive,
-                            _with_header(self._binding(send, None, ending), b"dpop-nonce", nonce))
+            await self._run(
+                app,
+                principal.sid,
+                scope,
+                receive,
+                _with_header(self._binding(send, None, ending), b"dpop-nonce", nonce),
+            )
             return
         assert isinstance(app, McpEndpoint)
         opener = _McpSession(principal.sid, principal.agent.id, app)
@@ -302,8 +338,13 @@ class Edge:
         self._opening_sessions[opener.sid] += 1
         self._opening_agents[opener.agent] += 1
         try:
-            await self._run(app, principal.sid, scope, receive,
-                            _with_header(self._binding(send, opener, None), b"dpop-nonce", nonce))
+            await self._run(
+                app,
+                principal.sid,
+                scope,
+                receive,
+                _with_header(self._binding(send, opener, None), b"dpop-nonce", nonce),
+            )
         finally:
             self._opened(opener)
 
@@ -338,18 +379,30 @@ class Edge:
         limits = self.gw.config.limits
         sid, agent = principal.sid, principal.agent.id
         bounds: tuple[tuple[str, str, int, Callable[[_McpSession], bool], int], ...] = (
-            ("this agent session", "mcp_sessions_per_session", limits.mcp_sessions_per_session,
-             lambda owned: owned.sid == sid, self._opening_sessions[sid]),
-            (f"agent {agent!r}", "mcp_sessions_per_agent", limits.mcp_sessions_per_agent,
-             lambda owned: owned.agent == agent, self._opening_agents[agent]),
+            (
+                "this agent session",
+                "mcp_sessions_per_session",
+                limits.mcp_sessions_per_session,
+                lambda owned: owned.sid == sid,
+                self._opening_sessions[sid],
+            ),
+            (
+                f"agent {agent!r}",
+                "mcp_sessions_per_agent",
+                limits.mcp_sessions_per_agent,
+                lambda owned: owned.agent == agent,
+                self._opening_agents[agent],
+            ),
         )
         for whose, setting, limit, mine, pending in bounds:
             held = self._held(mine) + pending
             if held >= limit:
                 held = self._held(mine, prune=True) + pending
             if held >= limit:
-                return (f"Too many MCP sessions: {whose} holds {held} (limits.{setting} = {limit} in gateway.yaml); "
-                        "end one (HTTP DELETE with its Mcp-Session-Id) or reuse it")
+                return (
+                    f"Too many MCP sessions: {whose} holds {held} (limits.{setting} = {limit} in gateway.yaml); "
+                    "end one (HTTP DELETE with its Mcp-Session-Id) or reuse it"
+                )
         return None
 
     def _held(self, mine: Callable[[_McpSession], bool], *, prune: bool = False) -> int:
@@ -404,16 +457,19 @@ class Edge:
     async def _unauthorized(self, send: Send, path: str, reason: str, *, error: str = "invalid_token") -> None:
         url = metadata_url(self.gw.config.public_url, path if path in self.resources else "")
         if error in (dpop.INVALID, dpop.USE_NONCE):
-            headers = {"www-authenticate": dpop.challenge(reason, error=error, resource_metadata=url),
-                       **self.gw.dpop.nonce_header()}
+            headers = {
+                "www-authenticate": dpop.challenge(reason, error=error, resource_metadata=url),
+                **self.gw.dpop.nonce_header(),
+            }
             await send_json(send, 401, {"error": error, "error_description": reason}, headers)
             return
         description = reason.replace('"', "'")
         challenge = f'Bearer error="invalid_token", error_description="{description}", resource_metadata="{url}"'
         if self.scope:  # MCP authorization: the scope a sign-in should ask for
             challenge += f', scope="{self.scope}"'
-        await send_json(send, 401, {"error": "invalid_token", "error_description": reason},
-                        {"www-authenticate": challenge})
+        await send_json(
+            send, 401, {"error": "invalid_token", "error_description": reason}, {"www-authenticate": challenge}
+        )
 
 
 def _may_open_session(scope: Scope, headers: dict[bytes, list[str]]) -> bool:

@@ -128,12 +128,17 @@ async def admin_refusal(request: Request, admin_token: str | None, failures: Aut
         return None
     await failures.failed(_remote(request), "admin token missing or wrong")
     if admin_token is None:
-        description = ("admin token required, and none is configured: set admin_token in gateway.yaml "
-                       "(e.g. admin_token: ${env:GATEWAY_ADMIN_TOKEN}) and send it as Authorization: Bearer")
+        description = (
+            "admin token required, and none is configured: set admin_token in gateway.yaml "
+            "(e.g. admin_token: ${env:GATEWAY_ADMIN_TOKEN}) and send it as Authorization: Bearer"
+        )
     else:
         description = "admin token required: send gateway.yaml's admin_token as Authorization: Bearer"
-    return JSONResponse({"error": "invalid_token", "error_description": description},
-                        status_code=401, headers={"www-authenticate": 'Bearer realm="mcp-gateway-admin"'})
+    return JSONResponse(
+        {"error": "invalid_token", "error_description": description},
+        status_code=401,
+        headers={"www-authenticate": 'Bearer realm="mcp-gateway-admin"'},
+    )
 
 
 def scope_of(grant: Grant) -> str:
@@ -150,8 +155,14 @@ class OAuth:
         self.gw = gateway
         self.failures = failures
         config = gateway.config
-        self.clients = ClientAuthenticator(gateway.agents, gateway.store, gateway.credential_key,
-                                           config.public_url, gateway.clock, lambda: gateway.config.agent_defaults)
+        self.clients = ClientAuthenticator(
+            gateway.agents,
+            gateway.store,
+            gateway.credential_key,
+            config.public_url,
+            gateway.clock,
+            lambda: gateway.config.agent_defaults,
+        )
         self.idps = IdentityProviders(config.identity_providers, gateway.clock)
         self.workloads = WorkloadIssuers(config.workload_issuers, gateway.agents, gateway.store, gateway.clock)
         limits = config.oauth_rate_limit
@@ -204,8 +215,11 @@ class OAuth:
 
     async def _authorize(self, request: Request) -> Response:
         if self.login is None:
-            return login_pages.error_page("Sign-in is not configured on this gateway (gateway.yaml login:). Agents "
-                                          "get tokens with client_credentials; ask the operator for one.", 404)
+            return login_pages.error_page(
+                "Sign-in is not configured on this gateway (gateway.yaml login:). Agents "
+                "get tokens with client_credentials; ask the operator for one.",
+                404,
+            )
         return await self.login.authorize(request)
 
     async def _consent(self, request: Request) -> Response:
@@ -300,18 +314,22 @@ class OAuth:
         jkt = await self._proof(request, agent.dpop)
         bound: dict[str, Any] = {"credential": credential, "jkt": jkt}
         if grant_type == CLIENT_CREDENTIALS and form.get("session_id"):
-            session, token = await sessions.renew(form["session_id"], agent.id, ttl, via="renewal", remote_addr=remote,
-                                                  **bound)
+            session, token = await sessions.renew(
+                form["session_id"], agent.id, ttl, via="renewal", remote_addr=remote, **bound
+            )
         elif grant_type == CLIENT_CREDENTIALS:
-            session, token = await sessions.open(agent.id, task=task, ttl=ttl, via=CLIENT_CREDENTIALS,
-                                                 remote_addr=remote, **bound)
+            session, token = await sessions.open(
+                agent.id, task=task, ttl=ttl, via=CLIENT_CREDENTIALS, remote_addr=remote, **bound
+            )
         elif grant_type == JWT_BEARER:
-            session, token = await sessions.open(agent.id, on_behalf_of=human, task=task, ttl=ttl, via=credential,
-                                                 remote_addr=remote, **bound)
+            session, token = await sessions.open(
+                agent.id, on_behalf_of=human, task=task, ttl=ttl, via=credential, remote_addr=remote, **bound
+            )
         else:
             human = await self._subject(form, agent.id, agent.delegators)
-            session, token = await sessions.open(agent.id, on_behalf_of=human, task=task, ttl=ttl,
-                                                 via="token_exchange", remote_addr=remote, **bound)
+            session, token = await sessions.open(
+                agent.id, on_behalf_of=human, task=task, ttl=ttl, via="token_exchange", remote_addr=remote, **bound
+            )
             extra["issued_token_type"] = ACCESS_TOKEN_TYPE
         # Last use, for disable_after_idle: once per token, never per call (calls update the session's last_seen,
         # which opening and renewing a session also set: this column is the agent's own record of it, so a
@@ -425,15 +443,25 @@ class OAuth:
     async def _holder_proof(self, request: Request, token: str, jkt: str) -> Response | None:
         """None when the request carries a fresh DPoP proof by the key `token` is bound to, else the 401."""
         try:
-            await self.gw.dpop.verify_holder(request.headers.getlist("dpop"), method="POST",
-                                             url=f"{self.gw.config.public_url}/oauth/revoke", access_token=token,
-                                             jkt=jkt)
+            await self.gw.dpop.verify_holder(
+                request.headers.getlist("dpop"),
+                method="POST",
+                url=f"{self.gw.config.public_url}/oauth/revoke",
+                access_token=token,
+                jkt=jkt,
+            )
         except AuthError as exc:
             if exc.error != USE_NONCE:
                 await self.failures.failed(_remote(request), exc.reason)
-            return JSONResponse({"error": exc.error, "error_description": exc.reason}, status_code=401,
-                                headers={**_NO_STORE, **self.gw.dpop.nonce_header(),
-                                         "www-authenticate": challenge(exc.reason, error=exc.error)})
+            return JSONResponse(
+                {"error": exc.error, "error_description": exc.reason},
+                status_code=401,
+                headers={
+                    **_NO_STORE,
+                    **self.gw.dpop.nonce_header(),
+                    "www-authenticate": challenge(exc.reason, error=exc.error),
+                },
+            )
         return None
 
     async def _introspect(self, request: Request, form: dict[str, Any]) -> Response:
@@ -449,8 +477,24 @@ class OAuth:
             "active": True,
             "token_type": "DPoP" if principal.token.jkt is not None else "Bearer",
             "scope": scope_of(principal.grant),
-            **{name: claims[name] for name in ("iss", "aud", "sub", "client_id", "sid", "jti", "iat", "exp",
-                                                "act", "task", "grant", "cnf") if name in claims},
+            **{
+                name: claims[name]
+                for name in (
+                    "iss",
+                    "aud",
+                    "sub",
+                    "client_id",
+                    "sid",
+                    "jti",
+                    "iat",
+                    "exp",
+                    "act",
+                    "task",
+                    "grant",
+                    "cnf",
+                )
+                if name in claims
+            },
             "session_state": principal.session.state,
         }
         return JSONResponse(body, headers=_NO_STORE)

@@ -31,7 +31,8 @@ class McpEndpoint:
     """ASGI app for one MCP path."""
 
     def __init__(self, server: Server[Any], security: TransportSecuritySettings) -> None:
-        # Handshake-era sessions' SSE streams are resumable (priming event, retry, Last-Event-ID): gateway/http/resumable.py.
+        # Handshake-era sessions' SSE streams are resumable (priming event, retry, Last-Event-ID):
+        # gateway/http/resumable.py.
         self.streaming = ResumableSessionManager(app=server, json_response=False, security_settings=security)
         self.plain = StreamableHTTPSessionManager(app=server, json_response=True, security_settings=security)
 

@@ -75,8 +75,9 @@ class UsageEndpoint:
         try:
             await send_json(send, 200, await self.record(principal, report))
         except Unavailable as exc:
-            await send_json(send, 503, _error("temporarily_unavailable", f"{exc}; nothing was recorded"),
-                            {"retry-after": "1"})
+            await send_json(
+                send, 503, _error("temporarily_unavailable", f"{exc}; nothing was recorded"), {"retry-after": "1"}
+            )
 
     async def record(self, principal: Principal, report: UsageReport) -> dict[str, Any]:
         """Write `model.usage` (durably), then count its tokens against the budgets.
@@ -90,12 +91,25 @@ class UsageEndpoint:
         tokens = report.input_tokens + report.output_tokens
         call_id = secrets.token_hex(8)  # the settlement's key: counted once however often it is retried
         await self.gw.audit.emit(
-            Event.MODEL_USAGE, durable=True, **principal.audit_fields(), model=report.model, call_id=call_id,
-            input_tokens=report.input_tokens, output_tokens=report.output_tokens, cost_usd=cost, cost_source=source,
+            Event.MODEL_USAGE,
+            durable=True,
+            **principal.audit_fields(),
+            model=report.model,
+            call_id=call_id,
+            input_tokens=report.input_tokens,
+            output_tokens=report.output_tokens,
+            cost_usd=cost,
+            cost_source=source,
         )
         await self.gw.budgets.settle(principal, tokens, call_id=call_id)
-        return {"recorded": True, "session": principal.sid, "model": report.model, "tokens": tokens,
-                "cost_usd": cost, "cost_source": source}
+        return {
+            "recorded": True,
+            "session": principal.sid,
+            "model": report.model,
+            "tokens": tokens,
+            "cost_usd": cost,
+            "cost_source": source,
+        }
 
 
 def parse(body: bytes) -> UsageReport:

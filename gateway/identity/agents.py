@@ -55,8 +55,12 @@ def _from_spec(agent_id: str, spec: AgentSpec, record: AgentRecord | None) -> Ag
 def _times(record: AgentRecord | None) -> dict[str, Any]:
     if record is None:
         return {}
-    return {"created_at": record.created_at, "secret_at": record.secret_at, "keys_at": record.keys_at,
-            "last_used": record.last_used}
+    return {
+        "created_at": record.created_at,
+        "secret_at": record.secret_at,
+        "keys_at": record.keys_at,
+        "last_used": record.last_used,
+    }
 
 
 def template_of(agent_id: str) -> str:
@@ -87,8 +91,9 @@ def _from_record(record: AgentRecord, templates: Mapping[str, InteractiveTemplat
     )
 
 
-def resolve(record: AgentRecord, specs: Mapping[str, AgentSpec],
-            templates: Mapping[str, InteractiveTemplate] | None = None) -> Agent:
+def resolve(
+    record: AgentRecord, specs: Mapping[str, AgentSpec], templates: Mapping[str, InteractiveTemplate] | None = None
+) -> Agent:
     """The agent a store row describes, with its agents.yaml definition (if any) laid over it."""
     spec = specs.get(record.id)
     return _from_spec(record.id, spec, record) if spec is not None else _from_record(record, templates)
@@ -97,14 +102,18 @@ def resolve(record: AgentRecord, specs: Mapping[str, AgentSpec],
 class AgentDirectory:
     """Looks agents up by id. Config definitions win; credentials and the disabled flag live in the store."""
 
-    def __init__(self, store: Store, specs: dict[str, AgentSpec],
-                 templates: dict[str, InteractiveTemplate] | None = None) -> None:
+    def __init__(
+        self, store: Store, specs: dict[str, AgentSpec], templates: dict[str, InteractiveTemplate] | None = None
+    ) -> None:
         self.store = store
         self.specs = specs
         self.templates = templates or {}  # agents.yaml `interactive:`: the grants of sign-in agents
         self._cache: dict[str, tuple[float, Agent | None]] = {}
-        self._workloads = {(spec.workload.issuer, spec.workload.subject): agent_id
-                           for agent_id, spec in specs.items() if spec.workload is not None}
+        self._workloads = {
+            (spec.workload.issuer, spec.workload.subject): agent_id
+            for agent_id, spec in specs.items()
+            if spec.workload is not None
+        }
 
     async def by_workload(self, issuer: str, subject: str) -> str | None:
         """The id of the agent whose `workload` is this issuer and subject: agents.yaml's first (unique there,

@@ -63,7 +63,12 @@ def _usable(agent: Agent | None) -> Agent:
 
 class ClientAuthenticator:
     def __init__(
-        self, agents: AgentDirectory, store: Store, credential_key: bytes, issuer: str, clock: Callable[[], float],
+        self,
+        agents: AgentDirectory,
+        store: Store,
+        credential_key: bytes,
+        issuer: str,
+        clock: Callable[[], float],
         defaults: Callable[[], AgentLifecycle] = AgentLifecycle,
     ) -> None:
         self.agents = agents
@@ -105,11 +110,13 @@ class ClientAuthenticator:
             StoreUnavailable: the store cannot be consulted.
         """
         presented = [
-            method for method, present in (
+            method
+            for method, present in (
                 ("client_secret_basic", authorization is not None),
                 ("client_secret_post", "client_secret" in form),
                 ("private_key_jwt", "client_assertion" in form or "client_assertion_type" in form),
-            ) if present
+            )
+            if present
         ]
         if len(presented) > 1:
             raise AuthError("use exactly one client authentication method", error="invalid_request")
@@ -152,8 +159,14 @@ class ClientAuthenticator:
         key = select_key(agent.jwks["keys"], header, error=INVALID)
         now = self.clock()
         verified = verify_jwt(
-            assertion, key, header["alg"], audience=self.issuer, issuer=client_id, now=now,
-            require=("iss", "sub", "aud", "exp", "jti"), error=INVALID,
+            assertion,
+            key,
+            header["alg"],
+            audience=self.issuer,
+            issuer=client_id,
+            now=now,
+            require=("iss", "sub", "aud", "exp", "jti"),
+            error=INVALID,
         )
         if verified["exp"] > now + MAX_ASSERTION_LIFETIME:
             raise AuthError("client assertion lives longer than an hour", error=INVALID)

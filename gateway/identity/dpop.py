@@ -123,9 +123,17 @@ def check_proof(proof: str, *, method: str, url: str, now: float, access_token: 
         raise AuthError("DPoP proof jwk is not a usable public key", error=INVALID) from None
     try:
         claims: dict[str, Any] = jwt.decode(
-            proof, key, algorithms=[alg],
-            options={"verify_exp": False, "verify_iat": False, "verify_nbf": False, "verify_aud": False,
-                     "verify_iss": False, "require": ["jti", "htm", "htu", "iat"]},
+            proof,
+            key,
+            algorithms=[alg],
+            options={
+                "verify_exp": False,
+                "verify_iat": False,
+                "verify_nbf": False,
+                "verify_aud": False,
+                "verify_iss": False,
+                "require": ["jti", "htm", "htu", "iat"],
+            },
         )
     except jwt.MissingRequiredClaimError as exc:
         raise AuthError(f"DPoP proof lacks the {exc.claim} claim", error=INVALID) from None
@@ -150,8 +158,9 @@ def check_proof(proof: str, *, method: str, url: str, now: float, access_token: 
 class DpopVerifier:
     """Verifies proofs and spends their jti in the store, which every replica shares."""
 
-    def __init__(self, store: Store, clock: Callable[[], float], default_mode: DpopMode,
-                 nonce_secret: bytes | None = None) -> None:
+    def __init__(
+        self, store: Store, clock: Callable[[], float], default_mode: DpopMode, nonce_secret: bytes | None = None
+    ) -> None:
         self.store = store
         self.clock = clock
         self.default_mode = default_mode
@@ -198,8 +207,9 @@ class DpopVerifier:
         """The agent's own setting, else gateway.yaml's."""
         return agent_mode or self.default_mode
 
-    async def verify(self, proof: str, *, method: str, url: str, access_token: str | None = None,
-                     jkt: str | None = None) -> Proof:
+    async def verify(
+        self, proof: str, *, method: str, url: str, access_token: str | None = None, jkt: str | None = None
+    ) -> Proof:
         """A proof valid for this request (and for the key `jkt`, when the token is bound to one), spent.
 
         Raises:
@@ -216,8 +226,7 @@ class DpopVerifier:
             raise AuthError("DPoP proof replayed (jti already used)", error=INVALID)
         return checked
 
-    async def verify_holder(self, proofs: list[str], *, method: str, url: str, access_token: str,
-                            jkt: str) -> Proof:
+    async def verify_holder(self, proofs: list[str], *, method: str, url: str, access_token: str, jkt: str) -> Proof:
         """The one proof (of the request's `DPoP` headers) that the holder of a token bound to `jkt` has its key.
 
         Raises:

@@ -87,8 +87,9 @@ class ProviderKeys:
             if not isinstance(keys, list):
                 raise ValueError('not a JWK Set ({"keys": [...]})')
         except (httpx.HTTPError, ValueError) as exc:
-            log.warning("identity provider %s: cannot fetch keys from %s: %s", self.provider.issuer,
-                        self.provider.jwks_url, exc)
+            log.warning(
+                "identity provider %s: cannot fetch keys from %s: %s", self.provider.issuer, self.provider.jwks_url, exc
+            )
             if self._keys is None:
                 raise Unavailable(f"identity provider {self.provider.issuer} keys unavailable") from None
             self._fetched_at = now  # keep the old keys; retry after the bound, not on every request
@@ -113,7 +114,12 @@ class JwtIssuers:
             await self.http.aclose()
 
     async def verified(
-        self, token: str, *, what: str, require: tuple[str, ...], audience: str | None = None,
+        self,
+        token: str,
+        *,
+        what: str,
+        require: tuple[str, ...],
+        audience: str | None = None,
         unlisted: str | None = None,
     ) -> tuple[JwtIssuer, dict[str, Any], dict[str, Any]]:
         """(issuer, header, claims) of a token one of the issuers signed; `audience` defaults to the issuer's;
@@ -133,8 +139,14 @@ class JwtIssuers:
         header = token_header(token, config.algorithms, error=INVALID)
         key = select_key(await source.keys_for(header.get("kid")), header, error=INVALID)
         claims = verify_jwt(
-            token, key, header["alg"], audience=audience or config.audience, issuer=config.issuer, now=self.clock(),
-            require=require, error=INVALID,
+            token,
+            key,
+            header["alg"],
+            audience=audience or config.audience,
+            issuer=config.issuer,
+            now=self.clock(),
+            require=require,
+            error=INVALID,
         )
         if not isinstance(claims["sub"], str) or not claims["sub"]:
             raise AuthError(f"{what} sub claim malformed", error=INVALID)
@@ -152,7 +164,9 @@ class IdentityProviders(JwtIssuers):
             Unavailable: the provider's keys cannot be fetched.
         """
         provider, _, claims = await self.verified(
-            token, what="subject_token", require=("iss", "sub", "aud", "exp"),
+            token,
+            what="subject_token",
+            require=("iss", "sub", "aud", "exp"),
             unlisted="subject_token issuer is not a configured identity provider",
         )
         return _human(provider, claims)
@@ -175,7 +189,9 @@ class IdentityProviders(JwtIssuers):
         if not isinstance(typ, str) or typ.lower().removeprefix("application/") != ID_JAG_TYPE:
             raise AuthError(f"assertion typ must be {ID_JAG_TYPE}", error=INVALID)
         provider, _, claims = await self.verified(
-            token, what="ID-JAG", audience=gateway_issuer,
+            token,
+            what="ID-JAG",
+            audience=gateway_issuer,
             require=("iss", "sub", "aud", "exp", "iat", "jti", "client_id"),
         )
         aud = claims["aud"]

@@ -71,7 +71,6 @@ def select_key(keys: Sequence[dict[str, Any]], header: dict[str, Any], *, error:
     return usable[0]
 
 
-
 CLOCK_SKEW = 60.0  # seconds a peer's clock may run ahead of ours (iat, nbf)
 
 
@@ -85,7 +84,11 @@ def verify_jwt(
     """
     try:
         claims: dict[str, Any] = jwt.decode(
-            token, key, algorithms=[alg], audience=audience, issuer=issuer,
+            token,
+            key,
+            algorithms=[alg],
+            audience=audience,
+            issuer=issuer,
             options={"verify_exp": False, "verify_iat": False, "verify_nbf": False, "require": list(require)},
         )
     except jwt.MissingRequiredClaimError as exc:

@@ -151,17 +151,24 @@ class Lifecycle:
             agent = gw.agents.resolve(record)
             rules = policy(agent, defaults)
             if not agent.disabled and rules.expires is not None and now >= rules.expires:
-                await self._disable(agent, Event.AGENT_EXPIRED, "agent expired", f"expires:{rules.expires}",
-                                    expires=iso(rules.expires))
+                await self._disable(
+                    agent, Event.AGENT_EXPIRED, "agent expired", f"expires:{rules.expires}", expires=iso(rules.expires)
+                )
                 continue
             if not agent.disabled and rules.disable_after_idle is not None:
                 if last_seen is None:
                     last_seen = await gw.store.last_seen_by_agent()
                 used = last_use(agent, last_seen.get(agent.id))
                 if now - used >= rules.disable_after_idle:
-                    await self._disable(agent, Event.AGENT_IDLE_DISABLED, "agent idle", f"idle:{used}",
-                                        last_used=iso(used), idle_days=days(now - used),
-                                        disable_after_idle_days=days(rules.disable_after_idle))
+                    await self._disable(
+                        agent,
+                        Event.AGENT_IDLE_DISABLED,
+                        "agent idle",
+                        f"idle:{used}",
+                        last_used=iso(used),
+                        idle_days=days(now - used),
+                        disable_after_idle_days=days(rules.disable_after_idle),
+                    )
                     continue
             if not agent.disabled and rules.credential_max_age is not None:
                 await self._stale(agent, rules.credential_max_age, now)
@@ -173,8 +180,9 @@ class Lifecycle:
         revoked = await gw.sessions.end_agent(agent.id, reason, actor=ACTOR)
         if await gw.store.first_alert(f"agent:{agent.id}", f"{event}:{once}", 1.0):
             log.warning("agent %s disabled: %s", agent.id, reason)
-            await gw.audit.emit(event, durable=True, actor=ACTOR, agent=agent.id, owner=agent.owner,
-                                sessions_revoked=revoked, **fields)
+            await gw.audit.emit(
+                event, durable=True, actor=ACTOR, agent=agent.id, owner=agent.owner, sessions_revoked=revoked, **fields
+            )
 
     async def _stale(self, agent: Agent, max_age: float, now: float) -> None:
         kind = credential_of(agent)
@@ -184,9 +192,16 @@ class Lifecycle:
         if await self.gw.store.first_alert(f"agent:{agent.id}", f"credential_stale:{kind}:{set_at}", STALE_SHARE):
             refused_from = set_at + max_age
             await self.gw.audit.emit(
-                Event.AGENT_CREDENTIAL_STALE, durable=True, actor=ACTOR, agent=agent.id, owner=agent.owner,
-                credential=kind, age_days=days(now - set_at), credential_max_age_days=days(max_age),
-                refused_from=iso(refused_from), action=_renewal(agent, kind),
+                Event.AGENT_CREDENTIAL_STALE,
+                durable=True,
+                actor=ACTOR,
+                agent=agent.id,
+                owner=agent.owner,
+                credential=kind,
+                age_days=days(now - set_at),
+                credential_max_age_days=days(max_age),
+                refused_from=iso(refused_from),
+                action=_renewal(agent, kind),
             )
 
 

@@ -156,13 +156,14 @@ class Grant:
 
         What lets a request touch a server at all (logging/setLevel, starting a per-session connection).
         """
-        return (self.allows_resources(server) or self.allows_prompts(server)
-                or any(self.allows_tool(server, tool) for tool in tools))
+        return (
+            self.allows_resources(server)
+            or self.allows_prompts(server)
+            or any(self.allows_tool(server, tool) for tool in tools)
+        )
 
 
-def decide(
-    grant: Grant, server: str, tool: str, arguments: Mapping[str, Any] | None, *, resolve: Resolver
-) -> Decision:
+def decide(grant: Grant, server: str, tool: str, arguments: Mapping[str, Any] | None, *, resolve: Resolver) -> Decision:
     """Whether `grant` lets this call through. Pure: no I/O, no clock; `path_prefix` rules learn where a
     path really leads from `resolve` (the gateway passes `host_realpath`)."""
     if not grant.allows_tool(server, tool):

@@ -112,13 +112,25 @@ class Sessions:
             )
         identity = _identity(agent, session)
         await self.audit.emit(
-            Event.SESSION_OPENED, durable=True, **identity, expires_at=session.expires_at, via=via,
+            Event.SESSION_OPENED,
+            durable=True,
+            **identity,
+            expires_at=session.expires_at,
+            via=via,
             remote_addr=remote_addr,
         )
         return session, await self._issue(agent, session, via, remote_addr, credential, jkt, token_ttl)
 
-    async def _issue(self, agent: Agent, session: SessionRecord, via: str, remote_addr: str | None,
-                     credential: str | None, jkt: str | None, token_ttl: float | None = None) -> str:
+    async def _issue(
+        self,
+        agent: Agent,
+        session: SessionRecord,
+        via: str,
+        remote_addr: str | None,
+        credential: str | None,
+        jkt: str | None,
+        token_ttl: float | None = None,
+    ) -> str:
         expires_at = session.expires_at
         if token_ttl is not None:
             expires_at = min(expires_at, self.clock() + token_ttl)
@@ -134,13 +146,29 @@ class Sessions:
         )
         bound = {"dpop_jkt": jkt} if jkt is not None else {}
         await self.audit.emit(
-            Event.TOKEN_ISSUED, durable=True, **_identity(agent, session), jti=jti,
-            expires_at=expires_at, via=via, remote_addr=remote_addr, credential=credential, **bound,
+            Event.TOKEN_ISSUED,
+            durable=True,
+            **_identity(agent, session),
+            jti=jti,
+            expires_at=expires_at,
+            via=via,
+            remote_addr=remote_addr,
+            credential=credential,
+            **bound,
         )
         return token
 
-    async def renew(self, sid: str, agent_id: str, ttl: float | None, *, via: str, remote_addr: str | None = None,
-                    credential: str | None = None, jkt: str | None = None) -> tuple[SessionRecord, str]:
+    async def renew(
+        self,
+        sid: str,
+        agent_id: str,
+        ttl: float | None,
+        *,
+        via: str,
+        remote_addr: str | None = None,
+        credential: str | None = None,
+        jkt: str | None = None,
+    ) -> tuple[SessionRecord, str]:
         """Extend a live session of this agent, within its max lifetime; same sid, same budget.
 
         Raises:
@@ -158,8 +186,16 @@ class Sessions:
             raise AuthError("the session has ended and cannot be renewed", error="invalid_grant")
         return renewed, await self._issue(agent, renewed, via, remote_addr, credential, jkt)
 
-    async def reissue(self, sid: str, agent_id: str, *, via: str, token_ttl: float, remote_addr: str | None = None,
-                      credential: str | None = None) -> tuple[SessionRecord, str]:
+    async def reissue(
+        self,
+        sid: str,
+        agent_id: str,
+        *,
+        via: str,
+        token_ttl: float,
+        remote_addr: str | None = None,
+        credential: str | None = None,
+    ) -> tuple[SessionRecord, str]:
         """A new short token for a live session of this agent (a refresh): the session's lifetime is unchanged,
         the refresh counts as activity.
 
@@ -175,8 +211,9 @@ class Sessions:
             raise AuthError("the session has ended: sign in again", error="invalid_grant")
         return renewed, await self._issue(agent, renewed, via, remote_addr, credential, None, token_ttl)
 
-    async def authenticate(self, token: str, *, remote_addr: str | None = None,
-                           claims: TokenClaims | None = None) -> Principal:
+    async def authenticate(
+        self, token: str, *, remote_addr: str | None = None, claims: TokenClaims | None = None
+    ) -> Principal:
         """The principal a bearer token stands for, checked against the live session; counts as activity.
 
         `claims`: the token's, when the caller has just verified it (the edge does, for DPoP).
@@ -191,8 +228,9 @@ class Sessions:
             await self.store.touch_session(principal.sid, now)
         return principal
 
-    async def resolve(self, token: str, *, remote_addr: str | None = None,
-                      claims: TokenClaims | None = None) -> Principal:
+    async def resolve(
+        self, token: str, *, remote_addr: str | None = None, claims: TokenClaims | None = None
+    ) -> Principal:
         """Like `authenticate`, without recording activity (introspection, revocation).
 
         Raises:
@@ -242,10 +280,19 @@ class Sessions:
 
     async def _ended(self, session: SessionRecord, actor: str | None) -> None:
         await self.audit.emit(
-            Event.SESSION_CLOSED, durable=True, agent=session.agent, owner=session.owner,
-            on_behalf_of=session.on_behalf_of, session=session.sid, task=session.task,
-            grant=session.grant_version, state=session.state, reason=session.reason, actor=actor,
-            calls=session.calls, tokens=session.tokens,
+            Event.SESSION_CLOSED,
+            durable=True,
+            agent=session.agent,
+            owner=session.owner,
+            on_behalf_of=session.on_behalf_of,
+            session=session.sid,
+            task=session.task,
+            grant=session.grant_version,
+            state=session.state,
+            reason=session.reason,
+            actor=actor,
+            calls=session.calls,
+            tokens=session.tokens,
         )
         await self.notify_ended(session.sid)
 

@@ -55,9 +55,13 @@ class SharedCredentialDetector:
         if fingerprint not in excess:
             excess[fingerprint] = now
             report = {
-                "remote_addr": fingerprint[0], "client": fingerprint[1], "client_version": fingerprint[2],
-                "fingerprints": len(seen) + 1, "max_fingerprints": self.settings.max_fingerprints,
-                "window_s": window, "blocked": self.settings.block,
+                "remote_addr": fingerprint[0],
+                "client": fingerprint[1],
+                "client_version": fingerprint[2],
+                "fingerprints": len(seen) + 1,
+                "max_fingerprints": self.settings.max_fingerprints,
+                "window_s": window,
+                "blocked": self.settings.block,
             }
         if self.settings.block:
             return Verdict(False, report)

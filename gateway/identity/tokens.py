@@ -151,8 +151,14 @@ class Tokens:
                 token,
                 key.public,
                 algorithms=[ALGORITHM],
-                options={"verify_exp": False, "verify_iat": False, "verify_nbf": False, "verify_aud": False,
-                         "verify_iss": False, "require": list(_REQUIRED)},
+                options={
+                    "verify_exp": False,
+                    "verify_iat": False,
+                    "verify_nbf": False,
+                    "verify_aud": False,
+                    "verify_iss": False,
+                    "require": list(_REQUIRED),
+                },
             )
         except jwt.MissingRequiredClaimError as exc:
             raise AuthError(f"token lacks the {exc.claim} claim") from None

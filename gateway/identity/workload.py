@@ -40,8 +40,9 @@ class WorkloadIssuers(JwtIssuers):
             AuthError: (`invalid_grant`) the JWT does not verify, names no agent or a disabled one, or is replayed.
             Unavailable: the issuer's keys or the store cannot be consulted.
         """
-        issuer, header, claims = await self.verified(assertion, what="workload JWT",
-                                                     require=("iss", "sub", "aud", "exp"))
+        issuer, header, claims = await self.verified(
+            assertion, what="workload JWT", require=("iss", "sub", "aud", "exp")
+        )
         typ = header.get("typ")
         if isinstance(typ, str) and typ.lower().removeprefix("application/") == ID_JAG_TYPE:
             # one issuer may sign both: a person's grant must never pass for a workload's identity

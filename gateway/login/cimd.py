@@ -72,8 +72,13 @@ def parse_metadata(document: Any, client_id: str) -> ClientMetadata:
     if method != "none":
         raise ClientRefused("only public clients (token_endpoint_auth_method none) may use a metadata document")
     uri = document.get("client_uri")
-    return ClientMetadata(client_id, name[:200] if isinstance(name, str) and name else None, tuple(uris), method,
-                          uri if isinstance(uri, str) else None)
+    return ClientMetadata(
+        client_id,
+        name[:200] if isinstance(name, str) and name else None,
+        tuple(uris),
+        method,
+        uri if isinstance(uri, str) else None,
+    )
 
 
 def valid_redirect_uri(uri: str) -> bool:
@@ -116,8 +121,9 @@ class MetadataFetcher:
         verify: ssl.SSLContext | bool = True
         if settings.fetch.ca_file is not None:
             verify = ssl.create_default_context(cafile=str(settings.fetch.ca_file))
-        self._http = httpx.AsyncClient(follow_redirects=False, verify=verify, trust_env=False,
-                                       timeout=settings.fetch.timeout)
+        self._http = httpx.AsyncClient(
+            follow_redirects=False, verify=verify, trust_env=False, timeout=settings.fetch.timeout
+        )
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -147,8 +153,9 @@ class MetadataFetcher:
                 await self._check_addresses(host, urlsplit(url).port or 443, named)
                 body, cache_control = await self._fetch(url, named)
         except TimeoutError:
-            raise ClientRefused(f"fetching the metadata document took longer than {self.settings.fetch.timeout:g} s")\
-                from None
+            raise ClientRefused(
+                f"fetching the metadata document took longer than {self.settings.fetch.timeout:g} s"
+            ) from None
         except httpx.HTTPError as exc:
             raise ClientRefused(f"the metadata document could not be fetched: {type(exc).__name__}") from None
         try:
@@ -170,8 +177,10 @@ class MetadataFetcher:
             raise ClientRefused(f"the metadata document host {host!r} does not resolve") from None
         for info in infos:
             if not named and not _public(str(info[4][0])):
-                raise ClientRefused(f"the metadata document host {host!r} resolves to a private or loopback "
-                                    "address, and no clients.metadata_documents glob names it")
+                raise ClientRefused(
+                    f"the metadata document host {host!r} resolves to a private or loopback "
+                    "address, and no clients.metadata_documents glob names it"
+                )
 
     async def _fetch(self, url: str, named: bool) -> tuple[bytes, str]:
         limit = self.settings.fetch.max_bytes

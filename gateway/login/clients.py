@@ -87,8 +87,12 @@ class Clients:
             await self.gw.audit.emit(Event.CLIENT_METADATA_FAILED, client_id=client_id, reason=exc.reason)
             raise
         if fetched:
-            await self.gw.audit.emit(Event.CLIENT_METADATA_FETCHED, client_id=client_id, client_name=metadata.client_name,
-                                     redirect_uris=list(metadata.redirect_uris))
+            await self.gw.audit.emit(
+                Event.CLIENT_METADATA_FETCHED,
+                client_id=client_id,
+                client_name=metadata.client_name,
+                redirect_uris=list(metadata.redirect_uris),
+            )
         return Client(metadata, False)
 
     async def authenticate(self, authorization: str | None, form: dict[str, Any]) -> Client:
@@ -112,8 +116,9 @@ class Clients:
         except ClientRefused as exc:
             raise AuthError(exc.reason, error="invalid_client") from None
         if method != client.auth_method:
-            raise AuthError(f"this client authenticates with {client.auth_method}, not {method}",
-                            error="invalid_client")
+            raise AuthError(
+                f"this client authenticates with {client.auth_method}, not {method}", error="invalid_client"
+            )
         if method != "none" and not verify_secret(self.gw.credential_key, secret or "", client.secret_hash):
             raise AuthError("wrong client secret", error="invalid_client")
         return client

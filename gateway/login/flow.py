@@ -44,8 +44,16 @@ COOKIE = "gw_login"
 CODE_KIND = "code"
 CONSENT_KIND = "consent"
 _CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}\Z")  # base64url of a SHA-256, unpadded
-_SINGLE = ("response_type", "client_id", "redirect_uri", "state", "code_challenge", "code_challenge_method",
-           "resource", "scope")
+_SINGLE = (
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "state",
+    "code_challenge",
+    "code_challenge_method",
+    "resource",
+    "scope",
+)
 
 
 class AuthorizeError(Exception):
@@ -88,8 +96,15 @@ class Login:
     def _cookie(self, response: Response, txn: dict[str, Any]) -> Response:
         now = self.gw.clock()
         value = self.sealer.seal({"purpose": "login", **txn}, now + self.settings.login_timeout)
-        response.set_cookie(COOKIE, value, max_age=int(self.settings.login_timeout), path="/oauth", httponly=True,
-                            secure=self.secure, samesite="lax")
+        response.set_cookie(
+            COOKIE,
+            value,
+            max_age=int(self.settings.login_timeout),
+            path="/oauth",
+            httponly=True,
+            secure=self.secure,
+            samesite="lax",
+        )
         return response
 
     def _txn(self, request: Request) -> dict[str, Any] | None:
@@ -110,8 +125,9 @@ class Login:
         return response
 
     def _refuse(self, txn: dict[str, Any], error: str, description: str) -> Response:
-        return self._back(txn["redirect_uri"], {"error": error, "error_description": description,
-                                                "state": txn.get("state")})
+        return self._back(
+            txn["redirect_uri"], {"error": error, "error_description": description, "state": txn.get("state")}
+        )
 
     # ------------------------------------------------------------ GET /oauth/authorize
 
@@ -132,8 +148,12 @@ class Login:
         if redirect_uri is None and len(client.metadata.redirect_uris) == 1:
             redirect_uri = client.metadata.redirect_uris[0]
         if redirect_uri not in client.metadata.redirect_uris:  # exact match, never a prefix
-            await self._failed("redirect_uri is not one the client lists", client_id=client.id,
-                               redirect_uri=redirect_uri, remote_addr=remote)
+            await self._failed(
+                "redirect_uri is not one the client lists",
+                client_id=client.id,
+                redirect_uri=redirect_uri,
+                remote_addr=remote,
+            )
             return pages.error_page("The application asked to return to an address it has not registered.")
         txn: dict[str, Any] = {"client_id": client.id, "redirect_uri": redirect_uri, "state": query.get("state")}
         try:
@@ -142,16 +162,26 @@ class Login:
             await self._failed(exc.description, client_id=client.id, remote_addr=remote)
             return self._refuse(txn, exc.error, exc.description)
         verifier = secrets.token_urlsafe(48)
-        txn.update(idp_state=secrets.token_urlsafe(24), nonce=secrets.token_urlsafe(24), verifier=verifier,
-                   csrf=secrets.token_urlsafe(24))
+        txn.update(
+            idp_state=secrets.token_urlsafe(24),
+            nonce=secrets.token_urlsafe(24),
+            verifier=verifier,
+            csrf=secrets.token_urlsafe(24),
+        )
         try:
             url = await self.rp.authorization_url(state=txn["idp_state"], nonce=txn["nonce"], verifier=verifier)
         except Unavailable as exc:
             await self._failed(str(exc), client_id=client.id, remote_addr=remote)
             return pages.error_page("The identity provider cannot be reached; try again later.", status=503)
-        await self.gw.audit.emit(Event.LOGIN_STARTED, client_id=client.id, client_name=client.metadata.client_name,
-                                 redirect_host=urlsplit(redirect_uri).hostname, template=txn["template"],
-                                 resource=txn["resource"], remote_addr=remote)
+        await self.gw.audit.emit(
+            Event.LOGIN_STARTED,
+            client_id=client.id,
+            client_name=client.metadata.client_name,
+            redirect_host=urlsplit(redirect_uri).hostname,
+            template=txn["template"],
+            resource=txn["resource"],
+            remote_addr=remote,
+        )
         return self._cookie(RedirectResponse(url, status_code=302), txn)
 
     def _check(self, query: Any, client: Client) -> dict[str, Any]:
@@ -187,8 +217,9 @@ class Login:
         remote = request.client.host if request.client else None
         if txn is None or "human" in txn:
             await self._failed("no sign-in in progress in this browser (cookie missing or expired)", remote_addr=remote)
-            return pages.error_page("No sign-in is in progress in this browser, or it took too long. Start again "
-                                    "from your application.")
+            return pages.error_page(
+                "No sign-in is in progress in this browser, or it took too long. Start again from your application."
+            )
         where = {"client_id": txn["client_id"], "remote_addr": remote}
         if not hmac.compare_digest(query.get("state", ""), txn["idp_state"]):
             await self._failed("state mismatch at the callback", **where)
@@ -217,15 +248,26 @@ class Login:
         except (ClientRefused, NotAllowed) as exc:
             await self._failed(exc.reason, on_behalf_of=human.principal, **where)
             return self._refuse(txn, "access_denied", exc.reason)
-        txn = {**txn, "human": {"issuer": human.issuer, "subject": human.subject, "email": human.email},
-               "agent": agent.id}
+        txn = {
+            **txn,
+            "human": {"issuer": human.issuer, "subject": human.subject, "email": human.email},
+            "agent": agent.id,
+        }
         if self.settings.consent == "once":
-            remembered = await self.gw.store.get_login_item(CONSENT_KIND, self._consent_key(human, client, agent),
-                                                            self.gw.clock())
+            remembered = await self.gw.store.get_login_item(
+                CONSENT_KIND, self._consent_key(human, client, agent), self.gw.clock()
+            )
             if remembered is not None:
                 return await self._issue_code(txn, human, agent, remembered_consent=True)
-        page = pages.consent_page(client_name=client.name, client_id=client.id, redirect_uri=txn["redirect_uri"],
-                                  human=human.principal, agent=agent.id, grant=agent.grant, csrf=txn["csrf"])
+        page = pages.consent_page(
+            client_name=client.name,
+            client_id=client.id,
+            redirect_uri=txn["redirect_uri"],
+            human=human.principal,
+            agent=agent.id,
+            grant=agent.grant,
+            csrf=txn["csrf"],
+        )
         return self._cookie(page, txn)
 
     def _consent_key(self, human: Human, client: Client, agent: Agent) -> str:
@@ -258,21 +300,40 @@ class Login:
         client = await self.clients.get(txn["client_id"])
         now = self.gw.clock()
         if self.settings.consent == "once":
-            await self.gw.store.put_login_item(CONSENT_KIND, self._consent_key(human, client, agent),
-                                               {"agent": agent.id, "grant": agent.grant.version, "at": now}, NEVER, now)
-        await self.gw.audit.emit(Event.CONSENT_GRANTED, durable=True, agent=agent.id, owner=agent.owner,
-                                 on_behalf_of=human.principal, client_id=client.id, grant=agent.grant.version,
-                                 remembered=self.settings.consent == "once")
+            await self.gw.store.put_login_item(
+                CONSENT_KIND,
+                self._consent_key(human, client, agent),
+                {"agent": agent.id, "grant": agent.grant.version, "at": now},
+                NEVER,
+                now,
+            )
+        await self.gw.audit.emit(
+            Event.CONSENT_GRANTED,
+            durable=True,
+            agent=agent.id,
+            owner=agent.owner,
+            on_behalf_of=human.principal,
+            client_id=client.id,
+            grant=agent.grant.version,
+            remembered=self.settings.consent == "once",
+        )
         return await self._issue_code(txn, human, agent, remembered_consent=False)
 
-    async def _issue_code(self, txn: dict[str, Any], human: Human, agent: Agent, *,
-                          remembered_consent: bool) -> Response:
+    async def _issue_code(
+        self, txn: dict[str, Any], human: Human, agent: Agent, *, remembered_consent: bool
+    ) -> Response:
         code = secrets.token_urlsafe(32)
         now = self.gw.clock()
         data = {name: txn[name] for name in ("client_id", "redirect_uri", "code_challenge", "resource", "scope")}
         data.update(agent=agent.id, human=human.principal)
         await self.gw.store.put_login_item(CODE_KIND, digest(code), data, now + self.settings.code_ttl, now)
-        await self.gw.audit.emit(Event.LOGIN_COMPLETED, durable=True, agent=agent.id, owner=agent.owner,
-                                 on_behalf_of=human.principal, client_id=txn["client_id"],
-                                 consent="remembered" if remembered_consent else "given")
+        await self.gw.audit.emit(
+            Event.LOGIN_COMPLETED,
+            durable=True,
+            agent=agent.id,
+            owner=agent.owner,
+            on_behalf_of=human.principal,
+            client_id=txn["client_id"],
+            consent="remembered" if remembered_consent else "given",
+        )
         return self._back(txn["redirect_uri"], {"code": code, "state": txn.get("state")})

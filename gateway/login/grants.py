@@ -63,10 +63,10 @@ class Grants:
         if item.used_at is not None:
             opened = await self.gw.store.get_login_item(CODE_SESSION_KIND, digest(code), now)
             if opened is not None:  # RFC 6749 §4.1.2: what a replayed code obtained is revoked
-                await self.gw.sessions.end(opened.data["sid"], "revoked", "authorization code replayed",
-                                           actor="login")
-            raise await self._refused("authorization code replayed", client, agent=data["agent"],
-                                      on_behalf_of=data["human"])
+                await self.gw.sessions.end(opened.data["sid"], "revoked", "authorization code replayed", actor="login")
+            raise await self._refused(
+                "authorization code replayed", client, agent=data["agent"], on_behalf_of=data["human"]
+            )
         if data["client_id"] != client.id:
             raise await self._refused("authorization code was issued to another client", client)
         if form.get("redirect_uri", data["redirect_uri"]) != data["redirect_uri"]:
@@ -81,30 +81,47 @@ class Grants:
             raise await self._refused("resource differs from the authorization request's", client)
         ttl = self.login.settings.access_token_ttl
         session, token = await self.gw.sessions.open(
-            data["agent"], on_behalf_of=data["human"], task=f"sign-in: {client.name}"[:256], via=AUTHORIZATION_CODE,
-            remote_addr=remote, credential="interactive", token_ttl=ttl,
+            data["agent"],
+            on_behalf_of=data["human"],
+            task=f"sign-in: {client.name}"[:256],
+            via=AUTHORIZATION_CODE,
+            remote_addr=remote,
+            credential="interactive",
+            token_ttl=ttl,
         )
-        await self.gw.store.put_login_item(CODE_SESSION_KIND, digest(code), {"sid": session.sid},
-                                           now + 2 * self.login.settings.code_ttl, now)
-        refresh = await self._new_refresh(session.sid, data["agent"], client.id, data["human"], data["resource"],
-                                          session.max_expires_at)
+        await self.gw.store.put_login_item(
+            CODE_SESSION_KIND, digest(code), {"sid": session.sid}, now + 2 * self.login.settings.code_ttl, now
+        )
+        refresh = await self._new_refresh(
+            session.sid, data["agent"], client.id, data["human"], data["resource"], session.max_expires_at
+        )
         agent = await self.gw.agents.get(data["agent"])
-        return self._answer(token, session.sid, min(ttl, session.expires_at - now), refresh,
-                            scope_of(agent.grant) if agent else "")
+        return self._answer(
+            token, session.sid, min(ttl, session.expires_at - now), refresh, scope_of(agent.grant) if agent else ""
+        )
 
-    async def _new_refresh(self, sid: str, agent: str, client_id: str, human: str, resource: str,
-                           expires_at: float) -> str:
+    async def _new_refresh(
+        self, sid: str, agent: str, client_id: str, human: str, resource: str, expires_at: float
+    ) -> str:
         refresh = secrets.token_urlsafe(32)
         await self.gw.store.put_login_item(
-            REFRESH_KIND, digest(refresh),
+            REFRESH_KIND,
+            digest(refresh),
             {"sid": sid, "agent": agent, "client_id": client_id, "human": human, "resource": resource},
-            expires_at, self.gw.clock(),
+            expires_at,
+            self.gw.clock(),
         )
         return refresh
 
     def _answer(self, token: str, sid: str, expires_in: float, refresh: str, scope: str) -> Response:
-        body = {"access_token": token, "token_type": "Bearer", "expires_in": max(0, int(expires_in)),
-                "refresh_token": refresh, "session_id": sid, "scope": scope}
+        body = {
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": max(0, int(expires_in)),
+            "refresh_token": refresh,
+            "session_id": sid,
+            "scope": scope,
+        }
         return JSONResponse(body, headers=_NO_STORE)
 
     async def _refresh(self, form: dict[str, Any], client: Client, remote: str | None, scope_of: Any) -> Response:
@@ -128,22 +145,37 @@ class Grants:
             raise await self._refused("refresh token unknown or expired", client)
         if used.used_at is not None:
             await self.gw.sessions.end(data["sid"], "revoked", "refresh token reused", actor="login")
-            await self.gw.audit.emit(Event.REFRESH_REUSED, durable=True, **identity, client_id=client.id,
-                                     remote_addr=remote, first_used_at=used.used_at)
+            await self.gw.audit.emit(
+                Event.REFRESH_REUSED,
+                durable=True,
+                **identity,
+                client_id=client.id,
+                remote_addr=remote,
+                first_used_at=used.used_at,
+            )
             raise AuthError("refresh token already used: the session is revoked; sign in again", error="invalid_grant")
         ttl = self.login.settings.access_token_ttl
         try:
-            session, token = await self.gw.sessions.reissue(data["sid"], data["agent"], via=REFRESH_TOKEN,
-                                                            token_ttl=ttl, remote_addr=remote,
-                                                            credential="interactive")
+            session, token = await self.gw.sessions.reissue(
+                data["sid"],
+                data["agent"],
+                via=REFRESH_TOKEN,
+                token_ttl=ttl,
+                remote_addr=remote,
+                credential="interactive",
+            )
         except AuthError as exc:
             raise await self._refused(exc.reason, client, **identity) from None
-        refresh = await self._new_refresh(session.sid, data["agent"], client.id, data["human"], data["resource"],
-                                          session.max_expires_at)
-        await self.gw.audit.emit(Event.TOKEN_REFRESHED, durable=True, **identity, client_id=client.id, remote_addr=remote)
+        refresh = await self._new_refresh(
+            session.sid, data["agent"], client.id, data["human"], data["resource"], session.max_expires_at
+        )
+        await self.gw.audit.emit(
+            Event.TOKEN_REFRESHED, durable=True, **identity, client_id=client.id, remote_addr=remote
+        )
         agent = await self.gw.agents.get(data["agent"])
-        return self._answer(token, session.sid, min(ttl, session.expires_at - now), refresh,
-                            scope_of(agent.grant) if agent else "")
+        return self._answer(
+            token, session.sid, min(ttl, session.expires_at - now), refresh, scope_of(agent.grant) if agent else ""
+        )
 
     async def revoke(self, form: dict[str, Any]) -> bool:
         """RFC 7009 for refresh tokens: holding one is enough to end its session. False: not a refresh token."""

@@ -44,8 +44,7 @@ def agent_id_for(template: str, human: Human, client: Client) -> str:
     return f"{template}:{human.principal}:{client.host}"
 
 
-async def agent_for(gateway: Gateway, name: str, template: InteractiveTemplate, human: Human,
-                    client: Client) -> Agent:
+async def agent_for(gateway: Gateway, name: str, template: InteractiveTemplate, human: Human, client: Client) -> Agent:
     """The pair's agent, created at its first sign-in.
 
     Raises:
@@ -57,11 +56,20 @@ async def agent_for(gateway: Gateway, name: str, template: InteractiveTemplate, 
     agent_id = agent_id_for(name, human, client)
     if await gateway.store.get_agent(agent_id) is None:
         owner = human.principal
-        record = AgentRecord(id=agent_id, owner=owner, cost_center=template.cost_center, source="interactive",
-                             created_at=gateway.clock())
+        record = AgentRecord(
+            id=agent_id, owner=owner, cost_center=template.cost_center, source="interactive", created_at=gateway.clock()
+        )
         if await gateway.store.create_agent(record):
-            await gateway.audit.emit(Event.AGENT_CREATED, durable=True, agent=agent_id, owner=owner, kind="interactive",
-                                     template=name, client_id=client.id, actor=f"login:{owner}")
+            await gateway.audit.emit(
+                Event.AGENT_CREATED,
+                durable=True,
+                agent=agent_id,
+                owner=owner,
+                kind="interactive",
+                template=name,
+                client_id=client.id,
+                actor=f"login:{owner}",
+            )
     agent = await gateway.agents.get(agent_id, fresh=True)
     if agent is None or agent.disabled:
         raise NotAllowed("this agent is disabled; an operator can enable it with mcp-gateway agents enable")

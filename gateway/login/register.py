@@ -30,8 +30,9 @@ _GRANTS = {"authorization_code", "refresh_token"}
 
 
 def _refusal(error: str, description: str) -> Response:
-    return JSONResponse({"error": error, "error_description": description}, status_code=400,
-                        headers={"cache-control": "no-store"})
+    return JSONResponse(
+        {"error": error, "error_description": description}, status_code=400, headers={"cache-control": "no-store"}
+    )
 
 
 async def register(gateway: Gateway, request: Request) -> Response:
@@ -48,8 +49,11 @@ async def register(gateway: Gateway, request: Request) -> Response:
         return _refusal("invalid_client_metadata", "the registration must be a JSON object")
     uris = metadata.get("redirect_uris")
     if not isinstance(uris, list) or not uris or not all(isinstance(u, str) and valid_redirect_uri(u) for u in uris):
-        return _refusal("invalid_redirect_uri", "redirect_uris must be a non-empty list of https, loopback http or "
-                        "private-use-scheme URIs without fragments")
+        return _refusal(
+            "invalid_redirect_uri",
+            "redirect_uris must be a non-empty list of https, loopback http or "
+            "private-use-scheme URIs without fragments",
+        )
     method = metadata.get("token_endpoint_auth_method", "client_secret_basic")
     if method not in _METHODS:
         return _refusal("invalid_client_metadata", f"token_endpoint_auth_method must be one of {', '.join(_METHODS)}")
@@ -57,23 +61,38 @@ async def register(gateway: Gateway, request: Request) -> Response:
     if not isinstance(grants, list) or not set(grants) <= _GRANTS:
         return _refusal("invalid_client_metadata", "grant_types may be authorization_code and refresh_token")
     if metadata.get("response_types", ["code"]) != ["code"]:
-        return _refusal("invalid_client_metadata", "response_types must be [\"code\"]")
+        return _refusal("invalid_client_metadata", 'response_types must be ["code"]')
     name = metadata.get("client_name")
     name = name[:200] if isinstance(name, str) and name else None
     client_id = f"{REGISTERED_PREFIX}{secrets.token_hex(12)}"
     now = gateway.clock()
     secret = generate_secret() if method != "none" else None
-    record: dict[str, Any] = {"client_id": client_id, "client_name": name, "redirect_uris": uris,
-                              "token_endpoint_auth_method": method, "registered_at": now}
+    record: dict[str, Any] = {
+        "client_id": client_id,
+        "client_name": name,
+        "redirect_uris": uris,
+        "token_endpoint_auth_method": method,
+        "registered_at": now,
+    }
     if secret is not None:
         record["secret_hash"] = hash_secret(gateway.credential_key, secret)
     await gateway.store.put_login_item(CLIENT_KIND, client_id, record, NEVER, now)
     remote = request.client.host if request.client else None
-    await gateway.audit.emit(Event.CLIENT_REGISTERED, durable=True, client_id=client_id, client_name=name,
-                             redirect_uris=uris, token_endpoint_auth_method=method, remote_addr=remote)
+    await gateway.audit.emit(
+        Event.CLIENT_REGISTERED,
+        durable=True,
+        client_id=client_id,
+        client_name=name,
+        redirect_uris=uris,
+        token_endpoint_auth_method=method,
+        remote_addr=remote,
+    )
     answer: dict[str, Any] = {
-        "client_id": client_id, "client_id_issued_at": int(now), "redirect_uris": uris,
-        "token_endpoint_auth_method": method, "grant_types": sorted(set(grants) | {"authorization_code"}),
+        "client_id": client_id,
+        "client_id_issued_at": int(now),
+        "redirect_uris": uris,
+        "token_endpoint_auth_method": method,
+        "grant_types": sorted(set(grants) | {"authorization_code"}),
         "response_types": ["code"],
     }
     if name is not None:

@@ -37,8 +37,13 @@ class LoginFailed(Exception):
 
 
 class RelyingParty:
-    def __init__(self, provider: IdentityProvider, idps: IdentityProviders, redirect_uri: str,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        provider: IdentityProvider,
+        idps: IdentityProviders,
+        redirect_uri: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         assert provider.oidc is not None
         self.provider = provider
         self.oidc: OidcClient = provider.oidc
@@ -84,11 +89,18 @@ class RelyingParty:
             Unavailable: discovery failed.
         """
         document = await self.discovery()
-        query = urlencode({
-            "response_type": "code", "client_id": self.oidc.client_id, "redirect_uri": self.redirect_uri,
-            "scope": " ".join(self.oidc.scopes), "state": state, "nonce": nonce,
-            "code_challenge": create_s256_code_challenge(verifier), "code_challenge_method": "S256",
-        })
+        query = urlencode(
+            {
+                "response_type": "code",
+                "client_id": self.oidc.client_id,
+                "redirect_uri": self.redirect_uri,
+                "scope": " ".join(self.oidc.scopes),
+                "state": state,
+                "nonce": nonce,
+                "code_challenge": create_s256_code_challenge(verifier),
+                "code_challenge_method": "S256",
+            }
+        )
         endpoint = document["authorization_endpoint"]
         return f"{endpoint}{'&' if '?' in endpoint else '?'}{query}"
 
@@ -103,9 +115,15 @@ class RelyingParty:
         basic = (quote(self.oidc.client_id, safe=""), quote(self.oidc.client_secret, safe=""))
         try:
             response = await self._http.post(
-                document["token_endpoint"], auth=basic, headers={"accept": "application/json"},
-                data={"grant_type": "authorization_code", "code": code, "redirect_uri": self.redirect_uri,
-                      "code_verifier": verifier},
+                document["token_endpoint"],
+                auth=basic,
+                headers={"accept": "application/json"},
+                data={
+                    "grant_type": "authorization_code",
+                    "code": code,
+                    "redirect_uri": self.redirect_uri,
+                    "code_verifier": verifier,
+                },
             )
         except httpx.HTTPError as exc:
             raise Unavailable(f"identity provider token endpoint unreachable: {type(exc).__name__}") from None
@@ -128,8 +146,9 @@ class RelyingParty:
     async def _userinfo(self, endpoint: str, access_token: str, human: Human) -> Human:
         """OIDC Core §5.3: the email the ID token left out (many providers put it only here); `sub` must match."""
         try:
-            response = await self._http.get(endpoint, headers={"authorization": f"Bearer {access_token}",
-                                                               "accept": "application/json"})
+            response = await self._http.get(
+                endpoint, headers={"authorization": f"Bearer {access_token}", "accept": "application/json"}
+            )
             claims = json.loads(response.content[:_MAX_BYTES]) if response.status_code == 200 else None
         except (httpx.HTTPError, UnicodeDecodeError, ValueError):
             claims = None
@@ -142,7 +161,9 @@ class RelyingParty:
         """Raises LoginFailed unless the ID token is this provider's, for this gateway, for this sign-in."""
         try:
             provider, _, claims = await self.idps.verified(
-                id_token, what="ID token", audience=self.oidc.client_id,
+                id_token,
+                what="ID token",
+                audience=self.oidc.client_id,
                 require=("iss", "sub", "aud", "exp", "iat", "nonce"),
                 unlisted="ID token issuer is not the login identity provider",
             )

@@ -67,12 +67,11 @@ class Exchange:
     def _poke(self) -> None:
         self.changed.set()
 
-    async def ask(
-        self, request: types.InputRequest, key: str | None = None
-    ) -> types.InputResponse | types.ErrorData:
+    async def ask(self, request: types.InputRequest, key: str | None = None) -> types.InputResponse | types.ErrorData:
         if self.caller is not None and not self.caller.answers(request.method):
-            return types.ErrorData(code=types.METHOD_NOT_FOUND,
-                                   message=f"the client did not declare the capability {request.method} needs")
+            return types.ErrorData(
+                code=types.METHOD_NOT_FOUND, message=f"the client did not declare the capability {request.method} needs"
+            )
         question = _Question(request)
         if key is None or key in self.questions:
             key = f"q{next(self._keys)}"
@@ -125,6 +124,8 @@ async def _settled(exchange: Exchange) -> dict[str, _Question]:
             break
         unsent = now
     return unsent
+
+
 Answer = types.CallToolResult | types.GetPromptResult | types.ReadResourceResult | types.InputRequiredResult
 
 
@@ -153,7 +154,11 @@ class Exchanges:
         return await self._leg(exchange, leg)
 
     async def resume(
-        self, sid: str, state: str, responses: types.InputResponses | None, leg: Downstream,
+        self,
+        sid: str,
+        state: str,
+        responses: types.InputResponses | None,
+        leg: Downstream,
         method: str = "tools/call",
     ) -> Any:
         """Continue the exchange `state` names, with the client's answers.
@@ -212,4 +217,3 @@ class Exchanges:
                 exchange.changed = anyio.Event()
         finally:
             exchange.leg = None
-

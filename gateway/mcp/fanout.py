@@ -191,8 +191,14 @@ class Fanout:
 
     async def unsubscribe(self, listener: Listener, upstream: Upstream, uri: str) -> None:
         async with self._lock:  # found by its listener: looking the connection up could start a new one
-            found = next(((key, sub) for key, sub in self._subs.items()
-                          if sub.upstream is upstream and sub.uri == uri and listener in sub.listeners), None)
+            found = next(
+                (
+                    (key, sub)
+                    for key, sub in self._subs.items()
+                    if sub.upstream is upstream and sub.uri == uri and listener in sub.listeners
+                ),
+                None,
+            )
             if found is None:
                 return
             key, sub = found

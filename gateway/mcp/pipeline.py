@@ -150,8 +150,13 @@ class Pipeline:
         if decision is NOT_GRANTED:  # the view already checked; kept so the gate never depends on the caller
             raise unknown_tool(exposed)
         if not decision.allowed:
-            limited = await self._denied(Event.TOOL_CALL, principal, identity, "argument_constraint",
-                                         error=f"{decision.argument}: {decision.rule}")
+            limited = await self._denied(
+                Event.TOOL_CALL,
+                principal,
+                identity,
+                "argument_constraint",
+                error=f"{decision.argument}: {decision.rule}",
+            )
             if limited is not None:
                 return error_result(str(limited), stop_detail(limited))
             return error_result(
@@ -163,22 +168,32 @@ class Pipeline:
         try:
             reserved = await self.budgets.reserve(principal, f"{upstream.name}.{tool}", request_tokens, fingerprint)
         except Stopped as stop:
-            await self.budgets.record_denial(Event.TOOL_CALL, {**identity, "decision": "deny", "reason": stop.limit,
-                                                           "request_tokens": request_tokens})
+            await self.budgets.record_denial(
+                Event.TOOL_CALL,
+                {**identity, "decision": "deny", "reason": stop.limit, "request_tokens": request_tokens},
+            )
             return error_result(str(stop), stop_detail(stop))
         except AuthError:  # the session ended after the edge authenticated this request (a revoke racing it)
             await self.audit.emit(Event.TOOL_CALL, durable=True, **identity, decision="deny", reason=SESSION_ENDED)
             raise
         try:
-            record = await self.telemetry.audit_write(lambda: self.audit.emit(  # a span only when traces are on
-                Event.TOOL_CALL, durable=True, **identity, decision="allow", reason="granted",
-                request_tokens=request_tokens, arguments=fingerprint,
-            ))
+            record = await self.telemetry.audit_write(
+                lambda: self.audit.emit(  # a span only when traces are on
+                    Event.TOOL_CALL,
+                    durable=True,
+                    **identity,
+                    decision="allow",
+                    reason="granted",
+                    request_tokens=request_tokens,
+                    arguments=fingerprint,
+                )
+            )
         except Unavailable:  # refused after all: it never runs, so it spends nothing
             await self.budgets.release(reserved, call_id)
             raise
-        return Admitted(principal, upstream, tool, arguments, call_id, request_tokens, context,
-                        audit_seq=record.get("seq"))
+        return Admitted(
+            principal, upstream, tool, arguments, call_id, request_tokens, context, audit_seq=record.get("seq")
+        )
 
     async def _denied(
         self, event: Event, principal: Principal, identity: dict[str, Any], reason: str, **detail: Any
@@ -229,6 +244,7 @@ class Pipeline:
         responses: types.InputResponses | None = None
         state: str | None = None
         for _ in range(MAX_INPUT_ROUNDS + 1):
+
             def send(
                 meta: types.RequestParamsMeta | None,
                 responses: types.InputResponses | None = responses,
@@ -237,8 +253,13 @@ class Pipeline:
                 return upstream.request(  # meta: the trace context to pass on
                     call.principal,
                     lambda s: s.call_tool(
-                        tool, arguments, progress_callback=downstream.progress, input_responses=responses,
-                        request_state=state, allow_input_required=True, meta=meta,
+                        tool,
+                        arguments,
+                        progress_callback=downstream.progress,
+                        input_responses=responses,
+                        request_state=state,
+                        allow_input_required=True,
+                        meta=meta,
                     ),
                     downstream,
                 )
@@ -258,8 +279,12 @@ class Pipeline:
             return
         call.recorded = True
         await self.audit.emit(
-            Event.TOOL_RESULT, **call.audit_fields(), outcome=outcome, error=error,
-            request_tokens=call.request_tokens, response_tokens=tokens,
+            Event.TOOL_RESULT,
+            **call.audit_fields(),
+            outcome=outcome,
+            error=error,
+            request_tokens=call.request_tokens,
+            response_tokens=tokens,
             latency_ms=round((time.perf_counter() - call.started) * 1000, 3),
             result=fingerprint,
         )
@@ -267,8 +292,13 @@ class Pipeline:
     # ------------------------------------------------------------ resources, prompts, completion
 
     async def read_resource(
-        self, principal: Principal, uri: str, target: tuple[Upstream, str] | None, context: dict[str, Any],
-        missing: MCPError, out: Callable[[types.ReadResourceResult], types.ReadResourceResult],
+        self,
+        principal: Principal,
+        uri: str,
+        target: tuple[Upstream, str] | None,
+        context: dict[str, Any],
+        missing: MCPError,
+        out: Callable[[types.ReadResourceResult], types.ReadResourceResult],
         downstream: Downstream | None = None,
     ) -> types.ReadResourceResult:
         """resources/read: `uri` as the agent named it, `target` the upstream and its own URI (None: not granted).
@@ -282,15 +312,30 @@ class Pipeline:
             AuthError, AuditUnavailable, StoreUnavailable: as for `admit`.
         """
         upstream, upstream_uri = target or (None, uri)
-        request = await self._admit_request(Event.RESOURCE_READ, principal, upstream, {**context, "resource": uri}, 0,
-                                            missing)
-        return await self._forward_request(request, lambda s, responses, state: s.read_resource(
-            upstream_uri, input_responses=responses, request_state=state, allow_input_required=True,
-        ), out, downstream)
+        request = await self._admit_request(
+            Event.RESOURCE_READ, principal, upstream, {**context, "resource": uri}, 0, missing
+        )
+        return await self._forward_request(
+            request,
+            lambda s, responses, state: s.read_resource(
+                upstream_uri,
+                input_responses=responses,
+                request_state=state,
+                allow_input_required=True,
+            ),
+            out,
+            downstream,
+        )
 
     async def get_prompt(
-        self, principal: Principal, name: str, target: tuple[Upstream, str] | None, arguments: dict[str, str] | None,
-        context: dict[str, Any], missing: MCPError, downstream: Downstream | None = None,
+        self,
+        principal: Principal,
+        name: str,
+        target: tuple[Upstream, str] | None,
+        arguments: dict[str, str] | None,
+        context: dict[str, Any],
+        missing: MCPError,
+        downstream: Downstream | None = None,
     ) -> types.GetPromptResult:
         """prompts/get, as `read_resource`; the arguments are metered as request tokens.
 
@@ -299,15 +344,28 @@ class Pipeline:
         """
         upstream, upstream_name = target or (None, name)
         tokens = self.meter.arguments(arguments)
-        request = await self._admit_request(Event.PROMPT_GET, principal, upstream, {**context, "prompt": name}, tokens,
-                                            missing)
-        return await self._forward_request(request, lambda s, responses, state: s.get_prompt(
-            upstream_name, arguments, input_responses=responses, request_state=state, allow_input_required=True,
-        ), downstream=downstream)
+        request = await self._admit_request(
+            Event.PROMPT_GET, principal, upstream, {**context, "prompt": name}, tokens, missing
+        )
+        return await self._forward_request(
+            request,
+            lambda s, responses, state: s.get_prompt(
+                upstream_name,
+                arguments,
+                input_responses=responses,
+                request_state=state,
+                allow_input_required=True,
+            ),
+            downstream=downstream,
+        )
 
     async def complete(
-        self, principal: Principal, fields: dict[str, Any], upstream: Upstream | None,
-        send: Callable[[ClientSession], Awaitable[types.CompleteResult]], metered: dict[str, Any],
+        self,
+        principal: Principal,
+        fields: dict[str, Any],
+        upstream: Upstream | None,
+        send: Callable[[ClientSession], Awaitable[types.CompleteResult]],
+        metered: dict[str, Any],
         missing: MCPError,
     ) -> types.CompleteResult:
         """completion/complete for a prompt or resource template the grant covers (`upstream` None: it does not).
@@ -317,13 +375,19 @@ class Pipeline:
         Raises:
             MCPError, Stopped, UpstreamError, AuthError, AuditUnavailable, StoreUnavailable: as `read_resource`.
         """
-        request = await self._admit_request(Event.COMPLETION_COMPLETE, principal, upstream, fields,
-                                            self.meter.arguments(metered), missing)
+        request = await self._admit_request(
+            Event.COMPLETION_COMPLETE, principal, upstream, fields, self.meter.arguments(metered), missing
+        )
         return await self._forward_request(request, lambda s, _responses, _state: send(s))
 
     async def _admit_request(
-        self, event: Event, principal: Principal, upstream: Upstream | None, fields: dict[str, Any],
-        request_tokens: int, missing: MCPError,
+        self,
+        event: Event,
+        principal: Principal,
+        upstream: Upstream | None,
+        fields: dict[str, Any],
+        request_tokens: int,
+        missing: MCPError,
     ) -> AdmittedRequest:
         """The grant, then the budget check, each refusal recorded; then the durable allow record."""
         identity = {**principal.audit_fields(), **fields, "call_id": secrets.token_hex(8)}
@@ -333,19 +397,24 @@ class Pipeline:
         try:
             await self.budgets.check(principal)  # no call is counted, but a stopped session stays stopped
         except Stopped as stop:  # recorded like a tools/call stop: in full up to denials_per_minute, then counted
-            await self.budgets.record_denial(event, {**identity, "decision": "deny", "reason": stop.limit,
-                                                     "request_tokens": request_tokens})
+            await self.budgets.record_denial(
+                event, {**identity, "decision": "deny", "reason": stop.limit, "request_tokens": request_tokens}
+            )
             raise
         except AuthError:
             await self.audit.emit(event, durable=True, **identity, decision="deny", reason=SESSION_ENDED)
             raise
-        await self.audit.emit(event, durable=True, **identity, decision="allow", reason="granted",
-                              request_tokens=request_tokens)
+        await self.audit.emit(
+            event, durable=True, **identity, decision="allow", reason="granted", request_tokens=request_tokens
+        )
         return AdmittedRequest(principal, upstream, event, identity, request_tokens)
 
     async def _forward_request(
-        self, request: AdmittedRequest, send: Callable[[ClientSession, Any, str | None], Awaitable[Any]],
-        out: Callable[[T], T] = lambda result: result, downstream: Downstream | None = None,
+        self,
+        request: AdmittedRequest,
+        send: Callable[[ClientSession, Any, str | None], Awaitable[Any]],
+        out: Callable[[T], T] = lambda result: result,
+        downstream: Downstream | None = None,
     ) -> T:
         """Forward an admitted request; an upstream's `InputRequiredResult` rounds are asked of `downstream`
         (prompts/get and resources/read may pause for input as tools/call does)."""
@@ -354,6 +423,7 @@ class Pipeline:
             responses: types.InputResponses | None = None
             state: str | None = None
             for _ in range(MAX_INPUT_ROUNDS + 1):
+
                 def once(s: ClientSession, r: types.InputResponses | None = responses, st: str | None = state) -> Any:
                     return send(s, r, st)
 
@@ -361,8 +431,9 @@ class Pipeline:
                 if not isinstance(result, types.InputRequiredResult):
                     return result  # type: ignore[no-any-return]
                 if downstream is None:
-                    raise UpstreamError(f"upstream server {request.upstream.name!r} asked for input on a request "
-                                        "that cannot carry it")
+                    raise UpstreamError(
+                        f"upstream server {request.upstream.name!r} asked for input on a request that cannot carry it"
+                    )
                 metered = _MeteredRequestDownstream(downstream, self, request)
                 responses, state = await answers(result, metered), result.request_state
             raise UpstreamError(
@@ -386,8 +457,9 @@ class Pipeline:
 
         return await self._cuttable(request.principal.sid, forward, cut)
 
-    async def _settle_request(self, request: AdmittedRequest, outcome: str, error: str | None,
-                              result: Any = None) -> None:
+    async def _settle_request(
+        self, request: AdmittedRequest, outcome: str, error: str | None, result: Any = None
+    ) -> None:
         """What crossed (the request, and the answer if there is one) counted against the budget, then recorded."""
         tokens = self.meter.count(result) if result is not None else 0
         await self.budgets.settle(request.principal, request.request_tokens + tokens, call_id=request.fields["call_id"])
@@ -401,9 +473,14 @@ class Pipeline:
             return
         request.recorded = True
         await self.audit.emit(
-            RESULT_EVENTS[request.event], **request.fields, outcome=outcome, error=error,
-            request_tokens=request.request_tokens, response_tokens=tokens,
-            latency_ms=round((time.perf_counter() - request.started) * 1000, 3), result=fingerprint,
+            RESULT_EVENTS[request.event],
+            **request.fields,
+            outcome=outcome,
+            error=error,
+            request_tokens=request.request_tokens,
+            response_tokens=tokens,
+            latency_ms=round((time.perf_counter() - request.started) * 1000, 3),
+            result=fingerprint,
         )
 
     # ------------------------------------------------------------ cancellation and session end
@@ -473,17 +550,17 @@ class _MeteredDownstream:
         self.pipeline = pipeline
         self.call = call
 
-    async def ask(
-        self, request: types.InputRequest, key: str | None = None
-    ) -> types.InputResponse | types.ErrorData:
+    async def ask(self, request: types.InputRequest, key: str | None = None) -> types.InputResponse | types.ErrorData:
         meter = self.pipeline.meter
         sent = meter.count(request.params)
         answer = await self.inner.ask(request, key)
         received = 0 if isinstance(answer, types.ErrorData) else meter.count(answer)
         await self.pipeline.budgets.settle(self.call.principal, sent + received)
         await self.pipeline.audit.emit(
-            self._EVENTS.get(request.method, Event.INPUT_REQUEST), **self.call.audit_fields(),
-            request_tokens=sent, response_tokens=received,
+            self._EVENTS.get(request.method, Event.INPUT_REQUEST),
+            **self.call.audit_fields(),
+            request_tokens=sent,
+            response_tokens=received,
             outcome="error" if isinstance(answer, types.ErrorData) else "ok",
         )
         return answer
@@ -504,17 +581,17 @@ class _MeteredRequestDownstream:
         self.pipeline = pipeline
         self.request = request
 
-    async def ask(
-        self, request: types.InputRequest, key: str | None = None
-    ) -> types.InputResponse | types.ErrorData:
+    async def ask(self, request: types.InputRequest, key: str | None = None) -> types.InputResponse | types.ErrorData:
         meter = self.pipeline.meter
         sent = meter.count(request.params)
         answer = await self.inner.ask(request, key)
         received = 0 if isinstance(answer, types.ErrorData) else meter.count(answer)
         await self.pipeline.budgets.settle(self.request.principal, sent + received)
         await self.pipeline.audit.emit(
-            _MeteredDownstream._EVENTS.get(request.method, Event.INPUT_REQUEST), **self.request.fields,
-            request_tokens=sent, response_tokens=received,
+            _MeteredDownstream._EVENTS.get(request.method, Event.INPUT_REQUEST),
+            **self.request.fields,
+            request_tokens=sent,
+            response_tokens=received,
             outcome="error" if isinstance(answer, types.ErrorData) else "ok",
         )
         return answer

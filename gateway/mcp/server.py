@@ -120,15 +120,14 @@ class ContextDownstream:
         self.ctx = ctx
         self.sid = sid
 
-    async def ask(
-        self, request: types.InputRequest, key: str | None = None
-    ) -> types.InputResponse | types.ErrorData:
+    async def ask(self, request: types.InputRequest, key: str | None = None) -> types.InputResponse | types.ErrorData:
         ctx = self.ctx
         if is_modern(ctx) or not ctx.session.can_send_request:
             return types.ErrorData(code=types.INVALID_REQUEST, message="the client cannot receive requests")
         if not caller_of(ctx).answers(request.method):  # a shared upstream declared what the gateway can relay
-            return types.ErrorData(code=types.METHOD_NOT_FOUND,
-                                   message=f"the client did not declare the capability {request.method} needs")
+            return types.ErrorData(
+                code=types.METHOD_NOT_FOUND, message=f"the client did not declare the capability {request.method} needs"
+            )
         result_type = _RESULT_TYPES[request.method]
         if isinstance(request, types.CreateMessageRequest) and request.params.tools:
             result_type = types.CreateMessageResultWithTools
@@ -230,18 +229,25 @@ class _SharedCredentialCheck:
         else:  # initialize: the session learns its client only after the handshake
             info = (ctx.params or {}).get("clientInfo")
             name, version = (info.get("name"), info.get("version")) if isinstance(info, dict) else (None, None)
-        fingerprint = (principal.remote_addr, name if isinstance(name, str) else None,
-                       version if isinstance(version, str) else None)
+        fingerprint = (
+            principal.remote_addr,
+            name if isinstance(name, str) else None,
+            version if isinstance(version, str) else None,
+        )
         verdict = self.gw.shared.observe(principal.agent.id, fingerprint)
         if verdict.report is not None:
             try:
-                await self.gw.audit.emit(Event.CREDENTIAL_SHARED_SUSPECTED, durable=True,
-                                         **{**principal.audit_fields(), **verdict.report})
+                await self.gw.audit.emit(
+                    Event.CREDENTIAL_SHARED_SUSPECTED, durable=True, **{**principal.audit_fields(), **verdict.report}
+                )
             except Unavailable as exc:
                 raise unavailable_error(exc) from None
         if not verdict.allowed:
-            raise MCPError(CREDENTIAL_SHARED, "Refused: this agent's credential is in use by more clients than "
-                           "allowed (shared_credentials); use a credential of your own")
+            raise MCPError(
+                CREDENTIAL_SHARED,
+                "Refused: this agent's credential is in use by more clients than "
+                "allowed (shared_credentials); use a credential of your own",
+            )
         return await call_next(ctx)
 
 
@@ -263,7 +269,10 @@ class _Handlers:
         principal = self._principal(ctx)
         tools = self.view.tools(principal.grant)
         await self.gw.audit.emit(
-            Event.TOOLS_LISTED, **principal.audit_fields(), **request_fields(ctx), server=self.view.server,
+            Event.TOOLS_LISTED,
+            **principal.audit_fields(),
+            **request_fields(ctx),
+            server=self.view.server,
             count=len(tools),
         )
         return types.ListToolsResult(tools=tools)
@@ -276,10 +285,15 @@ class _Handlers:
         async with self._refusals(principal):  # stops and a down upstream are answered as tool results already
             answer: types.CallToolResult | types.InputRequiredResult
             if params.request_state is not None:
-                answer = await self.gw.exchanges.resume(principal.sid, params.request_state, params.input_responses, leg)
+                answer = await self.gw.exchanges.resume(
+                    principal.sid, params.request_state, params.input_responses, leg
+                )
                 return answer
             admitted = await self.gw.pipeline.admit(
-                principal, params.name, self.view.resolve_tool(principal.grant, params.name), params.arguments,
+                principal,
+                params.name,
+                self.view.resolve_tool(principal.grant, params.name),
+                params.arguments,
                 request_fields(ctx),
             )
             if isinstance(admitted, types.CallToolResult):
@@ -320,9 +334,7 @@ class _Handlers:
 
     # ------------------------------------------------------------ resources
 
-    async def list_resources(
-        self, ctx: Ctx, params: types.PaginatedRequestParams | None
-    ) -> types.ListResourcesResult:
+    async def list_resources(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListResourcesResult:
         return types.ListResourcesResult(resources=self.view.resources(self._principal(ctx).grant))
 
     async def list_resource_templates(
@@ -330,14 +342,16 @@ class _Handlers:
     ) -> types.ListResourceTemplatesResult:
         return types.ListResourceTemplatesResult(resource_templates=self.view.templates(self._principal(ctx).grant))
 
-    async def _pausable(self, ctx: Ctx, principal: Principal, method: str, params: Any,
-                        work: Callable[[Downstream], Awaitable[Any]]) -> Any:
+    async def _pausable(
+        self, ctx: Ctx, principal: Principal, method: str, params: Any, work: Callable[[Downstream], Awaitable[Any]]
+    ) -> Any:
         """Run `work` so that an upstream's input requests reach this client: asked directly on a handshake-era
         session, as `InputRequiredResult` rounds (one exchange, resumed by its sealed requestState) on 2026-07-28."""
         leg = ContextDownstream(ctx, principal.sid)
         if params.request_state is not None:
-            return await self.gw.exchanges.resume(principal.sid, params.request_state, params.input_responses, leg,
-                                                  method)
+            return await self.gw.exchanges.resume(
+                principal.sid, params.request_state, params.input_responses, leg, method
+            )
         if is_modern(ctx) and answers_input(ctx):
             return await self.gw.exchanges.start(principal.sid, leg, work, method)
         return await work(leg)
@@ -356,7 +370,12 @@ class _Handlers:
         async def work(downstream: Downstream) -> types.ReadResourceResult:
             try:
                 return await self.gw.pipeline.read_resource(
-                    principal, params.uri, target, request_fields(ctx), resource_not_found(ctx, params.uri), out,
+                    principal,
+                    params.uri,
+                    target,
+                    request_fields(ctx),
+                    resource_not_found(ctx, params.uri),
+                    out,
                     downstream,
                 )
             except MCPError as exc:
@@ -393,9 +412,7 @@ class _Handlers:
         await self.gw.fanout.unsubscribe(self._listener(ctx, principal), target[0], target[1])
         return types.EmptyResult()
 
-    async def listen(
-        self, ctx: Ctx, params: types.SubscriptionsListenRequestParams
-    ) -> types.SubscriptionsListenResult:
+    async def listen(self, ctx: Ctx, params: types.SubscriptionsListenRequestParams) -> types.SubscriptionsListenResult:
         """A 2026-07-28 change stream: acknowledged first, then the events this agent may see."""
         principal = self._principal(ctx)
         if ctx.request_id is None:
@@ -449,7 +466,12 @@ class _Handlers:
 
         async def work(downstream: Downstream) -> types.GetPromptResult:
             return await self.gw.pipeline.get_prompt(
-                principal, params.name, target, params.arguments, request_fields(ctx), unknown_prompt(params.name),
+                principal,
+                params.name,
+                target,
+                params.arguments,
+                request_fields(ctx),
+                unknown_prompt(params.name),
                 downstream,
             )
 
@@ -477,9 +499,12 @@ class _Handlers:
         context = params.context.arguments if params.context else None
         async with self._refusals(principal, upstream.name if upstream else ""):
             return await self.gw.pipeline.complete(
-                principal, {**request_fields(ctx), **fields}, upstream,
+                principal,
+                {**request_fields(ctx), **fields},
+                upstream,
                 lambda s: s.complete(upstream_ref, argument, context_arguments=context),
-                {"argument": argument, "context": context}, missing,
+                {"argument": argument, "context": context},
+                missing,
             )
 
     async def set_level(self, ctx: Ctx, params: types.SetLevelRequestParams) -> types.EmptyResult:
@@ -497,13 +522,15 @@ class _Handlers:
                 try:
                     await self.gw.budgets.check(principal)
                 except Stopped as stop:
-                    await self.gw.audit.emit(Event.LOGGING_SET_LEVEL, durable=True, **fields, decision="deny",
-                                             reason=stop.limit)
+                    await self.gw.audit.emit(
+                        Event.LOGGING_SET_LEVEL, durable=True, **fields, decision="deny", reason=stop.limit
+                    )
                     raise
         for upstream in targets:
             try:
-                await self.gw.audit.emit(Event.LOGGING_SET_LEVEL, durable=True, **fields, server=upstream.name,
-                                         decision="allow")
+                await self.gw.audit.emit(
+                    Event.LOGGING_SET_LEVEL, durable=True, **fields, server=upstream.name, decision="allow"
+                )
             except Unavailable as exc:
                 raise unavailable_error(exc) from None
             try:

@@ -37,8 +37,10 @@ class Names:
         tools, prompts = NameMap(), NameMap()
         for name in sorted(self.upstreams.servers):
             upstream = self.upstreams.servers[name]
-            for kind, names, target in (("tool", upstream.catalog.all_tools, tools),
-                                        ("prompt", upstream.catalog.prompts, prompts)):
+            for kind, names, target in (
+                ("tool", upstream.catalog.all_tools, tools),
+                ("prompt", upstream.catalog.prompts, prompts),
+            ):
                 for item in sorted(names):
                     try:
                         target.add(name, item)

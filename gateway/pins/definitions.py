@@ -163,9 +163,16 @@ class Pins:
             return
         log.warning("quarantined %s.%s: its definition no longer matches its pin", server, change.tool)
         try:
-            await self.audit.emit(Event.TOOL_CHANGED, durable=True, server=server, server_owner=upstream.spec.owner,
-                                  tool=change.tool,
-                                  old_pin=change.pinned, new_pin=change.served, decision="quarantine")
+            await self.audit.emit(
+                Event.TOOL_CHANGED,
+                durable=True,
+                server=server,
+                server_owner=upstream.spec.owner,
+                tool=change.tool,
+                old_pin=change.pinned,
+                new_pin=change.served,
+                decision="quarantine",
+            )
         except AuditUnavailable as exc:  # stays hidden; reported again at the next re-list
             log.error("tool.changed for %s.%s not audited: %s", server, change.tool, exc)
             return

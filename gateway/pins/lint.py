@@ -38,20 +38,30 @@ _ALLOWED_CONTROLS = {"\n", "\r", "\t"}
 _INSTRUCTIONS = [
     (re.compile(p, re.IGNORECASE), reason)
     for p, reason in (
-        (r"\b(ignore|disregard|forget|override)\b[^.\n]{0,40}?\b(previous|prior|above|earlier|preceding|all|any|"
-         r"other|system|your)\b[^.\n]{0,40}?\b(instructions?|prompts?|rules|guidelines|directions|messages|context)\b",
-         "an instruction to the model to ignore its instructions"),
-        (r"\b(do not|don't|never|without)\b[^.\n]{0,30}?\b(tell|telling|inform|informing|mention|mentioning|"
-         r"reveal|revealing|show|showing|notify|notifying|alert|alerting|disclose|disclosing)\b[^.\n]{0,30}?"
-         r"\b(user|human|operator)s?\b",
-         "an instruction to the model to keep something from the user"),
-        (r"\b(hide|conceal|keep)\b[^.\n]{0,30}?\bfrom\b[^.\n]{0,10}?\b(user|human|operator)s?\b",
-         "an instruction to the model to keep something from the user"),
-        (r"\b(system prompt|your instructions|you are now|as an ai\b|the assistant must|the model must)",
-         "text addressed to the model"),
-        (r"(~/\.ssh|\bid_rsa\b|\bid_ed25519\b|\.aws/credentials|/etc/passwd|/etc/shadow|\bmcp\.json\b|"
-         r"\.cursor/|\.env\b|private key)",
-         "a sensitive file or secret mentioned"),
+        (
+            r"\b(ignore|disregard|forget|override)\b[^.\n]{0,40}?\b(previous|prior|above|earlier|preceding|all|any|"
+            r"other|system|your)\b[^.\n]{0,40}?\b(instructions?|prompts?|rules|guidelines|directions|messages|context)\b",
+            "an instruction to the model to ignore its instructions",
+        ),
+        (
+            r"\b(do not|don't|never|without)\b[^.\n]{0,30}?\b(tell|telling|inform|informing|mention|mentioning|"
+            r"reveal|revealing|show|showing|notify|notifying|alert|alerting|disclose|disclosing)\b[^.\n]{0,30}?"
+            r"\b(user|human|operator)s?\b",
+            "an instruction to the model to keep something from the user",
+        ),
+        (
+            r"\b(hide|conceal|keep)\b[^.\n]{0,30}?\bfrom\b[^.\n]{0,10}?\b(user|human|operator)s?\b",
+            "an instruction to the model to keep something from the user",
+        ),
+        (
+            r"\b(system prompt|your instructions|you are now|as an ai\b|the assistant must|the model must)",
+            "text addressed to the model",
+        ),
+        (
+            r"(~/\.ssh|\bid_rsa\b|\bid_ed25519\b|\.aws/credentials|/etc/passwd|/etc/shadow|\bmcp\.json\b|"
+            r"\.cursor/|\.env\b|private key)",
+            "a sensitive file or secret mentioned",
+        ),
     )
 ]
 _TAG = re.compile(

@@ -48,8 +48,11 @@ class Entry:
 
 
 def plan(
-    old: Mapping[str, str], new: Mapping[str, str], served: Mapping[str, Definition],
-    recorded: Mapping[str, Definition], tools: set[str],
+    old: Mapping[str, str],
+    new: Mapping[str, str],
+    served: Mapping[str, Definition],
+    recorded: Mapping[str, Definition],
+    tools: set[str],
 ) -> list[Entry]:
     """What pinning `tools` would change, tool by tool."""
     return [
@@ -91,11 +94,16 @@ def describe(entry: Entry) -> list[str]:
         body = render_definition(entry.served)
     elif entry.kind == "changed" and entry.served is not None:
         if entry.pinned is None:
-            body = ["(the pinned definition was not recorded; the served one follows)",
-                    *render_definition(entry.served)]
+            body = [
+                "(the pinned definition was not recorded; the served one follows)",
+                *render_definition(entry.served),
+            ]
         else:
-            body = list(difflib.unified_diff(render_definition(entry.pinned), render_definition(entry.served),
-                                             "pinned", "served", lineterm=""))
+            body = list(
+                difflib.unified_diff(
+                    render_definition(entry.pinned), render_definition(entry.served), "pinned", "served", lineterm=""
+                )
+            )
     return [head, *(f"    {line}" for line in body)]
 
 
@@ -138,7 +146,7 @@ def replace_pins(text: str, pins: Mapping[str, str]) -> str:
         while end > start + 1 and not lines[end - 1].strip():  # blank lines after the block stay
             end -= 1
     if pins:
-        block = [f"pins:{comment}\n"] + [f"  {_key(name)}: \"{pin}\"\n" for name, pin in sorted(pins.items())]
+        block = [f"pins:{comment}\n"] + [f'  {_key(name)}: "{pin}"\n' for name, pin in sorted(pins.items())]
     else:
         block = [f"pins: {{}}{comment}\n"]
     return "".join(lines[:start] + block + lines[end:])

@@ -35,7 +35,11 @@ class PinPlan:
 
 
 def plan(
-    path: Path, server: str, owner: str | None, current: Mapping[str, str], tools: Mapping[str, types.Tool],
+    path: Path,
+    server: str,
+    owner: str | None,
+    current: Mapping[str, str],
+    tools: Mapping[str, types.Tool],
     tool: str | None = None,
 ) -> PinPlan:
     """Pin what `tools` (the served definitions) say, for every tool or only `tool`.
@@ -67,7 +71,15 @@ async def write(change: PinPlan, audit: Audit, actor: str) -> None:
         ConfigError: a file cannot be written.
     """
     for entry in change.entries:
-        await audit.emit(Event.TOOL_PINNED, durable=True, server=change.server, server_owner=change.owner,
-                         tool=entry.tool, old_pin=entry.old_pin, new_pin=entry.new_pin, actor=actor)
+        await audit.emit(
+            Event.TOOL_PINNED,
+            durable=True,
+            server=change.server,
+            server_owner=change.owner,
+            tool=entry.tool,
+            old_pin=entry.old_pin,
+            new_pin=entry.new_pin,
+            actor=actor,
+        )
     lockfile.write_pins(change.path, change.after)
     lockfile.write_record(change.path, change.record)

@@ -47,11 +47,29 @@ from gateway.terminal import safe
 
 GROUPS = ("agent", "owner", "session", "task", "tool", "server")
 FORMATS = ("table", "csv", "json", "html")
-METRICS = ("calls", "denials", "stops", "request_tokens", "response_tokens", "model_input_tokens",
-           "model_output_tokens", "cost_usd")
+METRICS = (
+    "calls",
+    "denials",
+    "stops",
+    "request_tokens",
+    "response_tokens",
+    "model_input_tokens",
+    "model_output_tokens",
+    "cost_usd",
+)
 TOKENS = ("request_tokens", "response_tokens", "model_input_tokens", "model_output_tokens")
-METERED = frozenset({Event.TOOL_RESULT, Event.RESOURCE_RESULT, Event.PROMPT_RESULT, Event.COMPLETION_RESULT, Event.SAMPLING_REQUEST,
-                     Event.ELICITATION_REQUEST, Event.ROOTS_REQUEST, Event.INPUT_REQUEST})
+METERED = frozenset(
+    {
+        Event.TOOL_RESULT,
+        Event.RESOURCE_RESULT,
+        Event.PROMPT_RESULT,
+        Event.COMPLETION_RESULT,
+        Event.SAMPLING_REQUEST,
+        Event.ELICITATION_REQUEST,
+        Event.ROOTS_REQUEST,
+        Event.INPUT_REQUEST,
+    }
+)
 GATED = frozenset({Event.TOOL_CALL, Event.RESOURCE_READ, Event.PROMPT_GET, Event.COMPLETION_COMPLETE})
 OTHER_METHODS = frozenset({"resource", "prompt", "completion"})  # event prefixes grouped as `server.(resources)`
 OUTCOMES = ("closed", "expired", "revoked", "open")
@@ -119,12 +137,16 @@ def contribution(record: dict[str, Any]) -> dict[str, float]:
         return out
     # Outcome records; or the one-record read of an earlier version.
     if event in METERED or (event in GATED and "outcome" in record):
-        amounts: dict[str, tuple[str, float, bool]] = {"request_tokens": ("request_tokens", MAX_RECORD_TOKENS, True),
-                   "response_tokens": ("response_tokens", MAX_RECORD_TOKENS, True)}
+        amounts: dict[str, tuple[str, float, bool]] = {
+            "request_tokens": ("request_tokens", MAX_RECORD_TOKENS, True),
+            "response_tokens": ("response_tokens", MAX_RECORD_TOKENS, True),
+        }
     elif event == Event.MODEL_USAGE:
-        amounts = {"model_input_tokens": ("input_tokens", MAX_RECORD_TOKENS, True),
-                   "model_output_tokens": ("output_tokens", MAX_RECORD_TOKENS, True),
-                   "cost_usd": ("cost_usd", MAX_RECORD_COST_USD, False)}
+        amounts = {
+            "model_input_tokens": ("input_tokens", MAX_RECORD_TOKENS, True),
+            "model_output_tokens": ("output_tokens", MAX_RECORD_TOKENS, True),
+            "cost_usd": ("cost_usd", MAX_RECORD_COST_USD, False),
+        }
     else:
         return out
     for metric, (name, maximum, integer) in amounts.items():
@@ -181,13 +203,26 @@ class Report:
     invalid_values: int = 0  # amounts left out of every total (see MAX_RECORD_TOKENS)
 
     def as_json(self) -> dict[str, Any]:
-        rows = [{self.by: key, **({"server_owner": self.owners.get(key)} if self.by == "server" else {}),
-                 **_rounded(values)} for key, values in sorted(self.rows.items(), key=_by_spend)]
+        rows = [
+            {
+                self.by: key,
+                **({"server_owner": self.owners.get(key)} if self.by == "server" else {}),
+                **_rounded(values),
+            }
+            for key, values in sorted(self.rows.items(), key=_by_spend)
+        ]
         return {
-            "by": self.by, "since": _iso(self.since), "until": _iso(self.until), "sources": self.sources,
-            "records": self.records, "skipped_lines": self.skipped_lines, "invalid_values": self.invalid_values,
+            "by": self.by,
+            "since": _iso(self.since),
+            "until": _iso(self.until),
+            "sources": self.sources,
+            "records": self.records,
+            "skipped_lines": self.skipped_lines,
+            "invalid_values": self.invalid_values,
             "rows": rows,
-            "totals": _rounded(self.totals), "evidence": self.evidence, "charts": self.charts,
+            "totals": _rounded(self.totals),
+            "evidence": self.evidence,
+            "charts": self.charts,
         }
 
 
@@ -210,8 +245,14 @@ def _iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
-def build(records: list[dict[str, Any]], by: str, since: float | None = None, until: float | None = None,
-          sources: list[str] | None = None, skipped_lines: int = 0) -> Report:
+def build(
+    records: list[dict[str, Any]],
+    by: str,
+    since: float | None = None,
+    until: float | None = None,
+    sources: list[str] | None = None,
+    skipped_lines: int = 0,
+) -> Report:
     """The report over `records` with `since <= ts < until`, grouped `by`."""
     if by not in GROUPS:
         raise ValueError(f"--by must be one of {', '.join(GROUPS)}")
@@ -219,8 +260,11 @@ def build(records: list[dict[str, Any]], by: str, since: float | None = None, un
     window = [r for r in records if (since is None or r["ts"] >= since) and (until is None or r["ts"] < until)]
     report = Report(by, since, until, sources or [], records=len(window), skipped_lines=skipped_lines)
     tools: dict[str, int] = defaultdict(int)
-    report.owners = {r["server"]: r["server_owner"] for r in window
-                     if isinstance(r.get("server"), str) and isinstance(r.get("server_owner"), str)}
+    report.owners = {
+        r["server"]: r["server_owner"]
+        for r in window
+        if isinstance(r.get("server"), str) and isinstance(r.get("server_owner"), str)
+    }
     contributions = [(record, contribution(record)) for record in window]
     for record, added in contributions:
         report.invalid_values += int(added.pop(INVALID, 0))
@@ -241,8 +285,9 @@ def build(records: list[dict[str, Any]], by: str, since: float | None = None, un
     return report
 
 
-def _evidence(window: list[dict[str, Any]], closed: dict[str, dict[str, Any]],
-              records: list[dict[str, Any]]) -> dict[str, Any]:
+def _evidence(
+    window: list[dict[str, Any]], closed: dict[str, dict[str, Any]], records: list[dict[str, Any]]
+) -> dict[str, Any]:
     """The evidence block; every share comes with what the actions it did not count lacked (gateway.evidence)."""
     flags = [r for r in window if r.get("event") == SHARED_FLAG]
     flagged = {r.get("agent") for r in flags if r.get("agent")}
@@ -283,8 +328,9 @@ def _evidence(window: list[dict[str, Any]], closed: dict[str, dict[str, Any]],
     }
 
 
-def _spend_over_time(contributions: list[tuple[dict[str, Any], dict[str, float]]], since: float | None,
-                     until: float | None) -> dict[str, Any]:
+def _spend_over_time(
+    contributions: list[tuple[dict[str, Any], dict[str, float]]], since: float | None, until: float | None
+) -> dict[str, Any]:
     """Tokens and cost per agent per bucket: hours when the report spans two days or less, else days.
 
     `contributions`: each record in the window, with what it adds to its group's metrics.
@@ -305,8 +351,10 @@ def _spend_over_time(contributions: list[tuple[dict[str, Any], dict[str, float]]
         "bucket_seconds": step,
         "buckets": [_iso(t) for t in times],
         "series": {
-            agent: {"tokens": [int(series.get(t, [0, 0])[0]) for t in times],
-                    "cost_usd": [round(series.get(t, [0, 0])[1], 6) for t in times]}
+            agent: {
+                "tokens": [int(series.get(t, [0, 0])[0]) for t in times],
+                "cost_usd": [round(series.get(t, [0, 0])[1], 6) for t in times],
+            }
             for agent, series in sorted(buckets.items())
         },
     }
@@ -369,10 +417,16 @@ def _table(data: dict[str, Any]) -> str:
             share = shares[name]
             out.append(f"  {share['label']:<33}{share['value']:.1%} ({share['counted']} of {share['total']})")
             if name == "closed_cleanly":
-                out.append("    in sessions that  " + ", ".join(
-                    f"{outcome if outcome != 'open' else 'are still open'} {value:.1%}"
-                    for outcome, value in evidence["by_session_outcome_share"].items()))
+                out.append(
+                    "    in sessions that  "
+                    + ", ".join(
+                        f"{outcome if outcome != 'open' else 'are still open'} {value:.1%}"
+                        for outcome, value in evidence["by_session_outcome_share"].items()
+                    )
+                )
             out += [f"    not counted: {safe(sentence)}" for sentence in share["explanations"]]
-    out.append(f"  shared-credential flags          {evidence['shared_credential_flags']}"
-               + (f" ({', '.join(map(safe, evidence['flagged_agents']))})" if evidence["flagged_agents"] else ""))
+    out.append(
+        f"  shared-credential flags          {evidence['shared_credential_flags']}"
+        + (f" ({', '.join(map(safe, evidence['flagged_agents']))})" if evidence["flagged_agents"] else "")
+    )
     return "\n".join(out) + "\n"

@@ -59,13 +59,19 @@ _LACKED = {
     "revoked": ("was in a session that was revoked", "were in sessions that were revoked"),
     "open": ("is in a session still open", "are in sessions still open"),
     "secret": ("used a token got with a stored client secret", "used tokens got with a stored client secret"),
-    "private_key_jwt": ("used a token got with a registered private key (private_key_jwt)",
-                        "used tokens got with a registered private key (private_key_jwt)"),
-    "id_jag": ("used a token got with an ID-JAG, its agent authenticating with its own secret or key",
-               "used tokens got with an ID-JAG, their agent authenticating with its own secret or key"),
+    "private_key_jwt": (
+        "used a token got with a registered private key (private_key_jwt)",
+        "used tokens got with a registered private key (private_key_jwt)",
+    ),
+    "id_jag": (
+        "used a token got with an ID-JAG, its agent authenticating with its own secret or key",
+        "used tokens got with an ID-JAG, their agent authenticating with its own secret or key",
+    ),
     "operator": ("used a token an operator minted (sessions open)", "used tokens an operator minted (sessions open)"),
-    UNKNOWN: ("does not say how its token was got (written before the gateway recorded it)",
-              "do not say how their token was got (written before the gateway recorded it)"),
+    UNKNOWN: (
+        "does not say how its token was got (written before the gateway recorded it)",
+        "do not say how their token was got (written before the gateway recorded it)",
+    ),
     "bearer": ("used a bearer token bound to no key (no DPoP)", "used bearer tokens bound to no key (no DPoP)"),
 }
 _AGENTS_NAMED = 5  # agents listed by name in one explanation; the rest are counted
@@ -134,8 +140,9 @@ def _flagged(spans: list[_Span], starts: list[float], ts: float) -> int | None:
     return i if i >= 0 and ts < spans[i].end else None
 
 
-def evidence(actions: list[dict[str, Any]], flags_from: list[dict[str, Any]],
-             outcome: Callable[[dict[str, Any]], str]) -> dict[str, Any]:
+def evidence(
+    actions: list[dict[str, Any]], flags_from: list[dict[str, Any]], outcome: Callable[[dict[str, Any]], str]
+) -> dict[str, Any]:
     """The shares over `actions`; flags are read from `flags_from` (a flag just outside the period still
     concerns the actions within its window); `outcome(action)` is its session's (closed, expired, revoked, open).
     """
@@ -146,12 +153,14 @@ def evidence(actions: list[dict[str, Any]], flags_from: list[dict[str, Any]],
     by_credential: Counter[str] = Counter()
     for record in actions:
         agent = record.get("agent")
-        span = _flagged(spans[agent], starts[agent], record["ts"]) if isinstance(agent, str) and agent in spans \
-            else None
+        span = (
+            _flagged(spans[agent], starts[agent], record["ts"]) if isinstance(agent, str) and agent in spans else None
+        )
         if span is not None:
             hit[str(agent)][span] += 1
-        tallies["unique_identity"].add(record, "no_agent" if not agent else None if span is None
-                                       else "shared_credential")
+        tallies["unique_identity"].add(
+            record, "no_agent" if not agent else None if span is None else "shared_credential"
+        )
         tallies["grant"].add(record, None if record.get("grant") else "no_grant")
         ended = outcome(record)
         tallies["closed_cleanly"].add(record, None if ended == "closed" else ended)
@@ -162,8 +171,10 @@ def evidence(actions: list[dict[str, Any]], flags_from: list[dict[str, Any]],
         tallies["sender_constrained"].add(record, None if record.get("dpop_jkt") else "bearer")
     total = len(actions)
     explained = {name: _sentences(tally) for name, tally in tallies.items() if name != "unique_identity"}
-    explained["unique_identity"] = [*_shared_sentences(hit, spans),
-                                    *_sentences(tallies["unique_identity"], skip=frozenset({"shared_credential"}))]
+    explained["unique_identity"] = [
+        *_shared_sentences(hit, spans),
+        *_sentences(tallies["unique_identity"], skip=frozenset({"shared_credential"})),
+    ]
     shares = {name: _share(name, tally, total, explained[name]) for name, tally in tallies.items()}
     return {"shares": shares, "by_credential": dict(sorted(by_credential.items()))}
 
@@ -190,8 +201,9 @@ def _sentences(tally: _Tally, skip: frozenset[str] = frozenset()) -> list[str]:
         if reason in skip:
             continue
         agents = tally.by_agent[reason]
-        out.append(f"{_actions(n)} {_LACKED[reason][n != 1]}" + (f" ({_named(agents)})" if reason != "no_agent"
-                                                                   else ""))
+        out.append(
+            f"{_actions(n)} {_LACKED[reason][n != 1]}" + (f" ({_named(agents)})" if reason != "no_agent" else "")
+        )
     return out
 
 
@@ -214,6 +226,8 @@ def _shared_sentences(hit: dict[str, Counter[int]], spans: dict[str, list[_Span]
         records = f"{flags} credential.shared_suspected record{'' if flags == 1 else 's'}"
         where = f"within {reach:g} s of {records}" if math.isfinite(reach) else f"{records} without a window"
         n = sum(per_span.values())
-        out.append(f"{_actions(n)} of agent {agent} {'was' if n == 1 else 'were'} made while its credential was "
-                   f"flagged as shared{seen} ({where})")
+        out.append(
+            f"{_actions(n)} of agent {agent} {'was' if n == 1 else 'were'} made while its credential was "
+            f"flagged as shared{seen} ({where})"
+        )
     return out

@@ -26,11 +26,37 @@ from gateway.audit.events import Event
 from gateway.report.chargeback import NONE, contribution, group_key, tokens
 
 COLUMNS = (
-    "BilledCost", "BillingAccountId", "BillingAccountName", "BillingCurrency", "BillingPeriodEnd",
-    "BillingPeriodStart", "ChargeCategory", "ChargeClass", "ChargeDescription", "ChargeFrequency", "ChargePeriodEnd",
-    "ChargePeriodStart", "ConsumedQuantity", "ConsumedUnit", "ContractedCost", "EffectiveCost", "InvoiceIssuerName",
-    "ListCost", "PricingQuantity", "PricingUnit", "ProviderName", "PublisherName", "ResourceId", "ResourceName",
-    "ResourceType", "ServiceCategory", "ServiceName", "ServiceSubcategory", "SubAccountId", "SubAccountName", "Tags",
+    "BilledCost",
+    "BillingAccountId",
+    "BillingAccountName",
+    "BillingCurrency",
+    "BillingPeriodEnd",
+    "BillingPeriodStart",
+    "ChargeCategory",
+    "ChargeClass",
+    "ChargeDescription",
+    "ChargeFrequency",
+    "ChargePeriodEnd",
+    "ChargePeriodStart",
+    "ConsumedQuantity",
+    "ConsumedUnit",
+    "ContractedCost",
+    "EffectiveCost",
+    "InvoiceIssuerName",
+    "ListCost",
+    "PricingQuantity",
+    "PricingUnit",
+    "ProviderName",
+    "PublisherName",
+    "ResourceId",
+    "ResourceName",
+    "ResourceType",
+    "ServiceCategory",
+    "ServiceName",
+    "ServiceSubcategory",
+    "SubAccountId",
+    "SubAccountName",
+    "Tags",
     "x_Calls",
 )
 PRODUCT = "MCP identity gateway"
@@ -47,8 +73,7 @@ class _Row:
     cost: Decimal = field(default_factory=Decimal)
 
 
-def rows(records: Iterable[dict[str, Any]], since: float | None = None,
-         until: float | None = None) -> list[_Row]:
+def rows(records: Iterable[dict[str, Any]], since: float | None = None, until: float | None = None) -> list[_Row]:
     """The charges in `since <= ts < until` (the chargeback report's window), oldest day first."""
     found: dict[tuple[str, str, str], _Row] = {}
     for record in records:
@@ -70,8 +95,9 @@ def rows(records: Iterable[dict[str, Any]], since: float | None = None,
     return [found[key] for key in sorted(found)]
 
 
-def render_focus(records: Iterable[dict[str, Any]], since: float | None, until: float | None,
-                 billing_account: str) -> str:
+def render_focus(
+    records: Iterable[dict[str, Any]], since: float | None, until: float | None, billing_account: str
+) -> str:
     """FOCUS 1.2 CSV: a header row of COLUMNS, then one row per charge."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")

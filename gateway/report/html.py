@@ -45,19 +45,19 @@ def render_html(data: dict[str, Any]) -> str:
 <title>MCP gateway report by {escape(by)}</title><style>{_STYLE}</style></head>
 <body>
 <h1>Chargeback and evidence, by {escape(by)}</h1>
-<p class="muted">{escape(window)} &middot; {data['records']} audit records from {len(data['sources'])} file(s)</p>
+<p class="muted">{escape(window)} &middot; {data["records"]} audit records from {len(data["sources"])} file(s)</p>
 <div class="charts">
 <div class="chart" id="chart-spend"><h2>Spend by agent over time</h2>
-<p class="muted">metered and model tokens per {_bucket(charts['spend_by_agent'])}, stacked by agent;
+<p class="muted">metered and model tokens per {_bucket(charts["spend_by_agent"])}, stacked by agent;
 cost in the legend</p>
-{spend_chart(charts['spend_by_agent'])}</div>
+{spend_chart(charts["spend_by_agent"])}</div>
 <div class="chart" id="chart-tools"><h2>Top tools by response tokens</h2>
-{bars(charts['top_tools_by_response_tokens'], _PALETTE[0])}</div>
+{bars(charts["top_tools_by_response_tokens"], _PALETTE[0])}</div>
 <div class="chart" id="chart-outcomes"><h2>Session outcomes</h2>
-{bars([(k, v) for k, v in charts['session_outcomes'].items()], None)}</div>
+{bars([(k, v) for k, v in charts["session_outcomes"].items()], None)}</div>
 </div>
 <h2>Totals</h2>
-<table><thead><tr><th>{escape(by)}</th>{''.join(f'<th>{m}</th>' for m in metrics)}</tr></thead>
+<table><thead><tr><th>{escape(by)}</th>{"".join(f"<th>{m}</th>" for m in metrics)}</tr></thead>
 <tbody>{rows}<tr class="total"><td>TOTAL</td>{totals}</tr></tbody></table>
 <h2>Evidence</h2>
 {_evidence(evidence)}
@@ -87,8 +87,11 @@ def _evidence(evidence: dict[str, Any]) -> str:
 
     def row(name: str) -> tuple[str, str, list[str]]:
         share = shares[name]
-        return (share["label"].capitalize(), f"{_share(share['value'])} ({share['counted']:,} of {share['total']:,})",
-                share["explanations"])
+        return (
+            share["label"].capitalize(),
+            f"{_share(share['value'])} ({share['counted']:,} of {share['total']:,})",
+            share["explanations"],
+        )
 
     items: list[tuple[str, str, list[str]]] = [
         ("Actions", f"{evidence['actions']:,}", []),
@@ -100,13 +103,23 @@ def _evidence(evidence: dict[str, Any]) -> str:
         ("In a session still open", _share(outcome_shares["open"]), []),
         row("without_stored_secret"),
         row("sender_constrained"),
-        ("Shared-credential flags", f"{evidence['shared_credential_flags']}"
-         + (f" ({escape(', '.join(evidence['flagged_agents']))})" if evidence["flagged_agents"] else ""), []),
+        (
+            "Shared-credential flags",
+            f"{evidence['shared_credential_flags']}"
+            + (f" ({escape(', '.join(evidence['flagged_agents']))})" if evidence["flagged_agents"] else ""),
+            [],
+        ),
     ]
-    return '<table id="evidence">' + "".join(
-        f"<tr><td>{k}</td><td>{v}</td><td class=\"muted\">"
-        + "".join(f'<div class="lacked">not counted: {escape(line)}</div>' for line in lines) + "</td></tr>"
-        for k, v, lines in items) + "</table>"
+    return (
+        '<table id="evidence">'
+        + "".join(
+            f'<tr><td>{k}</td><td>{v}</td><td class="muted">'
+            + "".join(f'<div class="lacked">not counted: {escape(line)}</div>' for line in lines)
+            + "</td></tr>"
+            for k, v, lines in items
+        )
+        + "</table>"
+    )
 
 
 def spend_chart(spend: dict[str, Any]) -> str:
@@ -119,13 +132,16 @@ def spend_chart(spend: dict[str, Any]) -> str:
     peak = max([1, *stacks])
     slot = (width - left - 10) / len(buckets)
     scale = (height - bottom - top) / peak
-    parts = [f'<line x1="{left}" y1="{height - bottom}" x2="{width - 10}" y2="{height - bottom}" stroke="#9ca3af"/>',
-             f'<text x="{left - 6}" y="{top + 4}" text-anchor="end">{peak:,}</text>',
-             f'<text x="{left - 6}" y="{height - bottom}" text-anchor="end">0</text>',
-             f'<text x="{left}" y="{height - bottom + 14}">{escape(buckets[0])}</text>']
+    parts = [
+        f'<line x1="{left}" y1="{height - bottom}" x2="{width - 10}" y2="{height - bottom}" stroke="#9ca3af"/>',
+        f'<text x="{left - 6}" y="{top + 4}" text-anchor="end">{peak:,}</text>',
+        f'<text x="{left - 6}" y="{height - bottom}" text-anchor="end">0</text>',
+        f'<text x="{left}" y="{height - bottom + 14}">{escape(buckets[0])}</text>',
+    ]
     if len(buckets) > 1:
-        parts.append(f'<text x="{width - 10}" y="{height - bottom + 14}" text-anchor="end">'
-                     f"{escape(buckets[-1])}</text>")
+        parts.append(
+            f'<text x="{width - 10}" y="{height - bottom + 14}" text-anchor="end">{escape(buckets[-1])}</text>'
+        )
     for i, bucket in enumerate(buckets):
         base = height - bottom
         for n, (agent, values) in enumerate(series.items()):
@@ -134,14 +150,18 @@ def spend_chart(spend: dict[str, Any]) -> str:
                 continue
             block = tokens * scale
             base -= block
-            parts.append(f'<rect x="{left + i * slot + slot * 0.15:.1f}" y="{base:.1f}" width="{slot * 0.7:.1f}" '
-                         f'height="{block:.1f}" fill="{_PALETTE[n % len(_PALETTE)]}"><title>{escape(agent)} '
-                         f"{escape(bucket)}: {tokens:,} tokens, ${cost:,.4f}</title></rect>")
+            parts.append(
+                f'<rect x="{left + i * slot + slot * 0.15:.1f}" y="{base:.1f}" width="{slot * 0.7:.1f}" '
+                f'height="{block:.1f}" fill="{_PALETTE[n % len(_PALETTE)]}"><title>{escape(agent)} '
+                f"{escape(bucket)}: {tokens:,} tokens, ${cost:,.4f}</title></rect>"
+            )
     for n, (agent, values) in enumerate(series.items()):
         x = left + 135 * (n % 4)
         y = height - 24 + 14 * (n // 4)
-        parts.append(f'<rect x="{x}" y="{y - 9}" width="10" height="10" fill="{_PALETTE[n % len(_PALETTE)]}"/>'
-                     f'<text x="{x + 14}" y="{y}">{escape(agent[:16])} ${sum(values["cost_usd"]):,.2f}</text>')
+        parts.append(
+            f'<rect x="{x}" y="{y - 9}" width="10" height="10" fill="{_PALETTE[n % len(_PALETTE)]}"/>'
+            f'<text x="{x + 14}" y="{y}">{escape(agent[:16])} ${sum(values["cost_usd"]):,.2f}</text>'
+        )
     height += 14 * ((len(series) - 1) // 4)
     return f'<svg width="{width}" height="{height}" role="img">{"".join(parts)}</svg>'
 
@@ -157,9 +177,11 @@ def bars(items: list[tuple[str, int]] | list[list[Any]], colour: str | None) -> 
         fill = colour or _OUTCOME_COLOURS.get(str(name), _PALETTE[0])
         bar = (width - label - 80) * value / peak
         y = 8 + i * row
-        parts.append(f'<text x="{label - 6}" y="{y + 13}" text-anchor="end">{escape(str(name)[:32])}</text>'
-                     f'<rect x="{label}" y="{y}" width="{bar:.1f}" height="{row - 8}" fill="{fill}">'
-                     f"<title>{escape(str(name))}: {value:,}</title></rect>"
-                     f'<text x="{label + bar + 6:.1f}" y="{y + 13}">{value:,}</text>')
+        parts.append(
+            f'<text x="{label - 6}" y="{y + 13}" text-anchor="end">{escape(str(name)[:32])}</text>'
+            f'<rect x="{label}" y="{y}" width="{bar:.1f}" height="{row - 8}" fill="{fill}">'
+            f"<title>{escape(str(name))}: {value:,}</title></rect>"
+            f'<text x="{label + bar + 6:.1f}" y="{y + 13}">{value:,}</text>'
+        )
     height = 16 + len(items) * row
     return f'<svg width="{width}" height="{height}" role="img">{"".join(parts)}</svg>'

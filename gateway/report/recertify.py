@@ -37,8 +37,22 @@ from gateway.terminal import safe
 from gateway.upstream.manifests import UpstreamSpec
 
 FORMATS = ("table", "csv", "json", "html")
-COLUMNS = ("agent", "owner", "source", "disabled", "credential", "credential_age_days", "expires", "last_used",
-           "sessions", "calls", "tokens", "cost_usd", "unused_granted_tools", "findings")
+COLUMNS = (
+    "agent",
+    "owner",
+    "source",
+    "disabled",
+    "credential",
+    "credential_age_days",
+    "expires",
+    "last_used",
+    "sessions",
+    "calls",
+    "tokens",
+    "cost_usd",
+    "unused_granted_tools",
+    "findings",
+)
 
 
 @dataclass(frozen=True)
@@ -54,8 +68,11 @@ class Inputs:
 def known_tools(manifests: Mapping[str, UpstreamSpec], audit: Iterable[dict[str, Any]]) -> set[tuple[str, str]]:
     """Every (server, tool) a manifest names or an audit record shows being called."""
     known = {(name, tool) for name, spec in manifests.items() for tool in (*(spec.tools or ()), *spec.pins)}
-    known |= {(r["server"], r["tool"]) for r in audit
-              if r.get("event") == Event.TOOL_CALL and isinstance(r.get("server"), str) and isinstance(r.get("tool"), str)}
+    known |= {
+        (r["server"], r["tool"])
+        for r in audit
+        if r.get("event") == Event.TOOL_CALL and isinstance(r.get("server"), str) and isinstance(r.get("tool"), str)
+    }
     return known
 
 
@@ -63,8 +80,9 @@ def _matching(server: str, tool: str, pairs: Iterable[tuple[str, str]]) -> set[t
     return {(s, t) for s, t in pairs if glob_matches(server, s) and glob_matches(tool, t)}
 
 
-def unused_granted(patterns: Iterable[tuple[str, str]], used: set[tuple[str, str]],
-                   known: set[tuple[str, str]]) -> list[str]:
+def unused_granted(
+    patterns: Iterable[tuple[str, str]], used: set[tuple[str, str]], known: set[tuple[str, str]]
+) -> list[str]:
     """The granted tools (or, where none is known, the patterns) this agent did not call."""
     out: set[str] = set()
     for server, tool in patterns:
@@ -89,7 +107,13 @@ def build_recertification(inputs: Inputs, since: float, until: float, sources: l
             continue
         if r.get("event") == Event.TOOL_CALL and r.get("decision") == "allow" and r.get("server") and r.get("tool"):
             used[agent].add((str(r["server"]), str(r["tool"])))
-        if r.get("event") in (Event.TOOL_CALL, Event.SESSION_OPENED, Event.RESOURCE_READ, Event.PROMPT_GET, Event.MODEL_USAGE):
+        if r.get("event") in (
+            Event.TOOL_CALL,
+            Event.SESSION_OPENED,
+            Event.RESOURCE_READ,
+            Event.PROMPT_GET,
+            Event.MODEL_USAGE,
+        ):
             last_action[agent] = max(last_action.get(agent, 0.0), float(r["ts"]))
     last_seen: dict[str, float] = {}
     opened: dict[str, int] = defaultdict(int)
@@ -106,7 +130,7 @@ def build_recertification(inputs: Inputs, since: float, until: float, sources: l
         set_at = credential_set_at(agent, kind)
         age = until - set_at if set_at is not None else None
         used_at = max(last_use(agent, last_seen.get(agent.id)), last_action.get(agent.id, 0.0))
-        ever_used = (agent.last_used is not None or agent.id in last_seen or agent.id in last_action)
+        ever_used = agent.last_used is not None or agent.id in last_seen or agent.id in last_action
         grant = agent.grant
         unused = unused_granted(grant.tools, used[agent.id], known)
         money = spend_by.get(agent.id, {})
@@ -121,27 +145,35 @@ def build_recertification(inputs: Inputs, since: float, until: float, sources: l
             findings.append("no expiry")
         if unused:
             findings.append(f"{len(unused)} granted tool(s) unused: narrow the grant")
-        rows.append({
-            "agent": agent.id, "owner": agent.owner, "cost_center": agent.cost_center, "source": agent.source,
-            "disabled": agent.disabled, "credential": kind,
-            "credential_set_at": iso(set_at) if set_at is not None else None,
-            "credential_age_days": round(age / 86400, 1) if age is not None else None,
-            "credential_max_age_days": (float(days(rules.credential_max_age))
-                                        if rules.credential_max_age is not None else None),
-            "expires": iso(rules.expires) if rules.expires is not None else None,
-            "disable_after_idle_days": (float(days(rules.disable_after_idle))
-                                        if rules.disable_after_idle is not None else None),
-            "last_used": iso(used_at) if ever_used else None,
-            "granted_tools": [f"{s}.{t}" for s, t in grant.tools],
-            "used_tools": sorted(f"{s}.{t}" for s, t in used[agent.id]),
-            "unused_granted_tools": unused,
-            "sessions": opened[agent.id],
-            "calls": int(money.get("calls", 0)), "tokens": int(tokens(money)),
-            "cost_usd": float(money.get("cost_usd", 0.0)),
-            "findings": findings,
-        })
-    return {"kind": "recertification", "since": iso(since), "until": iso(until), "sources": sources,
-            "agents": rows}
+        rows.append(
+            {
+                "agent": agent.id,
+                "owner": agent.owner,
+                "cost_center": agent.cost_center,
+                "source": agent.source,
+                "disabled": agent.disabled,
+                "credential": kind,
+                "credential_set_at": iso(set_at) if set_at is not None else None,
+                "credential_age_days": round(age / 86400, 1) if age is not None else None,
+                "credential_max_age_days": (
+                    float(days(rules.credential_max_age)) if rules.credential_max_age is not None else None
+                ),
+                "expires": iso(rules.expires) if rules.expires is not None else None,
+                "disable_after_idle_days": (
+                    float(days(rules.disable_after_idle)) if rules.disable_after_idle is not None else None
+                ),
+                "last_used": iso(used_at) if ever_used else None,
+                "granted_tools": [f"{s}.{t}" for s, t in grant.tools],
+                "used_tools": sorted(f"{s}.{t}" for s, t in used[agent.id]),
+                "unused_granted_tools": unused,
+                "sessions": opened[agent.id],
+                "calls": int(money.get("calls", 0)),
+                "tokens": int(tokens(money)),
+                "cost_usd": float(money.get("cost_usd", 0.0)),
+                "findings": findings,
+            }
+        )
+    return {"kind": "recertification", "since": iso(since), "until": iso(until), "sources": sources, "agents": rows}
 
 
 # ------------------------------------------------------------------ formats
@@ -176,14 +208,27 @@ def render_recertification(data: dict[str, Any], fmt: str) -> str:
     raise ValueError(f"--format must be one of {', '.join(FORMATS)}")
 
 
-_TABLE = ("agent", "owner", "credential", "credential_age_days", "last_used", "sessions", "calls", "tokens",
-          "cost_usd", "unused_granted_tools", "findings")
+_TABLE = (
+    "agent",
+    "owner",
+    "credential",
+    "credential_age_days",
+    "last_used",
+    "sessions",
+    "calls",
+    "tokens",
+    "cost_usd",
+    "unused_granted_tools",
+    "findings",
+)
 
 
 def _table(data: dict[str, Any]) -> str:
     # Agent ids are checked, but owners, tool names from the audit and findings reach the terminal too: all escaped.
-    lines = [[safe(cell) for cell, name in zip(_cells(row), COLUMNS, strict=True) if name in _TABLE]
-             for row in data["agents"]]
+    lines = [
+        [safe(cell) for cell, name in zip(_cells(row), COLUMNS, strict=True) if name in _TABLE]
+        for row in data["agents"]
+    ]
     headings = [h.upper().replace("_", " ") for h in _TABLE]
     widths = [max([len(h), *(len(line[i]) for line in lines)]) for i, h in enumerate(headings)]
     out = [f"Access review from {data['since']} to {data['until']} ({len(lines)} agent(s))", ""]
@@ -196,8 +241,9 @@ def _html(data: dict[str, Any]) -> str:
     from gateway.report.html import _STYLE
 
     head = "".join(f"<th>{escape(c)}</th>" for c in COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in _cells(row)) + "</tr>"
-                   for row in data["agents"])
+    body = "".join(
+        "<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in _cells(row)) + "</tr>" for row in data["agents"]
+    )
     payload = json.dumps(data, allow_nan=False).replace("</", "<\\/")
     window = f"{data['since']} to {data['until']}"
     return f"""<!doctype html>
@@ -206,7 +252,7 @@ def _html(data: dict[str, Any]) -> str:
 <title>MCP gateway access review</title><style>{_STYLE}</style></head>
 <body>
 <h1>Agent access review</h1>
-<p class="muted">{escape(window)} &middot; {len(data['agents'])} agent(s)</p>
+<p class="muted">{escape(window)} &middot; {len(data["agents"])} agent(s)</p>
 <table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
 <script type="application/json" id="report-data">{payload}</script>
 </body></html>

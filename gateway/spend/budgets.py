@@ -162,8 +162,18 @@ class _Aggregate:
     events: Counter[str] = field(default_factory=Counter)
 
 
-DENIAL_FIELDS = ("agent", "owner", "cost_center", "on_behalf_of", "session", "task", "grant", "remote_addr",
-                 "credential", "dpop_jkt")
+DENIAL_FIELDS = (
+    "agent",
+    "owner",
+    "cost_center",
+    "on_behalf_of",
+    "session",
+    "task",
+    "grant",
+    "remote_addr",
+    "credential",
+    "dpop_jkt",
+)
 
 
 class Budgets:
@@ -199,8 +209,14 @@ class Budgets:
             if repeats >= budget.loop_repeats:
                 await self._loop(principal, tool, repeats + 1)
         ask = Ask(
-            principal.sid, principal.agent.id, now, calls=1, tokens=request_tokens, tool=tool,
-            tool_cap=budget.tool_calls.get(tool), daily_tokens=budget.daily_tokens,
+            principal.sid,
+            principal.agent.id,
+            now,
+            calls=1,
+            tokens=request_tokens,
+            tool=tool,
+            tool_cap=budget.tool_calls.get(tool),
+            daily_tokens=budget.daily_tokens,
             calls_per_minute=budget.calls_per_minute,
         )
         reservation = await self.store.reserve(ask)
@@ -277,8 +293,12 @@ class Budgets:
         self._denials.clear()
         for aggregate in aggregates.values():
             await self.audit.emit(
-                Event.DENIALS_AGGREGATED, **aggregate.fields, count=sum(aggregate.reasons.values()),
-                reasons=dict(aggregate.reasons), events=dict(aggregate.events), window_s=60,
+                Event.DENIALS_AGGREGATED,
+                **aggregate.fields,
+                count=sum(aggregate.reasons.values()),
+                reasons=dict(aggregate.reasons),
+                events=dict(aggregate.events),
+                window_s=60,
                 window_start=ended * 60,
             )
 
@@ -306,15 +326,17 @@ class Budgets:
             return
         now = self.clock()
         daily = principal.grant.budget.daily_tokens
-        settled = await self._apply(call_id or secrets.token_hex(8), _Pending(principal.sid, tokens, now,
-                                                                             daily is not None))
+        settled = await self._apply(
+            call_id or secrets.token_hex(8), _Pending(principal.sid, tokens, now, daily is not None)
+        )
         if settled is None:
             return
         try:
             await self._alerts(principal, "session_tokens", settled.tokens, settled.tokens_limit, principal.sid)
             if settled.day_tokens is not None:
-                await self._alerts(principal, "daily_tokens", settled.day_tokens, daily,
-                                   f"{principal.agent.id}@{utc_day(now)}")
+                await self._alerts(
+                    principal, "daily_tokens", settled.day_tokens, daily, f"{principal.agent.id}@{utc_day(now)}"
+                )
         except StoreUnavailable as exc:  # the tokens are counted; a missed alert is not worth failing the call
             log.warning("threshold alerts not checked: %s", exc)
 
@@ -395,8 +417,9 @@ class Budgets:
     async def _apply_grant(self, principal: Principal) -> None:
         grant = principal.grant
         if principal.session.grant_version != grant.version:
-            await self.store.regrant(principal.sid, grant.version, grant.budget.session_calls,
-                                     grant.budget.session_tokens)
+            await self.store.regrant(
+                principal.sid, grant.version, grant.budget.session_calls, grant.budget.session_tokens
+            )
 
     async def _refusal(self, principal: Principal, reservation: Reservation, ask: Ask) -> Stopped:
         session = reservation.session
@@ -418,8 +441,15 @@ class Budgets:
         if limit == "daily_tokens":
             detail["resets_at"] = utc_day(ask.now + 86400) + "T00:00:00Z"
         if await self.store.suspend_session(session.sid, detail):
-            await self.audit.emit(Event.BUDGET_EXCEEDED, durable=True, **principal.audit_fields(), reason=limit,
-                                  used=used, limit=maximum, scope="session")
+            await self.audit.emit(
+                Event.BUDGET_EXCEEDED,
+                durable=True,
+                **principal.audit_fields(),
+                reason=limit,
+                used=used,
+                limit=maximum,
+                scope="session",
+            )
         if maximum is not None:  # an exhausted limit has reached every alert share
             scope = f"{principal.agent.id}@{ask.day}" if limit == "daily_tokens" else session.sid
             await self._alerts(principal, limit, maximum, maximum, scope)
@@ -427,8 +457,15 @@ class Budgets:
 
     async def _loop(self, principal: Principal, tool: str, repeats: int) -> None:
         budget = principal.grant.budget
-        detail = {"limit": "loop_repeats", "used": repeats, "max": budget.loop_repeats, "session": principal.sid,
-                  "scope": "tool", "tool": tool, "window_s": budget.loop_window}
+        detail = {
+            "limit": "loop_repeats",
+            "used": repeats,
+            "max": budget.loop_repeats,
+            "session": principal.sid,
+            "scope": "tool",
+            "tool": tool,
+            "window_s": budget.loop_window,
+        }
         await self._block(principal, tool, detail)
         self.loops.forget(principal.sid, tool)
         raise stop_for(detail)
@@ -436,8 +473,17 @@ class Budgets:
     async def _block(self, principal: Principal, tool: str, detail: dict[str, Any]) -> None:
         if await self.store.block_tool(principal.sid, tool, detail):
             server, _, name = tool.partition(".")
-            await self.audit.emit(Event.BUDGET_EXCEEDED, durable=True, **principal.audit_fields(), reason=detail["limit"],
-                                  used=detail["used"], limit=detail["max"], scope="tool", server=server, tool=name)
+            await self.audit.emit(
+                Event.BUDGET_EXCEEDED,
+                durable=True,
+                **principal.audit_fields(),
+                reason=detail["limit"],
+                used=detail["used"],
+                limit=detail["max"],
+                scope="tool",
+                server=server,
+                tool=name,
+            )
 
     async def _alerts(self, principal: Principal, limit: str, used: int, maximum: int | None, scope: str) -> None:
         """`budget.threshold` at each alert share `used` has reached, once per scope."""
@@ -450,11 +496,25 @@ class Budgets:
             if key in self._alerted:
                 continue
             if await self.store.first_alert(scope, limit, share):
-                await self.audit.emit(Event.BUDGET_THRESHOLD, **principal.audit_fields(), reason=limit, share=share,
-                                      used=used, limit=maximum)
+                await self.audit.emit(
+                    Event.BUDGET_THRESHOLD,
+                    **principal.audit_fields(),
+                    reason=limit,
+                    share=share,
+                    used=used,
+                    limit=maximum,
+                )
             self._alerted.add(key)
 
 
 def _rate_stop(sid: str, used: int | None, maximum: int | None, now: float) -> Stopped:
-    return stop_for({"limit": "calls_per_minute", "used": used, "max": maximum, "session": sid, "scope": "call",
-                     "retry_after_s": max(1, 60 - int(now % 60))})
+    return stop_for(
+        {
+            "limit": "calls_per_minute",
+            "used": used,
+            "max": maximum,
+            "session": sid,
+            "scope": "call",
+            "retry_after_s": max(1, 60 - int(now % 60)),
+        }
+    )

@@ -43,10 +43,21 @@ AUDIO_TOKENS_PER_SECOND = 32
 AUDIO_BYTES_PER_SECOND = 16_000  # assumed for compressed audio without a readable header
 BLOB_BYTES_PER_TOKEN = 4
 _HEADER_CHARS = 65_536  # base64 characters decoded to find an image's or clip's header
-_SKIPPED_KEYS = frozenset({  # protocol fields, not content a model reads
-    "_meta", "annotations", "mimeType", "type", "role", "isError", "resultType", "cacheScope", "stopReason",
-    "includeContext", "model",
-})
+_SKIPPED_KEYS = frozenset(
+    {  # protocol fields, not content a model reads
+        "_meta",
+        "annotations",
+        "mimeType",
+        "type",
+        "role",
+        "isError",
+        "resultType",
+        "cacheScope",
+        "stopReason",
+        "includeContext",
+        "model",
+    }
+)
 
 
 class Tokenizer(Protocol):

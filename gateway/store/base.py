@@ -172,13 +172,25 @@ def refusal(session: SessionRecord | None, ask: Ask, counters: Counters) -> Rese
         return Reservation(session, False, "blocked", block=counters.tool_block)
     checks = (
         ("session_calls", session.calls, session.calls_limit, session.calls + ask.calls <= (session.calls_limit or 0)),
-        ("session_tokens", session.tokens, session.tokens_limit,
-         session.tokens + ask.tokens < (session.tokens_limit or 0)),
-        ("daily_tokens", counters.day_tokens, ask.daily_tokens,
-         counters.day_tokens + ask.tokens < (ask.daily_tokens or 0)),
+        (
+            "session_tokens",
+            session.tokens,
+            session.tokens_limit,
+            session.tokens + ask.tokens < (session.tokens_limit or 0),
+        ),
+        (
+            "daily_tokens",
+            counters.day_tokens,
+            ask.daily_tokens,
+            counters.day_tokens + ask.tokens < (ask.daily_tokens or 0),
+        ),
         ("tool_calls", counters.tool_calls, ask.tool_cap, counters.tool_calls + ask.calls <= (ask.tool_cap or 0)),
-        ("calls_per_minute", counters.minute_calls, ask.calls_per_minute,
-         counters.minute_calls + ask.calls <= (ask.calls_per_minute or 0)),
+        (
+            "calls_per_minute",
+            counters.minute_calls,
+            ask.calls_per_minute,
+            counters.minute_calls + ask.calls <= (ask.calls_per_minute or 0),
+        ),
     )
     for name, used, limit, fits in checks:
         if limit is not None and not fits:
@@ -326,8 +338,7 @@ class Store(Protocol):
         """Record a single-use id; False if it was already seen."""
 
     # sign-in (gateway/login/): codes, refresh tokens, consent, registered clients, by kind and hashed key
-    async def put_login_item(self, kind: str, key: str, data: dict[str, Any], expires_at: float,
-                             now: float) -> bool:
+    async def put_login_item(self, kind: str, key: str, data: dict[str, Any], expires_at: float, now: float) -> bool:
         """Store an item unless one exists under (kind, key); prunes expired items. False if it existed."""
 
     async def get_login_item(self, kind: str, key: str, now: float) -> LoginItem | None:

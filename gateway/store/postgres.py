@@ -102,8 +102,11 @@ class PostgresStore:
     async def open(self) -> None:
         with _errors():
             pool = await asyncpg.create_pool(
-                self.dsn, min_size=self.pool_size[0], max_size=self.pool_size[1],
-                timeout=CONNECT_TIMEOUT, command_timeout=STATEMENT_TIMEOUT,
+                self.dsn,
+                min_size=self.pool_size[0],
+                max_size=self.pool_size[1],
+                timeout=CONNECT_TIMEOUT,
+                command_timeout=STATEMENT_TIMEOUT,
             )
             try:
                 async with pool.acquire() as con:
@@ -221,9 +224,19 @@ class PostgresStore:
                      workload = excluded.workload,
                      keys_at = CASE WHEN agents.jwks IS NOT DISTINCT FROM excluded.jwks THEN agents.keys_at
                                     ELSE excluded.keys_at END""",
-                [(a.id, a.owner, a.cost_center, now, rows.dump(a.jwks), rows.dump(a.grant), rows.dump(a.workload),
-                  now if a.jwks is not None else None)
-                 for a in agents.values()],
+                [
+                    (
+                        a.id,
+                        a.owner,
+                        a.cost_center,
+                        now,
+                        rows.dump(a.jwks),
+                        rows.dump(a.grant),
+                        rows.dump(a.workload),
+                        now if a.jwks is not None else None,
+                    )
+                    for a in agents.values()
+                ],
             )
 
     async def get_agent(self, agent_id: str) -> AgentRecord | None:
@@ -243,16 +256,28 @@ class PostgresStore:
                 """INSERT INTO agents (id, owner, cost_center, source, disabled, created_at, secret_hash, jwks,
                    grant_spec, workload, secret_at, keys_at, lifecycle)
                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT DO NOTHING""",
-                agent.id, agent.owner, agent.cost_center, agent.source, agent.disabled, agent.created_at,
-                agent.secret_hash, rows.dump(agent.jwks), rows.dump(agent.grant), rows.dump(agent.workload),
-                agent.secret_at, agent.keys_at, rows.dump(agent.lifecycle),
+                agent.id,
+                agent.owner,
+                agent.cost_center,
+                agent.source,
+                agent.disabled,
+                agent.created_at,
+                agent.secret_hash,
+                rows.dump(agent.jwks),
+                rows.dump(agent.grant),
+                rows.dump(agent.workload),
+                agent.secret_at,
+                agent.keys_at,
+                rows.dump(agent.lifecycle),
             )
             > 0
         )
 
     async def last_seen_by_agent(self) -> dict[str, float]:
-        return {r["agent"]: r["last_seen"] for r in await self._fetch(
-            "SELECT agent, MAX(last_seen) AS last_seen FROM sessions GROUP BY agent")}
+        return {
+            r["agent"]: r["last_seen"]
+            for r in await self._fetch("SELECT agent, MAX(last_seen) AS last_seen FROM sessions GROUP BY agent")
+        }
 
     async def update_agent(self, agent_id: str, **changes: Any) -> bool:
         values = rows.agent_changes(changes)
@@ -267,7 +292,8 @@ class PostgresStore:
                 await con.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"sessions:{session.agent}")
                 live = await con.fetchval(
                     f"SELECT count(*) FROM sessions WHERE agent = $1 AND {_LIVE} AND {_NOT_OVER}",
-                    session.agent, session.created_at,
+                    session.agent,
+                    session.created_at,
                 )
                 if live >= max_active:
                     return False
@@ -283,15 +309,20 @@ class PostgresStore:
     ) -> list[SessionRecord]:
         found = await self._fetch(
             f"""SELECT * FROM sessions WHERE ($1::text IS NULL OR agent = $1)
-                  AND ($2::text IS NULL OR {rows.state_at('$3::float8')} = $2) ORDER BY created_at""",
-            agent, state, now,
+                  AND ($2::text IS NULL OR {rows.state_at("$3::float8")} = $2) ORDER BY created_at""",
+            agent,
+            state,
+            now,
         )
         return rows.listed(found, now)
 
     async def end_session(self, sid: str, state: SessionState, reason: str, now: float) -> SessionRecord | None:
         row = await self._fetchrow(
             f"UPDATE sessions SET state = $2, reason = $3, ended_at = $4 WHERE sid = $1 AND {_LIVE} RETURNING *",
-            sid, state, reason, now,
+            sid,
+            state,
+            reason,
+            now,
         )
         return rows.session(row) if row else None
 
@@ -299,7 +330,10 @@ class PostgresStore:
         ended = await self._fetch(
             f"""UPDATE sessions SET state = $2, reason = $3, ended_at = $4 WHERE agent = $1 AND {_LIVE}
                 RETURNING sid""",
-            agent, state, reason, now,
+            agent,
+            state,
+            reason,
+            now,
         )
         return [r["sid"] for r in ended]
 
@@ -316,7 +350,9 @@ class PostgresStore:
         row = await self._fetchrow(
             f"""UPDATE sessions SET expires_at = LEAST($3, max_expires_at), last_seen = GREATEST(last_seen, $2)
                 WHERE sid = $1 AND {_LIVE} AND {_NOT_OVER} RETURNING *""",
-            sid, now, expires_at,
+            sid,
+            now,
+            expires_at,
         )
         return rows.session(row) if row else None
 
@@ -326,7 +362,15 @@ class PostgresStore:
     async def reserve(self, ask: Ask) -> Reservation:
         row = await self._fetchrow(
             "SELECT * FROM gateway_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            ask.sid, ask.now, ask.calls, ask.tokens, ask.day, ask.minute, ask.tool, ask.tool_cap, ask.daily_tokens,
+            ask.sid,
+            ask.now,
+            ask.calls,
+            ask.tokens,
+            ask.day,
+            ask.minute,
+            ask.tool,
+            ask.tool_cap,
+            ask.daily_tokens,
             ask.calls_per_minute,
         )
         if row is not None:
@@ -340,7 +384,11 @@ class PostgresStore:
                       (SELECT calls FROM agent_minutes WHERE agent = $1 AND minute = $3) AS minute_calls,
                       t.calls AS tool_calls, t.blocked
                FROM (SELECT 1) AS one LEFT JOIN session_tools t ON t.sid = $4 AND t.tool = $5""",
-            ask.agent, ask.day, ask.minute, ask.sid, ask.tool,
+            ask.agent,
+            ask.day,
+            ask.minute,
+            ask.sid,
+            ask.tool,
         )
         assert row is not None
         return Counters(
@@ -354,19 +402,31 @@ class PostgresStore:
         await self._execute(
             f"""UPDATE sessions SET grant_version = $2, calls_limit = $3, tokens_limit = $4
                 WHERE sid = $1 AND grant_version <> $2 AND {_LIVE}""",
-            sid, grant_version, calls_limit, tokens_limit,
+            sid,
+            grant_version,
+            calls_limit,
+            tokens_limit,
         )
 
     async def release(self, ask: Ask, key: str) -> None:
         await self._fetchrow(
             "SELECT gateway_release($1, $2, $3, $4, $5, $6, $7)",
-            key, ask.sid, ask.now, ask.calls, ask.tokens, ask.day if ask.daily_tokens is not None else None,
+            key,
+            ask.sid,
+            ask.now,
+            ask.calls,
+            ask.tokens,
+            ask.day if ask.daily_tokens is not None else None,
             ask.tool if ask.tool_cap is not None else None,
         )
 
     async def settle(self, sid: str, tokens: int, now: float, daily: bool, key: str) -> Settled | None:
         row = await self._fetchrow(
-            "SELECT * FROM gateway_settle_once($1, $2, $3, $4, $5)", key, sid, tokens, utc_day(now) if daily else None,
+            "SELECT * FROM gateway_settle_once($1, $2, $3, $4, $5)",
+            key,
+            sid,
+            tokens,
+            utc_day(now) if daily else None,
             now,
         )
         return Settled(*row.values()) if row is not None else None
@@ -381,7 +441,9 @@ class PostgresStore:
             await self._execute(
                 """INSERT INTO session_tools AS t (sid, tool, blocked) VALUES ($1, $2, $3)
                    ON CONFLICT (sid, tool) DO UPDATE SET blocked = excluded.blocked WHERE t.blocked IS NULL""",
-                sid, tool, rows.dump(stop),
+                sid,
+                tool,
+                rows.dump(stop),
             )
             > 0
         )
@@ -390,7 +452,9 @@ class PostgresStore:
         return (
             await self._execute(
                 "INSERT INTO budget_alerts (scope, limit_name, share) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                scope, limit, share,
+                scope,
+                limit,
+                share,
             )
             > 0
         )
@@ -405,7 +469,9 @@ class PostgresStore:
         return (
             await self._execute(
                 "UPDATE sessions SET state = 'suspended', reason = $2, stop = $3 WHERE sid = $1 AND state = 'active'",
-                sid, stop.get("limit"), rows.dump(stop),
+                sid,
+                stop.get("limit"),
+                rows.dump(stop),
             )
             > 0
         )
@@ -419,7 +485,10 @@ class PostgresStore:
                       tokens_limit = CASE WHEN tokens_limit IS NULL THEN NULL
                                           ELSE GREATEST(tokens_limit, tokens) + $4 END
                     WHERE sid = $1 AND {_LIVE} RETURNING *""",
-                sid, now, add_calls, add_tokens,
+                sid,
+                now,
+                add_calls,
+                add_tokens,
             )
             if row is None:
                 return None
@@ -436,25 +505,29 @@ class PostgresStore:
             await self._execute("DELETE FROM seen_jti WHERE expires_at < $1", now)
         row = await self._fetchrow(
             "INSERT INTO seen_jti (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING RETURNING true",
-            jti, expires_at,
+            jti,
+            expires_at,
         )
         return row is not None
 
     # ------------------------------------------------------------ sign-in items
 
-    async def put_login_item(self, kind: str, key: str, data: dict[str, Any], expires_at: float,
-                             now: float) -> bool:
+    async def put_login_item(self, kind: str, key: str, data: dict[str, Any], expires_at: float, now: float) -> bool:
         await self._execute("DELETE FROM login_items WHERE expires_at < $1", now)
         row = await self._fetchrow(
             """INSERT INTO login_items (kind, key, data, expires_at) VALUES ($1, $2, $3, $4)
                ON CONFLICT (kind, key) DO NOTHING RETURNING true""",
-            kind, key, rows.dump(data), expires_at,
+            kind,
+            key,
+            rows.dump(data),
+            expires_at,
         )
         return row is not None
 
     async def get_login_item(self, kind: str, key: str, now: float) -> LoginItem | None:
-        row = await self._fetchrow("SELECT * FROM login_items WHERE kind = $1 AND key = $2 AND expires_at > $3",
-                                   kind, key, now)
+        row = await self._fetchrow(
+            "SELECT * FROM login_items WHERE kind = $1 AND key = $2 AND expires_at > $3", kind, key, now
+        )
         return LoginItem(rows.load(row["data"]), row["used_at"]) if row else None
 
     async def use_login_item(self, kind: str, key: str, now: float) -> LoginItem | None:
@@ -465,7 +538,9 @@ class PostgresStore:
                      FOR UPDATE) AS before
                WHERE l.kind = before.kind AND l.key = before.key
                RETURNING l.data, before.used_at""",
-            kind, key, now,
+            kind,
+            key,
+            now,
         )
         return LoginItem(rows.load(row["data"]), row["used_at"]) if row else None
 
@@ -474,7 +549,11 @@ class PostgresStore:
             """INSERT INTO checkpoints (instance, seq, head, signature, updated_at) VALUES ($1, $2, $3, $4, $5)
                ON CONFLICT (instance) DO UPDATE SET seq = excluded.seq, head = excluded.head,
                  signature = excluded.signature, updated_at = excluded.updated_at""",
-            instance, seq, head, signature, now,
+            instance,
+            seq,
+            head,
+            signature,
+            now,
         )
 
     async def get_checkpoint(self, instance: str) -> dict[str, Any] | None:
@@ -495,18 +574,21 @@ class PostgresStore:
         if candidate is not None:  # the one-active-key index turns a second first start into a no-op
             await self._execute(
                 "INSERT INTO signing_keys (kid, pem) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                candidate.kid, candidate.pem,
+                candidate.kid,
+                candidate.pem,
             )
         found = await self._fetch("SELECT kid, pem, retired_at, verify_until, generation FROM signing_keys")
-        return [StoredKey(r["kid"], bytes(r["pem"]), r["retired_at"], r["verify_until"], r["generation"])
-                for r in found]
+        return [
+            StoredKey(r["kid"], bytes(r["pem"]), r["retired_at"], r["verify_until"], r["generation"]) for r in found
+        ]
 
     async def rotate_signing_key(self, new: StoredKey, now: float, overlap: float) -> None:
         async with self._tx() as con:
             await con.execute("LOCK TABLE signing_keys IN SHARE ROW EXCLUSIVE MODE")  # one rotation at a time
             await con.execute(
                 "UPDATE signing_keys SET retired_at = $1, verify_until = $2 WHERE retired_at IS NULL",
-                now, now + overlap,
+                now,
+                now + overlap,
             )
             await con.execute("DELETE FROM signing_keys WHERE verify_until < $1", now)
             await con.execute("INSERT INTO signing_keys (kid, pem) VALUES ($1, $2)", new.kid, new.pem)

@@ -11,8 +11,14 @@ from gateway.store.base import AgentRecord, SessionRecord
 
 SESSION_COLUMNS = [f.name for f in fields(SessionRecord)]
 AGENT_COLUMNS = {  # the agent fields `update_agent` may change, and their columns
-    "owner": "owner", "cost_center": "cost_center", "disabled": "disabled", "secret_hash": "secret_hash",
-    "jwks": "jwks", "grant": "grant_spec", "secret_at": "secret_at", "last_used": "last_used",
+    "owner": "owner",
+    "cost_center": "cost_center",
+    "disabled": "disabled",
+    "secret_hash": "secret_hash",
+    "jwks": "jwks",
+    "grant": "grant_spec",
+    "secret_at": "secret_at",
+    "last_used": "last_used",
     "lifecycle": "lifecycle",
 }
 _JSON_FIELDS = ("jwks", "grant", "lifecycle")

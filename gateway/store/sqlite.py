@@ -271,9 +271,17 @@ class SQLiteStore:
                          workload = excluded.workload,
                          keys_at = CASE WHEN agents.jwks IS excluded.jwks THEN agents.keys_at
                                         ELSE excluded.keys_at END""",
-                    (agent.id, agent.owner, agent.cost_center, 0, now,
-                     rows.dump(agent.jwks), rows.dump(agent.grant), rows.dump(agent.workload),
-                     now if agent.jwks is not None else None),
+                    (
+                        agent.id,
+                        agent.owner,
+                        agent.cost_center,
+                        0,
+                        now,
+                        rows.dump(agent.jwks),
+                        rows.dump(agent.grant),
+                        rows.dump(agent.workload),
+                        now if agent.jwks is not None else None,
+                    ),
                 )
 
     async def get_agent(self, agent_id: str) -> AgentRecord | None:
@@ -294,17 +302,31 @@ class SQLiteStore:
                     """INSERT INTO agents (id, owner, cost_center, source, disabled, created_at, secret_hash, jwks,
                        grant_spec, workload, secret_at, keys_at, lifecycle)
                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                    (agent.id, agent.owner, agent.cost_center, agent.source, int(agent.disabled), agent.created_at,
-                     agent.secret_hash, rows.dump(agent.jwks), rows.dump(agent.grant), rows.dump(agent.workload),
-                     agent.secret_at, agent.keys_at, rows.dump(agent.lifecycle)),
+                    (
+                        agent.id,
+                        agent.owner,
+                        agent.cost_center,
+                        agent.source,
+                        int(agent.disabled),
+                        agent.created_at,
+                        agent.secret_hash,
+                        rows.dump(agent.jwks),
+                        rows.dump(agent.grant),
+                        rows.dump(agent.workload),
+                        agent.secret_at,
+                        agent.keys_at,
+                        rows.dump(agent.lifecycle),
+                    ),
                 )
             except sqlite3.IntegrityError:
                 return False
         return True
 
     async def last_seen_by_agent(self) -> dict[str, float]:
-        return {r["agent"]: r["last_seen"] for r in self._all(
-            "SELECT agent, MAX(last_seen) AS last_seen FROM sessions GROUP BY agent")}
+        return {
+            r["agent"]: r["last_seen"]
+            for r in self._all("SELECT agent, MAX(last_seen) AS last_seen FROM sessions GROUP BY agent")
+        }
 
     async def update_agent(self, agent_id: str, **changes: Any) -> bool:
         values = rows.agent_changes(changes)
@@ -338,9 +360,11 @@ class SQLiteStore:
         self, agent: str | None = None, state: SessionState | None = None, now: float | None = None
     ) -> list[SessionRecord]:
         found = self._all(
-            f"""SELECT * FROM sessions WHERE (?1 IS NULL OR agent = ?1) AND (?2 IS NULL OR {rows.state_at('?3')} = ?2)
+            f"""SELECT * FROM sessions WHERE (?1 IS NULL OR agent = ?1) AND (?2 IS NULL OR {rows.state_at("?3")} = ?2)
                 ORDER BY created_at""",
-            agent, state, now,
+            agent,
+            state,
+            now,
         )
         return rows.listed(found, now)
 
@@ -376,7 +400,11 @@ class SQLiteStore:
         row = self._one(
             f"""UPDATE sessions SET expires_at = min(?, max_expires_at), last_seen = ?
                 WHERE sid = ? AND {_LIVE} AND expires_at > ? AND last_seen + idle_timeout > ? RETURNING *""",
-            expires_at, now, sid, now, now,
+            expires_at,
+            now,
+            sid,
+            now,
+            now,
         )
         return rows.session(row) if row else None
 
@@ -385,8 +413,15 @@ class SQLiteStore:
 
     async def reserve(self, ask: Ask) -> Reservation:
         params = {
-            "sid": ask.sid, "now": ask.now, "calls": ask.calls, "tokens": ask.tokens, "day": ask.day,
-            "minute": ask.minute, "tool": ask.tool, "cap": ask.tool_cap, "daily": ask.daily_tokens,
+            "sid": ask.sid,
+            "now": ask.now,
+            "calls": ask.calls,
+            "tokens": ask.tokens,
+            "day": ask.day,
+            "minute": ask.minute,
+            "tool": ask.tool,
+            "cap": ask.tool_cap,
+            "daily": ask.daily_tokens,
             "per_minute": ask.calls_per_minute,
             # what the trigger rolls up: only the counters whose limit the ask carries
             "usage_day": ask.day if ask.daily_tokens is not None else None,
@@ -415,7 +450,11 @@ class SQLiteStore:
         self._run(
             f"""UPDATE sessions SET grant_version = ?, calls_limit = ?, tokens_limit = ?
                 WHERE sid = ? AND grant_version <> ? AND {_LIVE}""",
-            grant_version, calls_limit, tokens_limit, sid, grant_version,
+            grant_version,
+            calls_limit,
+            tokens_limit,
+            sid,
+            grant_version,
         )
 
     async def release(self, ask: Ask, key: str) -> None:
@@ -430,8 +469,10 @@ class SQLiteStore:
                 (ask.calls, ask.tokens, day, ask.sid),
             )
             if ask.tool_cap is not None and ask.tool is not None:
-                db.execute("UPDATE session_tools SET calls = max(calls - ?, 0) WHERE sid = ? AND tool = ?",
-                           (ask.calls, ask.sid, ask.tool))
+                db.execute(
+                    "UPDATE session_tools SET calls = max(calls - ?, 0) WHERE sid = ? AND tool = ?",
+                    (ask.calls, ask.sid, ask.tool),
+                )
 
     async def settle(self, sid: str, tokens: int, now: float, daily: bool, key: str) -> Settled | None:
         day = utc_day(now) if daily else None
@@ -440,14 +481,16 @@ class SQLiteStore:
                 return None
             row = db.execute(  # no minute or tool to roll up: NULLs let the trigger skip a settlement without a day
                 "UPDATE sessions SET tokens = tokens + ?, usage_day = ?, usage_minute = NULL, usage_tool = NULL "
-                "WHERE sid = ? RETURNING tokens, tokens_limit, agent", (tokens, day, sid),
+                "WHERE sid = ? RETURNING tokens, tokens_limit, agent",
+                (tokens, day, sid),
             ).fetchone()
             if row is None:
                 return None
             total = None
             if day is not None:
-                found = db.execute("SELECT tokens FROM agent_days WHERE agent = ? AND day = ?",
-                                   (row[2], day)).fetchone()
+                found = db.execute(
+                    "SELECT tokens FROM agent_days WHERE agent = ? AND day = ?", (row[2], day)
+                ).fetchone()
                 total = int(found[0]) if found else 0
         return Settled(row[0], row[1], total)
 
@@ -461,8 +504,9 @@ class SQLiteStore:
             ).fetchone()
             if counted is not None:
                 return None
-            used = db.execute("SELECT calls FROM agent_minutes WHERE agent = ? AND minute = ?",
-                              (agent, minute)).fetchone()
+            used = db.execute(
+                "SELECT calls FROM agent_minutes WHERE agent = ? AND minute = ?", (agent, minute)
+            ).fetchone()
         return int(used[0]) if used else limit
 
     async def block_tool(self, sid: str, tool: str, stop: dict[str, Any]) -> bool:
@@ -470,7 +514,9 @@ class SQLiteStore:
             self._run(
                 """INSERT INTO session_tools (sid, tool, blocked) VALUES (?, ?, ?)
                    ON CONFLICT (sid, tool) DO UPDATE SET blocked = excluded.blocked WHERE blocked IS NULL""",
-                sid, tool, rows.dump(stop),
+                sid,
+                tool,
+                rows.dump(stop),
             )
             > 0
         )
@@ -488,7 +534,9 @@ class SQLiteStore:
         return (
             self._run(
                 "UPDATE sessions SET state = 'suspended', reason = ?, stop = ? WHERE sid = ? AND state = 'active'",
-                stop.get("limit"), rows.dump(stop), sid,
+                stop.get("limit"),
+                rows.dump(stop),
+                sid,
             )
             > 0
         )
@@ -520,8 +568,7 @@ class SQLiteStore:
 
     # ------------------------------------------------------------ sign-in items
 
-    async def put_login_item(self, kind: str, key: str, data: dict[str, Any], expires_at: float,
-                             now: float) -> bool:
+    async def put_login_item(self, kind: str, key: str, data: dict[str, Any], expires_at: float, now: float) -> bool:
         with self._tx() as db:
             db.execute("DELETE FROM login_items WHERE expires_at < ?", (now,))
             inserted: int = db.execute(
@@ -536,8 +583,9 @@ class SQLiteStore:
 
     async def use_login_item(self, kind: str, key: str, now: float) -> LoginItem | None:
         with self._tx() as db:
-            row = db.execute("SELECT * FROM login_items WHERE kind = ? AND key = ? AND expires_at > ?",
-                             (kind, key, now)).fetchone()
+            row = db.execute(
+                "SELECT * FROM login_items WHERE kind = ? AND key = ? AND expires_at > ?", (kind, key, now)
+            ).fetchone()
             if row is None:
                 return None
             if row["used_at"] is None:
@@ -549,7 +597,11 @@ class SQLiteStore:
             """INSERT INTO checkpoints (instance, seq, head, signature, updated_at) VALUES (?, ?, ?, ?, ?)
                ON CONFLICT (instance) DO UPDATE SET seq = excluded.seq, head = excluded.head,
                  signature = excluded.signature, updated_at = excluded.updated_at""",
-            instance, seq, head, signature, now,
+            instance,
+            seq,
+            head,
+            signature,
+            now,
         )
 
     async def get_checkpoint(self, instance: str) -> dict[str, Any] | None:

@@ -56,9 +56,7 @@ class Downstream(Protocol):
 
     sid: str
 
-    async def ask(
-        self, request: types.InputRequest, key: str | None = None
-    ) -> types.InputResponse | types.ErrorData:
+    async def ask(self, request: types.InputRequest, key: str | None = None) -> types.InputResponse | types.ErrorData:
         """Forward a sampling, elicitation or roots request to the agent and return its answer.
 
         `key` is the upstream's own name for the request (an `InputRequiredResult` key), kept where it can be.
@@ -288,8 +286,12 @@ class Connection:
             return "legacy"
         if self.spec.protocol == "2026-07-28":
             return "2026-07-28"
-        if (self.caller is not None and self.caller.protocol_version is not None and not self.caller.modern
-                and not self._followed_era_failed):
+        if (
+            self.caller is not None
+            and self.caller.protocol_version is not None
+            and not self.caller.modern
+            and not self._followed_era_failed
+        ):
             return "legacy"  # a per_session connection follows its handshake-era client: nothing to translate
         return "auto"
 
@@ -391,7 +393,6 @@ def _declare_per_request(session: ClientSession) -> None:
 async def _set_when(stop: anyio.Event, closed: anyio.Event) -> None:
     await stop.wait()
     closed.set()
-
 
 
 def _http_transport(url: str, http: httpx2.AsyncClient) -> Any:

@@ -286,7 +286,9 @@ class Upstream:
             await self.hub.updated(connection, message.params.uri)
         elif isinstance(
             message,
-            types.ToolListChangedNotification | types.ResourceListChangedNotification | types.PromptListChangedNotification,
+            types.ToolListChangedNotification
+            | types.ResourceListChangedNotification
+            | types.PromptListChangedNotification,
         ):
             if connection is self.main:
                 self.hub.spawn(self._refresh_quietly)

@@ -264,8 +264,10 @@ def _sandbox(
         return None
     reason = unavailable_reason()
     if reason is not None:
-        raise ConfigError(f"{path}: sandbox: this stdio server cannot be sandboxed here: {reason}; "
-                          "set `sandbox: off` in its manifest to run it unsandboxed")
+        raise ConfigError(
+            f"{path}: sandbox: this stdio server cannot be sandboxed here: {reason}; "
+            "set `sandbox: off` in its manifest to run it unsandboxed"
+        )
     own_secrets = config.secrets_dir / manifest.name
     protected = [Protected(p, f"{field} ({p})") for p, field in gateway_files(config) if field != "secrets_dir"]
     protected += [
@@ -280,12 +282,15 @@ def _sandbox(
         grant = Path(os.path.abspath(base / value))
         hit = overlap(grant, protected)
         if hit is not None:
-            raise ConfigError(f"{path}: sandbox.{kind}[{i}]: {value!r} would expose {hit.what}; "
-                              "no tool server is ever granted the gateway's own files")
+            raise ConfigError(
+                f"{path}: sandbox.{kind}[{i}]: {value!r} would expose {hit.what}; "
+                "no tool server is ever granted the gateway's own files"
+            )
         granted[kind].append(grant)
     if manifest.cwd is not None and (hit := overlap(cwd, protected)) is not None:
-        raise ConfigError(f"{path}: cwd: {manifest.cwd!r} would expose {hit.what}; "
-                          "a server's working directory is granted to it")
+        raise ConfigError(
+            f"{path}: cwd: {manifest.cwd!r} would expose {hit.what}; a server's working directory is granted to it"
+        )
     defaults = []
     for default in runtime_paths(command, args, env.get("PATH", os.environ.get("PATH"))):
         if (hit := overlap(default, protected)) is not None:  # e.g. a state dir inside the Python prefix

@@ -45,8 +45,9 @@ class Stream:
 def broken_links(gateway: Gateway) -> list[str | None]:
     """Verify the gateway's stream with its own keys: the first broken link of each chain (None: intact)."""
     keys = gateway.keys
-    chains = verify(stream_files(gateway.config.audit.path),
-                    lambda kid: (key.public if (key := keys.verify_key(kid)) else None))
+    chains = verify(
+        stream_files(gateway.config.audit.path), lambda kid: key.public if (key := keys.verify_key(kid)) else None
+    )
     return [chain.broken for chain in chains]
 
 
@@ -75,17 +76,28 @@ async def write_calls(gateway: Gateway, calls: int, first: int = 0) -> None:
     """Calls as the pipeline records them: a durable tool.call, then its tool.result."""
     for i in range(first, first + calls):
         agent = AGENTS[i % 2]
-        call = {"agent": agent, "session": f"s-{agent}-{i % 3}", "server": "time", "tool": "get_current_time",
-                "call_id": f"c{i}"}
+        call = {
+            "agent": agent,
+            "session": f"s-{agent}-{i % 3}",
+            "server": "time",
+            "tool": "get_current_time",
+            "call_id": f"c{i}",
+        }
         await gateway.audit.emit("tool.call", durable=True, decision="allow", request_tokens=3, **call)
-        await gateway.audit.emit("tool.result", outcome="ok", request_tokens=3, response_tokens=40,
-                                 latency_ms=1.5, **call)
+        await gateway.audit.emit(
+            "tool.result", outcome="ok", request_tokens=3, response_tokens=40, latency_ms=1.5, **call
+        )
 
 
 async def write_stream(root: Path, *, calls: int = 40, audit: dict[str, Any] | None = None) -> Stream:
     """A gateway's stream (several rotated files, checkpoints every 7 records) plus one operator command."""
-    settings = {"path": "./state/audit.jsonl", "fsync": "always", "rotate_bytes": 4000, "checkpoint_every": 7,
-                **(audit or {})}
+    settings = {
+        "path": "./state/audit.jsonl",
+        "fsync": "always",
+        "rotate_bytes": 4000,
+        "checkpoint_every": 7,
+        **(audit or {}),
+    }
     config = write_config(root, 8765, manifests=[], agents={}, extra={"audit": settings})
     async with audit_running(config) as gateway:
         await gateway.audit.emit("gateway.started")

@@ -31,11 +31,31 @@ PARENTS = {
     "iam": "events/iam/iam.json",
     "finding": "events/findings/finding.json",
 }
-OBJECTS = ["actor", "user", "session", "api", "service", "network_endpoint", "metadata", "product", "finding_info",
-           "authorization", "policy", "organization", "resource_details"]
+OBJECTS = [
+    "actor",
+    "user",
+    "session",
+    "api",
+    "service",
+    "network_endpoint",
+    "metadata",
+    "product",
+    "finding_info",
+    "authorization",
+    "policy",
+    "organization",
+    "resource_details",
+]
 _COMPUTED = {"class_uid", "category_uid"}  # the schema lists only 0 here; the class's own uids are its values
-PRIMITIVES = {"string_t": "string", "integer_t": "integer", "long_t": "integer", "float_t": "number",
-              "boolean_t": "boolean", "json_t": "json", "object": "object"}
+PRIMITIVES = {
+    "string_t": "string",
+    "integer_t": "integer",
+    "long_t": "integer",
+    "float_t": "number",
+    "boolean_t": "boolean",
+    "json_t": "json",
+    "object": "object",
+}
 
 
 def _merge(inherited: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
@@ -55,8 +75,9 @@ class Schema:
         self.categories = self.read("categories.json")["attributes"]
 
     def read(self, path: str) -> Any:
-        out = subprocess.run(["git", "--git-dir", self.git_dir, "show", f"{self.tag}:{path}"],
-                             capture_output=True, check=True).stdout
+        out = subprocess.run(
+            ["git", "--git-dir", self.git_dir, "show", f"{self.tag}:{path}"], capture_output=True, check=True
+        ).stdout
         return json.loads(out)
 
     def primitive(self, name: str) -> str:
@@ -92,13 +113,17 @@ class Schema:
                 "array": bool(entry.get("is_array")),
                 **({"profile": attr["profile"]} if attr.get("profile") else {}),
                 **({"required": True} if attr.get("requirement") == "required" else {}),
-                **({"enum": {k: enum[k]["caption"] for k in sorted(enum, key=int)}}
-                   if enum and self.primitive(kind) == "integer" and name not in _COMPUTED else {}),
+                **(
+                    {"enum": {k: enum[k]["caption"] for k in sorted(enum, key=int)}}
+                    if enum and self.primitive(kind) == "integer" and name not in _COMPUTED
+                    else {}
+                ),
             }
         return {
             # required unless bound to a profile the event does not apply (metadata.profiles)
-            "required": sorted(n for n, a in attributes.items() if a.get("requirement") == "required"
-                               and not a.get("profile")),
+            "required": sorted(
+                n for n, a in attributes.items() if a.get("requirement") == "required" and not a.get("profile")
+            ),
             "at_least_one": constraints.get("at_least_one", []),
             "attributes": described,
         }

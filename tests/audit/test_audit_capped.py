@@ -10,8 +10,12 @@ from hypothesis import strategies as st
 
 from gateway.audit.records import CAP_NAME, CAP_STRUCTURED, CAP_TEXT, NAME_FIELDS, canonical_json, capped
 
-_values = st.one_of(st.text(max_size=3000), st.lists(st.text(max_size=300), max_size=30),
-                    st.dictionaries(st.text(max_size=20), st.text(max_size=600), max_size=10), st.integers())
+_values = st.one_of(
+    st.text(max_size=3000),
+    st.lists(st.text(max_size=300), max_size=30),
+    st.dictionaries(st.text(max_size=20), st.text(max_size=600), max_size=10),
+    st.integers(),
+)
 
 
 @given(st.dictionaries(st.sampled_from(["tool", "client", "task", "error", "arguments_masked", "count"]), _values))

@@ -25,20 +25,42 @@ pytestmark = pytest.mark.anyio
 def git_repo(root: Path) -> Path:
     repo = root / "repo"
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
-    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q",
-                    "--allow-empty", "-m", "init"], check=True)
+    subprocess.run(
+        [
+            "git",
+            "-C",
+            str(repo),
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.com",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "init",
+        ],
+        check=True,
+    )
     return repo
 
 
 def git_manifest(repo: Path) -> dict[str, Any]:
-    return {"name": "git", "owner": "platform@example.com", "transport": "stdio", "command": sys.executable,
-            "args": ["-m", "mcp_server_git", "--repository", str(repo)], "tools": "*",
-            "sandbox": {"write": [str(repo)]}}
+    return {
+        "name": "git",
+        "owner": "platform@example.com",
+        "transport": "stdio",
+        "command": sys.executable,
+        "args": ["-m", "mcp_server_git", "--repository", str(repo)],
+        "tools": "*",
+        "sandbox": {"write": [str(repo)]},
+    }
 
 
 def branches(repo: Path) -> set[str]:
-    out = subprocess.run(["git", "-C", str(repo), "branch", "--format=%(refname:short)"], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        ["git", "-C", str(repo), "branch", "--format=%(refname:short)"], capture_output=True, text=True, check=True
+    ).stdout
     return set(out.split())
 
 
@@ -77,7 +99,11 @@ async def test_no_call_reaches_the_upstream_while_the_audit_sink_cannot_write(
         async def create(client: Any, branch: str) -> Any:
             return await client.call_tool("git__git_create_branch", {"repo_path": str(repo), "branch_name": branch})
 
-        async with gw.client(token, mode="legacy") as legacy, gw.client(token, mode="auto") as modern, gw.http() as http:
+        async with (
+            gw.client(token, mode="legacy") as legacy,
+            gw.client(token, mode="auto") as modern,
+            gw.http() as http,
+        ):
             assert not (await create(legacy, "before")).is_error
             assert (await http.get("/readyz")).status_code == 200
 
@@ -87,8 +113,11 @@ async def test_no_call_reaches_the_upstream_while_the_audit_sink_cannot_write(
             for i, client in enumerate([legacy, modern, legacy, modern]):
                 with pytest.raises(MCPError):
                     await create(client, f"refused-{i}")
-            raw = await http.post("/mcp", headers={"authorization": f"Bearer {token}", "accept": "application/json"},
-                                  json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+            raw = await http.post(
+                "/mcp",
+                headers={"authorization": f"Bearer {token}", "accept": "application/json"},
+                json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+            )
             assert raw.status_code == 503 and "audit sink cannot write" in raw.json()["error_description"]
             ready = await http.get("/readyz")
             assert ready.status_code == 503 and "audit" in ready.json()["problems"]
@@ -160,10 +189,17 @@ async def test_audit_recovered_counts_every_request_refused_during_the_outage(tm
     """The first refusal fails a durable write; the rest are refused at the edge before any write is tried."""
     async with running_gateway(tmp_path, manifests=[time_manifest()]) as gw:
         token = await gw.open_session("alice-bot")
-        call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                "params": {"name": "time__get_current_time", "arguments": {"timezone": "UTC"}}}
-        headers = {"authorization": f"Bearer {token}", "accept": "application/json, text/event-stream",
-                   "mcp-protocol-version": "2026-07-28"}
+        call = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "time__get_current_time", "arguments": {"timezone": "UTC"}},
+        }
+        headers = {
+            "authorization": f"Bearer {token}",
+            "accept": "application/json, text/event-stream",
+            "mcp-protocol-version": "2026-07-28",
+        }
         async with gw.client(token) as client, gw.http() as http:
             assert not (await client.call_tool("time__get_current_time", {"timezone": "UTC"})).is_error
             restore = _point_at_a_full_disk(gw.gateway.config.audit.path)

@@ -41,8 +41,14 @@ def stream(steps: list[tuple[Any, ...]]) -> tuple[list[dict[str, Any] | None], l
     since_start: list[str] = []
     for step in steps:
         if step[0] == "admit":
-            record = {"event": step[1], "gateway": INSTANCE, "decision": step[2], "call_id": f"c{len(admitted)}",
-                      "session": "s1", "request_tokens": 2}
+            record = {
+                "event": step[1],
+                "gateway": INSTANCE,
+                "decision": step[2],
+                "call_id": f"c{len(admitted)}",
+                "session": "s1",
+                "request_tokens": 2,
+            }
             admitted.append(record)
             records.append(record)
             if step[2] == "allow":
@@ -50,8 +56,14 @@ def stream(steps: list[tuple[Any, ...]]) -> tuple[list[dict[str, Any] | None], l
         elif step[0] == "close" and step[1] < len(admitted) and admitted[step[1]]["call_id"] not in closed:
             admission = admitted[step[1]]
             closed.add(admission["call_id"])
-            records.append({"event": RESULT_EVENTS[admission["event"]], "gateway": INSTANCE,
-                            "call_id": admission["call_id"], "outcome": "ok"})
+            records.append(
+                {
+                    "event": RESULT_EVENTS[admission["event"]],
+                    "gateway": INSTANCE,
+                    "call_id": admission["call_id"],
+                    "outcome": "ok",
+                }
+            )
         elif step[0] == "started":
             records.append({"event": "gateway.started", "gateway": INSTANCE})
             since_start = []
@@ -69,7 +81,7 @@ def write(path: Path, records: list[dict[str, Any] | None], cuts: list[int]) -> 
     for start, end in zip(bounds, bounds[1:-1], strict=False):
         if end > start:
             rotated_path(path, end).write_text("".join(line + "\n" for line in lines[start:end]))
-    path.write_text("".join(line + "\n" for line in lines[bounds[-2]:]))
+    path.write_text("".join(line + "\n" for line in lines[bounds[-2] :]))
 
 
 @settings(max_examples=150, deadline=None)
@@ -96,12 +108,30 @@ async def test_each_open_admission_gets_one_interrupted_outcome_with_its_identit
     audit = Audit(path, INSTANCE)
     async with audit.run():
         await audit.emit("gateway.started")
-        await audit.emit("prompt.get", durable=True, decision="allow", call_id="p1", agent="a", session="s1",
-                         server="everything", prompt="everything__simple-prompt", request_tokens=4, reason="granted")
+        await audit.emit(
+            "prompt.get",
+            durable=True,
+            decision="allow",
+            call_id="p1",
+            agent="a",
+            session="s1",
+            server="everything",
+            prompt="everything__simple-prompt",
+            request_tokens=4,
+            reason="granted",
+        )
         assert await close_interrupted(audit) == 1
         assert await close_interrupted(audit) == 0  # nothing is closed twice
     [outcome] = [json.loads(line) for line in path.read_text().splitlines() if '"prompt.result"' in line]
-    assert {k: outcome[k] for k in ("call_id", "agent", "session", "server", "prompt", "outcome", "request_tokens")} \
-        == {"call_id": "p1", "agent": "a", "session": "s1", "server": "everything",
-            "prompt": "everything__simple-prompt", "outcome": "interrupted", "request_tokens": 4}
+    assert {
+        k: outcome[k] for k in ("call_id", "agent", "session", "server", "prompt", "outcome", "request_tokens")
+    } == {
+        "call_id": "p1",
+        "agent": "a",
+        "session": "s1",
+        "server": "everything",
+        "prompt": "everything__simple-prompt",
+        "outcome": "interrupted",
+        "request_tokens": 4,
+    }
     assert "decision" not in outcome and "reason" not in outcome

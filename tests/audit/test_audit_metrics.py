@@ -14,7 +14,7 @@ from tests.support.harness import everything_stdio_manifest, running_gateway, ti
 pytestmark = pytest.mark.anyio
 
 ADMIN = "admin-token-0123456789"
-_SAMPLE = re.compile(r'^(?P<name>[a-z_]+)(?:\{(?P<labels>.*)\})? (?P<value>\S+)$')
+_SAMPLE = re.compile(r"^(?P<name>[a-z_]+)(?:\{(?P<labels>.*)\})? (?P<value>\S+)$")
 
 
 def parse(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -44,11 +44,15 @@ def delta(before: dict, after: dict, name: str, **labels: str) -> float:  # type
 async def test_a_scrape_after_known_traffic_shows_matching_counts(tmp_path: Path):
     agents = {
         "alice-bot": {"owner": "alice@example.com", "grant": {"tools": ["time.*"]}},
-        "bob-bot": {"owner": "bob@example.com", "grant": {"tools": ["time.get_current_time"],
-                                                          "budget": {"session_calls": 2}}},
+        "bob-bot": {
+            "owner": "bob@example.com",
+            "grant": {"tools": ["time.get_current_time"], "budget": {"session_calls": 2}},
+        },
     }
-    async with running_gateway(tmp_path, manifests=[time_manifest()], agents=agents,
-                               extra={"admin_token": ADMIN}) as gw, gw.http() as http:
+    async with (
+        running_gateway(tmp_path, manifests=[time_manifest()], agents=agents, extra={"admin_token": ADMIN}) as gw,
+        gw.http() as http,
+    ):
         before = await scrape(http)
         alice, bob = await gw.open_session("alice-bot"), await gw.open_session("bob-bot")
         async with gw.client(alice) as client:
@@ -56,8 +60,11 @@ async def test_a_scrape_after_known_traffic_shows_matching_counts(tmp_path: Path
                 assert not (await client.call_tool("time__get_current_time", {"timezone": "UTC"})).is_error
             with pytest.raises(MCPError, match="Unknown tool"):
                 await client.call_tool("time__nope", {})
-        usage = await http.post("/v1/usage", headers={"authorization": f"Bearer {alice}"},
-                                json={"model": "some-model", "input_tokens": 1200, "output_tokens": 345})
+        usage = await http.post(
+            "/v1/usage",
+            headers={"authorization": f"Bearer {alice}"},
+            json={"model": "some-model", "input_tokens": 1200, "output_tokens": 345},
+        )
         assert usage.status_code == 200, usage.text
         async with gw.client(bob) as client:
             results = [await client.call_tool("time__get_current_time", {"timezone": "UTC"}) for _ in range(3)]
@@ -77,8 +84,10 @@ async def test_a_scrape_after_known_traffic_shows_matching_counts(tmp_path: Path
         mine = [r for r in results_recorded if r["agent"] == agent]
         for direction in ("request", "response"):
             expected = sum(r[f"{direction}_tokens"] for r in mine)
-            assert delta(before, after, "gateway_tokens_total", agent=agent, server="time",
-                         direction=direction) == expected
+            assert (
+                delta(before, after, "gateway_tokens_total", agent=agent, server="time", direction=direction)
+                == expected
+            )
     for direction, tokens in (("model_input", 1200), ("model_output", 345)):
         assert delta(before, after, "gateway_tokens_total", agent="alice-bot", server="", direction=direction) == tokens
     assert after[("gateway_active_sessions", frozenset())] == 1  # bob's session is suspended
@@ -100,10 +109,15 @@ async def test_metrics_need_the_admin_token_unless_public(tmp_path: Path):
 
 
 async def test_tokens_of_reads_and_prompts_are_counted_once_each_way(tmp_path: Path):
-    agents = {"reader-bot": {"owner": "r@example.com", "grant": {"resources": ["everything"],
-                                                                 "prompts": ["everything"]}}}
-    async with running_gateway(tmp_path, manifests=[everything_stdio_manifest()], agents=agents,
-                               extra={"admin_token": ADMIN}) as gw, gw.http() as http:
+    agents = {
+        "reader-bot": {"owner": "r@example.com", "grant": {"resources": ["everything"], "prompts": ["everything"]}}
+    }
+    async with (
+        running_gateway(
+            tmp_path, manifests=[everything_stdio_manifest()], agents=agents, extra={"admin_token": ADMIN}
+        ) as gw,
+        gw.http() as http,
+    ):
         before = await scrape(http)
         async with gw.client(await gw.open_session("reader-bot")) as client:
             await client.read_resource("everything+demo://resource/static/document/architecture.md")
@@ -112,5 +126,6 @@ async def test_tokens_of_reads_and_prompts_are_counted_once_each_way(tmp_path: P
         outcomes = gw.audit("resource.result") + gw.audit("prompt.result")
     assert len(outcomes) == 2 and all(r["request_tokens"] or r["response_tokens"] for r in outcomes)
     for direction in ("request", "response"):
-        assert delta(before, after, "gateway_tokens_total", agent="reader-bot", server="everything",
-                     direction=direction) == sum(r[f"{direction}_tokens"] for r in outcomes)
+        assert delta(
+            before, after, "gateway_tokens_total", agent="reader-bot", server="everything", direction=direction
+        ) == sum(r[f"{direction}_tokens"] for r in outcomes)

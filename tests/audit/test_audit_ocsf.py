@@ -34,8 +34,7 @@ pytestmark = pytest.mark.anyio
 
 TABLES = json.loads(Path(__file__).with_name("ocsf_1_8_0.json").read_text())
 CLASSES = {c["class_uid"]: (name, c) for name, c in TABLES["classes"].items()}
-PRIMITIVES: dict[str, Any] = {"string": str, "integer": int, "number": (int, float), "boolean": bool,
-                              "object": dict}
+PRIMITIVES: dict[str, Any] = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "object": dict}
 
 
 def problems(event: dict[str, Any]) -> list[str]:
@@ -110,14 +109,33 @@ def _check_value(where: str, spec: dict[str, Any], value: Any, profiles: set[str
 
 
 AGENTS = {
-    "alice-bot": {"owner": "alice@example.com", "cost_center": "research", "delegators": ["*@example.com"],
-                  "grant": {"tools": ["mutable.greet", "mutable.rug_pull"], "budget": {"loop_repeats": 2}}},
+    "alice-bot": {
+        "owner": "alice@example.com",
+        "cost_center": "research",
+        "delegators": ["*@example.com"],
+        "grant": {"tools": ["mutable.greet", "mutable.rug_pull"], "budget": {"loop_repeats": 2}},
+    },
 }
 
 
 def export(root: Path, *args: str) -> list[dict[str, Any]]:
-    done = subprocess.run([sys.executable, "-m", "gateway", "audit", "export", "--format", "ocsf", *args,
-                           "--config", str(root / "gateway.yaml")], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "audit",
+            "export",
+            "--format",
+            "ocsf",
+            *args,
+            "--config",
+            str(root / "gateway.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     return [json.loads(line) for line in done.stdout.splitlines()]
 
@@ -160,8 +178,12 @@ async def test_a_sessions_audit_exports_as_valid_ocsf_traceable_to_the_verified_
         assert meta["version"] == "1.8.0" and meta["product"]["name"]
 
     def only(code: str, **where: Any) -> list[dict[str, Any]]:
-        return [e for e in events if e["metadata"]["event_code"] == code
-                and all(e.get("unmapped", {}).get(k, e.get(k)) == v for k, v in where.items())]
+        return [
+            e
+            for e in events
+            if e["metadata"]["event_code"] == code
+            and all(e.get("unmapped", {}).get(k, e.get(k)) == v for k, v in where.items())
+        ]
 
     calls = only("tool.call")
     grant = grant_version(gw.gateway.agents.specs["alice-bot"].grant)
@@ -172,13 +194,19 @@ async def test_a_sessions_audit_exports_as_valid_ocsf_traceable_to_the_verified_
     assert sorted(e["status_detail"] for e in denied) == ["loop_repeats", "unknown_or_not_granted"]
     assert all(e["status_id"] == 2 and e["severity_id"] == 2 for e in denied)
     for call in calls:  # the agent acted, for the human, in its session, under its grant version
-        assert call["actor"]["user"] == {"uid": "alice-bot", "name": "alice-bot", "type_id": 4, "type": "Service",
-                                         "org": {"name": "research", "ou_name": "research"}}
+        assert call["actor"]["user"] == {
+            "uid": "alice-bot",
+            "name": "alice-bot",
+            "type_id": 4,
+            "type": "Service",
+            "org": {"name": "research", "ou_name": "research"},
+        }
         assert call["actor"]["session"]["uid"] == sid and call["unmapped"]["on_behalf_of"] == "ada@example.com"
         assert call["actor"]["authorizations"][0]["policy"]["uid"] == grant
     greet = next(e for e in allowed if e["resources"] == [{"name": "mutable.greet", "type": "MCP tool"}])
-    [result] = [e for e in only("tool.result")
-                if e["metadata"]["correlation_uid"] == greet["metadata"]["correlation_uid"]]
+    [result] = [
+        e for e in only("tool.result") if e["metadata"]["correlation_uid"] == greet["metadata"]["correlation_uid"]
+    ]
     assert result["status_id"] == 1 and isinstance(result["duration"], int)
 
     [issued] = only("token.issued")
@@ -211,16 +239,31 @@ def test_export_reads_given_files_in_chain_order_and_a_time_window(tmp_path):
     since, until = export(tmp_path, "--since", cut), export(tmp_path, "--until", cut)
     everything = stream.records() + stream.records(stream.cli)
     assert sorted(e["metadata"]["uid"] for e in since) == sorted(
-        f"{r['gateway']}#{r['seq']}" for r in everything if r["ts"] >= moment)
+        f"{r['gateway']}#{r['seq']}" for r in everything if r["ts"] >= moment
+    )
     assert sorted(e["metadata"]["uid"] for e in until) == sorted(
-        f"{r['gateway']}#{r['seq']}" for r in everything if r["ts"] <= moment)
+        f"{r['gateway']}#{r['seq']}" for r in everything if r["ts"] <= moment
+    )
     assert 0 < len(since) < len(everything) and 0 < len(until) < len(everything)
 
 
 def test_export_names_a_missing_file_in_one_line(tmp_path):
     stream = make_stream(tmp_path, calls=2)
-    bad = subprocess.run([sys.executable, "-m", "gateway", "audit", "export", str(tmp_path / "none.jsonl"),
-                          "--config", str(stream.config)], capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "audit",
+            "export",
+            str(tmp_path / "none.jsonl"),
+            "--config",
+            str(stream.config),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].endswith("none.jsonl: no such audit file")
 
 
@@ -229,8 +272,18 @@ async def test_following_exports_new_records_across_rotations(tmp_path):
     rotated_before = len(stream.files)
     before = sorted(f"{r['gateway']}#{r['seq']}" for r in stream.records() + stream.records(stream.cli))
     already = len(before)
-    argv = [sys.executable, "-m", "gateway", "audit", "export", "--format", "ocsf", "--follow",
-            "--config", str(stream.config)]
+    argv = [
+        sys.executable,
+        "-m",
+        "gateway",
+        "audit",
+        "export",
+        "--format",
+        "ocsf",
+        "--follow",
+        "--config",
+        str(stream.config),
+    ]
     async with await anyio.open_process(argv, stderr=subprocess.DEVNULL) as process:
         try:
             with anyio.fail_after(30):
@@ -240,8 +293,10 @@ async def test_following_exports_new_records_across_rotations(tmp_path):
                     await write_calls(gateway, 30, first=100)  # a burst: files rotate between two polls
                 followed: list[dict[str, Any]] = []
                 last = ("tool.result", "c129")
-                while not followed or (followed[-1]["metadata"]["event_code"],
-                                       followed[-1]["metadata"].get("correlation_uid")) != last:
+                while (
+                    not followed
+                    or (followed[-1]["metadata"]["event_code"], followed[-1]["metadata"].get("correlation_uid")) != last
+                ):
                     followed.append(await anext(lines))
         finally:
             process.terminate()
@@ -262,9 +317,20 @@ async def _lines(process: Any) -> Any:
 
 
 def test_the_validator_refuses_what_ocsf_1_8_does_not_allow():
-    call = {"ts": 1.8e9, "event": "tool.call", "gateway": "gw", "seq": 3, "hash": "ab", "agent": "bot",
-            "session": "s1", "server": "time", "tool": "now", "decision": "allow", "grant": "g1",
-            "remote_addr": "127.0.0.1"}
+    call = {
+        "ts": 1.8e9,
+        "event": "tool.call",
+        "gateway": "gw",
+        "seq": 3,
+        "hash": "ab",
+        "agent": "bot",
+        "session": "s1",
+        "server": "time",
+        "tool": "now",
+        "decision": "allow",
+        "grant": "g1",
+        "remote_addr": "127.0.0.1",
+    }
     good = to_ocsf(call)
     assert problems(good) == []
     broken = {
@@ -286,25 +352,105 @@ def test_the_validator_refuses_what_ocsf_1_8_does_not_allow():
 
 
 _VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10, 10**6), st.text(max_size=12))
-_EVENTS = st.sampled_from(["tool.call", "tool.result", "resource.read", "prompt.get", "tools.listed", "model.usage",
-                           "sampling.request", "session.opened", "token.issued", "auth.failed", "session.closed",
-                           "agent.created", "agent.disabled", "agent.enabled", "agent.secret_rotated",
-                           "session.resumed", "key.rotated", "tool.changed", "tool.pinned", "budget.exceeded",
-                           "budget.threshold", "credential.shared_suspected", "gateway.started", "audit.checkpoint",
-                           "something.new"])
-_FIELDS = st.sampled_from(["agent", "owner", "cost_center", "on_behalf_of", "session", "task", "grant", "server",
-                           "tool", "call_id", "decision", "reason", "outcome", "error", "actor", "remote_addr",
-                           "client", "protocol_version", "latency_ms", "resource", "prompt", "model", "used", "limit",
-                           "new_pin", "old_pin", "expires_at", "state", "count"])
-_TEXT_FIELDS = {"agent", "owner", "cost_center", "on_behalf_of", "session", "task", "grant", "server", "tool",
-                "call_id", "reason", "outcome", "error", "actor", "remote_addr", "client", "protocol_version",
-                "resource", "prompt", "model", "new_pin", "old_pin", "state"}
+_EVENTS = st.sampled_from(
+    [
+        "tool.call",
+        "tool.result",
+        "resource.read",
+        "prompt.get",
+        "tools.listed",
+        "model.usage",
+        "sampling.request",
+        "session.opened",
+        "token.issued",
+        "auth.failed",
+        "session.closed",
+        "agent.created",
+        "agent.disabled",
+        "agent.enabled",
+        "agent.secret_rotated",
+        "session.resumed",
+        "key.rotated",
+        "tool.changed",
+        "tool.pinned",
+        "budget.exceeded",
+        "budget.threshold",
+        "credential.shared_suspected",
+        "gateway.started",
+        "audit.checkpoint",
+        "something.new",
+    ]
+)
+_FIELDS = st.sampled_from(
+    [
+        "agent",
+        "owner",
+        "cost_center",
+        "on_behalf_of",
+        "session",
+        "task",
+        "grant",
+        "server",
+        "tool",
+        "call_id",
+        "decision",
+        "reason",
+        "outcome",
+        "error",
+        "actor",
+        "remote_addr",
+        "client",
+        "protocol_version",
+        "latency_ms",
+        "resource",
+        "prompt",
+        "model",
+        "used",
+        "limit",
+        "new_pin",
+        "old_pin",
+        "expires_at",
+        "state",
+        "count",
+    ]
+)
+_TEXT_FIELDS = {
+    "agent",
+    "owner",
+    "cost_center",
+    "on_behalf_of",
+    "session",
+    "task",
+    "grant",
+    "server",
+    "tool",
+    "call_id",
+    "reason",
+    "outcome",
+    "error",
+    "actor",
+    "remote_addr",
+    "client",
+    "protocol_version",
+    "resource",
+    "prompt",
+    "model",
+    "new_pin",
+    "old_pin",
+    "state",
+}
 
 
 @st.composite
 def records(draw: st.DrawFn) -> dict[str, Any]:
-    record: dict[str, Any] = {"ts": draw(st.floats(1.7e9, 2e9)), "event": draw(_EVENTS), "gateway": "gw",
-                              "seq": draw(st.integers(1, 10**6)), "hash": "ab" * 32, "prev_hash": "cd" * 32}
+    record: dict[str, Any] = {
+        "ts": draw(st.floats(1.7e9, 2e9)),
+        "event": draw(_EVENTS),
+        "gateway": "gw",
+        "seq": draw(st.integers(1, 10**6)),
+        "hash": "ab" * 32,
+        "prev_hash": "cd" * 32,
+    }
     for key in draw(st.sets(_FIELDS, max_size=12)):
         if key in _TEXT_FIELDS:
             record[key] = draw(st.one_of(st.none(), st.text(min_size=1, max_size=12)))

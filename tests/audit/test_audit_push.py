@@ -78,8 +78,7 @@ def _records(root: Path) -> list[dict[str, Any]]:
 async def test_every_audit_record_reaches_the_collector_once_across_a_refusal_and_a_restart(tmp_path, caplog):
     caplog.set_level(logging.INFO, "gateway.audit.push")
     async with collector(refuse=1) as siem:
-        settings = {"telemetry": {"ocsf": {"url": siem.url, "headers": {"Authorization": SECRET_HEADER},
-                                           "batch": 3}}}
+        settings = {"telemetry": {"ocsf": {"url": siem.url, "headers": {"Authorization": SECRET_HEADER}, "batch": 3}}}
         async with running_gateway(tmp_path, manifests=[dynamic_manifest()], agents=AGENTS, extra=settings) as gw:
             async with gw.client(await gw.open_session("bot")) as client:
                 assert not (await client.call_tool("dynamic__speak", {})).is_error
@@ -106,9 +105,14 @@ async def test_every_audit_record_reaches_the_collector_once_across_a_refusal_an
     assert not any("Splunk" in line for line in said)  # the collector's token is sent, never logged
 
 
-@pytest.mark.parametrize(("ocsf", "named"), [({"url": "ftp://siem"}, "telemetry.ocsf.url"),
-                                             ({"url": "https://siem", "batch": 0}, "telemetry.ocsf.batch"),
-                                             ({}, "telemetry.ocsf.url")])
+@pytest.mark.parametrize(
+    ("ocsf", "named"),
+    [
+        ({"url": "ftp://siem"}, "telemetry.ocsf.url"),
+        ({"url": "https://siem", "batch": 0}, "telemetry.ocsf.batch"),
+        ({}, "telemetry.ocsf.url"),
+    ],
+)
 def test_a_bad_ocsf_collector_setting_is_a_one_line_config_error_naming_it(tmp_path, ocsf, named):
     config = write_config(tmp_path, 8765, manifests=[], extra={"telemetry": {"ocsf": ocsf}})
     with pytest.raises(ConfigError) as caught:

@@ -61,8 +61,22 @@ def test_a_secret_anywhere_in_the_arguments_is_masked(secret: str, before: str, 
 
 
 @given(
-    st.sampled_from(["password", "api_key", "apiKey", "X-Api-Key", "Authorization", "client_secret", "dbPassword",
-                     "access_token", "refreshToken", "private_key", "session-cookie", "pin"]),
+    st.sampled_from(
+        [
+            "password",
+            "api_key",
+            "apiKey",
+            "X-Api-Key",
+            "Authorization",
+            "client_secret",
+            "dbPassword",
+            "access_token",
+            "refreshToken",
+            "private_key",
+            "session-cookie",
+            "pin",
+        ]
+    ),
     st.one_of(st.text(max_size=20), st.integers(), st.lists(st.text(max_size=5)), st.dictionaries(KEYS, KEYS)),
 )
 def test_a_value_under_a_secret_looking_name_is_masked_whole(name: str, value: Any):
@@ -70,7 +84,9 @@ def test_a_value_under_a_secret_looking_name_is_masked_whole(name: str, value: A
     assert masked({"outer": {name: value}}) == {"outer": {name: MASK}}
 
 
-@given(PROSE.filter(lambda t: not {"bearer", "basic", "token"} & set(t.split())), KEYS.filter(lambda k: not secret_name(k)))
+@given(
+    PROSE.filter(lambda t: not {"bearer", "basic", "token"} & set(t.split())), KEYS.filter(lambda k: not secret_name(k))
+)
 def test_plain_values_under_plain_names_are_logged_as_they_are(text: str, key: str):
     assert masked({key: [text, 42, True, None]}) == {key: [text, 42, True, None]}
 

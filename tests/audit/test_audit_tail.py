@@ -71,8 +71,21 @@ async def _lines(process: anyio.abc.Process) -> AsyncIterator[dict[str, Any]]:
 async def test_following_shows_new_records_across_rotations(tmp_path: Path):
     stream = await write_stream(tmp_path, calls=6, audit={"rotate_bytes": 1500})
     rotated_before = len(stream.files)
-    argv = [sys.executable, "-m", "gateway", "audit", "tail", "--follow", "--json", "--event", "tool.*",
-            "-n", "4", "--config", str(stream.config)]
+    argv = [
+        sys.executable,
+        "-m",
+        "gateway",
+        "audit",
+        "tail",
+        "--follow",
+        "--json",
+        "--event",
+        "tool.*",
+        "-n",
+        "4",
+        "--config",
+        str(stream.config),
+    ]
     async with await anyio.open_process(argv, stderr=subprocess.DEVNULL) as process:
         try:
             with anyio.fail_after(30):

@@ -39,7 +39,7 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> tuple[Stream, list[list
         return {config.instance: found}
 
     files = [path.read_text().splitlines() for path in stream.files]
-    return stream, files, lambda kid: (key.public if (key := ring.verify_key(kid)) else None), anyio.run(checkpoint)
+    return stream, files, lambda kid: key.public if (key := ring.verify_key(kid)) else None, anyio.run(checkpoint)
 
 
 def _broken(files: list[list[str]], keys: PublicKeys, stored: dict[str, Any]) -> str | None:
@@ -122,9 +122,19 @@ def _rechain(files: list[list[str]], f: int, i: int, edited: dict[str, Any]) -> 
     return first_checkpoint
 
 
-@given(st.dictionaries(st.text(max_size=6), st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=10),
-                                                       st.floats(allow_nan=False, allow_infinity=False)),
-                       max_size=8))
+@given(
+    st.dictionaries(
+        st.text(max_size=6),
+        st.one_of(
+            st.none(),
+            st.booleans(),
+            st.integers(),
+            st.text(max_size=10),
+            st.floats(allow_nan=False, allow_infinity=False),
+        ),
+        max_size=8,
+    )
+)
 def test_a_sealed_line_is_the_canonical_record_followed_by_its_hash(record: dict[str, Any]):
     record = {"event": "e", **record}
     record.pop("hash", None)

@@ -42,8 +42,9 @@ def _cut_tail(stream: Stream, records: int) -> dict[str, Any]:
     return stream.records()[-1]
 
 
-def _broken_after(stream: Stream, capsys: pytest.CaptureFixture[str], path: Path,
-                  change: Callable[[list[str]], object]) -> str:
+def _broken_after(
+    stream: Stream, capsys: pytest.CaptureFixture[str], path: Path, change: Callable[[list[str]], object]
+) -> str:
     """Change the lines of one file of the stream; verify must fail. Returns what it printed."""
     lines = _lines(path)
     change(lines)
@@ -185,8 +186,9 @@ def _serving(body: bytes) -> Iterator[str]:
 def test_a_checkpoint_signed_by_another_key_is_caught(stream: Stream, capsys: pytest.CaptureFixture[str]):
     path = stream.files[0]
     lines = _lines(path)
-    index, record = next((i, json.loads(line)) for i, line in enumerate(lines)
-                         if json.loads(line)["event"] == "audit.checkpoint")
+    index, record = next(
+        (i, json.loads(line)) for i, line in enumerate(lines) if json.loads(line)["event"] == "audit.checkpoint"
+    )
     header, payload, signature = record["signature"].split(".")
     record["signature"] = ".".join([header, payload, signature[::-1]])
     lines[index] = json.dumps(record)
@@ -225,8 +227,9 @@ def test_a_store_checkpoint_moved_to_match_a_cut_tail_is_caught(stream: Stream, 
     last = _cut_tail(stream, 3)
     config = load_gateway_config(stream.config)
     with sqlite3.connect(config.sqlite_path) as db:
-        db.execute("UPDATE checkpoints SET seq = ?, head = ? WHERE instance = ?",
-                   (last["seq"], last["hash"], config.instance))
+        db.execute(
+            "UPDATE checkpoints SET seq = ?, head = ? WHERE instance = ?", (last["seq"], last["hash"], config.instance)
+        )
     code, out = verify_cli(stream, capsys)
     assert code == 1
     assert f"BROKEN at seq {last['seq']}: the store's checkpoint is not what its signature vouches for" in out

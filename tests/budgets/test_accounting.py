@@ -55,8 +55,9 @@ async def admitted(gw: Harness) -> str:
 
 async def test_a_call_refused_because_its_audit_record_could_not_be_written_spends_no_budget(tmp_path: Path):
     log = tmp_path / "calls.log"
-    async with running_gateway(tmp_path, manifests=[counter_manifest(log)],
-                               agents={"bot": agent({"session_calls": 3, "daily_tokens": 10**6})}) as gw:
+    async with running_gateway(
+        tmp_path, manifests=[counter_manifest(log)], agents={"bot": agent({"session_calls": 3, "daily_tokens": 10**6})}
+    ) as gw:
         token = await gw.open_session("bot")
         async with gw.client(token) as client:
             assert not (await client.call_tool("counter__echo", {"text": "1"})).is_error
@@ -98,10 +99,23 @@ async def each_store(kind: str, tmp_path: Path) -> AsyncIterator[Store]:
 async def test_a_settlement_applied_twice_with_the_same_call_id_counts_once(kind: str, tmp_path: Path):
     now = time.time()
     async with each_store(kind, tmp_path) as store:
-        await store.create_session(SessionRecord(
-            sid="s", agent="bot", owner="o@example.com", on_behalf_of=None, task=None, grant_version="g",
-            state="active", created_at=now, expires_at=now + 3600, max_expires_at=now + 3600, idle_timeout=900,
-            last_seen=now), None)
+        await store.create_session(
+            SessionRecord(
+                sid="s",
+                agent="bot",
+                owner="o@example.com",
+                on_behalf_of=None,
+                task=None,
+                grant_version="g",
+                state="active",
+                created_at=now,
+                expires_at=now + 3600,
+                max_expires_at=now + 3600,
+                idle_timeout=900,
+                last_seen=now,
+            ),
+            None,
+        )
         first = await store.settle("s", 120, now, True, "call-1")
         assert first is not None and (first.tokens, first.day_tokens) == (120, 120)
         assert await store.settle("s", 120, now, True, "call-1") is None  # the retry
@@ -124,6 +138,7 @@ async def test_a_store_locked_while_settling_still_answers_records_the_result_an
             async with gw.client(token) as client:
                 await client.list_tools()  # the client validates results against these: no request after the call
                 async with anyio.create_task_group() as tg:
+
                     async def call() -> None:
                         answers.append(await client.call_tool("dynamic__slow", {"seconds": 2}))
 
@@ -153,13 +168,15 @@ async def test_a_settlement_whose_reply_a_cut_connection_lost_after_the_commit_c
     async with database() as direct:
         with cutting_proxy() as proxy:
             dsn = f"postgresql://postgres@127.0.0.1:{proxy.port}/{direct.rsplit('/', 1)[1]}"
-            async with running_gateway(tmp_path, manifests=[dynamic_manifest()], agents=SLOW,
-                                       extra={"store": dsn}) as gw:
+            async with running_gateway(
+                tmp_path, manifests=[dynamic_manifest()], agents=SLOW, extra={"store": dsn}
+            ) as gw:
                 token = await gw.open_session("bot")
                 answers: list[Any] = []
                 async with gw.client(token) as client:
                     await client.list_tools()
                     async with anyio.create_task_group() as tg:
+
                         async def call() -> None:
                             answers.append(await client.call_tool("dynamic__slow", {"seconds": 2}))
 
@@ -190,8 +207,12 @@ _ops = st.lists(
 
 
 async def _budgets_agree(root: Path, ops: list[tuple[Any, ...]]) -> None:
-    config = write_config(root, 8765, manifests=[], agents={"bot": {"owner": "o@example.com", "grant": {
-        "tools": ["srv.*"], "budget": {"daily_tokens": 10**6}}}})
+    config = write_config(
+        root,
+        8765,
+        manifests=[],
+        agents={"bot": {"owner": "o@example.com", "grant": {"tools": ["srv.*"], "budget": {"daily_tokens": 10**6}}}},
+    )
     async with audit_running(config) as gateway:
         await gateway.agents.sync(gateway.clock())
         _, token = await gateway.sessions.open("bot", via="test")

@@ -27,15 +27,22 @@ FLOOD, PER_MINUTE, FULL = 40, 10, 5
 NAME_CAP = 256  # gateway.audit.records.CAP_NAME
 HUGE = "x" * ((1 << 20) - 4096)  # a tool name of almost 1 MiB (its "Unknown tool" answer must fit the client's
 #                                  1 MiB event limit)
-AGENTS = {"bot": {"owner": "ops@example.com",
-                  "grant": {"tools": ["time.get_current_time"], "budget": {"calls_per_minute": PER_MINUTE}}}}
+AGENTS = {
+    "bot": {
+        "owner": "ops@example.com",
+        "grant": {"tools": ["time.get_current_time"], "budget": {"calls_per_minute": PER_MINUTE}},
+    }
+}
 AUDIT = {"path": "./state/audit.jsonl", "fsync": "always", "denials_per_minute": FULL}
 
 
 def denied_in_metrics(agent: str) -> float:
     """gateway_tool_calls_total summed over `agent`'s denied calls (the series are process-wide)."""
-    return sum(float(line.rsplit(" ", 1)[1]) for line in CALLS.render()
-               if f'agent="{agent}"' in line and 'decision="deny"' in line)
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in CALLS.render()
+        if f'agent="{agent}"' in line and 'decision="deny"' in line
+    )
 
 
 async def wait_for_record(gw: Harness, event: str) -> dict[str, Any]:
@@ -84,8 +91,10 @@ async def test_a_flood_of_denied_calls_is_rate_limited_and_writes_a_bounded_audi
         aggregate = await wait_for_record(gw, "denials.aggregated")
         assert aggregate["session"] == gw.gateway.tokens.verify(token).sid and aggregate["agent"] == "bot"
         assert aggregate["count"] == FLOOD + 1 - FULL
-        assert aggregate["reasons"] == {"unknown_or_not_granted": PER_MINUTE - FULL,
-                                        "calls_per_minute": FLOOD + 1 - PER_MINUTE}
+        assert aggregate["reasons"] == {
+            "unknown_or_not_granted": PER_MINUTE - FULL,
+            "calls_per_minute": FLOOD + 1 - PER_MINUTE,
+        }
         assert denied_in_metrics("bot") - denied_before == FLOOD + 1  # /metrics agrees with the ledger
         totals = build(gw.audit(), "agent").totals
         assert (totals["denials"], totals["stops"], totals["calls"]) == (PER_MINUTE, FLOOD + 1 - PER_MINUTE, 0)
@@ -95,8 +104,12 @@ async def test_a_flood_of_denied_calls_is_rate_limited_and_writes_a_bounded_audi
 async def test_reads_on_a_stopped_session_are_recorded_in_full_only_up_to_denials_per_minute(tmp_path: Path):
     """Regression: a stop on resources/read (prompts/get, completion) wrote a full durable record every time,
     so a stopped session could still grow the audit without bound."""
-    agents = {"reader": {"owner": "r@example.com", "grant": {
-        "tools": ["time.get_current_time"], "resources": ["time"], "budget": {"session_calls": 1}}}}
+    agents = {
+        "reader": {
+            "owner": "r@example.com",
+            "grant": {"tools": ["time.get_current_time"], "resources": ["time"], "budget": {"session_calls": 1}},
+        }
+    }
     async with running_gateway(tmp_path, manifests=[time_manifest()], agents=agents, extra={"audit": AUDIT}) as gw:
         gw.clock.advance(60 - gw.clock() % 60 + 1)  # one second into a fresh minute
         async with gw.client(await gw.open_session("reader")) as client:

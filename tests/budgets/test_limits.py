@@ -52,8 +52,9 @@ async def test_varied_calls_and_repeats_spread_beyond_the_window_never_trip_loop
 
 async def test_calls_per_minute_refuses_with_a_retry_after_and_does_not_suspend(tmp_path):
     log = tmp_path / "calls.log"
-    async with running_gateway(tmp_path, manifests=[counter_manifest(log)],
-                               agents={"bot": agent({"calls_per_minute": 2})}) as gw:
+    async with running_gateway(
+        tmp_path, manifests=[counter_manifest(log)], agents={"bot": agent({"calls_per_minute": 2})}
+    ) as gw:
         gw.clock.advance(60 - gw.clock() % 60 + 1)  # one second into a fresh minute
         token = await gw.open_session("bot")
         async with gw.client(token) as client:
@@ -74,8 +75,9 @@ async def test_calls_per_minute_refuses_with_a_retry_after_and_does_not_suspend(
 
 async def test_the_rate_limit_counts_every_session_of_the_agent(tmp_path):
     log = tmp_path / "calls.log"
-    async with running_gateway(tmp_path, manifests=[counter_manifest(log)],
-                               agents={"bot": agent({"calls_per_minute": 3})}) as gw:
+    async with running_gateway(
+        tmp_path, manifests=[counter_manifest(log)], agents={"bot": agent({"calls_per_minute": 3})}
+    ) as gw:
         gw.clock.advance(60 - gw.clock() % 60 + 1)
         refused = 0
         for n in range(2):
@@ -87,8 +89,9 @@ async def test_the_rate_limit_counts_every_session_of_the_agent(tmp_path):
 
 async def test_a_per_tool_cap_refuses_only_that_tool_once_it_is_used_up(tmp_path):
     log = tmp_path / "calls.log"
-    async with running_gateway(tmp_path, manifests=[counter_manifest(log)],
-                               agents={"bot": agent({"tool_calls": {"counter.words": 2}})}) as gw:
+    async with running_gateway(
+        tmp_path, manifests=[counter_manifest(log)], agents={"bot": agent({"tool_calls": {"counter.words": 2}})}
+    ) as gw:
         async with gw.client(await gw.open_session("bot")) as client:
             for n in (1, 2):
                 assert not (await client.call_tool("counter__words", {"count": n})).is_error

@@ -39,23 +39,32 @@ def png_tokens(data: str) -> int:
 
 
 async def test_tokens_recorded_per_call_match_the_bpe_tokenizer_on_the_actual_payloads(tmp_path):
-    agents = {"bot": {"owner": "ops@example.com", "grant": {
-        "tools": ["everything.*"], "resources": ["everything"], "prompts": ["everything"]}}}
+    agents = {
+        "bot": {
+            "owner": "ops@example.com",
+            "grant": {"tools": ["everything.*"], "resources": ["everything"], "prompts": ["everything"]},
+        }
+    }
     sampled: list[types.CreateMessageRequestParams] = []
 
     async def sampling(context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
         sampled.append(params)
-        return types.CreateMessageResult(role="assistant", model="test-model", stop_reason="endTurn",
-                                         content=types.TextContent(type="text", text="Les résultats: 42 ✓"))
+        return types.CreateMessageResult(
+            role="assistant",
+            model="test-model",
+            stop_reason="endTurn",
+            content=types.TextContent(type="text", text="Les résultats: 42 ✓"),
+        )
 
     manifest = everything_stdio_manifest(isolation="per_session")
-    async with running_gateway(tmp_path, manifests=[manifest], agents=agents,
-                               extra={"metering": {"tokenizer": "bpe"}}) as gw:
+    async with running_gateway(
+        tmp_path, manifests=[manifest], agents=agents, extra={"metering": {"tokenizer": "bpe"}}
+    ) as gw:
         assert gw.gateway.meter.tokenizer.name == "bpe:cl100k_base"
         expected: list[tuple[str, int, int]] = []
         async with gw.client(await gw.open_session("bot"), mode="legacy", sampling_callback=sampling) as client:
             for tool, arguments in (
-                ("echo", {"message": "héllo wörld — 日本語のテキスト, {\"json\": [1, 2]}"}),
+                ("echo", {"message": 'héllo wörld — 日本語のテキスト, {"json": [1, 2]}'}),
                 ("get-structured-content", {"location": "Chicago"}),
                 ("get-tiny-image", {}),
             ):
@@ -66,8 +75,9 @@ async def test_tokens_recorded_per_call_match_the_bpe_tokenizer_on_the_actual_pa
                     response += bpe(compact(result.structured_content))
                 expected.append((tool, bpe(compact(arguments)) if arguments else 0, response))
 
-            sampling_result = await client.call_tool("everything__trigger-sampling-request",
-                                                     {"prompt": "Summarise the quarter", "maxTokens": 50})
+            sampling_result = await client.call_tool(
+                "everything__trigger-sampling-request", {"prompt": "Summarise the quarter", "maxTokens": 50}
+            )
             assert not sampling_result.is_error, sampling_result
 
             uri = "everything+demo://resource/static/document/architecture.md"
@@ -80,7 +90,8 @@ async def test_tokens_recorded_per_call_match_the_bpe_tokenizer_on_the_actual_pa
         [asked] = sampled
         [sampling_record] = gw.audit("sampling.request")
         assert sampling_record["request_tokens"] == sum(bpe(m.content.text) for m in asked.messages) + bpe(
-            asked.system_prompt or "")
+            asked.system_prompt or ""
+        )
         assert sampling_record["response_tokens"] == bpe("Les résultats: 42 ✓")
 
         [read_record] = gw.audit("resource.result")
@@ -89,8 +100,12 @@ async def test_tokens_recorded_per_call_match_the_bpe_tokenizer_on_the_actual_pa
         texts = [m.content.text for m in prompt.messages] + ([prompt.description] if prompt.description else [])
         assert prompt_record["response_tokens"] == sum(bpe(t) for t in texts)
 
-        everything = [r for r in gw.audit("tool.result")] + gw.audit("sampling.request") + gw.audit(
-            "resource.result") + gw.audit("prompt.result")
+        everything = (
+            [r for r in gw.audit("tool.result")]
+            + gw.audit("sampling.request")
+            + gw.audit("resource.result")
+            + gw.audit("prompt.result")
+        )
         metered = sum(r.get("request_tokens", 0) + r.get("response_tokens", 0) for r in everything)
         session = (await gw.gateway.store.list_sessions("bot"))[0]
         assert session.tokens == metered  # every metered payload was counted against the budget
@@ -100,8 +115,12 @@ def test_the_estimator_counts_about_four_characters_a_token():
     meter = Meter(Estimator())
     assert meter.arguments({"q": "abcd"}) == math.ceil(len('{"q":"abcd"}') / 4)
     assert meter.arguments(None) == 0 and meter.count(None) == 0
-    result = {"content": [{"type": "text", "text": "x" * 40, "annotations": {"audience": ["user"]}}],
-              "structuredContent": {"n": 1}, "isError": False, "_meta": {"big": "y" * 1000}}
+    result = {
+        "content": [{"type": "text", "text": "x" * 40, "annotations": {"audience": ["user"]}}],
+        "structuredContent": {"n": 1},
+        "isError": False,
+        "_meta": {"big": "y" * 1000},
+    }
     assert meter.count(result) == 10 + math.ceil(len('{"n":1}') / 4)
     # Non-ASCII text weighs its extra UTF-8 bytes: 8 CJK characters are 8 + 16 bytes.
     assert Estimator().count("予算を超えた呼び出") == math.ceil(9 / 4 + 0.45 * 18)
@@ -120,8 +139,14 @@ def _jpeg(width: int, height: int) -> bytes:
 
 def _wav(seconds: float, rate: int = 8000) -> bytes:
     frames = b"\x00\x00" * int(rate * seconds)
-    header = b"RIFF" + struct.pack("<I", 36 + len(frames)) + b"WAVEfmt " + struct.pack(
-        "<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16) + b"data" + struct.pack("<I", len(frames))
+    header = (
+        b"RIFF"
+        + struct.pack("<I", 36 + len(frames))
+        + b"WAVEfmt "
+        + struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16)
+        + b"data"
+        + struct.pack("<I", len(frames))
+    )
     return header + frames
 
 
@@ -147,8 +172,10 @@ def test_bpe_loads_from_tiktokens_cache_directory_when_the_operator_provides_the
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
     target = tiktoken_cache_file("cl100k_base")
     assert target.parent == tmp_path
-    assert target.name == hashlib.sha1(b"https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
-                                       ).hexdigest()
+    assert (
+        target.name
+        == hashlib.sha1(b"https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken").hexdigest()
+    )
     shutil.copyfile(packaged, target)
     tokenizer = load_bpe("cl100k_base")
     assert isinstance(tokenizer, Bpe) and tokenizer.count("hello world") == 2

@@ -20,11 +20,15 @@ START = 1_800_000_000.0 - 30  # 30 s before a UTC midnight, so runs cross minute
 _reserve = st.tuples(st.just("reserve"), st.sampled_from(["srv.capped", "srv.free"]), st.integers(0, 40))
 operations = st.lists(
     st.one_of(
-        _reserve, _reserve, _reserve,
+        _reserve,
+        _reserve,
+        _reserve,
         # a settlement keyed by one of a few call ids: a repeated key is a retry and must count once
         st.tuples(st.just("settle"), st.integers(1, 60), st.integers(0, 5)),
         st.tuples(st.just("release"), st.integers(0, 100)),  # which granted reservation gets refused after all
-        st.tuples(st.just("deny"),),  # a call denied before any reservation: it counts against the rate limit
+        st.tuples(
+            st.just("deny"),
+        ),  # a call denied before any reservation: it counts against the rate limit
         st.tuples(st.just("wait"), st.sampled_from([1, 5, 61])),
     ),
     min_size=10,
@@ -91,10 +95,25 @@ async def _run(path: Path, ops: list[tuple[Any, ...]]) -> None:
 async def agrees_with_the_model(store: Store, ops: list[tuple[Any, ...]]) -> None:
     """Run `ops` on a fresh store (session "s" of agent "a") and the model side by side."""
     now = START
-    await store.create_session(SessionRecord(
-        sid="s", agent="a", owner="o@example.com", on_behalf_of=None, task=None, grant_version="g",
-        state="active", created_at=now, expires_at=now + 86400 * 9, max_expires_at=now + 86400 * 9,
-        idle_timeout=86400 * 9, last_seen=now, calls_limit=CALLS, tokens_limit=TOKENS), None)
+    await store.create_session(
+        SessionRecord(
+            sid="s",
+            agent="a",
+            owner="o@example.com",
+            on_behalf_of=None,
+            task=None,
+            grant_version="g",
+            state="active",
+            created_at=now,
+            expires_at=now + 86400 * 9,
+            max_expires_at=now + 86400 * 9,
+            idle_timeout=86400 * 9,
+            last_seen=now,
+            calls_limit=CALLS,
+            tokens_limit=TOKENS,
+        ),
+        None,
+    )
     model = Model()
     granted: list[Ask] = []  # reservations not released yet
     settled: set[int] = set()
@@ -119,8 +138,17 @@ async def agrees_with_the_model(store: Store, ops: list[tuple[Any, ...]]) -> Non
         else:
             _, tool, tokens = op
             cap = CAP if tool == "srv.capped" else None
-            ask = Ask("s", "a", now, calls=1, tokens=tokens, tool=tool, tool_cap=cap, daily_tokens=DAILY,
-                      calls_per_minute=PER_MINUTE)
+            ask = Ask(
+                "s",
+                "a",
+                now,
+                calls=1,
+                tokens=tokens,
+                tool=tool,
+                tool_cap=cap,
+                daily_tokens=DAILY,
+                calls_per_minute=PER_MINUTE,
+            )
             result = await store.reserve(ask)
             expected = model.reserve(tool, tokens, now)
             assert (result.refusal if not result.granted else None) == expected, (op, result)

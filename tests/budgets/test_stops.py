@@ -47,8 +47,9 @@ async def test_a_session_that_runs_out_of_tokens_mid_task_is_stopped_and_nothing
 
         # An operator lifts the stop with more tokens; the very next call goes through.
         config = str(gw.root / "gateway.yaml")
-        code = await anyio.to_thread.run_sync(cli.main, ["sessions", "resume", sid, "--add-tokens", "500",
-                                                         "--config", config])
+        code = await anyio.to_thread.run_sync(
+            cli.main, ["sessions", "resume", sid, "--add-tokens", "500", "--config", config]
+        )
         assert code == 0
         async with gw.client(token) as client:
             assert not (await client.call_tool("counter__echo", {"text": "resumed"})).is_error
@@ -57,8 +58,9 @@ async def test_a_session_that_runs_out_of_tokens_mid_task_is_stopped_and_nothing
 
 async def test_eight_concurrent_clients_on_one_session_forward_exactly_as_many_calls_as_the_budget_allows(tmp_path):
     log = tmp_path / "calls.log"
-    async with running_gateway(tmp_path, manifests=[counter_manifest(log)],
-                               agents={"bot": agent({"session_calls": 5})}) as gw:
+    async with running_gateway(
+        tmp_path, manifests=[counter_manifest(log)], agents={"bot": agent({"session_calls": 5})}
+    ) as gw:
         token = await gw.open_session("bot")
         outcomes: list[bool] = []
 
@@ -83,8 +85,9 @@ async def test_eight_concurrent_clients_on_one_session_forward_exactly_as_many_c
 async def test_a_suspended_session_is_refused_resource_reads_with_a_json_rpc_stop_error(tmp_path):
     log = tmp_path / "calls.log"
     agents = {"bot": agent({"session_calls": 1}, tools=["counter.*"], resources=["everything"])}
-    async with running_gateway(tmp_path, manifests=[counter_manifest(log), everything_stdio_manifest()],
-                               agents=agents) as gw:
+    async with running_gateway(
+        tmp_path, manifests=[counter_manifest(log), everything_stdio_manifest()], agents=agents
+    ) as gw:
         token = await gw.open_session("bot")
         async with gw.client(token, mode="legacy") as client:
             assert not (await client.call_tool("counter__echo", {"text": "a"})).is_error
@@ -136,4 +139,3 @@ async def test_daily_tokens_span_the_sessions_of_one_agent_and_reset_at_midnight
         gw.clock.advance(86400)
         async with gw.client(await gw.open_session("bot", task="tomorrow")) as client:
             assert not (await client.call_tool("counter__echo", {"text": "z"})).is_error
-

@@ -28,8 +28,9 @@ async def report(gw: Harness, token: str | None, body: Any, *, raw: bytes | None
 
 async def test_model_usage_is_recorded_priced_and_counted_against_the_session_budget(tmp_path):
     log = tmp_path / "calls.log"
-    async with running_gateway(tmp_path, manifests=[counter_manifest(log)], extra=PRICES,
-                               agents={"bot": agent({"session_tokens": 10_000})}) as gw:
+    async with running_gateway(
+        tmp_path, manifests=[counter_manifest(log)], extra=PRICES, agents={"bot": agent({"session_tokens": 10_000})}
+    ) as gw:
         token = await gw.open_session("bot", task="write the report")
         sid = await sid_of(gw, token)
         async with gw.client(token) as client:
@@ -37,18 +38,27 @@ async def test_model_usage_is_recorded_priced_and_counted_against_the_session_bu
 
         priced = await report(gw, token, {"model": "gpt-test", "input_tokens": 4000, "output_tokens": 1000})
         assert priced.status_code == 200, priced.text
-        assert priced.json() == {"recorded": True, "session": sid, "model": "gpt-test", "tokens": 5000,
-                                 "cost_usd": 0.02, "cost_source": "priced"}
-        reported = await report(gw, token, {"model": "other", "input_tokens": 3000, "output_tokens": 2500,
-                                            "cost_usd": 0.5})
+        assert priced.json() == {
+            "recorded": True,
+            "session": sid,
+            "model": "gpt-test",
+            "tokens": 5000,
+            "cost_usd": 0.02,
+            "cost_source": "priced",
+        }
+        reported = await report(
+            gw, token, {"model": "other", "input_tokens": 3000, "output_tokens": 2500, "cost_usd": 0.5}
+        )
         assert reported.json()["cost_usd"] == 0.5 and reported.json()["cost_source"] == "reported"
         unpriced = await report(gw, token, {"model": "unknown", "input_tokens": 1, "output_tokens": 0})
         assert unpriced.json()["cost_usd"] is None and unpriced.json()["cost_source"] == "unpriced"
 
         usage = gw.audit("model.usage")
         assert [(r["session"], r["agent"], r["task"], r["model"], r.get("cost_usd")) for r in usage] == [
-            (sid, "bot", "write the report", "gpt-test", 0.02), (sid, "bot", "write the report", "other", 0.5),
-            (sid, "bot", "write the report", "unknown", None)]
+            (sid, "bot", "write the report", "gpt-test", 0.02),
+            (sid, "bot", "write the report", "other", 0.5),
+            (sid, "bot", "write the report", "unknown", None),
+        ]
         [call] = [r for r in gw.audit("tool.call") if r["decision"] == "allow"]
         assert call["session"] == usage[0]["session"]  # model and tool calls join on one session id
 
@@ -65,20 +75,34 @@ async def test_model_usage_is_recorded_priced_and_counted_against_the_session_bu
         (b"{not json", "the body is not JSON"),
         (b"[1, 2]", "the body must be a JSON object"),
         (json.dumps({"input_tokens": 1, "output_tokens": 1}).encode(), "model: Field required"),
-        (json.dumps({"model": "m", "input_tokens": -5, "output_tokens": 1}).encode(),
-         "input_tokens: Input should be greater than or equal to 0"),
-        (json.dumps({"model": "m", "input_tokens": "12", "output_tokens": 1}).encode(),
-         "input_tokens: Input should be a valid integer"),
-        (json.dumps({"model": "m", "input_tokens": 1, "output_tokens": 1, "cost_usd": -1}).encode(),
-         "cost_usd: Input should be greater than or equal to 0"),
-        (json.dumps({"model": "m", "input_tokens": 1, "output_tokens": 1, "cost_usd": 1.7e308}).encode(),
-         "cost_usd: Input should be less than or equal to 1000000"),
-        (b'{"model": "m", "input_tokens": 1, "output_tokens": 1, "cost_usd": Infinity}',
-         "cost_usd: Input should be a finite number"),
-        (json.dumps({"model": "m", "input_tokens": 10**9 + 1, "output_tokens": 1}).encode(),
-         "input_tokens: Input should be less than or equal to 1000000000"),
-        (json.dumps({"model": "m", "input_tokens": 1, "output_tokens": 1, "user": "x"}).encode(),
-         "user: unknown field"),
+        (
+            json.dumps({"model": "m", "input_tokens": -5, "output_tokens": 1}).encode(),
+            "input_tokens: Input should be greater than or equal to 0",
+        ),
+        (
+            json.dumps({"model": "m", "input_tokens": "12", "output_tokens": 1}).encode(),
+            "input_tokens: Input should be a valid integer",
+        ),
+        (
+            json.dumps({"model": "m", "input_tokens": 1, "output_tokens": 1, "cost_usd": -1}).encode(),
+            "cost_usd: Input should be greater than or equal to 0",
+        ),
+        (
+            json.dumps({"model": "m", "input_tokens": 1, "output_tokens": 1, "cost_usd": 1.7e308}).encode(),
+            "cost_usd: Input should be less than or equal to 1000000",
+        ),
+        (
+            b'{"model": "m", "input_tokens": 1, "output_tokens": 1, "cost_usd": Infinity}',
+            "cost_usd: Input should be a finite number",
+        ),
+        (
+            json.dumps({"model": "m", "input_tokens": 10**9 + 1, "output_tokens": 1}).encode(),
+            "input_tokens: Input should be less than or equal to 1000000000",
+        ),
+        (
+            json.dumps({"model": "m", "input_tokens": 1, "output_tokens": 1, "user": "x"}).encode(),
+            "user: unknown field",
+        ),
         (json.dumps({"model": "", "input_tokens": 1, "output_tokens": 1}).encode(), "model: String should have"),
     ],
 )
@@ -98,7 +122,7 @@ async def test_usage_for_a_closed_session_or_without_a_token_is_refused_like_mcp
     async with running_gateway(tmp_path, manifests=[], agents={"bot": agent({})}) as gw:
         token = await gw.open_session("bot")
         body = {"model": "m", "input_tokens": 10, "output_tokens": 10}
-        assert (await gw.gateway.sessions.end(await sid_of(gw, token), "closed", "closed"))
+        assert await gw.gateway.sessions.end(await sid_of(gw, token), "closed", "closed")
         for credential in (token, None, "not-a-jwt"):
             refused = await report(gw, credential, body)
             assert refused.status_code == 401
@@ -123,12 +147,20 @@ async def test_usage_rejects_other_methods_and_oversized_bodies(tmp_path):
         assert gw.audit("model.usage") == []
 
 
-_valid = st.fixed_dictionaries({"model": st.text(min_size=1, max_size=50),
-                                "input_tokens": st.integers(0, 10**9), "output_tokens": st.integers(0, 10**9)})
+_valid = st.fixed_dictionaries(
+    {
+        "model": st.text(min_size=1, max_size=50),
+        "input_tokens": st.integers(0, 10**9),
+        "output_tokens": st.integers(0, 10**9),
+    }
+)
 
 
-@given(_valid, st.sampled_from(["input_tokens", "output_tokens"]),
-       st.one_of(st.integers(max_value=-1), st.floats(), st.booleans(), st.text(), st.none()))
+@given(
+    _valid,
+    st.sampled_from(["input_tokens", "output_tokens"]),
+    st.one_of(st.integers(max_value=-1), st.floats(), st.booleans(), st.text(), st.none()),
+)
 def test_a_report_with_any_bad_token_count_is_rejected(body, field, bad):
     with pytest.raises(ValueError, match=field):
         parse(json.dumps({**body, field: bad}).encode())
@@ -138,7 +170,10 @@ def test_a_report_with_any_bad_token_count_is_rejected(body, field, bad):
 def test_any_well_formed_report_is_accepted_as_sent(body):
     parsed = parse(json.dumps(body).encode())
     assert (parsed.model, parsed.input_tokens, parsed.output_tokens) == (
-        body["model"], body["input_tokens"], body["output_tokens"])
+        body["model"],
+        body["input_tokens"],
+        body["output_tokens"],
+    )
 
 
 async def test_usage_too_large_to_total_is_refused_with_a_400_naming_the_field_and_nothing_is_counted(tmp_path):
@@ -146,20 +181,29 @@ async def test_usage_too_large_to_total_is_refused_with_a_400_naming_the_field_a
     async with running_gateway(tmp_path, manifests=[], agents={"bot": agent({})}) as gw:
         token = await gw.open_session("bot")
         for _ in range(2):
-            refused = await report(gw, token, {"model": "m", "input_tokens": 1, "output_tokens": 1,
-                                               "cost_usd": 1.7e308})
+            refused = await report(
+                gw, token, {"model": "m", "input_tokens": 1, "output_tokens": 1, "cost_usd": 1.7e308}
+            )
             assert refused.status_code == 400
             assert refused.json()["error_description"].startswith("cost_usd: Input should be less than or equal to")
-        largest = await report(gw, token, {"model": "m", "input_tokens": 10**9, "output_tokens": 10**9,
-                                           "cost_usd": 1e6})
+        largest = await report(
+            gw, token, {"model": "m", "input_tokens": 10**9, "output_tokens": 10**9, "cost_usd": 1e6}
+        )
         assert largest.status_code == 200
         assert [r["cost_usd"] for r in gw.audit("model.usage")] == [1e6]
         [session] = await gw.gateway.store.list_sessions("bot")
         assert session.tokens == 2 * 10**9
 
 
-@given(_valid, st.one_of(st.floats(min_value=1e6, exclude_min=True), st.floats(max_value=0, exclude_max=True),
-                         st.just(float("inf")), st.just(float("nan"))))
+@given(
+    _valid,
+    st.one_of(
+        st.floats(min_value=1e6, exclude_min=True),
+        st.floats(max_value=0, exclude_max=True),
+        st.just(float("inf")),
+        st.just(float("nan")),
+    ),
+)
 def test_a_report_with_a_cost_out_of_range_or_not_finite_is_rejected(body, bad):
     with pytest.raises(ValueError, match="cost_usd"):
         parse(json.dumps({**body, "cost_usd": bad}).encode())

@@ -54,8 +54,9 @@ class RawAgent:
     """An agent speaking streamable HTTP by hand (handshake era), so every status code can be read."""
 
     def __init__(self, gw: Harness, token: str) -> None:
-        self.http = httpx.AsyncClient(base_url=gw.url, timeout=20,
-                                      headers={**HEADERS, "authorization": f"Bearer {token}"})
+        self.http = httpx.AsyncClient(
+            base_url=gw.url, timeout=20, headers={**HEADERS, "authorization": f"Bearer {token}"}
+        )
         self.session = ""
         self._id = 1
 
@@ -71,15 +72,23 @@ class RawAgent:
     async def __aexit__(self, *exc: object) -> None:
         await self.http.aclose()
 
-    async def call(self, tool: str = "time__get_current_time", arguments: dict[str, Any] | None = None
-                   ) -> httpx.Response:
+    async def call(
+        self, tool: str = "time__get_current_time", arguments: dict[str, Any] | None = None
+    ) -> httpx.Response:
         self._id += 1
-        return await self.http.post("/mcp", json={
-            "jsonrpc": "2.0", "id": self._id, "method": "tools/call",
-            "params": {"name": tool, "arguments": arguments if arguments is not None else {"timezone": "UTC"}}})
+        return await self.http.post(
+            "/mcp",
+            json={
+                "jsonrpc": "2.0",
+                "id": self._id,
+                "method": "tools/call",
+                "params": {"name": tool, "arguments": arguments if arguments is not None else {"timezone": "UTC"}},
+            },
+        )
 
-    async def result(self, tool: str = "time__get_current_time", arguments: dict[str, Any] | None = None
-                     ) -> dict[str, Any]:
+    async def result(
+        self, tool: str = "time__get_current_time", arguments: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         response = await self.call(tool, arguments)
         assert response.status_code == 200, response.text
         body = _body(response)

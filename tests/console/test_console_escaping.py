@@ -53,13 +53,25 @@ def _parse(html: str, wanted: str) -> Cells:
 
 
 @given(task=TEXT, agent=TEXT, human=TEXT)
-@example(task='<script>alert(1)</script><img src=x onerror="alert(2)">', agent="a\"><b>", human="</td><td>")
+@example(task='<script>alert(1)</script><img src=x onerror="alert(2)">', agent='a"><b>', human="</td><td>")
 def test_a_session_row_shows_agent_chosen_text_as_text(task, agent, human):
-    session = SessionRecord(sid="s1", agent=agent, owner="o@example.com", on_behalf_of=human or None,
-                            task=task or None, grant_version="g", state="active", created_at=0.0, expires_at=1.0,
-                            max_expires_at=1.0, idle_timeout=1.0, last_seen=0.0)
-    html = ENV.get_template("_session_rows.html").render(base="/console", operator=OPERATOR, sessions=[session],
-                                                         now=0.0)
+    session = SessionRecord(
+        sid="s1",
+        agent=agent,
+        owner="o@example.com",
+        on_behalf_of=human or None,
+        task=task or None,
+        grant_version="g",
+        state="active",
+        created_at=0.0,
+        expires_at=1.0,
+        max_expires_at=1.0,
+        idle_timeout=1.0,
+        last_seen=0.0,
+    )
+    html = ENV.get_template("_session_rows.html").render(
+        base="/console", operator=OPERATOR, sessions=[session], now=0.0
+    )
     cells = _parse(html, "task")
     assert cells.found == [task or "-"]
     assert _parse(html, "agent").found == [agent]
@@ -69,10 +81,17 @@ def test_a_session_row_shows_agent_chosen_text_as_text(task, agent, human):
 @given(name=TEXT, before=TEXT, after=TEXT)
 @example(name="<img src=x onerror=alert(1)>", before="</td></tr><script>x()</script>", after="<!--")
 def test_a_quarantined_tools_name_and_definitions_render_as_text(name, before, after):
-    tool = ToolRow(name or "t", "quarantined", "sha256:" + "0" * 64, "sha256:" + "1" * 64,
-                   [DiffRow("replace", before, after)])
-    html = ENV.get_template("tools.html").render(base="/console", operator=OPERATOR, page="tools", notice=None,
-                                                 require_pins=False, servers=[ServerRow("s", None, True, [tool])])
+    tool = ToolRow(
+        name or "t", "quarantined", "sha256:" + "0" * 64, "sha256:" + "1" * 64, [DiffRow("replace", before, after)]
+    )
+    html = ENV.get_template("tools.html").render(
+        base="/console",
+        operator=OPERATOR,
+        page="tools",
+        notice=None,
+        require_pins=False,
+        servers=[ServerRow("s", None, True, [tool])],
+    )
     assert _parse(html, "name").found == [name or "t"]
     assert _parse(html, "pinned").found == [before]
     assert _parse(html, "served").found == [after]

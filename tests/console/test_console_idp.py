@@ -18,9 +18,15 @@ pytestmark = pytest.mark.anyio
 def idp_extra(issuer: str) -> dict[str, object]:
     return {
         "login": {"identity_provider": issuer},
-        "identity_providers": [{"issuer": issuer, "jwks_url": f"{issuer}/jwks", "audience": "mcp-gateway",
-                                "algorithms": ["RS256"],
-                                "oidc": {"client_id": "mcp-gateway", "client_secret": IDP_SECRET}}],
+        "identity_providers": [
+            {
+                "issuer": issuer,
+                "jwks_url": f"{issuer}/jwks",
+                "audience": "mcp-gateway",
+                "algorithms": ["RS256"],
+                "oidc": {"client_id": "mcp-gateway", "client_secret": IDP_SECRET},
+            }
+        ],
         "operators": ["alice@example.com"],
     }
 
@@ -29,9 +35,11 @@ async def test_an_operator_signs_in_at_the_identity_provider_and_anyone_else_is_
     tmp_path: Path, browser: Browser
 ) -> None:
     port = free_port()
-    async with identity_provider(f"http://127.0.0.1:{port}/oauth/callback") as issuer, running_gateway(
-        tmp_path, manifests=[time_manifest()], port=port, extra=idp_extra(issuer)
-    ) as gw:
+    async with (
+        identity_provider(f"http://127.0.0.1:{port}/oauth/callback") as issuer,
+        running_gateway(tmp_path, manifests=[time_manifest()], port=port, extra=idp_extra(issuer)) as gw,
+    ):
+
         async def sign_in(email: str) -> tuple[object, str]:
             context = await browser.new_context()
             page = await context.new_page()

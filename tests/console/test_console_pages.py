@@ -34,8 +34,12 @@ XSS_TASK = '<script>window.__xss = 1</script><img src="x" onerror="window.__xss 
 
 @pytest.fixture(scope="module")
 async def gw(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Harness]:
-    async with running_gateway(tmp_path_factory.mktemp("console"), manifests=[time_manifest()], agents=AGENTS,
-                               extra={"admin_token": ADMIN_TOKEN}) as gw:
+    async with running_gateway(
+        tmp_path_factory.mktemp("console"),
+        manifests=[time_manifest()],
+        agents=AGENTS,
+        extra={"admin_token": ADMIN_TOKEN},
+    ) as gw:
         yield gw
 
 
@@ -50,18 +54,25 @@ async def test_only_the_admin_token_signs_in_and_a_signed_out_browser_reaches_no
         await page.goto(f"{gw.url}{path}")
         assert page.url == f"{gw.url}/console/login", path
     await screenshot(page, "login")
-    for action in ("/console/sessions/x/revoke", "/console/agents/alice-bot/disable", "/console/audit/verify",
-                   "/console/tools/time/approve", "/console/logout"):
+    for action in (
+        "/console/sessions/x/revoke",
+        "/console/agents/alice-bot/disable",
+        "/console/audit/verify",
+        "/console/tools/time/approve",
+        "/console/logout",
+    ):
         status = await page.evaluate(
-            "async (u) => (await fetch(u, {method: 'POST', body: new URLSearchParams({csrf: 'x'})})).status", action)
+            "async (u) => (await fetch(u, {method: 'POST', body: new URLSearchParams({csrf: 'x'})})).status", action
+        )
         assert status == 401, action
     async with gw.http() as http:
         for path in ("/console/sessions/live", "/console/audit/live"):
             assert (await http.get(path, headers={"accept": "text/event-stream"})).status_code == 401
         assert (await http.get("/console/spend/export?format=json")).status_code == 303
         # The right token, but posted from another origin (login CSRF) or to a Host this gateway does not serve.
-        foreign = await http.post("/console/login", data={"token": ADMIN_TOKEN},
-                                  headers={"origin": "http://attacker.example"})
+        foreign = await http.post(
+            "/console/login", data={"token": ADMIN_TOKEN}, headers={"origin": "http://attacker.example"}
+        )
         assert foreign.status_code == 403 and "set-cookie" not in foreign.headers
         rebound = await http.get("/console/login", headers={"host": "attacker.example"})
         assert rebound.status_code == 421
@@ -77,7 +88,11 @@ async def test_only_the_admin_token_signs_in_and_a_signed_out_browser_reaches_no
     assert page.url == f"{gw.url}/console/sessions"
     [cookie] = await context.cookies()
     assert (cookie["name"], cookie["httpOnly"], cookie["sameSite"], cookie["path"]) == (
-        "mcp_console", True, "Strict", "/")
+        "mcp_console",
+        True,
+        "Strict",
+        "/",
+    )
     assert cookie["secure"] is False  # plain-http loopback gateway; https sets Secure (test_console_auth.py)
     assert time.time() < cookie["expires"] <= time.time() + 1800 + 5
     assert ADMIN_TOKEN not in cookie["value"]
@@ -135,8 +150,9 @@ async def test_sessions_appear_live_revoke_stops_the_next_call_and_resume_lifts_
         assert not (await bob.result())["isError"]
         resumed = gw.audit("session.resumed")[-1]
         assert (resumed["agent"], resumed["add_calls"], resumed["actor"]) == ("bob-bot", 3, "console:admin")
-        await expect(page.locator("#session-rows tr[data-agent=bob-bot] td.state")).to_have_text("active",
-                                                                                                timeout=WAIT_MS)
+        await expect(page.locator("#session-rows tr[data-agent=bob-bot] td.state")).to_have_text(
+            "active", timeout=WAIT_MS
+        )
 
         async with page.expect_navigation():
             await page.locator("#session-rows tr[data-agent=bob-bot] button[name=revoke-agent]").click()
@@ -152,17 +168,18 @@ async def test_spend_shows_the_same_totals_as_the_report_for_the_same_window(gw,
     since, until = _iso(time.time() - 3600), _iso(time.time() + 60)
     context, page = await signed_in(browser, gw)
     await page.goto(f"{gw.url}/console/spend?since={since}&until={until}")
-    shown = {metric: await cell.inner_text()
-             for cell in await page.locator("#totals td[data-metric]").all()
-             if (metric := await cell.get_attribute("data-metric"))}
+    shown = {
+        metric: await cell.inner_text()
+        for cell in await page.locator("#totals td[data-metric]").all()
+        if (metric := await cell.get_attribute("data-metric"))
+    }
     await screenshot(page, "spend")
     cli = await mcp_gateway(gw.root, "report", "--format", "json", "--since", since, "--until", until)
     assert cli.returncode == 0, cli.stderr
     report = json.loads(cli.stdout)
     assert report["totals"]["calls"] >= 3 and report["totals"]["response_tokens"] > 0
     assert shown == {metric: str(value) for metric, value in report["totals"].items()}
-    assert await page.locator("#evidence td[data-evidence=actions]").inner_text() == str(
-        report["evidence"]["actions"])
+    assert await page.locator("#evidence td[data-evidence=actions]").inner_text() == str(report["evidence"]["actions"])
     download = await context.request.get(f"{gw.url}/console/spend/export?format=json&since={since}&until={until}")
     assert download.ok and json.loads(await download.text())["totals"] == report["totals"]
     for fmt in ("csv", "html", "focus"):
@@ -225,8 +242,11 @@ async def test_agents_can_be_disabled_enabled_and_rotated_with_the_secret_shown_
     async with page.expect_navigation():
         await page.locator("tr[data-agent=dave-bot] button[name=enable]").click()
     await expect(page.locator("tr[data-agent=dave-bot] td.state")).to_have_text("enabled")
-    assert [r["actor"] for r in gw.audit() if r["event"] in ("agent.disabled", "agent.enabled")
-            and r.get("agent") == "dave-bot"] == ["console:admin", "console:admin"]
+    assert [
+        r["actor"]
+        for r in gw.audit()
+        if r["event"] in ("agent.disabled", "agent.enabled") and r.get("agent") == "dave-bot"
+    ] == ["console:admin", "console:admin"]
     await context.close()
 
 
@@ -252,26 +272,32 @@ async def test_forged_posts_are_refused_agent_strings_render_as_text_and_the_csp
     for body in ("{}", "{csrf: 'forged'}"):
         status = await page.evaluate(
             f"async (u) => (await fetch(u, {{method: 'POST', body: new URLSearchParams({body})}})).status",
-            f"/console/sessions/{sid}/revoke")
+            f"/console/sessions/{sid}/revoke",
+        )
         assert status == 403
     assert (await gw.gateway.store.get_session(sid)).state == "active"
     # With the right token but from another origin: refused too.
     [cookie] = await context.cookies()
     csrf = await page.locator("header .signout input[name=csrf]").get_attribute("value")
     async with httpx.AsyncClient(base_url=gw.url, cookies={cookie["name"]: cookie["value"]}) as http:
-        foreign = await http.post(f"/console/sessions/{sid}/revoke", data={"csrf": csrf},
-                                  headers={"origin": "http://attacker.example"})
+        foreign = await http.post(
+            f"/console/sessions/{sid}/revoke", data={"csrf": csrf}, headers={"origin": "http://attacker.example"}
+        )
         assert foreign.status_code == 403
         same = await http.post(f"/console/sessions/{sid}/close", data={"csrf": csrf}, headers={"origin": gw.url})
         assert same.status_code == 303
     assert (await gw.gateway.store.get_session(sid)).state == "closed"
 
     # An injected inline script does not run: the CSP refuses it, and the browser reports the violation.
-    await page.evaluate("() => { window.__violations = [];"
-                        " document.addEventListener('securitypolicyviolation',"
-                        " (e) => window.__violations.push(e.effectiveDirective)); }")
-    await page.evaluate("() => { const s = document.createElement('script');"
-                        " s.textContent = 'window.__injected = 1'; document.body.appendChild(s); }")
+    await page.evaluate(
+        "() => { window.__violations = [];"
+        " document.addEventListener('securitypolicyviolation',"
+        " (e) => window.__violations.push(e.effectiveDirective)); }"
+    )
+    await page.evaluate(
+        "() => { const s = document.createElement('script');"
+        " s.textContent = 'window.__injected = 1'; document.body.appendChild(s); }"
+    )
     await page.wait_for_function("() => window.__violations.length > 0", timeout=WAIT_MS)
     assert await page.evaluate("() => window.__injected") is None
     assert await page.evaluate("() => window.__violations") == ["script-src-elem"]

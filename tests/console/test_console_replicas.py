@@ -28,8 +28,9 @@ async def test_a_revoke_on_one_replicas_console_refuses_the_next_call_on_the_oth
     ):
         session, token = await a.gateway.sessions.open("alice-bot", task="cross-replica", via="test")
         async with httpx.AsyncClient(base_url=b.url, timeout=10) as console_b:
-            signed_in = await console_b.post("/console/login", data={"token": ADMIN_TOKEN},
-                                             headers={"origin": public_url})
+            signed_in = await console_b.post(
+                "/console/login", data={"token": ADMIN_TOKEN}, headers={"origin": public_url}
+            )
             assert signed_in.status_code == 303, signed_in.text
             cookie = console_b.cookies["mcp_console"]
         async with httpx.AsyncClient(base_url=a.url, timeout=10, cookies={"mcp_console": cookie}) as console_a:
@@ -40,8 +41,11 @@ async def test_a_revoke_on_one_replicas_console_refuses_the_next_call_on_the_oth
             async with RawAgent(a, token) as agent:
                 assert not (await agent.result())["isError"]
                 async with httpx.AsyncClient(base_url=b.url, timeout=10, cookies={"mcp_console": cookie}) as on_b:
-                    revoked = await on_b.post(f"/console/sessions/{session.sid}/revoke", data={"csrf": csrf[1]},
-                                              headers={"origin": public_url})
+                    revoked = await on_b.post(
+                        f"/console/sessions/{session.sid}/revoke",
+                        data={"csrf": csrf[1]},
+                        headers={"origin": public_url},
+                    )
                     assert revoked.status_code == 303, revoked.text
                 refused = await agent.call()  # on replica A, right after replica B's console answered
                 assert refused.status_code == 401, refused.text

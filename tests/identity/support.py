@@ -67,11 +67,22 @@ async def client_credentials(gw: Harness, agent: str, secret: str, **extra: Any)
 
 async def mcp_status(gw: Harness, access_token: str, path: str = "/mcp") -> httpx.Response:
     """A tools/list over plain HTTP (2025-11-25 headers), to read status codes and challenges."""
-    body = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "probe", "version": "1"}}}
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "probe", "version": "1"},
+        },
+    }
     async with gw.http() as http:
-        return await http.post(path, json=body, headers={
-            "Authorization": f"Bearer {access_token}", "Accept": "application/json, text/event-stream"})
+        return await http.post(
+            path,
+            json=body,
+            headers={"Authorization": f"Bearer {access_token}", "Accept": "application/json, text/event-stream"},
+        )
 
 
 async def call_time(gw: Harness, access_token: str) -> Any:
@@ -113,13 +124,28 @@ class IdP:
             published.append({**jwk, "kid": kid, "use": "sig"})
         return {"keys": published}
 
-    def sign(self, claims: dict[str, Any] | None = None, *, kid: str | None = None,
-             header: dict[str, Any] | None = None, **overrides: Any) -> str:
+    def sign(
+        self,
+        claims: dict[str, Any] | None = None,
+        *,
+        kid: str | None = None,
+        header: dict[str, Any] | None = None,
+        **overrides: Any,
+    ) -> str:
         kid = kid or self.keys[-1][0]
         key = dict(self.keys)[kid]
         now = int(time.time())
-        body = {"iss": self.issuer, "aud": self.audience, "sub": "user-123", "iat": now, "exp": now + 300,
-                "email": "carol@example.com", "email_verified": True, **(claims or {}), **overrides}
+        body = {
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": "user-123",
+            "iat": now,
+            "exp": now + 300,
+            "email": "carol@example.com",
+            "email_verified": True,
+            **(claims or {}),
+            **overrides,
+        }
         body = {k: v for k, v in body.items() if v is not None}
         alg = "RS256" if isinstance(key, rsa.RSAPrivateKey) else "ES256"
         return jwt.encode(body, key, algorithm=alg, headers={"kid": kid, **(header or {})})
@@ -152,13 +178,18 @@ def exchange_form(subject_token: str, **extra: Any) -> dict[str, Any]:
     return {"grant_type": TOKEN_EXCHANGE, "subject_token": subject_token, "subject_token_type": JWT_TYPE, **extra}
 
 
-INITIALIZE = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-    "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "probe", "version": "1"}}}
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "probe", "version": "1"}},
+}
 
 
 @contextlib.asynccontextmanager
-async def legacy_session(gw: Harness, access_token: str, path: str = "/mcp") -> AsyncIterator[
-        tuple[httpx.AsyncClient, dict[str, str]]]:
+async def legacy_session(
+    gw: Harness, access_token: str, path: str = "/mcp"
+) -> AsyncIterator[tuple[httpx.AsyncClient, dict[str, str]]]:
     """A 2025-11-25 MCP session over plain HTTP; yields the client and the headers every request needs."""
     headers = {"Authorization": f"Bearer {access_token}", "Accept": "application/json, text/event-stream"}
     async with httpx.AsyncClient(base_url=gw.url, timeout=10) as http:
@@ -189,8 +220,9 @@ class DpopKey:
 
     def __init__(self, kind: str = "ES256") -> None:
         self.alg = kind
-        self.private: Any = ec.generate_private_key(ec.SECP256R1()) if kind == "ES256" else rsa.generate_private_key(
-            65537, 2048)
+        self.private: Any = (
+            ec.generate_private_key(ec.SECP256R1()) if kind == "ES256" else rsa.generate_private_key(65537, 2048)
+        )
         algorithm = ECAlgorithm if kind == "ES256" else RSAAlgorithm
         self.jwk: dict[str, Any] = json.loads(algorithm.to_jwk(self.private.public_key()))
 
@@ -200,8 +232,15 @@ class DpopKey:
         canonical = json.dumps({m: self.jwk[m] for m in members}, separators=(",", ":"), sort_keys=True)
         return base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).rstrip(b"=").decode()
 
-    def proof(self, method: str, url: str, access_token: str | None = None, *, header: dict[str, Any] | None = None,
-              **claims: Any) -> str:
+    def proof(
+        self,
+        method: str,
+        url: str,
+        access_token: str | None = None,
+        *,
+        header: dict[str, Any] | None = None,
+        **claims: Any,
+    ) -> str:
         body: dict[str, Any] = {"jti": uuid.uuid4().hex, "htm": method, "htu": url, "iat": int(time.time())}
         if access_token is not None:
             digest = hashlib.sha256(access_token.encode("ascii")).digest()

@@ -20,15 +20,17 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 async def test_admin_api_manages_agents_and_sessions_and_audits_each_action_as_admin(tmp_path):
     async with running_gateway(tmp_path, manifests=[], extra={"admin_token": ADMIN_TOKEN}) as gw:
         async with gw.http() as http:
-            created = await http.post("/admin/agents", json={"id": "new-bot", "owner": "n@example.com",
-                                                             "cost_center": "lab"}, headers=ADMIN)
+            created = await http.post(
+                "/admin/agents", json={"id": "new-bot", "owner": "n@example.com", "cost_center": "lab"}, headers=ADMIN
+            )
             assert created.status_code == 201, created.text
             secret = created.json()["client_secret"]
             body = await client_credentials(gw, "new-bot", secret)
 
             listed = (await http.get("/admin/agents", headers=ADMIN)).json()["agents"]
-            assert {"id": "new-bot", "source": "store", "disabled": False} .items() <= next(
-                a for a in listed if a["id"] == "new-bot").items()
+            assert {"id": "new-bot", "source": "store", "disabled": False}.items() <= next(
+                a for a in listed if a["id"] == "new-bot"
+            ).items()
             sessions = (await http.get("/admin/sessions", params={"agent": "new-bot"}, headers=ADMIN)).json()
             assert [s["sid"] for s in sessions["sessions"]] == [body["session_id"]]
 
@@ -50,15 +52,15 @@ async def test_admin_api_manages_agents_and_sessions_and_audits_each_action_as_a
             assert (await http.post("/admin/agents/new-bot/enable", headers=ADMIN)).status_code == 200
 
             assert (await http.post("/admin/agents/ghost/disable", headers=ADMIN)).status_code == 404
-            duplicate = await http.post("/admin/agents", json={"id": "alice-bot", "owner": "x@example.com"},
-                                        headers=ADMIN)
+            duplicate = await http.post(
+                "/admin/agents", json={"id": "alice-bot", "owner": "x@example.com"}, headers=ADMIN
+            )
             assert duplicate.status_code == 409 and "agents.yaml" in duplicate.json()["error"]
             bad = await http.post("/admin/agents", json={"id": "x y", "owner": "x@example.com"}, headers=ADMIN)
             assert bad.status_code == 400
 
         actions = {r["event"] for r in gw.audit() if r.get("actor") == "admin"}
-        assert {"agent.created", "agent.secret_rotated", "agent.disabled", "agent.enabled",
-                "session.closed"} <= actions
+        assert {"agent.created", "agent.secret_rotated", "agent.disabled", "agent.enabled", "session.closed"} <= actions
 
 
 async def test_admin_api_refuses_an_owner_that_is_not_one_email_address(tmp_path):
@@ -74,8 +76,11 @@ async def test_admin_api_refuses_keys_client_authentication_cannot_verify(tmp_pa
     es384 = json.loads(ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP384R1()).public_key()))
     async with running_gateway(tmp_path, manifests=[], extra={"admin_token": ADMIN_TOKEN}) as gw:
         async with gw.http() as http:
-            refused = await http.post("/admin/agents", json={"id": "es-bot", "owner": "e@example.com",
-                                                             "jwks": {"keys": [es384]}}, headers=ADMIN)
+            refused = await http.post(
+                "/admin/agents",
+                json={"id": "es-bot", "owner": "e@example.com", "jwks": {"keys": [es384]}},
+                headers=ADMIN,
+            )
             assert refused.status_code == 400
             assert "ES384" in refused.json()["error"]
             listed = (await http.get("/admin/agents", headers=ADMIN)).json()["agents"]
@@ -119,8 +124,9 @@ async def test_without_an_admin_token_configured_the_admin_api_refuses_everythin
 
 async def test_introspection_describes_live_tokens_and_calls_ended_ones_inactive(tmp_path):
     async with running_gateway(tmp_path, manifests=[], extra={"admin_token": ADMIN_TOKEN}) as gw:
-        session, live = await gw.gateway.sessions.open("alice-bot", on_behalf_of="carol@example.com",
-                                                       task="t1", via="test")
+        session, live = await gw.gateway.sessions.open(
+            "alice-bot", on_behalf_of="carol@example.com", task="t1", via="test"
+        )
         async with gw.http() as http:
             described = (await http.post("/oauth/introspect", data={"token": live}, headers=ADMIN)).json()
             assert described["active"] is True
@@ -140,8 +146,7 @@ async def test_metadata_documents_describe_what_the_gateway_implements(tmp_path)
             meta = (await http.get("/.well-known/oauth-authorization-server")).json()
             assert meta["issuer"] == gw.url
             for endpoint in ("token_endpoint", "revocation_endpoint", "introspection_endpoint"):
-                assert (await http.post(meta[endpoint].removeprefix(gw.url), data={"x": "1"})).status_code in (
-                    400, 401)
+                assert (await http.post(meta[endpoint].removeprefix(gw.url), data={"x": "1"})).status_code in (400, 401)
             keys = (await http.get(meta["jwks_uri"].removeprefix(gw.url))).json()["keys"]
             assert keys and all(k["alg"] == "EdDSA" for k in keys)
             resource = (await http.get("/.well-known/oauth-protected-resource/mcp")).json()
@@ -152,12 +157,17 @@ async def test_metadata_documents_describe_what_the_gateway_implements(tmp_path)
 async def test_the_admin_api_creates_an_agent_with_its_own_lifecycle_and_refuses_a_bad_one_naming_the_field(tmp_path):
     async with running_gateway(tmp_path, manifests=[], extra={"admin_token": ADMIN_TOKEN}) as gw:
         async with gw.http() as http:
-            bad = await http.post("/admin/agents", json={"id": "tmp-bot", "owner": "t@example.com",
-                                                         "disable_after_idle": "soon"}, headers=ADMIN)
+            bad = await http.post(
+                "/admin/agents",
+                json={"id": "tmp-bot", "owner": "t@example.com", "disable_after_idle": "soon"},
+                headers=ADMIN,
+            )
             assert bad.status_code == 400 and bad.json()["error"].startswith("disable_after_idle: "), bad.text
-            created = await http.post("/admin/agents", json={"id": "tmp-bot", "owner": "t@example.com",
-                                                             "expires": "2030-06-01", "credential_max_age": "90d"},
-                                      headers=ADMIN)
+            created = await http.post(
+                "/admin/agents",
+                json={"id": "tmp-bot", "owner": "t@example.com", "expires": "2030-06-01", "credential_max_age": "90d"},
+                headers=ADMIN,
+            )
             assert created.status_code == 201, created.text
             shown = (await http.get("/admin/agents/tmp-bot", headers=ADMIN)).json()
             assert shown["lifecycle"]["expires"] == "2030-06-01T00:00:00Z"

@@ -50,8 +50,18 @@ async def test_a_cli_agent_granted_one_tool_can_call_exactly_that_tool(tmp_path)
         body = await client_credentials(gw, "grant-bot", secret)
         assert await _tool_names(gw, body["access_token"]) == []  # a new agent is granted nothing
 
-        out = await cli(gw, "agents", "grant", "grant-bot", "--tools", "time.get_current_time",
-                        "--budget", "session_calls=50", "--budget", "session_ttl=2h")
+        out = await cli(
+            gw,
+            "agents",
+            "grant",
+            "grant-bot",
+            "--tools",
+            "time.get_current_time",
+            "--budget",
+            "session_calls=50",
+            "--budget",
+            "session_ttl=2h",
+        )
         assert "granted grant-bot" in out
 
         async def listed() -> bool:
@@ -71,8 +81,7 @@ async def test_a_cli_agent_granted_one_tool_can_call_exactly_that_tool(tmp_path)
         assert as_json == shown
 
         grant_file = tmp_path / "grant.yaml"
-        grant_file.write_text(yaml.safe_dump({"tools": ["time.*"], "budget": {"tool_calls": {
-            "time.convert_time": 3}}}))
+        grant_file.write_text(yaml.safe_dump({"tools": ["time.*"], "budget": {"tool_calls": {"time.convert_time": 3}}}))
         await cli(gw, "agents", "grant", "grant-bot", "--file", str(grant_file))
 
         async def widened() -> bool:
@@ -90,40 +99,45 @@ async def test_a_cli_agent_granted_one_tool_can_call_exactly_that_tool(tmp_path)
 async def test_an_admin_api_grant_reaches_a_live_session_at_its_next_call(tmp_path):
     async with running_gateway(tmp_path, manifests=[time_manifest()], extra={"admin_token": ADMIN_TOKEN}) as gw:
         async with gw.http() as http:
-            created = await http.post("/admin/agents", json={"id": "api-bot", "owner": "a@example.com"},
-                                      headers=ADMIN)
+            created = await http.post("/admin/agents", json={"id": "api-bot", "owner": "a@example.com"}, headers=ADMIN)
             body = await client_credentials(gw, "api-bot", created.json()["client_secret"])
             assert await _tool_names(gw, body["access_token"]) == []
 
-            granted = await http.put("/admin/agents/api-bot/grant", json={"tools": ["time.convert_time"]},
-                                     headers=ADMIN)
+            granted = await http.put(
+                "/admin/agents/api-bot/grant", json={"tools": ["time.convert_time"]}, headers=ADMIN
+            )
             assert granted.status_code == 200, granted.text
             assert granted.json()["grant"]["tools"] == ["time.convert_time"]
             # The admin API runs in the gateway's process: no wait at all.
             assert await _tool_names(gw, body["access_token"]) == ["time__convert_time"]
             assert await _unknown(gw, body["access_token"], "time__get_current_time") == (
-                "Unknown tool: time__get_current_time")
+                "Unknown tool: time__get_current_time"
+            )
 
             shown = (await http.get("/admin/agents/api-bot", headers=ADMIN)).json()
             assert shown["grant"]["tools"] == ["time.convert_time"] and shown["source"] == "store"
             assert (await http.put("/admin/agents/ghost-bot/grant", json={}, headers=ADMIN)).status_code == 404
             unauthenticated = await http.put("/admin/agents/api-bot/grant", json={"tools": ["time.*"]})
             assert unauthenticated.status_code == 401
-            huge = await http.put("/admin/agents/api-bot/grant", headers=ADMIN,
-                                  json={"tools": [f"time.t{i}" for i in range(20_000)]})
+            huge = await http.put(
+                "/admin/agents/api-bot/grant", headers=ADMIN, json={"tools": [f"time.t{i}" for i in range(20_000)]}
+            )
             assert huge.status_code == 413
 
         changes = gw.audit("agent.grant_changed")
         assert [(c["actor"], c["agent"], c["tools"]) for c in changes] == [("admin", "api-bot", ["time.convert_time"])]
 
 
-@pytest.mark.parametrize(("grant", "field"), [
-    ({"tools": ["time.*"], "tool": ["x.y"]}, "tool: unknown field"),
-    ({"tools": ["time"]}, "tools: 'time' must be server.tool"),
-    ({"budget": {"session_calls": 0}}, "budget.session_calls: Input should be greater than 0"),
-    ({"budget": {"session_ttl": "forever"}}, "budget.session_ttl"),
-    ({"budget": {"tool_calls": {"time.*": 3}}}, "budget.tool_calls: 'time.*' must name one tool"),
-])
+@pytest.mark.parametrize(
+    ("grant", "field"),
+    [
+        ({"tools": ["time.*"], "tool": ["x.y"]}, "tool: unknown field"),
+        ({"tools": ["time"]}, "tools: 'time' must be server.tool"),
+        ({"budget": {"session_calls": 0}}, "budget.session_calls: Input should be greater than 0"),
+        ({"budget": {"session_ttl": "forever"}}, "budget.session_ttl"),
+        ({"budget": {"tool_calls": {"time.*": 3}}}, "budget.tool_calls: 'time.*' must name one tool"),
+    ],
+)
 async def test_an_invalid_grant_is_refused_by_cli_and_api_with_one_line_naming_the_field(tmp_path, grant, field):
     async with running_gateway(tmp_path, manifests=[], extra={"admin_token": ADMIN_TOKEN}) as gw:
         await cli(gw, "agents", "create", "bad-bot", "--owner", "b@example.com")
@@ -167,8 +181,11 @@ async def test_an_agents_yaml_agent_cannot_be_granted_by_the_cli_or_the_api(tmp_
 _FIELDS = st.sampled_from(["tools", "resources", "prompts", "budget", "alerts", "arguments", "tool", "grant"])
 _VALUES: st.SearchStrategy[Any] = st.one_of(
     st.lists(st.sampled_from(["time.*", "time", "git.git_log", ".x", "a.", "t.[", "*"]), max_size=3),
-    st.dictionaries(st.sampled_from(["session_calls", "session_ttl", "loop_repeats", "nope"]),
-                    st.one_of(st.integers(-2, 5), st.sampled_from(["8h", "x", None])), max_size=2),
+    st.dictionaries(
+        st.sampled_from(["session_calls", "session_ttl", "loop_repeats", "nope"]),
+        st.one_of(st.integers(-2, 5), st.sampled_from(["8h", "x", None])),
+        max_size=2,
+    ),
     st.lists(st.floats(-1, 2, allow_nan=False), max_size=3),
 )
 
@@ -185,8 +202,9 @@ def test_a_grant_the_api_accepts_is_exactly_one_agents_yaml_accepts(raw):
         assert "\n" not in str(exc) and str(exc).startswith("grant: ")
         via_api = None
     try:
-        via_file: GrantSpec | None = AgentsFile.model_validate(
-            {"agents": {"a": {"owner": "a@example.com", "grant": raw}}}).agents["a"].grant
+        via_file: GrantSpec | None = (
+            AgentsFile.model_validate({"agents": {"a": {"owner": "a@example.com", "grant": raw}}}).agents["a"].grant
+        )
     except ValidationError:
         via_file = None
     assert via_api == via_file
@@ -197,6 +215,9 @@ async def test_a_rotated_signing_key_outlives_the_longest_session_a_store_grant_
         await cli(gw, "agents", "create", "long-bot", "--owner", "l@example.com")
         await cli(gw, "agents", "grant", "long-bot", "--tools", "time.*", "--budget", "session_ttl=3d")
         assert "verifies its tokens for 259200s more" in await cli(gw, "keys", "rotate")
-        (rotated,) = [json.loads(line) for line in (gw.root / "state" / "audit-cli.jsonl").read_text().splitlines()
-                      if json.loads(line)["event"] == "key.rotated"]
+        (rotated,) = [
+            json.loads(line)
+            for line in (gw.root / "state" / "audit-cli.jsonl").read_text().splitlines()
+            if json.loads(line)["event"] == "key.rotated"
+        ]
         assert rotated["overlap_s"] == 259200

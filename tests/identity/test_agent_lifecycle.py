@@ -44,8 +44,10 @@ async def record(gw: Harness, event: str, **match: Any) -> dict[str, Any]:
 
 async def test_an_agent_is_disabled_and_its_sessions_revoked_when_it_expires(tmp_path):
     now = time.time()
-    agents = {"temp-bot": {"owner": "t@example.com", "grant": GRANT, "expires": iso(now + 600)},
-              "kept-bot": {"owner": "k@example.com", "grant": GRANT}}
+    agents = {
+        "temp-bot": {"owner": "t@example.com", "grant": GRANT, "expires": iso(now + 600)},
+        "kept-bot": {"owner": "k@example.com", "grant": GRANT},
+    }
     async with running_gateway(tmp_path, manifests=[time_manifest()], agents=agents) as gw:
         secret = await give_secret(gw, "temp-bot")
         kept_secret = await give_secret(gw, "kept-bot")
@@ -82,8 +84,10 @@ async def test_the_token_endpoint_refuses_an_expired_agent_before_any_sweep_has_
 
 
 async def test_an_agent_unused_for_disable_after_idle_is_disabled_and_a_call_counts_as_use(tmp_path):
-    agents = {"idle-bot": {"owner": "i@example.com", "grant": GRANT, "disable_after_idle": "1h"},
-              "busy-bot": {"owner": "b@example.com", "grant": GRANT, "disable_after_idle": None}}
+    agents = {
+        "idle-bot": {"owner": "i@example.com", "grant": GRANT, "disable_after_idle": "1h"},
+        "busy-bot": {"owner": "b@example.com", "grant": GRANT, "disable_after_idle": None},
+    }
     extra = {"agent_defaults": {"disable_after_idle": "1h"}}
     async with running_gateway(tmp_path, manifests=[time_manifest()], agents=agents, extra=extra) as gw:
         lifecycle = Lifecycle(gw.gateway)
@@ -116,7 +120,8 @@ async def test_an_agent_unused_for_disable_after_idle_is_disabled_and_a_call_cou
 
 
 async def test_a_secret_past_credential_max_age_is_refused_with_how_to_rotate_after_an_alert_and_rotation_resets_it(
-        tmp_path):
+    tmp_path,
+):
     agents = {"old-bot": {"owner": "o@example.com", "grant": GRANT}}
     extra = {"agent_defaults": {"credential_max_age": "30d"}}
     async with running_gateway(tmp_path, manifests=[time_manifest()], agents=agents, extra=extra) as gw:
@@ -134,8 +139,9 @@ async def test_a_secret_past_credential_max_age_is_refused_with_how_to_rotate_af
         gw.clock.advance(6 * DAY)  # 31 days old
         refused = await token(gw, {"grant_type": "client_credentials"}, basic("old-bot", secret))
         assert refused.status_code == 401 and refused.json()["error"] == "invalid_client"
-        assert refused.json()["error_description"] == ("client secret is older than credential_max_age (30 days): "
-                                                       "rotate it with mcp-gateway agents rotate old-bot")
+        assert refused.json()["error_description"] == (
+            "client secret is older than credential_max_age (30 days): rotate it with mcp-gateway agents rotate old-bot"
+        )
         failed = await record(gw, "auth.failed")
         assert "rotate it with mcp-gateway agents rotate old-bot" in " ".join(failed["reasons"])
         # Someone without the secret learns nothing: a wrong secret gets the uniform answer.
@@ -151,12 +157,23 @@ async def test_a_secret_past_credential_max_age_is_refused_with_how_to_rotate_af
 
 
 async def test_an_agent_created_with_expires_by_the_cli_expires_and_a_bad_value_is_refused_in_one_line(
-        tmp_path, capsys):
+    tmp_path, capsys
+):
     async with running_gateway(tmp_path, manifests=[time_manifest()], agents={}) as gw:
         await cli(gw, "agents", "create", "tmp-bot", "--owner", "t@example.com", "--expires", "tomorrow", status=1)
         assert "expires: 'tomorrow' is not an ISO 8601 date or time" in capsys.readouterr().err
-        await cli(gw, "agents", "create", "tmp-bot", "--owner", "t@example.com",
-                  "--expires", iso(time.time() + 600), "--credential-max-age", "90d")
+        await cli(
+            gw,
+            "agents",
+            "create",
+            "tmp-bot",
+            "--owner",
+            "t@example.com",
+            "--expires",
+            iso(time.time() + 600),
+            "--credential-max-age",
+            "90d",
+        )
         shown = json.loads(await cli(gw, "agents", "show", "tmp-bot", "--json"))
         assert shown["lifecycle"]["credential_max_age"] == 90 * DAY and shown["lifecycle"]["credential"] == "secret"
         assert shown["lifecycle"]["expires"] is not None
@@ -171,10 +188,14 @@ async def test_an_agent_created_with_expires_by_the_cli_expires_and_a_bad_value_
 async def test_a_store_made_before_lifecycle_counts_existing_credentials_from_their_agents_creation(tmp_path):
     path = tmp_path / "gateway.db"
     db = sqlite_at_version(path, 4)  # the schema as the release before agent lifecycle left it
-    db.execute("INSERT INTO agents (id, owner, source, created_at, secret_hash) "
-               "VALUES ('old-bot', 'o@example.com', 'store', 1000, 'h')")
-    db.execute("INSERT INTO agents (id, owner, source, created_at, jwks) "
-               "VALUES ('keyed-bot', 'k@example.com', 'store', 2000, '{\"keys\": []}')")
+    db.execute(
+        "INSERT INTO agents (id, owner, source, created_at, secret_hash) "
+        "VALUES ('old-bot', 'o@example.com', 'store', 1000, 'h')"
+    )
+    db.execute(
+        "INSERT INTO agents (id, owner, source, created_at, jwks) "
+        "VALUES ('keyed-bot', 'k@example.com', 'store', 2000, '{\"keys\": []}')"
+    )
     db.commit()
     db.close()
     store = SQLiteStore(path)

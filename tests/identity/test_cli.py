@@ -21,8 +21,9 @@ pytestmark = pytest.mark.anyio
 
 async def test_agents_created_by_the_cli_authenticate_with_the_secret_printed_once(tmp_path):
     async with running_gateway(tmp_path, manifests=[]) as gw:
-        secret = (await cli(gw, "agents", "create", "cli-bot", "--owner", "c@example.com",
-                            "--cost-center", "lab")).strip()
+        secret = (
+            await cli(gw, "agents", "create", "cli-bot", "--owner", "c@example.com", "--cost-center", "lab")
+        ).strip()
         assert secret.startswith("mgw_") and len(secret) > 40
         record = await gw.gateway.store.get_agent("cli-bot")
         assert record is not None and record.secret_hash is not None and secret not in record.secret_hash
@@ -33,8 +34,7 @@ async def test_agents_created_by_the_cli_authenticate_with_the_secret_printed_on
         assert next(r for r in rows if r["id"] == "cli-bot")["has_secret"] is True
 
         new_secret = (await cli(gw, "agents", "rotate", "cli-bot")).strip()
-        stale = await token(gw, {"grant_type": "client_credentials", "client_id": "cli-bot",
-                                 "client_secret": secret})
+        stale = await token(gw, {"grant_type": "client_credentials", "client_id": "cli-bot", "client_secret": secret})
         assert stale.status_code == 401
         await client_credentials(gw, "cli-bot", new_secret)
 
@@ -55,24 +55,47 @@ async def test_an_agent_can_register_public_keys_instead_of_a_secret(tmp_path):
     (tmp_path / "keys.json").write_text(json.dumps({"keys": [jwk]}))
     (tmp_path / "private.json").write_text(ECAlgorithm.to_jwk(key, as_dict=False))
     async with running_gateway(tmp_path, manifests=[]) as gw:
-        out = await cli(gw, "agents", "create", "keyed-bot", "--owner", "k@example.com", "--jwks",
-                        str(tmp_path / "keys.json"))
+        out = await cli(
+            gw, "agents", "create", "keyed-bot", "--owner", "k@example.com", "--jwks", str(tmp_path / "keys.json")
+        )
         assert "private_key_jwt" in out
-        await cli(gw, "agents", "create", "leaky-bot", "--owner", "k@example.com", "--jwks",
-                  str(tmp_path / "private.json"), status=1)
+        await cli(
+            gw,
+            "agents",
+            "create",
+            "leaky-bot",
+            "--owner",
+            "k@example.com",
+            "--jwks",
+            str(tmp_path / "private.json"),
+            status=1,
+        )
         now = int(time.time())
-        assertion = jwt.encode({"iss": "keyed-bot", "sub": "keyed-bot", "aud": gw.url, "exp": now + 60,
-                                "jti": uuid.uuid4().hex}, key, algorithm="ES256", headers={"kid": "k1"})
-        response = await token(gw, {"grant_type": "client_credentials", "client_assertion": assertion,
-                                    "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"})
+        assertion = jwt.encode(
+            {"iss": "keyed-bot", "sub": "keyed-bot", "aud": gw.url, "exp": now + 60, "jti": uuid.uuid4().hex},
+            key,
+            algorithm="ES256",
+            headers={"kid": "k1"},
+        )
+        response = await token(
+            gw,
+            {
+                "grant_type": "client_credentials",
+                "client_assertion": assertion,
+                "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            },
+        )
         assert response.status_code == 200, response.text
 
 
 def test_agents_yaml_with_private_key_material_is_refused_in_one_line(tmp_path):
     key = generate_private_key(SECP256R1())
     path = tmp_path / "agents.yaml"
-    path.write_text(json.dumps({"agents": {"bot": {"owner": "o@example.com", "jwks": {
-        "keys": [json.loads(ECAlgorithm.to_jwk(key))]}}}}))
+    path.write_text(
+        json.dumps(
+            {"agents": {"bot": {"owner": "o@example.com", "jwks": {"keys": [json.loads(ECAlgorithm.to_jwk(key))]}}}}
+        )
+    )
     with pytest.raises(ConfigError) as error:
         load_agents(path)
     assert str(error.value) == f"{path}: agents.bot.jwks: must hold public keys only (found private key material)"

@@ -12,8 +12,9 @@ ISSUER = "https://idp.example.com/"
 local = st.text(st.sampled_from("abcdefghijklmnopqrstuvwxyz0123456789.+-_"), min_size=1, max_size=12)
 domain = st.from_regex(r"[a-z]{1,8}\.(com|org|example)", fullmatch=True)
 email = st.builds(lambda name, d: f"{name}@{d}", local, domain)
-entries = st.lists(st.one_of(email, st.builds(lambda d: f"*@{d}", domain),
-                             st.builds(lambda s: f"{ISSUER}|{s}", local)), max_size=5)
+entries = st.lists(
+    st.one_of(email, st.builds(lambda d: f"*@{d}", domain), st.builds(lambda s: f"{ISSUER}|{s}", local)), max_size=5
+)
 
 
 def human(address: str | None, subject: str = "sub-1", may_act: object = None) -> Human:
@@ -51,8 +52,9 @@ def test_an_empty_allow_list_lets_nobody_delegate(address):
     assert not may_delegate([], human(address))
 
 
-@given(st.one_of(st.none(), st.text(max_size=5), st.dictionaries(st.sampled_from(["sub", "iss"]),
-                                                                 st.text(max_size=10))))
+@given(
+    st.one_of(st.none(), st.text(max_size=5), st.dictionaries(st.sampled_from(["sub", "iss"]), st.text(max_size=10)))
+)
 def test_may_act_allows_only_when_absent_or_naming_the_agent(may_act):
     expected = may_act is None or (isinstance(may_act, dict) and may_act.get("sub") == "helper-bot")
     assert may_act_allows(may_act, "helper-bot") == expected

@@ -112,8 +112,10 @@ async def test_a_proof_for_another_url_or_method_replayed_stale_or_hashing_anoth
             "no ath": (key.proof("POST", gw.mcp_url), "ath"),
             "no jti": (key.proof("POST", gw.mcp_url, bound, jti=None), "jti"),
             "wrong typ": (key.proof("POST", gw.mcp_url, bound, header={"typ": "JWT"}), "typ"),
-            "private key in the header": (key.proof("POST", gw.mcp_url, bound, header={"jwk": {**key.jwk, "d": "x"}}),
-                                          "public key"),
+            "private key in the header": (
+                key.proof("POST", gw.mcp_url, bound, header={"jwk": {**key.jwk, "d": "x"}}),
+                "public key",
+            ),
             "not a JWT": ("not-a-proof", "malformed"),
         }
         for case, (proof, reason) in cases.items():
@@ -140,12 +142,15 @@ async def test_dpop_required_refuses_token_requests_without_a_proof_and_off_issu
         secret = await give_secret(gw, "strict-bot")
         response = await token(gw, {"grant_type": "client_credentials"}, basic("strict-bot", secret))
         assert response.status_code == 400
-        assert response.json() == {"error": "invalid_dpop_proof",
-                                   "error_description": "a DPoP proof is required for this agent's tokens"}
+        assert response.json() == {
+            "error": "invalid_dpop_proof",
+            "error_description": "a DPoP proof is required for this agent's tokens",
+        }
         key = DpopKey()
         wrong_url = key.proof("POST", f"{gw.url}/mcp")
-        response = await token(gw, {"grant_type": "client_credentials"}, {**basic("strict-bot", secret),
-                                                                          "DPoP": wrong_url})
+        response = await token(
+            gw, {"grant_type": "client_credentials"}, {**basic("strict-bot", secret), "DPoP": wrong_url}
+        )
         assert response.status_code == 400 and response.json()["error"] == "invalid_dpop_proof"
         assert (await _bound_token(gw, key, "strict-bot"))["token_type"] == "DPoP"
 
@@ -154,8 +159,13 @@ async def test_dpop_required_refuses_token_requests_without_a_proof_and_off_issu
         assert "cnf" not in jwt.decode(legacy["access_token"], options={"verify_signature": False})
         plain = await _initialize(gw, {"Authorization": f"Bearer {legacy['access_token']}"})
         assert plain.status_code == 200
-        posing = await _initialize(gw, {"Authorization": f"DPoP {legacy['access_token']}",
-                                        "DPoP": key.proof("POST", gw.mcp_url, legacy["access_token"])})
+        posing = await _initialize(
+            gw,
+            {
+                "Authorization": f"DPoP {legacy['access_token']}",
+                "DPoP": key.proof("POST", gw.mcp_url, legacy["access_token"]),
+            },
+        )
         assert posing.status_code == 401
         assert posing.headers["www-authenticate"].startswith('Bearer error="invalid_token"')
 
@@ -177,16 +187,20 @@ async def test_usage_reports_and_revocation_with_a_bound_token_need_a_proof(tmp_
         async with gw.http() as http:
             refused = await http.post("/v1/usage", json=report, headers={"Authorization": f"Bearer {bound}"})
             assert _refused(refused)
-            accepted = await http.post("/v1/usage", json=report, headers={
-                "Authorization": f"DPoP {bound}", "DPoP": key.proof("POST", usage_url, bound)})
+            accepted = await http.post(
+                "/v1/usage",
+                json=report,
+                headers={"Authorization": f"DPoP {bound}", "DPoP": key.proof("POST", usage_url, bound)},
+            )
             assert accepted.status_code == 200, accepted.text
 
             revoke_url = f"{gw.url}/oauth/revoke"
             thief = await http.post("/oauth/revoke", data={"token": bound})
             assert _refused_at_revoke(thief)
             assert (await gw.gateway.store.get_session(body["session_id"])).state == "active"
-            owner = await http.post("/oauth/revoke", data={"token": bound},
-                                    headers={"DPoP": key.proof("POST", revoke_url, bound)})
+            owner = await http.post(
+                "/oauth/revoke", data={"token": bound}, headers={"DPoP": key.proof("POST", revoke_url, bound)}
+            )
             assert owner.status_code == 200
             assert (await gw.gateway.store.get_session(body["session_id"])).state == "closed"
 
@@ -213,17 +227,22 @@ async def test_metadata_advertises_dpop_unless_it_is_off(tmp_path):
 
 
 async def test_with_nonces_a_proof_needs_a_fresh_nonce_the_gateway_handed_out(tmp_path):
-    async with running_gateway(tmp_path, manifests=[time_manifest()], agents=AGENTS,
-                               extra={"dpop_nonce": True}) as gw:
+    async with running_gateway(tmp_path, manifests=[time_manifest()], agents=AGENTS, extra={"dpop_nonce": True}) as gw:
         key = DpopKey()
         secret = await give_secret(gw, "alice-bot")
         token_url = f"{gw.url}/oauth/token"
-        asked = await token(gw, {"grant_type": "client_credentials"},
-                            {**basic("alice-bot", secret), "DPoP": key.proof("POST", token_url)})
+        asked = await token(
+            gw,
+            {"grant_type": "client_credentials"},
+            {**basic("alice-bot", secret), "DPoP": key.proof("POST", token_url)},
+        )
         assert asked.status_code == 400 and asked.json()["error"] == "use_dpop_nonce"
         nonce = asked.headers["dpop-nonce"]
-        issued = await token(gw, {"grant_type": "client_credentials"},
-                             {**basic("alice-bot", secret), "DPoP": key.proof("POST", token_url, nonce=nonce)})
+        issued = await token(
+            gw,
+            {"grant_type": "client_credentials"},
+            {**basic("alice-bot", secret), "DPoP": key.proof("POST", token_url, nonce=nonce)},
+        )
         assert issued.status_code == 200 and issued.json()["token_type"] == "DPoP", issued.text
         bound = issued.json()["access_token"]
 
@@ -234,18 +253,26 @@ async def test_with_nonces_a_proof_needs_a_fresh_nonce_the_gateway_handed_out(tm
 
         stale = auth.nonce
         gw.clock.advance(130)  # two nonce periods later
-        answer = await _initialize(gw, {"Authorization": f"DPoP {bound}",
-                                        "DPoP": key.proof("POST", gw.mcp_url, bound, nonce=stale,
-                                                          iat=int(gw.clock()))})
+        answer = await _initialize(
+            gw,
+            {
+                "Authorization": f"DPoP {bound}",
+                "DPoP": key.proof("POST", gw.mcp_url, bound, nonce=stale, iat=int(gw.clock())),
+            },
+        )
         assert answer.status_code == 401 and answer.json()["error"] == "use_dpop_nonce"
         assert answer.headers["www-authenticate"].startswith('DPoP error="use_dpop_nonce"')
         fresh = answer.headers["dpop-nonce"]
         assert fresh != stale
         forged = fresh[:-4] + ("AAAA" if not fresh.endswith("AAAA") else "BBBB")
         for nonce, status in ((forged, 401), (fresh, 200)):
-            answer = await _initialize(gw, {"Authorization": f"DPoP {bound}",
-                                            "DPoP": key.proof("POST", gw.mcp_url, bound, nonce=nonce,
-                                                              iat=int(gw.clock()))})
+            answer = await _initialize(
+                gw,
+                {
+                    "Authorization": f"DPoP {bound}",
+                    "DPoP": key.proof("POST", gw.mcp_url, bound, nonce=nonce, iat=int(gw.clock())),
+                },
+            )
             assert answer.status_code == status, answer.text
         assert answer.headers["dpop-nonce"]  # every answer to a DPoP request carries the current nonce
         assert not any(r["reason"].startswith("DPoP proof needs a fresh nonce") for r in gw.audit("auth.failed"))
@@ -256,13 +283,19 @@ async def test_with_nonces_a_proof_needs_a_fresh_nonce_the_gateway_handed_out(tm
 URL = "https://gw.example.com/mcp"
 _KEY = DpopKey()
 _PATHS = st.sampled_from(["/mcp", "/mcp/", "/servers/time/mcp", "/v1/usage", "/MCP"])
-_HOSTS = st.sampled_from(["gw.example.com", "GW.example.com", "gw.example.com:443", "gw.example.com:8443",
-                          "evil.example.com"])
+_HOSTS = st.sampled_from(
+    ["gw.example.com", "GW.example.com", "gw.example.com:443", "gw.example.com:8443", "evil.example.com"]
+)
 
 
 @settings(max_examples=60, deadline=None)
-@given(method=st.sampled_from(["POST", "GET", "DELETE", "post"]), scheme=st.sampled_from(["https", "http", "HTTPS"]),
-       host=_HOSTS, path=_PATHS, query=st.sampled_from(["", "?a=1", "#frag"]))
+@given(
+    method=st.sampled_from(["POST", "GET", "DELETE", "post"]),
+    scheme=st.sampled_from(["https", "http", "HTTPS"]),
+    host=_HOSTS,
+    path=_PATHS,
+    query=st.sampled_from(["", "?a=1", "#frag"]),
+)
 def test_a_proof_is_accepted_exactly_for_its_own_method_and_normalised_url(method, scheme, host, path, query):
     htu = f"{scheme}://{host}{path}{query}"
     proof = _KEY.proof(method, htu, "tok")
@@ -273,6 +306,9 @@ def test_a_proof_is_accepted_exactly_for_its_own_method_and_normalised_url(metho
     except AuthError:
         accepted = False
     assert accepted == same
-    assert same == (method == "POST" and scheme.lower() == "https" and host.lower() in ("gw.example.com",
-                                                                                         "gw.example.com:443")
-                    and path == "/mcp")
+    assert same == (
+        method == "POST"
+        and scheme.lower() == "https"
+        and host.lower() in ("gw.example.com", "gw.example.com:443")
+        and path == "/mcp"
+    )

@@ -24,8 +24,15 @@ AGENTS = {
 def _id_jag(idp: IdP, gw: Harness, **overrides: Any) -> str:
     """What the IdP's token exchange hands the agent (draft-ietf-oauth-identity-assertion-authz-grant §3)."""
     now = int(time.time())
-    claims = {"aud": gw.url, "client_id": "helper-bot", "jti": uuid.uuid4().hex, "iat": now, "exp": now + 300,
-              "scope": "time.get_current_time", "resource": gw.mcp_url}
+    claims = {
+        "aud": gw.url,
+        "client_id": "helper-bot",
+        "jti": uuid.uuid4().hex,
+        "iat": now,
+        "exp": now + 300,
+        "scope": "time.get_current_time",
+        "resource": gw.mcp_url,
+    }
     header = {"typ": overrides.pop("typ", "oauth-id-jag+jwt")}
     return idp.sign({**claims, **overrides}, header=header)
 
@@ -53,7 +60,8 @@ async def test_an_id_jag_opens_a_delegated_session_whose_records_carry_the_human
             unbound = (await _grant(gw, secret, _id_jag(idp, gw))).json()  # without a proof: a Bearer token
             async with gw.client(unbound["access_token"]) as client:  # 2026-07-28: server/discover
                 assert client.server_capabilities.extensions == {
-                    "io.modelcontextprotocol/enterprise-managed-authorization": {}}
+                    "io.modelcontextprotocol/enterprise-managed-authorization": {}
+                }
                 assert not (await client.call_tool("time__get_current_time", {"timezone": "UTC"})).is_error
             async with gw.client(unbound["access_token"], mode="legacy") as client:  # the handshake era still works
                 assert not (await client.call_tool("time__get_current_time", {"timezone": "UTC"})).is_error
@@ -64,8 +72,14 @@ async def test_an_id_jag_opens_a_delegated_session_whose_records_carry_the_human
 async def test_bad_id_jags_are_refused_with_invalid_grant(tmp_path):
     async with identity_provider() as idp, identity_provider(issuer="https://sso.other.example/") as plain:
         extra = {"identity_providers": [idp.config(id_jag=True), plain.config()]}
-        agents = {**AGENTS, "picky-bot": {"owner": "owner@example.com", "delegators": ["dave@example.com"],
-                                          "grant": {"tools": ["time.*"]}}}
+        agents = {
+            **AGENTS,
+            "picky-bot": {
+                "owner": "owner@example.com",
+                "delegators": ["dave@example.com"],
+                "grant": {"tools": ["time.*"]},
+            },
+        }
         async with running_gateway(tmp_path, manifests=[], agents=agents, extra=extra) as gw:
             secret = await give_secret(gw, "helper-bot")
             picky = await give_secret(gw, "picky-bot")
@@ -75,18 +89,30 @@ async def test_bad_id_jags_are_refused_with_invalid_grant(tmp_path):
                 "wrong typ": (_id_jag(idp, gw, typ="JWT"), "assertion typ must be oauth-id-jag+jwt"),
                 "no typ": (_id_jag(idp, gw, typ=None), "assertion typ must be oauth-id-jag+jwt"),
                 "wrong aud": (_id_jag(idp, gw, aud=idp.audience), "JWT audience not accepted"),
-                "aud with another party too": (_id_jag(idp, gw, aud=[gw.url, "https://other.example"]),
-                                               "ID-JAG audience must be exactly this gateway"),
-                "another client": (_id_jag(idp, gw, client_id="other-bot"),
-                                   "ID-JAG client_id is not the authenticated client"),
-                "IdP without id_jag": (_id_jag(plain, gw),
-                                       "this identity provider may not issue ID-JAGs (id_jag: true)"),
-                "human outside delegators": (_id_jag(idp, gw, email="mallory@evil.example"),
-                                             "this person may not delegate to this agent (delegators)"),
-                "another resource": (_id_jag(idp, gw, resource="https://elsewhere.example/mcp"),
-                                     "ID-JAG resource is not served by this gateway"),
-                "a resource that is no URL": (_id_jag(idp, gw, resource=7),
-                                              "ID-JAG resource is not served by this gateway"),
+                "aud with another party too": (
+                    _id_jag(idp, gw, aud=[gw.url, "https://other.example"]),
+                    "ID-JAG audience must be exactly this gateway",
+                ),
+                "another client": (
+                    _id_jag(idp, gw, client_id="other-bot"),
+                    "ID-JAG client_id is not the authenticated client",
+                ),
+                "IdP without id_jag": (
+                    _id_jag(plain, gw),
+                    "this identity provider may not issue ID-JAGs (id_jag: true)",
+                ),
+                "human outside delegators": (
+                    _id_jag(idp, gw, email="mallory@evil.example"),
+                    "this person may not delegate to this agent (delegators)",
+                ),
+                "another resource": (
+                    _id_jag(idp, gw, resource="https://elsewhere.example/mcp"),
+                    "ID-JAG resource is not served by this gateway",
+                ),
+                "a resource that is no URL": (
+                    _id_jag(idp, gw, resource=7),
+                    "ID-JAG resource is not served by this gateway",
+                ),
                 "no jti": (_id_jag(idp, gw, jti=None), "JWT lacks the jti claim"),
                 "expired": (_id_jag(idp, gw, exp=int(time.time()) - 5), "JWT expired"),
                 "replayed": (replayed, "ID-JAG replayed (jti already used)"),

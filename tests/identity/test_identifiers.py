@@ -29,9 +29,22 @@ async def test_an_agent_id_with_a_trailing_newline_is_refused_by_the_cli_the_adm
 ) -> None:
     async with running_gateway(tmp_path, manifests=[], extra={"admin_token": ADMIN_TOKEN}) as gw:
         done = subprocess.run(
-            [sys.executable, "-m", "gateway", "agents", "create", "rb\n", "--owner", "r@example.com",
-             "--config", str(tmp_path / "gateway.yaml")],
-            capture_output=True, text=True, cwd=REPO, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "agents",
+                "create",
+                "rb\n",
+                "--owner",
+                "r@example.com",
+                "--config",
+                str(tmp_path / "gateway.yaml"),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=60,
         )
         assert done.returncode == 2, done.stdout
         assert "'rb\\n' must match" in done.stderr and done.stdout == ""
@@ -65,13 +78,22 @@ def _agents_yaml(agent_id: str) -> None:
 
 
 def _manifest_name(name: str) -> None:
-    Manifest.model_validate({"name": name, "owner": "o@example.com", "transport": "stdio", "command": "true",
-                             "tools": "*"})
+    Manifest.model_validate(
+        {"name": name, "owner": "o@example.com", "transport": "stdio", "command": "true", "tools": "*"}
+    )
 
 
 def _pin(pin: str) -> None:
-    Manifest.model_validate({"name": "x", "owner": "o@example.com", "transport": "stdio", "command": "true",
-                             "tools": "*", "pins": {"t": pin}})
+    Manifest.model_validate(
+        {
+            "name": "x",
+            "owner": "o@example.com",
+            "transport": "stdio",
+            "command": "true",
+            "tools": "*",
+            "pins": {"t": pin},
+        }
+    )
 
 
 def _owner(email: str) -> None:

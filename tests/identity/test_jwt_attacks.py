@@ -44,8 +44,9 @@ async def test_forged_and_misused_tokens_are_all_refused_with_the_challenge(tmp_
         await Operations(g, "test").end_session(closed.sid, "closed")
         kid, key = g.keys.sign_key()
         claims = jwt.decode(alice_token, options={"verify_signature": False})
-        public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                   serialization.PublicFormat.SubjectPublicKeyInfo)
+        public_pem = key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
 
         def signed(header: dict[str, Any] | None = None, **changes: Any) -> str:
             body = {k: v for k, v in {**claims, **changes}.items() if v is not None}
@@ -63,8 +64,9 @@ async def test_forged_and_misused_tokens_are_all_refused_with_the_challenge(tmp_
             "wrong typ": signed({"typ": "JWT"}),
             "sid of another agent": signed(sid=bob.sid),
             "closed session": closed_token,
-            "signed by a stranger": jwt.encode(claims, Ed25519PrivateKey.generate(), algorithm="EdDSA",
-                                               headers={"kid": kid, "typ": "at+jwt"}),
+            "signed by a stranger": jwt.encode(
+                claims, Ed25519PrivateKey.generate(), algorithm="EdDSA", headers={"kid": kid, "typ": "at+jwt"}
+            ),
             "subject swapped": signed(sub="mallory@example.com"),
             "a credential kind it never issues": signed(credential="root"),
             "a credential claim that is not a name": signed(credential=["workload"]),
@@ -77,8 +79,7 @@ async def test_forged_and_misused_tokens_are_all_refused_with_the_challenge(tmp_
 
 
 async def test_a_token_signed_by_a_rotated_out_key_fails_after_its_overlap(tmp_path):
-    agents = {"long-bot": {"owner": "l@example.com", "grant": {"budget": {"session_ttl": "8h",
-                                                                            "idle_timeout": "8h"}}}}
+    agents = {"long-bot": {"owner": "l@example.com", "grant": {"budget": {"session_ttl": "8h", "idle_timeout": "8h"}}}}
     async with running_gateway(tmp_path, manifests=[], agents=agents) as gw:
         _, old = await gw.gateway.sessions.open("long-bot", via="test")
         gw.gateway.keys.rotate(gw.clock(), overlap=60)
@@ -121,7 +122,7 @@ def test_any_change_to_a_valid_token_makes_it_fail_verification(token_setup, dat
     tokens, token = token_setup
     position = data.draw(st.integers(0, len(token) - 1))
     replacement = data.draw(st.sampled_from("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.="))
-    mutated = token[:position] + replacement + token[position + 1:]
+    mutated = token[:position] + replacement + token[position + 1 :]
     if base64_equivalent(mutated, token):
         return
     with pytest.raises(AuthError):
@@ -144,8 +145,12 @@ def base64_equivalent(a: str, b: str) -> bool:
 
 
 @settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
-@given(claims=st.dictionaries(st.sampled_from(["iss", "aud", "exp", "iat", "sid", "client_id", "sub", "jti", "act"]),
-                              st.one_of(st.text(max_size=10), st.integers(), st.none())))
+@given(
+    claims=st.dictionaries(
+        st.sampled_from(["iss", "aud", "exp", "iat", "sid", "client_id", "sub", "jti", "act"]),
+        st.one_of(st.text(max_size=10), st.integers(), st.none()),
+    )
+)
 def test_tokens_signed_with_any_other_key_never_verify(token_setup, claims):
     tokens, token = token_setup
     body = {**jwt.decode(token, options={"verify_signature": False}), **claims}

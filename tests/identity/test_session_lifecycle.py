@@ -42,8 +42,9 @@ async def test_revoking_a_token_refuses_the_very_next_request(tmp_path):
         body = await client_credentials(gw, "alice-bot", secret)
         assert not (await call_time(gw, body["access_token"])).is_error
         async with gw.http() as http:
-            revoked = await http.post("/oauth/revoke", data={"token": body["access_token"]},
-                                      headers=basic("alice-bot", secret))
+            revoked = await http.post(
+                "/oauth/revoke", data={"token": body["access_token"]}, headers=basic("alice-bot", secret)
+            )
         assert revoked.status_code == 200
         _refused(await mcp_status(gw, body["access_token"]))
         assert _closed(gw, body["session_id"])["reason"] == "closed"
@@ -57,8 +58,9 @@ async def test_revocation_endpoint_rules_of_rfc_7009(tmp_path):
         async with gw.http() as http:
             unknown = await http.post("/oauth/revoke", data={"token": "garbage"}, headers=basic("alice-bot", alice))
             assert unknown.status_code == 200
-            wrong_secret = await http.post("/oauth/revoke", data={"token": alice_token},
-                                           headers=basic("alice-bot", "nope"))
+            wrong_secret = await http.post(
+                "/oauth/revoke", data={"token": alice_token}, headers=basic("alice-bot", "nope")
+            )
             assert wrong_secret.status_code == 401 and wrong_secret.json()["error"] == "invalid_client"
             others = await http.post("/oauth/revoke", data={"token": bob_token}, headers=basic("alice-bot", alice))
             assert others.status_code == 400 and others.json()["error"] == "unauthorized_client"
@@ -84,8 +86,7 @@ async def test_operator_close_and_revoke_from_the_cli_refuse_the_next_request(tm
 
 
 async def test_expiry_and_idle_timeout_follow_the_clock(tmp_path):
-    agents = {"idle-bot": {"owner": "i@example.com", "grant": {"budget": {"idle_timeout": "10m",
-                                                                            "session_ttl": "1h"}}}}
+    agents = {"idle-bot": {"owner": "i@example.com", "grant": {"budget": {"idle_timeout": "10m", "session_ttl": "1h"}}}}
     async with running_gateway(tmp_path, manifests=[], agents=agents) as gw:
         _, short = await gw.gateway.sessions.open("idle-bot", ttl=120, via="test")
         idle_sid, idle = await gw.gateway.sessions.open("idle-bot", via="test")
@@ -121,9 +122,16 @@ async def test_ending_a_session_ends_its_in_flight_sse_response(tmp_path):
     agents = {**DEFAULT_AGENTS, "long-bot": {"owner": "l@example.com", "grant": {"tools": ["everything.*"]}}}
     async with running_gateway(tmp_path, manifests=[everything_stdio_manifest()], agents=agents) as gw:
         session, access_token = await gw.gateway.sessions.open("long-bot", via="test")
-        call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
-            "name": "everything__trigger-long-running-operation", "arguments": {"duration": 30, "steps": 30},
-            "_meta": {"progressToken": "p1"}}}
+        call = {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {
+                "name": "everything__trigger-long-running-operation",
+                "arguments": {"duration": 30, "steps": 30},
+                "_meta": {"progressToken": "p1"},
+            },
+        }
         async with legacy_session(gw, access_token) as (http, headers):
             async with http.stream("POST", "/mcp", json=call, headers=headers) as response:
                 lines: list[str] = []
@@ -148,8 +156,13 @@ async def test_a_restart_on_the_same_state_keeps_live_sessions_and_revocations(t
 
 
 async def test_renewal_keeps_the_session_id_and_its_budget(tmp_path):
-    agents = {**DEFAULT_AGENTS, "budget-bot": {"owner": "b@example.com", "grant": {
-        "tools": ["time.*"], "budget": {"session_calls": 10, "session_ttl": "1h"}}}}
+    agents = {
+        **DEFAULT_AGENTS,
+        "budget-bot": {
+            "owner": "b@example.com",
+            "grant": {"tools": ["time.*"], "budget": {"session_calls": 10, "session_ttl": "1h"}},
+        },
+    }
     async with running_gateway(tmp_path, manifests=[time_manifest()], agents=agents) as gw:
         secret = await give_secret(gw, "budget-bot")
         first = await client_credentials(gw, "budget-bot", secret, ttl="5m", task="renew me")
@@ -165,12 +178,14 @@ async def test_renewal_keeps_the_session_id_and_its_budget(tmp_path):
         assert session.task == "renew me"
 
         other = await give_secret(gw, "bob-bot")
-        stolen = await token(gw, {"grant_type": "client_credentials", "session_id": first["session_id"]},
-                             basic("bob-bot", other))
+        stolen = await token(
+            gw, {"grant_type": "client_credentials", "session_id": first["session_id"]}, basic("bob-bot", other)
+        )
         assert stolen.status_code == 400 and stolen.json()["error"] == "invalid_grant"
         gw.clock.advance(3600)
-        late = await token(gw, {"grant_type": "client_credentials", "session_id": first["session_id"]},
-                           basic("budget-bot", secret))
+        late = await token(
+            gw, {"grant_type": "client_credentials", "session_id": first["session_id"]}, basic("budget-bot", secret)
+        )
         assert late.status_code == 400 and late.json()["error"] == "invalid_grant"
 
 

@@ -39,8 +39,10 @@ async def test_with_block_the_extra_client_is_refused_and_the_first_keeps_workin
             with pytest.raises(Exception) as refused:  # the handshake itself is refused
                 async with gw.client(token, client_info=_info("ide-two")) as second:
                     await second.list_tools()
-            assert any(isinstance(e, MCPError) and "credential is in use by more clients" in str(e)
-                       for e in _leaves(refused.value))
+            assert any(
+                isinstance(e, MCPError) and "credential is in use by more clients" in str(e)
+                for e in _leaves(refused.value)
+            )
             assert (await first.list_tools()).tools
         assert gw.audit("credential.shared_suspected")[0]["blocked"] is True
 

@@ -42,8 +42,9 @@ async def test_client_credentials_token_calls_a_tool_through_the_sdk_and_the_aud
 async def test_client_secret_post_authenticates_like_basic(tmp_path):
     async with running_gateway(tmp_path, manifests=[]) as gw:
         secret = await give_secret(gw, "bob-bot")
-        response = await token(gw, {"grant_type": "client_credentials", "client_id": "bob-bot",
-                                    "client_secret": secret})
+        response = await token(
+            gw, {"grant_type": "client_credentials", "client_id": "bob-bot", "client_secret": secret}
+        )
         assert response.status_code == 200, response.text
         assert response.headers["cache-control"] == "no-store"
 
@@ -67,19 +68,26 @@ async def test_unknown_client_wrong_secret_and_disabled_client_get_one_identical
             ("ghost-bot", secret): "unknown client",
         }
         async with gw.http() as http:
-            for endpoint, form in (("/oauth/token", {"grant_type": "client_credentials"}),
-                                   ("/oauth/revoke", {"token": live["access_token"]})):
-                basics = [_answer(await http.post(endpoint, data=form, headers=basic(client, password)))
-                          for client, password in credentials]
-                posts = [_answer(await http.post(endpoint, data={**form, "client_id": client,
-                                                                 "client_secret": password}))
-                         for client, password in credentials]
+            for endpoint, form in (
+                ("/oauth/token", {"grant_type": "client_credentials"}),
+                ("/oauth/revoke", {"token": live["access_token"]}),
+            ):
+                basics = [
+                    _answer(await http.post(endpoint, data=form, headers=basic(client, password)))
+                    for client, password in credentials
+                ]
+                posts = [
+                    _answer(await http.post(endpoint, data={**form, "client_id": client, "client_secret": password}))
+                    for client, password in credentials
+                ]
                 assert basics[0] == basics[1] == basics[2], endpoint
                 assert posts[0] == posts[1] == posts[2], endpoint
                 status, headers, body = basics[0]
                 assert status == 401 and dict(headers)["www-authenticate"].startswith("Basic")
-                assert json.loads(body) == {"error": "invalid_client",
-                                            "error_description": "client authentication failed"}
+                assert json.loads(body) == {
+                    "error": "invalid_client",
+                    "error_description": "client authentication failed",
+                }
                 assert posts[0][0] == 401 and "www-authenticate" not in dict(posts[0][1])
         assert set(credentials.values()) <= {r["reason"] for r in gw.audit("auth.failed")}
         assert [r["session"] for r in gw.audit("session.opened")] == [live["session_id"]]
@@ -100,21 +108,49 @@ async def test_malformed_requests_get_the_rfc_6749_error_that_names_the_problem(
         auth = basic("alice-bot", secret)
         async with gw.http() as http:
             cases = [
-                (await http.post("/oauth/token", json={"grant_type": "client_credentials"}, headers=auth),
-                 "invalid_request", "x-www-form-urlencoded"),
+                (
+                    await http.post("/oauth/token", json={"grant_type": "client_credentials"}, headers=auth),
+                    "invalid_request",
+                    "x-www-form-urlencoded",
+                ),
                 (await http.post("/oauth/token", data={"task": "t"}, headers=auth), "invalid_request", "grant_type"),
-                (await http.post("/oauth/token", content="grant_type=client_credentials&grant_type=password",
-                                 headers={**auth, "content-type": "application/x-www-form-urlencoded"}),
-                 "invalid_request", "more than once"),
-                (await http.post("/oauth/token", data={"grant_type": "password"}, headers=auth),
-                 "unsupported_grant_type", "password"),
-                (await http.post("/oauth/token", data={"grant_type": "client_credentials",
-                                                       "resource": "https://elsewhere.example/mcp"}, headers=auth),
-                 "invalid_target", "elsewhere"),
-                (await http.post("/oauth/token", data={"grant_type": "client_credentials", "ttl": "soon"},
-                                 headers=auth), "invalid_request", "ttl"),
-                (await http.post("/oauth/token", data={"grant_type": "client_credentials", "client_secret": secret},
-                                 headers=auth), "invalid_request", "one client authentication method"),
+                (
+                    await http.post(
+                        "/oauth/token",
+                        content="grant_type=client_credentials&grant_type=password",
+                        headers={**auth, "content-type": "application/x-www-form-urlencoded"},
+                    ),
+                    "invalid_request",
+                    "more than once",
+                ),
+                (
+                    await http.post("/oauth/token", data={"grant_type": "password"}, headers=auth),
+                    "unsupported_grant_type",
+                    "password",
+                ),
+                (
+                    await http.post(
+                        "/oauth/token",
+                        data={"grant_type": "client_credentials", "resource": "https://elsewhere.example/mcp"},
+                        headers=auth,
+                    ),
+                    "invalid_target",
+                    "elsewhere",
+                ),
+                (
+                    await http.post(
+                        "/oauth/token", data={"grant_type": "client_credentials", "ttl": "soon"}, headers=auth
+                    ),
+                    "invalid_request",
+                    "ttl",
+                ),
+                (
+                    await http.post(
+                        "/oauth/token", data={"grant_type": "client_credentials", "client_secret": secret}, headers=auth
+                    ),
+                    "invalid_request",
+                    "one client authentication method",
+                ),
             ]
         for response, error, words in cases:
             assert response.status_code == 400, response.text
@@ -127,8 +163,9 @@ async def test_every_resource_the_gateway_serves_is_an_accepted_target(tmp_path)
         secret = await give_secret(gw, "alice-bot")
         for resource in (gw.url, gw.mcp_url, gw.server_url("time")):
             await client_credentials(gw, "alice-bot", secret, resource=resource)
-        response = await token(gw, {"grant_type": "client_credentials", "resource": gw.server_url("nope")},
-                               basic("alice-bot", secret))
+        response = await token(
+            gw, {"grant_type": "client_credentials", "resource": gw.server_url("nope")}, basic("alice-bot", secret)
+        )
         assert response.json()["error"] == "invalid_target"
 
 
@@ -168,21 +205,32 @@ async def test_one_client_is_limited_on_its_own_budget(tmp_path):
 
 def _assertion(key: Ed25519PrivateKey, agent: str, audience: str, **overrides: object) -> str:
     now = int(time.time())
-    claims = {"iss": agent, "sub": agent, "aud": audience, "iat": now, "exp": now + 60,
-              "jti": uuid.uuid4().hex, **overrides}
+    claims = {
+        "iss": agent,
+        "sub": agent,
+        "aud": audience,
+        "iat": now,
+        "exp": now + 60,
+        "jti": uuid.uuid4().hex,
+        **overrides,
+    }
     return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": "agent-key-1"})
 
 
 def _key_agents(key: Ed25519PrivateKey) -> dict[str, object]:
     jwk = {**json.loads(OKPAlgorithm.to_jwk(key.public_key())), "kid": "agent-key-1"}
-    return {**DEFAULT_AGENTS, "keyed-bot": {"owner": "k@example.com", "grant": {"tools": ["time.*"]},
-                                            "jwks": {"keys": [jwk]}}}
+    return {
+        **DEFAULT_AGENTS,
+        "keyed-bot": {"owner": "k@example.com", "grant": {"tools": ["time.*"]}, "jwks": {"keys": [jwk]}},
+    }
 
 
 def _jwt_form(assertion: str) -> dict[str, str]:
-    return {"grant_type": "client_credentials",
-            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-            "client_assertion": assertion}
+    return {
+        "grant_type": "client_credentials",
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "client_assertion": assertion,
+    }
 
 
 async def test_private_key_jwt_authenticates_and_a_replayed_assertion_is_rejected(tmp_path):

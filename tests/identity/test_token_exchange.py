@@ -99,8 +99,11 @@ async def test_subject_tokens_from_an_unlisted_issuer_for_another_audience_or_ex
                 assert response.status_code == 400, case
                 assert response.json()["error"] == "invalid_grant", case
             reasons = {r["reason"] for r in gw.audit("auth.failed")}
-            assert {"subject_token issuer is not a configured identity provider", "JWT audience not accepted",
-                    "JWT expired"} <= reasons
+            assert {
+                "subject_token issuer is not a configured identity provider",
+                "JWT audience not accepted",
+                "JWT expired",
+            } <= reasons
             assert not gw.audit("session.opened")
 
 

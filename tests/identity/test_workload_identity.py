@@ -33,24 +33,41 @@ SPIFFE_SUBJECT = "spiffe://example.org/ns/research/sa/indexer"
 
 def _agents(k8s: IdP, spire: IdP | None = None) -> dict[str, Any]:
     agents: dict[str, Any] = {
-        "k8s-bot": {"owner": "research@example.com", "grant": {"tools": ["time.*"]},
-                    "workload": {"issuer": k8s.issuer, "subject": K8S_SUBJECT}},
-        "off-bot": {"owner": "research@example.com", "disabled": True, "grant": {"tools": ["time.*"]},
-                    "workload": {"issuer": k8s.issuer, "subject": "system:serviceaccount:research:retired"}},
+        "k8s-bot": {
+            "owner": "research@example.com",
+            "grant": {"tools": ["time.*"]},
+            "workload": {"issuer": k8s.issuer, "subject": K8S_SUBJECT},
+        },
+        "off-bot": {
+            "owner": "research@example.com",
+            "disabled": True,
+            "grant": {"tools": ["time.*"]},
+            "workload": {"issuer": k8s.issuer, "subject": "system:serviceaccount:research:retired"},
+        },
     }
     if spire is not None:
-        agents["spiffe-bot"] = {"owner": "research@example.com", "grant": {"tools": ["time.*"]},
-                                "workload": {"issuer": spire.issuer, "subject": SPIFFE_SUBJECT}}
+        agents["spiffe-bot"] = {
+            "owner": "research@example.com",
+            "grant": {"tools": ["time.*"]},
+            "workload": {"issuer": spire.issuer, "subject": SPIFFE_SUBJECT},
+        }
     return agents
 
 
 def _k8s_token(idp: IdP, **overrides: Any) -> str:
     """What a projected service account token looks like (`aud` a list, kubernetes.io claims, a jti)."""
     now = int(time.time())
-    claims = {"iss": idp.issuer, "sub": K8S_SUBJECT, "aud": [idp.audience], "iat": now, "nbf": now, "exp": now + 600,
-              "jti": str(uuid.uuid4()),
-              "kubernetes.io": {"namespace": "research", "serviceaccount": {"name": "bot", "uid": str(uuid.uuid4())}},
-              **overrides}
+    claims = {
+        "iss": idp.issuer,
+        "sub": K8S_SUBJECT,
+        "aud": [idp.audience],
+        "iat": now,
+        "nbf": now,
+        "exp": now + 600,
+        "jti": str(uuid.uuid4()),
+        "kubernetes.io": {"namespace": "research", "serviceaccount": {"name": "bot", "uid": str(uuid.uuid4())}},
+        **overrides,
+    }
     return idp.sign(claims, email=None, email_verified=None)  # sign() drops the claims set to None
 
 
@@ -83,11 +100,15 @@ async def test_a_kubernetes_service_account_token_opens_a_session_that_outlives_
 async def test_a_spiffe_jwt_svid_opens_a_session_and_calls_a_tool(tmp_path):
     async with identity_provider(issuer=K8S) as k8s, identity_provider("ES256", issuer=SPIFFE, audience="mcp") as spire:
         extra = {"workload_issuers": [k8s.config(), spire.config(algorithms=["ES256"])]}
-        async with running_gateway(tmp_path, manifests=[time_manifest()], agents=_agents(k8s, spire),
-                                   extra=extra) as gw:
+        async with running_gateway(
+            tmp_path, manifests=[time_manifest()], agents=_agents(k8s, spire), extra=extra
+        ) as gw:
             now = int(time.time())
-            svid = spire.sign({"iss": spire.issuer, "sub": SPIFFE_SUBJECT, "aud": ["mcp"], "iat": now,
-                               "exp": now + 300}, email=None, email_verified=None)  # JWT-SVIDs carry no jti
+            svid = spire.sign(
+                {"iss": spire.issuer, "sub": SPIFFE_SUBJECT, "aud": ["mcp"], "iat": now, "exp": now + 300},
+                email=None,
+                email_verified=None,
+            )  # JWT-SVIDs carry no jti
             response = await token(gw, _grant(svid))
             assert response.status_code == 200, response.text
             assert not (await call_time(gw, response.json()["access_token"])).is_error
@@ -97,6 +118,7 @@ async def test_a_spiffe_jwt_svid_opens_a_session_and_calls_a_tool(tmp_path):
 
 def _forged(claims: dict[str, Any], alg: str, key: bytes = b"") -> str:
     """A token no JWT library would sign: HS256 keyed with the issuer's public key, or `none`."""
+
     def part(value: Any) -> str:
         return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
 
@@ -124,17 +146,26 @@ async def test_bad_workload_jwts_are_refused_with_invalid_grant_and_audited(tmp_
                 "expired": (_k8s_token(k8s, exp=now - 5, iat=now - 600, nbf=now - 600), "JWT expired"),
                 "no exp": (_k8s_token(k8s, exp=None), "JWT lacks the exp claim"),
                 "not yet valid": (_k8s_token(k8s, nbf=now + 600, iat=now), "JWT not valid yet"),
-                "unknown subject": (_k8s_token(k8s, sub="system:serviceaccount:research:intruder"),
-                                    "workload subject is not mapped to an agent"),
-                "disabled agent": (_k8s_token(k8s, sub="system:serviceaccount:research:retired"),
-                                   "workload subject maps to a disabled agent"),
-                "HS256 keyed with the public key": (_forged(genuine, "HS256", public_pem),
-                                                    "JWT algorithm not accepted"),
+                "unknown subject": (
+                    _k8s_token(k8s, sub="system:serviceaccount:research:intruder"),
+                    "workload subject is not mapped to an agent",
+                ),
+                "disabled agent": (
+                    _k8s_token(k8s, sub="system:serviceaccount:research:retired"),
+                    "workload subject maps to a disabled agent",
+                ),
+                "HS256 keyed with the public key": (
+                    _forged(genuine, "HS256", public_pem),
+                    "JWT algorithm not accepted",
+                ),
                 "alg none": (_forged(genuine, "none"), "JWT algorithm not accepted"),
                 "replayed jti": (replayed, "workload JWT replayed (jti already used)"),
-                "an ID-JAG of the same issuer": (k8s.sign({"sub": K8S_SUBJECT, "aud": k8s.audience, "jti": "j-1"},
-                                                          header={"typ": "oauth-id-jag+jwt"}),
-                                                 "an ID-JAG needs the agent to authenticate as the client"),
+                "an ID-JAG of the same issuer": (
+                    k8s.sign(
+                        {"sub": K8S_SUBJECT, "aud": k8s.audience, "jti": "j-1"}, header={"typ": "oauth-id-jag+jwt"}
+                    ),
+                    "an ID-JAG needs the agent to authenticate as the client",
+                ),
             }
             for case, (assertion, reason) in cases.items():
                 response = await token(gw, _grant(assertion))
@@ -170,13 +201,17 @@ async def test_the_grant_is_advertised_and_a_workload_agent_can_not_be_given_a_s
 
 
 def test_an_agent_workload_must_name_a_configured_issuer_once(tmp_path: Path) -> None:
-    config = GatewayConfig(public_url="http://127.0.0.1:1", agents=tmp_path / "agents.yaml", workload_issuers=[
-        {"issuer": K8S, "jwks_url": "http://127.0.0.1:2/jwks.json", "audience": "mcp-gateway"}])
+    config = GatewayConfig(
+        public_url="http://127.0.0.1:1",
+        agents=tmp_path / "agents.yaml",
+        workload_issuers=[{"issuer": K8S, "jwks_url": "http://127.0.0.1:2/jwks.json", "audience": "mcp-gateway"}],
+    )
     spec = {"owner": "o@example.com", "workload": {"issuer": K8S, "subject": K8S_SUBJECT}}
     check_workloads(config, {"a": AgentSpec.model_validate(spec)})
     with pytest.raises(ConfigError, match=r"agents.b.workload: issuer 'https://other' is not in gateway.yaml"):
-        check_workloads(config, {"b": AgentSpec.model_validate({**spec, "workload": {"issuer": "https://other",
-                                                                                     "subject": "x"}})})
+        check_workloads(
+            config, {"b": AgentSpec.model_validate({**spec, "workload": {"issuer": "https://other", "subject": "x"}})}
+        )
     with pytest.raises(ConfigError, match="agents.b.workload: the same issuer and subject as agent 'a'"):
         check_workloads(config, {"a": AgentSpec.model_validate(spec), "b": AgentSpec.model_validate(spec)})
 
@@ -195,15 +230,24 @@ def test_bad_workload_and_dpop_settings_stop_startup_with_one_line(tmp_path: Pat
         AgentSpec.model_validate({"owner": "o@example.com", "workload": {"issuer": K8S, "subject": ""}})
 
 
-async def test_an_agent_created_with_a_workload_identity_from_the_cli_or_the_api_opens_sessions_with_its_jwt(
-        tmp_path):
+async def test_an_agent_created_with_a_workload_identity_from_the_cli_or_the_api_opens_sessions_with_its_jwt(tmp_path):
     admin = "admin-token-for-workload-tests"
     async with identity_provider(issuer=K8S) as k8s:
         extra = {"workload_issuers": [k8s.config()], "admin_token": admin}
         async with running_gateway(tmp_path, manifests=[], agents=_agents(k8s), extra=extra) as gw:
             runner = "system:serviceaccount:ci:runner"
-            out = await cli(gw, "agents", "create", "ci-bot", "--owner", "ci@example.com",
-                            "--workload-issuer", K8S, "--workload-subject", runner)
+            out = await cli(
+                gw,
+                "agents",
+                "create",
+                "ci-bot",
+                "--owner",
+                "ci@example.com",
+                "--workload-issuer",
+                K8S,
+                "--workload-subject",
+                runner,
+            )
             assert out.strip() == "created ci-bot (workload)"  # no secret printed: none exists
             response = await token(gw, _grant(_k8s_token(k8s, sub=runner)))
             assert response.status_code == 200, response.text
@@ -212,24 +256,70 @@ async def test_an_agent_created_with_a_workload_identity_from_the_cli_or_the_api
             assert any(line.startswith("ci-bot") and line.endswith("workload") for line in listed.splitlines())
 
             await cli(gw, "agents", "rotate", "ci-bot", status=1)  # it never gets a secret
-            await cli(gw, "agents", "create", "copy-bot", "--owner", "ci@example.com",  # taken by ci-bot
-                      "--workload-issuer", K8S, "--workload-subject", runner, status=1)
-            await cli(gw, "agents", "create", "copy-bot", "--owner", "ci@example.com",  # taken in agents.yaml
-                      "--workload-issuer", K8S, "--workload-subject", K8S_SUBJECT, status=1)
-            await cli(gw, "agents", "create", "far-bot", "--owner", "ci@example.com",
-                      "--workload-issuer", "https://unlisted.example", "--workload-subject", "x", status=1)
-            await cli(gw, "agents", "create", "half-bot", "--owner", "ci@example.com", "--workload-issuer", K8S,
-                      status=1)
+            await cli(
+                gw,
+                "agents",
+                "create",
+                "copy-bot",
+                "--owner",
+                "ci@example.com",  # taken by ci-bot
+                "--workload-issuer",
+                K8S,
+                "--workload-subject",
+                runner,
+                status=1,
+            )
+            await cli(
+                gw,
+                "agents",
+                "create",
+                "copy-bot",
+                "--owner",
+                "ci@example.com",  # taken in agents.yaml
+                "--workload-issuer",
+                K8S,
+                "--workload-subject",
+                K8S_SUBJECT,
+                status=1,
+            )
+            await cli(
+                gw,
+                "agents",
+                "create",
+                "far-bot",
+                "--owner",
+                "ci@example.com",
+                "--workload-issuer",
+                "https://unlisted.example",
+                "--workload-subject",
+                "x",
+                status=1,
+            )
+            await cli(
+                gw, "agents", "create", "half-bot", "--owner", "ci@example.com", "--workload-issuer", K8S, status=1
+            )
 
             headers = {"Authorization": f"Bearer {admin}"}
             async with gw.http() as http:
-                created = await http.post("/admin/agents", headers=headers, json={
-                    "id": "api-bot", "owner": "ci@example.com",
-                    "workload": {"issuer": K8S, "subject": "system:serviceaccount:ci:api"}})
+                created = await http.post(
+                    "/admin/agents",
+                    headers=headers,
+                    json={
+                        "id": "api-bot",
+                        "owner": "ci@example.com",
+                        "workload": {"issuer": K8S, "subject": "system:serviceaccount:ci:api"},
+                    },
+                )
                 assert created.status_code == 201 and created.json() == {"id": "api-bot"}, created.text
-                taken = await http.post("/admin/agents", headers=headers, json={
-                    "id": "api-bot-2", "owner": "ci@example.com",
-                    "workload": {"issuer": K8S, "subject": "system:serviceaccount:ci:api"}})
+                taken = await http.post(
+                    "/admin/agents",
+                    headers=headers,
+                    json={
+                        "id": "api-bot-2",
+                        "owner": "ci@example.com",
+                        "workload": {"issuer": K8S, "subject": "system:serviceaccount:ci:api"},
+                    },
+                )
                 assert taken.status_code == 409 and "already has this workload identity" in taken.json()["error"]
                 listed_json = (await http.get("/admin/agents", headers=headers)).json()["agents"]
             api_bot = next(a for a in listed_json if a["id"] == "api-bot")

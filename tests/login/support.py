@@ -43,8 +43,13 @@ async def identity_provider(redirect_uri: str) -> AsyncIterator[str]:
     node = shutil.which("node")
     assert node, "node is needed for the OIDC provider (npm ci installs oidc-provider)"
     port = free_port()
-    env = {**os.environ, "IDP_PORT": str(port), "IDP_REDIRECT_URI": redirect_uri, "IDP_CLIENT_SECRET": IDP_SECRET,
-           "IDP_PASSWORD": PASSWORD}
+    env = {
+        **os.environ,
+        "IDP_PORT": str(port),
+        "IDP_REDIRECT_URI": redirect_uri,
+        "IDP_CLIENT_SECRET": IDP_SECRET,
+        "IDP_PASSWORD": PASSWORD,
+    }
     process = await anyio.open_process([node, str(IDP_SCRIPT)], env=env, cwd=ROOT, stderr=None)
     try:
         assert process.stdout is not None
@@ -68,16 +73,23 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
     cert_path, key_path = directory / "cimd-cert.pem", directory / "cimd-key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_path, key_path
 
 
@@ -94,10 +106,15 @@ class Documents:
 
     def add(self, path: str, redirect_uris: list[str], *, name: str = "Test IDE", **extra: Any) -> str:
         url = self.url(path)
-        self.documents[path] = {"client_id": url, "client_name": name, "redirect_uris": redirect_uris,
-                                "token_endpoint_auth_method": "none", "grant_types": ["authorization_code",
-                                                                                      "refresh_token"],
-                                "response_types": ["code"], **extra}
+        self.documents[path] = {
+            "client_id": url,
+            "client_name": name,
+            "redirect_uris": redirect_uris,
+            "token_endpoint_auth_method": "none",
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+            **extra,
+        }
         return url
 
 
@@ -107,8 +124,9 @@ def _documents_app(docs: Documents) -> Starlette:
         if path == "/slow.json":
             await docs.never.wait()
         if path == "/big.json":
-            return JSONResponse({"client_id": docs.url(path), "redirect_uris": ["https://x.example/cb"],
-                                 "pad": "x" * 10_000})
+            return JSONResponse(
+                {"client_id": docs.url(path), "redirect_uris": ["https://x.example/cb"], "pad": "x" * 10_000}
+            )
         if path == "/redirect.json":
             return RedirectResponse(docs.url("/client.json"), status_code=302)
         if path not in docs.documents:
@@ -127,9 +145,17 @@ async def metadata_server(directory: Path) -> AsyncIterator[tuple[Documents, Pat
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
     docs = Documents(base=f"https://127.0.0.1:{sock.getsockname()[1]}")
-    server = uvicorn.Server(uvicorn.Config(_documents_app(docs), log_config=None, access_log=False, lifespan="off",
-                                           ssl_certfile=str(cert), ssl_keyfile=str(key),
-                                           ssl_version=ssl.PROTOCOL_TLS_SERVER))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            _documents_app(docs),
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            ssl_certfile=str(cert),
+            ssl_keyfile=str(key),
+            ssl_version=ssl.PROTOCOL_TLS_SERVER,
+        )
+    )
     async with anyio.create_task_group() as tg:
         tg.start_soon(lambda: server.serve(sockets=[sock]))
         try:
@@ -145,11 +171,20 @@ GRANT = {"tools": ["time.*"], "budget": {"session_ttl": "8h", "idle_timeout": "1
 def login_config(issuer: str, docs_base: str, ca_file: Path, **login: Any) -> dict[str, Any]:
     return {
         "login": {"identity_provider": issuer, "consent": "once", **login},
-        "identity_providers": [{"issuer": issuer, "jwks_url": f"{issuer}/jwks", "audience": "mcp-gateway",
-                                "algorithms": ["RS256"],
-                                "oidc": {"client_id": "mcp-gateway", "client_secret": IDP_SECRET}}],
-        "clients": {"metadata_documents": [f"{docs_base}/*"], "dynamic_registration": True,
-                    "fetch": {"ca_file": str(ca_file), "timeout": "2s", "max_bytes": 5120}},
+        "identity_providers": [
+            {
+                "issuer": issuer,
+                "jwks_url": f"{issuer}/jwks",
+                "audience": "mcp-gateway",
+                "algorithms": ["RS256"],
+                "oidc": {"client_id": "mcp-gateway", "client_secret": IDP_SECRET},
+            }
+        ],
+        "clients": {
+            "metadata_documents": [f"{docs_base}/*"],
+            "dynamic_registration": True,
+            "fetch": {"ca_file": str(ca_file), "timeout": "2s", "max_bytes": 5120},
+        },
     }
 
 
@@ -213,17 +248,26 @@ class SignIn:
 
 
 @contextlib.asynccontextmanager
-async def sign_in_world(tmp_path: Path, *, users: list[str] | None = None,
-                        templates: dict[str, Any] | None = None, **login: Any) -> AsyncIterator[SignIn]:
+async def sign_in_world(
+    tmp_path: Path, *, users: list[str] | None = None, templates: dict[str, Any] | None = None, **login: Any
+) -> AsyncIterator[SignIn]:
     """The IdP, the metadata server and a gateway whose login uses them (and an `ide` template for them)."""
     port = free_port()
-    async with identity_provider(f"http://127.0.0.1:{port}/oauth/callback") as issuer, \
-            metadata_server(tmp_path) as (docs, ca), callback_server() as callbacks:
-        interactive = templates or {"ide": {"clients": [f"{docs.base}/*", "dcr-*"],
-                                            "users": users or ["*@example.com"], "grant": GRANT}}
-        async with running_gateway(tmp_path / "gw", manifests=[time_manifest()], port=port,
-                                   extra=login_config(issuer, docs.base, ca, **login),
-                                   interactive=interactive) as gw:
+    async with (
+        identity_provider(f"http://127.0.0.1:{port}/oauth/callback") as issuer,
+        metadata_server(tmp_path) as (docs, ca),
+        callback_server() as callbacks,
+    ):
+        interactive = templates or {
+            "ide": {"clients": [f"{docs.base}/*", "dcr-*"], "users": users or ["*@example.com"], "grant": GRANT}
+        }
+        async with running_gateway(
+            tmp_path / "gw",
+            manifests=[time_manifest()],
+            port=port,
+            extra=login_config(issuer, docs.base, ca, **login),
+            interactive=interactive,
+        ) as gw:
             yield SignIn(gw, issuer, docs, callbacks)
 
 
@@ -253,9 +297,17 @@ class Landing:
         return {k: v[0] for k, v in parse_qs(urlsplit(self.url).query).items()}
 
 
-async def authorize_in_browser(chromium: Any, url: str, callbacks: Callbacks | str, *, email: str = "alice@example.com",
-                               password: str = PASSWORD, decision: str | None = "approve", context: Any = None,
-                               page_error: bool = False) -> Landing:
+async def authorize_in_browser(
+    chromium: Any,
+    url: str,
+    callbacks: Callbacks | str,
+    *,
+    email: str = "alice@example.com",
+    password: str = PASSWORD,
+    decision: str | None = "approve",
+    context: Any = None,
+    page_error: bool = False,
+) -> Landing:
     """Open the authorization URL, sign in at the IdP, answer the consent page (`decision` None: it is remembered);
     the URL the client's redirect listener got. With `page_error`, the text of the error page the browser
     stops at instead.

@@ -23,7 +23,6 @@ from tests.support.harness import running_gateway, time_manifest
 pytestmark = pytest.mark.anyio
 
 
-
 async def test_the_python_sdks_client_credentials_provider_gets_a_token_and_calls_tools(tmp_path):
     async with running_gateway(tmp_path, manifests=[time_manifest()]) as gw:
         secret = await give_secret(gw, "alice-bot")
@@ -41,9 +40,16 @@ async def test_the_typescript_sdks_client_credentials_provider_gets_a_token_and_
     script = ROOT / "tests" / "login" / "ts_client_credentials.mjs"
     async with running_gateway(tmp_path, manifests=[time_manifest()]) as gw:
         secret = await give_secret(gw, "alice-bot")
-        run = await anyio.to_thread.run_sync(lambda: subprocess.run(
-            [node, str(script), gw.mcp_url, "alice-bot", secret], capture_output=True, text=True, timeout=60,
-            cwd=ROOT, env={**os.environ}))
+        run = await anyio.to_thread.run_sync(
+            lambda: subprocess.run(
+                [node, str(script), gw.mcp_url, "alice-bot", secret],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                cwd=ROOT,
+                env={**os.environ},
+            )
+        )
         assert run.returncode == 0, run.stderr[-2000:]
         answer = json.loads(run.stdout.strip().splitlines()[-1])
         assert answer == {"tools": ["time__convert_time", "time__get_current_time"], "isError": False}

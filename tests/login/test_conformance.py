@@ -30,13 +30,30 @@ async def test_the_conformance_suites_authorization_server_scenarios_pass(tmp_pa
     callback = f"http://127.0.0.1:{port}/callback"
     async with sign_in_world(tmp_path) as world, browser() as chromium:
         async with httpx.AsyncClient(base_url=world.gw.url) as http:
-            registered = await http.post("/oauth/register", json={
-                "redirect_uris": [callback], "token_endpoint_auth_method": "none", "client_name": "conformance"})
+            registered = await http.post(
+                "/oauth/register",
+                json={"redirect_uris": [callback], "token_endpoint_auth_method": "none", "client_name": "conformance"},
+            )
         client_id = registered.json()["client_id"]
         out = tmp_path / "results"
         process = await anyio.open_process(
-            [str(NODE22), str(SUITE), "authorization", "--url", world.gw.url, "--client-id", client_id,
-             "--resource", f"{world.gw.url}/mcp", "--port", str(port), "--output-dir", str(out)], cwd=ROOT)
+            [
+                str(NODE22),
+                str(SUITE),
+                "authorization",
+                "--url",
+                world.gw.url,
+                "--client-id",
+                client_id,
+                "--resource",
+                f"{world.gw.url}/mcp",
+                "--port",
+                str(port),
+                "--output-dir",
+                str(out),
+            ],
+            cwd=ROOT,
+        )
         assert process.stdout is not None
         output = b""
         try:
@@ -58,8 +75,9 @@ async def test_the_conformance_suites_authorization_server_scenarios_pass(tmp_pa
         assert checks, text[-3000:]
         failed = [c for c in checks if c.get("status") not in ("SUCCESS", "INFO")]
         assert not failed, json.dumps(failed, indent=1)[:3000]
-        assert {"authorization-server-metadata", "authorization-server-metadata-cimd",
-                "authorization-code-grant"} <= {c["id"] for c in checks}
+        assert {"authorization-server-metadata", "authorization-server-metadata-cimd", "authorization-code-grant"} <= {
+            c["id"] for c in checks
+        }
 
 
 def _checks(path: Path) -> list[dict]:

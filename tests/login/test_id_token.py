@@ -39,13 +39,18 @@ async def test_a_valid_id_token_names_the_human():
         await rp.close()
 
 
-@pytest.mark.parametrize(("claims", "reason"), [
-    ({"nonce": "another sign-in's"}, "ID token nonce is not this sign-in's"),
-    ({"nonce": None}, "ID token refused: JWT lacks the nonce claim"),
-    ({"nonce": "n-1", "aud": "some-other-client"}, "ID token refused: JWT audience not accepted"),
-    ({"nonce": "n-1", "iss": "http://127.0.0.1/not-the-idp"},
-     "ID token refused: ID token issuer is not the login identity provider"),
-])
+@pytest.mark.parametrize(
+    ("claims", "reason"),
+    [
+        ({"nonce": "another sign-in's"}, "ID token nonce is not this sign-in's"),
+        ({"nonce": None}, "ID token refused: JWT lacks the nonce claim"),
+        ({"nonce": "n-1", "aud": "some-other-client"}, "ID token refused: JWT audience not accepted"),
+        (
+            {"nonce": "n-1", "iss": "http://127.0.0.1/not-the-idp"},
+            "ID token refused: ID token issuer is not the login identity provider",
+        ),
+    ],
+)
 async def test_an_id_token_for_another_sign_in_client_or_issuer_is_refused(claims, reason):
     async with identity_provider(issuer="http://127.0.0.1/idp", audience="mcp-gateway") as idp:
         rp, idps = party(idp)
@@ -57,8 +62,10 @@ async def test_an_id_token_for_another_sign_in_client_or_issuer_is_refused(claim
 
 
 async def test_an_id_token_from_another_configured_provider_is_refused():
-    async with identity_provider(issuer="http://127.0.0.1/idp") as idp, \
-            identity_provider(issuer="http://127.0.0.1/other") as other:
+    async with (
+        identity_provider(issuer="http://127.0.0.1/idp") as idp,
+        identity_provider(issuer="http://127.0.0.1/other") as other,
+    ):
         rp, idps = party(idp, other)
         with pytest.raises(LoginFailed) as refused:
             await rp.verify_id_token(other.sign(nonce="n-1", aud="mcp-gateway"), "n-1")
@@ -67,13 +74,24 @@ async def test_an_id_token_from_another_configured_provider_is_refused():
         await rp.close()
 
 
-PRIVATE = [ipaddress.ip_network(n) for n in ("127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
-                                             "169.254.0.0/16", "100.64.0.0/10", "0.0.0.0/8", "::1/128",
-                                             "fc00::/7", "fe80::/10")]
+PRIVATE = [
+    ipaddress.ip_network(n)
+    for n in (
+        "127.0.0.0/8",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "169.254.0.0/16",
+        "100.64.0.0/10",
+        "0.0.0.0/8",
+        "::1/128",
+        "fc00::/7",
+        "fe80::/10",
+    )
+]
 
 
-@given(st.sampled_from(PRIVATE).flatmap(
-    lambda net: st.integers(0, net.num_addresses - 1).map(lambda i: net[i])))
+@given(st.sampled_from(PRIVATE).flatmap(lambda net: st.integers(0, net.num_addresses - 1).map(lambda i: net[i])))
 def test_no_private_loopback_or_link_local_address_counts_as_public(address):
     # The SSRF rule of metadata document fetches; IPv4-mapped IPv6 forms of them too.
     assert not _public(str(address))

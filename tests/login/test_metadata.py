@@ -15,16 +15,27 @@ IDP = "http://127.0.0.1:9"  # never contacted: discovery happens at the first si
 
 
 def login(**clients: object) -> dict[str, object]:
-    return {"login": {"identity_provider": IDP},
-            "identity_providers": [{"issuer": IDP, "jwks_url": f"{IDP}/jwks", "audience": "mcp-gateway",
-                                    "oidc": {"client_id": "gw", "client_secret": "s"}}],
-            "clients": {"metadata_documents": ["https://vscode.dev/oauth/*"], **clients}}
+    return {
+        "login": {"identity_provider": IDP},
+        "identity_providers": [
+            {
+                "issuer": IDP,
+                "jwks_url": f"{IDP}/jwks",
+                "audience": "mcp-gateway",
+                "oidc": {"client_id": "gw", "client_secret": "s"},
+            }
+        ],
+        "clients": {"metadata_documents": ["https://vscode.dev/oauth/*"], **clients},
+    }
 
 
 async def test_with_login_the_metadata_lists_every_sign_in_field_and_the_challenge_names_the_scopes(tmp_path):
-    async with running_gateway(tmp_path, manifests=[time_manifest()], extra=login(dynamic_registration=True),
-                               interactive={"ide": {"clients": ["https://vscode.dev/oauth/*"],
-                                                    "users": ["*@example.com"], "grant": GRANT}}) as gw:
+    async with running_gateway(
+        tmp_path,
+        manifests=[time_manifest()],
+        extra=login(dynamic_registration=True),
+        interactive={"ide": {"clients": ["https://vscode.dev/oauth/*"], "users": ["*@example.com"], "grant": GRANT}},
+    ) as gw:
         async with httpx.AsyncClient(base_url=gw.url) as http:
             document = (await http.get("/.well-known/oauth-authorization-server")).json()
             AuthorizationServerMetadata(document).validate()
@@ -33,7 +44,8 @@ async def test_with_login_the_metadata_lists_every_sign_in_field_and_the_challen
             assert document["response_types_supported"] == ["code"]
             assert document["code_challenge_methods_supported"] == ["S256"]
             assert {"authorization_code", "refresh_token", "client_credentials"} <= set(
-                document["grant_types_supported"])
+                document["grant_types_supported"]
+            )
             assert "none" in document["token_endpoint_auth_methods_supported"]
             assert document["client_id_metadata_document_supported"] is True
             assert document["authorization_response_iss_parameter_supported"] is True
@@ -50,8 +62,10 @@ async def test_without_login_authorize_is_listed_but_explains_that_sign_in_is_of
             document = (await http.get("/.well-known/oauth-authorization-server")).json()
             AuthorizationServerMetadata(document).validate_issuer()
             assert document["authorization_endpoint"] == f"{gw.url}/oauth/authorize"
-            assert "registration_endpoint" not in document and "authorization_code" not in document[
-                "grant_types_supported"]
+            assert (
+                "registration_endpoint" not in document
+                and "authorization_code" not in document["grant_types_supported"]
+            )
             page = await http.get("/oauth/authorize?client_id=x")
             assert page.status_code == 404 and "Sign-in is not configured" in page.text
             refused = await http.post("/oauth/token", data={"grant_type": "authorization_code", "code": "x"})

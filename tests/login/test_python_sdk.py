@@ -36,8 +36,13 @@ class Memory:
         self.client_info = client_info
 
 
-def provider_for(world: Any, chromium: Any, storage: Memory, client_id: str, landings: list[Landing],
-                 ) -> OAuthClientProvider:
+def provider_for(
+    world: Any,
+    chromium: Any,
+    storage: Memory,
+    client_id: str,
+    landings: list[Landing],
+) -> OAuthClientProvider:
     async def redirect_handler(url: str) -> None:
         landings.append(await authorize_in_browser(chromium, url, world.callbacks))
 
@@ -45,11 +50,16 @@ def provider_for(world: Any, chromium: Any, storage: Memory, client_id: str, lan
         params = landings[-1].params
         return AuthorizationCodeResult(code=params["code"], state=params.get("state"), iss=params.get("iss"))
 
-    metadata = OAuthClientMetadata(redirect_uris=[world.redirect_uri], client_name="Test IDE",
-                                   grant_types=["authorization_code", "refresh_token"], response_types=["code"],
-                                   token_endpoint_auth_method="none")
-    return OAuthClientProvider(world.gw.mcp_url, metadata, storage, redirect_handler, callback_handler,
-                               client_metadata_url=client_id)
+    metadata = OAuthClientMetadata(
+        redirect_uris=[world.redirect_uri],
+        client_name="Test IDE",
+        grant_types=["authorization_code", "refresh_token"],
+        response_types=["code"],
+        token_endpoint_auth_method="none",
+    )
+    return OAuthClientProvider(
+        world.gw.mcp_url, metadata, storage, redirect_handler, callback_handler, client_metadata_url=client_id
+    )
 
 
 async def test_the_python_sdk_signs_in_with_a_metadata_document_and_calls_tools_as_the_humans_own_agent(tmp_path):
@@ -70,7 +80,10 @@ async def test_the_python_sdk_signs_in_with_a_metadata_document_and_calls_tools_
         opened = world.gw.audit("session.opened")[-1]
         assert (opened["session"], opened["via"]) == (sid, "authorization_code")
         assert [r["event"] for r in world.gw.audit() if r["event"].startswith(("login.", "consent."))] == [
-            "login.started", "consent.granted", "login.completed"]
+            "login.started",
+            "consent.granted",
+            "login.completed",
+        ]
         fetched = world.gw.audit("client.metadata_fetched")
         assert fetched and fetched[0]["client_id"] == client_id
         record = await world.gw.gateway.store.get_agent(agent)
@@ -78,29 +91,35 @@ async def test_the_python_sdk_signs_in_with_a_metadata_document_and_calls_tools_
 
         # The token: short, delegated, bound to the sign-in's session.
         claims = world.gw.gateway.tokens.verify(storage.tokens.access_token).raw
-        assert (claims["sub"], claims["act"], claims["credential"]) == ("alice@example.com", {"sub": agent},
-                                                                         "interactive")
+        assert (claims["sub"], claims["act"], claims["credential"]) == (
+            "alice@example.com",
+            {"sub": agent},
+            "interactive",
+        )
         assert claims["exp"] - claims["iat"] <= 900
 
         # Refresh: a new access token and a new refresh token, same session.
         first = storage.tokens.refresh_token
         async with httpx.AsyncClient(base_url=world.gw.url) as plain:
-            answer = await plain.post("/oauth/token", data={"grant_type": "refresh_token", "refresh_token": first,
-                                                            "client_id": client_id})
+            answer = await plain.post(
+                "/oauth/token", data={"grant_type": "refresh_token", "refresh_token": first, "client_id": client_id}
+            )
             assert answer.status_code == 200, answer.text
             body = answer.json()
             assert body["session_id"] == sid and body["refresh_token"] != first
             assert world.gw.audit("token.refreshed")[-1]["session"] == sid
             # Rotation holds: the used token again is reuse, and it revokes the session.
-            reused = await plain.post("/oauth/token", data={"grant_type": "refresh_token", "refresh_token": first,
-                                                            "client_id": client_id})
+            reused = await plain.post(
+                "/oauth/token", data={"grant_type": "refresh_token", "refresh_token": first, "client_id": client_id}
+            )
             assert reused.status_code == 400 and reused.json()["error"] == "invalid_grant"
             assert world.gw.audit("refresh.reused")[-1]["session"] == sid
             session = await world.gw.gateway.store.get_session(sid)
             assert session is not None and session.state == "revoked"
-            after = await plain.post("/oauth/token", data={"grant_type": "refresh_token",
-                                                           "refresh_token": body["refresh_token"],
-                                                           "client_id": client_id})
+            after = await plain.post(
+                "/oauth/token",
+                data={"grant_type": "refresh_token", "refresh_token": body["refresh_token"], "client_id": client_id},
+            )
             assert after.status_code == 400
             denied = await plain.post("/mcp", headers={"authorization": f"Bearer {body['access_token']}"}, json={})
             assert denied.status_code == 401

@@ -37,19 +37,25 @@ async def test_a_new_user_signs_in_to_the_quickstart_as_alice_with_a_registered_
             landings: list[Landing] = []
 
             async def redirect_handler(authorization_url: str) -> None:
-                landings.append(await authorize_in_browser(chromium, authorization_url, callbacks,
-                                                           password=password.group(1)))
+                landings.append(
+                    await authorize_in_browser(chromium, authorization_url, callbacks, password=password.group(1))
+                )
 
             async def callback_handler() -> AuthorizationCodeResult:
                 params = landings[-1].params
                 return AuthorizationCodeResult(code=params["code"], state=params.get("state"), iss=params.get("iss"))
 
-            metadata = OAuthClientMetadata(redirect_uris=[redirect], client_name="A CLI",
-                                           grant_types=["authorization_code", "refresh_token"],
-                                           response_types=["code"], token_endpoint_auth_method="none")
+            metadata = OAuthClientMetadata(
+                redirect_uris=[redirect],
+                client_name="A CLI",
+                grant_types=["authorization_code", "refresh_token"],
+                response_types=["code"],
+                token_endpoint_auth_method="none",
+            )
             storage = Memory()
-            http = create_mcp_http_client(auth=OAuthClientProvider(url, metadata, storage, redirect_handler,
-                                                                   callback_handler))
+            http = create_mcp_http_client(
+                auth=OAuthClientProvider(url, metadata, storage, redirect_handler, callback_handler)
+            )
             async with http, Client(streamable_http_client(url, http_client=http)) as client:
                 result = await client.call_tool("time__get_current_time", {"timezone": "UTC"})
                 assert not result.is_error

@@ -22,11 +22,26 @@ def pkce() -> tuple[str, str]:
     return verifier, create_s256_code_challenge(verifier)
 
 
-def authorize_url(world: Any, client_id: str, *, redirect_uri: str | None = None, challenge: str | None = None,
-                  method: str | None = "S256", state: str = "client-state", **extra: str) -> str:
-    params = {"response_type": "code", "client_id": client_id, "redirect_uri": redirect_uri or world.redirect_uri,
-              "state": state, "code_challenge": challenge or pkce()[1], "code_challenge_method": method,
-              "resource": f"{world.gw.url}/mcp", **extra}
+def authorize_url(
+    world: Any,
+    client_id: str,
+    *,
+    redirect_uri: str | None = None,
+    challenge: str | None = None,
+    method: str | None = "S256",
+    state: str = "client-state",
+    **extra: str,
+) -> str:
+    params = {
+        "response_type": "code",
+        "client_id": client_id,
+        "redirect_uri": redirect_uri or world.redirect_uri,
+        "state": state,
+        "code_challenge": challenge or pkce()[1],
+        "code_challenge_method": method,
+        "resource": f"{world.gw.url}/mcp",
+        **extra,
+    }
     return f"{world.gw.url}/oauth/authorize?{urlencode({k: v for k, v in params.items() if v is not None})}"
 
 
@@ -34,11 +49,23 @@ def failures(world: Any) -> list[str]:
     return [r["reason"] for r in world.gw.audit("login.failed")]
 
 
-async def redeem(http: httpx.AsyncClient, code: str, verifier: str, client_id: str, redirect_uri: str,
-                 ) -> httpx.Response:
-    return await http.post("/oauth/token", data={"grant_type": "authorization_code", "code": code,
-                                                 "code_verifier": verifier, "client_id": client_id,
-                                                 "redirect_uri": redirect_uri})
+async def redeem(
+    http: httpx.AsyncClient,
+    code: str,
+    verifier: str,
+    client_id: str,
+    redirect_uri: str,
+) -> httpx.Response:
+    return await http.post(
+        "/oauth/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "code_verifier": verifier,
+            "client_id": client_id,
+            "redirect_uri": redirect_uri,
+        },
+    )
 
 
 async def test_authorization_requests_the_gateway_must_not_redirect_are_refused_on_a_page(tmp_path):
@@ -46,20 +73,25 @@ async def test_authorization_requests_the_gateway_must_not_redirect_are_refused_
         client_id = world.docs.add("/ide/client.json", [world.redirect_uri])
         cases = {
             # a redirect URI not in the document (not even a longer one with the same prefix)
-            authorize_url(world, client_id, redirect_uri=f"{world.redirect_uri}/evil"):
-                "redirect_uri is not one the client lists",
+            authorize_url(
+                world, client_id, redirect_uri=f"{world.redirect_uri}/evil"
+            ): "redirect_uri is not one the client lists",
             # a document whose client_id is not its URL
-            authorize_url(world, world.docs.add("/liar.json", [world.redirect_uri],
-                                                client_id="https://vscode.dev/oauth/client-metadata.json")):
-                "the metadata document's client_id is not its own URL",
+            authorize_url(
+                world,
+                world.docs.add(
+                    "/liar.json", [world.redirect_uri], client_id="https://vscode.dev/oauth/client-metadata.json"
+                ),
+            ): "the metadata document's client_id is not its own URL",
             # outside the trust globs
-            authorize_url(world, "https://untrusted.example/oauth/client.json"):
-                "the metadata document URL matches no clients.metadata_documents glob",
+            authorize_url(
+                world, "https://untrusted.example/oauth/client.json"
+            ): "the metadata document URL matches no clients.metadata_documents glob",
             authorize_url(world, world.docs.url("/big.json")): "the metadata document is larger than 5120 bytes",
-            authorize_url(world, world.docs.url("/slow.json")):
-                "fetching the metadata document took longer than 2 s",
-            authorize_url(world, world.docs.url("/redirect.json")):
-                "the metadata document URL redirects; redirects are not followed",
+            authorize_url(world, world.docs.url("/slow.json")): "fetching the metadata document took longer than 2 s",
+            authorize_url(
+                world, world.docs.url("/redirect.json")
+            ): "the metadata document URL redirects; redirects are not followed",
             authorize_url(world, "dcr-unknown"): "client_id is not a registered client",
         }
         for url, reason in cases.items():
@@ -72,8 +104,10 @@ async def test_authorization_requests_the_gateway_must_not_redirect_are_refused_
         assert "the metadata document is larger than 5120 bytes" in metadata_failed
 
         # A registered client's redirect URIs are enforced the same way.
-        registered = await http.post(f"{world.gw.url}/oauth/register", json={
-            "redirect_uris": [world.redirect_uri], "token_endpoint_auth_method": "none", "client_name": "CLI"})
+        registered = await http.post(
+            f"{world.gw.url}/oauth/register",
+            json={"redirect_uris": [world.redirect_uri], "token_endpoint_auth_method": "none", "client_name": "CLI"},
+        )
         assert registered.status_code == 201
         dcr = registered.json()["client_id"]
         assert world.gw.audit("client.registered")[-1]["client_id"] == dcr
@@ -96,12 +130,16 @@ async def test_pkce_is_required_and_only_s256_is_accepted(tmp_path):
             assert location.params["state"] == "client-state" and location.params["iss"] == world.gw.url
         assert failures(world)[-2:] == [
             "PKCE is required: code_challenge with code_challenge_method S256",
-            "code_challenge_method must be S256 (plain is refused)"]
+            "code_challenge_method must be S256 (plain is refused)",
+        ]
 
 
 async def test_codes_are_single_use_short_lived_and_bound_to_client_verifier_and_redirect(tmp_path):
-    async with sign_in_world(tmp_path) as world, browser() as chromium, \
-            httpx.AsyncClient(base_url=f"http://127.0.0.1:{world.gw.port}") as http:
+    async with (
+        sign_in_world(tmp_path) as world,
+        browser() as chromium,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{world.gw.port}") as http,
+    ):
         client_id = world.docs.add("/ide/client.json", [world.redirect_uri])
         other = world.docs.add("/other/client.json", [world.redirect_uri], name="Other IDE")
         context = await chromium.new_context()
@@ -110,9 +148,13 @@ async def test_codes_are_single_use_short_lived_and_bound_to_client_verifier_and
 
         async def code() -> tuple[str, str]:
             verifier, challenge = pkce()
-            landing = await authorize_in_browser(chromium, authorize_url(world, client_id, challenge=challenge),
-                                                 world.callbacks, context=context,
-                                                 decision=None if consented else "approve")
+            landing = await authorize_in_browser(
+                chromium,
+                authorize_url(world, client_id, challenge=challenge),
+                world.callbacks,
+                context=context,
+                decision=None if consented else "approve",
+            )
             consented.append(True)
             assert landing.params["state"] == "client-state", landing.url
             return landing.params["code"], verifier
@@ -153,8 +195,10 @@ async def test_codes_are_single_use_short_lived_and_bound_to_client_verifier_and
         listed = await cli(world.gw, "agents", "list")
         assert agent in listed
         await cli(world.gw, "agents", "disable", agent)
-        refused = await http.post("/oauth/token", data={"grant_type": "refresh_token", "client_id": client_id,
-                                                        "refresh_token": tokens["refresh_token"]})
+        refused = await http.post(
+            "/oauth/token",
+            data={"grant_type": "refresh_token", "client_id": client_id, "refresh_token": tokens["refresh_token"]},
+        )
         assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
         await cli(world.gw, "agents", "rotate", agent, status=1)
         await context.close()
@@ -175,8 +219,9 @@ async def test_a_state_mismatch_at_the_callback_is_refused_and_audited(tmp_path)
 async def test_a_person_outside_the_templates_users_is_refused(tmp_path):
     async with sign_in_world(tmp_path, users=["alice@example.com"]) as world, browser() as chromium:
         client_id = world.docs.add("/ide/client.json", [world.redirect_uri])
-        landing = await authorize_in_browser(chromium, authorize_url(world, client_id), world.callbacks,
-                                             email="bob@example.com", decision=None)  # refused before consent
+        landing = await authorize_in_browser(
+            chromium, authorize_url(world, client_id), world.callbacks, email="bob@example.com", decision=None
+        )  # refused before consent
         assert landing.params["error"] == "access_denied" and "code" not in landing.params
         assert failures(world)[-1] == "this person is not among the template's users"
         assert world.gw.audit("login.failed")[-1]["on_behalf_of"] == "bob@example.com"
@@ -186,8 +231,9 @@ async def test_a_person_outside_the_templates_users_is_refused(tmp_path):
 async def test_denying_consent_sends_access_denied_and_nothing_is_remembered(tmp_path):
     async with sign_in_world(tmp_path) as world, browser() as chromium:
         client_id = world.docs.add("/ide/client.json", [world.redirect_uri])
-        landing = await authorize_in_browser(chromium, authorize_url(world, client_id), world.callbacks,
-                                             decision="deny")
+        landing = await authorize_in_browser(
+            chromium, authorize_url(world, client_id), world.callbacks, decision="deny"
+        )
         assert landing.params["error"] == "access_denied"
         assert failures(world)[-1] == "consent denied" and world.gw.audit("consent.granted") == []
 
@@ -206,12 +252,12 @@ async def test_the_consent_page_escapes_the_clients_name_and_refuses_a_forged_po
         assert await page.locator("script").count() == 0
         assert await page.locator("#redirect-host").inner_text() == "127.0.0.1"
         # The same browser's cookie with a wrong CSRF token: refused.
-        answer = await context.request.post(f"{world.gw.url}/oauth/consent",
-                                            form={"csrf": "wrong", "decision": "approve"})
+        answer = await context.request.post(
+            f"{world.gw.url}/oauth/consent", form={"csrf": "wrong", "decision": "approve"}
+        )
         assert answer.status == 403
         assert failures(world)[-1] == "consent CSRF check failed"
         await context.close()
-
 
 
 async def test_a_loopback_metadata_host_is_fetched_only_when_a_glob_names_it_literally(tmp_path):
@@ -221,13 +267,19 @@ async def test_a_loopback_metadata_host_is_fetched_only_when_a_glob_names_it_lit
 
     async with metadata_server(tmp_path) as (docs, ca):
         url = docs.add("/ide/client.json", ["http://127.0.0.1:9/cb"])
-        wildcard = MetadataFetcher(ClientsSettings.model_validate(
-            {"metadata_documents": ["https://127.0.0.*/*"], "fetch": {"ca_file": str(ca)}}))
+        wildcard = MetadataFetcher(
+            ClientsSettings.model_validate(
+                {"metadata_documents": ["https://127.0.0.*/*"], "fetch": {"ca_file": str(ca)}}
+            )
+        )
         with pytest.raises(ClientRefused) as refused:
             await wildcard.get(url)
         assert "resolves to a private or loopback address" in refused.value.reason
-        named = MetadataFetcher(ClientsSettings.model_validate(
-            {"metadata_documents": [f"{docs.base}/ide/*"], "fetch": {"ca_file": str(ca)}}))
+        named = MetadataFetcher(
+            ClientsSettings.model_validate(
+                {"metadata_documents": [f"{docs.base}/ide/*"], "fetch": {"ca_file": str(ca)}}
+            )
+        )
         metadata, fetched = await named.get(url)
         assert fetched and metadata.redirect_uris == ("http://127.0.0.1:9/cb",)
         await wildcard.close()

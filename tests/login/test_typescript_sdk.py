@@ -22,8 +22,11 @@ async def test_the_typescript_sdk_signs_in_with_a_metadata_document_and_calls_to
     async with sign_in_world(tmp_path) as world, browser() as chromium:
         client_id = world.docs.add("/ts/client.json", [world.redirect_uri], name="TS IDE")
         env = {**os.environ, "NODE_EXTRA_CA_CERTS": str(tmp_path / "cimd-cert.pem")}
-        process = await anyio.open_process([node, str(ROOT / "tests" / "login" / "ts_sign_in.mjs"), world.gw.mcp_url,
-                                            client_id, world.redirect_uri], env=env, cwd=ROOT)
+        process = await anyio.open_process(
+            [node, str(ROOT / "tests" / "login" / "ts_sign_in.mjs"), world.gw.mcp_url, client_id, world.redirect_uri],
+            env=env,
+            cwd=ROOT,
+        )
         assert process.stdout is not None and process.stdin is not None
         output = b""
         try:

@@ -26,9 +26,14 @@ def mutable_manifest(root: Path, **extra: Any) -> dict[str, Any]:
     if not state.exists():  # the sandbox grants the server this one file, which must exist to be granted
         state.write_text(json.dumps({"greet": "Greet someone by name."}))  # what the server serves without it
     return {
-        "name": "mutable", "owner": "platform@example.com", "transport": "stdio", "command": sys.executable,
-        "args": [str(MUTABLE_SERVER), str(state)], "tools": "*",
-        "sandbox": {"read": [str(MUTABLE_SERVER)], "write": [str(state)]}, **extra,
+        "name": "mutable",
+        "owner": "platform@example.com",
+        "transport": "stdio",
+        "command": sys.executable,
+        "args": [str(MUTABLE_SERVER), str(state)],
+        "tools": "*",
+        "sandbox": {"read": [str(MUTABLE_SERVER)], "write": [str(state)]},
+        **extra,
     }
 
 
@@ -36,7 +41,8 @@ async def mcp_gateway(root: Path, *args: str) -> subprocess.CompletedProcess[byt
     """Run the real `mcp-gateway` command against <root>/gateway.yaml, without a terminal."""
     return await anyio.run_process(
         [sys.executable, "-m", "gateway", *args, "--config", str(root / "gateway.yaml")],
-        check=False, stdin=subprocess.DEVNULL,
+        check=False,
+        stdin=subprocess.DEVNULL,
     )
 
 

@@ -53,18 +53,24 @@ def test_a_flow_style_block_is_replaced_and_an_empty_one_written_as_braces():
     assert replace_pins(text, {}) == "name: time\npins: {}\nowner: x\n"
 
 
-@given(st.dictionaries(st.from_regex(r"[A-Za-z0-9_.\-: #'\"]{1,16}", fullmatch=True),
-                       st.sampled_from([PIN, OTHER]), max_size=5))
+@given(
+    st.dictionaries(
+        st.from_regex(r"[A-Za-z0-9_.\-: #'\"]{1,16}", fullmatch=True), st.sampled_from([PIN, OTHER]), max_size=5
+    )
+)
 def test_whatever_the_tool_names_the_file_reads_back_as_the_pins_written(pins):
     text = MANIFEST.format(pin=PIN)
     after = yaml.safe_load(replace_pins(text, pins))
     assert after == {**yaml.safe_load(text), "pins": pins}
 
 
-@pytest.mark.parametrize("text", [
-    "name: time\npins: &reviewed {}\nother: *reviewed\n",  # another key depends on the block
-    "name: time\npins: {}\npins: {}\n",  # the block is not the one YAML reads
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "name: time\npins: &reviewed {}\nother: *reviewed\n",  # another key depends on the block
+        "name: time\npins: {}\npins: {}\n",  # the block is not the one YAML reads
+    ],
+)
 def test_a_rewrite_that_would_change_anything_else_is_refused(tmp_path, text):
     manifest = tmp_path / "time.yaml"
     manifest.write_text(text)

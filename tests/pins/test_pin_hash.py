@@ -24,8 +24,8 @@ tools = st.builds(
     description=st.none() | st.text(max_size=200),
     inputSchema=schemas,
     outputSchema=st.none() | schemas,
-    annotations=st.none() | st.fixed_dictionaries({}, optional={"readOnlyHint": st.booleans(),
-                                                                 "title": st.text(max_size=10)}),
+    annotations=st.none()
+    | st.fixed_dictionaries({}, optional={"readOnlyHint": st.booleans(), "title": st.text(max_size=10)}),
 ).map(lambda d: {k: v for k, v in d.items() if v is not None})
 
 

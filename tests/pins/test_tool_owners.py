@@ -19,8 +19,12 @@ pytestmark = pytest.mark.anyio
 
 async def _validate(cwd: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
     """The real command in a directory with no gateway.yaml, as a tool owner's CI runs it."""
-    return await anyio.run_process([sys.executable, "-m", "gateway", "manifests", "validate", *args],
-                                   check=False, stdin=subprocess.DEVNULL, cwd=cwd)
+    return await anyio.run_process(
+        [sys.executable, "-m", "gateway", "manifests", "validate", *args],
+        check=False,
+        stdin=subprocess.DEVNULL,
+        cwd=cwd,
+    )
 
 
 def _file(directory: Path, manifest: dict) -> Path:
@@ -70,11 +74,14 @@ async def test_with_a_gateway_yaml_validate_also_checks_upstream_hosts_and_the_s
     checked = await _validate(repo, str(remote), str(pinned), "--config", str(config), "--format", "json")
     assert checked.returncode == 1
     remote_result, time_result = json.loads(checked.stdout)
-    assert remote_result["errors"] == [{"field": "url",
-                                        "reason": "host 'tools.example.org' is not in upstream_hosts of gateway.yaml"}]
+    assert remote_result["errors"] == [
+        {"field": "url", "reason": "host 'tools.example.org' is not in upstream_hosts of gateway.yaml"}
+    ]
     assert time_result["ok"] and time_result["skipped"] == []
-    assert {"tool": "time.get_current_time",
-            "reason": "the served definition does not match its pin (the gateway hides it)"} in time_result["warnings"]
+    assert {
+        "tool": "time.get_current_time",
+        "reason": "the served definition does not match its pin (the gateway hides it)",
+    } in time_result["warnings"]
 
 
 AGENTS = {"bot": {"owner": "o@example.com", "grant": {"tools": ["time.*"]}}}
@@ -94,13 +101,17 @@ async def test_the_manifest_owner_is_in_tool_audit_records_and_in_the_report_by_
         config = str(gw.root / "gateway.yaml")
 
     capsys.readouterr()
-    assert await anyio.to_thread.run_sync(cli.main, ["report", "--by", "server", "--format", "json",
-                                                     "--config", config]) == 0
+    assert (
+        await anyio.to_thread.run_sync(cli.main, ["report", "--by", "server", "--format", "json", "--config", config])
+        == 0
+    )
     rows = json.loads(capsys.readouterr().out)["rows"]
     assert rows[0]["server"] == "time" and rows[0]["server_owner"] == "clock-team@example.com"
     assert await anyio.to_thread.run_sync(cli.main, ["report", "--by", "server", "--config", config]) == 0
     assert "time (clock-team@example.com)" in capsys.readouterr().out
-    assert await anyio.to_thread.run_sync(cli.main, ["report", "--by", "server", "--format", "csv",
-                                                     "--config", config]) == 0
+    assert (
+        await anyio.to_thread.run_sync(cli.main, ["report", "--by", "server", "--format", "csv", "--config", config])
+        == 0
+    )
     header, first = capsys.readouterr().out.splitlines()[:2]
     assert header.startswith("server,server_owner,calls") and first.startswith("time,clock-team@example.com,1")

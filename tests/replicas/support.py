@@ -62,16 +62,24 @@ def replica_extra(dsn: str, public_url: str, instance: str, **extra: Any) -> dic
 
 @contextlib.asynccontextmanager
 async def serve_replica(
-    root: Path, *, dsn: str, public_url: str, instance: str, manifests: list[dict[str, Any]],
-    agents: dict[str, Any] | None = None, **extra: Any,
+    root: Path,
+    *,
+    dsn: str,
+    public_url: str,
+    instance: str,
+    manifests: list[dict[str, Any]],
+    agents: dict[str, Any] | None = None,
+    **extra: Any,
 ) -> AsyncIterator[Replica]:
     """`mcp-gateway serve` in a subprocess; ready once uvicorn reports startup complete."""
     port = free_port()
-    config = write_config(root, port, manifests=manifests, agents=agents,
-                          extra=replica_extra(dsn, public_url, instance, **extra))
+    config = write_config(
+        root, port, manifests=manifests, agents=agents, extra=replica_extra(dsn, public_url, instance, **extra)
+    )
     process = await anyio.open_process(
         [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     replica = Replica(root, port, public_url, bytearray())
     ready = anyio.Event()
@@ -103,12 +111,19 @@ async def serve_replica(
 
 @contextlib.asynccontextmanager
 async def in_process_replica(
-    root: Path, *, dsn: str, public_url: str, instance: str, manifests: list[dict[str, Any]],
-    agents: dict[str, Any] | None = None, **extra: Any,
+    root: Path,
+    *,
+    dsn: str,
+    public_url: str,
+    instance: str,
+    manifests: list[dict[str, Any]],
+    agents: dict[str, Any] | None = None,
+    **extra: Any,
 ) -> AsyncIterator[Harness]:
     """A replica in the test's own event loop, so tests can reach its store and sessions directly."""
-    async with running_gateway(root, manifests=manifests, agents=agents,
-                               extra=replica_extra(dsn, public_url, instance, **extra)) as harness:
+    async with running_gateway(
+        root, manifests=manifests, agents=agents, extra=replica_extra(dsn, public_url, instance, **extra)
+    ) as harness:
         yield harness
 
 

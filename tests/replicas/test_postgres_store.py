@@ -56,9 +56,19 @@ async def sql(dsn: str, statement: str) -> list[asyncpg.Record]:
 def session(sid: str, *, agent: str = "bot", calls_limit: int | None = None) -> SessionRecord:
     now = time.time()
     return SessionRecord(
-        sid=sid, agent=agent, owner="o@example.com", on_behalf_of=None, task=None, grant_version="g1",
-        state="active", created_at=now, expires_at=now + 3600, max_expires_at=now + 3600, idle_timeout=900,
-        last_seen=now, calls_limit=calls_limit,
+        sid=sid,
+        agent=agent,
+        owner="o@example.com",
+        on_behalf_of=None,
+        task=None,
+        grant_version="g1",
+        state="active",
+        created_at=now,
+        expires_at=now + 3600,
+        max_expires_at=now + 3600,
+        idle_timeout=900,
+        last_seen=now,
+        calls_limit=calls_limit,
     )
 
 
@@ -207,7 +217,8 @@ async def test_a_session_ended_anywhere_is_pushed_to_every_watching_replica(
 
 
 async def test_a_settlement_retried_after_the_database_was_away_counts_once(
-    dsn: str, stores: tuple[PostgresStore, PostgresStore],
+    dsn: str,
+    stores: tuple[PostgresStore, PostgresStore],
 ) -> None:
     store = stores[0]
     await store.create_session(session("s-1"), None)
@@ -221,7 +232,8 @@ async def test_a_settlement_retried_after_the_database_was_away_counts_once(
 
 
 async def test_replicas_share_one_set_of_secrets_and_signing_keys_and_see_a_rotation(
-    dsn: str, stores: tuple[PostgresStore, PostgresStore],
+    dsn: str,
+    stores: tuple[PostgresStore, PostgresStore],
 ) -> None:
     first, second = stores
     assert await first.secrets({"credential": b"a" * 32}) == {"credential": b"a" * 32}

@@ -37,8 +37,10 @@ AGENTS: dict[str, Any] = {
     "alice-bot": {"owner": "alice@example.com", "grant": {"tools": ["time.*"]}},
     "bob-bot": {"owner": "bob@example.com", "grant": {"tools": ["time.*"]}},
     "carol-bot": {"owner": "carol@example.com", "grant": {"tools": ["time.*"]}},
-    "drain-bot": {"owner": "dana@example.com", "grant": {"tools": ["dynamic.speak"],
-                                                        "budget": {"session_calls": BUDGET}}},
+    "drain-bot": {
+        "owner": "dana@example.com",
+        "grant": {"tools": ["dynamic.speak"], "budget": {"session_calls": BUDGET}},
+    },
     "meter-bot": {"owner": "ops@example.com", "grant": {"tools": ["dynamic.count"]}},
     "sampler-bot": {"owner": "sam@example.com", "grant": {"tools": ["everything.trigger-sampling-request"]}},
 }
@@ -48,8 +50,12 @@ MANIFESTS = [time_manifest(), dynamic_manifest(), everything_stdio_manifest(isol
 @pytest.fixture(scope="module")
 async def replicas(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[Harness, Replica]]:
     root = tmp_path_factory.mktemp("replicas")
-    shared = {"public_url": f"http://127.0.0.1:{free_port()}", "manifests": MANIFESTS, "agents": AGENTS,
-              "audit": {"path": "./state/audit.jsonl", "checkpoint_every": 5}}
+    shared = {
+        "public_url": f"http://127.0.0.1:{free_port()}",
+        "manifests": MANIFESTS,
+        "agents": AGENTS,
+        "audit": {"path": "./state/audit.jsonl", "checkpoint_every": 5},
+    }
     async with (
         database() as dsn,
         in_process_replica(root / "a", dsn=dsn, instance="replica-a", **shared) as a,
@@ -118,8 +124,11 @@ async def test_eight_clients_across_both_replicas_drain_a_session_budget_exactly
     assert len(stops) == 8 and all(text.startswith("STOP") for text in stops)
     served = [await upstream_count(url, await a.open_session("meter-bot")) for url in (a.mcp_url, b.mcp_url)]
     assert sum(served) == BUDGET and all(served), served  # what the two upstreams really received
-    allowed = [r for r in a.audit("tool.call") + b.audit("tool.call")
-               if r["session"] == session.sid and r["decision"] == "allow"]
+    allowed = [
+        r
+        for r in a.audit("tool.call") + b.audit("tool.call")
+        if r["session"] == session.sid and r["decision"] == "allow"
+    ]
     assert len(allowed) == BUDGET
     stored = await a.gateway.store.get_session(session.sid)
     assert stored is not None and (stored.calls, stored.state) == (BUDGET, "suspended")
@@ -139,10 +148,10 @@ async def test_a_paused_call_retried_on_another_replica_fails_cleanly_and_still_
         paused = await on_a.session.call_tool(tool, {"prompt": "x"}, allow_input_required=True)
         assert isinstance(paused, types.InputRequiredResult) and paused.request_state
         (key,) = paused.input_requests or {}
-        answer = types.CreateMessageResult(role="assistant", model="m",
-                                           content=types.TextContent(type="text", text="answered"))
-        retry = {"input_responses": {key: answer}, "request_state": paused.request_state,
-                 "allow_input_required": True}
+        answer = types.CreateMessageResult(
+            role="assistant", model="m", content=types.TextContent(type="text", text="answered")
+        )
+        retry = {"input_responses": {key: answer}, "request_state": paused.request_state, "allow_input_required": True}
         with pytest.raises(MCPError) as refused:
             await on_b.session.call_tool(tool, {"prompt": "x"}, **retry)
         assert "requestState is invalid" in refused.value.message

@@ -39,16 +39,23 @@ AGENT_KEY = Ed25519PrivateKey.generate()
 AGENTS: dict[str, Any] = {
     "alice-bot": {"owner": "alice@example.com", "grant": {"tools": ["time.*"]}},
     "bob-bot": {"owner": "bob@example.com", "grant": {"tools": ["time.*"]}},
-    "keyed-bot": {"owner": "k@example.com", "grant": {"tools": ["time.*"]}, "jwks": {"keys": [
-        {**json.loads(OKPAlgorithm.to_jwk(AGENT_KEY.public_key())), "kid": "agent-key-1"}]}},
+    "keyed-bot": {
+        "owner": "k@example.com",
+        "grant": {"tools": ["time.*"]},
+        "jwks": {"keys": [{**json.loads(OKPAlgorithm.to_jwk(AGENT_KEY.public_key())), "kid": "agent-key-1"}]},
+    },
 }
 
 
 @pytest.fixture(scope="module")
 async def pair(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[Replica, Replica]]:
     root = tmp_path_factory.mktemp("processes")
-    shared = {"public_url": f"http://127.0.0.1:{free_port()}", "manifests": [time_manifest()], "agents": AGENTS,
-              "admin_token": ADMIN}
+    shared = {
+        "public_url": f"http://127.0.0.1:{free_port()}",
+        "manifests": [time_manifest()],
+        "agents": AGENTS,
+        "admin_token": ADMIN,
+    }
     async with (
         database() as dsn,
         serve_replica(root / "a", dsn=dsn, instance="replica-a", **shared) as a,
@@ -123,8 +130,11 @@ async def test_a_dpop_proof_used_on_one_replica_cannot_be_replayed_on_the_other(
     a, b = pair
     secret = (await admin(a, "/admin/agents/alice-bot/rotate"))["client_secret"]
     key = DpopKey()
-    issued = await token(b, {"grant_type": "client_credentials"},
-                         {**basic("alice-bot", secret), "DPoP": key.proof("POST", f"{b.public_url}/oauth/token")})
+    issued = await token(
+        b,
+        {"grant_type": "client_credentials"},
+        {**basic("alice-bot", secret), "DPoP": key.proof("POST", f"{b.public_url}/oauth/token")},
+    )
     assert issued.status_code == 200 and issued.json()["token_type"] == "DPoP", issued.text
     bound = issued.json()["access_token"]
     proof = key.proof("POST", f"{a.public_url}/mcp", bound)  # the URL the load balancer gives both
@@ -135,8 +145,10 @@ async def test_a_dpop_proof_used_on_one_replica_cannot_be_replayed_on_the_other(
             answers.append(await http.post("/mcp", json=INITIALIZE, headers=headers))
     assert answers[0].status_code == 200, answers[0].text
     assert answers[1].status_code == 401
-    assert answers[1].json() == {"error": "invalid_dpop_proof",
-                                 "error_description": "DPoP proof replayed (jti already used)"}
+    assert answers[1].json() == {
+        "error": "invalid_dpop_proof",
+        "error_description": "DPoP proof replayed (jti already used)",
+    }
 
 
 async def test_a_key_rotated_from_the_cli_signs_on_both_replicas_and_the_old_one_keeps_verifying(

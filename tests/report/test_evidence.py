@@ -48,29 +48,39 @@ async def run_cli(*argv: str) -> int:
 
 async def usage(gw: Harness, headers: dict[str, str]) -> None:
     async with gw.http() as http:
-        response = await http.post("/v1/usage", json={"model": "m", "input_tokens": 10, "output_tokens": 5},
-                                   headers=headers)
+        response = await http.post(
+            "/v1/usage", json={"model": "m", "input_tokens": 10, "output_tokens": 5}, headers=headers
+        )
     assert response.status_code == 200, response.text
 
 
 async def report_json(tmp_path: Path, *extra: str) -> dict[str, Any]:
     out = tmp_path / "report.json"
-    assert await run_cli("report", "--format", "json", "--output", str(out), "--config",
-                         str(tmp_path / "gateway.yaml"), *extra) == 0
+    assert (
+        await run_cli(
+            "report", "--format", "json", "--output", str(out), "--config", str(tmp_path / "gateway.yaml"), *extra
+        )
+        == 0
+    )
     return dict(json.loads(out.read_text()))
 
 
 async def test_every_call_record_says_how_its_token_was_got_and_the_report_counts_secretless_and_bound_actions(
-        tmp_path):
+    tmp_path,
+):
     """A secret-based agent (Bearer), a workload agent with a DPoP-bound token, and a token an operator minted."""
     async with identity_provider(issuer=K8S, audience="mcp-gateway") as k8s:
         agents = {
             "secret-bot": {"owner": "ops@example.com", "grant": {"tools": ["time.*"]}},
-            "k8s-bot": {"owner": "research@example.com", "grant": {"tools": ["time.*"]},
-                        "workload": {"issuer": k8s.issuer, "subject": K8S_SUBJECT}},
+            "k8s-bot": {
+                "owner": "research@example.com",
+                "grant": {"tools": ["time.*"]},
+                "workload": {"issuer": k8s.issuer, "subject": K8S_SUBJECT},
+            },
         }
-        async with running_gateway(tmp_path, manifests=[time_manifest()], agents=agents,
-                                   extra={"workload_issuers": [k8s.config()]}) as gw:
+        async with running_gateway(
+            tmp_path, manifests=[time_manifest()], agents=agents, extra={"workload_issuers": [k8s.config()]}
+        ) as gw:
             secret = await give_secret(gw, "secret-bot")
             bearer = await client_credentials(gw, "secret-bot", secret)
             async with gw.client(bearer["access_token"]) as client:
@@ -80,10 +90,16 @@ async def test_every_call_record_says_how_its_token_was_got_and_the_report_count
 
             key = DpopKey()
             now = int(time.time())
-            assertion = k8s.sign({"sub": K8S_SUBJECT, "aud": [k8s.audience], "exp": now + 600,
-                                  "jti": str(uuid.uuid4())}, email=None, email_verified=None)
-            response = await token(gw, {"grant_type": JWT_BEARER, "assertion": assertion},
-                                   {"DPoP": key.proof("POST", f"{gw.url}/oauth/token")})
+            assertion = k8s.sign(
+                {"sub": K8S_SUBJECT, "aud": [k8s.audience], "exp": now + 600, "jti": str(uuid.uuid4())},
+                email=None,
+                email_verified=None,
+            )
+            response = await token(
+                gw,
+                {"grant_type": JWT_BEARER, "assertion": assertion},
+                {"DPoP": key.proof("POST", f"{gw.url}/oauth/token")},
+            )
             assert response.status_code == 200, response.text
             bound = response.json()
             assert bound["token_type"] == "DPoP"
@@ -91,16 +107,24 @@ async def test_every_call_record_says_how_its_token_was_got_and_the_report_count
                 await client.list_tools()
                 for _ in range(3):
                     assert not (await client.call_tool(*CALL)).is_error
-            await usage(gw, {"Authorization": f"DPoP {bound['access_token']}",
-                             "DPoP": key.proof("POST", f"{gw.url}/v1/usage", bound["access_token"])})
+            await usage(
+                gw,
+                {
+                    "Authorization": f"DPoP {bound['access_token']}",
+                    "DPoP": key.proof("POST", f"{gw.url}/v1/usage", bound["access_token"]),
+                },
+            )
 
             minted = (await operator_cli(gw, "sessions", "open", "--agent", "secret-bot")).strip()
             async with gw.client(minted) as client:
                 assert not (await client.call_tool(*CALL)).is_error
 
             records = gw.audit()
-            sessions = {bearer["session_id"]: ("secret", None), bound["session_id"]: ("workload", key.thumbprint),
-                        gw.gateway.tokens.verify(minted).sid: ("operator", None)}
+            sessions = {
+                bearer["session_id"]: ("secret", None),
+                bound["session_id"]: ("workload", key.thumbprint),
+                gw.gateway.tokens.verify(minted).sid: ("operator", None),
+            }
             for sid, (credential, jkt) in sessions.items():
                 mine = [r for r in records if r.get("session") == sid and r["event"] in PER_CALL]
                 assert {r["event"] for r in mine} >= {"tool.call", "tool.result"}
@@ -110,8 +134,9 @@ async def test_every_call_record_says_how_its_token_was_got_and_the_report_count
 
             for record in records:  # every record, key-bound or not, is valid OCSF; the key is the session's
                 assert problems(to_ocsf(record)) == [], record["event"]
-            call = to_ocsf(next(r for r in records
-                                if r["event"] == "tool.call" and r["session"] == bound["session_id"]))
+            call = to_ocsf(
+                next(r for r in records if r["event"] == "tool.call" and r["session"] == bound["session_id"])
+            )
             assert call["actor"]["session"]["credential_uid"] == key.thumbprint
             assert call["unmapped"]["credential"] == "workload"
 
@@ -145,10 +170,14 @@ async def test_every_call_record_says_how_its_token_was_got_and_the_report_count
 
 async def test_a_shared_credential_flag_taints_only_that_agents_actions_within_its_window(tmp_path):
     """Before: one flag marked every action of the agent in the report, however long before or after it."""
-    agents = {"bob-bot": {"owner": "bob@example.com", "grant": {"tools": ["time.*"]}},
-              "alice-bot": {"owner": "alice@example.com", "grant": {"tools": ["time.*"]}}}
-    extra = {"shared_credentials": {"max_fingerprints": 1, "window": "5m"},
-             "session_defaults": {"ttl": "8h", "idle_timeout": "8h"}}
+    agents = {
+        "bob-bot": {"owner": "bob@example.com", "grant": {"tools": ["time.*"]}},
+        "alice-bot": {"owner": "alice@example.com", "grant": {"tools": ["time.*"]}},
+    }
+    extra = {
+        "shared_credentials": {"max_fingerprints": 1, "window": "5m"},
+        "session_defaults": {"ttl": "8h", "idle_timeout": "8h"},
+    }
     async with running_gateway(tmp_path, manifests=[time_manifest()], agents=agents, extra=extra) as gw:
         bob, alice = await gw.open_session("bob-bot"), await gw.open_session("alice-bot")
         async with gw.client(bob) as client:  # an hour before the flag
@@ -179,7 +208,8 @@ async def test_a_shared_credential_flag_taints_only_that_agents_actions_within_i
     assert unique["missing_by_agent"] == {"shared_credential": {"bob-bot": 2}}
     assert unique["explanations"] == [
         "2 actions of agent bob-bot were made while its credential was flagged as shared by 2 clients "
-        "(within 300 s of 1 credential.shared_suspected record)"]
+        "(within 300 s of 1 credential.shared_suspected record)"
+    ]
     assert ev["shared_credential_flags"] == 1 and ev["flagged_agents"] == ["bob-bot"]
 
     # A period that starts just after the flag still sees it: the call a minute after it is flagged.
@@ -189,27 +219,42 @@ async def test_a_shared_credential_flag_taints_only_that_agents_actions_within_i
     assert (later["counted"], later["total"], later["missing"]) == (3, 4, {"shared_credential": 1})
 
     html = tmp_path / "report.html"
-    assert await run_cli("report", "--format", "html", "--output", str(html), "--config",
-                         str(tmp_path / "gateway.yaml")) == 0
-    assert "not counted: 2 actions of agent bob-bot were made while its credential was flagged as shared" in \
-        html.read_text()
+    assert (
+        await run_cli("report", "--format", "html", "--output", str(html), "--config", str(tmp_path / "gateway.yaml"))
+        == 0
+    )
+    assert (
+        "not counted: 2 actions of agent bob-bot were made while its credential was flagged as shared"
+        in html.read_text()
+    )
 
 
 # ------------------------------------------------------------------ the rule, over any records
 
 _AGENTS = st.sampled_from(["a", "b", None])
-_ACTION = st.fixed_dictionaries({
-    "event": st.just("tool.call"), "decision": st.just("allow"), "agent": _AGENTS,
-    "ts": st.integers(0, 1000), "session": st.sampled_from(["s1", "s2"]),  # whole seconds: exact distances
-    "grant": st.sampled_from(["g1", None]), "credential": st.sampled_from(
-        ["secret", "private_key_jwt", "workload", "id_jag", "interactive", "operator", "bogus", None, 7]),
-    "dpop_jkt": st.sampled_from(["jkt", None]),
-})
-_FLAG = st.fixed_dictionaries({
-    "event": st.just("credential.shared_suspected"), "agent": _AGENTS, "ts": st.integers(0, 1000),
-    "window_s": st.one_of(st.integers(1, 300), st.sampled_from([None, 0, -5, "5m", True, float("inf")])),
-    "fingerprints": st.integers(2, 9),
-})
+_ACTION = st.fixed_dictionaries(
+    {
+        "event": st.just("tool.call"),
+        "decision": st.just("allow"),
+        "agent": _AGENTS,
+        "ts": st.integers(0, 1000),
+        "session": st.sampled_from(["s1", "s2"]),  # whole seconds: exact distances
+        "grant": st.sampled_from(["g1", None]),
+        "credential": st.sampled_from(
+            ["secret", "private_key_jwt", "workload", "id_jag", "interactive", "operator", "bogus", None, 7]
+        ),
+        "dpop_jkt": st.sampled_from(["jkt", None]),
+    }
+)
+_FLAG = st.fixed_dictionaries(
+    {
+        "event": st.just("credential.shared_suspected"),
+        "agent": _AGENTS,
+        "ts": st.integers(0, 1000),
+        "window_s": st.one_of(st.integers(1, 300), st.sampled_from([None, 0, -5, "5m", True, float("inf")])),
+        "fingerprints": st.integers(2, 9),
+    }
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -231,14 +276,20 @@ def test_each_share_accounts_for_every_action_and_a_flag_concerns_only_its_agent
         w = flag["window_s"]
         return w if isinstance(w, int) and not isinstance(w, bool) and w > 0 else float("inf")
 
-    tainted = sum(1 for r in actions if r["agent"] and any(
-        f["agent"] == r["agent"] and abs(r["ts"] - f["ts"]) < window(f) for f in flags))
+    tainted = sum(
+        1
+        for r in actions
+        if r["agent"] and any(f["agent"] == r["agent"] and abs(r["ts"] - f["ts"]) < window(f) for f in flags)
+    )
     assert shares["unique_identity"]["missing"].get("shared_credential", 0) == tainted
     assert shares["unique_identity"]["missing"].get("no_agent", 0) == sum(1 for r in actions if not r["agent"])
     secretless = sum(1 for r in actions if r["credential"] in ("workload", "interactive"))
     assert shares["without_stored_secret"]["counted"] == secretless
-    unknown = sum(1 for r in actions if r["credential"] not in (
-        "secret", "private_key_jwt", "workload", "id_jag", "interactive", "operator"))
+    unknown = sum(
+        1
+        for r in actions
+        if r["credential"] not in ("secret", "private_key_jwt", "workload", "id_jag", "interactive", "operator")
+    )
     assert shares["without_stored_secret"]["missing"].get("unknown", 0) == unknown
     assert shares["sender_constrained"]["counted"] == sum(1 for r in actions if r["dpop_jkt"])
     assert shares["closed_cleanly"]["missing"].get("expired", 0) == sum(1 for r in actions if r["session"] == "s2")
@@ -248,7 +299,8 @@ def test_the_report_reads_a_flag_written_before_its_period_and_ignores_one_long_
     base = {"event": "tool.call", "decision": "allow", "agent": "a", "session": "s", "grant": "g"}
     records = [
         {"event": "credential.shared_suspected", "agent": "a", "ts": 10.0, "window_s": 300, "fingerprints": 6},
-        {**base, "ts": 100.0}, {**base, "ts": 400.0},  # 90 s after the flag; 390 s after it
+        {**base, "ts": 100.0},
+        {**base, "ts": 400.0},  # 90 s after the flag; 390 s after it
     ]
     report = build(records, "agent", since=50.0)
     assert report.evidence["shares"]["unique_identity"]["missing"] == {"shared_credential": 1}
@@ -258,10 +310,15 @@ def test_the_report_reads_a_flag_written_before_its_period_and_ignores_one_long_
 
 def test_a_report_over_files_written_before_credentials_were_recorded_says_so(tmp_path):
     audit = tmp_path / "audit.jsonl"
-    audit.write_text(json.dumps({"ts": 1.0, "event": "tool.call", "decision": "allow", "agent": "old-bot",
-                                 "session": "s", "grant": "g"}) + "\n")
+    audit.write_text(
+        json.dumps(
+            {"ts": 1.0, "event": "tool.call", "decision": "allow", "agent": "old-bot", "session": "s", "grant": "g"}
+        )
+        + "\n"
+    )
     records, _ = read_records(audit_files(audit))
     share = build(records, "agent").evidence["shares"]["without_stored_secret"]
     assert share["missing"] == {"unknown": 1}
     assert share["explanations"] == [
-        "1 action does not say how its token was got (written before the gateway recorded it) (old-bot 1)"]
+        "1 action does not say how its token was got (written before the gateway recorded it) (old-bot 1)"
+    ]

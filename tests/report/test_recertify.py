@@ -23,8 +23,7 @@ AGENTS = {
     # Granted both of the server's tools, calls one of them.
     "wide-bot": {"owner": "wide@example.com", "grant": {"tools": ["time.*"]}, "credential_max_age": "90d"},
     # Granted exactly what it calls.
-    "tight-bot": {"owner": "tight@example.com", "grant": {"tools": ["time.get_current_time"]},
-                  "expires": "2099-01-01"},
+    "tight-bot": {"owner": "tight@example.com", "grant": {"tools": ["time.get_current_time"]}, "expires": "2099-01-01"},
     # Granted a server nobody runs or called, never used at all.
     "idle-bot": {"owner": "idle@example.com", "grant": {"tools": ["git.*"]}},
 }
@@ -43,7 +42,8 @@ async def traffic(tmp_path: Path) -> str:
 
 
 async def test_the_recertification_report_shows_each_agents_credential_use_and_the_granted_tools_it_never_used(
-        tmp_path):
+    tmp_path,
+):
     config = await traffic(tmp_path)
     status, out = await run_cli("report", "--recertify", "--since", "1d", "--format", "json", "--config", config)
     assert status == 0
@@ -94,9 +94,22 @@ async def test_recertify_refuses_the_focus_format_with_one_line(tmp_path, capsys
 
 
 def test_the_recertification_table_escapes_what_agents_and_servers_chose():
-    row = {"agent": "a-bot", "owner": "o@example.com", "source": "store", "disabled": False, "credential": "secret",
-           "credential_age_days": 1.0, "expires": None, "last_used": None, "sessions": 0, "calls": 0, "tokens": 0,
-           "cost_usd": 0.0, "unused_granted_tools": ["evil.\x1b[2Jwipe\u202e"], "findings": []}
+    row = {
+        "agent": "a-bot",
+        "owner": "o@example.com",
+        "source": "store",
+        "disabled": False,
+        "credential": "secret",
+        "credential_age_days": 1.0,
+        "expires": None,
+        "last_used": None,
+        "sessions": 0,
+        "calls": 0,
+        "tokens": 0,
+        "cost_usd": 0.0,
+        "unused_granted_tools": ["evil.\x1b[2Jwipe\u202e"],
+        "findings": [],
+    }
     table = render_recertification({"since": "s", "until": "u", "agents": [row]}, "table")
     assert "\x1b" not in table and "\u202e" not in table
     assert "evil.\\x1b[2Jwipe\\u202e" in table

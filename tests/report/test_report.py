@@ -43,10 +43,13 @@ async def run_cli(*argv: str) -> int:
 
 async def traffic(tmp_path: Path) -> Path:
     """Two agents, four sessions ending four ways, tool calls, a denial, a stop, model usage; returns gateway.yaml."""
-    extra = {"prices": {"gpt-test": {"input_per_mtok": 3, "output_per_mtok": 15}},
-             "shared_credentials": {"max_fingerprints": 1}}
-    async with running_gateway(tmp_path, manifests=[counter_manifest(tmp_path / "calls.log")], agents=AGENTS,
-                               extra=extra) as gw:
+    extra = {
+        "prices": {"gpt-test": {"input_per_mtok": 3, "output_per_mtok": 15}},
+        "shared_credentials": {"max_fingerprints": 1},
+    }
+    async with running_gateway(
+        tmp_path, manifests=[counter_manifest(tmp_path / "calls.log")], agents=AGENTS, extra=extra
+    ) as gw:
         config = str(gw.root / "gateway.yaml")
         alice1 = await gw.open_session("alice-bot", task="quarterly report")
         async with gw.client(alice1) as client:
@@ -112,8 +115,10 @@ async def test_report_totals_and_rows_equal_the_sums_over_the_audit_records_in_e
 
     outputs = {fmt: tmp_path / f"report.{fmt}" for fmt in ("table", "csv", "json", "html")}
     for fmt, path in outputs.items():
-        assert await run_cli("report", "--by", "agent", "--format", fmt, "--output", str(path),
-                             "--config", str(config)) == 0
+        assert (
+            await run_cli("report", "--by", "agent", "--format", fmt, "--output", str(path), "--config", str(config))
+            == 0
+        )
 
     data = json.loads(outputs["json"].read_text())
     totals = expected(records)
@@ -152,7 +157,8 @@ async def test_report_totals_and_rows_equal_the_sums_over_the_audit_records_in_e
     spend = embedded["charts"]["spend_by_agent"]
     assert set(spend["series"]) == {"alice-bot", "bob-bot"}
     assert sum(sum(s["tokens"]) for s in spend["series"].values()) == sum(
-        totals[k] for k in ("request_tokens", "response_tokens", "model_input_tokens", "model_output_tokens"))
+        totals[k] for k in ("request_tokens", "response_tokens", "model_input_tokens", "model_output_tokens")
+    )
     assert embedded["charts"]["top_tools_by_response_tokens"][0][0] == "counter.words"
     assert embedded["charts"]["session_outcomes"] == evidence["sessions"]
     assert page.svgs == 3 and page.external == [] and page.scripts == ["application/json"]
@@ -247,8 +253,12 @@ class _Page(HTMLParser):
 
 
 async def test_reads_prompts_and_completions_count_their_tokens_once_from_their_outcome_records(tmp_path):
-    agents = {"reader-bot": {"owner": "r@example.com", "grant": {"tools": [], "resources": ["everything"],
-                                                                 "prompts": ["everything"]}}}
+    agents = {
+        "reader-bot": {
+            "owner": "r@example.com",
+            "grant": {"tools": [], "resources": ["everything"], "prompts": ["everything"]},
+        }
+    }
     async with running_gateway(tmp_path, manifests=[everything_stdio_manifest()], agents=agents) as gw:
         token = await gw.open_session("reader-bot")
         async with gw.client(token) as client:
@@ -269,10 +279,11 @@ async def test_reads_prompts_and_completions_count_their_tokens_once_from_their_
 def test_a_single_record_read_of_an_earlier_version_still_counts_its_tokens():
     """Before outcome records, a read was one `resource.read` with `outcome`, written after the answer."""
     base = {"ts": 1.0, "agent": "a", "server": "everything", "decision": "allow"}
-    records = [{**base, "event": "resource.read", "outcome": "ok", "response_tokens": 40},
-               {**base, "event": "prompt.get", "call_id": "c1", "request_tokens": 3},
-               {**base, "event": "prompt.result", "call_id": "c1", "outcome": "ok", "request_tokens": 3,
-                "response_tokens": 9}]
+    records = [
+        {**base, "event": "resource.read", "outcome": "ok", "response_tokens": 40},
+        {**base, "event": "prompt.get", "call_id": "c1", "request_tokens": 3},
+        {**base, "event": "prompt.result", "call_id": "c1", "outcome": "ok", "request_tokens": 3, "response_tokens": 9},
+    ]
     totals = build(records, "agent").totals
     assert (totals["request_tokens"], totals["response_tokens"]) == (3, 49)
 
@@ -289,11 +300,12 @@ def test_a_report_over_extreme_records_is_valid_json_and_leaves_out_amounts_no_g
     an Infinity literal, a negative count) is left out and counted, never printed as Infinity or NaN."""
     audit = tmp_path / "audit.jsonl"
     usage = {"event": "model.usage", "agent": "bot", "session": "s", "model": "m"}
-    valid = [{**usage, "ts": 1.0 + i, "input_tokens": 10**9, "output_tokens": 10**9, "cost_usd": 1e6}
-             for i in range(3)]
-    old = [{**usage, "ts": 10.0, "input_tokens": 1, "output_tokens": 1, "cost_usd": 1.7e308},
-           {**usage, "ts": 11.0, "input_tokens": 1, "output_tokens": 1, "cost_usd": 1.7e308},
-           {**usage, "ts": 12.0, "input_tokens": -5, "output_tokens": 1, "cost_usd": float("inf")}]
+    valid = [{**usage, "ts": 1.0 + i, "input_tokens": 10**9, "output_tokens": 10**9, "cost_usd": 1e6} for i in range(3)]
+    old = [
+        {**usage, "ts": 10.0, "input_tokens": 1, "output_tokens": 1, "cost_usd": 1.7e308},
+        {**usage, "ts": 11.0, "input_tokens": 1, "output_tokens": 1, "cost_usd": 1.7e308},
+        {**usage, "ts": 12.0, "input_tokens": -5, "output_tokens": 1, "cost_usd": float("inf")},
+    ]
     audit.write_text("".join(json.dumps(r) + "\n" for r in valid + old))  # json.dumps writes inf as Infinity
     for fmt in ("json", "html"):
         assert cli.main(["report", str(audit), "--format", fmt, "--config", str(tmp_path / "gateway.yaml")]) == 0

@@ -28,17 +28,57 @@ pytestmark = pytest.mark.anyio
 # FOCUS 1.2's mandatory columns (specification/columns/*.md at tag v1.2 of FinOps-Open-Cost-and-Usage-Spec/FOCUS_Spec,
 # "Feature level: Mandatory"), and the conditional ones that apply to metered usage with sub accounts and tags.
 MANDATORY = {
-    "BilledCost", "BillingAccountId", "BillingAccountName", "BillingCurrency", "BillingPeriodEnd", "BillingPeriodStart",
-    "ChargeCategory", "ChargeClass", "ChargeDescription", "ChargePeriodEnd", "ChargePeriodStart", "ContractedCost",
-    "EffectiveCost", "InvoiceIssuerName", "ListCost", "PricingQuantity", "PricingUnit", "ProviderName",
-    "PublisherName", "ServiceCategory", "ServiceName",
+    "BilledCost",
+    "BillingAccountId",
+    "BillingAccountName",
+    "BillingCurrency",
+    "BillingPeriodEnd",
+    "BillingPeriodStart",
+    "ChargeCategory",
+    "ChargeClass",
+    "ChargeDescription",
+    "ChargePeriodEnd",
+    "ChargePeriodStart",
+    "ContractedCost",
+    "EffectiveCost",
+    "InvoiceIssuerName",
+    "ListCost",
+    "PricingQuantity",
+    "PricingUnit",
+    "ProviderName",
+    "PublisherName",
+    "ServiceCategory",
+    "ServiceName",
 }
-CONDITIONAL = {"ConsumedQuantity", "ConsumedUnit", "SubAccountId", "SubAccountName", "Tags", "ResourceId",
-               "ResourceName", "ResourceType"}
+CONDITIONAL = {
+    "ConsumedQuantity",
+    "ConsumedUnit",
+    "SubAccountId",
+    "SubAccountName",
+    "Tags",
+    "ResourceId",
+    "ResourceName",
+    "ResourceType",
+}
 SPEC_COLUMNS = MANDATORY | CONDITIONAL | {"ChargeFrequency", "ServiceSubcategory"}
-NOT_NULL = {"BilledCost", "BillingAccountId", "BillingCurrency", "BillingPeriodEnd", "BillingPeriodStart",
-            "ChargeCategory", "ChargePeriodEnd", "ChargePeriodStart", "ContractedCost", "EffectiveCost",
-            "InvoiceIssuerName", "ListCost", "ProviderName", "PublisherName", "ServiceCategory", "ServiceName"}
+NOT_NULL = {
+    "BilledCost",
+    "BillingAccountId",
+    "BillingCurrency",
+    "BillingPeriodEnd",
+    "BillingPeriodStart",
+    "ChargeCategory",
+    "ChargePeriodEnd",
+    "ChargePeriodStart",
+    "ContractedCost",
+    "EffectiveCost",
+    "InvoiceIssuerName",
+    "ListCost",
+    "ProviderName",
+    "PublisherName",
+    "ServiceCategory",
+    "ServiceName",
+}
 MOMENT = "%Y-%m-%dT%H:%M:%SZ"
 
 
@@ -74,8 +114,9 @@ def conforms(row: dict[str, str]) -> None:
 async def test_focus_rows_add_up_to_the_chargeback_report_with_exact_costs_and_quantities(tmp_path, capsys):
     config = str(await traffic(tmp_path))
     header, rows = parse(await run("report", "--format", "focus", "--config", config, capture=capsys))
-    totals = json.loads(await run("report", "--format", "json", "--by", "tool", "--config", config,
-                                  capture=capsys))["totals"]
+    totals = json.loads(await run("report", "--format", "json", "--by", "tool", "--config", config, capture=capsys))[
+        "totals"
+    ]
     assert header == list(COLUMNS) and SPEC_COLUMNS <= set(header)
     assert all(c in SPEC_COLUMNS or c.startswith("x_") for c in header)  # custom columns carry the x_ prefix
     for row in rows:
@@ -83,8 +124,13 @@ async def test_focus_rows_add_up_to_the_chargeback_report_with_exact_costs_and_q
         assert row["BillingAccountId"] == row["BillingAccountName"] == load_gateway_config(Path(config)).public_url
 
     tokens = sum(int(r["ConsumedQuantity"]) for r in rows)
-    assert tokens == totals["request_tokens"] + totals["response_tokens"] + totals["model_input_tokens"] + totals[
-        "model_output_tokens"]
+    assert (
+        tokens
+        == totals["request_tokens"]
+        + totals["response_tokens"]
+        + totals["model_input_tokens"]
+        + totals["model_output_tokens"]
+    )
     assert sum(int(r["x_Calls"]) for r in rows) == totals["calls"]
     assert sum(Decimal(r["BilledCost"]) for r in rows) == Decimal("0.298") == Decimal(str(totals["cost_usd"]))
     models = {(json.loads(r["Tags"])["agent"], r["ResourceId"]): r for r in rows if r["ResourceType"] == "Model"}
@@ -93,8 +139,9 @@ async def test_focus_rows_add_up_to_the_chargeback_report_with_exact_costs_and_q
     assert models[("bob-bot", "claude-test")]["BilledCost"] == "0.25"  # reported with /v1/usage
 
     # Each row's quantity is its session's and tool's sum over the records, and its tags name them.
-    records = [json.loads(line) for f in audit_files(tmp_path / "state" / "audit.jsonl")
-               for line in f.read_text().splitlines()]
+    records = [
+        json.loads(line) for f in audit_files(tmp_path / "state" / "audit.jsonl") for line in f.read_text().splitlines()
+    ]
     metered: dict[tuple[str, str], int] = defaultdict(int)
     for r in records:
         if r["event"] == "tool.result":
@@ -105,7 +152,11 @@ async def test_focus_rows_add_up_to_the_chargeback_report_with_exact_costs_and_q
     for (sid, tool), row in tools.items():
         tags = json.loads(row["Tags"])
         assert (tags["agent"], tags["owner"], tags["task"], tags["tool"]) == (
-            sessions[sid]["agent"], sessions[sid]["owner"], sessions[sid]["task"], tool)
+            sessions[sid]["agent"],
+            sessions[sid]["owner"],
+            sessions[sid]["task"],
+            tool,
+        )
         assert row["ServiceName"] == "counter"
 
 
@@ -120,22 +171,50 @@ def usage_records(draw: st.DrawFn) -> list[dict[str, Any]]:
     for _ in range(draw(st.integers(1, 30))):
         ts = START + draw(st.floats(0, 3 * DAY - 1e-3))
         agent = draw(st.sampled_from(["a", "b"]))
-        base = {"ts": ts, "agent": agent, "owner": f"{agent}@example.com", "cost_center": draw(
-            st.sampled_from([None, "research", "ops"])), "session": f"s-{agent}-{draw(st.integers(0, 2))}",
-            "task": "t"}
+        base = {
+            "ts": ts,
+            "agent": agent,
+            "owner": f"{agent}@example.com",
+            "cost_center": draw(st.sampled_from([None, "research", "ops"])),
+            "session": f"s-{agent}-{draw(st.integers(0, 2))}",
+            "task": "t",
+        }
         kind = draw(st.sampled_from(["call", "result", "model", "deny"]))
         if kind == "call":
             out.append({**base, "event": "tool.call", "decision": "allow", "server": "time", "tool": "now"})
         elif kind == "deny":
-            out.append({**base, "event": "tool.call", "decision": "deny", "reason": "session_calls",
-                        "server": "time", "tool": "now"})
+            out.append(
+                {
+                    **base,
+                    "event": "tool.call",
+                    "decision": "deny",
+                    "reason": "session_calls",
+                    "server": "time",
+                    "tool": "now",
+                }
+            )
         elif kind == "result":
-            out.append({**base, "event": "tool.result", "server": "time", "tool": draw(st.sampled_from(["now", "x"])),
-                        "request_tokens": draw(st.integers(0, 500)), "response_tokens": draw(st.integers(0, 5000))})
+            out.append(
+                {
+                    **base,
+                    "event": "tool.result",
+                    "server": "time",
+                    "tool": draw(st.sampled_from(["now", "x"])),
+                    "request_tokens": draw(st.integers(0, 500)),
+                    "response_tokens": draw(st.integers(0, 5000)),
+                }
+            )
         else:
-            out.append({**base, "event": "model.usage", "model": draw(st.sampled_from(["m1", "m2"])),
-                        "input_tokens": draw(st.integers(0, 10**6)), "output_tokens": draw(st.integers(0, 10**5)),
-                        "cost_usd": draw(COSTS)})
+            out.append(
+                {
+                    **base,
+                    "event": "model.usage",
+                    "model": draw(st.sampled_from(["m1", "m2"])),
+                    "input_tokens": draw(st.integers(0, 10**6)),
+                    "output_tokens": draw(st.integers(0, 10**5)),
+                    "cost_usd": draw(COSTS),
+                }
+            )
     out.sort(key=lambda r: r["ts"])
     return out
 
@@ -153,11 +232,18 @@ def test_each_days_rows_add_up_to_that_days_chargeback_totals(records, first_day
         for row in mine:
             conforms(row)
         assert sum(int(r["ConsumedQuantity"]) for r in mine) == sum(
-            int(totals[k]) for k in ("request_tokens", "response_tokens", "model_input_tokens", "model_output_tokens"))
+            int(totals[k]) for k in ("request_tokens", "response_tokens", "model_input_tokens", "model_output_tokens")
+        )
         assert sum(int(r["x_Calls"]) for r in mine) == totals["calls"]
         billed = sum((Decimal(r["BilledCost"]) for r in mine), Decimal(0))
-        assert billed == sum((Decimal(repr(r["cost_usd"])) for r in records
-                              if r["event"] == "model.usage" and start <= r["ts"] < start + DAY), Decimal(0))
+        assert billed == sum(
+            (
+                Decimal(repr(r["cost_usd"]))
+                for r in records
+                if r["event"] == "model.usage" and start <= r["ts"] < start + DAY
+            ),
+            Decimal(0),
+        )
         assert abs(billed - Decimal(repr(totals["cost_usd"]))) < Decimal("1e-9")  # the report sums floats
         for row in mine:
             assert row["SubAccountId"] == (json.loads(row["Tags"]).get("cost_center") or "")

@@ -33,8 +33,9 @@ ERAS = ("2025-11-25", "2026-07-28")
 _RUN_DIR = re.compile(r"^server-(?P<scenario>.+)-\d{4}-\d\d-\d\dT[\d-]+Z$")
 
 
-def run_suite(url: str, era: str, out: Path, timeout: float = 240.0,
-              scenario: str | None = None) -> dict[str, list[dict[str, Any]]]:
+def run_suite(
+    url: str, era: str, out: Path, timeout: float = 240.0, scenario: str | None = None
+) -> dict[str, list[dict[str, Any]]]:
     """Every scenario the `era` requirement set lists (or only `scenario`, at that era), in one run against
     `url`; the checks of each scenario."""
     out.mkdir(parents=True, exist_ok=True)
@@ -42,7 +43,11 @@ def run_suite(url: str, era: str, out: Path, timeout: float = 240.0,
     which = ["--scenario", scenario, "--spec-version", era] if scenario else ["--requirements", era]
     subprocess.run(
         [str(NODE), str(SUITE), "server", "--url", url, *which, "-o", str(out), "--timeout", "20000"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout, check=False,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=timeout,
+        check=False,
     )
     results: dict[str, list[dict[str, Any]]] = {}
     for run in sorted(out.iterdir()):
@@ -70,7 +75,8 @@ async def fixture_http(*extra: str) -> AsyncIterator[str]:
     process = await anyio.open_process(
         [sys.executable, str(FIXTURE), "http", str(port), *extra],
         env={"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")},
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         assert process.stderr is not None
@@ -92,8 +98,14 @@ async def fixture_http(*extra: str) -> AsyncIterator[str]:
 
 def fixture_stdio_manifest(name: str, **extra: Any) -> dict[str, Any]:
     return {
-        "name": name, "owner": "platform@example.com", "transport": "stdio", "command": sys.executable,
-        "args": [str(FIXTURE), "stdio"], "tools": "*", "sandbox": {"read": [str(FIXTURE.parent)]}, **extra,
+        "name": name,
+        "owner": "platform@example.com",
+        "transport": "stdio",
+        "command": sys.executable,
+        "args": [str(FIXTURE), "stdio"],
+        "tools": "*",
+        "sandbox": {"read": [str(FIXTURE.parent)]},
+        **extra,
     }
 
 
@@ -133,8 +145,11 @@ async def bearer_proxy(target: str, token: str) -> AsyncIterator[str]:
         request = client.build_request(scope["method"], path, headers=headers, content=body)
         response = await client.send(request, stream=True)
         try:
-            out = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.multi_items()
-                   if k.lower() not in _HOP]
+            out = [
+                (k.encode("latin-1"), v.encode("latin-1"))
+                for k, v in response.headers.multi_items()
+                if k.lower() not in _HOP
+            ]
             await send({"type": "http.response.start", "status": response.status_code, "headers": out})
             async for chunk in response.aiter_raw():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -147,8 +162,9 @@ async def bearer_proxy(target: str, token: str) -> AsyncIterator[str]:
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
     # Streams the suite leaves open (a listen stream, a GET stream) must not hold the relay's shutdown.
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
-                                           timeout_graceful_shutdown=1))
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=1)
+    )
     async with client, anyio.create_task_group() as tg:
         tg.start_soon(lambda: server.serve(sockets=[sock]))
         own["netloc"] = f"127.0.0.1:{sock.getsockname()[1]}"

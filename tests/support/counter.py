@@ -14,8 +14,13 @@ SERVER = Path(__file__).with_name("counter_server.py")
 def counter_manifest(log: Path, name: str = "counter", **extra: Any) -> dict[str, Any]:
     log.touch()  # the sandbox grants the server this one file, which must exist to be granted
     return {
-        "name": name, "owner": "platform@example.com", "transport": "stdio", "command": sys.executable,
-        "args": [str(SERVER), str(log)], "tools": "*", "sandbox": {"read": [str(SERVER)], "write": [str(log)]},
+        "name": name,
+        "owner": "platform@example.com",
+        "transport": "stdio",
+        "command": sys.executable,
+        "args": [str(SERVER), str(log)],
+        "tools": "*",
+        "sandbox": {"read": [str(SERVER)], "write": [str(log)]},
         **extra,
     }
 

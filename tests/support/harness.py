@@ -62,7 +62,9 @@ class Clock:
 
 # A raw handshake-era initialize, and the headers a streamable-HTTP POST needs (for tests that speak HTTP directly).
 INIT = {
-    "jsonrpc": "2.0", "id": 1, "method": "initialize",
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
     "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
 }
 HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
@@ -70,15 +72,25 @@ HEADERS = {"accept": "application/json, text/event-stream", "content-type": "app
 
 def time_manifest(**extra: Any) -> dict[str, Any]:
     return {
-        "name": "time", "owner": "platform@example.com", "transport": "stdio", "command": sys.executable,
-        "args": ["-m", "mcp_server_time", "--local-timezone", "UTC"], "tools": "*", **extra,
+        "name": "time",
+        "owner": "platform@example.com",
+        "transport": "stdio",
+        "command": sys.executable,
+        "args": ["-m", "mcp_server_time", "--local-timezone", "UTC"],
+        "tools": "*",
+        **extra,
     }
 
 
 def everything_stdio_manifest(name: str = "everything", **extra: Any) -> dict[str, Any]:
     return {
-        "name": name, "owner": "platform@example.com", "transport": "stdio", "command": "node",
-        "args": [str(EVERYTHING), "stdio"], "tools": "*", **extra,
+        "name": name,
+        "owner": "platform@example.com",
+        "transport": "stdio",
+        "command": "node",
+        "args": [str(EVERYTHING), "stdio"],
+        "tools": "*",
+        **extra,
     }
 
 
@@ -88,8 +100,14 @@ SERVERS = Path(__file__).with_name("servers")
 def dynamic_manifest(name: str = "dynamic", **extra: Any) -> dict[str, Any]:
     """tests/support/servers/dynamic.py: audio, run-time tools, its environment, slow calls."""
     return {
-        "name": name, "owner": "platform@example.com", "transport": "stdio", "command": sys.executable,
-        "args": [str(SERVERS / "dynamic.py")], "tools": "*", "sandbox": {"read": [str(SERVERS)]}, **extra,
+        "name": name,
+        "owner": "platform@example.com",
+        "transport": "stdio",
+        "command": sys.executable,
+        "args": [str(SERVERS / "dynamic.py")],
+        "tools": "*",
+        "sandbox": {"read": [str(SERVERS)]},
+        **extra,
     }
 
 
@@ -103,8 +121,10 @@ async def everything_http() -> AsyncIterator[str]:
     port = free_port()
     env = {"PATH": os.environ["PATH"], "PORT": str(port), "HOME": os.environ.get("HOME", "/tmp")}
     process = await anyio.open_process(
-        ["node", "-r", str(PRELOAD), str(EVERYTHING), "streamableHttp"], env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        ["node", "-r", str(PRELOAD), str(EVERYTHING), "streamableHttp"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         assert process.stderr is not None
@@ -240,8 +260,16 @@ async def running_gateway(
     """
     if store_under_test() == "postgres" and "store" not in (extra or {}):
         async with database_for(root) as dsn:
-            async with running_gateway(root, manifests=manifests, agents=agents, extra={**(extra or {}), "store": dsn},
-                                       port=port, clock=clock, fast=fast, interactive=interactive) as harness:
+            async with running_gateway(
+                root,
+                manifests=manifests,
+                agents=agents,
+                extra={**(extra or {}), "store": dsn},
+                port=port,
+                clock=clock,
+                fast=fast,
+                interactive=interactive,
+            ) as harness:
                 yield harness
         return
     port = port or free_port()
@@ -249,9 +277,16 @@ async def running_gateway(
     clock = clock or Clock()
     gateway = build_gateway(load_gateway_config(config_path), clock=clock, config_path=config_path)
     app = create_app(gateway)
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on", access_log=False,
-                                           timeout_graceful_shutdown=2,
-                                           **server_options(gateway.config.http, fast=fast)))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            log_config=None,
+            lifespan="on",
+            access_log=False,
+            timeout_graceful_shutdown=2,
+            **server_options(gateway.config.http, fast=fast),
+        )
+    )
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))  # bound before serving: clients queue in the backlog, never race startup
@@ -267,6 +302,7 @@ async def running_gateway(
         tg.start_soon(serve)
         with anyio.fail_after(STARTUP_TIMEOUT):
             async with anyio.create_task_group() as wait:
+
                 async def ready() -> None:
                     await gateway.ready.wait()
                     wait.cancel_scope.cancel()

@@ -91,12 +91,18 @@ class Receiver:
             resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
             for scope_spans in resource_spans.scope_spans:
                 for span in scope_spans.spans:
-                    self.spans.append(Span(
-                        name=span.name, kind=KINDS.get(span.kind, str(span.kind)), trace_id=span.trace_id.hex(),
-                        span_id=span.span_id.hex(), parent_span_id=span.parent_span_id.hex(),
-                        attributes={a.key: _value(a.value) for a in span.attributes},
-                        status_code=span.status.code, resource=resource,
-                    ))
+                    self.spans.append(
+                        Span(
+                            name=span.name,
+                            kind=KINDS.get(span.kind, str(span.kind)),
+                            trace_id=span.trace_id.hex(),
+                            span_id=span.span_id.hex(),
+                            parent_span_id=span.parent_span_id.hex(),
+                            attributes={a.key: _value(a.value) for a in span.attributes},
+                            status_code=span.status.code,
+                            resource=resource,
+                        )
+                    )
         self._arrived.set()
         return Response(ExportTraceServiceResponse().SerializeToString(), media_type="application/x-protobuf")
 
@@ -117,8 +123,12 @@ def _value(value: AnyValue) -> Any:
 async def otlp_receiver() -> AsyncIterator[Receiver]:
     """Serve POST /v1/traces on a free loopback port; yields the receiver (its `url` is the OTLP base URL)."""
     receiver = Receiver("")
-    app = Starlette(routes=[Route("/v1/traces", receiver._export, methods=["POST"]),
-                            Route("/v1/metrics", receiver._export_metrics, methods=["POST"])])
+    app = Starlette(
+        routes=[
+            Route("/v1/traces", receiver._export, methods=["POST"]),
+            Route("/v1/metrics", receiver._export_metrics, methods=["POST"]),
+        ]
+    )
     app.state.receiver = receiver
     async with serving(app) as url:
         receiver.url = url

@@ -100,8 +100,9 @@ def raw(responses: types.InputResponses | None) -> dict[str, Any]:
     """The client's answers as plain JSON (the SDK parses them into models)."""
     out: dict[str, Any] = {}
     for key, value in (responses or {}).items():
-        out[key] = value.model_dump(by_alias=True, mode="json", exclude_none=True) if hasattr(value, "model_dump") \
-            else value
+        out[key] = (
+            value.model_dump(by_alias=True, mode="json", exclude_none=True) if hasattr(value, "model_dump") else value
+        )
     return out
 
 
@@ -109,11 +110,20 @@ EMPTY: dict[str, Any] = {"type": "object", "properties": {}}
 SCHEMA_2020_12 = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
-    "$defs": {"address": {"$anchor": "addressDef", "type": "object",
-                          "properties": {"street": {"type": "string"}, "city": {"type": "string"}}}},
-    "properties": {"name": {"type": "string"}, "address": {"$ref": "#/$defs/address"},
-                   "contactMethod": {"type": "string", "enum": ["phone", "email"]},
-                   "phone": {"type": "string"}, "email": {"type": "string"}},
+    "$defs": {
+        "address": {
+            "$anchor": "addressDef",
+            "type": "object",
+            "properties": {"street": {"type": "string"}, "city": {"type": "string"}},
+        }
+    },
+    "properties": {
+        "name": {"type": "string"},
+        "address": {"$ref": "#/$defs/address"},
+        "contactMethod": {"type": "string", "enum": ["phone", "email"]},
+        "phone": {"type": "string"},
+        "email": {"type": "string"},
+    },
     "allOf": [{"anyOf": [{"required": ["phone"]}, {"required": ["email"]}]}],
     "if": {"properties": {"contactMethod": {"const": "phone"}}, "required": ["contactMethod"]},
     "then": {"required": ["phone"]},
@@ -126,8 +136,12 @@ DEFAULTS_SCHEMA = {
         "name": {"type": "string", "description": "User name", "default": "John Doe"},
         "age": {"type": "integer", "description": "User age", "default": 30},
         "score": {"type": "number", "description": "User score", "default": 95.5},
-        "status": {"type": "string", "description": "User status", "enum": ["active", "inactive", "pending"],
-                   "default": "active"},
+        "status": {
+            "type": "string",
+            "description": "User status",
+            "enum": ["active", "inactive", "pending"],
+            "default": "active",
+        },
         "verified": {"type": "boolean", "description": "Verification status", "default": True},
     },
     "required": [],
@@ -135,20 +149,46 @@ DEFAULTS_SCHEMA = {
 ENUMS_SCHEMA = {
     "type": "object",
     "properties": {
-        "untitledSingle": {"type": "string", "description": "Select one option",
-                           "enum": ["option1", "option2", "option3"]},
-        "titledSingle": {"type": "string", "description": "Select one option with titles",
-                         "oneOf": [{"const": "value1", "title": "First Option"},
-                                   {"const": "value2", "title": "Second Option"},
-                                   {"const": "value3", "title": "Third Option"}]},
-        "legacyEnum": {"type": "string", "description": "Select one option (legacy)", "enum": ["opt1", "opt2", "opt3"],
-                       "enumNames": ["Option One", "Option Two", "Option Three"]},
-        "untitledMulti": {"type": "array", "description": "Select multiple options", "minItems": 1, "maxItems": 3,
-                          "items": {"type": "string", "enum": ["option1", "option2", "option3"]}},
-        "titledMulti": {"type": "array", "description": "Select multiple options with titles", "minItems": 1,
-                        "maxItems": 3, "items": {"anyOf": [{"const": "value1", "title": "First Choice"},
-                                                           {"const": "value2", "title": "Second Choice"},
-                                                           {"const": "value3", "title": "Third Choice"}]}},
+        "untitledSingle": {
+            "type": "string",
+            "description": "Select one option",
+            "enum": ["option1", "option2", "option3"],
+        },
+        "titledSingle": {
+            "type": "string",
+            "description": "Select one option with titles",
+            "oneOf": [
+                {"const": "value1", "title": "First Option"},
+                {"const": "value2", "title": "Second Option"},
+                {"const": "value3", "title": "Third Option"},
+            ],
+        },
+        "legacyEnum": {
+            "type": "string",
+            "description": "Select one option (legacy)",
+            "enum": ["opt1", "opt2", "opt3"],
+            "enumNames": ["Option One", "Option Two", "Option Three"],
+        },
+        "untitledMulti": {
+            "type": "array",
+            "description": "Select multiple options",
+            "minItems": 1,
+            "maxItems": 3,
+            "items": {"type": "string", "enum": ["option1", "option2", "option3"]},
+        },
+        "titledMulti": {
+            "type": "array",
+            "description": "Select multiple options with titles",
+            "minItems": 1,
+            "maxItems": 3,
+            "items": {
+                "anyOf": [
+                    {"const": "value1", "title": "First Choice"},
+                    {"const": "value2", "title": "Second Choice"},
+                    {"const": "value3", "title": "Third Choice"},
+                ]
+            },
+        },
     },
     "required": [],
 }
@@ -162,10 +202,14 @@ TOOLS: dict[str, tuple[str, dict[str, Any]]] = {
     "test_tool_with_logging": ("Tests tool that emits log messages during execution", EMPTY),
     "test_tool_with_progress": ("Tests tool that reports progress notifications", EMPTY),
     "test_error_handling": ("Tests error response handling", EMPTY),
-    "test_sampling": ("Tests server-initiated sampling (LLM completion request)",
-                      {"type": "object", "properties": {"prompt": {"type": "string"}}, "required": ["prompt"]}),
-    "test_elicitation": ("Tests server-initiated elicitation (user input request)",
-                         {"type": "object", "properties": {"message": {"type": "string"}}, "required": ["message"]}),
+    "test_sampling": (
+        "Tests server-initiated sampling (LLM completion request)",
+        {"type": "object", "properties": {"prompt": {"type": "string"}}, "required": ["prompt"]},
+    ),
+    "test_elicitation": (
+        "Tests server-initiated elicitation (user input request)",
+        {"type": "object", "properties": {"message": {"type": "string"}}, "required": ["message"]},
+    ),
     "test_elicitation_sep1034_defaults": ("Tests elicitation with default values per SEP-1034", EMPTY),
     "test_elicitation_sep1330_enums": ("Tests elicitation with enum schema improvements per SEP-1330", EMPTY),
     "json_schema_2020_12_tool": ("Tool with JSON Schema 2020-12 features (SEP-1613)", SCHEMA_2020_12),
@@ -186,8 +230,10 @@ CACHED = {"ttl_ms": 300000, "cache_scope": "public"}
 
 
 async def list_tools(ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
-    tools = [types.Tool(name=name, description=description, input_schema=schema)
-             for name, (description, schema) in TOOLS.items()]
+    tools = [
+        types.Tool(name=name, description=description, input_schema=schema)
+        for name, (description, schema) in TOOLS.items()
+    ]
     return types.ListToolsResult(tools=tools, **CACHED)
 
 
@@ -195,8 +241,9 @@ async def _legacy_ask(ctx: Ctx, request: types.InputRequest, result_type: type[A
     return await ctx.session.send_request(request, result_type)
 
 
-async def _mrtr(ctx: Ctx, name: str, params: types.CallToolRequestParams) -> types.CallToolResult | \
-        types.InputRequiredResult:
+async def _mrtr(
+    ctx: Ctx, name: str, params: types.CallToolRequestParams
+) -> types.CallToolResult | types.InputRequiredResult:
     responses = raw(params.input_responses)
     state = params.request_state
     if name == "test_input_required_result_elicitation":
@@ -222,22 +269,34 @@ async def _mrtr(ctx: Ctx, name: str, params: types.CallToolRequestParams) -> typ
         return ask({"confirm": elicit("Please confirm", "ok", "boolean")}, {"kind": "request-state"})
     if name == "test_input_required_result_multiple_inputs":
         payload = verify(state)
-        if payload and payload.get("kind") == "multiple-inputs" and {"user_name", "greeting", "client_roots"} <= set(
-            responses
+        if (
+            payload
+            and payload.get("kind") == "multiple-inputs"
+            and {"user_name", "greeting", "client_roots"} <= set(responses)
         ):
             greeting = (responses["greeting"].get("content") or {}).get("text", "Hello there!")
             found = len(responses["client_roots"].get("roots") or [])
             return text(f"Name: {answered(responses['user_name'], 'name')}; Greeting: {greeting}; Roots: {found}")
-        return ask({"user_name": elicit("What is your name?", "name"), "greeting": sample("Generate a greeting", 50),
-                    "client_roots": roots()}, {"kind": "multiple-inputs"})
+        return ask(
+            {
+                "user_name": elicit("What is your name?", "name"),
+                "greeting": sample("Generate a greeting", 50),
+                "client_roots": roots(),
+            },
+            {"kind": "multiple-inputs"},
+        )
     if name == "test_input_required_result_multi_round":
         payload = verify(state) or {}
         if payload.get("round") == 1 and "step1" in responses:
-            return ask({"step2": elicit("Step 2: What is your favorite color?", "color")},
-                       {"round": 2, "name": answered(responses["step1"], "name")})
+            return ask(
+                {"step2": elicit("Step 2: What is your favorite color?", "color")},
+                {"round": 2, "name": answered(responses["step1"], "name")},
+            )
         if payload.get("round") == 2 and "step2" in responses:
-            return text(f"Multi-round complete for {payload.get('name', 'friend')} who likes "
-                        f"{answered(responses['step2'], 'color')}")
+            return text(
+                f"Multi-round complete for {payload.get('name', 'friend')} who likes "
+                f"{answered(responses['step2'], 'color')}"
+            )
         return ask({"step1": elicit("Step 1: What is your name?", "name")}, {"round": 1})
     if name == "test_input_required_result_tampered_state":
         if state is not None:
@@ -261,8 +320,7 @@ async def _mrtr(ctx: Ctx, name: str, params: types.CallToolRequestParams) -> typ
     return ask(requests, {"kind": "capabilities-test"})
 
 
-async def call_tool(ctx: Ctx, params: types.CallToolRequestParams) -> types.CallToolResult | \
-        types.InputRequiredResult:
+async def call_tool(ctx: Ctx, params: types.CallToolRequestParams) -> types.CallToolResult | types.InputRequiredResult:
     name = params.name
     args = params.arguments or {}
     if name == "test_simple_text":
@@ -272,27 +330,39 @@ async def call_tool(ctx: Ctx, params: types.CallToolRequestParams) -> types.Call
     if name == "test_audio_content":
         return types.CallToolResult(content=[types.AudioContent(type="audio", data=AUDIO, mime_type="audio/wav")])
     if name == "test_embedded_resource":
-        resource = types.TextResourceContents(uri="test://embedded-resource", mime_type="text/plain",
-                                              text="This is an embedded resource content.")
+        resource = types.TextResourceContents(
+            uri="test://embedded-resource", mime_type="text/plain", text="This is an embedded resource content."
+        )
         return types.CallToolResult(content=[types.EmbeddedResource(type="resource", resource=resource)])
     if name == "test_multiple_content_types":
-        resource = types.TextResourceContents(uri="test://mixed-content-resource", mime_type="application/json",
-                                              text=json.dumps({"test": "data", "value": 123}))
-        return types.CallToolResult(content=[
-            types.TextContent(type="text", text="Multiple content types test:"),
-            types.ImageContent(type="image", data=IMAGE, mime_type="image/png"),
-            types.EmbeddedResource(type="resource", resource=resource),
-        ])
+        resource = types.TextResourceContents(
+            uri="test://mixed-content-resource",
+            mime_type="application/json",
+            text=json.dumps({"test": "data", "value": 123}),
+        )
+        return types.CallToolResult(
+            content=[
+                types.TextContent(type="text", text="Multiple content types test:"),
+                types.ImageContent(type="image", data=IMAGE, mime_type="image/png"),
+                types.EmbeddedResource(type="resource", resource=resource),
+            ]
+        )
     if name == "test_tool_with_logging":
         for line in ("Tool execution started", "Tool processing data", "Tool execution completed"):
-            await ctx.session.send_notification(types.LoggingMessageNotification(
-                params=types.LoggingMessageNotificationParams(level="info", data=line)),
-                related_request_id=ctx.request_id)
+            await ctx.session.send_notification(
+                types.LoggingMessageNotification(
+                    params=types.LoggingMessageNotificationParams(level="info", data=line)
+                ),
+                related_request_id=ctx.request_id,
+            )
             await anyio.sleep(0.05)
         return text("Tool with logging executed successfully")
     if name == "test_tool_with_progress":
-        token = (ctx.meta or {}).get("progressToken", 0) if isinstance(ctx.meta, dict) else \
-            getattr(ctx.meta, "progress_token", 0)
+        token = (
+            (ctx.meta or {}).get("progressToken", 0)
+            if isinstance(ctx.meta, dict)
+            else getattr(ctx.meta, "progress_token", 0)
+        )
         for step in (0, 50, 100):
             await ctx.session.report_progress(step, 100, f"Completed step {step} of 100")
             if step < 100:
@@ -308,19 +378,26 @@ async def call_tool(ctx: Ctx, params: types.CallToolRequestParams) -> types.Call
             await ctx.session.send_log_message("info", "Diagnostic trace logging activated")
         return text("Logging evaluated")
     if name == "test_error_handling":
-        return types.CallToolResult(is_error=True, content=[
-            types.TextContent(type="text", text="This tool intentionally returns an error for testing")])
+        return types.CallToolResult(
+            is_error=True,
+            content=[types.TextContent(type="text", text="This tool intentionally returns an error for testing")],
+        )
     if name == "test_missing_capability":
         if caps(ctx).sampling is None:
-            raise MCPError(MISSING_CAPABILITY, "MissingRequiredClientCapabilityError",
-                           {"requiredCapabilities": {"sampling": {}}})
+            raise MCPError(
+                MISSING_CAPABILITY, "MissingRequiredClientCapabilityError", {"requiredCapabilities": {"sampling": {}}}
+            )
         return text("Success")
     if name.startswith("test_input_required_result_"):
         return await _mrtr(ctx, name, params)
     if name == "json_schema_2020_12_tool":
         return text(f"JSON Schema 2020-12 tool called with: {json.dumps(args)}")
-    if name in ("test_sampling", "test_elicitation", "test_elicitation_sep1034_defaults",
-                "test_elicitation_sep1330_enums"):
+    if name in (
+        "test_sampling",
+        "test_elicitation",
+        "test_elicitation_sep1034_defaults",
+        "test_elicitation_sep1330_enums",
+    ):
         return await _legacy_input(ctx, name, args)
     raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {name}")
 
@@ -333,15 +410,17 @@ async def _legacy_input(ctx: Ctx, name: str, args: dict[str, Any]) -> types.Call
             return text(f"LLM response: {getattr(content, 'text', 'No response')}")
         if name == "test_elicitation":
             response = {"type": "string", "description": "User's response"}
-            schema = {"type": "object", "properties": {"response": response},
-                      "required": ["response"]}
-            request = types.ElicitRequest(params=types.ElicitRequestFormParams(
-                message=str(args.get("message", "")), requested_schema=schema))
+            schema = {"type": "object", "properties": {"response": response}, "required": ["response"]}
+            request = types.ElicitRequest(
+                params=types.ElicitRequestFormParams(message=str(args.get("message", "")), requested_schema=schema)
+            )
             answer = await ctx.session.send_request(request, types.ElicitResult)
             return text(f"User response: action={answer.action}, content={json.dumps(answer.content or {})}")
-        message, schema = (("Please review and update the form fields with defaults", DEFAULTS_SCHEMA)
-                           if name == "test_elicitation_sep1034_defaults"
-                           else ("Please select options from the enum fields", ENUMS_SCHEMA))
+        message, schema = (
+            ("Please review and update the form fields with defaults", DEFAULTS_SCHEMA)
+            if name == "test_elicitation_sep1034_defaults"
+            else ("Please select options from the enum fields", ENUMS_SCHEMA)
+        )
         request = types.ElicitRequest(params=types.ElicitRequestFormParams(message=message, requested_schema=schema))
         answer = await ctx.session.send_request(request, types.ElicitResult)
         return text(f"Elicitation completed: action={answer.action}, content={json.dumps(answer.content or {})}")
@@ -352,12 +431,27 @@ async def _legacy_input(ctx: Ctx, name: str, args: dict[str, Any]) -> types.Call
 # ------------------------------------------------------------------ resources
 
 RESOURCES = [
-    types.Resource(uri="test://static-text", name="static-text", title="Static Text Resource",
-                   description="A static text resource for testing", mime_type="text/plain"),
-    types.Resource(uri="test://static-binary", name="static-binary", title="Static Binary Resource",
-                   description="A static binary resource (image) for testing", mime_type="image/png"),
-    types.Resource(uri="test://watched-resource", name="watched-resource", title="Watched Resource",
-                   description="A resource that can be subscribed to", mime_type="text/plain"),
+    types.Resource(
+        uri="test://static-text",
+        name="static-text",
+        title="Static Text Resource",
+        description="A static text resource for testing",
+        mime_type="text/plain",
+    ),
+    types.Resource(
+        uri="test://static-binary",
+        name="static-binary",
+        title="Static Binary Resource",
+        description="A static binary resource (image) for testing",
+        mime_type="image/png",
+    ),
+    types.Resource(
+        uri="test://watched-resource",
+        name="watched-resource",
+        title="Watched Resource",
+        description="A resource that can be subscribed to",
+        mime_type="text/plain",
+    ),
 ]
 TEMPLATE = "test://template/{id}/data"
 subscriptions: set[str] = set()
@@ -368,9 +462,13 @@ async def list_resources(ctx: Ctx, params: types.PaginatedRequestParams | None) 
 
 
 async def list_templates(ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListResourceTemplatesResult:
-    template = types.ResourceTemplate(uri_template=TEMPLATE, name="template", title="Resource Template",
-                                      description="A resource template with parameter substitution",
-                                      mime_type="application/json")
+    template = types.ResourceTemplate(
+        uri_template=TEMPLATE,
+        name="template",
+        title="Resource Template",
+        description="A resource template with parameter substitution",
+        mime_type="application/json",
+    )
     return types.ListResourceTemplatesResult(resource_templates=[template], **CACHED)
 
 
@@ -378,16 +476,24 @@ async def read_resource(ctx: Ctx, params: types.ReadResourceRequestParams) -> ty
     uri = str(params.uri)
     contents: list[types.TextResourceContents | types.BlobResourceContents]
     if uri == "test://static-text":
-        contents = [types.TextResourceContents(uri=uri, mime_type="text/plain",
-                                               text="This is the content of the static text resource.")]
+        contents = [
+            types.TextResourceContents(
+                uri=uri, mime_type="text/plain", text="This is the content of the static text resource."
+            )
+        ]
     elif uri == "test://static-binary":
         contents = [types.BlobResourceContents(uri=uri, mime_type="image/png", blob=IMAGE)]
     elif uri == "test://watched-resource":
         contents = [types.TextResourceContents(uri=uri, mime_type="text/plain", text="Watched resource content")]
     elif uri.startswith("test://template/") and uri.endswith("/data"):
-        ident = uri[len("test://template/"):-len("/data")]
-        contents = [types.TextResourceContents(uri=uri, mime_type="application/json", text=json.dumps(
-            {"id": ident, "templateTest": True, "data": f"Data for ID: {ident}"}))]
+        ident = uri[len("test://template/") : -len("/data")]
+        contents = [
+            types.TextResourceContents(
+                uri=uri,
+                mime_type="application/json",
+                text=json.dumps({"id": ident, "templateTest": True, "data": f"Data for ID: {ident}"}),
+            )
+        ]
     else:
         code = types.INVALID_PARAMS if modern(ctx) else -32002
         raise MCPError(code, f"Resource not found: {uri}", {"uri": uri})
@@ -407,16 +513,24 @@ async def unsubscribe(ctx: Ctx, params: types.UnsubscribeRequestParams) -> types
 # ------------------------------------------------------------------ prompts, completion, logging
 
 PROMPTS = [
-    types.Prompt(name="test_simple_prompt", title="Simple Test Prompt",
-                 description="A simple prompt without arguments"),
-    types.Prompt(name="test_prompt_with_arguments", title="Prompt With Arguments",
-                 description="A prompt with required arguments",
-                 arguments=[types.PromptArgument(name="arg1", description="First test argument", required=True),
-                            types.PromptArgument(name="arg2", description="Second test argument", required=True)]),
-    types.Prompt(name="test_prompt_with_embedded_resource", title="Prompt With Embedded Resource",
-                 description="A prompt that includes an embedded resource",
-                 arguments=[types.PromptArgument(name="resourceUri", description="URI of the resource to embed",
-                                                 required=True)]),
+    types.Prompt(
+        name="test_simple_prompt", title="Simple Test Prompt", description="A simple prompt without arguments"
+    ),
+    types.Prompt(
+        name="test_prompt_with_arguments",
+        title="Prompt With Arguments",
+        description="A prompt with required arguments",
+        arguments=[
+            types.PromptArgument(name="arg1", description="First test argument", required=True),
+            types.PromptArgument(name="arg2", description="Second test argument", required=True),
+        ],
+    ),
+    types.Prompt(
+        name="test_prompt_with_embedded_resource",
+        title="Prompt With Embedded Resource",
+        description="A prompt that includes an embedded resource",
+        arguments=[types.PromptArgument(name="resourceUri", description="URI of the resource to embed", required=True)],
+    ),
     types.Prompt(name="test_prompt_with_image", title="Prompt With Image", description="A prompt with image content"),
     types.Prompt(name="test_input_required_result_prompt", description="MRTR: prompt that requires elicitation input"),
 ]
@@ -430,32 +544,55 @@ async def list_prompts(ctx: Ctx, params: types.PaginatedRequestParams | None) ->
     return types.ListPromptsResult(prompts=PROMPTS, **CACHED)
 
 
-async def get_prompt(ctx: Ctx, params: types.GetPromptRequestParams) -> types.GetPromptResult | \
-        types.InputRequiredResult:
+async def get_prompt(
+    ctx: Ctx, params: types.GetPromptRequestParams
+) -> types.GetPromptResult | types.InputRequiredResult:
     name, args = params.name, params.arguments or {}
     if name == "test_simple_prompt":
-        return types.GetPromptResult(messages=[user(types.TextContent(
-            type="text", text="This is a simple prompt for testing."))])
+        return types.GetPromptResult(
+            messages=[user(types.TextContent(type="text", text="This is a simple prompt for testing."))]
+        )
     if name == "test_prompt_with_arguments":
-        return types.GetPromptResult(messages=[user(types.TextContent(
-            type="text", text=f"Prompt with arguments: arg1='{args.get('arg1')}', arg2='{args.get('arg2')}'"))])
+        return types.GetPromptResult(
+            messages=[
+                user(
+                    types.TextContent(
+                        type="text", text=f"Prompt with arguments: arg1='{args.get('arg1')}', arg2='{args.get('arg2')}'"
+                    )
+                )
+            ]
+        )
     if name == "test_prompt_with_embedded_resource":
-        resource = types.TextResourceContents(uri=args.get("resourceUri", "test://example"), mime_type="text/plain",
-                                              text="Embedded resource content for testing.")
-        return types.GetPromptResult(messages=[
-            user(types.EmbeddedResource(type="resource", resource=resource)),
-            user(types.TextContent(type="text", text="Please process the embedded resource above.")),
-        ])
+        resource = types.TextResourceContents(
+            uri=args.get("resourceUri", "test://example"),
+            mime_type="text/plain",
+            text="Embedded resource content for testing.",
+        )
+        return types.GetPromptResult(
+            messages=[
+                user(types.EmbeddedResource(type="resource", resource=resource)),
+                user(types.TextContent(type="text", text="Please process the embedded resource above.")),
+            ]
+        )
     if name == "test_prompt_with_image":
-        return types.GetPromptResult(messages=[
-            user(types.ImageContent(type="image", data=IMAGE, mime_type="image/png")),
-            user(types.TextContent(type="text", text="Please analyze the image above.")),
-        ])
+        return types.GetPromptResult(
+            messages=[
+                user(types.ImageContent(type="image", data=IMAGE, mime_type="image/png")),
+                user(types.TextContent(type="text", text="Please analyze the image above.")),
+            ]
+        )
     if name == "test_input_required_result_prompt":
         responses = raw(params.input_responses)
         if "user_context" in responses:
-            return types.GetPromptResult(messages=[user(types.TextContent(
-                type="text", text=f"Prompt with context: {answered(responses['user_context'], 'context')}"))])
+            return types.GetPromptResult(
+                messages=[
+                    user(
+                        types.TextContent(
+                            type="text", text=f"Prompt with context: {answered(responses['user_context'], 'context')}"
+                        )
+                    )
+                ]
+            )
         return ask({"user_context": elicit("What context should the prompt use?", "context")})
     raise MCPError(types.INVALID_PARAMS, f"Unknown prompt: {name}")
 
@@ -470,12 +607,19 @@ async def set_level(ctx: Ctx, params: types.SetLevelRequestParams) -> types.Empt
 
 def build() -> Server[Any]:
     server: Server[Any] = Server(
-        "mcp-conformance-fixture", version="1.0.0",
+        "mcp-conformance-fixture",
+        version="1.0.0",
         get_tool_input_schema=lambda name: TOOLS[name][1] if name in TOOLS else None,
-        on_list_tools=list_tools, on_call_tool=call_tool,
-        on_list_resources=list_resources, on_list_resource_templates=list_templates, on_read_resource=read_resource,
-        on_subscribe_resource=subscribe, on_unsubscribe_resource=unsubscribe,
-        on_list_prompts=list_prompts, on_get_prompt=get_prompt, on_completion=complete,
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+        on_list_resources=list_resources,
+        on_list_resource_templates=list_templates,
+        on_read_resource=read_resource,
+        on_subscribe_resource=subscribe,
+        on_unsubscribe_resource=unsubscribe,
+        on_list_prompts=list_prompts,
+        on_get_prompt=get_prompt,
+        on_completion=complete,
     )
     server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, set_level)
     return server
@@ -499,11 +643,17 @@ class OmitResultType:
                 message["headers"] = [(k, v) for k, v in message["headers"] if k.lower() != b"content-length"]
             elif message["type"] == "http.response.body" and message.get("body"):
                 if self.omit:
-                    message["body"] = message["body"].replace(b',"resultType":"complete"', b"").replace(
-                        b'"resultType":"complete",', b"")
+                    message["body"] = (
+                        message["body"]
+                        .replace(b',"resultType":"complete"', b"")
+                        .replace(b'"resultType":"complete",', b"")
+                    )
                 if self.garble and GARBLE.encode() in message["body"]:
-                    message["body"] = b"{this is not json" if message["body"].startswith(b"{") else \
-                        b"event: message\ndata: {this is not json\n\n"
+                    message["body"] = (
+                        b"{this is not json"
+                        if message["body"].startswith(b"{")
+                        else b"event: message\ndata: {this is not json\n\n"
+                    )
             await send(message)
 
         await self.app(scope, receive, strip)
@@ -517,8 +667,9 @@ def main() -> None:
 
         async def serve() -> None:
             async with stdio_server() as (read, write):
-                options = server.create_initialization_options(NotificationOptions(
-                    resources_changed=True, tools_changed=True, prompts_changed=True))
+                options = server.create_initialization_options(
+                    NotificationOptions(resources_changed=True, tools_changed=True, prompts_changed=True)
+                )
                 await server.run(read, write, options)
 
         anyio.run(serve)
