@@ -221,7 +221,7 @@ class Pipeline:
 
     async def _forward(self, call: Admitted, downstream: Downstream) -> types.CallToolResult:
         """Call the upstream, resolve any input it asks for, meter, settle and record the result."""
-        metered = _MeteredDownstream(downstream, self, call)
+        metered = _MeteredDownstream(downstream, self, call.principal, call.audit_fields())
         outcome, error = "ok", None
         try:
             result = await self._call(call, metered)
@@ -434,7 +434,7 @@ class Pipeline:
                     raise UpstreamError(
                         f"upstream server {request.upstream.name!r} asked for input on a request that cannot carry it"
                     )
-                metered = _MeteredRequestDownstream(downstream, self, request)
+                metered = _MeteredDownstream(downstream, self, request.principal, request.fields)
                 responses, state = await answers(result, metered), result.request_state
             raise UpstreamError(
                 f"upstream server {request.upstream.name!r} asked for input more than {MAX_INPUT_ROUNDS} times"
@@ -544,52 +544,22 @@ class _MeteredDownstream:
         "roots/list": Event.ROOTS_REQUEST,
     }
 
-    def __init__(self, inner: Downstream, pipeline: Pipeline, call: Admitted) -> None:
+    def __init__(self, inner: Downstream, pipeline: Pipeline, principal: Principal, fields: dict[str, Any]) -> None:
         self.inner = inner
         self.sid = inner.sid
         self.pipeline = pipeline
-        self.call = call
+        self.principal = principal
+        self.fields = fields  # the identity of the call or request the rounds belong to
 
     async def ask(self, request: types.InputRequest, key: str | None = None) -> types.InputResponse | types.ErrorData:
         meter = self.pipeline.meter
         sent = meter.count(request.params)
         answer = await self.inner.ask(request, key)
         received = 0 if isinstance(answer, types.ErrorData) else meter.count(answer)
-        await self.pipeline.budgets.settle(self.call.principal, sent + received)
+        await self.pipeline.budgets.settle(self.principal, sent + received)
         await self.pipeline.audit.emit(
             self._EVENTS.get(request.method, Event.INPUT_REQUEST),
-            **self.call.audit_fields(),
-            request_tokens=sent,
-            response_tokens=received,
-            outcome="error" if isinstance(answer, types.ErrorData) else "ok",
-        )
-        return answer
-
-    async def progress(self, progress: float, total: float | None, message: str | None) -> None:
-        await self.inner.progress(progress, total, message)
-
-    async def log(self, params: types.LoggingMessageNotificationParams) -> None:
-        await self.inner.log(params)
-
-
-class _MeteredRequestDownstream:
-    """As `_MeteredDownstream`, for the input rounds of a prompts/get or resources/read."""
-
-    def __init__(self, inner: Downstream, pipeline: Pipeline, request: AdmittedRequest) -> None:
-        self.inner = inner
-        self.sid = inner.sid
-        self.pipeline = pipeline
-        self.request = request
-
-    async def ask(self, request: types.InputRequest, key: str | None = None) -> types.InputResponse | types.ErrorData:
-        meter = self.pipeline.meter
-        sent = meter.count(request.params)
-        answer = await self.inner.ask(request, key)
-        received = 0 if isinstance(answer, types.ErrorData) else meter.count(answer)
-        await self.pipeline.budgets.settle(self.request.principal, sent + received)
-        await self.pipeline.audit.emit(
-            _MeteredDownstream._EVENTS.get(request.method, Event.INPUT_REQUEST),
-            **self.request.fields,
+            **self.fields,
             request_tokens=sent,
             response_tokens=received,
             outcome="error" if isinstance(answer, types.ErrorData) else "ok",
