@@ -688,38 +688,27 @@ def _check_work_dir(path: Path, config: GatewayConfig) -> None:
             )
 
 
-def load_agents(path: Path) -> dict[str, AgentSpec]:
-    """Read agents.yaml; a missing file means no configured agents.
+def _agents_file(path: Path) -> AgentsFile:
+    """Read agents.yaml; a missing or empty file is one with no agents and no templates.
 
     Raises:
         ConfigError: the file is malformed or a field is invalid.
     """
-    if not path.exists():
-        return {}
-    raw = read_yaml(path)
-    if raw is None:
-        return {}
+    raw = read_yaml(path) if path.exists() else None
     try:
-        return AgentsFile.model_validate(raw).agents
+        return AgentsFile.model_validate(raw if raw is not None else {})
     except ValidationError as exc:
         raise ConfigError(validation_message(path, exc)) from None
+
+
+def load_agents(path: Path) -> dict[str, AgentSpec]:
+    """agents.yaml's configured agents (ConfigError as `_agents_file`)."""
+    return _agents_file(path).agents
 
 
 def load_templates(path: Path) -> dict[str, InteractiveTemplate]:
-    """agents.yaml's `interactive:` templates; a missing file means none.
-
-    Raises:
-        ConfigError: the file is malformed or a field is invalid.
-    """
-    if not path.exists():
-        return {}
-    raw = read_yaml(path)
-    if raw is None:
-        return {}
-    try:
-        return AgentsFile.model_validate(raw).interactive
-    except ValidationError as exc:
-        raise ConfigError(validation_message(path, exc)) from None
+    """agents.yaml's `interactive:` templates (ConfigError as `_agents_file`)."""
+    return _agents_file(path).interactive
 
 
 def parse_grant(raw: Any, source: str = "grant") -> GrantSpec:
