@@ -28,6 +28,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from tests.support.harness import Harness, free_port, running_gateway, time_manifest
+from tests.support.processes import serving
 
 ROOT = Path(__file__).resolve().parents[2]
 IDP_SCRIPT = ROOT / "examples" / "quickstart" / "idp.mjs"
@@ -50,22 +51,8 @@ async def identity_provider(redirect_uri: str) -> AsyncIterator[str]:
         "IDP_CLIENT_SECRET": IDP_SECRET,
         "IDP_PASSWORD": PASSWORD,
     }
-    process = await anyio.open_process([node, str(IDP_SCRIPT)], env=env, cwd=ROOT, stderr=None)
-    try:
-        assert process.stdout is not None
-        seen = b""
-        with anyio.fail_after(STARTUP):
-            while b"ready" not in seen:
-                chunk = await process.stdout.receive()
-                seen += chunk
+    async with serving([node, str(IDP_SCRIPT)], b"ready", env=env, stream="stdout", cwd=ROOT, timeout=STARTUP):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        with anyio.move_on_after(5):
-            await process.wait()
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:

