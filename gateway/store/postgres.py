@@ -224,19 +224,7 @@ class PostgresStore:
                      workload = excluded.workload,
                      keys_at = CASE WHEN agents.jwks IS NOT DISTINCT FROM excluded.jwks THEN agents.keys_at
                                     ELSE excluded.keys_at END""",
-                [
-                    (
-                        a.id,
-                        a.owner,
-                        a.cost_center,
-                        now,
-                        rows.dump(a.jwks),
-                        rows.dump(a.grant),
-                        rows.dump(a.workload),
-                        now if a.jwks is not None else None,
-                    )
-                    for a in agents.values()
-                ],
+                [rows.config_agent(a, now) for a in agents.values()],
             )
 
     async def get_agent(self, agent_id: str) -> AgentRecord | None:

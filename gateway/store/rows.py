@@ -30,6 +30,21 @@ class Row(Protocol):
     def __getitem__(self, key: str, /) -> Any: ...
 
 
+def config_agent(agent: AgentRecord, now: float) -> tuple[Any, ...]:
+    """`sync_config_agents`' row values for an agents.yaml agent: id, owner, cost center, created, jwks, grant,
+    workload, keys_at (when its keys were set: now, if it has any)."""
+    return (
+        agent.id,
+        agent.owner,
+        agent.cost_center,
+        now,
+        dump(agent.jwks),
+        dump(agent.grant),
+        dump(agent.workload),
+        now if agent.jwks is not None else None,
+    )
+
+
 def workload_key(issuer: str, subject: str) -> str:
     """The `workload` column's value for this platform identity (unique across agents)."""
     return dump({"issuer": issuer, "subject": subject}) or ""

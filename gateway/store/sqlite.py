@@ -265,23 +265,13 @@ class SQLiteStore:
             for agent in agents.values():
                 db.execute(
                     """INSERT INTO agents (id, owner, cost_center, source, disabled, created_at, jwks, grant_spec,
-                       workload, keys_at) VALUES (?, ?, ?, 'config', ?, ?, ?, ?, ?, ?)
+                       workload, keys_at) VALUES (?, ?, ?, 'config', 0, ?, ?, ?, ?, ?)
                        ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, cost_center = excluded.cost_center,
                          source = 'config', jwks = excluded.jwks, grant_spec = excluded.grant_spec,
                          workload = excluded.workload,
                          keys_at = CASE WHEN agents.jwks IS excluded.jwks THEN agents.keys_at
                                         ELSE excluded.keys_at END""",
-                    (
-                        agent.id,
-                        agent.owner,
-                        agent.cost_center,
-                        0,
-                        now,
-                        rows.dump(agent.jwks),
-                        rows.dump(agent.grant),
-                        rows.dump(agent.workload),
-                        now if agent.jwks is not None else None,
-                    ),
+                    rows.config_agent(agent, now),
                 )
 
     async def get_agent(self, agent_id: str) -> AgentRecord | None:
