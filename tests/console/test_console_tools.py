@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anyio
 import pytest
 from playwright.async_api import expect
 
@@ -27,6 +28,9 @@ async def test_a_changed_tool_shows_quarantined_with_its_diff_and_approve_pins_i
         context, page = await signed_in(browser, gw)
         await page.goto(f"{gw.url}/console/tools")
         greet = page.locator("section[data-server=mutable] tr[data-tool=greet]")
+        with anyio.fail_after(WAIT_MS / 1000):  # the gateway takes in the new pin file on its own reload
+            while await greet.locator("td.status").inner_text() != "pinned":
+                await page.reload()
         await expect(greet.locator("td.status")).to_have_text("pinned")
 
         async with RawAgent(gw, token) as agent:
