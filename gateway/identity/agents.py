@@ -9,7 +9,7 @@ from typing import Any
 
 from gateway.config.files import AgentSpec, DpopMode, GrantSpec, InteractiveTemplate, Workload
 from gateway.identity.policy import EMPTY_GRANT, Grant, compile_grant
-from gateway.store.base import AgentRecord, Store
+from gateway.store.base import AgentRecord, AgentStore
 
 _STORE_AGENT_TTL = 1.0  # seconds a store agent's definition is reused before re-reading
 
@@ -103,7 +103,7 @@ class AgentDirectory:
     """Looks agents up by id. Config definitions win; credentials and the disabled flag live in the store."""
 
     def __init__(
-        self, store: Store, specs: dict[str, AgentSpec], templates: dict[str, InteractiveTemplate] | None = None
+        self, store: AgentStore, specs: dict[str, AgentSpec], templates: dict[str, InteractiveTemplate] | None = None
     ) -> None:
         self.store = store
         self.specs = specs

@@ -20,7 +20,7 @@ from gateway.errors import AuthError
 from gateway.identity.agents import Agent, AgentDirectory
 from gateway.identity.principal import Principal
 from gateway.identity.tokens import TokenClaims, Tokens
-from gateway.store.base import ENDED_STATES, SessionRecord, SessionState, Store
+from gateway.store.base import ENDED_STATES, SessionRecord, SessionState, SessionStore
 
 _TOUCH_EVERY = 1.0  # seconds between idle-timeout writes for one session
 
@@ -30,7 +30,7 @@ EndListener = Callable[[str], Awaitable[None]]
 class Sessions:
     def __init__(
         self,
-        store: Store,
+        store: SessionStore,
         agents: AgentDirectory,
         tokens: Tokens,
         audit: Audit,

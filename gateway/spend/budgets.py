@@ -50,7 +50,8 @@ from gateway.audit import Audit
 from gateway.audit.events import Event
 from gateway.errors import AuthError, Stopped, StoreUnavailable, Unavailable
 from gateway.identity.principal import Principal
-from gateway.store.base import Ask, Reservation, Settled, Store, clock_minute, utc_day
+from gateway.spend import limits
+from gateway.store.base import Ask, BudgetStore, Reservation, Settled, clock_minute, utc_day
 
 log = logging.getLogger("gateway.budgets")
 
@@ -177,7 +178,9 @@ DENIAL_FIELDS = (
 
 
 class Budgets:
-    def __init__(self, store: Store, audit: Audit, clock: Callable[[], float], *, denials_per_minute: int = 60) -> None:
+    def __init__(
+        self, store: BudgetStore, audit: Audit, clock: Callable[[], float], *, denials_per_minute: int = 60
+    ) -> None:
         self.store = store
         self.audit = audit
         self.clock = clock
@@ -260,7 +263,7 @@ class Budgets:
         used = await self.store.count_attempt(principal.agent.id, now, limit)
         if used is None:
             return None
-        return _rate_stop(principal.sid, used, limit, now)
+        return stop_for(limits.rate_detail(principal.sid, used, limit, now))
 
     async def record_denial(self, event: Event, fields: dict[str, Any]) -> None:
         """Audit a denied request: durably while the agent is within `denials_per_minute`, else counted.
@@ -422,6 +425,7 @@ class Budgets:
             )
 
     async def _refusal(self, principal: Principal, reservation: Reservation, ask: Ask) -> Stopped:
+        """The stop for a refused reservation, after recording what it stops (a tool block or a suspension)."""
         session = reservation.session
         if session is None or reservation.refusal == "ended":
             raise AuthError("session ended")
@@ -429,17 +433,13 @@ class Budgets:
             return stop_for(session.stop or {"limit": session.reason or "suspended", "session": session.sid})
         if reservation.refusal == "blocked":
             return stop_for(reservation.block or {"limit": "blocked", "session": session.sid, "tool": ask.tool})
-        limit, used, maximum = str(reservation.refusal), reservation.used, reservation.limit
-        if limit == "calls_per_minute":
-            return _rate_stop(session.sid, used, maximum, ask.now)
-        detail: dict[str, Any] = {"limit": limit, "used": used, "max": maximum, "session": session.sid}
-        if limit == "tool_calls":
-            detail.update(scope="tool", tool=ask.tool)
+        if reservation.refusal == "calls_per_minute":
+            return stop_for(limits.rate_detail(session.sid, reservation.used, reservation.limit, ask.now))
+        detail = limits.limit_detail(reservation, ask)
+        if detail["scope"] == "tool":
             await self._block(principal, str(ask.tool), detail)
             return stop_for(detail)
-        detail["scope"] = "session"
-        if limit == "daily_tokens":
-            detail["resets_at"] = utc_day(ask.now + 86400) + "T00:00:00Z"
+        limit, used, maximum = detail["limit"], detail["used"], detail["max"]
         if await self.store.suspend_session(session.sid, detail):
             await self.audit.emit(
                 Event.BUDGET_EXCEEDED,
@@ -505,16 +505,3 @@ class Budgets:
                     limit=maximum,
                 )
             self._alerted.add(key)
-
-
-def _rate_stop(sid: str, used: int | None, maximum: int | None, now: float) -> Stopped:
-    return stop_for(
-        {
-            "limit": "calls_per_minute",
-            "used": used,
-            "max": maximum,
-            "session": sid,
-            "scope": "call",
-            "retry_after_s": max(1, 60 - int(now % 60)),
-        }
-    )

@@ -1,4 +1,8 @@
-"""Store backends behind one Protocol; `open_store` picks one from the config URL."""
+"""Store backends behind role Protocols (base.py); `open_store` picks one from the config URL.
+
+Imports config/, errors.py and, for the SQL backends, spend/limits.py (the budget rules, which
+import nothing of the store but its records).
+"""
 
 from __future__ import annotations
 

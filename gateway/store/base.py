@@ -1,10 +1,14 @@
-"""The store seam: one Protocol, a SQLite default and a PostgreSQL backend.
+"""The store seam: the records, one Protocol per role, and `Store`, which is all of them.
 
 The session record in the store is the source of truth (a token only points at
 it). Everything that must agree across replicas lives here: agents and their
-credentials, sessions and their budget counters, the client-assertion replay
-cache, and audit checkpoints. Every method takes the time from its caller, so
-decisions stay testable with an injected clock.
+credentials, sessions and their budget counters, single-use ids, sign-in items
+and audit checkpoints. Each of those is a role Protocol (`AgentStore`,
+`SessionStore`, `BudgetStore`, `ReplayStore`, `LoginStore`, `CheckpointStore`,
+and `StoreConnection` for the backend itself), so a component names the part of
+the store it uses; `KeyStore` is the key material only a shared database keeps.
+Every method takes the time from its caller, so decisions stay testable with an
+injected clock.
 
 Backends raise `StoreUnavailable` when the database cannot be consulted; the
 callers refuse the request (fail closed).
@@ -101,6 +105,21 @@ class Ask:
     def minute(self) -> int:
         return clock_minute(self.now)
 
+    # What the ask counts besides the session: only the counters whose limit it carries, so an agent
+    # without a daily limit, a rate limit or a tool cap keeps no counter for it.
+
+    @property
+    def counted_day(self) -> str | None:
+        return self.day if self.daily_tokens is not None else None
+
+    @property
+    def counted_minute(self) -> int | None:
+        return self.minute if self.calls_per_minute is not None else None
+
+    @property
+    def counted_tool(self) -> str | None:
+        return self.tool if self.tool_cap is not None else None
+
 
 def utc_day(now: float) -> str:
     """The UTC calendar day of `now`: daily budgets reset at 00:00 UTC."""
@@ -114,16 +133,6 @@ def clock_minute(now: float) -> int:
 
 KEEP_DAYS = 35  # how many days of the agents' daily counters `prune_usage` keeps
 KEEP_SETTLEMENTS = 86400.0  # seconds `prune_usage` keeps the keys of applied settlements (a retry comes sooner)
-
-
-@dataclass(frozen=True)
-class Counters:
-    """The shared counters besides the session row that a reservation checks."""
-
-    day_tokens: int = 0  # the agent's tokens on the ask's UTC day
-    minute_calls: int = 0  # the agent's calls in the ask's clock minute
-    tool_calls: int = 0  # this session's calls to the ask's tool (counted only when it has a cap)
-    tool_block: dict[str, Any] | None = None  # why the ask's tool is blocked in this session
 
 
 class Settled(NamedTuple):
@@ -146,58 +155,6 @@ class Reservation:
     block: dict[str, Any] | None = None  # for "blocked": the stop detail recorded with the block
 
 
-def session_refusal(session: SessionRecord | None, ask: Ask) -> Reservation | None:
-    """The refusal the session row alone explains (it is gone, ended or suspended), if any.
-
-    A backend checks this before it reads the counters `refusal` needs.
-    """
-    if session is None or session.ended_state(ask.now) is not None:
-        return Reservation(session, False, "ended")
-    if session.state == "suspended":
-        return Reservation(session, False, "suspended")
-    return None
-
-
-def refusal(session: SessionRecord | None, ask: Ask, counters: Counters) -> Reservation:
-    """Why `ask` was not granted, from state read after the reservation failed (shared by backends).
-
-    When several limits are reached, the one named is the first of: session calls, session
-    tokens, daily tokens (these suspend the session), the tool's cap, the rate limit.
-    """
-    stopped = session_refusal(session, ask)
-    if stopped is not None:
-        return stopped
-    assert session is not None  # session_refusal answers for a missing session
-    if counters.tool_block is not None:
-        return Reservation(session, False, "blocked", block=counters.tool_block)
-    checks = (
-        ("session_calls", session.calls, session.calls_limit, session.calls + ask.calls <= (session.calls_limit or 0)),
-        (
-            "session_tokens",
-            session.tokens,
-            session.tokens_limit,
-            session.tokens + ask.tokens < (session.tokens_limit or 0),
-        ),
-        (
-            "daily_tokens",
-            counters.day_tokens,
-            ask.daily_tokens,
-            counters.day_tokens + ask.tokens < (ask.daily_tokens or 0),
-        ),
-        ("tool_calls", counters.tool_calls, ask.tool_cap, counters.tool_calls + ask.calls <= (ask.tool_cap or 0)),
-        (
-            "calls_per_minute",
-            counters.minute_calls,
-            ask.calls_per_minute,
-            counters.minute_calls + ask.calls <= (ask.calls_per_minute or 0),
-        ),
-    )
-    for name, used, limit, fits in checks:
-        if limit is not None and not fits:
-            return Reservation(session, False, name, used, limit)
-    return Reservation(session, False, "ended")  # nothing else can refuse: it ended in between
-
-
 @dataclass(frozen=True)
 class StoredKey:
     """A signing key kept in a shared store. The active one has no `retired_at`."""
@@ -217,8 +174,8 @@ RESYNC = "resync"  # the watch (re)connected: what changed while it was away was
 ChangeListener = Callable[[str, str], Awaitable[None]]
 
 
-class Store(Protocol):
-    """Everything the gateway keeps across requests, processes and replicas."""
+class StoreConnection(Protocol):
+    """The backend itself: connecting, answering a readiness check, and changes made elsewhere."""
 
     async def open(self) -> None:
         """Connect and apply pending schema migrations."""
@@ -234,7 +191,10 @@ class Store(Protocol):
         A backend that cannot push changes returns at once; the gateway's periodic check covers it.
         """
 
-    # agents
+
+class AgentStore(Protocol):
+    """Agents and their credentials: agents.yaml's (synced in), the CLI's and admin API's, and sign-ins'."""
+
     async def sync_config_agents(self, agents: dict[str, AgentRecord], now: float) -> None:
         """Make the config-sourced agents in the store equal `agents` (agents.yaml is authoritative).
 
@@ -257,7 +217,10 @@ class Store(Protocol):
     async def update_agent(self, agent_id: str, **changes: Any) -> bool:
         """Change fields of an agent; False if it does not exist. ValueError for a field that cannot change."""
 
-    # sessions
+
+class SessionStore(Protocol):
+    """Session rows, the source of truth a token points at: opened, renewed, seen, listed and ended."""
+
     async def create_session(self, session: SessionRecord, max_active: int | None) -> bool:
         """Insert a session unless the agent already has `max_active` live ones (atomic)."""
 
@@ -282,6 +245,14 @@ class Store(Protocol):
     async def touch_session(self, sid: str, now: float) -> None:
         """Record activity, for the idle timeout."""
 
+
+class BudgetStore(Protocol):
+    """The counters budgets reserve against and settle into, and the stops they record.
+
+    The limits are checked here, inside one atomic statement; why a reservation was refused is
+    decided by gateway/spend/limits.py, which both SQL backends call.
+    """
+
     async def reserve(self, ask: Ask) -> Reservation:
         """The per-call check, in one atomic statement where the backend allows.
 
@@ -289,8 +260,8 @@ class Store(Protocol):
         holds after counting `ask`: session calls and tokens (tokens must stay below the limit),
         the agent's tokens that UTC day, its calls that minute, and the session's calls to a
         capped tool. Counts the calls and tokens in the session, and in the agent's day, the
-        agent's minute and the tool only when the ask carries that limit (agents without a
-        daily limit keep no day counter). Refusals are explained by `refusal()`.
+        agent's minute and the tool only when the ask carries that limit (`Ask.counted_*`).
+        Refusals are explained by `spend.limits.refusal`.
         """
 
     async def regrant(self, sid: str, grant_version: str, calls_limit: int | None, tokens_limit: int | None) -> None:
@@ -333,11 +304,17 @@ class Store(Protocol):
     async def resume_session(self, sid: str, add_calls: int, add_tokens: int, now: float) -> SessionRecord | None:
         """Lift a stop: the session is active again, its limits raised, its blocked tools unblocked."""
 
-    # replay cache for client assertions (private_key_jwt)
+
+class ReplayStore(Protocol):
+    """Single-use ids (client assertions' and DPoP proofs' `jti`), shared so a replay fails on every replica."""
+
     async def remember_jti(self, jti: str, expires_at: float, now: float) -> bool:
         """Record a single-use id; False if it was already seen."""
 
-    # sign-in (gateway/login/): codes, refresh tokens, consent, registered clients, by kind and hashed key
+
+class LoginStore(Protocol):
+    """Sign-in (gateway/login/): codes, refresh tokens, consent and registered clients, by kind and hashed key."""
+
     async def put_login_item(self, kind: str, key: str, data: dict[str, Any], expires_at: float, now: float) -> bool:
         """Store an item unless one exists under (kind, key); prunes expired items. False if it existed."""
 
@@ -348,10 +325,20 @@ class Store(Protocol):
         """Mark the unexpired item used (atomic) and return it as it was before: `used_at` None means this
         call was its first use. None when there is no such unexpired item."""
 
-    # audit checkpoints, kept outside the audit file
+
+class CheckpointStore(Protocol):
+    """Signed audit checkpoints, kept outside the audit file so a cut tail is caught."""
+
     async def put_checkpoint(self, instance: str, seq: int, head: str, signature: str, now: float) -> None: ...
 
     async def get_checkpoint(self, instance: str) -> dict[str, Any] | None: ...
+
+
+class Store(StoreConnection, AgentStore, SessionStore, BudgetStore, ReplayStore, LoginStore, CheckpointStore, Protocol):
+    """Everything the gateway keeps across requests, processes and replicas: every role in one backend.
+
+    A component that uses one role takes that role's Protocol; only the wiring holds the whole store.
+    """
 
 
 class KeyStore(Protocol):

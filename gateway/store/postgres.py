@@ -29,6 +29,7 @@ import asyncpg
 from anyio.streams.memory import MemoryObjectSendStream
 
 from gateway.errors import StoreUnavailable
+from gateway.spend.limits import Counters, refusal, session_refusal
 from gateway.store import rows
 from gateway.store.base import (
     KEEP_DAYS,
@@ -39,7 +40,6 @@ from gateway.store.base import (
     AgentRecord,
     Ask,
     ChangeListener,
-    Counters,
     LoginItem,
     Reservation,
     SessionRecord,
@@ -47,8 +47,6 @@ from gateway.store.base import (
     Settled,
     StoredKey,
     clock_minute,
-    refusal,
-    session_refusal,
     utc_day,
 )
 from gateway.store.postgres_schema import KEYS_CHANNEL, MIGRATIONS, SESSION_ENDED_CHANNEL
@@ -404,8 +402,8 @@ class PostgresStore:
             ask.now,
             ask.calls,
             ask.tokens,
-            ask.day if ask.daily_tokens is not None else None,
-            ask.tool if ask.tool_cap is not None else None,
+            ask.counted_day,
+            ask.counted_tool,
         )
 
     async def settle(self, sid: str, tokens: int, now: float, daily: bool, key: str) -> Settled | None:

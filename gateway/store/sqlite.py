@@ -4,6 +4,7 @@ Statements are short and run on the event loop thread: a WAL-mode local file
 answers in microseconds, which is cheaper than a thread hop per call. The CLI
 and the gateway share the file; SQLite's locking serialises writers and
 `busy_timeout` bounds the wait. Any sqlite3 error becomes `StoreUnavailable`.
+Migrations (sqlite_schema.py) are applied at open.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from gateway.config.dirs import private_dir
 from gateway.errors import StoreUnavailable
+from gateway.spend.limits import Counters, refusal, session_refusal
 from gateway.store import rows
 from gateway.store.base import (
     KEEP_DAYS,
@@ -23,138 +25,15 @@ from gateway.store.base import (
     AgentRecord,
     Ask,
     ChangeListener,
-    Counters,
     LoginItem,
     Reservation,
     SessionRecord,
     SessionState,
     Settled,
     clock_minute,
-    refusal,
-    session_refusal,
     utc_day,
 )
-
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE agents (
-        id TEXT PRIMARY KEY,
-        owner TEXT NOT NULL,
-        cost_center TEXT,
-        source TEXT NOT NULL,
-        disabled INTEGER NOT NULL DEFAULT 0,
-        created_at REAL NOT NULL,
-        secret_hash TEXT,
-        jwks TEXT,
-        grant_spec TEXT
-    );
-    CREATE TABLE sessions (
-        sid TEXT PRIMARY KEY,
-        agent TEXT NOT NULL,
-        owner TEXT NOT NULL,
-        on_behalf_of TEXT,
-        task TEXT,
-        grant_version TEXT NOT NULL,
-        state TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        expires_at REAL NOT NULL,
-        max_expires_at REAL NOT NULL,
-        idle_timeout REAL NOT NULL,
-        last_seen REAL NOT NULL,
-        calls INTEGER NOT NULL DEFAULT 0,
-        tokens INTEGER NOT NULL DEFAULT 0,
-        calls_limit INTEGER,
-        tokens_limit INTEGER,
-        reason TEXT,
-        stop TEXT,
-        ended_at REAL,
-        cost_center TEXT
-    );
-    CREATE INDEX sessions_agent_state ON sessions (agent, state);
-    CREATE TABLE seen_jti (jti TEXT PRIMARY KEY, expires_at REAL NOT NULL);
-    CREATE TABLE checkpoints (
-        instance TEXT PRIMARY KEY, seq INTEGER NOT NULL, head TEXT NOT NULL,
-        signature TEXT NOT NULL, updated_at REAL NOT NULL
-    );
-    """,
-    # Budgets: the session row counts calls and tokens; a trigger rolls each change up into the
-    # agent's UTC day and clock minute, and into a capped tool's per-session count, so a
-    # reservation stays one statement (the UPDATE and its trigger commit or fail together).
-    # A rollup happens only when the statement names its day, minute or tool (the grant has
-    # that limit), so an agent without those limits pays for none of them.
-    """
-    ALTER TABLE sessions ADD COLUMN usage_day TEXT;
-    ALTER TABLE sessions ADD COLUMN usage_minute INTEGER;
-    ALTER TABLE sessions ADD COLUMN usage_tool TEXT;
-    CREATE TABLE agent_days (
-        agent TEXT NOT NULL, day TEXT NOT NULL, calls INTEGER NOT NULL DEFAULT 0,
-        tokens INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (agent, day)
-    ) WITHOUT ROWID;
-    CREATE TABLE agent_minutes (
-        agent TEXT NOT NULL, minute INTEGER NOT NULL, calls INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (agent, minute)
-    ) WITHOUT ROWID;
-    CREATE TABLE session_tools (
-        sid TEXT NOT NULL, tool TEXT NOT NULL, calls INTEGER NOT NULL DEFAULT 0, blocked TEXT,
-        PRIMARY KEY (sid, tool)
-    ) WITHOUT ROWID;
-    CREATE TABLE budget_alerts (
-        scope TEXT NOT NULL, limit_name TEXT NOT NULL, share REAL NOT NULL, PRIMARY KEY (scope, limit_name, share)
-    ) WITHOUT ROWID;
-    CREATE TRIGGER sessions_usage AFTER UPDATE OF calls, tokens ON sessions
-    WHEN (new.calls <> old.calls OR new.tokens <> old.tokens)
-      AND (new.usage_day IS NOT NULL OR new.usage_minute IS NOT NULL OR new.usage_tool IS NOT NULL)
-    BEGIN
-        INSERT INTO agent_days (agent, day, calls, tokens)
-            SELECT new.agent, new.usage_day, new.calls - old.calls, new.tokens - old.tokens
-            WHERE new.usage_day IS NOT NULL
-            ON CONFLICT (agent, day) DO UPDATE SET calls = calls + excluded.calls, tokens = tokens + excluded.tokens;
-        INSERT INTO agent_minutes (agent, minute, calls)
-            SELECT new.agent, new.usage_minute, new.calls - old.calls
-            WHERE new.calls > old.calls AND new.usage_minute IS NOT NULL
-            ON CONFLICT (agent, minute) DO UPDATE SET calls = calls + excluded.calls;
-        INSERT INTO session_tools (sid, tool, calls)
-            SELECT new.sid, new.usage_tool, new.calls - old.calls
-            WHERE new.calls > old.calls AND new.usage_tool IS NOT NULL
-            ON CONFLICT (sid, tool) DO UPDATE SET calls = calls + excluded.calls;
-    END;
-    """,
-    # Settlements and releases applied, by key (a call id): each is applied once, however often
-    # it is retried, because the key and the counter change commit in one transaction.
-    """
-    CREATE TABLE settlements (
-        key TEXT PRIMARY KEY, sid TEXT NOT NULL, tokens INTEGER NOT NULL, applied_at REAL NOT NULL
-    ) WITHOUT ROWID;
-    CREATE INDEX settlements_applied_at ON settlements (applied_at);
-    """,
-    # Workload identity federation: the platform identity ({issuer, subject}) a store agent authenticates with.
-    """
-    ALTER TABLE agents ADD COLUMN workload TEXT;
-    CREATE UNIQUE INDEX agents_workload ON agents (workload) WHERE workload IS NOT NULL;
-    """,
-    # Agent lifecycle: when a secret or key set was last set (credential_max_age counts from it; a credential
-    # older than this migration counts from its agent's creation, never younger than it is), the last token,
-    # and a store agent's own lifecycle settings (agents.yaml's agents keep theirs there).
-    """
-    ALTER TABLE agents ADD COLUMN secret_at REAL;
-    ALTER TABLE agents ADD COLUMN keys_at REAL;
-    ALTER TABLE agents ADD COLUMN last_used REAL;
-    ALTER TABLE agents ADD COLUMN lifecycle TEXT;
-    UPDATE agents SET secret_at = created_at WHERE secret_hash IS NOT NULL;
-    UPDATE agents SET keys_at = created_at WHERE jwks IS NOT NULL;
-    CREATE INDEX sessions_agent_last_seen ON sessions (agent, last_seen);
-    """,
-    # Sign-in (gateway/login/): authorization codes, refresh tokens, remembered consent and registered
-    # clients, keyed by kind and a SHA-256 (never the secret itself); `used_at` makes codes and refresh
-    # tokens single-use across processes.
-    """
-    CREATE TABLE login_items (
-        kind TEXT NOT NULL, key TEXT NOT NULL, data TEXT NOT NULL, expires_at REAL NOT NULL, used_at REAL,
-        PRIMARY KEY (kind, key)
-    ) WITHOUT ROWID;
-    CREATE INDEX login_items_expires_at ON login_items (expires_at);
-    """,
-)
+from gateway.store.sqlite_schema import MIGRATIONS, statements
 
 _RESERVE = """
     UPDATE sessions SET calls = calls + :calls, tokens = tokens + :tokens, last_seen = :now,
@@ -176,7 +55,7 @@ _LIVE = "state IN ('active', 'suspended')"
 
 
 class SQLiteStore:
-    """`Store` over one SQLite file."""
+    """Every `Store` role over one SQLite file."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -201,7 +80,7 @@ class SQLiteStore:
         with self._tx():
             version = db.execute("PRAGMA user_version").fetchone()[0]
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in _statements(script):
+                for statement in statements(script):
                     db.execute(statement)
                 db.execute(f"PRAGMA user_version = {number}")
 
@@ -414,9 +293,9 @@ class SQLiteStore:
             "daily": ask.daily_tokens,
             "per_minute": ask.calls_per_minute,
             # what the trigger rolls up: only the counters whose limit the ask carries
-            "usage_day": ask.day if ask.daily_tokens is not None else None,
-            "usage_minute": ask.minute if ask.calls_per_minute is not None else None,
-            "usage_tool": ask.tool if ask.tool_cap is not None else None,
+            "usage_day": ask.counted_day,
+            "usage_minute": ask.counted_minute,
+            "usage_tool": ask.counted_tool,
         }
         with self._errors():
             row = self._conn().execute(_RESERVE, params).fetchone()
@@ -448,7 +327,6 @@ class SQLiteStore:
         )
 
     async def release(self, ask: Ask, key: str) -> None:
-        day = ask.day if ask.daily_tokens is not None else None
         with self._tx() as db:
             if not _first_use(db, key, ask.sid, -ask.tokens, ask.now):
                 return
@@ -456,12 +334,12 @@ class SQLiteStore:
             db.execute(
                 "UPDATE sessions SET calls = max(calls - ?, 0), tokens = max(tokens - ?, 0), usage_day = ?, "
                 "usage_minute = NULL, usage_tool = NULL WHERE sid = ?",
-                (ask.calls, ask.tokens, day, ask.sid),
+                (ask.calls, ask.tokens, ask.counted_day, ask.sid),
             )
-            if ask.tool_cap is not None and ask.tool is not None:
+            if ask.counted_tool is not None:
                 db.execute(
                     "UPDATE session_tools SET calls = max(calls - ?, 0) WHERE sid = ? AND tool = ?",
-                    (ask.calls, ask.sid, ask.tool),
+                    (ask.calls, ask.sid, ask.counted_tool),
                 )
 
     async def settle(self, sid: str, tokens: int, now: float, daily: bool, key: str) -> Settled | None:
@@ -605,15 +483,3 @@ def _first_use(db: sqlite3.Connection, key: str, sid: str, tokens: int, now: flo
         "INSERT OR IGNORE INTO settlements (key, sid, tokens, applied_at) VALUES (?, ?, ?, ?)", (key, sid, tokens, now)
     ).rowcount
     return inserted > 0
-
-
-def _statements(script: str) -> Iterator[str]:
-    """Split a migration into statements; a trigger's body keeps its inner semicolons."""
-    pending = ""
-    for line in script.splitlines(keepends=True):
-        pending += line
-        if sqlite3.complete_statement(pending):
-            yield pending
-            pending = ""
-    if pending.strip():
-        yield pending

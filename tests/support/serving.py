@@ -12,7 +12,7 @@ import anyio
 import uvicorn
 from starlette.types import ASGIApp
 
-from gateway.store.sqlite import MIGRATIONS, _statements
+from gateway.store.sqlite_schema import MIGRATIONS, statements
 
 
 @contextlib.asynccontextmanager
@@ -38,7 +38,7 @@ def sqlite_at_version(path: Path, version: int) -> sqlite3.Connection:
     """A SQLite store file as a release with only the first `version` migrations left it (to test upgrades)."""
     db = sqlite3.connect(path)
     for script in MIGRATIONS[:version]:
-        for statement in _statements(script):
+        for statement in statements(script):
             db.execute(statement)
     db.execute(f"PRAGMA user_version = {version}")
     return db
