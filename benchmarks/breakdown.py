@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import overhead
 
 STUBS = {
-    "audit": "gateway.audit.sink:Audit.emit",
+    "audit": "gateway.audit.gateway_sink:GatewaySink.emit",
     "budgets": "gateway.spend.budgets:Budgets.reserve,gateway.spend.budgets:Budgets.settle",
     # both sides: the arguments' JSON text, its tokens (the config's estimator) and fingerprint; the result's
     "metering": "gateway.mcp.pipeline:canonical_json,gateway.spend.metering:Estimator.count,"

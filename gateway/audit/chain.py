@@ -1,28 +1,24 @@
 """The hash chain: each record's `hash` covers the record without `hash`.
 
-SHA-256 over JSON with sorted keys, no whitespace, UTF-8 (RFC 8785 style for
-the values the gateway writes: strings, integers, booleans, null, and finite
-floats, which Python renders in their shortest round-trip form).
+SHA-256 over the record's canonical body (`gateway.canonical.chained`: sorted
+keys, no whitespace, UTF-8).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any
 
+from gateway.canonical import chained
+
 GENESIS = "0" * 64
-
-
-def canonical(record: dict[str, Any]) -> bytes:
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
 def _body(record: dict[str, Any]) -> bytes:
     """The canonical record without its `hash` field (copied only when it has one)."""
     if "hash" in record:
         record = {k: v for k, v in record.items() if k != "hash"}
-    return canonical(record)
+    return chained(record)
 
 
 def record_hash(record: dict[str, Any]) -> str:

@@ -16,8 +16,8 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gateway.audit.chain import canonical
 from gateway.audit.events import Event
+from gateway.canonical import chained
 from gateway.identity.keys import ALGORITHM, KeyRing
 from gateway.store.base import Store
 
@@ -50,7 +50,7 @@ class Checkpoints:
     def sign(self, instance: str, seq: int, head: str) -> dict[str, Any]:
         """The fields of a checkpoint record vouching that `head` is the hash of record `seq`."""
         kid, key = self.keys.sign_key()
-        payload = canonical({"gateway": instance, "head": head, "seq": seq})
+        payload = chained({"gateway": instance, "head": head, "seq": seq})
         signature = jwt.api_jws.encode(payload, key, algorithm=ALGORITHM, headers={"kid": kid, "typ": None})
         return {"head_seq": seq, "head": head, "kid": kid, "signature": signature}
 

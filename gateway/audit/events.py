@@ -1,6 +1,6 @@
 """Every audit event name, in one place: the `event` field of a record (docs/design.md lists them).
 
-`Audit.emit` takes an `Event`, so a new event is added here first; readers (reports, the OCSF
+`Audit.emit` (sink.py) takes an `Event`, so a new event is added here first; readers (reports, the OCSF
 export, the console, `audit tail`) compare records' plain strings with these members.
 """
 

@@ -3,7 +3,7 @@
 Arguments and results are fingerprinted with HMAC-SHA-256 under a gateway key
 (plain hashes of low-entropy values like "yes" or a user id can be reversed by
 guessing), so two records can be compared without the stream holding the data.
-Every field is capped (`capped`, applied by `Audit.emit`), so a client's string of
+Every field is capped (`capped`, applied by `draft` as a sink emits a record), so a client's string of
 any size costs a bounded record.
 """
 
@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import re
 from typing import Any
 
 from pydantic import BaseModel
 
 from gateway.audit.events import Event
+from gateway.canonical import canonical_json, fingerprinted
 
 # Each record written before forwarding -> the one outcome record written after it (same call_id).
 RESULT_EVENTS: dict[str, Event] = {
@@ -37,20 +37,15 @@ class Fingerprints:
         """A JSON value, canonically (sorted keys): equal values, equal fingerprints, whatever their key order."""
         if isinstance(value, BaseModel):
             return self.of_bytes(value.model_dump_json(by_alias=True, exclude_none=True).encode())
-        return self.of_bytes(canonical_json(value).encode())
+        return self.of_bytes(fingerprinted(value))
 
     def of_bytes(self, data: bytes) -> str:
         return "hmac-sha256:" + hmac.new(self._key, data, hashlib.sha256).hexdigest()[:32]
 
 
-def canonical_json(value: Any) -> str:
-    """Compact JSON with sorted keys: one text for equal values (arguments are fingerprinted and metered as this)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-
-
 # ---------------------------------------------------------------- capped fields
 
-# Every field of every record is capped where records are built (`Audit.emit`), so a client's string
+# Every field of every record is capped where records are built (`draft`), so a client's string
 # of any size (a tool name, a client name, a task) costs a bounded number of bytes. A string field
 # longer than its cap keeps its first `cap` characters and gains two fields beside it:
 # `<field>_length` (its length in characters) and `<field>_sha256` (the hex SHA-256 of its UTF-8),
@@ -85,6 +80,15 @@ NAME_FIELDS = frozenset(
         "dpop_jkt",
     }
 )
+
+
+def draft(ts: float, event: str, instance: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """A record before it is chained: when, what, which chain, then the capped fields that are not None."""
+    record: dict[str, Any] = {"ts": ts, "event": event, "gateway": instance}
+    for key, value in capped(fields).items():  # a client's string of any size costs a bounded record
+        if value is not None:
+            record[key] = value
+    return record
 
 
 def capped(fields: dict[str, Any]) -> dict[str, Any]:

@@ -17,9 +17,9 @@ from jwt import PyJWK, PyJWTError
 from gateway.audit.checkpoints import PublicKeys
 from gateway.audit.files import audit_files, cli_path
 from gateway.audit.ocsf import to_ocsf
-from gateway.audit.records import canonical_json
 from gateway.audit.tail import Filter, Follower, history, read_file, readable
 from gateway.audit.verify import stored_checkpoints, verify
+from gateway.canonical import canonical_json
 from gateway.commands._context import run
 from gateway.config.durations import moment_argument
 from gateway.config.files import GatewayConfig, load_gateway_config

@@ -24,7 +24,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +32,7 @@ from urllib.parse import urlsplit
 import jwt
 from jwt import PyJWK
 
+from gateway.canonical import ascii_canonical
 from gateway.config.files import DpopMode
 from gateway.errors import AuthError
 from gateway.store.base import Store
@@ -72,7 +72,7 @@ def thumbprint(jwk: Mapping[str, Any]) -> str:
     members = _THUMBPRINT_MEMBERS.get(jwk.get("kty"))  # type: ignore[arg-type]
     if members is None or any(not isinstance(jwk.get(name), str) for name in members):
         raise AuthError("DPoP proof jwk is not a usable public key", error=INVALID)
-    canonical = json.dumps({name: jwk[name] for name in members}, separators=(",", ":"), sort_keys=True)
+    canonical = ascii_canonical({name: jwk[name] for name in members})
     return _b64url(hashlib.sha256(canonical.encode("utf-8")).digest())
 
 

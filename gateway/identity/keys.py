@@ -22,6 +22,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from gateway.canonical import ascii_canonical
 from gateway.config.dirs import private_dir
 from gateway.errors import ConfigError
 
@@ -48,7 +49,7 @@ def public_jwk(public: Ed25519PublicKey) -> dict[str, str]:
 
 def thumbprint(public: Ed25519PublicKey) -> str:
     """RFC 7638 JWK thumbprint: the key id."""
-    canonical = json.dumps(public_jwk(public), sort_keys=True, separators=(",", ":"))
+    canonical = ascii_canonical(public_jwk(public))
     return _b64(hashlib.sha256(canonical.encode()).digest())
 
 

@@ -14,7 +14,6 @@ gateway passes `host_realpath`, the one function here that reads the disk.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import posixpath
 import re
@@ -22,6 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.canonical import ascii_canonical
 from gateway.config.files import ArgumentRule, Budget, GrantSpec, glob_matches
 
 Resolver = Callable[[str], str]
@@ -183,7 +183,7 @@ def decide(grant: Grant, server: str, tool: str, arguments: Mapping[str, Any] | 
 
 def grant_version(spec: GrantSpec) -> str:
     """A short, stable hash of the grant's content; recorded in tokens and audit."""
-    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    canonical = ascii_canonical(spec.model_dump(mode="json"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from gateway.canonical import envelope_body
 from gateway.config.dirs import private_dir
 
 _PREFIX = b"gw1"
@@ -44,7 +45,7 @@ class Sealer:
 
     def seal(self, payload: dict[str, Any], expires_at: float) -> str:
         nonce = os.urandom(12)
-        body = json.dumps({**payload, "exp": expires_at}, separators=(",", ":")).encode()
+        body = envelope_body({**payload, "exp": expires_at})
         sealed = self._aead.encrypt(nonce, body, _PREFIX)
         return base64.urlsafe_b64encode(_PREFIX + nonce + sealed).decode().rstrip("=")
 

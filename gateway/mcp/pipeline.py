@@ -35,7 +35,8 @@ from mcp.shared.exceptions import MCPError
 
 from gateway.audit import Audit
 from gateway.audit.events import Event
-from gateway.audit.records import RESULT_EVENTS, SESSION_ENDED, Fingerprints, canonical_json, masked
+from gateway.audit.records import RESULT_EVENTS, SESSION_ENDED, Fingerprints, masked
+from gateway.canonical import canonical_json
 from gateway.errors import AuthError, Stopped, Unavailable, UpstreamError
 from gateway.identity.policy import NOT_GRANTED, decide, host_realpath
 from gateway.identity.principal import Principal

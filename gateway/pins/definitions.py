@@ -31,7 +31,6 @@ force and is logged.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ import mcp_types as types
 
 from gateway.audit import Audit
 from gateway.audit.events import Event
+from gateway.canonical import pinned
 from gateway.errors import AuditUnavailable, ConfigError
 from gateway.metrics import METRICS
 from gateway.upstream.manifests import UpstreamSpec, read_manifest
@@ -71,13 +71,9 @@ def definition(tool: types.Tool) -> dict[str, Any]:
     }
 
 
-def canonical(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass")
-
-
 def digest(definition: Mapping[str, Any]) -> str:
     """The pin of a definition as `definition()` returns it."""
-    return "sha256:" + hashlib.sha256(canonical(definition)).hexdigest()
+    return "sha256:" + hashlib.sha256(pinned(definition)).hexdigest()
 
 
 def pin(tool: types.Tool) -> str:

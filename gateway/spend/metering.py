@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import math
 import os
 import struct
@@ -32,7 +31,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from gateway.audit.records import canonical_json
+from gateway.canonical import canonical_json, compact
 from gateway.config.files import MeteringSettings
 from gateway.errors import ConfigError
 
@@ -189,14 +188,10 @@ class Meter:
         total = 0
         for key, item in value.items():
             if key == "structuredContent":
-                total += self.tokenizer.count(_compact(item))
+                total += self.tokenizer.count(compact(item))
             elif key not in _SKIPPED_KEYS:
                 total += self._walk(item)
         return total
-
-
-def _compact(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 # ------------------------------------------------------------------ images, audio, blobs

@@ -8,7 +8,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.audit.records import CAP_NAME, CAP_STRUCTURED, CAP_TEXT, NAME_FIELDS, canonical_json, capped
+from gateway.audit.records import CAP_NAME, CAP_STRUCTURED, CAP_TEXT, NAME_FIELDS, capped
+from gateway.canonical import canonical_json
 
 _values = st.one_of(
     st.text(max_size=3000),

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.audit import Audit
 from gateway.audit.files import rotated_path
+from gateway.audit.gateway_sink import GatewaySink
 from gateway.audit.interrupted import close_interrupted, open_admissions
 from gateway.audit.records import RESULT_EVENTS
 
@@ -91,21 +91,24 @@ def test_the_scan_finds_exactly_the_allows_since_the_last_start_that_have_no_out
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "audit.jsonl"
         write(path, records, cuts)
-        found = open_admissions(Audit(path, INSTANCE))
+        found = open_admissions(GatewaySink(path, INSTANCE))
     assert [r["call_id"] for r in found] == expected
 
 
 def test_the_scan_stops_after_its_bound(tmp_path: Path):
     records, expected = stream([("admit", "tool.call", "allow")] * 5)
     write(tmp_path / "audit.jsonl", records, [])
-    assert [r["call_id"] for r in open_admissions(Audit(tmp_path / "audit.jsonl", INSTANCE), limit=2)] == ["c3", "c4"]
+    assert [r["call_id"] for r in open_admissions(GatewaySink(tmp_path / "audit.jsonl", INSTANCE), limit=2)] == [
+        "c3",
+        "c4",
+    ]
     assert len(expected) == 5
 
 
 @pytest.mark.anyio
 async def test_each_open_admission_gets_one_interrupted_outcome_with_its_identity(tmp_path: Path):
     path = tmp_path / "audit.jsonl"
-    audit = Audit(path, INSTANCE)
+    audit = GatewaySink(path, INSTANCE)
     async with audit.run():
         await audit.emit("gateway.started")
         await audit.emit(

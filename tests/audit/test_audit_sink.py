@@ -12,8 +12,8 @@ import anyio.lowlevel
 import pytest
 
 from gateway.app import Gateway
-from gateway.audit import Audit
 from gateway.audit.files import stream_files
+from gateway.audit.gateway_sink import CHECK_EVERY, GatewaySink
 from gateway.audit.verify import verify
 from gateway.cli import main
 from gateway.errors import AuditUnavailable
@@ -44,7 +44,7 @@ def _records(path: Path) -> list[dict[str, object]]:
 async def test_a_durable_record_is_on_disk_when_emit_returns(gateway: Gateway):
     async with gateway.audit.run():
         record = await gateway.audit.emit("tool.call", durable=True, call_id="c1")
-        assert gateway.audit._synced >= record["seq"]
+        assert gateway.audit.commit.synced >= record["seq"]
         assert _records(gateway.audit.path)[-1]["call_id"] == "c1"
 
 
@@ -52,7 +52,7 @@ async def test_a_durable_record_is_on_disk_when_emit_returns(gateway: Gateway):
 async def test_concurrent_durable_records_share_fsyncs(gateway: Gateway, disk: str, monkeypatch: pytest.MonkeyPatch):
     """A fast disk is fsynced on the event loop, a slow one from a worker thread: either way writers share."""
     if disk == "slow":
-        monkeypatch.setattr("gateway.audit.sink.INLINE_FSYNC_MAX", 0.0)
+        monkeypatch.setattr("gateway.audit.commit.INLINE_FSYNC_MAX", 0.0)
     before = fsync_count()
     async with gateway.audit.run():
         async with anyio.create_task_group() as tg:
@@ -95,7 +95,8 @@ async def test_a_durable_record_waiting_for_a_slow_fsync_is_refused_when_the_sin
     gateway: Gateway, monkeypatch: pytest.MonkeyPatch
 ):
     """Recovery fsyncs only the reopened file: a record written before the failure was never made durable."""
-    monkeypatch.setattr("gateway.audit.sink.INLINE_FSYNC_MAX", 0.0)  # a slow disk: waiters wait for the flusher
+    monkeypatch.setattr("gateway.audit.commit.INLINE_FSYNC_MAX", 0.0)  # a slow disk: waiters wait for the flusher
+    monkeypatch.setattr("gateway.audit.gateway_sink.CHECK_EVERY", 0.0)  # the plain record below finds the move
     audit, path = gateway.audit, gateway.audit.path
     outcome: list[str] = []
     done = anyio.Event()
@@ -110,10 +111,10 @@ async def test_a_durable_record_waiting_for_a_slow_fsync_is_refused_when_the_sin
 
     async with audit.run(), anyio.create_task_group() as tg:
         await audit.emit("tool.call", durable=True, call_id="before")
-        async with audit._io:  # the flusher cannot fsync until the sink has failed
+        async with audit.commit.io:  # the flusher cannot fsync until the sink has failed
             tg.start_soon(call)
             with anyio.fail_after(5):
-                while not audit._urgent:  # written, and waiting for the flusher's fsync
+                while not audit.commit.urgent:  # written, and waiting for the flusher's fsync
                     await anyio.lowlevel.checkpoint()
             path.rename(path.with_suffix(".moved"))
             await audit.emit("tool.result", call_id="held")  # finds the file gone: the sink is down
@@ -132,7 +133,7 @@ async def test_a_full_disk_refuses_durable_records_and_recovers(tmp_path: Path):
     real.touch()
     link = tmp_path / "audit.jsonl"
     link.symlink_to(real)
-    audit = Audit(link, "gw-1")
+    audit = GatewaySink(link, "gw-1")
 
     def point_to(target: Path) -> None:
         tmp = link.with_suffix(".tmp")
@@ -154,6 +155,47 @@ async def test_a_full_disk_refuses_durable_records_and_recovers(tmp_path: Path):
     assert [c.broken for c in verify([real], lambda kid: None)] == [None]
 
 
+async def test_a_durable_record_always_checks_the_file_and_others_within_the_check_interval(tmp_path: Path):
+    """Before a durable record the path is checked, before others at most every CHECK_EVERY seconds: one written
+    in between lands in the moved file, chained; the first after the interval finds the move and is held."""
+    now = [1_000_000.0]
+    path, moved = tmp_path / "audit.jsonl", tmp_path / "audit.moved"
+    audit = GatewaySink(path, "gw-1", clock=lambda: now[0])
+
+    def replace() -> None:
+        path.rename(moved)
+        path.touch()
+
+    async with audit.run():
+        await audit.emit("tool.call", durable=True, call_id="c1")
+        replace()
+        await audit.emit("tool.result", call_id="c1")  # within the interval: into the moved file
+        assert audit.healthy
+        with pytest.raises(AuditUnavailable, match="moved, deleted or replaced"):
+            await audit.emit("tool.call", durable=True, call_id="refused")
+        moved.replace(path)
+        await audit.probe()
+
+        await audit.emit("tool.call", durable=True, call_id="c2")
+        replace()
+        now[0] += CHECK_EVERY
+        await audit.emit("tool.result", call_id="c2")  # past the interval: the move is found, the record held
+        assert not audit.healthy
+        moved.replace(path)
+        await audit.probe()
+    records = _records(path)
+    assert [(r["event"], r.get("call_id")) for r in records] == [
+        ("tool.call", "c1"),
+        ("tool.result", "c1"),
+        ("audit.recovered", None),
+        ("tool.call", "c2"),
+        ("tool.result", "c2"),
+        ("audit.recovered", None),
+    ]
+    assert [r["refused"] for r in records if r["event"] == "audit.recovered"] == [1, 0]
+    assert [c.broken for c in verify([path], lambda kid: None)] == [None]
+
+
 async def test_a_closed_sink_refuses_durable_records(gateway: Gateway):
     await gateway.audit.open()
     await gateway.audit.close()
@@ -162,7 +204,7 @@ async def test_a_closed_sink_refuses_durable_records(gateway: Gateway):
 
 
 async def test_the_chain_continues_across_rotation_by_size(tmp_path: Path):
-    audit = Audit(tmp_path / "audit.jsonl", "gw-1", rotate_bytes=2000)
+    audit = GatewaySink(tmp_path / "audit.jsonl", "gw-1", rotate_bytes=2000)
     async with audit.run():
         for i in range(30):
             await audit.emit("tool.call", durable=True, call_id=f"c{i}", padding="x" * 50)
@@ -174,7 +216,7 @@ async def test_the_chain_continues_across_rotation_by_size(tmp_path: Path):
 
 async def test_the_chain_continues_across_rotation_by_time(tmp_path: Path):
     clock = Clock()
-    audit = Audit(tmp_path / "audit.jsonl", "gw-1", rotate_interval=3600, clock=clock)
+    audit = GatewaySink(tmp_path / "audit.jsonl", "gw-1", rotate_interval=3600, clock=clock)
     async with audit.run():
         await audit.emit("tool.call", durable=True, call_id="early")
         clock.advance(3599)
@@ -240,7 +282,7 @@ async def test_a_checkpoint_is_written_once_its_interval_has_passed(tmp_path: Pa
 
 
 async def test_a_second_process_cannot_write_the_same_chain_file(tmp_path: Path):
-    async with Audit(tmp_path / "audit.jsonl", "gw-1").run() as first:
+    async with GatewaySink(tmp_path / "audit.jsonl", "gw-1").run() as first:
         await first.emit("gateway.started", durable=True)
         with pytest.raises(OSError, match="being written by another gateway process"):
-            await Audit(tmp_path / "audit.jsonl", "gw-1").open()
+            await GatewaySink(tmp_path / "audit.jsonl", "gw-1").open()

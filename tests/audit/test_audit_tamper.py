@@ -12,9 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.audit.chain import canonical, record_hash, seal
+from gateway.audit.chain import record_hash, seal
 from gateway.audit.checkpoints import PublicKeys
 from gateway.audit.verify import verify
+from gateway.canonical import chained
 from gateway.config.files import load_gateway_config
 from gateway.identity.keys import KeyRing
 from gateway.store import open_store
@@ -141,4 +142,4 @@ def test_a_sealed_line_is_the_canonical_record_followed_by_its_hash(record: dict
     digest, line = seal(dict(record))
     assert digest == record_hash(record)
     assert json.loads(line) == {**record, "hash": digest}
-    assert line == canonical(record)[:-1] + f',"hash":"{digest}"}}\n'.encode()
+    assert line == chained(record)[:-1] + f',"hash":"{digest}"}}\n'.encode()
