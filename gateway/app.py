@@ -60,7 +60,7 @@ from gateway.login.grants import AUTHORIZATION_CODE, REFRESH_TOKEN
 from gateway.mcp.exchanges import Exchanges
 from gateway.mcp.fanout import Fanout
 from gateway.mcp.pipeline import Pipeline
-from gateway.mcp.server import Front
+from gateway.mcp.server import Front, SharedCredentials
 from gateway.mcp.views import Names, View
 from gateway.metrics import METRICS
 from gateway.pins.definitions import Pins
@@ -205,7 +205,15 @@ def build_gateway(
 def create_app(gateway: Gateway) -> Starlette:
     """The ASGI app: MCP endpoints behind the edge, plus metadata and health routes."""
     config = gateway.config
-    front = Front(gateway)
+    front = Front(
+        gateway.pipeline,
+        gateway.exchanges,
+        gateway.fanout,
+        SharedCredentials(gateway.shared, gateway.audit),
+        gateway.sessions.notify_ended,
+        gateway.telemetry,
+        id_jag=any(provider.id_jag for provider in config.identity_providers),
+    )
     security = TransportSecuritySettings(
         enable_dns_rebinding_protection=False,  # the edge checks Host and Origin before anything else
     )

@@ -232,12 +232,12 @@ class Tracing:
         attributes = {
             "mcp.method.name": "tools/call",
             "gen_ai.operation.name": "execute_tool",
-            "gen_ai.tool.name": call.tool,
+            "gen_ai.tool.name": call.name,
             "server.address": _address(spec.url) or call.upstream.name,
             **identity,
         }
         with self.tracer.start_as_current_span(
-            f"tools/call {call.tool}",
+            f"tools/call {call.name}",
             kind=self._trace.SpanKind.CLIENT,
             attributes=attributes,
             record_exception=False,

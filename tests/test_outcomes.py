@@ -24,6 +24,7 @@ from mcp.shared.exceptions import MCPError
 
 from gateway import cli
 from gateway.errors import AuthError
+from gateway.mcp.views import View
 from gateway.operations import Operations
 from tests.audit.test_audit_gateway import _point_at_a_full_disk
 from tests.replicas.support import READY_LINE, audit_records
@@ -259,11 +260,27 @@ async def test_a_call_racing_a_revoke_is_refused_as_an_ended_session_with_a_deny
     sid, token = await session_of(gw)
     principal = await gw.gateway.sessions.authenticate(token)
     await gw.gateway.store.end_session(sid, "revoked", "revoked", gw.clock())
-    everything = gw.gateway.upstreams.servers["everything"]
+    view = View(gw.gateway.upstreams, gw.gateway.names, None)
     with pytest.raises(AuthError):
-        await gw.gateway.pipeline.admit(principal, "everything__echo", (everything, "echo"), {"message": "x"}, {})
+        await gw.gateway.pipeline.call_tool(view, principal, "everything__echo", {"message": "x"}, {}, _Unreached(sid))
     [denied] = records_of(gw, sid, "tool.call")
     assert denied["decision"] == "deny" and denied["reason"] == "session_ended"
+
+
+class _Unreached:
+    """The downstream of a call refused before anything is forwarded: never asked anything."""
+
+    def __init__(self, sid: str) -> None:
+        self.sid = sid
+
+    async def ask(self, request: Any, key: str | None = None) -> Any:
+        raise AssertionError("a refused call asked its agent")
+
+    async def progress(self, progress: float, total: float | None, message: str | None) -> None:
+        raise AssertionError("a refused call reported progress")
+
+    async def log(self, params: Any) -> None:
+        raise AssertionError("a refused call logged")
 
 
 @contextlib.asynccontextmanager

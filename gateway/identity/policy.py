@@ -1,10 +1,11 @@
 """Grants compiled once into pure decisions.
 
 One compiled `Grant` answers every question about an agent's scope: which
-tools it may see and call (the list filter and the call gate use the same
-`allows_tool`, so they cannot disagree), which servers' resources and prompts
-it may use, and whether a call's arguments meet the grant's constraints.
-Default deny: an empty grant allows nothing.
+tools it may see and call (`allows_tool`, asked by the one gate, views.py's
+`View.exposes`, for tools/list and tools/call alike, so they cannot disagree),
+which servers' resources and prompts it may use, and whether a call's
+arguments meet the grant's constraints (`decide`, asked once the gate let the
+call through). Default deny: an empty grant allows nothing.
 
 `decide` is pure: a `path_prefix` rule needs to know where a path really
 leads (symbolic links), and the caller passes that in as `resolve`. The
@@ -113,13 +114,12 @@ def _path_violation(value: Any, prefix: str, resolve: Resolver) -> str | None:
 @dataclass(frozen=True)
 class Decision:
     allowed: bool
-    reason: str  # "granted" | "not_granted" | "argument"
+    reason: str  # "granted" | "argument"
     argument: str | None = None
     rule: str | None = None
 
 
 ALLOW = Decision(True, "granted")
-NOT_GRANTED = Decision(False, "not_granted")
 
 
 @dataclass(frozen=True)
@@ -164,10 +164,11 @@ class Grant:
 
 
 def decide(grant: Grant, server: str, tool: str, arguments: Mapping[str, Any] | None, *, resolve: Resolver) -> Decision:
-    """Whether `grant` lets this call through. Pure: no I/O, no clock; `path_prefix` rules learn where a
-    path really leads from `resolve` (the gateway passes `host_realpath`)."""
-    if not grant.allows_tool(server, tool):
-        return NOT_GRANTED
+    """Whether a call's arguments meet the grant's constraints on `server.tool`. Whether the tool is granted
+    at all is the gate's question (`View.exposes`), answered before this one is asked.
+
+    Pure: no I/O, no clock; `path_prefix` rules learn where a path really leads from `resolve` (the gateway
+    passes `host_realpath`)."""
     rules = grant.arguments.get((server, tool))
     if not rules:
         return ALLOW

@@ -1,9 +1,15 @@
 """The MCP server that agents talk to: one low-level `Server` per view.
 
-Handlers read the authenticated principal the HTTP edge put on the request,
-project the upstream catalogs through its grant (views.py), and hand tool
-calls to the pipeline. Everything not granted is answered exactly as if it did
-not exist.
+The handlers are thin adapters: each reads the authenticated principal the HTTP
+edge put on the request and the request's fields, hands the request to the
+pipeline (pipeline.py: tools, resource reads, prompts, completions, setLevel)
+or to the fan-out (subscriptions), and returns its answer. `map_errors` is the
+one place the gateway's exceptions become MCP errors. Everything not granted
+is answered exactly as if it did not exist.
+
+A paused call (2026-07-28 input requests) runs its forward in an exchange
+(exchanges.py) that outlives the request: `_Handlers._pause` hands the pipeline
+that seam, and `_resume` carries the client's next leg to it.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import mcp_types as types
@@ -25,18 +31,17 @@ from mcp.shared.subscriptions import event_to_notification
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from gateway import __version__
+from gateway.audit import Audit
 from gateway.audit.events import Event
-from gateway.errors import AuthError, Stopped, Unavailable, UpstreamError
+from gateway.errors import AuthError, CredentialShared, GatewayError, ResourceNotFound, UpstreamError
 from gateway.identity.principal import Principal
-from gateway.mcp.fanout import Listener, listen_meta
+from gateway.identity.shared import SharedCredentialDetector
+from gateway.mcp.exchanges import Exchanges
+from gateway.mcp.fanout import Fanout, Listener, listen_meta
+from gateway.mcp.pipeline import Pause, Pipeline
 from gateway.mcp.views import View
-from gateway.spend.budgets import stop_detail
-from gateway.telemetry import Tracing
-from gateway.upstream import Downstream, Upstream
+from gateway.telemetry import OFF, Off, Tracing
 from gateway.upstream.caller import CALLER, Caller
-
-if TYPE_CHECKING:
-    from gateway.app import Gateway
 
 log = logging.getLogger("gateway.front")
 
@@ -84,33 +89,28 @@ def request_fields(ctx: Ctx) -> dict[str, Any]:
     }
 
 
-LEGACY_RESOURCE_NOT_FOUND = -32002  # 2025-11-25; retired in 2026-07-28, which uses -32602
-STOPPED = -32010  # a budget, rate or loop stop on a method other than tools/call
-UNAVAILABLE = -32011  # store or audit sink unavailable: nothing was forwarded
-CREDENTIAL_SHARED = -32012  # shared_credentials.block: a client beyond the agent's distinct-client limit
-SESSION_ENDED = -32014  # the session ended while the request was in flight (HTTP 401 where no response had started)
+@contextlib.asynccontextmanager
+async def map_errors(ctx: Ctx, session_ended: Callable[[], Awaitable[None]] | None = None) -> AsyncIterator[None]:
+    """The one boundary between the gateway's exceptions and the MCP errors an agent is answered with.
 
+    Each exception carries its own wire shape (gateway/errors.py: `code`, `legacy_code` on a handshake-era
+    session, `rpc_message()`, `rpc_data()`); an exception without a code, and an `MCPError` (the upstream's
+    or the agent's own answer), pass through unchanged.
 
-def resource_not_found(ctx: Ctx, uri: str) -> MCPError:
-    """The one answer for a resource that is not granted and one that does not exist."""
-    code = types.INVALID_PARAMS if is_modern(ctx) else LEGACY_RESOURCE_NOT_FOUND
-    return MCPError(code, f"Resource not found: {uri}", {"uri": uri})
-
-
-def unknown_prompt(name: str) -> MCPError:
-    return MCPError(types.INVALID_PARAMS, f"Unknown prompt: {name}")
-
-
-def stopped_error(stop: Stopped) -> MCPError:
-    return MCPError(STOPPED, str(stop), stop_detail(stop))
-
-
-def unavailable_error(exc: Exception) -> MCPError:
-    return MCPError(UNAVAILABLE, f"Service unavailable, nothing was forwarded: {exc}")
-
-
-def session_ended_error(exc: AuthError) -> MCPError:
-    return MCPError(SESSION_ENDED, f"The session has ended ({exc.reason}); nothing more is forwarded: get a new token")
+    `session_ended` is awaited first when the session ended after this request was authenticated (a revoke
+    racing it, or cutting it mid-call): whatever this process had not yet heard of the end it acts on now,
+    which cuts this request's own scope, so the edge answers HTTP 401 where no response has started; a
+    stream already open gets the error.
+    """
+    try:
+        yield
+    except GatewayError as exc:
+        if exc.code is None:
+            raise
+        if isinstance(exc, AuthError) and session_ended is not None:
+            await session_ended()
+        code = exc.legacy_code if exc.legacy_code is not None and not is_modern(ctx) else exc.code
+        raise MCPError(code, exc.rpc_message(), exc.rpc_data()) from None
 
 
 class ContextDownstream:
@@ -152,12 +152,30 @@ class ContextDownstream:
 class Front:
     """Builds the MCP servers for `/mcp` and `/servers/<name>/mcp`."""
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gw = gateway
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        exchanges: Exchanges,
+        fanout: Fanout,
+        shared: SharedCredentials,
+        session_ended: Callable[[str], Awaitable[None]],
+        telemetry: Off | Tracing = OFF,
+        *,
+        id_jag: bool = False,
+    ) -> None:
+        """`shared` vets each request's client; `session_ended(sid)` acts on a session's end that a request
+        learnt of first; `id_jag`: an identity provider's ID-JAGs are accepted (SEP-2133)."""
+        self.pipeline = pipeline
+        self.exchanges = exchanges
+        self.fanout = fanout
+        self.shared = shared
+        self.session_ended = session_ended
+        self.telemetry = telemetry
+        self.id_jag = id_jag
 
     def server(self, view: View) -> Server[Any]:
         name = "mcp-identity-gateway" if view.server is None else f"mcp-identity-gateway/{view.server}"
-        handlers = _Handlers(self.gw, view)
+        handlers = _Handlers(self, view)
         server: Server[Any] = _ListChangingServer(
             name,
             version=__version__,
@@ -176,13 +194,13 @@ class Front:
             on_completion=handlers.complete,
         )
         server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, handlers.set_level)
-        if any(provider.id_jag for provider in self.gw.config.identity_providers):
+        if self.id_jag:
             server.extensions[ENTERPRISE_MANAGED_AUTHORIZATION] = {}  # SEP-2133: ID-JAGs are accepted
         # Replaces the SDK's default OpenTelemetry middleware: a span per message costs on every call and the
         # gateway's own audit stream and metrics already cover what crosses it.
-        server.middleware = [_caller_context, _SharedCredentialCheck(self.gw)]
-        if isinstance(self.gw.telemetry, Tracing):  # a span per request only when traces are exported
-            server.middleware.insert(0, self.gw.telemetry.middleware)
+        server.middleware = [_caller_context, self.shared]
+        if isinstance(self.telemetry, Tracing):  # a span per request only when traces are exported
+            server.middleware.insert(0, self.telemetry.middleware)
         return server
 
 
@@ -211,11 +229,12 @@ async def _caller_context(ctx: Ctx, call_next: CallNext) -> HandlerResult:
         CALLER.reset(token)
 
 
-class _SharedCredentialCheck:
-    """Every request's client fingerprint goes to the shared-credential detector before it is handled."""
+class SharedCredentials:
+    """Middleware: every request's client fingerprint goes to the shared-credential detector before it is handled."""
 
-    def __init__(self, gw: Gateway) -> None:
-        self.gw = gw
+    def __init__(self, detector: SharedCredentialDetector, audit: Audit) -> None:
+        self.detector = detector
+        self.audit = audit
 
     async def __call__(self, ctx: Ctx, call_next: CallNext) -> HandlerResult:
         principal = ctx.request.scope.get(PRINCIPAL) if ctx.request is not None else None
@@ -234,103 +253,75 @@ class _SharedCredentialCheck:
             name if isinstance(name, str) else None,
             version if isinstance(version, str) else None,
         )
-        verdict = self.gw.shared.observe(principal.agent.id, fingerprint)
-        if verdict.report is not None:
-            try:
-                await self.gw.audit.emit(
+        verdict = self.detector.observe(principal.agent.id, fingerprint)
+        async with map_errors(ctx):
+            if verdict.report is not None:
+                await self.audit.emit(
                     Event.CREDENTIAL_SHARED_SUSPECTED, durable=True, **{**principal.audit_fields(), **verdict.report}
                 )
-            except Unavailable as exc:
-                raise unavailable_error(exc) from None
-        if not verdict.allowed:
-            raise MCPError(
-                CREDENTIAL_SHARED,
-                "Refused: this agent's credential is in use by more clients than "
-                "allowed (shared_credentials); use a credential of your own",
-            )
+            if not verdict.allowed:
+                raise CredentialShared()
         return await call_next(ctx)
 
 
 class _Handlers:
-    def __init__(self, gw: Gateway, view: View) -> None:
-        self.gw = gw
+    """The MCP handlers of one view: each reads the request, hands it to the pipeline under `map_errors`, returns."""
+
+    def __init__(self, front: Front, view: View) -> None:
+        self.front = front
+        self.pipeline = front.pipeline
+        self.fanout = front.fanout
         self.view = view
 
     def _principal(self, ctx: Ctx) -> Principal:
         principal = principal_of(ctx)
         mcp_session = ctx.request.headers.get("mcp-session-id") if ctx.request is not None else None
-        if mcp_session and not is_modern(ctx) and self.gw.fanout.session_listener(mcp_session) is None:
-            self.gw.fanout.remember(mcp_session, Listener(principal.sid, self.view, session=ctx.session))
+        if mcp_session and not is_modern(ctx) and self.fanout.session_listener(mcp_session) is None:
+            self.fanout.remember(mcp_session, Listener(principal.sid, self.view, session=ctx.session))
         return principal
+
+    def _errors(self, ctx: Ctx, principal: Principal) -> contextlib.AbstractAsyncContextManager[None]:
+        return map_errors(ctx, lambda: self.front.session_ended(principal.sid))
+
+    def _pause(self, ctx: Ctx, leg: ContextDownstream, method: str) -> Pause | None:
+        """How a forward may pause for the client's answers: in an exchange (one `InputRequiredResult` round
+        per leg, resumed by its sealed requestState) on a 2026-07-28 client that can answer; else not at all
+        (a handshake-era client is asked directly, on `leg`)."""
+        if not (is_modern(ctx) and answers_input(ctx)):
+            return None
+        exchanges = self.front.exchanges
+        return lambda work: exchanges.start(leg.sid, leg, work, method)
+
+    async def _resume(self, leg: ContextDownstream, params: Any, method: str) -> Any:
+        """The client's next leg of a paused request: its answers go to the exchange its requestState names."""
+        return await self.front.exchanges.resume(leg.sid, params.request_state, params.input_responses, leg, method)
 
     # ------------------------------------------------------------ tools
 
     async def list_tools(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         principal = self._principal(ctx)
-        tools = self.view.tools(principal.grant)
-        await self.gw.audit.emit(
-            Event.TOOLS_LISTED,
-            **principal.audit_fields(),
-            **request_fields(ctx),
-            server=self.view.server,
-            count=len(tools),
-        )
-        return types.ListToolsResult(tools=tools)
+        async with self._errors(ctx, principal):
+            return types.ListToolsResult(
+                tools=await self.pipeline.list_tools(self.view, principal, request_fields(ctx))
+            )
 
     async def call_tool(
         self, ctx: Ctx, params: types.CallToolRequestParams
     ) -> types.CallToolResult | types.InputRequiredResult:
         principal = self._principal(ctx)
         leg = ContextDownstream(ctx, principal.sid)
-        async with self._refusals(principal):  # stops and a down upstream are answered as tool results already
-            answer: types.CallToolResult | types.InputRequiredResult
+        async with self._errors(ctx, principal):  # stops and a down upstream are answered as tool results already
             if params.request_state is not None:
-                answer = await self.gw.exchanges.resume(
-                    principal.sid, params.request_state, params.input_responses, leg
-                )
-                return answer
-            admitted = await self.gw.pipeline.admit(
+                return await self._resume(leg, params, "tools/call")  # type: ignore[no-any-return]
+            return await self.pipeline.call_tool(
+                self.view,
                 principal,
                 params.name,
-                self.view.resolve_tool(principal.grant, params.name),
                 params.arguments,
                 request_fields(ctx),
+                leg,
+                self._pause(ctx, leg, "tools/call"),
             )
-            if isinstance(admitted, types.CallToolResult):
-                return admitted
-            server = admitted.upstream.name
-
-            async def forward(downstream: Downstream) -> types.CallToolResult:
-                return self.view.result_out(server, await self.gw.pipeline.forward(admitted, downstream))
-
-            if is_modern(ctx) and answers_input(ctx):  # the call may have to pause for the client's answers
-                answer = await self.gw.exchanges.start(principal.sid, leg, forward)
-                return answer
-            return await forward(leg)
-
-    async def _session_ended(self, principal: Principal, exc: AuthError) -> MCPError:
-        """The session ended after this request was authenticated (a revoke racing it, or cutting it mid-call).
-
-        Whatever this process had not yet heard of the end it acts on now: that cuts this request's own
-        scope, so the edge answers HTTP 401 where no response has started; a stream already open gets the error.
-        """
-        await self.gw.sessions.notify_ended(principal.sid)
-        return session_ended_error(exc)
-
-    @contextlib.asynccontextmanager
-    async def _refusals(self, principal: Principal, server: str = "") -> AsyncIterator[None]:
-        """The pipeline's refusals, as the Errors table answers them (tools/call answers stops and a down
-        upstream as tool results, so only the others reach it there); `server` names the upstream when it is down."""
-        try:
-            yield
-        except Stopped as stop:
-            raise stopped_error(stop) from None
-        except Unavailable as exc:
-            raise unavailable_error(exc) from None
-        except AuthError as exc:
-            raise await self._session_ended(principal, exc) from None
-        except UpstreamError as exc:  # the detail goes to the log and the audit only
-            raise MCPError(types.INTERNAL_ERROR, exc.for_agent(server)) from None
 
     # ------------------------------------------------------------ resources
 
@@ -342,74 +333,45 @@ class _Handlers:
     ) -> types.ListResourceTemplatesResult:
         return types.ListResourceTemplatesResult(resource_templates=self.view.templates(self._principal(ctx).grant))
 
-    async def _pausable(
-        self, ctx: Ctx, principal: Principal, method: str, params: Any, work: Callable[[Downstream], Awaitable[Any]]
-    ) -> Any:
-        """Run `work` so that an upstream's input requests reach this client: asked directly on a handshake-era
-        session, as `InputRequiredResult` rounds (one exchange, resumed by its sealed requestState) on 2026-07-28."""
-        leg = ContextDownstream(ctx, principal.sid)
-        if params.request_state is not None:
-            return await self.gw.exchanges.resume(
-                principal.sid, params.request_state, params.input_responses, leg, method
-            )
-        if is_modern(ctx) and answers_input(ctx):
-            return await self.gw.exchanges.start(principal.sid, leg, work, method)
-        return await work(leg)
-
     async def read_resource(
         self, ctx: Ctx, params: types.ReadResourceRequestParams
     ) -> types.ReadResourceResult | types.InputRequiredResult:
         principal = self._principal(ctx)
-        target = self.view.resolve_uri(principal.grant, params.uri)
-        server = target[0].name if target else ""
+        leg = ContextDownstream(ctx, principal.sid)
+        async with self._errors(ctx, principal):
+            if params.request_state is not None:
+                return await self._resume(leg, params, "resources/read")  # type: ignore[no-any-return]
+            return await self.pipeline.read_resource(
+                self.view, principal, params.uri, request_fields(ctx), leg, self._pause(ctx, leg, "resources/read")
+            )
 
-        def out(result: types.ReadResourceResult) -> types.ReadResourceResult:
-            contents = [c.model_copy(update={"uri": self.view.uri_out(server, c.uri)}) for c in result.contents]
-            return result.model_copy(update={"contents": contents})
-
-        async def work(downstream: Downstream) -> types.ReadResourceResult:
-            try:
-                return await self.gw.pipeline.read_resource(
-                    principal,
-                    params.uri,
-                    target,
-                    request_fields(ctx),
-                    resource_not_found(ctx, params.uri),
-                    out,
-                    downstream,
-                )
-            except MCPError as exc:
-                if exc.code in (LEGACY_RESOURCE_NOT_FOUND, types.INVALID_PARAMS):
-                    raise resource_not_found(ctx, params.uri) from None
-                raise
-
-        async with self._refusals(principal, server):
-            return await self._pausable(ctx, principal, "resources/read", params, work)  # type: ignore[no-any-return]
-
-    def _listener(self, ctx: Ctx, principal: Principal) -> Listener:
+    def _listener(self, ctx: Ctx) -> Listener:
         mcp_session = ctx.request.headers.get("mcp-session-id") if ctx.request is not None else None
-        listener = self.gw.fanout.session_listener(mcp_session) if mcp_session else None
+        listener = self.fanout.session_listener(mcp_session) if mcp_session else None
         if listener is None:
             raise MCPError(types.INVALID_REQUEST, "resources/subscribe needs an MCP session")
         return listener
 
     async def subscribe(self, ctx: Ctx, params: types.SubscribeRequestParams) -> types.EmptyResult:
         principal = self._principal(ctx)
-        target = self.view.resolve_uri(principal.grant, params.uri)
-        if target is None:
-            raise resource_not_found(ctx, params.uri)
-        try:
-            await self.gw.fanout.subscribe(self._listener(ctx, principal), principal, target[0], target[1], params.uri)
-        except UpstreamError as exc:
-            raise MCPError(types.INTERNAL_ERROR, exc.for_agent(target[0].name)) from None
+        async with self._errors(ctx, principal):
+            target = self.view.resolve_uri(principal.grant, params.uri)
+            if target is None:
+                raise ResourceNotFound(params.uri)
+            try:
+                await self.fanout.subscribe(self._listener(ctx), principal, target[0], target[1], params.uri)
+            except UpstreamError as exc:
+                exc.server = target[0].name
+                raise
         return types.EmptyResult()
 
     async def unsubscribe(self, ctx: Ctx, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
         principal = self._principal(ctx)
-        target = self.view.resolve_uri(principal.grant, params.uri)
-        if target is None:
-            raise resource_not_found(ctx, params.uri)
-        await self.gw.fanout.unsubscribe(self._listener(ctx, principal), target[0], target[1])
+        async with self._errors(ctx, principal):
+            target = self.view.resolve_uri(principal.grant, params.uri)
+            if target is None:
+                raise ResourceNotFound(params.uri)
+            await self.fanout.unsubscribe(self._listener(ctx), target[0], target[1])
         return types.EmptyResult()
 
     async def listen(self, ctx: Ctx, params: types.SubscriptionsListenRequestParams) -> types.SubscriptionsListenResult:
@@ -428,13 +390,13 @@ class _Handlers:
         meta = listen_meta(ctx.request_id)
         send, receive = anyio.create_memory_object_stream[Any](256)
         listener = Listener(principal.sid, self.view, honored=honored, uris=frozenset(uris), queue=send)
-        self.gw.fanout.add_stream(listener)
+        self.fanout.add_stream(listener)
         try:
             for uri in uris:  # an ungranted URI is acknowledged like an unknown one, and never fires
                 target = self.view.resolve_uri(principal.grant, uri)
                 if target is not None:
                     try:
-                        await self.gw.fanout.subscribe(listener, principal, target[0], target[1], uri)
+                        await self.fanout.subscribe(listener, principal, target[0], target[1], uri)
                     except (UpstreamError, MCPError) as exc:
                         log.info("listen: subscribing %s failed: %s", uri, exc)
             await ctx.session.send_notification(
@@ -449,7 +411,7 @@ class _Handlers:
                         event_to_notification(event, meta), related_request_id=ctx.request_id
                     )
         finally:
-            self.gw.fanout.remove_stream(listener)
+            self.fanout.remove_stream(listener)
             send.close()
         return types.SubscriptionsListenResult(_meta=meta)
 
@@ -462,79 +424,31 @@ class _Handlers:
         self, ctx: Ctx, params: types.GetPromptRequestParams
     ) -> types.GetPromptResult | types.InputRequiredResult:
         principal = self._principal(ctx)
-        target = self.view.resolve_prompt(principal.grant, params.name)
-
-        async def work(downstream: Downstream) -> types.GetPromptResult:
-            return await self.gw.pipeline.get_prompt(
+        leg = ContextDownstream(ctx, principal.sid)
+        async with self._errors(ctx, principal):
+            if params.request_state is not None:
+                return await self._resume(leg, params, "prompts/get")  # type: ignore[no-any-return]
+            return await self.pipeline.get_prompt(
+                self.view,
                 principal,
                 params.name,
-                target,
                 params.arguments,
                 request_fields(ctx),
-                unknown_prompt(params.name),
-                downstream,
+                leg,
+                self._pause(ctx, leg, "prompts/get"),
             )
-
-        async with self._refusals(principal, target[0].name if target else params.name):
-            return await self._pausable(ctx, principal, "prompts/get", params, work)  # type: ignore[no-any-return]
 
     async def complete(self, ctx: Ctx, params: types.CompleteRequestParams) -> types.CompleteResult:
         principal = self._principal(ctx)
-        ref = params.ref
-        upstream: Upstream | None = None
-        upstream_ref: types.PromptReference | types.ResourceTemplateReference = ref
-        if isinstance(ref, types.PromptReference):
-            prompt = self.view.resolve_prompt(principal.grant, ref.name)
-            fields: dict[str, Any] = {"prompt": ref.name}
-            missing = unknown_prompt(ref.name)
-            if prompt is not None:
-                upstream, upstream_ref = prompt[0], ref.model_copy(update={"name": prompt[1]})
-        else:
-            resource = self.view.resolve_uri(principal.grant, ref.uri)
-            fields = {"resource": ref.uri}
-            missing = resource_not_found(ctx, ref.uri)
-            if resource is not None:
-                upstream, upstream_ref = resource[0], ref.model_copy(update={"uri": resource[1]})
         argument = {"name": params.argument.name, "value": params.argument.value}
         context = params.context.arguments if params.context else None
-        async with self._refusals(principal, upstream.name if upstream else ""):
-            return await self.gw.pipeline.complete(
-                principal,
-                {**request_fields(ctx), **fields},
-                upstream,
-                lambda s: s.complete(upstream_ref, argument, context_arguments=context),
-                {"argument": argument, "context": context},
-                missing,
+        async with self._errors(ctx, principal):
+            return await self.pipeline.complete(
+                self.view, principal, params.ref, argument, context, request_fields(ctx)
             )
 
     async def set_level(self, ctx: Ctx, params: types.SetLevelRequestParams) -> types.EmptyResult:
-        """Forwarded to this session's own (per-session) connections of the servers its grant reaches.
-
-        Shared connections are not ours to set. Each forward is audited first (`logging.set_level`, durable):
-        a server the agent has nothing on is never told, nor started, and nothing reaches one unrecorded. A
-        budget stop refuses it like any other method.
-        """
         principal = self._principal(ctx)
-        fields = {**principal.audit_fields(), **request_fields(ctx), "level": params.level}
-        targets = [u for u in self.view.granted_servers(principal.grant) if u.spec.isolation == "per_session"]
-        if targets:  # a stopped session stays stopped, for this method too
-            async with self._refusals(principal):
-                try:
-                    await self.gw.budgets.check(principal)
-                except Stopped as stop:
-                    await self.gw.audit.emit(
-                        Event.LOGGING_SET_LEVEL, durable=True, **fields, decision="deny", reason=stop.limit
-                    )
-                    raise
-        for upstream in targets:
-            try:
-                await self.gw.audit.emit(
-                    Event.LOGGING_SET_LEVEL, durable=True, **fields, server=upstream.name, decision="allow"
-                )
-            except Unavailable as exc:
-                raise unavailable_error(exc) from None
-            try:
-                await upstream.request(principal, lambda s: s.set_logging_level(params.level))
-            except (UpstreamError, MCPError) as exc:
-                log.info("setLevel on %s failed: %s", upstream.name, exc)
+        async with self._errors(ctx, principal):
+            await self.pipeline.set_level(self.view, principal, params.level, request_fields(ctx))
         return types.EmptyResult()

@@ -2,8 +2,8 @@
 
 A view projects the upstream catalogs through an agent's grant. Names are
 namespaced on the aggregate view (see names.py) and original on a server's own
-view. Both the list filter and the call gate ask the same questions of the
-same compiled grant, so what an agent can list is exactly what it can call.
+view. The list filter and the call gate are one function (`View.exposes`), so
+what an agent can list is exactly what it can call.
 """
 
 from __future__ import annotations
@@ -71,36 +71,34 @@ class View:
 
     # tools
 
+    def exposes(self, grant: Grant, upstream: Upstream, tool: str) -> str | None:
+        """The gate: the name this view shows `tool` of `upstream` under to this grant; None where it does not.
+
+        `tool` is one of `upstream.tools()` (listed, allowed by its manifest, not quarantined). tools/list
+        shows exactly the tools this names and tools/call reaches exactly those, so they cannot disagree.
+        """
+        if not grant.allows_tool(upstream.name, tool):
+            return None
+        return tool if self.server is not None else self.names.tools.exposed(upstream.name, tool)
+
     def tools(self, grant: Grant) -> list[types.Tool]:
         listed = []
         for upstream in self._servers():
             for name, tool in upstream.tools().items():
-                if not grant.allows_tool(upstream.name, name):
-                    continue
-                exposed = self.tool_name(upstream.name, name)
+                exposed = self.exposes(grant, upstream, name)
                 if exposed is not None:
                     listed.append(tool if exposed == name else tool.model_copy(update={"name": exposed}))
         return listed
 
-    def tool_name(self, server: str, tool: str) -> str | None:
-        return tool if self.server is not None else self.names.tools.exposed(server, tool)
-
     def resolve_tool(self, grant: Grant, exposed: str) -> tuple[Upstream, str] | None:
-        """The call gate: the upstream and tool an exposed name calls, if this agent may see it; else None.
-
-        The same questions `tools()` asks, so listing and calling cannot disagree.
-        """
+        """The upstream and tool an exposed name calls, if the gate shows it to this grant under that name."""
         target = (self.server, exposed) if self.server is not None else self.names.tools.resolve(exposed)
         if target is None:
             return None
         upstream = self.upstreams.get(target[0])
-        if upstream is None:
-            return None
-        if target[1] not in upstream.catalog.tools or target[1] in upstream.hidden:  # what upstream.tools() shows
-            return None
-        if not grant.allows_tool(upstream.name, target[1]):
-            return None
-        if self.tool_name(upstream.name, target[1]) != exposed:
+        if upstream is None or target[1] not in upstream.catalog.tools or target[1] in upstream.hidden:
+            return None  # not one of upstream.tools() (asked without building that mapping)
+        if self.exposes(grant, upstream, target[1]) != exposed:
             return None
         return upstream, target[1]
 

@@ -96,11 +96,6 @@ def stop_for(detail: dict[str, Any]) -> Stopped:
     return Stopped(limit, message, detail)
 
 
-def stop_detail(stop: Stopped) -> dict[str, Any]:
-    """The `_meta` of a stop result or error."""
-    return {"gateway/stop": stop.detail}
-
-
 class Loops:
     """Recent identical calls per session, in memory; a loop that trips is recorded in the store."""
 
