@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.abc
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -35,9 +34,11 @@ from gateway.config.files import (
     load_templates,
     parse_grant,
 )
+from gateway.config.live import LiveConfig
 from gateway.config.reload import Reloader, ServerEndpoints
 from gateway.console import console_routes
 from gateway.console.auth import console_key
+from gateway.console.deps import ConsoleDeps
 from gateway.errors import Unavailable
 from gateway.http import usage
 from gateway.http.admin import admin_routes
@@ -49,12 +50,13 @@ from gateway.identity.agents import AgentDirectory
 from gateway.identity.dpop import DpopVerifier
 from gateway.identity.keys import KeyRing
 from gateway.identity.lifecycle import Lifecycle
-from gateway.identity.lifecycle import sweep as lifecycle_sweep
 from gateway.identity.sealing import Sealer
 from gateway.identity.sessions import Sessions
 from gateway.identity.shared import SharedCredentialDetector
 from gateway.identity.stored_keys import key_ring, shared_secrets
 from gateway.identity.tokens import Tokens
+from gateway.identity.watch import SessionWatch
+from gateway.login.deps import LoginDeps
 from gateway.login.flow import tool_scopes
 from gateway.login.grants import AUTHORIZATION_CODE, REFRESH_TOKEN
 from gateway.mcp.exchanges import Exchanges
@@ -63,11 +65,11 @@ from gateway.mcp.pipeline import Pipeline
 from gateway.mcp.server import Front, SharedCredentials
 from gateway.mcp.views import Names, View
 from gateway.metrics import METRICS
+from gateway.operations import Operations
 from gateway.pins.definitions import Pins
 from gateway.spend.budgets import Budgets
 from gateway.spend.metering import Meter, load_tokenizer
 from gateway.store import Store, open_store
-from gateway.store.base import KEYS_CHANGED, RESYNC, SESSION_ENDED, ChangeListener
 from gateway.telemetry import OFF, Off, Tracing, build_telemetry
 from gateway.upstream import Upstream, Upstreams
 from gateway.upstream.manifests import UpstreamSpec, load_manifests
@@ -75,15 +77,17 @@ from gateway.upstream.manifests import UpstreamSpec, load_manifests
 log = logging.getLogger("gateway.app")
 
 READY_PING_TIMEOUT = 2.0  # seconds an upstream has to answer /readyz's ping before it is reported unresponsive
-SWEEP_EVERY = 1.0  # seconds between checks for sessions that ended elsewhere or expired, and key rotations
 ACTIVE_SESSIONS = METRICS.gauge("gateway_active_sessions", "Sessions that are active now (read at scrape time)")
 
 
 @dataclass
 class Gateway:
-    """Every collaborator, built once per process."""
+    """Every collaborator, built once per process: what the entry points (serve, the CLI) and create_app hold.
 
-    config: GatewayConfig
+    Components never see it: each is given only the collaborators it uses, here.
+    """
+
+    live: LiveConfig
     clock: Callable[[], float]
     store: Store
     audit: Audit
@@ -103,13 +107,36 @@ class Gateway:
     shared: SharedCredentialDetector
     pins: Pins
     dpop: DpopVerifier
+    lifecycle: Lifecycle
+    sealer: Sealer  # opaque envelopes the gateway hands out and gets back (gateway/identity/sealing.py)
     telemetry: Off | Tracing = OFF
     console_key: bytes = b""  # seals the console's session cookies (gateway/console/auth.py)
-    task_group: anyio.abc.TaskGroup | None = None
     config_path: Path | None = None  # gateway.yaml, re-read by hot reload (None: only agents.yaml and manifests)
-    reloader: Reloader | None = None  # set while the app runs
+    reloader: Reloader | None = None  # set by create_app
     ready: anyio.Event = field(default_factory=anyio.Event)  # set once startup has finished
-    sealer: Sealer | None = None  # opaque envelopes the gateway hands out and gets back (gateway/identity/sealing.py)
+    stopping: anyio.Event = field(default_factory=anyio.Event)  # set when shutdown begins
+
+    @property
+    def config(self) -> GatewayConfig:
+        """gateway.yaml as last applied (hot reload swaps it)."""
+        return self.live.current
+
+    @config.setter
+    def config(self, config: GatewayConfig) -> None:
+        self.live.current = config
+
+    def operations(self, actor: str) -> Operations:
+        """The operator actions, audited with `actor` (the CLI user, the admin API, a console operator)."""
+        return Operations(
+            actor,
+            live=self.live,
+            store=self.store,
+            audit=self.audit,
+            agents=self.agents,
+            sessions=self.sessions,
+            credential_key=self.credential_key,
+            clock=self.clock,
+        )
 
     async def max_session_lifetime(self) -> float:
         """The longest any token can live: how long a retired signing key must keep verifying.
@@ -124,11 +151,6 @@ class Gateway:
             if r.source == "store" and r.grant
         ]
         return max([self.config.session_defaults.ttl, *(g.budget.session_ttl or 0.0 for g in grants)])
-
-    def spawn(self, fn: Callable[..., Any], *args: Any) -> None:
-        if self.task_group is None:
-            raise Unavailable("the gateway is not running")
-        self.task_group.start_soon(fn, *args)
 
 
 def build_gateway(
@@ -155,6 +177,7 @@ def build_gateway(
     check_workloads(config, agent_specs)
     check_login(config)
     specs = load_manifests(config) if manifests is None else manifests
+    live = LiveConfig(config)
     store = open_store(config)
     keys = key_ring(config, store)
     secrets = shared_secrets(config, store)
@@ -162,18 +185,17 @@ def build_gateway(
     tokens = Tokens(keys, config.public_url, clock)
     directory = AgentDirectory(store, agent_specs, templates)
     sessions = Sessions(store, directory, tokens, audit, config.session_defaults, clock)
-    upstreams = Upstreams(specs, stderr_dir=config.state_dir / "logs")
+    pins = Pins(specs, audit, require_pins=config.require_pins)
+    upstreams = Upstreams(specs, stderr_dir=config.state_dir / "logs", quarantine=pins.settle)
     budgets = Budgets(store, audit, clock, denials_per_minute=config.audit.denials_per_minute)
     fingerprints = Fingerprints(secrets["fingerprint"])
     sealer = Sealer(secrets["state"])  # envelopes handed to clients: paused calls' requestState, sign-in cookies
-    pins = Pins(upstreams, audit, require_pins=config.require_pins)
-    upstreams.quarantine = pins.settle
     meter = Meter(load_tokenizer(config.metering))
     telemetry = OFF if operator else build_telemetry(config.telemetry, config.instance)
     if isinstance(telemetry, Tracing):
         audit.observe = telemetry.observe  # token counts, read off the records like the Prometheus series
     gateway = Gateway(
-        config=config,
+        live=live,
         clock=clock,
         store=store,
         audit=audit,
@@ -186,14 +208,14 @@ def build_gateway(
         budgets=budgets,
         pipeline=Pipeline(budgets, audit, fingerprints, meter, telemetry),
         fanout=Fanout(),
-        # Paused calls run in the app's task group, which exists once the lifespan has started.
-        exchanges=Exchanges(sealer, lambda *a: gateway.spawn(*a), clock),
+        exchanges=Exchanges(sealer, clock),
         sealer=sealer,
         fingerprints=fingerprints,
         meter=meter,
         credential_key=secrets["credential"],
         shared=SharedCredentialDetector(config.shared_credentials),
         pins=pins,
+        lifecycle=Lifecycle(live, store, directory, sessions, audit, clock),
         config_path=config_path,
         dpop=DpopVerifier(store, clock, config.dpop, secrets["state"] if config.dpop_nonce else None),
         telemetry=telemetry,
@@ -222,13 +244,85 @@ def create_app(gateway: Gateway) -> Starlette:
         {f"/servers/{name}/mcp": View(gateway.upstreams, gateway.names, name) for name in gateway.upstreams.servers}
     )
     endpoints = {path: McpEndpoint(front.server(view), security) for path, view in views.items()}
-    edge = Edge(gateway, endpoints, {usage.PATH: usage.UsageEndpoint(gateway)})
-    oauth = OAuth(gateway, edge.failures)
-    console, console_close = console_routes(gateway, edge, oauth.idps)
-    reloader = Reloader(gateway, ServerEndpoints(gateway, front, security, edge), gateway.config_path)
+    failures = AuthFailures(gateway.audit)
+    scopes = tool_scopes(gateway.agents.templates) if config.login is not None else []
+    edge = Edge(
+        config,
+        sessions=gateway.sessions,
+        tokens=gateway.tokens,
+        dpop=gateway.dpop,
+        audit=gateway.audit,
+        fanout=gateway.fanout,
+        failures=failures,
+        apps=endpoints,
+        api={usage.PATH: usage.UsageEndpoint(gateway.live, gateway.audit, gateway.budgets)},
+        scope=" ".join(scopes) or None,
+    )
+    login = LoginDeps(
+        config=config,
+        store=gateway.store,
+        audit=gateway.audit,
+        agents=gateway.agents,
+        sessions=gateway.sessions,
+        sealer=gateway.sealer,
+        credential_key=gateway.credential_key,
+        clock=gateway.clock,
+    )
+    oauth = OAuth(
+        gateway.live,
+        login,
+        dpop=gateway.dpop,
+        telemetry=gateway.telemetry,
+        failures=failures,
+        servers=gateway.upstreams.servers,
+    )
+    console, console_close = console_routes(
+        ConsoleDeps(
+            live=gateway.live,
+            store=gateway.store,
+            audit=gateway.audit,
+            keys=gateway.keys,
+            upstreams=gateway.upstreams,
+            pins=gateway.pins,
+            operations=gateway.operations,
+            failures=failures,
+            hosts=edge.hosts,
+            origins=edge.origins,
+            console_key=gateway.console_key,
+            stopping=gateway.stopping,
+            clock=gateway.clock,
+        ),
+        oauth.idps,
+    )
+    reloader = gateway.reloader = Reloader(
+        gateway.live,
+        agents=gateway.agents,
+        sessions=gateway.sessions,
+        upstreams=gateway.upstreams,
+        names=gateway.names,
+        pins=gateway.pins,
+        audit=gateway.audit,
+        clock=gateway.clock,
+        endpoints=ServerEndpoints(gateway.upstreams, gateway.names, front, security, edge),
+        config_path=gateway.config_path,
+    )
+
+    watch = SessionWatch(
+        store=gateway.store,
+        sessions=gateway.sessions,
+        keys=gateway.keys,
+        budgets=gateway.budgets,
+        lifecycle=gateway.lifecycle,
+        clock=gateway.clock,
+        tracked=lambda: edge.tracked_sids() | gateway.fanout.session_sids() | gateway.upstreams.session_sids(),
+        prune=edge.prune_mcp_sessions,
+    )
+    ocsf = config.telemetry.ocsf  # the SIEM's own copy of the stream, from the cursor on
+    push = OcsfPush(ocsf, config.audit.path, config.state_dir) if ocsf is not None else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        """Each long-lived component runs in its own `run()`; they stop in the reverse order."""
         async with contextlib.AsyncExitStack() as stack:
             await gateway.store.open()
             stack.push_async_callback(gateway.store.close)
@@ -259,34 +353,24 @@ def create_app(gateway: Gateway) -> Starlette:
             gateway.names.rebuild(strict=True)
             for endpoint in endpoints.values():
                 await stack.enter_async_context(endpoint.run())
-            tg = await stack.enter_async_context(anyio.create_task_group())
-            gateway.task_group = tg
+            stack.push_async_callback(_stopped, gateway)  # once everything entered below has stopped
             gateway.sessions.on_end(_on_session_end(gateway, edge))
-            tg.start_soon(_watch_sessions, gateway, edge)
-            tg.start_soon(gateway.store.watch, _on_store_change(gateway, edge))
-            tg.start_soon(edge.failures.run)
-            tg.start_soon(gateway.pins.watch)
-            if config.telemetry.ocsf is not None:  # the SIEM's own copy of the stream, from the cursor on
-                tg.start_soon(OcsfPush(config.telemetry.ocsf, config.audit.path, config.state_dir).run)
-            gateway.reloader = await stack.enter_async_context(reloader.run())
+            await stack.enter_async_context(gateway.exchanges.run())
+            await stack.enter_async_context(watch.run())
+            await stack.enter_async_context(failures.run())
+            await stack.enter_async_context(gateway.pins.run())
+            if push is not None:
+                await stack.enter_async_context(push.run())
+            await stack.enter_async_context(reloader.run())
+            stack.callback(gateway.stopping.set)  # first at shutdown: the console's event streams end
             gateway.ready.set()
-            try:
-                yield
-            finally:
-                gateway.task_group = None
-                tg.cancel_scope.cancel()
-                with anyio.CancelScope(shield=True):
-                    await edge.failures.flush()
-                    await gateway.budgets.close()
-                    await gateway.audit.emit(Event.GATEWAY_STOPPED)
+            yield
 
     dpop_offered = _dpop_offered(config, gateway.agents.specs)
-    scopes = tool_scopes(gateway.agents.templates) if config.login is not None else []
-    edge.scope = " ".join(scopes) or None
     routes = [
         Route("/healthz", _healthz),
         Route("/readyz", _readyz(gateway)),
-        Route("/metrics", _metrics(gateway, edge.failures)),
+        Route("/metrics", _metrics(gateway, failures)),
         Route("/.well-known/oauth-authorization-server", _as_metadata(config, dpop_offered, scopes)),
         Route("/jwks.json", _jwks(gateway)),
         Route(
@@ -294,7 +378,7 @@ def create_app(gateway: Gateway) -> Starlette:
             _pr_metadata(config, edge.resources, dpop_offered, scopes),
         ),
         *oauth.routes(),
-        *admin_routes(gateway, edge.failures),
+        *admin_routes(gateway.live, failures, gateway.operations),
         console,
     ]
     app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(_EdgeMiddleware, edge=edge)])
@@ -307,11 +391,11 @@ class _EdgeMiddleware:
     """Puts the edge in front of the router: MCP paths go to the edge, the rest fall through."""
 
     def __init__(self, app: ASGIApp, edge: Edge) -> None:
-        edge.fallback = app
+        self.app = app
         self.edge = edge
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.edge(scope, receive, send)
+        await self.edge.serve(scope, receive, send, self.app)
 
 
 def _on_change(gateway: Gateway) -> Callable[[str, str], Any]:
@@ -334,56 +418,11 @@ def _on_session_end(gateway: Gateway, edge: Edge) -> Callable[[str], Any]:
     return ended
 
 
-def _on_store_change(gateway: Gateway, edge: Edge) -> ChangeListener:
-    """What another replica or the CLI changed, pushed by the store (PostgreSQL), acted on at once."""
-
-    async def changed(kind: str, key: str) -> None:
-        try:
-            if kind == SESSION_ENDED:
-                await gateway.sessions.notify_ended(key)
-            elif kind == KEYS_CHANGED:
-                await gateway.keys.sync()
-            elif kind == RESYNC:
-                await gateway.keys.sync()
-                await _recheck_sessions(gateway, edge)
-        except Unavailable as exc:
-            log.warning("store change %s: %s", kind, exc)
-
-    return changed
-
-
-async def _watch_sessions(gateway: Gateway, edge: Edge) -> None:
-    """Catch ends this process did not cause: expiry, and closes by the CLI or another replica.
-
-    With PostgreSQL the store also pushes them (`_on_store_change`); this check is the safety net.
-    """
-    lifecycle = Lifecycle(gateway)
-    while True:
-        await anyio.sleep(SWEEP_EVERY)
-        await lifecycle_sweep(lifecycle)  # agents expired or idle, credentials near their max age
-        try:
-            await gateway.keys.sync()
-            await gateway.sessions.sweep()
-            await gateway.budgets.maintain()
-            edge.prune_mcp_sessions()
-            await _recheck_sessions(gateway, edge)
-        except Unavailable as exc:
-            log.warning("session watch: %s", exc)
-
-
-def _tracked_sids(gateway: Gateway, edge: Edge) -> set[str]:
-    """Every agent session this process holds something for: open requests, MCP sessions, listeners and
-    per-session upstream connections. A session ended elsewhere while holding any of them is noticed."""
-    return edge.tracked_sids() | gateway.fanout.session_sids() | gateway.upstreams.session_sids()
-
-
-async def _recheck_sessions(gateway: Gateway, edge: Edge) -> None:
-    """Release what this process holds for sessions that have ended (streams, MCP sessions, children)."""
-    now = gateway.clock()
-    for sid in _tracked_sids(gateway, edge):
-        session = await gateway.store.get_session(sid)
-        if session is None or session.ended_state(now) is not None:
-            await gateway.sessions.notify_ended(sid)
+async def _stopped(gateway: Gateway) -> None:
+    """The last record of this run, once the components' tasks have stopped (buffered settlements first)."""
+    with anyio.CancelScope(shield=True):
+        await gateway.budgets.close()
+        await gateway.audit.emit(Event.GATEWAY_STOPPED)
 
 
 async def _healthz(request: Request) -> Response:

@@ -8,7 +8,7 @@ with a `workload` identity never gets a secret.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -24,22 +24,45 @@ from gateway.identity.policy import compile_grant
 from gateway.store.base import AgentRecord, SessionRecord, SessionState
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.audit import Audit
+    from gateway.config.live import LiveConfig
+    from gateway.identity.agents import AgentDirectory
+    from gateway.identity.sessions import Sessions
+    from gateway.store import Store
 
 
 class Operations:
-    def __init__(self, gateway: Gateway, actor: str) -> None:
-        self.gw = gateway
+    """One operator's actions; app.py builds it for each actor (the CLI user, the admin API, a console operator)."""
+
+    def __init__(
+        self,
+        actor: str,
+        *,
+        live: LiveConfig,
+        store: Store,
+        audit: Audit,
+        agents: AgentDirectory,
+        sessions: Sessions,
+        credential_key: bytes,
+        clock: Callable[[], float],
+    ) -> None:
         self.actor = actor
+        self.live = live  # `agent_defaults` reloads
+        self.store = store
+        self.audit = audit
+        self.agents = agents
+        self.sessions = sessions
+        self.credential_key = credential_key
+        self.clock = clock
 
     async def _audit(self, event: Event, **fields: Any) -> None:
-        await self.gw.audit.emit(event, durable=True, actor=self.actor, **fields)
+        await self.audit.emit(event, durable=True, actor=self.actor, **fields)
 
     # ------------------------------------------------------------ agents
 
     async def list_agents(self) -> list[dict[str, Any]]:
         """Every agent in the store (agents.yaml's are synced there); agents.yaml may also disable one."""
-        return agent_rows(await self.gw.store.list_agents(), self.gw.agents.specs)
+        return agent_rows(await self.store.list_agents(), self.agents.specs)
 
     async def create_agent(
         self,
@@ -72,27 +95,27 @@ class Operations:
             own = own_settings(lifecycle) if lifecycle else None
         except ValueError as exc:
             raise OperatorError(str(exc)) from None
-        if agent_id in self.gw.agents.specs:
+        if agent_id in self.agents.specs:
             raise OperatorError(f"agent {agent_id!r} is defined in agents.yaml; edit it there", status=409)
         if workload is not None:
             workload = await self._free_workload(workload, jwks)
         credential = "workload" if workload else "private_key_jwt" if jwks is not None else "secret"
         secret = generate_secret() if credential == "secret" else None
-        now = self.gw.clock()
+        now = self.clock()
         record = AgentRecord(
             id=agent_id,
             owner=owner,
             cost_center=cost_center,
             source="store",
             created_at=now,
-            secret_hash=hash_secret(self.gw.credential_key, secret) if secret else None,
+            secret_hash=hash_secret(self.credential_key, secret) if secret else None,
             jwks=jwks,
             workload=workload,
             secret_at=now if secret else None,
             keys_at=now if jwks is not None else None,
             lifecycle=own,
         )
-        if not await self.gw.store.create_agent(record):
+        if not await self.store.create_agent(record):
             raise OperatorError(f"agent {agent_id!r} (or its workload identity) already exists", status=409)
         await self._audit(
             Event.AGENT_CREATED,
@@ -117,31 +140,31 @@ class Operations:
             parsed = Workload.model_validate(workload)
         except ValidationError as exc:
             raise OperatorError(f"workload: {exc.errors()[0]['msg']} ({{issuer, subject}} required)") from None
-        if parsed.issuer not in {entry.issuer for entry in self.gw.config.workload_issuers}:
+        if parsed.issuer not in {entry.issuer for entry in self.live.current.workload_issuers}:
             raise OperatorError(f"workload issuer {parsed.issuer!r} is not in gateway.yaml workload_issuers")
-        owner = await self.gw.agents.by_workload(parsed.issuer, parsed.subject)
+        owner = await self.agents.by_workload(parsed.issuer, parsed.subject)
         if owner is not None:
             raise OperatorError(f"agent {owner!r} already has this workload identity", status=409)
         return {"issuer": parsed.issuer, "subject": parsed.subject}
 
     async def _known(self, agent_id: str) -> None:
-        if await self.gw.store.get_agent(agent_id) is None:
+        if await self.store.get_agent(agent_id) is None:
             raise OperatorError(f"no agent {agent_id!r}", status=404)
 
     async def _update_agent(self, agent_id: str, **changes: Any) -> None:
-        if not await self.gw.store.update_agent(agent_id, **changes):
+        if not await self.store.update_agent(agent_id, **changes):
             raise OperatorError(f"no agent {agent_id!r}", status=404)
-        self.gw.agents.forget(agent_id)
+        self.agents.forget(agent_id)
 
     async def disable_agent(self, agent_id: str) -> list[str]:
         """Disable an agent and revoke its live sessions; returns their ids."""
         await self._update_agent(agent_id, disabled=True)
         await self._audit(Event.AGENT_DISABLED, agent=agent_id)
-        return await self.gw.sessions.end_agent(agent_id, "revoked", actor=self.actor)
+        return await self.sessions.end_agent(agent_id, "revoked", actor=self.actor)
 
     async def enable_agent(self, agent_id: str) -> None:
         # Enabling counts as use: an idle-disabled agent gets a full disable_after_idle before the next sweep.
-        await self._update_agent(agent_id, disabled=False, last_used=self.gw.clock())
+        await self._update_agent(agent_id, disabled=False, last_used=self.clock())
         await self._audit(Event.AGENT_ENABLED, agent=agent_id)
 
     async def rotate_secret(self, agent_id: str) -> str:
@@ -150,7 +173,7 @@ class Operations:
         Raises:
             OperatorError: no such agent, or it authenticates with its platform's JWT (agents.yaml `workload`).
         """
-        agent = await self.gw.agents.get(agent_id, fresh=True)
+        agent = await self.agents.get(agent_id, fresh=True)
         if agent is not None and agent.workload is not None:
             raise OperatorError(
                 f"agent {agent_id!r} authenticates with its workload identity; it has no secret", status=409
@@ -161,7 +184,7 @@ class Operations:
             )
         secret = generate_secret()
         await self._update_agent(
-            agent_id, secret_hash=hash_secret(self.gw.credential_key, secret), secret_at=self.gw.clock()
+            agent_id, secret_hash=hash_secret(self.credential_key, secret), secret_at=self.clock()
         )  # credential_max_age counts from here
         await self._audit(Event.AGENT_SECRET_ROTATED, agent=agent_id)
         return secret
@@ -172,8 +195,8 @@ class Operations:
         Raises:
             OperatorError: no such agent.
         """
-        record = await self.gw.store.get_agent(agent_id)
-        spec = self.gw.agents.specs.get(agent_id)
+        record = await self.store.get_agent(agent_id)
+        spec = self.agents.specs.get(agent_id)
         if spec is not None:
             owner, cost_center, grant, jwks = spec.owner, spec.cost_center, spec.grant, spec.jwks
         elif record is not None:
@@ -196,8 +219,8 @@ class Operations:
 
     def _lifecycle(self, record: AgentRecord) -> dict[str, Any]:
         """The agent's lifecycle in force (its own settings over gateway.yaml's defaults) and its credential's age."""
-        agent = resolve(record, self.gw.agents.specs, self.gw.agents.templates)
-        rules = policy(agent, self.gw.config.agent_defaults)
+        agent = resolve(record, self.agents.specs, self.agents.templates)
+        rules = policy(agent, self.live.current.agent_defaults)
         kind = credential_of(agent)
         set_at = credential_set_at(agent, kind)
         return {
@@ -221,9 +244,9 @@ class Operations:
             grant = parse_grant(raw, source)
         except ConfigError as exc:
             raise OperatorError(str(exc)) from None
-        if agent_id in self.gw.agents.specs:
+        if agent_id in self.agents.specs:
             raise OperatorError(f"agent {agent_id!r} is defined in agents.yaml; change its grant there", status=409)
-        record = await self.gw.store.get_agent(agent_id)
+        record = await self.store.get_agent(agent_id)
         if record is None:
             raise OperatorError(f"no agent {agent_id!r}", status=404)
         if record.source == "config":
@@ -245,7 +268,7 @@ class Operations:
     # ------------------------------------------------------------ sessions
 
     async def list_sessions(self, agent: str | None = None, state: SessionState | None = None) -> list[SessionRecord]:
-        return await self.gw.store.list_sessions(agent, state, now=self.gw.clock())
+        return await self.store.list_sessions(agent, state, now=self.clock())
 
     async def end_session(self, sid: str, state: SessionState) -> None:
         """Close or revoke one live session.
@@ -253,21 +276,21 @@ class Operations:
         Raises:
             OperatorError: no such session, or it has already ended.
         """
-        if not await self.gw.sessions.end(sid, state, state, actor=self.actor):
-            session = await self.gw.store.get_session(sid)
+        if not await self.sessions.end(sid, state, state, actor=self.actor):
+            session = await self.store.get_session(sid)
             if session is None:
                 raise OperatorError(f"no session {sid!r}", status=404)
             raise OperatorError(f"session {sid} is already {session.state}", status=409)
 
     async def revoke_agent_sessions(self, agent_id: str) -> list[str]:
         await self._known(agent_id)
-        return await self.gw.sessions.end_agent(agent_id, "revoked", actor=self.actor)
+        return await self.sessions.end_agent(agent_id, "revoked", actor=self.actor)
 
     async def resume_session(self, sid: str, add_calls: int = 0, add_tokens: int = 0) -> SessionRecord:
         """Lift a budget stop, optionally raising the session's limits."""
         if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in (add_calls, add_tokens)):
             raise OperatorError("add_calls and add_tokens must be whole numbers, not negative")
-        session = await self.gw.store.resume_session(sid, add_calls, add_tokens, self.gw.clock())
+        session = await self.store.resume_session(sid, add_calls, add_tokens, self.clock())
         if session is None:
             raise OperatorError(f"no live session {sid!r}", status=404)
         await self._audit(

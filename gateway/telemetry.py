@@ -36,7 +36,7 @@ import json
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import jwt
@@ -46,10 +46,26 @@ from mcp.shared.exceptions import MCPError
 from gateway.audit.records import RESULT_EVENTS
 from gateway.config.files import TelemetrySettings
 from gateway.errors import ConfigError
-from gateway.identity.principal import Principal
+from gateway.identity.principal import PRINCIPAL, Principal
 
 if TYPE_CHECKING:
-    from gateway.mcp.pipeline import Admitted
+    from gateway.upstream import Upstream
+
+
+class TracedCall(Protocol):
+    """What a span of an upstream tool call reads off the pipeline's admitted call."""
+
+    @property
+    def principal(self) -> Principal: ...
+    @property
+    def upstream(self) -> Upstream: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def call_id(self) -> str: ...
+    @property
+    def audit_seq(self) -> int | None: ...
+
 
 R = TypeVar("R")
 Send = Callable[[Any], Awaitable[R]]  # the upstream request, given the _meta (RequestParamsMeta or None) to send
@@ -77,7 +93,7 @@ class Off:
 
     enabled = False
 
-    def upstream_call(self, call: Admitted, send: Send[R]) -> Awaitable[R]:
+    def upstream_call(self, call: TracedCall, send: Send[R]) -> Awaitable[R]:
         return send(None)
 
     def token_handler(self, handler: TokenHandler) -> TokenHandler:
@@ -132,8 +148,6 @@ class Tracing:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
-        from gateway.mcp.server import PRINCIPAL  # the front imports this module: bound here, once
 
         attributes = {"service.instance.id": instance}
         if not environ.get("OTEL_SERVICE_NAME"):  # the standard variable names the service when it is set
@@ -223,7 +237,7 @@ class Tracing:
 
     # ------------------------------------------------------------ the upstream request
 
-    async def upstream_call(self, call: Admitted, send: Send[R]) -> R:
+    async def upstream_call(self, call: TracedCall, send: Send[R]) -> R:
         identity = {**_identity(call.principal), "gateway.call_id": call.call_id}
         if call.audit_seq is not None:
             identity["gateway.audit.seq"] = call.audit_seq

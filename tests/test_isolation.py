@@ -271,8 +271,8 @@ async def test_a_request_state_names_no_exchange_of_another_process_sharing_the_
         answered.append(answer.roots[0].name)
         return types.CallToolResult(content=[])
 
-    async with anyio.create_task_group() as tg:
-        before, after = (Exchanges(Sealer(key), tg.start_soon, anyio.current_time, ttl=5) for _ in range(2))
+    before, after = (Exchanges(Sealer(key), anyio.current_time, ttl=5) for _ in range(2))
+    async with before.run(), after.run():
         stale = await before.start("s1", _Leg(), work)
         live = await after.start("s1", _Leg(), work)  # the same counter value in the other process
         assert isinstance(stale, types.InputRequiredResult) and isinstance(live, types.InputRequiredResult)
@@ -280,7 +280,6 @@ async def test_a_request_state_names_no_exchange_of_another_process_sharing_the_
         with pytest.raises(MCPError) as refused:
             await after.resume("s1", stale.request_state or "", roots, _Leg())
         assert refused.value.message == INVALID_STATE and not answered
-        tg.cancel_scope.cancel()
 
 
 async def test_shared_subscriptions_are_refcounted_and_delivered_only_to_subscribers(gw: Harness) -> None:

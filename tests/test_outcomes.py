@@ -25,7 +25,6 @@ from mcp.shared.exceptions import MCPError
 from gateway import cli
 from gateway.errors import AuthError
 from gateway.mcp.views import View
-from gateway.operations import Operations
 from tests.audit.test_audit_gateway import _point_at_a_full_disk
 from tests.replicas.support import READY_LINE, audit_records
 from tests.support.harness import (
@@ -245,7 +244,7 @@ async def test_a_call_cut_by_revocation_records_revoked_and_a_waiting_answer_is_
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(call)
                     call_record = await written(gw).until("tool.call", session=sid)
-                    await Operations(gw.gateway, "test").end_session(sid, "revoked")
+                    await gw.gateway.operations("test").end_session(sid, "revoked")
     outcome = await written(gw).until("tool.result", call_id=call_record["call_id"])
     assert outcome["outcome"] == "revoked" and failure
     assert len([r for r in records_of(gw, sid, "tool.result")]) == 1

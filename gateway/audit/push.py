@@ -11,9 +11,11 @@ the process died is sent again (collectors deduplicate on `metadata.uid`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -86,7 +88,17 @@ class OcsfPush:
     def _poll(self, followers: dict[str, Follower]) -> Pending:
         return [p for chain, f in followers.items() for p in self._new(chain, f.poll())]
 
-    async def run(self) -> None:
+    @contextlib.asynccontextmanager
+    async def run(self) -> AsyncIterator[None]:
+        """Push from the cursor on, in a task of its own, until exit."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._push)
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
+
+    async def _push(self) -> None:
         self.cursor = await anyio.to_thread.run_sync(self.load_cursor)
         followers = {chain: Follower(path) for chain, path in self.streams.items()}
         try:

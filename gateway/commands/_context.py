@@ -64,11 +64,9 @@ def operate(args: argparse.Namespace, action: Callable[[Operations], Awaitable[T
     GatewayErrors propagate to main() for the one-line error.
     """
 
-    from gateway.operations import Operations
-
     async def body() -> T:
         async with opened(args) as gw:
-            return await action(Operations(gw, operator()))
+            return await action(gw.operations(operator()))
 
     return anyio.run(body)
 

@@ -69,7 +69,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
 def _open(args: argparse.Namespace) -> int:
     session, token = operate(
         args,
-        lambda ops: ops.gw.sessions.open(
+        lambda ops: ops.sessions.open(
             args.agent,
             on_behalf_of=args.on_behalf_of,
             task=args.task,

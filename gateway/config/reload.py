@@ -27,7 +27,7 @@ import hashlib
 import logging
 import signal
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,10 +44,15 @@ from gateway.mcp.views import View
 from gateway.upstream.manifests import UpstreamSpec, load_manifests, manifest_files
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.audit import Audit
+    from gateway.config.live import LiveConfig
     from gateway.http.edge import Edge
+    from gateway.identity.agents import AgentDirectory
+    from gateway.identity.sessions import Sessions
     from gateway.mcp.server import Front
-    from gateway.upstream import Upstream
+    from gateway.mcp.views import Names
+    from gateway.pins.definitions import Pins
+    from gateway.upstream import Upstream, Upstreams
 
 log = logging.getLogger("gateway.reload")
 
@@ -123,22 +128,35 @@ def _same_server(a: UpstreamSpec, b: UpstreamSpec) -> bool:
 class ServerEndpoints:
     """The per-server `/servers/<name>/mcp` endpoints of servers added while running."""
 
-    def __init__(self, gateway: Gateway, front: Front, security: TransportSecuritySettings, edge: Edge) -> None:
-        self.gw = gateway
+    def __init__(
+        self, upstreams: Upstreams, names: Names, front: Front, security: TransportSecuritySettings, edge: Edge
+    ) -> None:
+        self.upstreams = upstreams
+        self.names = names
         self.front = front
         self.security = security
         self.edge = edge
         self._stops: dict[str, anyio.Event] = {}
-        self.task_group: anyio.abc.TaskGroup | None = None
+        self._tg: anyio.abc.TaskGroup | None = None  # where the added endpoints serve, while `run()` is entered
+
+    @contextlib.asynccontextmanager
+    async def run(self) -> AsyncIterator[None]:
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            try:
+                yield
+            finally:
+                self._tg = None
+                tg.cancel_scope.cancel()
 
     @staticmethod
     def path(name: str) -> str:
         return f"/servers/{name}/mcp"
 
     async def add(self, name: str) -> None:
-        if self.path(name) in self.edge.apps or self.task_group is None:
+        if self.path(name) in self.edge.apps or self._tg is None:
             return
-        endpoint = McpEndpoint(self.front.server(View(self.gw.upstreams, self.gw.names, name)), self.security)
+        endpoint = McpEndpoint(self.front.server(View(self.upstreams, self.names, name)), self.security)
         stop = self._stops[name] = anyio.Event()
 
         async def serve(*, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -146,7 +164,7 @@ class ServerEndpoints:
                 task_status.started()
                 await stop.wait()
 
-        await self.task_group.start(serve)
+        await self._tg.start(serve)
         self.edge.apps[self.path(name)] = endpoint
         self.edge.resources.add(self.path(name))
 
@@ -164,16 +182,37 @@ class ServerEndpoints:
 class Reloader:
     """Watches the configuration files and applies a validated change to the running gateway."""
 
-    def __init__(self, gateway: Gateway, endpoints: ServerEndpoints, config_path: Path | None) -> None:
-        self.gw = gateway
+    def __init__(
+        self,
+        live: LiveConfig,
+        *,
+        agents: AgentDirectory,
+        sessions: Sessions,
+        upstreams: Upstreams,
+        names: Names,
+        pins: Pins,
+        audit: Audit,
+        clock: Callable[[], float],
+        endpoints: ServerEndpoints,
+        config_path: Path | None,
+    ) -> None:
+        self.live = live  # what a reload replaces: its readers see the new settings at their next use
+        self.agents = agents
+        self.sessions = sessions
+        self.upstreams = upstreams
+        self.names = names
+        self.pins = pins
+        self.audit = audit
+        self.clock = clock
         self.endpoints = endpoints
         self.config_path = config_path  # None: gateway.yaml is not watched (agents.yaml and manifests still are)
         self._lock = anyio.Lock()
+        self._tg: anyio.abc.TaskGroup | None = None  # polling, SIGHUP and retiring servers, while `run()` is entered
         self._seen: dict[str, str | None] = {}
 
     def hashes(self, config: GatewayConfig | None = None) -> dict[str, str | None]:
         """SHA-256 of every file a reload reads, by path."""
-        config = config or self.gw.config
+        config = config or self.live.current
         paths = [p for p in (self.config_path, config.agents) if p is not None]
         try:
             paths += manifest_files(config.manifests)
@@ -185,15 +224,15 @@ class Reloader:
     async def run(self) -> AsyncIterator[Reloader]:
         """Poll the files (and listen for SIGHUP) until exit."""
         self._seen = self.hashes()
-        async with anyio.create_task_group() as tg:
-            self.endpoints.task_group = tg
+        async with self.endpoints.run(), anyio.create_task_group() as tg:
+            self._tg = tg
             tg.start_soon(self._poll)
             if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGHUP"):
                 tg.start_soon(self._on_sighup)
             try:
                 yield self
             finally:
-                self.endpoints.task_group = None
+                self._tg = None
                 tg.cancel_scope.cancel()
 
     async def _poll(self) -> None:
@@ -231,7 +270,7 @@ class Reloader:
         Raises:
             ConfigError: `<file>: <field>: <reason>`, for a bad file or a change that needs a restart.
         """
-        running = self.gw.config
+        running = self.live.current
         config = running
         if self.config_path is not None:
             config = load_gateway_config(self.config_path)
@@ -247,13 +286,12 @@ class Reloader:
 
     async def _audit(self, event: Event, **fields: Any) -> None:
         try:
-            await self.gw.audit.emit(event, durable=True, actor=ACTOR, **fields)
+            await self.audit.emit(event, durable=True, actor=ACTOR, **fields)
         except Unavailable as exc:
             log.error("%s not audited: %s", event, exc)
 
     async def _apply(self, snapshot: Snapshot) -> dict[str, list[str]]:
-        gw = self.gw
-        old_specs = {name: u.spec for name, u in gw.upstreams.servers.items()}
+        old_specs = {name: u.spec for name, u in self.upstreams.servers.items()}
         added = sorted(set(snapshot.manifests) - set(old_specs))
         removed = sorted(set(old_specs) - set(snapshot.manifests))
         changed = sorted(
@@ -261,22 +299,22 @@ class Reloader:
         )
 
         # Settings and agents first: they are plain swaps.
-        require_pins_changed = gw.pins.require_pins != snapshot.config.require_pins
-        gw.config = snapshot.config
-        gw.pins.require_pins = snapshot.config.require_pins
-        old_agents = gw.agents.specs
-        gw.agents.specs = snapshot.agents
-        gw.agents.templates = load_templates(gw.config.agents)
-        gw.agents.forget_all()
+        require_pins_changed = self.pins.require_pins != snapshot.config.require_pins
+        self.live.current = snapshot.config
+        self.pins.require_pins = snapshot.config.require_pins
+        old_agents = self.agents.specs
+        self.agents.specs = snapshot.agents
+        self.agents.templates = load_templates(snapshot.config.agents)
+        self.agents.forget_all()
         agents_removed = sorted(set(old_agents) - set(snapshot.agents))
         agents_changed = sorted(
             a for a in set(old_agents) & set(snapshot.agents) if old_agents[a] != snapshot.agents[a]
         )
         agents_added = sorted(set(snapshot.agents) - set(old_agents))
         try:
-            await gw.agents.sync(gw.clock())
+            await self.agents.sync(self.clock())
             for agent_id in agents_removed:
-                await gw.sessions.end_agent(agent_id, "removed from agents.yaml", actor=ACTOR)
+                await self.sessions.end_agent(agent_id, "removed from agents.yaml", actor=ACTOR)
         except Unavailable as exc:  # the store catches up at the next reload or restart; this process is current
             log.error("agents.yaml applied here but not written to the store: %s", exc)
 
@@ -284,25 +322,25 @@ class Reloader:
         started: dict[str, Upstream] = {}
         for name in added + changed:
             spec = snapshot.manifests[name]
-            gw.pins.track(spec)
+            self.pins.track(spec)
             try:
-                started[name] = await gw.upstreams.start(spec)
+                started[name] = await self.upstreams.start(spec)
             except UpstreamError as exc:
                 log.error("server %s not started: %s", name, exc)
-        leaving = [gw.upstreams.servers[name] for name in removed + changed]
+        leaving = [self.upstreams.servers[name] for name in removed + changed]
         for name in removed:
             self.endpoints.hide(name)
-            del gw.upstreams.servers[name]
-            gw.pins.untrack(name)
-        gw.upstreams.servers.update(started)
-        gw.names.rebuild()
+            del self.upstreams.servers[name]
+            self.pins.untrack(name)
+        self.upstreams.servers.update(started)
+        self.names.rebuild()
         for name in [*added, *changed, *removed]:
             for kind in ("tools", "resources", "prompts"):
-                await gw.upstreams.changed(name, kind)
+                await self.upstreams.changed(name, kind)
         for name in added:
             await self.endpoints.add(name)
         if require_pins_changed:  # unpinned tools hide or show at once, not at the next re-list
-            for name, upstream in list(gw.upstreams.servers.items()):
+            for name, upstream in list(self.upstreams.servers.items()):
                 if name not in started:
                     await upstream.requarantine()
         for upstream in leaving:
@@ -321,8 +359,8 @@ class Reloader:
         }
 
     def _spawn(self, fn: Any, *args: Any) -> None:
-        if self.endpoints.task_group is not None:
-            self.endpoints.task_group.start_soon(fn, *args)
+        if self._tg is not None:
+            self._tg.start_soon(fn, *args)
 
     async def _retire(self, upstream: Upstream, removed: bool) -> None:
         """Let the calls in flight finish, then stop the server (and its endpoint, if it is gone for good)."""

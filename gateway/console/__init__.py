@@ -24,18 +24,15 @@ from gateway.console.headers import SecurityHeaders
 from gateway.console.web import Web
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
-    from gateway.http.edge import Edge
+    from gateway.console.deps import ConsoleDeps
     from gateway.identity.idp import IdentityProviders
 
 PATH = "/console"
 
 
-def console_routes(
-    gateway: Gateway, edge: Edge, idps: IdentityProviders
-) -> tuple[Mount, Callable[[], Awaitable[None]]]:
+def console_routes(deps: ConsoleDeps, idps: IdentityProviders) -> tuple[Mount, Callable[[], Awaitable[None]]]:
     """The console's routes, and what to await at shutdown (the identity provider client, if any)."""
-    web = Web(gateway, edge)
+    web = Web(deps)
     closers: list[Callable[[], Awaitable[None]]] = []
     routes = [route for page in (signin, sessions, agents, spend, audit, tools) for route in page.routes(web)]
     routes += idp.routes(web, idps, closers)

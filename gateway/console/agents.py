@@ -29,7 +29,7 @@ def routes(web: Web) -> list[Route]:
                     **listed,
                     **shown,
                     "lifecycle": lifecycle,
-                    "credential_age": web.gw.clock() - datetime.fromisoformat(set_at).timestamp() if set_at else None,
+                    "credential_age": web.deps.clock() - datetime.fromisoformat(set_at).timestamp() if set_at else None,
                     "kind": "interactive" if ":" in listed["id"] else shown["source"],
                     "grant_yaml": yaml.safe_dump(shown["grant"], sort_keys=True, default_flow_style=False),
                 }

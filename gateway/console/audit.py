@@ -21,7 +21,7 @@ from gateway.console.auth import Operator
 from gateway.console.web import Web
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.console.deps import ConsoleDeps
 
 
 @dataclass(frozen=True)
@@ -35,13 +35,13 @@ class Verified:
 class ChainStatus:
     """The last verification of this gateway's stream, kept for the page."""
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gw = gateway
+    def __init__(self, deps: ConsoleDeps) -> None:
+        self.deps = deps
         self.last: Verified | None = None
         self._lock = anyio.Lock()
 
     def _key(self, kid: str) -> Ed25519PublicKey | None:
-        key = self.gw.keys.verify_key(kid)
+        key = self.deps.keys.verify_key(kid)
         return key.public if key is not None else None
 
     async def verify(self) -> Verified:
@@ -52,8 +52,8 @@ class ChainStatus:
             StoreUnavailable: the store's checkpoints cannot be read.
         """
         async with self._lock:
-            stored = await stored_checkpoints(self.gw.store, self.gw.config.instance)
-            files = audit_files(self.gw.config.audit.path)
+            stored = await stored_checkpoints(self.deps.store, self.deps.config.instance)
+            files = audit_files(self.deps.config.audit.path)
             chains = await anyio.to_thread.run_sync(lambda: verify(files, self._key, stored))
             state: Literal["intact", "broken", "unverified"] = (
                 "broken"
@@ -62,15 +62,15 @@ class ChainStatus:
                 if any(c.unverified for c in chains)
                 else "intact"
             )
-            self.last = Verified(state, sum(c.seq for c in chains), [c.summary() for c in chains], self.gw.clock())
+            self.last = Verified(state, sum(c.seq for c in chains), [c.summary() for c in chains], self.deps.clock())
             return self.last
 
 
 def routes(web: Web) -> list[Route]:
-    chain = ChainStatus(web.gw)
+    chain = ChainStatus(web.deps)
 
     async def page(request: Request, operator: Operator) -> Response:
-        live.audit_filter(request, web.gw.clock())  # a bad filter is refused here, on the page
+        live.audit_filter(request, web.deps.clock())  # a bad filter is refused here, on the page
         return web.html(
             request,
             "audit.html",
@@ -83,12 +83,12 @@ def routes(web: Web) -> list[Route]:
         )
 
     async def updates(request: Request, operator: Operator) -> Response:
-        wanted, limit = live.audit_filter(request, web.gw.clock())
-        return live.audit_stream(web.gw, web.auth, request, wanted, limit)
+        wanted, limit = live.audit_filter(request, web.deps.clock())
+        return live.audit_stream(web.deps, web.auth, request, wanted, limit)
 
     async def check(request: Request, operator: Operator, form: FormData) -> Response:
         verified = await chain.verify()
-        await web.gw.audit.emit(
+        await web.deps.audit.emit(
             Event.AUDIT_VERIFIED, durable=True, actor=operator.actor, outcome=verified.state, records=verified.records
         )
         return web.done(request, "audit", "verified")

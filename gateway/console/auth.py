@@ -30,7 +30,7 @@ from gateway.config.files import glob_matches
 from gateway.identity.sealing import InvalidEnvelope, Sealer
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.console.deps import ConsoleDeps
 
 SESSION_TTL = 1800.0  # seconds a console sign-in lasts
 ADMIN = "admin"  # the operator name of an admin-token sign-in (actor console:admin)
@@ -67,22 +67,22 @@ def is_operator(operators: Sequence[str], email: str) -> bool:
 
 
 class ConsoleAuth:
-    def __init__(self, gateway: Gateway) -> None:
-        self.gw = gateway
-        self._key = gateway.console_key
+    def __init__(self, deps: ConsoleDeps) -> None:
+        self.deps = deps
+        self._key = deps.console_key
         self._sealer = Sealer(self._key)
         self._signed_out: dict[str, float] = {}  # session id -> its expiry, so the list stays short
-        https = gateway.config.public_url.startswith("https://")
+        https = deps.config.public_url.startswith("https://")
         self.secure = https
         self.cookie = "__Host-mcp_console" if https else "mcp_console"
 
     def start_session(self, response: Response, who: str, via: Via) -> Operator:
         """Sign `who` in (already verified: the admin token, or an operator email from the identity provider)."""
-        now = self.gw.clock()
+        now = self.deps.clock()
         operator = Operator(who, via, secrets.token_urlsafe(16), secrets.token_urlsafe(24), now + SESSION_TTL)
         payload = {"who": who, "via": via, "sid": operator.sid, "csrf": operator.csrf}
         if via == "admin_token":
-            token = self.gw.config.admin_token
+            token = self.deps.config.admin_token
             if token is None:
                 raise ValueError("no admin_token is configured")
             payload["tok"] = token_fingerprint(self._key, token)
@@ -99,7 +99,7 @@ class ConsoleAuth:
 
     def end_session(self, response: Response, operator: Operator | None) -> None:
         if operator is not None:
-            now = self.gw.clock()
+            now = self.deps.clock()
             self._signed_out = {sid: exp for sid, exp in self._signed_out.items() if exp > now}
             self._signed_out[operator.sid] = operator.expires_at
         response.delete_cookie(self.cookie, path="/", secure=self.secure, httponly=True, samesite="strict")
@@ -110,13 +110,13 @@ class ConsoleAuth:
         if not value:
             return None
         try:
-            payload = self._sealer.open(value, self.gw.clock())
+            payload = self._sealer.open(value, self.deps.clock())
         except InvalidEnvelope:
             return None
         who, via, sid, csrf = (payload.get(k) for k in ("who", "via", "sid", "csrf"))
         if not all(isinstance(v, str) and v for v in (who, via, sid, csrf)) or sid in self._signed_out:
             return None
-        config = self.gw.config
+        config = self.deps.config
         if via == "admin_token":
             token = config.admin_token
             if token is None or not hmac.compare_digest(
@@ -131,7 +131,7 @@ class ConsoleAuth:
         return Operator(str(who), via, str(sid), str(csrf), float(payload["exp"]))
 
     def admin_token_matches(self, given: str) -> bool:
-        token = self.gw.config.admin_token
+        token = self.deps.config.admin_token
         return token is not None and hmac.compare_digest(given.encode(), token.encode())
 
 

@@ -10,7 +10,7 @@ from gateway.pins import definitions as pins
 from gateway.pins import lockfile
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.console.deps import ConsoleDeps
     from gateway.upstream import Upstream
 
 Status = Literal["pinned", "quarantined", "unpinned", "waiting"]  # waiting: unpinned, hidden by require_pins
@@ -51,8 +51,8 @@ def side_by_side(pinned: list[str], served: list[str]) -> list[DiffRow]:
     return rows
 
 
-def tool_rows(gateway: Gateway, upstream: Upstream) -> list[ToolRow]:
-    in_force = gateway.pins.pins.get(upstream.name, {})
+def tool_rows(deps: ConsoleDeps, upstream: Upstream) -> list[ToolRow]:
+    in_force = deps.pins.pins.get(upstream.name, {})
     recorded = lockfile.read_record(upstream.spec.source) if upstream.spec.source is not None else {}
     rows = []
     for name, tool in sorted(upstream.catalog.tools.items()):
@@ -81,8 +81,8 @@ def tool_rows(gateway: Gateway, upstream: Upstream) -> list[ToolRow]:
     return rows
 
 
-def servers(gateway: Gateway) -> list[ServerRow]:
+def servers(deps: ConsoleDeps) -> list[ServerRow]:
     return [
-        ServerRow(name, upstream.spec.owner, upstream.up, tool_rows(gateway, upstream))
-        for name, upstream in sorted(gateway.upstreams.servers.items())
+        ServerRow(name, upstream.spec.owner, upstream.up, tool_rows(deps, upstream))
+        for name, upstream in sorted(deps.upstreams.servers.items())
     ]

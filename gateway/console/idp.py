@@ -39,14 +39,14 @@ PENDING_TTL = 600.0  # seconds a sign-in at the provider may take
 
 
 def routes(web: Web, idps: IdentityProviders, closers: list[Callable[[], Awaitable[None]]]) -> list[Route]:
-    gw, auth = web.gw, web.auth
-    provider = gw.config.login_provider
-    if provider is None or not gw.config.operators:
+    deps, auth = web.deps, web.auth
+    provider = deps.config.login_provider
+    if provider is None or not deps.config.operators:
         return []
-    rp = RelyingParty(provider, idps, f"{gw.config.public_url}/console/callback", gw.clock)
+    rp = RelyingParty(provider, idps, f"{deps.config.public_url}/console/callback", deps.clock)
     closers.append(rp.close)
-    sealer = Sealer(gw.console_key)
-    secure = gw.config.public_url.startswith("https://")
+    sealer = Sealer(deps.console_key)
+    secure = deps.config.public_url.startswith("https://")
 
     def refused(request: Request, message: str, status: int) -> Response:
         response = web.html(
@@ -56,7 +56,7 @@ def routes(web: Web, idps: IdentityProviders, closers: list[Callable[[], Awaitab
             operator=None,
             page="login",
             refused=message,
-            token_configured=gw.config.admin_token is not None,
+            token_configured=deps.config.admin_token is not None,
             idp=provider.issuer,
         )
         response.delete_cookie(COOKIE, path="/console", secure=secure, httponly=True, samesite="lax")
@@ -75,7 +75,7 @@ def routes(web: Web, idps: IdentityProviders, closers: list[Callable[[], Awaitab
         pending = {"kind": "console-idp", "state": state, "nonce": nonce, "verifier": verifier}
         response.set_cookie(
             COOKIE,
-            sealer.seal(pending, gw.clock() + PENDING_TTL),
+            sealer.seal(pending, deps.clock() + PENDING_TTL),
             max_age=int(PENDING_TTL),
             path="/console",
             secure=secure,
@@ -89,12 +89,12 @@ def routes(web: Web, idps: IdentityProviders, closers: list[Callable[[], Awaitab
             return refusal
         remote = request.client.host if request.client else "unknown"
         try:
-            pending = sealer.open(request.cookies.get(COOKIE, ""), gw.clock())
+            pending = sealer.open(request.cookies.get(COOKIE, ""), deps.clock())
         except InvalidEnvelope:
             pending = {}
         state, code = request.query_params.get("state", ""), request.query_params.get("code", "")
         if pending.get("kind") != "console-idp" or not hmac.compare_digest(str(pending.get("state", "")), state):
-            await web.edge.failures.failed(remote, "console sign-in: state does not match this browser's sign-in")
+            await web.deps.failures.failed(remote, "console sign-in: state does not match this browser's sign-in")
             return refused(request, "That sign-in did not start in this browser, or took too long; start again.", 400)
         if not code:
             return refused(request, "The identity provider did not sign you in.", 401)
@@ -102,12 +102,12 @@ def routes(web: Web, idps: IdentityProviders, closers: list[Callable[[], Awaitab
             human = await rp.redeem(code, verifier=str(pending["verifier"]), nonce=str(pending["nonce"]))
         except LoginFailed as exc:
             log.warning("console sign-in refused: %s", exc.reason)
-            await web.edge.failures.failed(remote, f"console sign-in: {exc.reason}")
+            await web.deps.failures.failed(remote, f"console sign-in: {exc.reason}")
             return refused(request, "The identity provider's answer did not verify.", 401)
         except Unavailable as exc:
             return refused(request, f"The identity provider cannot be reached now ({exc}); try again.", 503)
-        if human.email is None or not is_operator(gw.config.operators, human.email):
-            await web.edge.failures.failed(remote, "console sign-in: not an operator")
+        if human.email is None or not is_operator(deps.config.operators, human.email):
+            await web.deps.failures.failed(remote, "console sign-in: not an operator")
             return refused(request, f"{human.email or 'That account'} is not an operator of this gateway.", 403)
         target = f"{base(request)}/sessions"
         response = HTMLResponse(
@@ -116,7 +116,7 @@ def routes(web: Web, idps: IdentityProviders, closers: list[Callable[[], Awaitab
         )
         response.delete_cookie(COOKIE, path="/console", secure=secure, httponly=True, samesite="lax")
         operator = auth.start_session(response, human.email, "idp")
-        await gw.audit.emit(
+        await deps.audit.emit(
             Event.CONSOLE_SIGNED_IN,
             durable=True,
             actor=operator.actor,

@@ -23,8 +23,8 @@ from gateway.config.durations import parse_moment
 from gateway.errors import OperatorError, Unavailable
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
     from gateway.console.auth import ConsoleAuth
+    from gateway.console.deps import ConsoleDeps
 
 TICK = 0.5  # seconds between looks at the store or the audit files
 KEEPALIVE = 15.0  # seconds between comments that keep proxies from closing an idle stream
@@ -47,13 +47,13 @@ def _stream(body: AsyncIterator[bytes]) -> StreamingResponse:
     )
 
 
-def rows_stream(gateway: Gateway, render: Callable[[], Awaitable[str]]) -> StreamingResponse:
+def rows_stream(deps: ConsoleDeps, render: Callable[[], Awaitable[str]]) -> StreamingResponse:
     """The sessions table body, sent whenever it changes (and once at the start)."""
 
     async def body() -> AsyncIterator[bytes]:
         last: str | None = None
         quiet = 0.0
-        while gateway.task_group is not None:
+        while not deps.stopping.is_set():
             try:
                 rows = await render()
             except SignedOut:
@@ -108,12 +108,12 @@ def _record(record: dict[str, Any]) -> str:
 
 
 def audit_stream(
-    gateway: Gateway, auth: ConsoleAuth, request: Request, wanted: Filter, limit: int | None
+    deps: ConsoleDeps, auth: ConsoleAuth, request: Request, wanted: Filter, limit: int | None
 ) -> StreamingResponse:
     """The last `limit` matching records, then every matching record as it is written (`audit tail --follow`)."""
 
     async def body() -> AsyncIterator[bytes]:
-        path = gateway.config.audit.path
+        path = deps.config.audit.path
         followers = [Follower(path), Follower(cli_path(path))]
         try:
             past = await anyio.to_thread.run_sync(history, followers, wanted, limit)  # may read rotated files
@@ -121,7 +121,7 @@ def audit_stream(
                 yield _event("record", _record(record))
             yield _event("ready", "")
             quiet = 0.0
-            while gateway.task_group is not None:
+            while not deps.stopping.is_set():
                 if auth.signed_in(request) is None:
                     yield _event("signedout", "")
                     return

@@ -46,7 +46,7 @@ def routes(web: Web) -> list[Route]:
         return sorted(found, key=lambda s: -s.created_at)
 
     def rows(request: Request, operator: Operator, sessions: list[SessionRecord]) -> str:
-        return web.render(request, "_session_rows.html", operator=operator, sessions=sessions, now=web.gw.clock())
+        return web.render(request, "_session_rows.html", operator=operator, sessions=sessions, now=web.deps.clock())
 
     async def page(request: Request, operator: Operator) -> Response:
         agent, state, human = _filter(request)
@@ -76,7 +76,7 @@ def routes(web: Web) -> list[Route]:
                 raise live.SignedOut
             return rows(request, current, await matching(current, agent, state, human))
 
-        return live.rows_stream(web.gw, render)
+        return live.rows_stream(web.deps, render)
 
     async def act(request: Request, operator: Operator, form: FormData) -> Response:
         sid, verb = request.path_params["sid"], request.path_params["verb"]

@@ -57,11 +57,11 @@ def window(request: Request, now: float) -> tuple[str, float | None, float | Non
 def routes(web: Web) -> list[Route]:
     async def records() -> list[dict[str, Any]]:
         """What `mcp-gateway report` reads by default: the stream, its rotated files and the operator chain."""
-        found, _ = await anyio.to_thread.run_sync(read_records, audit_files(web.gw.config.audit.path))
+        found, _ = await anyio.to_thread.run_sync(read_records, audit_files(web.deps.config.audit.path))
         return found
 
     async def page(request: Request, operator: Operator) -> Response:
-        name, since, until = window(request, web.gw.clock())
+        name, since, until = window(request, web.deps.clock())
         stream = await records()
         reports = {by: build(stream, by, since, until).as_json() for by in GROUPS}
         charts = {
@@ -90,14 +90,14 @@ def routes(web: Web) -> list[Route]:
         )
 
     async def export(request: Request, operator: Operator) -> Response:
-        _, since, until = window(request, web.gw.clock())
+        _, since, until = window(request, web.deps.clock())
         fmt, by = request.query_params.get("format", "json"), request.query_params.get("by", "agent")
         if fmt not in MEDIA:
             raise OperatorError(f"format must be one of {', '.join(MEDIA)}")
         stream = await records()
         try:
             text = (
-                render_focus(stream, since, until, web.gw.config.public_url)
+                render_focus(stream, since, until, web.deps.config.public_url)
                 if fmt == "focus"
                 else render(build(stream, by, since, until), fmt)
             )

@@ -21,7 +21,7 @@ from gateway.upstream.manifests import read_manifest
 
 
 def routes(web: Web) -> list[Route]:
-    gw = web.gw
+    deps = web.deps
 
     async def page(request: Request, operator: Operator) -> Response:
         return web.html(
@@ -29,14 +29,14 @@ def routes(web: Web) -> list[Route]:
             "tools.html",
             operator=operator,
             page="tools",
-            servers=servers(gw),
+            servers=servers(deps),
             notice=web.notice(request),
-            require_pins=gw.config.require_pins,
+            require_pins=deps.config.require_pins,
         )
 
     async def approve(request: Request, operator: Operator, form: FormData) -> Response:
         server, tool, reviewed = request.path_params["server"], form.get("tool"), form.get("pin")
-        upstream = gw.upstreams.get(server)
+        upstream = deps.upstreams.get(server)
         if upstream is None or upstream.spec.source is None:
             raise OperatorError(f"no server {server!r} with a manifest file", status=404)
         if not isinstance(tool, str) or not isinstance(reviewed, str):
@@ -51,7 +51,7 @@ def routes(web: Web) -> list[Route]:
             raise OperatorError(
                 f"{server}.{tool} changed again since you reviewed it; review the new definition", status=409
             )
-        await pinning.write(change, gw.audit, operator.actor)
+        await pinning.write(change, deps.audit, operator.actor)
         await upstream.requarantine()  # at once, not at the next look at the manifest files
         return web.done(request, "tools", "pinned", f"{server}.{tool}")
 

@@ -24,8 +24,7 @@ from gateway.errors import GatewayError, OperatorError, Unavailable
 from gateway.operations import Operations
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
-    from gateway.http.edge import Edge
+    from gateway.console.deps import ConsoleDeps
 
 MAX_FORM = 16_384  # bytes: a console form is a few short fields
 NOTICES = {  # what an action's redirect may say; the subject is shown escaped
@@ -74,15 +73,14 @@ def templates() -> Environment:
 
 
 class Web:
-    def __init__(self, gateway: Gateway, edge: Edge) -> None:
-        self.gw = gateway
-        self.edge = edge
-        self.auth = ConsoleAuth(gateway)
+    def __init__(self, deps: ConsoleDeps) -> None:
+        self.deps = deps
+        self.auth = ConsoleAuth(deps)
         self.env = templates()
 
     def ops(self, operator: Operator) -> Operations:
         """The CLI's operations, audited with this operator as the actor (console:<who>)."""
-        return Operations(self.gw, operator.actor)
+        return self.deps.operations(operator.actor)
 
     def render(self, request: Request, template: str, **context: Any) -> str:
         return self.env.get_template(template).render(base=base(request), request=request, **context)
@@ -101,7 +99,7 @@ class Web:
         return (notice, request.query_params.get("subject", "")) if notice else None
 
     def host_refusal(self, request: Request) -> Response | None:
-        if request.headers.get("host") in self.edge.hosts:
+        if request.headers.get("host") in self.deps.hosts:
             return None
         return PlainTextResponse(
             "misdirected: this Host is not one the gateway serves (allowed_hosts)", status_code=421
@@ -110,7 +108,7 @@ class Web:
     def same_origin(self, request: Request) -> bool:
         origin = request.headers.get("origin")
         if origin is not None:
-            return origin in self.edge.origins
+            return origin in self.deps.origins
         return request.headers.get("sec-fetch-site", "same-origin") == "same-origin"
 
     async def form(self, request: Request) -> FormData | None:

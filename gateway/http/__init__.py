@@ -1,5 +1,6 @@
 """HTTP in front of and beside the MCP server: the edge (Host/Origin, bearer or DPoP auth, session
 binding), the SDK transports, the OAuth endpoints, the admin API, POST /v1/usage, HTTP limits.
 
-Imports identity/, mcp/ (the request scope's principal key), store/, config/ and operations.py.
+Imports identity/, mcp/ (cancel scopes, fan-out), store/, config/ and operations.py; never app.py, which
+wires each component with the collaborators it takes.
 """

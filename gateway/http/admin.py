@@ -30,7 +30,7 @@ from gateway.operations import Operations, session_json
 from gateway.store.base import SessionState
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.config.live import LiveConfig
 
 ADMIN = "admin"
 MAX_BODY = 65_536  # bytes; an admin request body is a small JSON object
@@ -38,14 +38,16 @@ _STATES = get_args(SessionState)
 Handler = Callable[[Operations, Request], Awaitable[Any]]
 
 
-def admin_routes(gateway: Gateway, failures: AuthFailures) -> list[Route]:
+def admin_routes(live: LiveConfig, failures: AuthFailures, operations: Callable[[str], Operations]) -> list[Route]:
+    """The routes; `admin_token` is read from `live` at each request (it reloads)."""
+
     def route(path: str, handler: Handler, method: str, status: int = 200) -> Route:
         async def endpoint(request: Request) -> Response:
-            refusal = await admin_refusal(request, gateway.config.admin_token, failures)
+            refusal = await admin_refusal(request, live.current.admin_token, failures)
             if refusal is not None:
                 return refusal
             try:
-                return JSONResponse(await handler(Operations(gateway, ADMIN), request), status_code=status)
+                return JSONResponse(await handler(operations(ADMIN), request), status_code=status)
             except OperatorError as exc:
                 return JSONResponse({"error": str(exc)}, status_code=exc.status)
             except Unavailable as exc:

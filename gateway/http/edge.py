@@ -18,12 +18,13 @@ terminated in the SDK too, which frees their room at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -40,13 +41,17 @@ from gateway.audit.events import Event
 from gateway.errors import AuthError, Unavailable
 from gateway.http.transport import McpEndpoint
 from gateway.identity import dpop
-from gateway.identity.principal import Principal
+from gateway.identity.principal import PRINCIPAL, Principal
 from gateway.identity.tokens import TokenClaims
 from gateway.mcp.scopes import SessionScopes
-from gateway.mcp.server import PRINCIPAL
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.audit import Audit
+    from gateway.config.files import GatewayConfig
+    from gateway.identity.dpop import DpopVerifier
+    from gateway.identity.sessions import Sessions
+    from gateway.identity.tokens import Tokens
+    from gateway.mcp.fanout import Fanout
 
 log = logging.getLogger("gateway.edge")
 requests_log = logging.getLogger("gateway.request")  # the canonical line: one per request served here
@@ -121,8 +126,8 @@ class AuthFailures:
     number of records.
     """
 
-    def __init__(self, gateway: Gateway, window: float = 60.0) -> None:
-        self.gw = gateway
+    def __init__(self, audit: Audit, window: float = 60.0) -> None:
+        self.audit = audit
         self.window = window
         self._counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
 
@@ -140,7 +145,7 @@ class AuthFailures:
 
     async def _emit(self, remote: str, reasons: dict[str, int], *, first: bool) -> None:
         try:
-            await self.gw.audit.emit(
+            await self.audit.emit(
                 Event.AUTH_FAILED,
                 remote_addr=remote,
                 count=sum(reasons.values()),
@@ -151,7 +156,19 @@ class AuthFailures:
         except Unavailable:
             log.warning("auth.failed could not be audited")
 
-    async def run(self) -> None:
+    @contextlib.asynccontextmanager
+    async def run(self) -> AsyncIterator[None]:
+        """Close a window every `window` seconds until exit, then write what the last one counted."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._windows)
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
+                with anyio.CancelScope(shield=True):
+                    await self.flush()
+
+    async def _windows(self) -> None:
         while True:
             await anyio.sleep(self.window)
             await self.flush()
@@ -160,26 +177,43 @@ class AuthFailures:
 class Edge:
     """ASGI front door for `/mcp`, `/servers/<name>/mcp` and the session-token API (`/v1/...`)."""
 
-    def __init__(self, gateway: Gateway, apps: Mapping[str, ASGIApp], api: Mapping[str, ASGIApp] | None = None) -> None:
-        self.gw = gateway
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        sessions: Sessions,
+        tokens: Tokens,
+        dpop: DpopVerifier,
+        audit: Audit,
+        fanout: Fanout,
+        failures: AuthFailures,
+        apps: Mapping[str, ASGIApp],
+        api: Mapping[str, ASGIApp] | None = None,
+        scope: str | None = None,
+    ) -> None:
+        self.config = config  # only fields that never reload: public_url, listen, allowed_*, limits
+        self.sessions = sessions
+        self.tokens = tokens
+        self.dpop = dpop
+        self.audit = audit
+        self.fanout = fanout
+        self.failures = failures
         self.resources = set(apps)  # MCP paths: each has its own RFC 9728 document
         self.apps = {**apps, **(api or {})}  # path -> the SDK transport app of that view, or an API app
-        self.fallback: ASGIApp | None = None  # the router, set when the middleware stack is built
-        self.scope: str | None = None  # the `scope` a 401 names when sign-in templates define tool scopes
-        public = urlsplit(gateway.config.public_url)
-        listen = gateway.config.listen
-        self.hosts = {public.netloc, f"{listen.host}:{listen.port}", *gateway.config.allowed_hosts}
+        self.scope = scope  # the `scope` a 401 names when sign-in templates define tool scopes
+        public = urlsplit(config.public_url)
+        listen = config.listen
+        self.hosts = {public.netloc, f"{listen.host}:{listen.port}", *config.allowed_hosts}
         if public.port is None:
             self.hosts.add(f"{public.hostname}:{443 if public.scheme == 'https' else 80}")
         if public.hostname in ("127.0.0.1", "localhost", "::1"):  # answer to every loopback name of the port
             port = public.port or (443 if public.scheme == "https" else 80)
             self.hosts.update(f"{name}:{port}" for name in _LOOPBACK_NAMES)
-        self.origins = {f"{public.scheme}://{public.netloc}", *gateway.config.allowed_origins}
+        self.origins = {f"{public.scheme}://{public.netloc}", *config.allowed_origins}
         self._scopes = SessionScopes()  # the requests a session's end cuts
         self._mcp_sessions: dict[str, _McpSession] = {}  # Mcp-Session-Id -> who opened it
         self._opening_sessions: Counter[str] = Counter()  # agent sid -> MCP sessions being opened now
         self._opening_agents: Counter[str] = Counter()  # agent id -> MCP sessions being opened now
-        self.failures = AuthFailures(gateway)
 
     def tracked_sids(self) -> set[str]:
         """Agent sessions with an open request or an MCP session here: their end must be noticed."""
@@ -197,12 +231,12 @@ class Edge:
                 self._forget(mcp_session)
                 await owned.endpoint.terminate(mcp_session)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def serve(self, scope: Scope, receive: Receive, send: Send, fallback: ASGIApp) -> None:
+        """Serve an MCP or session-token API path; hand anything else to `fallback` (the router)."""
         path = scope.get("path", "")
         app = self.apps.get(path) or self.apps.get(path.rstrip("/")) if scope["type"] == "http" else None
         if app is None:
-            assert self.fallback is not None
-            await self.fallback(scope, receive, send)
+            await fallback(scope, receive, send)
             return
         await self._logged(app, path.rstrip("/"), scope, receive, send)
 
@@ -271,11 +305,11 @@ class Edge:
             if scheme not in ("bearer", "dpop") or not token:
                 raise AuthError("missing bearer token")
             verified = await self._possession(scope, scheme, token, headers.get(b"dpop", []))
-            principal = await self.gw.sessions.authenticate(token, remote_addr=remote, claims=verified)
-            if principal.token.jkt is None and self.gw.dpop.mode(principal.agent.dpop) == "required":
+            principal = await self.sessions.authenticate(token, remote_addr=remote, claims=verified)
+            if principal.token.jkt is None and self.dpop.mode(principal.agent.dpop) == "required":
                 raise AuthError("this agent's tokens must be DPoP-bound: get one with a DPoP proof", error=dpop.INVALID)
-            if not self.gw.audit.healthy:
-                await self.gw.audit.probe(refusing=True)  # a refusal here is counted in audit.recovered
+            if not self.audit.healthy:
+                await self.audit.probe(refusing=True)  # a refusal here is counted in audit.recovered
         except AuthError as exc:
             if exc.error != dpop.USE_NONCE:  # asking for a nonce is the protocol, not a failure
                 await self.failures.failed(remote, exc.reason)
@@ -317,12 +351,12 @@ class Edge:
                 scopes=[],
                 expires_at=int(claims.expires_at),
                 subject=claims.subject,
-                claims={"iss": self.gw.config.public_url, "sid": claims.sid},
+                claims={"iss": self.config.public_url, "sid": claims.sid},
             )
         )
         scope["auth"] = AuthCredentials([])
         ending = mcp_session if scope["method"] == "DELETE" else None
-        nonce = self.gw.dpop.nonce() if scheme == "dpop" else None
+        nonce = self.dpop.nonce() if scheme == "dpop" else None
         if not opening:
             await self._run(
                 app,
@@ -356,15 +390,15 @@ class Edge:
             AuthError: `invalid_dpop_proof` for a missing or bad proof; `invalid_token` for a bad token.
             StoreUnavailable: the proof replay cache cannot be consulted.
         """
-        claims = self.gw.tokens.verify(token)
+        claims = self.tokens.verify(token)
         if claims.jkt is None:
             if scheme == "dpop":
                 raise AuthError("the token is not DPoP-bound: use the Bearer scheme")
             return claims
         if scheme != "dpop":
             raise AuthError("the token is DPoP-bound: use the DPoP scheme with a proof", error=dpop.INVALID)
-        url = f"{self.gw.config.public_url}{scope.get('path', '')}"
-        await self.gw.dpop.verify_holder(proofs, method=scope["method"], url=url, access_token=token, jkt=claims.jkt)
+        url = f"{self.config.public_url}{scope.get('path', '')}"
+        await self.dpop.verify_holder(proofs, method=scope["method"], url=url, access_token=token, jkt=claims.jkt)
         return claims
 
     def _opened(self, opener: _McpSession) -> None:
@@ -376,7 +410,7 @@ class Edge:
 
     def _mcp_session_refusal(self, principal: Principal) -> str | None:
         """Why `principal` may not open another MCP session now (`limits` in gateway.yaml), or None."""
-        limits = self.gw.config.limits
+        limits = self.config.limits
         sid, agent = principal.sid, principal.agent.id
         bounds: tuple[tuple[str, str, int, Callable[[_McpSession], bool], int], ...] = (
             (
@@ -438,7 +472,7 @@ class Edge:
     def _forget(self, mcp_session: str) -> None:
         """An MCP session ended: its binding and its listener (and their subscriptions) go with it."""
         self._mcp_sessions.pop(mcp_session, None)
-        self.gw.fanout.forget_mcp_session(mcp_session)
+        self.fanout.forget_mcp_session(mcp_session)
 
     async def _run(self, app: ASGIApp, sid: str, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one request in a scope its session's end cancels; cut before any answer, it gets the 401."""
@@ -455,11 +489,11 @@ class Edge:
             await self._unauthorized(send, scope.get("path", "").rstrip("/"), "session ended")
 
     async def _unauthorized(self, send: Send, path: str, reason: str, *, error: str = "invalid_token") -> None:
-        url = metadata_url(self.gw.config.public_url, path if path in self.resources else "")
+        url = metadata_url(self.config.public_url, path if path in self.resources else "")
         if error in (dpop.INVALID, dpop.USE_NONCE):
             headers = {
                 "www-authenticate": dpop.challenge(reason, error=error, resource_metadata=url),
-                **self.gw.dpop.nonce_header(),
+                **self.dpop.nonce_header(),
             }
             await send_json(send, 401, {"error": error, "error_description": reason}, headers)
             return

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
@@ -48,7 +48,10 @@ from gateway.login.grants import AUTHORIZATION_CODE, REFRESH_TOKEN, Grants
 from gateway.login.register import register
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.config.live import LiveConfig
+    from gateway.identity.dpop import DpopVerifier
+    from gateway.login.deps import LoginDeps
+    from gateway.telemetry import Off, Tracing
 
 log = logging.getLogger("gateway.oauth")
 
@@ -151,27 +154,42 @@ def _remote(request: Request) -> str:
 
 
 class OAuth:
-    def __init__(self, gateway: Gateway, failures: AuthFailures) -> None:
-        self.gw = gateway
+    def __init__(
+        self,
+        live: LiveConfig,
+        deps: LoginDeps,
+        *,
+        dpop: DpopVerifier,
+        telemetry: Off | Tracing,
+        failures: AuthFailures,
+        servers: Iterable[str],
+    ) -> None:
+        self.live = live  # `admin_token` and `agent_defaults` reload
+        config = self.config = deps.config
+        self.store = deps.store
+        self.sessions = deps.sessions
+        self.clock = deps.clock
+        self.dpop = dpop
+        self.telemetry = telemetry
         self.failures = failures
-        config = gateway.config
+        self.login_deps = deps
         self.clients = ClientAuthenticator(
-            gateway.agents,
-            gateway.store,
-            gateway.credential_key,
+            deps.agents,
+            deps.store,
+            deps.credential_key,
             config.public_url,
-            gateway.clock,
-            lambda: gateway.config.agent_defaults,
+            deps.clock,
+            lambda: live.current.agent_defaults,
         )
-        self.idps = IdentityProviders(config.identity_providers, gateway.clock)
-        self.workloads = WorkloadIssuers(config.workload_issuers, gateway.agents, gateway.store, gateway.clock)
+        self.idps = IdentityProviders(config.identity_providers, deps.clock)
+        self.workloads = WorkloadIssuers(config.workload_issuers, deps.agents, deps.store, deps.clock)
         limits = config.oauth_rate_limit
         self.per_source = RateLimiter(limits.per_source, limits.window)
         self.per_client = RateLimiter(limits.per_client, limits.window)
         base = config.public_url
-        self.resources = {base, f"{base}/mcp", *(f"{base}/servers/{name}/mcp" for name in gateway.upstreams.servers)}
-        self.login = Login(gateway, self.idps, self.resources) if config.login is not None else None
-        self.grants = Grants(gateway, self.login) if self.login is not None else None
+        self.resources = {base, f"{base}/mcp", *(f"{base}/servers/{name}/mcp" for name in servers)}
+        self.login = Login(deps, self.idps, self.resources) if config.login is not None else None
+        self.grants = Grants(deps, self.login) if self.login is not None else None
 
     async def close(self) -> None:
         await self.idps.close()
@@ -180,7 +198,7 @@ class OAuth:
 
     def routes(self) -> list[Route]:
         routes = [
-            Route("/oauth/token", self._endpoint(self.gw.telemetry.token_handler(self._token)), methods=["POST"]),
+            Route("/oauth/token", self._endpoint(self.telemetry.token_handler(self._token)), methods=["POST"]),
             Route("/oauth/revoke", self._endpoint(self._revoke), methods=["POST"]),
             Route("/oauth/introspect", self._endpoint(self._introspect), methods=["POST"]),
             Route("/oauth/authorize", self._page(self._authorize), methods=["GET"]),
@@ -191,7 +209,7 @@ class OAuth:
                 Route("/oauth/callback", self._page(login.callback), methods=["GET"]),
                 Route("/oauth/consent", self._page(self._consent), methods=["POST"]),
             ]
-            if self.gw.config.clients.dynamic_registration:
+            if self.config.clients.dynamic_registration:
                 routes.append(Route("/oauth/register", self._page(self._register), methods=["POST"]))
         return routes
 
@@ -227,7 +245,7 @@ class OAuth:
         return await self.login.consent(request, await read_form(request))
 
     async def _register(self, request: Request) -> Response:
-        return await register(self.gw, request)
+        return await register(self.login_deps, request)
 
     def _endpoint(self, handler: Callable[[Request, dict[str, Any]], Any]) -> Callable[[Request], Any]:
         """Rate limit, parse, run; map every failure to its RFC 6749 answer."""
@@ -244,7 +262,7 @@ class OAuth:
                 if exc.error in ("invalid_client", "invalid_grant", INVALID_DPOP):
                     await self.failures.failed(remote, exc.reason)
                 if exc.error == USE_NONCE:  # RFC 9449 §8: the answer carries the nonce to use
-                    return OAuthError(exc.error, exc.reason, self.gw.dpop.nonce_header()).response()
+                    return OAuthError(exc.error, exc.reason, self.dpop.nonce_header()).response()
                 used_basic = request.headers.get("authorization", "").lower().startswith("basic ")
                 challenge = exc.error == "invalid_client" and used_basic  # RFC 6749 §5.2
                 headers = {"www-authenticate": 'Basic realm="mcp-gateway"'} if challenge else None
@@ -285,13 +303,13 @@ class OAuth:
         for resource in form.get("resource", []):
             if resource not in self.resources:
                 raise OAuthError("invalid_target", f"resource {resource!r} is not served by this gateway")
-        if form.get("audience", self.gw.config.public_url) != self.gw.config.public_url:
+        if form.get("audience", self.config.public_url) != self.config.public_url:
             raise OAuthError("invalid_target", "audience must be this gateway's public_url")
         ttl, task = _ttl(form.get("ttl")), form.get("task")
         if task is not None and (not task or len(task) > _MAX_TASK):
             raise OAuthError("invalid_request", f"task must be 1 to {_MAX_TASK} characters")
         remote = _remote(request)
-        sessions = self.gw.sessions
+        sessions = self.sessions
         extra: dict[str, Any] = {}
         credential = "private_key_jwt" if "client_assertion" in form else "secret"
         human: str | None = None
@@ -303,7 +321,7 @@ class OAuth:
                 raise OAuthError("invalid_request", "assertion is required")
             if agent is None:
                 agent, credential = await self.workloads.agent_for(assertion), "workload"
-                self.clients.not_expired(agent, self.gw.clock(), "invalid_grant")
+                self.clients.not_expired(agent, self.clock(), "invalid_grant")
                 if form.get("client_id", agent.id) != agent.id:
                     raise AuthError("client_id is not the agent the workload JWT names", error="invalid_grant")
                 self._limit(self.per_client, agent.id)
@@ -335,18 +353,18 @@ class OAuth:
         # which opening and renewing a session also set: this column is the agent's own record of it, so a
         # failure to write it costs nothing the token needs).
         try:
-            await self.gw.store.update_agent(agent.id, last_used=self.gw.clock())
+            await self.store.update_agent(agent.id, last_used=self.clock())
         except Unavailable as exc:
             log.warning("agent %s: last use not recorded: %s", agent.id, exc)
         body = {
             "access_token": token,
             "token_type": "DPoP" if jkt is not None else "Bearer",
-            "expires_in": max(0, int(session.expires_at - self.gw.clock())),
+            "expires_in": max(0, int(session.expires_at - self.clock())),
             "session_id": session.sid,
             "scope": scope_of(agent.grant),
             **extra,
         }
-        return JSONResponse(body, headers={**_NO_STORE, **self.gw.dpop.nonce_header()})
+        return JSONResponse(body, headers={**_NO_STORE, **self.dpop.nonce_header()})
 
     async def _proof(self, request: Request, agent_mode: DpopMode | None) -> str | None:
         """The thumbprint of the key a valid DPoP proof on this token request names, if the token is to be bound.
@@ -354,7 +372,7 @@ class OAuth:
         Raises:
             AuthError: (`invalid_dpop_proof`) a proof that does not verify, or none where one is required.
         """
-        dpop = self.gw.dpop
+        dpop = self.dpop
         mode = dpop.mode(agent_mode)
         proofs = request.headers.getlist("dpop")
         if mode == "off":
@@ -365,12 +383,12 @@ class OAuth:
             return None
         if len(proofs) > 1:
             raise AuthError("send exactly one DPoP proof", error=INVALID_DPOP)
-        proof = await dpop.verify(proofs[0], method="POST", url=f"{self.gw.config.public_url}/oauth/token")
+        proof = await dpop.verify(proofs[0], method="POST", url=f"{self.config.public_url}/oauth/token")
         return proof.jkt
 
     async def _id_jag(self, assertion: str, agent: Agent) -> str:
         """The human an ID-JAG lets this (authenticated) agent act for, once the delegation rules allow it."""
-        human, claims = await self.idps.verify_id_jag(assertion, self.gw.config.public_url)
+        human, claims = await self.idps.verify_id_jag(assertion, self.config.public_url)
         if claims["client_id"] != agent.id:
             raise AuthError("ID-JAG client_id is not the authenticated client", error="invalid_grant")
         resource = claims.get("resource", [])
@@ -382,7 +400,7 @@ class OAuth:
         jti = claims["jti"]
         if not isinstance(jti, str) or not jti:
             raise AuthError("ID-JAG jti malformed", error="invalid_grant")
-        if not await self.gw.store.remember_jti(f"id_jag|{human.issuer}|{jti}", float(claims["exp"]), self.gw.clock()):
+        if not await self.store.remember_jti(f"id_jag|{human.issuer}|{jti}", float(claims["exp"]), self.clock()):
             raise AuthError("ID-JAG replayed (jti already used)", error="invalid_grant")
         return human.principal
 
@@ -415,7 +433,7 @@ class OAuth:
         if not token:
             raise OAuthError("invalid_request", "token is required")
         try:
-            return await self.gw.sessions.resolve(token)
+            return await self.sessions.resolve(token)
         except AuthError:
             return None
 
@@ -437,16 +455,16 @@ class OAuth:
             if refusal is not None:
                 return refusal
         actor = f"client:{principal.agent.id}" if client is not None else "token_holder"
-        await self.gw.sessions.end(principal.sid, "closed", "closed", actor=actor)
+        await self.sessions.end(principal.sid, "closed", "closed", actor=actor)
         return Response(status_code=200, headers=_NO_STORE)
 
     async def _holder_proof(self, request: Request, token: str, jkt: str) -> Response | None:
         """None when the request carries a fresh DPoP proof by the key `token` is bound to, else the 401."""
         try:
-            await self.gw.dpop.verify_holder(
+            await self.dpop.verify_holder(
                 request.headers.getlist("dpop"),
                 method="POST",
-                url=f"{self.gw.config.public_url}/oauth/revoke",
+                url=f"{self.config.public_url}/oauth/revoke",
                 access_token=token,
                 jkt=jkt,
             )
@@ -458,7 +476,7 @@ class OAuth:
                 status_code=401,
                 headers={
                     **_NO_STORE,
-                    **self.gw.dpop.nonce_header(),
+                    **self.dpop.nonce_header(),
                     "www-authenticate": challenge(exc.reason, error=exc.error),
                 },
             )
@@ -466,7 +484,7 @@ class OAuth:
 
     async def _introspect(self, request: Request, form: dict[str, Any]) -> Response:
         """RFC 7662 for holders of the admin token: what a token stands for, if it is live."""
-        refusal = await admin_refusal(request, self.gw.config.admin_token, self.failures)
+        refusal = await admin_refusal(request, self.live.current.admin_token, self.failures)
         if refusal is not None:
             return refusal
         principal = await self._token_of(form)

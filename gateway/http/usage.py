@@ -20,11 +20,12 @@ from gateway.audit.events import Event
 from gateway.config.files import Price
 from gateway.errors import Unavailable
 from gateway.http.edge import send_json
-from gateway.identity.principal import Principal
-from gateway.mcp.server import PRINCIPAL
+from gateway.identity.principal import PRINCIPAL, Principal
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.audit import Audit
+    from gateway.config.live import LiveConfig
+    from gateway.spend.budgets import Budgets
 
 PATH = "/v1/usage"
 MAX_BODY = 16_384
@@ -55,8 +56,10 @@ def cost_of(report: UsageReport, prices: dict[str, Price]) -> tuple[float | None
 class UsageEndpoint:
     """The ASGI app the edge runs for /v1/usage once the request is authenticated."""
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gw = gateway
+    def __init__(self, live: LiveConfig, audit: Audit, budgets: Budgets) -> None:
+        self.live = live  # `prices` reloads
+        self.audit = audit
+        self.budgets = budgets
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] != "POST":
@@ -87,10 +90,10 @@ class UsageEndpoint:
         Raises:
             AuditUnavailable: it cannot be recorded (nothing is counted).
         """
-        cost, source = cost_of(report, self.gw.config.prices)
+        cost, source = cost_of(report, self.live.current.prices)
         tokens = report.input_tokens + report.output_tokens
         call_id = secrets.token_hex(8)  # the settlement's key: counted once however often it is retried
-        await self.gw.audit.emit(
+        await self.audit.emit(
             Event.MODEL_USAGE,
             durable=True,
             **principal.audit_fields(),
@@ -101,7 +104,7 @@ class UsageEndpoint:
             cost_usd=cost,
             cost_source=source,
         )
-        await self.gw.budgets.settle(principal, tokens, call_id=call_id)
+        await self.budgets.settle(principal, tokens, call_id=call_id)
         return {
             "recorded": True,
             "session": principal.sid,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -32,7 +32,11 @@ from gateway.errors import Unavailable
 from gateway.identity.agents import Agent
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.audit import Audit
+    from gateway.config.live import LiveConfig
+    from gateway.identity.agents import AgentDirectory
+    from gateway.identity.sessions import Sessions
+    from gateway.store import Store
 
 log = logging.getLogger("gateway.lifecycle")
 
@@ -125,13 +129,26 @@ def _renewal(agent: Agent, kind: Credential) -> str:
 class Lifecycle:
     """The lifecycle checks of the gateway's periodic sweep."""
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gw = gateway
+    def __init__(
+        self,
+        live: LiveConfig,
+        store: Store,
+        agents: AgentDirectory,
+        sessions: Sessions,
+        audit: Audit,
+        clock: Callable[[], float],
+    ) -> None:
+        self.live = live  # `agent_defaults` reloads
+        self.store = store
+        self.agents = agents
+        self.sessions = sessions
+        self.audit = audit
+        self.clock = clock
         self._checked: float | None = None
 
     async def maybe_enforce(self) -> None:
         """Run `enforce` when CHECK_EVERY of the gateway's clock has passed since the last run."""
-        now = self.gw.clock()
+        now = self.clock()
         if self._checked is not None and now - self._checked < CHECK_EVERY:
             return
         await self.enforce(now)
@@ -143,12 +160,11 @@ class Lifecycle:
         Raises:
             StoreUnavailable: the store cannot be consulted (the next sweep tries again).
         """
-        gw = self.gw
-        defaults = gw.config.agent_defaults
-        records = await gw.store.list_agents()
+        defaults = self.live.current.agent_defaults
+        records = await self.store.list_agents()
         last_seen: dict[str, float] | None = None
         for record in records:
-            agent = gw.agents.resolve(record)
+            agent = self.agents.resolve(record)
             rules = policy(agent, defaults)
             if not agent.disabled and rules.expires is not None and now >= rules.expires:
                 await self._disable(
@@ -157,7 +173,7 @@ class Lifecycle:
                 continue
             if not agent.disabled and rules.disable_after_idle is not None:
                 if last_seen is None:
-                    last_seen = await gw.store.last_seen_by_agent()
+                    last_seen = await self.store.last_seen_by_agent()
                 used = last_use(agent, last_seen.get(agent.id))
                 if now - used >= rules.disable_after_idle:
                     await self._disable(
@@ -174,13 +190,12 @@ class Lifecycle:
                 await self._stale(agent, rules.credential_max_age, now)
 
     async def _disable(self, agent: Agent, event: Event, reason: str, once: str, **fields: str) -> None:
-        gw = self.gw
-        await gw.store.update_agent(agent.id, disabled=True)
-        gw.agents.forget(agent.id)
-        revoked = await gw.sessions.end_agent(agent.id, reason, actor=ACTOR)
-        if await gw.store.first_alert(f"agent:{agent.id}", f"{event}:{once}", 1.0):
+        await self.store.update_agent(agent.id, disabled=True)
+        self.agents.forget(agent.id)
+        revoked = await self.sessions.end_agent(agent.id, reason, actor=ACTOR)
+        if await self.store.first_alert(f"agent:{agent.id}", f"{event}:{once}", 1.0):
             log.warning("agent %s disabled: %s", agent.id, reason)
-            await gw.audit.emit(
+            await self.audit.emit(
                 event, durable=True, actor=ACTOR, agent=agent.id, owner=agent.owner, sessions_revoked=revoked, **fields
             )
 
@@ -189,9 +204,9 @@ class Lifecycle:
         set_at = credential_set_at(agent, kind)
         if set_at is None or now - set_at < STALE_SHARE * max_age:
             return
-        if await self.gw.store.first_alert(f"agent:{agent.id}", f"credential_stale:{kind}:{set_at}", STALE_SHARE):
+        if await self.store.first_alert(f"agent:{agent.id}", f"credential_stale:{kind}:{set_at}", STALE_SHARE):
             refused_from = set_at + max_age
-            await self.gw.audit.emit(
+            await self.audit.emit(
                 Event.AGENT_CREDENTIAL_STALE,
                 durable=True,
                 actor=ACTOR,

@@ -10,6 +10,8 @@ from gateway.identity.policy import Grant
 from gateway.identity.tokens import TokenClaims
 from gateway.store.base import SessionRecord
 
+PRINCIPAL = "gateway.principal"  # the ASGI scope key under which the edge hands the principal to the MCP servers
+
 
 @dataclass(slots=True)  # built on every request: a frozen dataclass pays a setattr per field
 class Principal:

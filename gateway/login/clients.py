@@ -18,7 +18,7 @@ from gateway.identity.credentials import verify_secret
 from gateway.login.cimd import ClientMetadata, ClientRefused, MetadataFetcher, is_metadata_url, parse_metadata
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.login.deps import LoginDeps
 
 REGISTERED_PREFIX = "dcr-"
 CLIENT_KIND = "client"
@@ -54,9 +54,9 @@ def digest(value: str) -> str:
 
 
 class Clients:
-    def __init__(self, gateway: Gateway) -> None:
-        self.gw = gateway
-        self.fetcher = MetadataFetcher(gateway.config.clients, gateway.clock)
+    def __init__(self, deps: LoginDeps) -> None:
+        self.deps = deps
+        self.fetcher = MetadataFetcher(deps.config.clients, deps.clock)
 
     async def close(self) -> None:
         await self.fetcher.close()
@@ -71,7 +71,7 @@ class Clients:
         if not client_id or len(client_id) > 2000:
             raise ClientRefused("client_id is missing or too long")
         if client_id.startswith(REGISTERED_PREFIX):
-            item = await self.gw.store.get_login_item(CLIENT_KIND, client_id, self.gw.clock())
+            item = await self.deps.store.get_login_item(CLIENT_KIND, client_id, self.deps.clock())
             if item is None:
                 raise ClientRefused("client_id is not a registered client")
             data: dict[str, Any] = item.data
@@ -84,10 +84,10 @@ class Clients:
         try:
             metadata, fetched = await self.fetcher.get(client_id)
         except ClientRefused as exc:
-            await self.gw.audit.emit(Event.CLIENT_METADATA_FAILED, client_id=client_id, reason=exc.reason)
+            await self.deps.audit.emit(Event.CLIENT_METADATA_FAILED, client_id=client_id, reason=exc.reason)
             raise
         if fetched:
-            await self.gw.audit.emit(
+            await self.deps.audit.emit(
                 Event.CLIENT_METADATA_FETCHED,
                 client_id=client_id,
                 client_name=metadata.client_name,
@@ -119,6 +119,6 @@ class Clients:
             raise AuthError(
                 f"this client authenticates with {client.auth_method}, not {method}", error="invalid_client"
             )
-        if method != "none" and not verify_secret(self.gw.credential_key, secret or "", client.secret_hash):
+        if method != "none" and not verify_secret(self.deps.credential_key, secret or "", client.secret_hash):
             raise AuthError("wrong client secret", error="invalid_client")
         return client

@@ -27,7 +27,7 @@ from gateway.audit.events import Event
 from gateway.config.files import InteractiveTemplate
 from gateway.errors import Unavailable
 from gateway.identity.idp import Human, IdentityProviders
-from gateway.identity.sealing import InvalidEnvelope, Sealer
+from gateway.identity.sealing import InvalidEnvelope
 from gateway.login import pages
 from gateway.login.cimd import ClientRefused
 from gateway.login.clients import NEVER, Client, Clients, digest
@@ -35,8 +35,8 @@ from gateway.login.identity import NotAllowed, agent_for, template_for
 from gateway.login.rp import LoginFailed, RelyingParty
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
     from gateway.identity.agents import Agent
+    from gateway.login.deps import LoginDeps
 
 log = logging.getLogger("gateway.login")
 
@@ -71,17 +71,16 @@ def tool_scopes(templates: dict[str, InteractiveTemplate]) -> list[str]:
 
 
 class Login:
-    def __init__(self, gateway: Gateway, idps: IdentityProviders, resources: set[str]) -> None:
-        config = gateway.config
+    def __init__(self, deps: LoginDeps, idps: IdentityProviders, resources: set[str]) -> None:
+        config = deps.config
         assert config.login is not None and config.login_provider is not None
-        self.gw = gateway
+        self.deps = deps
         self.settings = config.login
         self.issuer = config.public_url
         self.resources = resources
-        self.rp = RelyingParty(config.login_provider, idps, f"{config.public_url}/oauth/callback", gateway.clock)
-        self.clients = Clients(gateway)
-        assert gateway.sealer is not None
-        self.sealer: Sealer = gateway.sealer
+        self.rp = RelyingParty(config.login_provider, idps, f"{config.public_url}/oauth/callback", deps.clock)
+        self.clients = Clients(deps)
+        self.sealer = deps.sealer
         self.secure = config.public_url.startswith("https:")
 
     async def close(self) -> None:
@@ -91,10 +90,10 @@ class Login:
     # ------------------------------------------------------------ helpers
 
     async def _failed(self, reason: str, **fields: Any) -> None:
-        await self.gw.audit.emit(Event.LOGIN_FAILED, reason=reason, **fields)
+        await self.deps.audit.emit(Event.LOGIN_FAILED, reason=reason, **fields)
 
     def _cookie(self, response: Response, txn: dict[str, Any]) -> Response:
-        now = self.gw.clock()
+        now = self.deps.clock()
         value = self.sealer.seal({"purpose": "login", **txn}, now + self.settings.login_timeout)
         response.set_cookie(
             COOKIE,
@@ -112,7 +111,7 @@ class Login:
         if not value:
             return None
         try:
-            txn = self.sealer.open(value, self.gw.clock())
+            txn = self.sealer.open(value, self.deps.clock())
         except InvalidEnvelope:
             return None
         return txn if txn.get("purpose") == "login" else None
@@ -173,7 +172,7 @@ class Login:
         except Unavailable as exc:
             await self._failed(str(exc), client_id=client.id, remote_addr=remote)
             return pages.error_page("The identity provider cannot be reached; try again later.", status=503)
-        await self.gw.audit.emit(
+        await self.deps.audit.emit(
             Event.LOGIN_STARTED,
             client_id=client.id,
             client_name=client.metadata.client_name,
@@ -198,7 +197,7 @@ class Login:
         if resource not in self.resources:
             raise AuthorizeError("invalid_target", "resource is not served by this gateway")
         try:
-            name, template = template_for(self.gw.agents.templates, client.id)
+            name, template = template_for(self.deps.agents.templates, client.id)
         except NotAllowed as exc:
             raise AuthorizeError("unauthorized_client", exc.reason) from None
         scope = query.get("scope")
@@ -239,12 +238,12 @@ class Login:
         return await self._after_login(txn, human, where)
 
     async def _after_login(self, txn: dict[str, Any], human: Human, where: dict[str, Any]) -> Response:
-        template = self.gw.agents.templates.get(txn["template"])
+        template = self.deps.agents.templates.get(txn["template"])
         try:
             client = await self.clients.get(txn["client_id"])
             if template is None:
                 raise NotAllowed("the interactive template was removed")
-            agent = await agent_for(self.gw, txn["template"], template, human, client)
+            agent = await agent_for(self.deps, txn["template"], template, human, client)
         except (ClientRefused, NotAllowed) as exc:
             await self._failed(exc.reason, on_behalf_of=human.principal, **where)
             return self._refuse(txn, "access_denied", exc.reason)
@@ -254,8 +253,8 @@ class Login:
             "agent": agent.id,
         }
         if self.settings.consent == "once":
-            remembered = await self.gw.store.get_login_item(
-                CONSENT_KIND, self._consent_key(human, client, agent), self.gw.clock()
+            remembered = await self.deps.store.get_login_item(
+                CONSENT_KIND, self._consent_key(human, client, agent), self.deps.clock()
             )
             if remembered is not None:
                 return await self._issue_code(txn, human, agent, remembered_consent=True)
@@ -293,21 +292,21 @@ class Login:
         if form.get("decision") != "approve":
             await self._failed("consent denied", on_behalf_of=human.principal, **where)
             return self._refuse(txn, "access_denied", "the person declined")
-        agent = await self.gw.agents.get(txn["agent"], fresh=True)
+        agent = await self.deps.agents.get(txn["agent"], fresh=True)
         if agent is None or agent.disabled:
             await self._failed("the agent is disabled", on_behalf_of=human.principal, **where)
             return self._refuse(txn, "access_denied", "this agent is disabled")
         client = await self.clients.get(txn["client_id"])
-        now = self.gw.clock()
+        now = self.deps.clock()
         if self.settings.consent == "once":
-            await self.gw.store.put_login_item(
+            await self.deps.store.put_login_item(
                 CONSENT_KIND,
                 self._consent_key(human, client, agent),
                 {"agent": agent.id, "grant": agent.grant.version, "at": now},
                 NEVER,
                 now,
             )
-        await self.gw.audit.emit(
+        await self.deps.audit.emit(
             Event.CONSENT_GRANTED,
             durable=True,
             agent=agent.id,
@@ -323,11 +322,11 @@ class Login:
         self, txn: dict[str, Any], human: Human, agent: Agent, *, remembered_consent: bool
     ) -> Response:
         code = secrets.token_urlsafe(32)
-        now = self.gw.clock()
+        now = self.deps.clock()
         data = {name: txn[name] for name in ("client_id", "redirect_uri", "code_challenge", "resource", "scope")}
         data.update(agent=agent.id, human=human.principal)
-        await self.gw.store.put_login_item(CODE_KIND, digest(code), data, now + self.settings.code_ttl, now)
-        await self.gw.audit.emit(
+        await self.deps.store.put_login_item(CODE_KIND, digest(code), data, now + self.settings.code_ttl, now)
+        await self.deps.audit.emit(
             Event.LOGIN_COMPLETED,
             durable=True,
             agent=agent.id,

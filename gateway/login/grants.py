@@ -25,7 +25,7 @@ from gateway.login.clients import Client, digest
 from gateway.login.flow import CODE_KIND, Login
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.login.deps import LoginDeps
 
 AUTHORIZATION_CODE = "authorization_code"
 REFRESH_TOKEN = "refresh_token"
@@ -35,12 +35,12 @@ _NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
 
 
 class Grants:
-    def __init__(self, gateway: Gateway, login: Login) -> None:
-        self.gw = gateway
+    def __init__(self, deps: LoginDeps, login: Login) -> None:
+        self.deps = deps
         self.login = login
 
     async def _refused(self, reason: str, client: Client | None, **fields: Any) -> AuthError:
-        await self.gw.audit.emit(Event.LOGIN_FAILED, reason=reason, client_id=client.id if client else None, **fields)
+        await self.deps.audit.emit(Event.LOGIN_FAILED, reason=reason, client_id=client.id if client else None, **fields)
         return AuthError(reason, error="invalid_grant")
 
     async def token(self, request: Request, form: dict[str, Any], scope_of: Any) -> Response:
@@ -55,15 +55,17 @@ class Grants:
         code = form.get("code")
         if not code:
             raise await self._refused("code is required", client)
-        now = self.gw.clock()
-        item = await self.gw.store.use_login_item(CODE_KIND, digest(code), now)
+        now = self.deps.clock()
+        item = await self.deps.store.use_login_item(CODE_KIND, digest(code), now)
         if item is None:
             raise await self._refused("authorization code unknown or expired", client)
         data = item.data
         if item.used_at is not None:
-            opened = await self.gw.store.get_login_item(CODE_SESSION_KIND, digest(code), now)
+            opened = await self.deps.store.get_login_item(CODE_SESSION_KIND, digest(code), now)
             if opened is not None:  # RFC 6749 §4.1.2: what a replayed code obtained is revoked
-                await self.gw.sessions.end(opened.data["sid"], "revoked", "authorization code replayed", actor="login")
+                await self.deps.sessions.end(
+                    opened.data["sid"], "revoked", "authorization code replayed", actor="login"
+                )
             raise await self._refused(
                 "authorization code replayed", client, agent=data["agent"], on_behalf_of=data["human"]
             )
@@ -80,7 +82,7 @@ class Grants:
         if resources and resources != [data["resource"]]:
             raise await self._refused("resource differs from the authorization request's", client)
         ttl = self.login.settings.access_token_ttl
-        session, token = await self.gw.sessions.open(
+        session, token = await self.deps.sessions.open(
             data["agent"],
             on_behalf_of=data["human"],
             task=f"sign-in: {client.name}"[:256],
@@ -89,13 +91,13 @@ class Grants:
             credential="interactive",
             token_ttl=ttl,
         )
-        await self.gw.store.put_login_item(
+        await self.deps.store.put_login_item(
             CODE_SESSION_KIND, digest(code), {"sid": session.sid}, now + 2 * self.login.settings.code_ttl, now
         )
         refresh = await self._new_refresh(
             session.sid, data["agent"], client.id, data["human"], data["resource"], session.max_expires_at
         )
-        agent = await self.gw.agents.get(data["agent"])
+        agent = await self.deps.agents.get(data["agent"])
         return self._answer(
             token, session.sid, min(ttl, session.expires_at - now), refresh, scope_of(agent.grant) if agent else ""
         )
@@ -104,12 +106,12 @@ class Grants:
         self, sid: str, agent: str, client_id: str, human: str, resource: str, expires_at: float
     ) -> str:
         refresh = secrets.token_urlsafe(32)
-        await self.gw.store.put_login_item(
+        await self.deps.store.put_login_item(
             REFRESH_KIND,
             digest(refresh),
             {"sid": sid, "agent": agent, "client_id": client_id, "human": human, "resource": resource},
             expires_at,
-            self.gw.clock(),
+            self.deps.clock(),
         )
         return refresh
 
@@ -128,9 +130,9 @@ class Grants:
         presented = form.get("refresh_token")
         if not presented:
             raise await self._refused("refresh_token is required", client)
-        now = self.gw.clock()
+        now = self.deps.clock()
         key = digest(presented)
-        item = await self.gw.store.get_login_item(REFRESH_KIND, key, now)
+        item = await self.deps.store.get_login_item(REFRESH_KIND, key, now)
         if item is None:
             raise await self._refused("refresh token unknown or expired", client)
         data = item.data
@@ -139,13 +141,13 @@ class Grants:
         resources = form.get("resource", [])
         if resources and resources != [data["resource"]]:
             raise await self._refused("resource differs from the sign-in's", client)
-        used = await self.gw.store.use_login_item(REFRESH_KIND, key, now)
+        used = await self.deps.store.use_login_item(REFRESH_KIND, key, now)
         identity = {"agent": data["agent"], "on_behalf_of": data["human"], "session": data["sid"]}
         if used is None:
             raise await self._refused("refresh token unknown or expired", client)
         if used.used_at is not None:
-            await self.gw.sessions.end(data["sid"], "revoked", "refresh token reused", actor="login")
-            await self.gw.audit.emit(
+            await self.deps.sessions.end(data["sid"], "revoked", "refresh token reused", actor="login")
+            await self.deps.audit.emit(
                 Event.REFRESH_REUSED,
                 durable=True,
                 **identity,
@@ -156,7 +158,7 @@ class Grants:
             raise AuthError("refresh token already used: the session is revoked; sign in again", error="invalid_grant")
         ttl = self.login.settings.access_token_ttl
         try:
-            session, token = await self.gw.sessions.reissue(
+            session, token = await self.deps.sessions.reissue(
                 data["sid"],
                 data["agent"],
                 via=REFRESH_TOKEN,
@@ -169,10 +171,10 @@ class Grants:
         refresh = await self._new_refresh(
             session.sid, data["agent"], client.id, data["human"], data["resource"], session.max_expires_at
         )
-        await self.gw.audit.emit(
+        await self.deps.audit.emit(
             Event.TOKEN_REFRESHED, durable=True, **identity, client_id=client.id, remote_addr=remote
         )
-        agent = await self.gw.agents.get(data["agent"])
+        agent = await self.deps.agents.get(data["agent"])
         return self._answer(
             token, session.sid, min(ttl, session.expires_at - now), refresh, scope_of(agent.grant) if agent else ""
         )
@@ -182,8 +184,8 @@ class Grants:
         token = form.get("token")
         if not token:
             return False
-        item = await self.gw.store.get_login_item(REFRESH_KIND, digest(token), self.gw.clock())
+        item = await self.deps.store.get_login_item(REFRESH_KIND, digest(token), self.deps.clock())
         if item is None:
             return False
-        await self.gw.sessions.end(item.data["sid"], "closed", "closed", actor="refresh_token_holder")
+        await self.deps.sessions.end(item.data["sid"], "closed", "closed", actor="refresh_token_holder")
         return True

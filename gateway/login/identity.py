@@ -19,7 +19,7 @@ from gateway.login.clients import Client
 from gateway.store.base import AgentRecord
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.login.deps import LoginDeps
 
 
 class NotAllowed(Exception):
@@ -44,7 +44,7 @@ def agent_id_for(template: str, human: Human, client: Client) -> str:
     return f"{template}:{human.principal}:{client.host}"
 
 
-async def agent_for(gateway: Gateway, name: str, template: InteractiveTemplate, human: Human, client: Client) -> Agent:
+async def agent_for(deps: LoginDeps, name: str, template: InteractiveTemplate, human: Human, client: Client) -> Agent:
     """The pair's agent, created at its first sign-in.
 
     Raises:
@@ -54,13 +54,13 @@ async def agent_for(gateway: Gateway, name: str, template: InteractiveTemplate, 
     if not may_delegate(template.users, human):
         raise NotAllowed("this person is not among the template's users")
     agent_id = agent_id_for(name, human, client)
-    if await gateway.store.get_agent(agent_id) is None:
+    if await deps.store.get_agent(agent_id) is None:
         owner = human.principal
         record = AgentRecord(
-            id=agent_id, owner=owner, cost_center=template.cost_center, source="interactive", created_at=gateway.clock()
+            id=agent_id, owner=owner, cost_center=template.cost_center, source="interactive", created_at=deps.clock()
         )
-        if await gateway.store.create_agent(record):
-            await gateway.audit.emit(
+        if await deps.store.create_agent(record):
+            await deps.audit.emit(
                 Event.AGENT_CREATED,
                 durable=True,
                 agent=agent_id,
@@ -70,7 +70,7 @@ async def agent_for(gateway: Gateway, name: str, template: InteractiveTemplate, 
                 client_id=client.id,
                 actor=f"login:{owner}",
             )
-    agent = await gateway.agents.get(agent_id, fresh=True)
+    agent = await deps.agents.get(agent_id, fresh=True)
     if agent is None or agent.disabled:
         raise NotAllowed("this agent is disabled; an operator can enable it with mcp-gateway agents enable")
     return agent

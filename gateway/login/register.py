@@ -22,7 +22,7 @@ from gateway.login.cimd import valid_redirect_uri
 from gateway.login.clients import CLIENT_KIND, NEVER, REGISTERED_PREFIX
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.login.deps import LoginDeps
 
 _MAX_BODY = 64 * 1024
 _METHODS = ("none", "client_secret_basic", "client_secret_post")
@@ -35,7 +35,7 @@ def _refusal(error: str, description: str) -> Response:
     )
 
 
-async def register(gateway: Gateway, request: Request) -> Response:
+async def register(deps: LoginDeps, request: Request) -> Response:
     body = b""
     async for chunk in request.stream():
         body += chunk
@@ -65,7 +65,7 @@ async def register(gateway: Gateway, request: Request) -> Response:
     name = metadata.get("client_name")
     name = name[:200] if isinstance(name, str) and name else None
     client_id = f"{REGISTERED_PREFIX}{secrets.token_hex(12)}"
-    now = gateway.clock()
+    now = deps.clock()
     secret = generate_secret() if method != "none" else None
     record: dict[str, Any] = {
         "client_id": client_id,
@@ -75,10 +75,10 @@ async def register(gateway: Gateway, request: Request) -> Response:
         "registered_at": now,
     }
     if secret is not None:
-        record["secret_hash"] = hash_secret(gateway.credential_key, secret)
-    await gateway.store.put_login_item(CLIENT_KIND, client_id, record, NEVER, now)
+        record["secret_hash"] = hash_secret(deps.credential_key, secret)
+    await deps.store.put_login_item(CLIENT_KIND, client_id, record, NEVER, now)
     remote = request.client.host if request.client else None
-    await gateway.audit.emit(
+    await deps.audit.emit(
         Event.CLIENT_REGISTERED,
         durable=True,
         client_id=client_id,

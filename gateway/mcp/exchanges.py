@@ -13,18 +13,21 @@ one: nothing to resume.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
+from gateway.errors import Unavailable
 from gateway.identity.sealing import InvalidEnvelope, Sealer
 from gateway.upstream import Downstream
 from gateway.upstream.caller import CALLER
@@ -133,12 +136,10 @@ class Exchanges:
     def __init__(
         self,
         sealer: Sealer,
-        spawn: Callable[..., None],
         clock: Callable[[], float],
         ttl: float = 300.0,
     ) -> None:
         self.sealer = sealer
-        self.spawn = spawn
         self.clock = clock
         self.ttl = ttl
         self._live: dict[str, Exchange] = {}  # exchanges a client holds a requestState for
@@ -146,11 +147,29 @@ class Exchanges:
         # another process's exchange of the same session; the random prefix makes ids unique across them.
         self._prefix = secrets.token_urlsafe(8)
         self._ids = itertools.count(1)
+        self._tg: anyio.abc.TaskGroup | None = None  # where paused calls run, while `run()` is entered
+
+    @contextlib.asynccontextmanager
+    async def run(self) -> AsyncIterator[None]:
+        """Own the task group the exchanges' calls run in; leaving it cancels the ones still running."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            try:
+                yield
+            finally:
+                self._tg = None
+                tg.cancel_scope.cancel()
 
     async def start(self, sid: str, leg: Downstream, work: Work, method: str = "tools/call") -> Any:
-        """Run `work` in the background and answer this leg with its result or its first questions."""
+        """Run `work` in the background and answer this leg with its result or its first questions.
+
+        Raises:
+            Unavailable: the gateway is not running (or is stopping).
+        """
+        if self._tg is None:
+            raise Unavailable("the gateway is not running")
         exchange = Exchange(f"{self._prefix}.{next(self._ids)}", sid, self.ttl, method)
-        self.spawn(self._run, exchange, work)
+        self._tg.start_soon(self._run, exchange, work)
         return await self._leg(exchange, leg)
 
     async def resume(

@@ -34,7 +34,7 @@ from gateway import __version__
 from gateway.audit import Audit
 from gateway.audit.events import Event
 from gateway.errors import AuthError, CredentialShared, GatewayError, ResourceNotFound, UpstreamError
-from gateway.identity.principal import Principal
+from gateway.identity.principal import PRINCIPAL, Principal
 from gateway.identity.shared import SharedCredentialDetector
 from gateway.mcp.exchanges import Exchanges
 from gateway.mcp.fanout import Fanout, Listener, listen_meta
@@ -45,7 +45,6 @@ from gateway.upstream.caller import CALLER, Caller
 
 log = logging.getLogger("gateway.front")
 
-PRINCIPAL = "gateway.principal"
 ENTERPRISE_MANAGED_AUTHORIZATION = "io.modelcontextprotocol/enterprise-managed-authorization"
 Ctx = ServerRequestContext[Any, Any]
 

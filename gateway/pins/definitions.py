@@ -30,9 +30,10 @@ force and is logged.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,7 +49,7 @@ from gateway.metrics import METRICS
 from gateway.upstream.manifests import UpstreamSpec, read_manifest
 
 if TYPE_CHECKING:
-    from gateway.upstream import Catalog, Upstream, Upstreams
+    from gateway.upstream import Catalog, Upstream
 
 log = logging.getLogger("gateway.pins")
 
@@ -117,12 +118,12 @@ def _stamp(path: Path | None) -> tuple[int, int, int] | None:
 class Pins:
     """Keeps every upstream's quarantine in step with its pins; installed as the hub's quarantine check."""
 
-    def __init__(self, upstreams: Upstreams, audit: Audit, *, require_pins: bool) -> None:
-        self.upstreams = upstreams
+    def __init__(self, specs: Mapping[str, UpstreamSpec], audit: Audit, *, require_pins: bool) -> None:
         self.audit = audit
         self.require_pins = require_pins
-        self.pins = {name: dict(u.spec.pins) for name, u in upstreams.servers.items()}
-        self._stamps = {name: _stamp(u.spec.source) for name, u in upstreams.servers.items()}
+        self.pins = {name: dict(spec.pins) for name, spec in specs.items()}
+        self._stamps = {name: _stamp(spec.source) for name, spec in specs.items()}
+        self._listed: dict[str, Upstream] = {}  # the servers that have listed their tools: what the watch re-checks
         self._reported: dict[tuple[str, str], tuple[str, str]] = {}  # (server, tool) -> (pinned, served)
 
     def track(self, spec: UpstreamSpec) -> None:
@@ -134,11 +135,13 @@ class Pins:
         """A server removed by hot reload."""
         self.pins.pop(name, None)
         self._stamps.pop(name, None)
+        self._listed.pop(name, None)
         for key in [k for k in self._reported if k[0] == name]:
             del self._reported[key]
 
     async def settle(self, upstream: Upstream, catalog: Catalog) -> frozenset[str]:
         """The tools of this catalog to hide; audits each change once."""
+        self._listed[upstream.name] = upstream
         self._reload(upstream)
         pins = self.pins.get(upstream.name, {})
         hidden, changes = check(catalog.tools, pins, self.require_pins)
@@ -194,10 +197,19 @@ class Pins:
         self.pins[upstream.name] = pins
         return True
 
-    async def watch(self) -> None:
-        """Pick up re-pinned manifests while the gateway runs."""
+    @contextlib.asynccontextmanager
+    async def run(self) -> AsyncIterator[None]:
+        """Pick up re-pinned manifests until exit."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._watch)
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
+
+    async def _watch(self) -> None:
         while True:
             await anyio.sleep(RECHECK_EVERY)
-            for upstream in list(self.upstreams.servers.values()):
+            for upstream in list(self._listed.values()):
                 if self._reload(upstream):
                     await upstream.requarantine()

@@ -323,14 +323,20 @@ async def _all_pages(method: Callable[..., Awaitable[Any]], attribute: str) -> l
 class Upstreams:
     """Every configured upstream, and the task group that owns their connections."""
 
-    def __init__(self, specs: Mapping[str, UpstreamSpec], *, stderr_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        specs: Mapping[str, UpstreamSpec],
+        *,
+        stderr_dir: Path | None = None,
+        quarantine: Quarantine = _nothing_hidden,  # the pin check (gateway/pins/definitions.py)
+    ) -> None:
         self.stderr_dir = stderr_dir
         self.servers: dict[str, Upstream] = {name: Upstream(spec, self) for name, spec in specs.items()}
         self._tg: anyio.abc.TaskGroup | None = None
         self._change_listeners: list[ChangeListener] = []
         self._update_listeners: list[UpdateListener] = []
         self._log_listeners: list[LogListener] = []
-        self.quarantine: Quarantine = _nothing_hidden  # the app installs the pin check (gateway/pins/definitions.py)
+        self.quarantine = quarantine
 
     def __getitem__(self, name: str) -> Upstream:
         return self.servers[name]

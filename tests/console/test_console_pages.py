@@ -15,7 +15,6 @@ import httpx
 import pytest
 from playwright.async_api import expect
 
-from gateway.operations import Operations
 from tests.console.support import ADMIN_TOKEN, WAIT_MS, RawAgent, screenshot, signed_in
 from tests.pins.support import mcp_gateway
 from tests.support.harness import HEADERS, INIT, Harness, running_gateway, time_manifest
@@ -214,7 +213,7 @@ async def test_the_audit_tail_follows_live_with_filters_and_shows_the_verified_c
 
 
 async def test_agents_can_be_disabled_enabled_and_rotated_with_the_secret_shown_once(gw, browser):
-    await Operations(gw.gateway, "test").create_agent("dave-bot", "dave@example.com", "ops")
+    await gw.gateway.operations("test").create_agent("dave-bot", "dave@example.com", "ops")
     context, page = await signed_in(browser, gw)
     await page.goto(f"{gw.url}/console/agents")
     row = page.locator("tr[data-agent=dave-bot]")

@@ -27,7 +27,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from gateway.operations import Operations
 from gateway.upstream.http_client import mcp_http_client
 from tests.support.cli import run_cli
 from tests.support.harness import Harness, free_port
@@ -46,7 +45,7 @@ async def cli(gw: Harness, *argv: str, status: int = 0) -> str:
 
 async def give_secret(gw: Harness, agent: str) -> str:
     """A fresh client secret for an agent, the way an operator would issue one."""
-    return await Operations(gw.gateway, "test").rotate_secret(agent)
+    return await gw.gateway.operations("test").rotate_secret(agent)
 
 
 def basic(client_id: str, secret: str) -> dict[str, str]:

@@ -7,20 +7,28 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
 import yaml
 
 from gateway.identity.lifecycle import STALE_SHARE, Lifecycle
-from gateway.operations import Operations
 from gateway.store.base import AgentRecord
 from gateway.store.sqlite import SQLiteStore
 from tests.budgets.test_accounting import each_store
 from tests.identity.support import basic, call_time, cli, client_credentials, give_secret, mcp_status, token
 from tests.support.harness import Harness, running_gateway, time_manifest
 from tests.support.serving import sqlite_at_version
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+
+def fresh_lifecycle(g: Gateway) -> Lifecycle:
+    """A sweep of its own (its CHECK_EVERY clock starts now), over the running gateway's collaborators."""
+    return Lifecycle(g.live, g.store, g.agents, g.sessions, g.audit, g.clock)
+
 
 pytestmark = pytest.mark.anyio
 
@@ -90,7 +98,7 @@ async def test_an_agent_unused_for_disable_after_idle_is_disabled_and_a_call_cou
     }
     extra = {"agent_defaults": {"disable_after_idle": "1h"}}
     async with running_gateway(tmp_path, manifests=[time_manifest()], agents=agents, extra=extra) as gw:
-        lifecycle = Lifecycle(gw.gateway)
+        lifecycle = fresh_lifecycle(gw.gateway)
         secret = await give_secret(gw, "idle-bot")
         access = (await client_credentials(gw, "idle-bot", secret))["access_token"]
         stored = await gw.gateway.store.get_agent("idle-bot")
@@ -112,7 +120,7 @@ async def test_an_agent_unused_for_disable_after_idle_is_disabled_and_a_call_cou
         assert busy is not None and not busy.disabled
 
         # Enabling it again is use: it is not disabled again at the next sweep.
-        await Operations(gw.gateway, "test").enable_agent("idle-bot")
+        await gw.gateway.operations("test").enable_agent("idle-bot")
         await lifecycle.enforce(gw.clock())
         again = await gw.gateway.store.get_agent("idle-bot")
         assert again is not None and not again.disabled
@@ -133,7 +141,7 @@ async def test_a_secret_past_credential_max_age_is_refused_with_how_to_rotate_af
         assert stale["credential"] == "secret" and stale["credential_max_age_days"] == "30"
         assert "mcp-gateway agents rotate old-bot" in stale["action"]
         await client_credentials(gw, "old-bot", secret)  # an alert, not yet a refusal
-        await Lifecycle(gw.gateway).enforce(gw.clock())
+        await gw.gateway.lifecycle.enforce(gw.clock())
         assert len(gw.audit("agent.credential_stale")) == 1  # alerted once
 
         gw.clock.advance(6 * DAY)  # 31 days old
@@ -151,7 +159,7 @@ async def test_a_secret_past_credential_max_age_is_refused_with_how_to_rotate_af
         fresh = await give_secret(gw, "old-bot")
         await client_credentials(gw, "old-bot", fresh)  # rotated: its age starts again
         gw.clock.advance(STALE_SHARE * 30 * DAY - DAY)
-        await Lifecycle(gw.gateway).enforce(gw.clock())
+        await gw.gateway.lifecycle.enforce(gw.clock())
         assert len(gw.audit("agent.credential_stale")) == 1
         await client_credentials(gw, "old-bot", fresh)
 

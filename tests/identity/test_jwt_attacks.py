@@ -20,7 +20,6 @@ from gateway.errors import AuthError
 from gateway.identity.jwks import select_key
 from gateway.identity.keys import KeyRing
 from gateway.identity.tokens import Tokens
-from gateway.operations import Operations
 from tests.identity.support import mcp_status
 from tests.support.harness import running_gateway
 
@@ -41,7 +40,7 @@ async def test_forged_and_misused_tokens_are_all_refused_with_the_challenge(tmp_
         alice, alice_token = await g.sessions.open("alice-bot", via="test")
         bob, _ = await g.sessions.open("bob-bot", via="test")
         closed, closed_token = await g.sessions.open("alice-bot", via="test")
-        await Operations(g, "test").end_session(closed.sid, "closed")
+        await g.operations("test").end_session(closed.sid, "closed")
         kid, key = g.keys.sign_key()
         claims = jwt.decode(alice_token, options={"verify_signature": False})
         public_pem = key.public_key().public_bytes(

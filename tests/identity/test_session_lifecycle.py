@@ -9,7 +9,6 @@ import httpx
 import jwt
 import pytest
 
-from gateway.operations import Operations
 from tests.identity.support import (
     basic,
     call_time,
@@ -140,7 +139,7 @@ async def test_ending_a_session_ends_its_in_flight_sse_response(tmp_path):
                     async with anyio.create_task_group() as tg:  # exits once the response has ended
                         tg.start_soon(read_stream, response, lines, progressed)
                         await progressed.wait()
-                        await Operations(gw.gateway, "test").end_session(session.sid, "revoked")
+                        await gw.gateway.operations("test").end_session(session.sid, "revoked")
         assert lines and all('"result"' not in line for line in lines)
 
 
@@ -149,7 +148,7 @@ async def test_a_restart_on_the_same_state_keeps_live_sessions_and_revocations(t
         port = gw.port
         _, live = await gw.gateway.sessions.open("alice-bot", via="test")
         revoked_session, revoked = await gw.gateway.sessions.open("alice-bot", via="test")
-        await Operations(gw.gateway, "test").end_session(revoked_session.sid, "revoked")
+        await gw.gateway.operations("test").end_session(revoked_session.sid, "revoked")
     async with running_gateway(tmp_path, manifests=[], port=port) as gw:
         assert (await mcp_status(gw, live)).status_code == 200
         _refused(await mcp_status(gw, revoked))

@@ -17,7 +17,6 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from gateway.config.files import AgentSpec, GatewayConfig, check_workloads
 from gateway.errors import ConfigError, OperatorError
-from gateway.operations import Operations
 from tests.identity.support import IdP, call_time, cli, identity_provider, token
 from tests.support.harness import running_gateway, time_manifest
 from tests.support.serving import sqlite_at_version
@@ -195,7 +194,7 @@ async def test_the_grant_is_advertised_and_a_workload_agent_can_not_be_given_a_s
                 metadata = (await http.get("/.well-known/oauth-authorization-server")).json()
             assert JWT_BEARER in metadata["grant_types_supported"]
             with pytest.raises(OperatorError, match="workload identity"):
-                await Operations(gw.gateway, "test").rotate_secret("k8s-bot")
+                await gw.gateway.operations("test").rotate_secret("k8s-bot")
             response = await token(gw, {"grant_type": JWT_BEARER})
             assert response.status_code == 400 and response.json()["error_description"] == "assertion is required"
 
