@@ -181,7 +181,10 @@ def build_gateway(
     store = open_store(config)
     keys = key_ring(config, store)
     secrets = shared_secrets(config, store)
-    audit = build_audit(config, keys, store, clock, operator=operator)
+    telemetry = OFF if operator else build_telemetry(config.telemetry, config.instance)
+    # Token counts go to telemetry read off the records, like the Prometheus series.
+    observe = telemetry.observe if isinstance(telemetry, Tracing) else None
+    audit = build_audit(config, keys, store, clock, operator=operator, observe=observe)
     tokens = Tokens(keys, config.public_url, clock)
     directory = AgentDirectory(store, agent_specs, templates)
     sessions = Sessions(store, directory, tokens, audit, config.session_defaults, clock)
@@ -191,9 +194,6 @@ def build_gateway(
     fingerprints = Fingerprints(secrets["fingerprint"])
     sealer = Sealer(secrets["state"])  # envelopes handed to clients: paused calls' requestState, sign-in cookies
     meter = Meter(load_tokenizer(config.metering))
-    telemetry = OFF if operator else build_telemetry(config.telemetry, config.instance)
-    if isinstance(telemetry, Tracing):
-        audit.observe = telemetry.observe  # token counts, read off the records like the Prometheus series
     gateway = Gateway(
         live=live,
         clock=clock,

@@ -62,6 +62,7 @@ class GatewaySink:
         rotate_interval: float | None = None,
         checkpoints: Checkpoints | None = None,
         clock: Callable[[], float] = time.time,
+        observe: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.chain = ChainFile(
             path,
@@ -78,7 +79,7 @@ class GatewaySink:
         self.instance = instance
         self.clock = clock
         self.fsync_always = fsync == "always"
-        self.observe: Callable[[dict[str, Any]], None] | None = None  # another reader of each record (telemetry)
+        self.observe = observe  # another reader of each record (telemetry)
         self.healthy = True
         self.error: str | None = None
         self._held: deque[dict[str, Any]] = deque()

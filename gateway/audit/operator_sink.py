@@ -37,7 +37,6 @@ class OperatorSink:
         self.path = path
         self.instance = instance
         self.clock = clock
-        self.observe: Callable[[dict[str, Any]], None] | None = None  # another reader of each record (telemetry)
         self.healthy = True  # false once a checkpoint could not be written: close writes none
         self._synced = 0
 
@@ -87,8 +86,6 @@ class OperatorSink:
         except OSError as exc:
             raise unavailable(exc) from exc
         metrics.observe(record)
-        if self.observe is not None:
-            self.observe(record)
         return record
 
     async def probe(self, *, refusing: bool = False) -> None:

@@ -31,8 +31,6 @@ from gateway.store.base import Store
 class Audit(Protocol):
     """An audit chain that records are appended to."""
 
-    observe: Callable[[dict[str, Any]], None] | None  # another reader of each record written (telemetry)
-
     @property
     def path(self) -> Path:
         """The chain's active file."""
@@ -71,9 +69,17 @@ class Audit(Protocol):
 
 
 def build_audit(
-    config: GatewayConfig, keys: KeyRing, store: Store, clock: Callable[[], float], *, operator: bool = False
+    config: GatewayConfig,
+    keys: KeyRing,
+    store: Store,
+    clock: Callable[[], float],
+    *,
+    operator: bool = False,
+    observe: Callable[[dict[str, Any]], None] | None = None,
 ) -> Audit:
-    """The gateway's audit chain; with `operator`, the chain operator commands share (`<audit>-cli.jsonl`)."""
+    """The gateway's audit chain; with `operator`, the chain operator commands share (`<audit>-cli.jsonl`).
+
+    `observe` reads each record the gateway's sink writes (telemetry); operator commands export none."""
     settings = config.audit
     checkpoints = Checkpoints(keys, store, every=settings.checkpoint_every, interval=settings.checkpoint_interval)
     if operator:
@@ -89,4 +95,5 @@ def build_audit(
         rotate_interval=settings.rotate_interval,
         checkpoints=checkpoints,
         clock=clock,
+        observe=observe,
     )
