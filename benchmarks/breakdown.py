@@ -1,6 +1,7 @@
 """Where a tool call's cost goes, in instructions: deterministic, unlike CPU time on a shared 2-core box.
 
     .venv/bin/python benchmarks/breakdown.py [--calls 200]
+    .venv/bin/python benchmarks/breakdown.py --gateway-only [--baseline DIR --rounds 3]
 
 Runs the gateway (and the SDK floors) under valgrind's callgrind, counting instructions
 only while a client makes `--calls` sequential echo calls through /servers/everything/mcp
@@ -16,6 +17,7 @@ import argparse
 import glob
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,12 +62,15 @@ def stubbed_gateway(stages: list[str]) -> list[str]:
     return ["-c", "\n".join(lines)]
 
 
-async def count(program: list[str], url_path: str, config: Path | None, port: int, calls: int) -> float:
-    """Instructions per call of the server `program` runs, while `calls` echo calls are made."""
+async def count(
+    program: list[str], url_path: str, config: Path | None, port: int, calls: int, source: Path = overhead.REPO
+) -> float:
+    """Instructions per call of the server `program` runs (in the source tree `source`), while `calls` echo
+    calls are made."""
     out = Path(tempfile.mkdtemp()) / "callgrind.out"
     server = subprocess.Popen(
         ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", sys.executable, *program],
-        cwd=overhead.REPO,
+        cwd=source,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -97,14 +102,29 @@ async def count(program: list[str], url_path: str, config: Path | None, port: in
     return total / calls
 
 
-async def gateway_only(calls: int) -> None:
-    """The whole gateway's instructions per call, nothing stubbed: a quick before/after of one change."""
-    with tempfile.TemporaryDirectory() as tmp:
-        port = overhead.free_port()
-        config = overhead.write_config(Path(tmp), port, unsandboxed=True)
-        program = [*stubbed_gateway([]), "serve", "--config", str(config), "--log-level", "WARNING"]
-        total = await count(program, "/servers/everything/mcp", config, port, calls)
-    print(f"gateway: {total / 1e6:.2f} Minstr/tools/call ({calls} calls)")
+async def gateway_only(calls: int, baseline: Path | None, rounds: int) -> None:
+    """The whole gateway's instructions per call, nothing stubbed: a quick before/after of one change.
+
+    With `baseline` (a source tree, e.g. `git archive <commit> | tar -x -C DIR`), this tree and that one run
+    in turn `rounds` times and the medians are compared: on a shared machine the count moves by several
+    percent with the load (the event loop wakes more often), so one run of each is not enough.
+    """
+    sources = {"gateway": overhead.REPO, **({"baseline": baseline} if baseline is not None else {})}
+    counts: dict[str, list[float]] = {label: [] for label in sources}
+    for _ in range(rounds):
+        for label, source in sources.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                port = overhead.free_port()
+                config = overhead.write_config(Path(tmp), port, unsandboxed=True)
+                program = [*stubbed_gateway([]), "serve", "--config", str(config), "--log-level", "WARNING"]
+                total = await count(program, "/servers/everything/mcp", config, port, calls, source)
+            counts[label].append(total)
+            print(f"{label}: {total / 1e6:.2f} Minstr/tools/call ({calls} calls)")
+    if baseline is not None or rounds > 1:
+        medians = {label: statistics.median(values) for label, values in counts.items()}
+        print(", ".join(f"{label} median {value / 1e6:.2f}" for label, value in medians.items()))
+        if baseline is not None:
+            print(f"gateway / baseline: {medians['gateway'] / medians['baseline']:.3f}")
 
 
 async def measure(calls: int) -> None:
@@ -142,6 +162,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--gateway-only", action="store_true", help="only the whole gateway, no stages or floors")
+    parser.add_argument("--baseline", type=Path, metavar="DIR", help="with --gateway-only: also this source tree")
+    parser.add_argument("--rounds", type=int, default=1, help="with --gateway-only: runs of each tree, in turn")
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     args = parser.parse_args()
-    anyio.run(gateway_only if args.gateway_only else measure, args.calls)
+    if args.gateway_only:
+        anyio.run(gateway_only, args.calls, args.baseline, args.rounds)
+    else:
+        anyio.run(measure, args.calls)

@@ -44,7 +44,7 @@ from gateway.http import usage
 from gateway.http.admin import admin_routes
 from gateway.http.edge import AuthFailures, Edge, metadata_url
 from gateway.http.oauth import CLIENT_CREDENTIALS, JWT_BEARER, TOKEN_EXCHANGE, OAuth, admin_refusal
-from gateway.http.transport import McpEndpoint
+from gateway.http.transport import mcp_endpoint
 from gateway.identity import dpop
 from gateway.identity.agents import AgentDirectory
 from gateway.identity.dpop import DpopVerifier
@@ -243,7 +243,7 @@ def create_app(gateway: Gateway) -> Starlette:
     views.update(
         {f"/servers/{name}/mcp": View(gateway.upstreams, gateway.names, name) for name in gateway.upstreams.servers}
     )
-    endpoints = {path: McpEndpoint(front.server(view), security) for path, view in views.items()}
+    endpoints = {path: mcp_endpoint(front, view, security) for path, view in views.items()}
     failures = AuthFailures(gateway.audit)
     scopes = tool_scopes(gateway.agents.templates) if config.login is not None else []
     edge = Edge(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -29,7 +28,7 @@ MODERN, HANDSHAKE = "2026-07-28", "2025-11-25"
 
 def answer(exc: Exception, version: str = MODERN, session_ended: Any = None) -> MCPError:
     async def raise_it() -> None:
-        async with map_errors(SimpleNamespace(protocol_version=version), session_ended):  # type: ignore[arg-type]
+        async with map_errors(version == MODERN, session_ended):
             raise exc
 
     with pytest.raises(MCPError) as caught:
@@ -84,7 +83,7 @@ def test_an_ended_session_is_acted_on_before_it_is_answered() -> None:
 
 def test_errors_that_are_no_agents_answer_and_mcp_errors_pass_through() -> None:
     async def raise_it(exc: Exception) -> None:
-        async with map_errors(SimpleNamespace(protocol_version=MODERN)):  # type: ignore[arg-type]
+        async with map_errors(modern=True):
             raise exc
 
     with pytest.raises(ConfigError):

@@ -39,7 +39,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from gateway.audit.events import Event
 from gateway.config.files import AgentSpec, GatewayConfig, load_agents, load_gateway_config, load_templates
 from gateway.errors import ConfigError, Unavailable, UpstreamError
-from gateway.http.transport import McpEndpoint
+from gateway.http.transport import mcp_endpoint
 from gateway.mcp.views import View
 from gateway.upstream.manifests import UpstreamSpec, load_manifests, manifest_files
 
@@ -156,7 +156,7 @@ class ServerEndpoints:
     async def add(self, name: str) -> None:
         if self.path(name) in self.edge.apps or self._tg is None:
             return
-        endpoint = McpEndpoint(self.front.server(View(self.upstreams, self.names, name)), self.security)
+        endpoint = mcp_endpoint(self.front, View(self.upstreams, self.names, name), self.security)
         stop = self._stops[name] = anyio.Event()
 
         async def serve(*, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:

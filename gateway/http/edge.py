@@ -39,6 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.audit.events import Event
 from gateway.errors import AuthError, Unavailable
+from gateway.http.headers import RequestHeaders
 from gateway.http.transport import McpEndpoint
 from gateway.identity import dpop
 from gateway.identity.principal import PRINCIPAL, Principal
@@ -99,23 +100,6 @@ def _with_header(send: Send, name: bytes, value: str | None) -> Send:
         await send(message)
 
     return wrapped
-
-
-_READ = frozenset({b"host", b"origin", b"authorization", b"mcp-session-id", b"mcp-protocol-version", b"dpop"})
-
-
-def _read_headers(scope: Scope) -> dict[bytes, list[str]]:
-    """The request headers the edge reads, each with its values in order, from one pass over the scope."""
-    found: dict[bytes, list[str]] = {}
-    for key, value in scope["headers"]:
-        if key in _READ:
-            found.setdefault(key, []).append(value.decode("latin-1"))
-    return found
-
-
-def _first(headers: dict[bytes, list[str]], name: bytes) -> str | None:
-    values = headers.get(name)
-    return values[0] if values else None
 
 
 class AuthFailures:
@@ -278,8 +262,8 @@ class Edge:
             )
 
     async def _serve(self, app: ASGIApp, path: str, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = _read_headers(scope)
-        host = _first(headers, b"host")
+        headers = RequestHeaders.of(scope)
+        host = headers.host
         if host is None or host not in self.hosts:
             await send_json(
                 send,
@@ -293,18 +277,18 @@ class Edge:
                 },
             )
             return
-        origin = _first(headers, b"origin")
+        origin = headers.origin
         if origin is not None and origin not in self.origins:
             await send_json(send, 403, {"error": "forbidden", "error_description": "Origin not allowed"})
             return
         remote = scope["client"][0] if scope.get("client") else "unknown"
-        authorization = _first(headers, b"authorization") or ""
+        authorization = headers.authorization or ""
         scheme, _, token = authorization.partition(" ")
         scheme, token = scheme.lower(), token.strip()
         try:
             if scheme not in ("bearer", "dpop") or not token:
                 raise AuthError("missing bearer token")
-            verified = await self._possession(scope, scheme, token, headers.get(b"dpop", []))
+            verified = await self._possession(scope, scheme, token, headers.dpop)
             principal = await self.sessions.authenticate(token, remote_addr=remote, claims=verified)
             if principal.token.jkt is None and self.dpop.mode(principal.agent.dpop) == "required":
                 raise AuthError("this agent's tokens must be DPoP-bound: get one with a DPoP proof", error=dpop.INVALID)
@@ -320,7 +304,7 @@ class Edge:
                 send, 503, {"error": "temporarily_unavailable", "error_description": str(exc)}, {"retry-after": "1"}
             )
             return
-        mcp_session = _first(headers, b"mcp-session-id")
+        mcp_session = headers.mcp_session_id
         structlog.contextvars.bind_contextvars(agent=principal.agent.id, sid=principal.sid, mcp_session=mcp_session)
         owned = self._mcp_sessions.get(mcp_session) if mcp_session is not None else None
         if owned is not None and owned.sid != principal.sid:
@@ -506,10 +490,10 @@ class Edge:
         )
 
 
-def _may_open_session(scope: Scope, headers: dict[bytes, list[str]]) -> bool:
+def _may_open_session(scope: Scope, headers: RequestHeaders) -> bool:
     """A POST without `Mcp-Session-Id` in the handshake era (no or a handshake-era protocol header): the SDK
     opens a new MCP session for it. 2026-07-28 requests are sessionless."""
     if scope["method"] != "POST":
         return False
-    version = _first(headers, b"mcp-protocol-version")
+    version = headers.protocol_version
     return version is None or version in _HANDSHAKE

@@ -5,16 +5,18 @@ log-level opt-in, not a `subscriptions/listen`) is answered as plain JSON by a
 manager in JSON mode; everything else — handshake-era sessions, their GET
 streams, and streaming 2026-07-28 requests — goes to the SSE manager. The JSON
 path spares the SSE machinery a task pair and a memory stream per call, which is
-most of what a tools/call costs the transport.
+most of what a tools/call costs the transport. Of those, a plain `tools/call` goes
+to the fast lane (fastlane.py), which answers it without the SDK's session when it can,
+and leaves it to the JSON manager when it cannot.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import orjson
 from mcp.server.lowlevel import Server
 from mcp.server.streamable_http_manager import DEFAULT_MAX_REQUEST_BODY_SIZE, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
@@ -22,19 +24,36 @@ from mcp_types import LOG_LEVEL_META_KEY
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.types import Message, Receive, Scope, Send
 
+from gateway.http.fastlane import FastLane
+from gateway.http.headers import RequestHeaders
 from gateway.http.resumable import ResumableSessionManager
+from gateway.telemetry import Tracing
 
-_MODERN = frozenset(v.encode() for v in MODERN_PROTOCOL_VERSIONS)
+if TYPE_CHECKING:
+    from gateway.mcp.server import Front
+    from gateway.mcp.views import View
+
+_MODERN = frozenset(MODERN_PROTOCOL_VERSIONS)
+
+
+def mcp_endpoint(front: Front, view: View, security: TransportSecuritySettings) -> McpEndpoint:
+    """The endpoint of one view: its SDK server, and the fast lane in front of it."""
+    server = front.server(view)
+    traced = isinstance(front.telemetry, Tracing)
+    return McpEndpoint(
+        server, security, FastLane(front.pipeline, front.shared, front.session_ended, view, server, traced=traced)
+    )
 
 
 class McpEndpoint:
     """ASGI app for one MCP path."""
 
-    def __init__(self, server: Server[Any], security: TransportSecuritySettings) -> None:
+    def __init__(self, server: Server[Any], security: TransportSecuritySettings, lane: FastLane | None = None) -> None:
         # Handshake-era sessions' SSE streams are resumable (priming event, retry, Last-Event-ID):
         # gateway/http/resumable.py.
         self.streaming = ResumableSessionManager(app=server, json_response=False, security_settings=security)
         self.plain = StreamableHTTPSessionManager(app=server, json_response=True, security_settings=security)
+        self.lane = lane  # plain tools/calls, answered without the SDK session (gateway/http/fastlane.py)
 
     @contextlib.asynccontextmanager
     async def run(self) -> AsyncIterator[None]:
@@ -57,16 +76,19 @@ class McpEndpoint:
                 await manager._discard_session(mcp_session, transport)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = dict(scope["headers"])
-        length = headers.get(b"content-length", b"")
+        headers = RequestHeaders.of(scope)
+        length = headers.content_length or ""
         if (
             scope["method"] == "POST"
-            and headers.get(b"mcp-protocol-version") in _MODERN
+            and headers.protocol_version in _MODERN
             and length.isdigit()
             and int(length) <= DEFAULT_MAX_REQUEST_BODY_SIZE
         ):
             body, receive = await _buffered(receive)
-            if body is not None and _needs_no_stream(body):
+            message = _parsed(body) if body is not None else None
+            if message is not None and _needs_no_stream(message):
+                if self.lane is not None and await self.lane.serve(message, headers, scope, send):
+                    return
                 await self.plain.handle_request(scope, receive, send)
                 return
         await self.streaming.handle_request(scope, receive, send)
@@ -92,11 +114,16 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
     return replayed
 
 
-def _needs_no_stream(body: bytes) -> bool:
+def _parsed(body: bytes) -> Any:
+    """The request, parsed once; None if it does not parse (the SSE manager answers the parse error, as for any
+    request, and the few inputs only the stdlib accepts, such as integers beyond 64 bits, take that path too)."""
     try:
-        message = json.loads(body)
-    except (ValueError, RecursionError):
-        return False  # the SSE manager answers the parse error, as for any request
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _needs_no_stream(message: Any) -> bool:
     if not isinstance(message, dict) or message.get("method") == "subscriptions/listen":
         return False
     params = message.get("params")

@@ -89,7 +89,7 @@ def request_fields(ctx: Ctx) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def map_errors(ctx: Ctx, session_ended: Callable[[], Awaitable[None]] | None = None) -> AsyncIterator[None]:
+async def map_errors(modern: bool, session_ended: Callable[[], Awaitable[None]] | None = None) -> AsyncIterator[None]:
     """The one boundary between the gateway's exceptions and the MCP errors an agent is answered with.
 
     Each exception carries its own wire shape (gateway/errors.py: `code`, `legacy_code` on a handshake-era
@@ -108,7 +108,7 @@ async def map_errors(ctx: Ctx, session_ended: Callable[[], Awaitable[None]] | No
             raise
         if isinstance(exc, AuthError) and session_ended is not None:
             await session_ended()
-        code = exc.legacy_code if exc.legacy_code is not None and not is_modern(ctx) else exc.code
+        code = exc.legacy_code if exc.legacy_code is not None and not modern else exc.code
         raise MCPError(code, exc.rpc_message(), exc.rpc_data()) from None
 
 
@@ -247,20 +247,28 @@ class SharedCredentials:
         else:  # initialize: the session learns its client only after the handshake
             info = (ctx.params or {}).get("clientInfo")
             name, version = (info.get("name"), info.get("version")) if isinstance(info, dict) else (None, None)
+        async with map_errors(is_modern(ctx)):
+            await self.check(principal, name, version)
+        return await call_next(ctx)
+
+    async def check(self, principal: Principal, name: object, version: object) -> None:
+        """Record a suspected shared credential; refuse the request when the agent's policy says so.
+
+        Raises:
+            CredentialShared: this client's fingerprint is refused for the agent.
+        """
         fingerprint = (
             principal.remote_addr,
             name if isinstance(name, str) else None,
             version if isinstance(version, str) else None,
         )
         verdict = self.detector.observe(principal.agent.id, fingerprint)
-        async with map_errors(ctx):
-            if verdict.report is not None:
-                await self.audit.emit(
-                    Event.CREDENTIAL_SHARED_SUSPECTED, durable=True, **{**principal.audit_fields(), **verdict.report}
-                )
-            if not verdict.allowed:
-                raise CredentialShared()
-        return await call_next(ctx)
+        if verdict.report is not None:
+            await self.audit.emit(
+                Event.CREDENTIAL_SHARED_SUSPECTED, durable=True, **{**principal.audit_fields(), **verdict.report}
+            )
+        if not verdict.allowed:
+            raise CredentialShared()
 
 
 class _Handlers:
@@ -280,7 +288,7 @@ class _Handlers:
         return principal
 
     def _errors(self, ctx: Ctx, principal: Principal) -> contextlib.AbstractAsyncContextManager[None]:
-        return map_errors(ctx, lambda: self.front.session_ended(principal.sid))
+        return map_errors(is_modern(ctx), lambda: self.front.session_ended(principal.sid))
 
     def _pause(self, ctx: Ctx, leg: ContextDownstream, method: str) -> Pause | None:
         """How a forward may pause for the client's answers: in an exchange (one `InputRequiredResult` round
