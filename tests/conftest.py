@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import mcp.client.stdio
 import pytest
 import structlog
 from hypothesis import settings
+from xdist.scheduler import LoadScopeScheduling
 
 from tests.support.postgres import drop_idle, needs_server, require_server
 
@@ -25,6 +27,55 @@ mcp.client.stdio.PROCESS_TERMINATION_TIMEOUT = 0.2
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
     return "asyncio"
+
+
+# pytest-xdist (`-n auto --dist loadscope`, pyproject's addopts) runs each group whole on one worker: its
+# module-scoped gateways and suites start once. A group is a module, except modules that share something outside
+# tmp_path: run.sh creates one demo repository in /tmp for every copy of the quickstart, and two first runs at
+# once would race to create it.
+SHARED = {"tests/test_quickstart.py": "quickstart", "tests/login/test_quickstart_sign_in.py": "quickstart"}
+# The groups that take longest (`--durations`), handed out first (--no-loadscope-reorder keeps the collection's
+# order) so that no worker is left finishing one alone.
+LONGEST_FIRST = (
+    "tests/test_conformance.py",
+    "quickstart",
+    "tests/budgets/test_accounting.py",
+    "tests/audit/test_audit_gateway.py",
+    "tests/test_outcomes.py",
+    "tests/login/test_refusals.py",
+    "tests/test_reload.py",
+    "tests/pins/test_quarantine.py",
+)
+
+
+def _group(nodeid: str) -> str:
+    module = nodeid.split("::", 1)[0]
+    return SHARED.get(module, module)
+
+
+class _ByGroup(LoadScopeScheduling):
+    def _split_scope(self, nodeid: str) -> str:  # the scheduler's own seam (LoadFileScheduling overrides it too)
+        return _group(nodeid)
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: unknown under -p no:xdist
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> LoadScopeScheduling | None:
+    return _ByGroup(config, log) if config.getvalue("dist") == "loadscope" else None
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: unknown under -p no:xdist
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    # `-n auto`: the suite mostly waits (servers starting, timeouts running out, browsers, the conformance
+    # suite's Node process), so two workers per core keep the cores busy.
+    return 2 * len(os.sched_getaffinity(0))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        group = _group(item.nodeid)
+        return LONGEST_FIRST.index(group) if group in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: every module keeps its own order
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -31,6 +31,7 @@ def test_without_postgresql_the_replica_tests_fail_at_once_with_one_line_naming_
             "-q",
             "-p",
             "no:randomly",
+            "-n0",  # two tests: no pytest-xdist workers to start
             "tests/replicas/test_postgres_store.py::test_replicas_starting_together_apply_each_migration_once",
             "tests/replicas/test_postgres_store.py::test_a_database_migrated_by_a_newer_gateway_is_refused_with_the_reason",
         ],

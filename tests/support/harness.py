@@ -277,6 +277,7 @@ async def running_gateway(
         try:
             await server.serve(sockets=[sock])
         finally:
+            sock.close()  # uvicorn closes it only on a clean shutdown: a failed test must not leak it into the next
             stopped.set()
 
     async with anyio.create_task_group() as tg:
