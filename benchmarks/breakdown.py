@@ -1,11 +1,14 @@
 """Where a tool call's cost goes, in instructions: deterministic, unlike CPU time on a shared 2-core box.
 
-    .venv/bin/python benchmarks/breakdown.py [--calls 200]
-    .venv/bin/python benchmarks/breakdown.py --gateway-only [--baseline DIR --rounds 3]
+    .venv/bin/python benchmarks/breakdown.py [--calls 200] [--era 2025-11-25]
+    .venv/bin/python benchmarks/breakdown.py --gateway-only [--baseline DIR --rounds 3] [--era 2025-11-25]
 
 Runs the gateway (and the SDK floors) under valgrind's callgrind, counting instructions
 only while a client makes `--calls` sequential echo calls through /servers/everything/mcp
-(2026-07-28). Each stage's cost is what the count drops by when that stage is turned
+in the protocol era `--era` (2026-07-28 by default: sessionless, answered as JSON; 2025-11-25:
+an initialized MCP session whose calls are answered on SSE streams, as a handshake-era client
+sees it; the floors then answer on SSE too, without the gateway's resumability: no event store,
+no priming event). Each stage's cost is what the count drops by when that stage is turned
 into a no-op (`--without STAGE` runs the gateway with it stubbed out; see STUBS). The
 transport's cost is the SDK server's own floor (an in-process echo), the upstream client's
 is a bare SDK bridge minus that floor. Needs valgrind (Debian's package).
@@ -27,6 +30,9 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import overhead
+
+# The era's client mode (mcp.Client's `mode`) and the floor server's answer flag.
+ERAS = {"2026-07-28": ("auto", ["--json"]), "2025-11-25": ("legacy", [])}
 
 STUBS = {
     "audit": "gateway.audit.gateway_sink:GatewaySink.emit",
@@ -63,10 +69,16 @@ def stubbed_gateway(stages: list[str]) -> list[str]:
 
 
 async def count(
-    program: list[str], url_path: str, config: Path | None, port: int, calls: int, source: Path = overhead.REPO
+    program: list[str],
+    url_path: str,
+    config: Path | None,
+    port: int,
+    calls: int,
+    source: Path = overhead.REPO,
+    era: str = "2026-07-28",
 ) -> float:
     """Instructions per call of the server `program` runs (in the source tree `source`), while `calls` echo
-    calls are made."""
+    calls are made in the protocol era `era`."""
     out = Path(tempfile.mkdtemp()) / "callgrind.out"
     server = subprocess.Popen(
         ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", sys.executable, *program],
@@ -82,7 +94,7 @@ async def count(
         else:
             overhead.wait_ready(f"http://127.0.0.1:{port}", server, timeout=600)
             token = overhead.open_session(config)
-        connect = overhead.via_gateway(f"http://127.0.0.1:{port}{url_path}", token, "auto")
+        connect = overhead.via_gateway(f"http://127.0.0.1:{port}{url_path}", token, ERAS[era][0])
         async with connect() as call:
             for _ in range(30):  # warm caches and lazily built validators first
                 await call()
@@ -102,7 +114,7 @@ async def count(
     return total / calls
 
 
-async def gateway_only(calls: int, baseline: Path | None, rounds: int) -> None:
+async def gateway_only(calls: int, baseline: Path | None, rounds: int, era: str) -> None:
     """The whole gateway's instructions per call, nothing stubbed: a quick before/after of one change.
 
     With `baseline` (a source tree, e.g. `git archive <commit> | tar -x -C DIR`), this tree and that one run
@@ -117,7 +129,7 @@ async def gateway_only(calls: int, baseline: Path | None, rounds: int) -> None:
                 port = overhead.free_port()
                 config = overhead.write_config(Path(tmp), port, unsandboxed=True)
                 program = [*stubbed_gateway([]), "serve", "--config", str(config), "--log-level", "WARNING"]
-                total = await count(program, "/servers/everything/mcp", config, port, calls, source)
+                total = await count(program, "/servers/everything/mcp", config, port, calls, source, era)
             counts[label].append(total)
             print(f"{label}: {total / 1e6:.2f} Minstr/tools/call ({calls} calls)")
     if baseline is not None or rounds > 1:
@@ -127,19 +139,20 @@ async def gateway_only(calls: int, baseline: Path | None, rounds: int) -> None:
             print(f"gateway / baseline: {medians['gateway'] / medians['baseline']:.3f}")
 
 
-async def measure(calls: int) -> None:
+async def measure(calls: int, era: str) -> None:
     floor = overhead.REPO / "benchmarks" / "floor.py"
+    answer = ERAS[era][1]
     rows: dict[str, float] = {}
-    for label, flags in (("SDK server, echo in process", ["--json"]), ("SDK bridge to stdio", ["--bridge", "--json"])):
+    for label, flags in (("SDK server, echo in process", answer), ("SDK bridge to stdio", ["--bridge", *answer])):
         port = overhead.free_port()
-        rows[label] = await count([str(floor), "--port", str(port), *flags], "/mcp", None, port, calls)
+        rows[label] = await count([str(floor), "--port", str(port), *flags], "/mcp", None, port, calls, era=era)
     for stages in ([], *([s] for s in STUBS)):
         with tempfile.TemporaryDirectory() as tmp:
             port = overhead.free_port()
             config = overhead.write_config(Path(tmp), port, unsandboxed=True)
             program = [*stubbed_gateway(stages), "serve", "--config", str(config), "--log-level", "WARNING"]
             label = "gateway" if not stages else f"gateway without {stages[0]}"
-            rows[label] = await count(program, "/servers/everything/mcp", config, port, calls)
+            rows[label] = await count(program, "/servers/everything/mcp", config, port, calls, era=era)
     total, bridge, sdk = rows["gateway"], rows["SDK bridge to stdio"], rows["SDK server, echo in process"]
     parts = {
         "SDK server transport (floor)": sdk,
@@ -149,7 +162,7 @@ async def measure(calls: int) -> None:
     parts["gateway: the rest (edge, grant, pipeline, front)"] = (
         total - bridge - sum(v for k, v in parts.items() if k.startswith("gateway:"))
     )
-    print(f"instructions per tools/call ({calls} calls each; millions)\n")
+    print(f"instructions per tools/call, {era} ({calls} calls each; millions)\n")
     print("| run | Minstr/call |\n|---|---|")
     for label, value in rows.items():
         print(f"| {label} | {value / 1e6:.2f} |")
@@ -164,9 +177,10 @@ if __name__ == "__main__":
     parser.add_argument("--gateway-only", action="store_true", help="only the whole gateway, no stages or floors")
     parser.add_argument("--baseline", type=Path, metavar="DIR", help="with --gateway-only: also this source tree")
     parser.add_argument("--rounds", type=int, default=1, help="with --gateway-only: runs of each tree, in turn")
+    parser.add_argument("--era", choices=ERAS, default="2026-07-28", help="the clients' protocol era")
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     args = parser.parse_args()
     if args.gateway_only:
-        anyio.run(gateway_only, args.calls, args.baseline, args.rounds)
+        anyio.run(gateway_only, args.calls, args.baseline, args.rounds, args.era)
     else:
-        anyio.run(measure, args.calls)
+        anyio.run(measure, args.calls, args.era)
