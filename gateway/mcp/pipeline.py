@@ -65,7 +65,7 @@ from gateway.mcp.views import View
 from gateway.spend.budgets import Budgets
 from gateway.spend.metering import Meter
 from gateway.telemetry import OFF, Off, Tracing
-from gateway.upstream import Downstream, Upstream
+from gateway.upstream import Downstream, Upstream, lean
 
 log = logging.getLogger("gateway.pipeline")
 
@@ -241,19 +241,22 @@ class Pipeline:
         ) -> Awaitable[types.CallToolResult | types.InputRequiredResult]:
             return self.telemetry.upstream_call(  # a span only when traces are on; meta: the context to pass on
                 call,
-                lambda meta: call.upstream.request(
-                    call.principal,
-                    lambda s: s.call_tool(
-                        call.name,
-                        arguments,
-                        progress_callback=metered.progress,
-                        input_responses=responses,
-                        request_state=state,
-                        allow_input_required=True,
-                        meta=meta,
-                    ),
-                    metered,
-                ),
+                lambda meta: call.upstream.request(call.principal, lambda s: one(s, responses, state, meta), metered),
+            )
+
+        def one(
+            s: ClientSession, responses: types.InputResponses | None, state: str | None, meta: Any
+        ) -> Awaitable[types.CallToolResult | types.InputRequiredResult]:
+            if responses is None and state is None:  # the first round, built here: sent lean (upstream/lean.py)
+                return lean.call_tool(s, call.name, arguments, meta=meta, progress_callback=metered.progress)
+            return s.call_tool(
+                call.name,
+                arguments,
+                progress_callback=metered.progress,
+                input_responses=responses,
+                request_state=state,
+                allow_input_required=True,
+                meta=meta,
             )
 
         outcome, error = "ok", None

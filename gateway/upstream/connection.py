@@ -78,31 +78,57 @@ def _complete_by_default(item: Any) -> None:
         item.message.result.setdefault("resultType", "complete")
 
 
+class _Watched:
+    """A transport's read stream that sets `closed` when the server side of it ends (and reads absent result
+    tags as complete once the connection speaks 2026-07-28).
+
+    It wraps the stream rather than pumping it into another one: a pump costs every message from the server
+    a second stream hop and a task switch.
+    """
+
+    def __init__(self, inner: Any, closed: anyio.Event, modern: Callable[[], bool]) -> None:
+        self._inner = inner
+        self._closed = closed
+        self._modern = modern
+
+    async def receive(self) -> Any:
+        try:
+            item = await self._inner.receive()
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream):
+            self._closed.set()
+            raise anyio.EndOfStream from None
+        if self._modern():
+            _complete_by_default(item)
+        return item
+
+    def __aiter__(self) -> _Watched:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        self._closed.set()
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> _Watched:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
 @contextlib.asynccontextmanager
 async def _watched(transport: Any, closed: anyio.Event, modern: Callable[[], bool]) -> AsyncIterator[Any]:
-    """Wrap a transport so `closed` fires when the server side of it ends (and absent result tags read complete
-    once the connection speaks 2026-07-28)."""
+    """Enter a transport with its read stream watched (`_Watched`); `closed` fires when it ends, or on exit."""
     async with transport as (read, write):
-        send, receive = anyio.create_memory_object_stream[Any](0)
-
-        async def pump() -> None:
-            try:
-                async with send:
-                    async for item in read:
-                        if modern():
-                            _complete_by_default(item)
-                        await send.send(item)
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream):
-                pass
-            finally:
-                closed.set()
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(pump)
-            try:
-                yield receive, write
-            finally:
-                tg.cancel_scope.cancel()
+        try:
+            yield _Watched(read, closed, modern), write
+        finally:
+            closed.set()
 
 
 class Connection:
