@@ -9,10 +9,12 @@ Migrations (sqlite_schema.py) are applied at open.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from gateway.config.dirs import private_dir
@@ -35,23 +37,53 @@ from gateway.store.base import (
 )
 from gateway.store.sqlite_schema import MIGRATIONS, statements
 
-_RESERVE = """
-    UPDATE sessions SET calls = calls + :calls, tokens = tokens + :tokens, last_seen = :now,
-        usage_day = :usage_day, usage_minute = :usage_minute, usage_tool = :usage_tool
+
+@functools.cache
+def _reserve_statement(daily: bool, per_minute: bool, capped: bool) -> str:
+    """The reservation for an ask carrying these limits, as one atomic statement: a limit the ask does not carry
+    has no condition and no rollup (its usage column is written NULL), so no NULL is bound for it (sqlite3
+    adapts each None parameter through failed attribute lookups) and its day or minute is never computed."""
+    rollups = ", ".join(
+        (
+            "usage_day = :day" if daily else "usage_day = NULL",
+            "usage_minute = :minute" if per_minute else "usage_minute = NULL",
+            "usage_tool = :tool" if capped else "usage_tool = NULL",
+        )
+    )
+    limits = "".join(
+        condition
+        for condition, carried in (
+            (
+                " AND coalesce((SELECT tokens FROM agent_days WHERE agent = sessions.agent AND day = :day), 0)"
+                " + :tokens < :daily",
+                daily,
+            ),
+            (
+                " AND coalesce((SELECT calls FROM agent_minutes WHERE agent = sessions.agent AND minute = :minute), 0)"
+                " + :calls <= :per_minute",
+                per_minute,
+            ),
+        )
+        if carried
+    )
+    refused = "blocked IS NOT NULL OR calls + :calls > :cap" if capped else "blocked IS NOT NULL"
+    return f"""
+    UPDATE sessions SET calls = calls + :calls, tokens = tokens + :tokens, last_seen = :now, {rollups}
     WHERE sid = :sid AND state = 'active' AND expires_at > :now AND last_seen + idle_timeout > :now
       AND (calls_limit IS NULL OR calls + :calls <= calls_limit)
-      AND (tokens_limit IS NULL OR tokens + :tokens < tokens_limit)
-      AND (:daily IS NULL OR coalesce(
-            (SELECT tokens FROM agent_days WHERE agent = sessions.agent AND day = :day), 0) + :tokens < :daily)
-      AND (:per_minute IS NULL OR coalesce(
-            (SELECT calls FROM agent_minutes WHERE agent = sessions.agent AND minute = :minute), 0) + :calls
-            <= :per_minute)
-      AND NOT EXISTS (SELECT 1 FROM session_tools WHERE sid = :sid AND tool = :tool
-            AND (blocked IS NOT NULL OR (:cap IS NOT NULL AND calls + :calls > :cap)))
-    RETURNING *
+      AND (tokens_limit IS NULL OR tokens + :tokens < tokens_limit){limits}
+      AND NOT EXISTS (SELECT 1 FROM session_tools WHERE sid = :sid AND tool = :tool AND ({refused}))
+    RETURNING {rows.SESSION_SELECT}
 """
 
+
 _LIVE = "state IN ('active', 'suspended')"
+_SETTLE = (  # no minute or tool to roll up: NULLs let the trigger skip a settlement without a day
+    "UPDATE sessions SET tokens = tokens + ?, usage_day = {}, usage_minute = NULL, usage_tool = NULL "
+    "WHERE sid = ? RETURNING tokens, tokens_limit, agent"
+)
+_SETTLE_DAY, _SETTLE_NO_DAY = _SETTLE.format("?"), _SETTLE.format("NULL")  # NULL written, not bound (a None costs)
+_SESSION = f"SELECT {rows.SESSION_SELECT} FROM sessions WHERE sid = ?"  # read on every request
 
 
 class SQLiteStore:
@@ -64,7 +96,7 @@ class SQLiteStore:
     # ------------------------------------------------------------ plumbing
 
     async def open(self) -> None:
-        with self._errors():
+        with _ERRORS:
             private_dir(self.path.parent)
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.row_factory = sqlite3.Row
@@ -90,7 +122,7 @@ class SQLiteStore:
             self._db = None
 
     async def ping(self) -> None:
-        with self._errors():
+        with _ERRORS:
             self._conn().execute("SELECT 1").fetchone()
 
     async def watch(self, on_change: ChangeListener) -> None:
@@ -102,16 +134,9 @@ class SQLiteStore:
         return self._db
 
     @contextmanager
-    def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"session store error: {exc}") from exc
-
-    @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         db = self._conn()
-        with self._errors():
+        with _ERRORS:
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
@@ -121,16 +146,16 @@ class SQLiteStore:
             db.execute("COMMIT")
 
     def _one(self, sql: str, *args: Any) -> sqlite3.Row | None:
-        with self._errors():
+        with _ERRORS:
             row: sqlite3.Row | None = self._conn().execute(sql, args).fetchone()
             return row
 
     def _all(self, sql: str, *args: Any) -> list[sqlite3.Row]:
-        with self._errors():
+        with _ERRORS:
             return self._conn().execute(sql, args).fetchall()
 
     def _run(self, sql: str, *args: Any) -> int:
-        with self._errors():
+        with _ERRORS:
             return self._conn().execute(sql, args).rowcount
 
     # ------------------------------------------------------------ agents
@@ -165,7 +190,7 @@ class SQLiteStore:
         return rows.agent(row) if row else None
 
     async def create_agent(self, agent: AgentRecord) -> bool:
-        with self._errors():
+        with _ERRORS:
             try:
                 self._conn().execute(
                     """INSERT INTO agents (id, owner, cost_center, source, disabled, created_at, secret_hash, jwks,
@@ -222,15 +247,15 @@ class SQLiteStore:
         return True
 
     async def get_session(self, sid: str) -> SessionRecord | None:
-        row = self._one("SELECT * FROM sessions WHERE sid = ?", sid)
-        return rows.session(row) if row else None
+        row = self._one(_SESSION, sid)
+        return rows.session_of(row) if row else None
 
     async def list_sessions(
         self, agent: str | None = None, state: SessionState | None = None, now: float | None = None
     ) -> list[SessionRecord]:
         found = self._all(
-            f"""SELECT * FROM sessions WHERE (?1 IS NULL OR agent = ?1) AND (?2 IS NULL OR {rows.state_at("?3")} = ?2)
-                ORDER BY created_at""",
+            f"""SELECT {rows.SESSION_SELECT} FROM sessions
+                WHERE (?1 IS NULL OR agent = ?1) AND (?2 IS NULL OR {rows.state_at("?3")} = ?2) ORDER BY created_at""",
             agent,
             state,
             now,
@@ -243,8 +268,8 @@ class SQLiteStore:
                 f"UPDATE sessions SET state = ?, reason = ?, ended_at = ? WHERE sid = ? AND {_LIVE}",
                 (state, reason, now, sid),
             ).rowcount
-            row = db.execute("SELECT * FROM sessions WHERE sid = ?", (sid,)).fetchone()
-        return rows.session(row) if changed and row else None
+            row = db.execute(_SESSION, (sid,)).fetchone()
+        return rows.session_of(row) if changed and row else None
 
     async def end_agent_sessions(self, agent: str, state: SessionState, reason: str, now: float) -> list[str]:
         with self._tx() as db:
@@ -260,47 +285,48 @@ class SQLiteStore:
             expired = db.execute(
                 f"""UPDATE sessions SET state = 'expired', reason = 'expired',
                       ended_at = min(expires_at, last_seen + idle_timeout)
-                    WHERE {_LIVE} AND (expires_at <= ? OR last_seen + idle_timeout <= ?) RETURNING *""",
+                    WHERE {_LIVE} AND (expires_at <= ? OR last_seen + idle_timeout <= ?)
+                    RETURNING {rows.SESSION_SELECT}""",
                 (now, now),
             ).fetchall()
-        return [rows.session(r) for r in expired]
+        return [rows.session_of(r) for r in expired]
 
     async def renew_session(self, sid: str, expires_at: float, now: float) -> SessionRecord | None:
         row = self._one(
             f"""UPDATE sessions SET expires_at = min(?, max_expires_at), last_seen = ?
-                WHERE sid = ? AND {_LIVE} AND expires_at > ? AND last_seen + idle_timeout > ? RETURNING *""",
+                WHERE sid = ? AND {_LIVE} AND expires_at > ? AND last_seen + idle_timeout > ?
+                RETURNING {rows.SESSION_SELECT}""",
             expires_at,
             now,
             sid,
             now,
             now,
         )
-        return rows.session(row) if row else None
+        return rows.session_of(row) if row else None
 
     async def touch_session(self, sid: str, now: float) -> None:
         self._run("UPDATE sessions SET last_seen = ? WHERE sid = ? AND last_seen < ?", now, sid, now)
 
     async def reserve(self, ask: Ask) -> Reservation:
-        params = {
+        daily, per_minute, cap = ask.daily_tokens, ask.calls_per_minute, ask.tool_cap
+        params: dict[str, Any] = {
             "sid": ask.sid,
             "now": ask.now,
             "calls": ask.calls,
             "tokens": ask.tokens,
-            "day": ask.day,
-            "minute": ask.minute,
             "tool": ask.tool,
-            "cap": ask.tool_cap,
-            "daily": ask.daily_tokens,
-            "per_minute": ask.calls_per_minute,
-            # what the trigger rolls up: only the counters whose limit the ask carries
-            "usage_day": ask.counted_day,
-            "usage_minute": ask.counted_minute,
-            "usage_tool": ask.counted_tool,
         }
-        with self._errors():
-            row = self._conn().execute(_RESERVE, params).fetchone()
+        if daily is not None:
+            params.update(day=ask.day, daily=daily)
+        if per_minute is not None:
+            params.update(minute=ask.minute, per_minute=per_minute)
+        if cap is not None:
+            params["cap"] = cap
+        statement = _reserve_statement(daily is not None, per_minute is not None, cap is not None)
+        with _ERRORS:
+            row = self._conn().execute(statement, params).fetchone()
         if row is not None:
-            return Reservation(rows.session(row), True)
+            return Reservation(rows.session_of(row), True)
         session = await self.get_session(ask.sid)
         return session_refusal(session, ask) or refusal(session, ask, self._counters(ask))
 
@@ -347,11 +373,10 @@ class SQLiteStore:
         with self._tx() as db:
             if not _first_use(db, key, sid, tokens, now):
                 return None
-            row = db.execute(  # no minute or tool to roll up: NULLs let the trigger skip a settlement without a day
-                "UPDATE sessions SET tokens = tokens + ?, usage_day = ?, usage_minute = NULL, usage_tool = NULL "
-                "WHERE sid = ? RETURNING tokens, tokens_limit, agent",
-                (tokens, day, sid),
-            ).fetchone()
+            if day is None:
+                row = db.execute(_SETTLE_NO_DAY, (tokens, sid)).fetchone()
+            else:
+                row = db.execute(_SETTLE_DAY, (tokens, day, sid)).fetchone()
             if row is None:
                 return None
             total = None
@@ -415,13 +440,13 @@ class SQLiteStore:
                 f"""UPDATE sessions SET state = 'active', reason = NULL, stop = NULL, last_seen = ?,
                       calls_limit = CASE WHEN calls_limit IS NULL THEN NULL ELSE max(calls_limit, calls) + ? END,
                       tokens_limit = CASE WHEN tokens_limit IS NULL THEN NULL ELSE max(tokens_limit, tokens) + ? END
-                    WHERE sid = ? AND {_LIVE} RETURNING *""",
+                    WHERE sid = ? AND {_LIVE} RETURNING {rows.SESSION_SELECT}""",
                 (now, add_calls, add_tokens, sid),
             ).fetchone()
             if row is None:
                 return None
             db.execute("UPDATE session_tools SET blocked = NULL WHERE sid = ?", (sid,))
-        return rows.session(row)
+        return rows.session_of(row)
 
     # ------------------------------------------------------------ replay cache, checkpoints
 
@@ -475,6 +500,24 @@ class SQLiteStore:
     async def get_checkpoint(self, instance: str) -> dict[str, Any] | None:
         row = self._one("SELECT * FROM checkpoints WHERE instance = ?", instance)
         return dict(row) if row else None
+
+
+class _StoreErrors:
+    """Any sqlite3 error raised inside as `StoreUnavailable`. A class, not `@contextmanager`: it wraps every
+    statement, and a generator-based one costs a generator and two resumptions each time; stateless, so one
+    instance serves every use."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if isinstance(exc, sqlite3.Error):
+            raise StoreUnavailable(f"session store error: {exc}") from exc
+
+
+_ERRORS = _StoreErrors()
 
 
 def _first_use(db: sqlite3.Connection, key: str, sid: str, tokens: int, now: float) -> bool:

@@ -37,9 +37,11 @@ operations = st.lists(
 
 
 class Model:
-    """The limits as plain Python: what the one SQL statement must agree with."""
+    """The limits as plain Python: what the one SQL statement must agree with. `daily` and `per_minute`: whether
+    the asks carry those limits (an agent without one keeps no counter for it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, daily: bool = True, per_minute: bool = True) -> None:
+        self.daily, self.per_minute = daily, per_minute
         self.calls = self.tokens = self.capped = 0
         self.days: dict[str, int] = {}
         self.minutes: dict[int, int] = {}
@@ -49,9 +51,9 @@ class Model:
         checks = (
             ("session_calls", self.calls + 1 <= CALLS),
             ("session_tokens", self.tokens + tokens < TOKENS),
-            ("daily_tokens", self.days.get(day, 0) + tokens < DAILY),
+            ("daily_tokens", not self.daily or self.days.get(day, 0) + tokens < DAILY),
             ("tool_calls", tool != "srv.capped" or self.capped + 1 <= CAP),
-            ("calls_per_minute", self.minutes.get(minute, 0) + 1 <= PER_MINUTE),
+            ("calls_per_minute", not self.per_minute or self.minutes.get(minute, 0) + 1 <= PER_MINUTE),
         )
         for name, fits in checks:
             if not fits:
@@ -59,13 +61,16 @@ class Model:
         self.calls += 1
         self.tokens += tokens
         self.capped += tool == "srv.capped"
-        self.days[day] = self.days.get(day, 0) + tokens
-        self.minutes[minute] = self.minutes.get(minute, 0) + 1
+        if self.daily:
+            self.days[day] = self.days.get(day, 0) + tokens
+        if self.per_minute:
+            self.minutes[minute] = self.minutes.get(minute, 0) + 1
         return None
 
     def settle(self, tokens: int, now: float) -> None:
         self.tokens += tokens
-        self.days[utc_day(now)] = self.days.get(utc_day(now), 0) + tokens
+        if self.daily:
+            self.days[utc_day(now)] = self.days.get(utc_day(now), 0) + tokens
 
     def deny(self, now: float) -> int | None:
         minute = int(now // 60)
@@ -80,20 +85,24 @@ class Model:
         self.calls -= 1
         self.tokens -= tokens
         self.capped -= tool == "srv.capped"
-        self.days[utc_day(then)] -= tokens
+        if self.daily:
+            self.days[utc_day(then)] -= tokens
 
 
-async def _run(path: Path, ops: list[tuple[Any, ...]]) -> None:
+async def _run(path: Path, ops: list[tuple[Any, ...]], daily: bool, per_minute: bool) -> None:
     store = SQLiteStore(path)
     await store.open()
     try:
-        await agrees_with_the_model(store, ops)
+        await agrees_with_the_model(store, ops, daily=daily, per_minute=per_minute)
     finally:
         await store.close()
 
 
-async def agrees_with_the_model(store: Store, ops: list[tuple[Any, ...]]) -> None:
-    """Run `ops` on a fresh store (session "s" of agent "a") and the model side by side."""
+async def agrees_with_the_model(
+    store: Store, ops: list[tuple[Any, ...]], *, daily: bool = True, per_minute: bool = True
+) -> None:
+    """Run `ops` on a fresh store (session "s" of agent "a") and the model side by side; the asks carry the daily
+    and per-minute limits as `daily` and `per_minute` say (the tool cap: on calls to srv.capped)."""
     now = START
     await store.create_session(
         SessionRecord(
@@ -114,7 +123,7 @@ async def agrees_with_the_model(store: Store, ops: list[tuple[Any, ...]]) -> Non
         ),
         None,
     )
-    model = Model()
+    model = Model(daily, per_minute)
     granted: list[Ask] = []  # reservations not released yet
     settled: set[int] = set()
     run = secrets.token_hex(4)  # keys of this run only (a store may be reused across examples)
@@ -123,7 +132,7 @@ async def agrees_with_the_model(store: Store, ops: list[tuple[Any, ...]]) -> Non
             now += op[1]
         elif op[0] == "settle":
             _, tokens, key = op
-            await store.settle("s", tokens, now, True, f"{run}-call-{key}")
+            await store.settle("s", tokens, now, daily, f"{run}-call-{key}")
             if key not in settled:
                 settled.add(key)
                 model.settle(tokens, now)
@@ -146,8 +155,8 @@ async def agrees_with_the_model(store: Store, ops: list[tuple[Any, ...]]) -> Non
                 tokens=tokens,
                 tool=tool,
                 tool_cap=cap,
-                daily_tokens=DAILY,
-                calls_per_minute=PER_MINUTE,
+                daily_tokens=DAILY if daily else None,
+                calls_per_minute=PER_MINUTE if per_minute else None,
             )
             result = await store.reserve(ask)
             expected = model.reserve(tool, tokens, now)
@@ -163,7 +172,8 @@ async def agrees_with_the_model(store: Store, ops: list[tuple[Any, ...]]) -> Non
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(ops=operations)
-def test_the_reservation_statement_grants_exactly_what_every_limit_allows(tmp_path_factory, ops):
+@given(ops=operations, daily=st.booleans(), per_minute=st.booleans())
+def test_the_reservation_statement_grants_exactly_what_every_limit_allows(tmp_path_factory, ops, daily, per_minute):
+    """Every combination of limits an ask carries (each is its own SQLite statement) against the model."""
     path = tmp_path_factory.mktemp("store") / "gateway.db"
-    anyio.run(_run, path, ops)
+    anyio.run(_run, path, ops, daily, per_minute)
