@@ -1,7 +1,7 @@
 """The gateway beside other MCP proxies and gateways, fronting the same tool on the same machine.
 
     .venv/bin/python benchmarks/peers.py [--rounds 3] [--calls 1000] [--sequential 300] [--clients 8]
-                                         [--only NAME ...] [--quick]
+                                         [--only NAME ...] [--quick | --short]
 
 Installs each peer from PyPI into its own virtual environment under benchmarks/.peers/ (git-ignored; kept
 between runs, `--reinstall` starts afresh): mcp-proxy (sparfenyuk, stdio to streamable HTTP, no controls),
@@ -620,6 +620,11 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients (default %(default)s)")
     parser.add_argument("--only", nargs="+", choices=["gateway", *PACKAGES], help="measure only these")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 round of 100 calls each")
+    parser.add_argument(
+        "--short",
+        action="store_true",
+        help="2 rounds of 200 sequential and 600 calls each: about 6 minutes on a 2-core machine",
+    )
     parser.add_argument("--reinstall", action="store_true", help="recreate the peers' venvs from PyPI")
     parser.add_argument(
         "--contextforge-stateless",
@@ -629,6 +634,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.calls, args.sequential = 1, 100, 100
+    elif args.short:
+        args.rounds, args.calls, args.sequential = 2, 600, 200
     if args.calls < args.clients:
         parser.error("--calls must be at least --clients")
     overhead.RESULTS.mkdir(parents=True, exist_ok=True)

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
@@ -24,6 +24,8 @@ from gateway.errors import GatewayError, OperatorError, Unavailable
 from gateway.operations import Operations
 
 if TYPE_CHECKING:
+    from jinja2 import Environment
+
     from gateway.console.deps import ConsoleDeps
 
 MAX_FORM = 16_384  # bytes: a console form is a few short fields
@@ -63,7 +65,10 @@ def base(request: Request) -> str:
 
 
 def templates() -> Environment:
-    """The console's templates, every value autoescaped."""
+    """The console's templates, every value autoescaped. Jinja2 is imported here, at the first page: most
+    gateways never serve one, and its import is 1 MB of every gateway's RSS (benchmarks/rss.py)."""
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
     env = Environment(
         loader=PackageLoader("gateway.console", "templates"),
         autoescape=select_autoescape(default=True, default_for_string=True),
@@ -76,7 +81,10 @@ class Web:
     def __init__(self, deps: ConsoleDeps) -> None:
         self.deps = deps
         self.auth = ConsoleAuth(deps)
-        self.env = templates()
+
+    @cached_property
+    def env(self) -> Environment:
+        return templates()
 
     def ops(self, operator: Operator) -> Operations:
         """The CLI's operations, audited with this operator as the actor (console:<who>)."""

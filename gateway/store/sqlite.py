@@ -86,6 +86,13 @@ _SETTLE_DAY, _SETTLE_NO_DAY = _SETTLE.format("?"), _SETTLE.format("NULL")  # NUL
 _SESSION = f"SELECT {rows.SESSION_SELECT} FROM sessions WHERE sid = ?"  # read on every request
 
 
+# SQLite's page cache, per connection. Its default (2,000 KiB) filled over the first 20,000 calls as the
+# settlement keys (one a call, random, kept a day) spread over the index, and showed as RSS growing between
+# benchmark runs (benchmarks/rss.py: +1.8 MB; +0.1 MB with this). The hot rows (a session, its limits) fit in
+# a few pages, and a page the cache drops is a read from the OS's file cache.
+CACHE_KIB = 256
+
+
 class SQLiteStore:
     """Every `Store` role over one SQLite file."""
 
@@ -103,6 +110,7 @@ class SQLiteStore:
             db.execute("PRAGMA busy_timeout = 5000")
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
+            db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             self._db = db
             self._migrate()
         self.path.chmod(0o600)
