@@ -242,19 +242,7 @@ class PostgresStore:
                 """INSERT INTO agents (id, owner, cost_center, source, disabled, created_at, secret_hash, jwks,
                    grant_spec, workload, secret_at, keys_at, lifecycle)
                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT DO NOTHING""",
-                agent.id,
-                agent.owner,
-                agent.cost_center,
-                agent.source,
-                agent.disabled,
-                agent.created_at,
-                agent.secret_hash,
-                rows.dump(agent.jwks),
-                rows.dump(agent.grant),
-                rows.dump(agent.workload),
-                agent.secret_at,
-                agent.keys_at,
-                rows.dump(agent.lifecycle),
+                *rows.new_agent(agent),
             )
             > 0
         )

@@ -35,6 +35,25 @@ class Row(Protocol):
     def __getitem__(self, key: str, /) -> Any: ...
 
 
+def new_agent(agent: AgentRecord) -> tuple[Any, ...]:
+    """`create_agent`'s row values, in its INSERT's column order (both backends; SQLite stores the bool as 0 or 1)."""
+    return (
+        agent.id,
+        agent.owner,
+        agent.cost_center,
+        agent.source,
+        agent.disabled,
+        agent.created_at,
+        agent.secret_hash,
+        dump(agent.jwks),
+        dump(agent.grant),
+        dump(agent.workload),
+        agent.secret_at,
+        agent.keys_at,
+        dump(agent.lifecycle),
+    )
+
+
 def config_agent(agent: AgentRecord, now: float) -> tuple[Any, ...]:
     """`sync_config_agents`' row values for an agents.yaml agent: id, owner, cost center, created, jwks, grant,
     workload, keys_at (when its keys were set: now, if it has any)."""

@@ -204,21 +204,7 @@ class SQLiteStore:
                     """INSERT INTO agents (id, owner, cost_center, source, disabled, created_at, secret_hash, jwks,
                        grant_spec, workload, secret_at, keys_at, lifecycle)
                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                    (
-                        agent.id,
-                        agent.owner,
-                        agent.cost_center,
-                        agent.source,
-                        int(agent.disabled),
-                        agent.created_at,
-                        agent.secret_hash,
-                        rows.dump(agent.jwks),
-                        rows.dump(agent.grant),
-                        rows.dump(agent.workload),
-                        agent.secret_at,
-                        agent.keys_at,
-                        rows.dump(agent.lifecycle),
-                    ),
+                    rows.new_agent(agent),
                 )
             except sqlite3.IntegrityError:
                 return False
