@@ -41,6 +41,7 @@ from gateway.config.files import AgentSpec, GatewayConfig, load_agents, load_gat
 from gateway.errors import ConfigError, Unavailable, UpstreamError
 from gateway.http.transport import mcp_endpoint
 from gateway.mcp.views import View
+from gateway.tasks import OwnedTasks
 from gateway.upstream.manifests import UpstreamSpec, load_manifests, manifest_files
 
 if TYPE_CHECKING:
@@ -137,24 +138,20 @@ class ServerEndpoints:
         self.security = security
         self.edge = edge
         self._stops: dict[str, anyio.Event] = {}
-        self._tg: anyio.abc.TaskGroup | None = None  # where the added endpoints serve, while `run()` is entered
+        self._tasks = OwnedTasks()  # where the added endpoints serve, while `run()` is entered
 
     @contextlib.asynccontextmanager
     async def run(self) -> AsyncIterator[None]:
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            try:
-                yield
-            finally:
-                self._tg = None
-                tg.cancel_scope.cancel()
+        async with self._tasks.run():
+            yield
 
     @staticmethod
     def path(name: str) -> str:
         return f"/servers/{name}/mcp"
 
     async def add(self, name: str) -> None:
-        if self.path(name) in self.edge.apps or self._tg is None:
+        tasks = self._tasks.group
+        if self.path(name) in self.edge.apps or tasks is None:
             return
         endpoint = mcp_endpoint(self.front, View(self.upstreams, self.names, name), self.security)
         stop = self._stops[name] = anyio.Event()
@@ -164,7 +161,7 @@ class ServerEndpoints:
                 task_status.started()
                 await stop.wait()
 
-        await self._tg.start(serve)
+        await tasks.start(serve)
         self.edge.apps[self.path(name)] = endpoint
         self.edge.resources.add(self.path(name))
 
@@ -207,7 +204,7 @@ class Reloader:
         self.endpoints = endpoints
         self.config_path = config_path  # None: gateway.yaml is not watched (agents.yaml and manifests still are)
         self._lock = anyio.Lock()
-        self._tg: anyio.abc.TaskGroup | None = None  # polling, SIGHUP and retiring servers, while `run()` is entered
+        self._tasks = OwnedTasks()  # polling, SIGHUP and retiring servers, while `run()` is entered
         self._seen: dict[str, str | None] = {}
 
     def hashes(self, config: GatewayConfig | None = None) -> dict[str, str | None]:
@@ -224,16 +221,11 @@ class Reloader:
     async def run(self) -> AsyncIterator[Reloader]:
         """Poll the files (and listen for SIGHUP) until exit."""
         self._seen = self.hashes()
-        async with self.endpoints.run(), anyio.create_task_group() as tg:
-            self._tg = tg
+        async with self.endpoints.run(), self._tasks.run() as tg:
             tg.start_soon(self._poll)
             if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGHUP"):
                 tg.start_soon(self._on_sighup)
-            try:
-                yield self
-            finally:
-                self._tg = None
-                tg.cancel_scope.cancel()
+            yield self
 
     async def _poll(self) -> None:
         while True:
@@ -359,8 +351,8 @@ class Reloader:
         }
 
     def _spawn(self, fn: Any, *args: Any) -> None:
-        if self._tg is not None:
-            self._tg.start_soon(fn, *args)
+        if self._tasks.group is not None:
+            self._tasks.group.start_soon(fn, *args)
 
     async def _retire(self, upstream: Upstream, removed: bool) -> None:
         """Let the calls in flight finish, then stop the server (and its endpoint, if it is gone for good)."""

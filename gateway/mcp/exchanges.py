@@ -29,6 +29,7 @@ from mcp.shared.exceptions import MCPError
 
 from gateway.errors import Unavailable
 from gateway.identity.sealing import InvalidEnvelope, Sealer
+from gateway.tasks import OwnedTasks
 from gateway.upstream import Downstream
 from gateway.upstream.caller import CALLER
 
@@ -147,18 +148,13 @@ class Exchanges:
         # another process's exchange of the same session; the random prefix makes ids unique across them.
         self._prefix = secrets.token_urlsafe(8)
         self._ids = itertools.count(1)
-        self._tg: anyio.abc.TaskGroup | None = None  # where paused calls run, while `run()` is entered
+        self._tasks = OwnedTasks()  # where paused calls run, while `run()` is entered
 
     @contextlib.asynccontextmanager
     async def run(self) -> AsyncIterator[None]:
         """Own the task group the exchanges' calls run in; leaving it cancels the ones still running."""
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            try:
-                yield
-            finally:
-                self._tg = None
-                tg.cancel_scope.cancel()
+        async with self._tasks.run():
+            yield
 
     async def start(self, sid: str, leg: Downstream, work: Work, method: str = "tools/call") -> Any:
         """Run `work` in the background and answer this leg with its result or its first questions.
@@ -166,10 +162,11 @@ class Exchanges:
         Raises:
             Unavailable: the gateway is not running (or is stopping).
         """
-        if self._tg is None:
+        tasks = self._tasks.group
+        if tasks is None:
             raise Unavailable("the gateway is not running")
         exchange = Exchange(f"{self._prefix}.{next(self._ids)}", sid, self.ttl, method)
-        self._tg.start_soon(self._run, exchange, work)
+        tasks.start_soon(self._run, exchange, work)
         return await self._leg(exchange, leg)
 
     async def resume(

@@ -21,6 +21,7 @@ from mcp.client.session import ClientSession
 from mcp.shared.exceptions import MCPError
 
 from gateway.errors import UpstreamError, UpstreamTimeout
+from gateway.tasks import OwnedTasks
 from gateway.upstream.caller import CALLER, Caller
 from gateway.upstream.connection import Connection, Downstream
 from gateway.upstream.manifests import UpstreamSpec
@@ -332,7 +333,7 @@ class Upstreams:
     ) -> None:
         self.stderr_dir = stderr_dir
         self.servers: dict[str, Upstream] = {name: Upstream(spec, self) for name, spec in specs.items()}
-        self._tg: anyio.abc.TaskGroup | None = None
+        self._tasks = OwnedTasks()  # every connection's supervisor, while `run()` is entered
         self._change_listeners: list[ChangeListener] = []
         self._update_listeners: list[UpdateListener] = []
         self._log_listeners: list[LogListener] = []
@@ -366,9 +367,9 @@ class Upstreams:
             await listener(connection, uri)
 
     def spawn(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
-        if self._tg is None:
+        if self._tasks.group is None:
             raise UpstreamError("the gateway is shutting down")
-        self._tg.start_soon(fn, *args)
+        self._tasks.group.start_soon(fn, *args)
 
     def release(self, sid: str) -> None:
         for upstream in self.servers.values():
@@ -384,22 +385,18 @@ class Upstreams:
         Raises:
             UpstreamError: the gateway is shutting down.
         """
-        if self._tg is None:
+        tasks = self._tasks.group
+        if tasks is None:
             raise UpstreamError("the gateway is shutting down")
         upstream = Upstream(spec, self)
-        await self._tg.start(upstream.main.run)
+        await tasks.start(upstream.main.run)
         return upstream
 
     @contextlib.asynccontextmanager
     async def run(self) -> AsyncIterator[Upstreams]:
         """Connect every upstream (waiting for each first attempt) and keep them up until exit."""
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
+        async with self._tasks.run() as tg:
             async with anyio.create_task_group() as starting:
                 for upstream in self.servers.values():
                     starting.start_soon(tg.start, upstream.main.run)
-            try:
-                yield self
-            finally:
-                self._tg = None
-                tg.cancel_scope.cancel()
+            yield self
