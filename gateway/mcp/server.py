@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import mcp_types as types
@@ -47,6 +47,9 @@ log = logging.getLogger("gateway.front")
 
 ENTERPRISE_MANAGED_AUTHORIZATION = "io.modelcontextprotocol/enterprise-managed-authorization"
 Ctx = ServerRequestContext[Any, Any]
+R = TypeVar("R")
+# How a pausable request starts: given the principal, the request's leg and how its forward may pause.
+Start = Callable[[Principal, "ContextDownstream", Pause | None], Awaitable[R | types.InputRequiredResult]]
 
 _RESULT_TYPES: dict[str, type[Any]] = {
     "sampling/createMessage": types.CreateMessageResult,
@@ -299,9 +302,18 @@ class _Handlers:
         exchanges = self.front.exchanges
         return lambda work: exchanges.start(leg.sid, leg, work, method)
 
-    async def _resume(self, leg: ContextDownstream, params: Any, method: str) -> Any:
-        """The client's next leg of a paused request: its answers go to the exchange its requestState names."""
-        return await self.front.exchanges.resume(leg.sid, params.request_state, params.input_responses, leg, method)
+    async def _pausable(self, ctx: Ctx, params: Any, method: str, start: Start[R]) -> R | types.InputRequiredResult:
+        """A request that may pause for the client's answers (tools/call, resources/read, prompts/get): the
+        client's next leg of a paused one goes to the exchange its requestState names; a new one is `start`ed
+        with the principal, this leg and how it may pause."""
+        principal = self._principal(ctx)
+        leg = ContextDownstream(ctx, principal.sid)
+        async with self._errors(ctx, principal):
+            if params.request_state is not None:
+                return await self.front.exchanges.resume(  # type: ignore[no-any-return]
+                    leg.sid, params.request_state, params.input_responses, leg, method
+                )
+            return await start(principal, leg, self._pause(ctx, leg, method))
 
     # ------------------------------------------------------------ tools
 
@@ -315,20 +327,15 @@ class _Handlers:
     async def call_tool(
         self, ctx: Ctx, params: types.CallToolRequestParams
     ) -> types.CallToolResult | types.InputRequiredResult:
-        principal = self._principal(ctx)
-        leg = ContextDownstream(ctx, principal.sid)
-        async with self._errors(ctx, principal):  # stops and a down upstream are answered as tool results already
-            if params.request_state is not None:
-                return await self._resume(leg, params, "tools/call")  # type: ignore[no-any-return]
-            return await self.pipeline.call_tool(
-                self.view,
-                principal,
-                params.name,
-                params.arguments,
-                request_fields(ctx),
-                leg,
-                self._pause(ctx, leg, "tools/call"),
-            )
+        # Stops and a down upstream are answered as tool results already.
+        return await self._pausable(
+            ctx,
+            params,
+            "tools/call",
+            lambda principal, leg, pause: self.pipeline.call_tool(
+                self.view, principal, params.name, params.arguments, request_fields(ctx), leg, pause
+            ),
+        )
 
     # ------------------------------------------------------------ resources
 
@@ -343,14 +350,14 @@ class _Handlers:
     async def read_resource(
         self, ctx: Ctx, params: types.ReadResourceRequestParams
     ) -> types.ReadResourceResult | types.InputRequiredResult:
-        principal = self._principal(ctx)
-        leg = ContextDownstream(ctx, principal.sid)
-        async with self._errors(ctx, principal):
-            if params.request_state is not None:
-                return await self._resume(leg, params, "resources/read")  # type: ignore[no-any-return]
-            return await self.pipeline.read_resource(
-                self.view, principal, params.uri, request_fields(ctx), leg, self._pause(ctx, leg, "resources/read")
-            )
+        return await self._pausable(
+            ctx,
+            params,
+            "resources/read",
+            lambda principal, leg, pause: self.pipeline.read_resource(
+                self.view, principal, params.uri, request_fields(ctx), leg, pause
+            ),
+        )
 
     def _listener(self, ctx: Ctx) -> Listener:
         mcp_session = ctx.request.headers.get("mcp-session-id") if ctx.request is not None else None
@@ -430,20 +437,14 @@ class _Handlers:
     async def get_prompt(
         self, ctx: Ctx, params: types.GetPromptRequestParams
     ) -> types.GetPromptResult | types.InputRequiredResult:
-        principal = self._principal(ctx)
-        leg = ContextDownstream(ctx, principal.sid)
-        async with self._errors(ctx, principal):
-            if params.request_state is not None:
-                return await self._resume(leg, params, "prompts/get")  # type: ignore[no-any-return]
-            return await self.pipeline.get_prompt(
-                self.view,
-                principal,
-                params.name,
-                params.arguments,
-                request_fields(ctx),
-                leg,
-                self._pause(ctx, leg, "prompts/get"),
-            )
+        return await self._pausable(
+            ctx,
+            params,
+            "prompts/get",
+            lambda principal, leg, pause: self.pipeline.get_prompt(
+                self.view, principal, params.name, params.arguments, request_fields(ctx), leg, pause
+            ),
+        )
 
     async def complete(self, ctx: Ctx, params: types.CompleteRequestParams) -> types.CompleteResult:
         principal = self._principal(ctx)
