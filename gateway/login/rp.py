@@ -17,7 +17,6 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import httpx2 as httpx
-from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
 from gateway.config.files import IdentityProvider, OidcClient
 from gateway.errors import AuthError, Unavailable
@@ -88,6 +87,8 @@ class RelyingParty:
         Raises:
             Unavailable: discovery failed.
         """
+        from authlib.oauth2.rfc7636 import create_s256_code_challenge  # at the first sign-in (grants.py says why)
+
         document = await self.discovery()
         query = urlencode(
             {
