@@ -27,7 +27,7 @@ import httpx2
 import mcp_types as types
 from mcp import Client
 from mcp.client.session import ClientRequestContext, ClientSession, IncomingMessage
-from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.message import SessionMessage
 from mcp.shared.subscriptions import event_to_notification
@@ -42,6 +42,7 @@ from gateway.metrics import METRICS
 from gateway.upstream.caller import CALLER, Caller
 from gateway.upstream.http_client import mcp_http_client
 from gateway.upstream.manifests import UpstreamSpec
+from gateway.upstream.stdio import StdioTransport, bind
 
 log = logging.getLogger("gateway.upstream")
 RESTARTS = METRICS.counter("gateway_upstream_restarts_total", "Upstream reconnects after a failure", ["server"])
@@ -182,7 +183,10 @@ class Connection:
             try:
                 async with contextlib.AsyncExitStack() as stack:
                     errlog = stack.enter_context(self._errlog())
-                    client = await stack.enter_async_context(self._client_for(closed, errlog))
+                    client, stdio = self._client_for(closed, errlog)
+                    await stack.enter_async_context(client)
+                    if stdio is not None:
+                        bind(client.session, stdio)  # its first-round tools/calls go lean (upstream/lean.py)
                     self._client = client
                     self.protocol_version = client.protocol_version
                     _declare_per_request(client.session)
@@ -276,8 +280,10 @@ class Connection:
     def up(self) -> bool:
         return self._client is not None and self._ready.is_set()
 
-    def _client_for(self, closed: anyio.Event, errlog: Any) -> Client:
+    def _client_for(self, closed: anyio.Event, errlog: Any) -> tuple[Client, StdioTransport | None]:
+        """The client for one connection attempt, and the stdio transport under it (None over HTTP)."""
         spec = self.spec
+        stdio: StdioTransport | None = None
         if spec.transport == "stdio":
             assert spec.command is not None and spec.cwd is not None and spec.work is not None
             for directory in (spec.work, spec.work / "tmp", spec.cwd):
@@ -286,7 +292,8 @@ class Connection:
             if spec.sandbox is not None:  # the launcher restricts itself, then execs the command
                 command, args = spec.sandbox.launch(command, args)
             params = StdioServerParameters(command=command, args=args, env=spec.env, cwd=spec.cwd)
-            transport: Any = stdio_client(params, errlog=errlog)
+            stdio = StdioTransport(params, errlog)
+            transport: Any = stdio.open()
         else:
             assert spec.url is not None
             http = mcp_http_client(headers=spec.headers or None)
@@ -295,7 +302,7 @@ class Connection:
         # that opened it declared; a shared one what the gateway can relay, each request checked against its
         # own caller (ContextDownstream.ask). On 2026-07-28 every request declares its caller's own.
         relay = self.caller.has if self.caller is not None else (lambda _capability: True)
-        return Client(
+        client = Client(
             _watched(transport, closed, lambda: self.modern),
             mode=self._mode(),
             sampling_callback=self._sampling if relay("sampling") else None,
@@ -305,6 +312,7 @@ class Connection:
             client_info=types.Implementation(name="mcp-identity-gateway", version=__version__),
             cache=None,
         )
+        return client, stdio
 
     def _mode(self) -> str:
         """The SDK client's `mode` for this connection's era (manifest `protocol:`)."""

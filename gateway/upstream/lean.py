@@ -9,6 +9,10 @@ headers are exactly what the SDK would send), and sent through the session's own
 the same pipes, id correlation, progress routing, timeout and `notifications/cancelled` on
 abandonment — and its result is validated once, into the same result union the session uses.
 
+Over stdio the request skips the dispatcher too: the connection's own transport (gateway/upstream/stdio.py)
+writes it to the pipe and hands its answer back with the dispatcher's semantics; it declines (and the
+dispatcher sends it) when it cannot send exactly the same request.
+
 Later rounds (input responses, request state) keep `ClientSession.call_tool`.
 """
 
@@ -21,6 +25,9 @@ from mcp.client.extension import UnexpectedClaimedResult
 from mcp.client.session import ClientSession, _later_revision_fields
 from mcp.shared.dispatcher import CallOptions, ProgressFnT
 from mcp.shared.inbound import MCP_NAME_HEADER, encode_header_value
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+from gateway.upstream import stdio
 
 
 async def call_tool(
@@ -47,12 +54,20 @@ async def call_tool(
     data: dict[str, Any] = {"method": "tools/call", "params": params}
     opts: CallOptions = {}
     session._stamp(data, opts)  # the era's _meta and headers, the caller's capabilities (connection.py)
-    opts.setdefault("headers", {}).setdefault(MCP_NAME_HEADER, encode_header_value(name))
-    if session._session_read_timeout_seconds is not None:
-        opts["timeout"] = session._session_read_timeout_seconds
-    if progress_callback is not None:
-        opts["on_progress"] = progress_callback
-    raw = await session._dispatcher.send_raw_request("tools/call", data["params"], opts)
+    timeout = session._session_read_timeout_seconds
+    pipe = stdio.lane(session)
+    raw = None
+    if pipe is not None:  # a stdio upstream: straight to its pipe (upstream/stdio.py), unless that declines
+        raw = await pipe.request("tools/call", data["params"], timeout=timeout, on_progress=progress_callback)
+        if raw is not None and session.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            raw.setdefault("resultType", "complete")  # as the connection's watched read stream fills it in
+    if raw is None:
+        opts.setdefault("headers", {}).setdefault(MCP_NAME_HEADER, encode_header_value(name))
+        if timeout is not None:
+            opts["timeout"] = timeout
+        if progress_callback is not None:
+            opts["on_progress"] = progress_callback
+        raw = await session._dispatcher.send_raw_request("tools/call", data["params"], opts)
     foreign = _later_revision_fields("tools/call", session._negotiated_version or "2025-11-25")
     if not foreign.isdisjoint(raw):  # a later revision's fields, outside the negotiated contract (as the session)
         raw = {key: value for key, value in raw.items() if key not in foreign}
