@@ -1,4 +1,5 @@
-"""A plain tools/call goes out on the session's own dispatcher, not through `ClientSession.call_tool`,
+"""A plain tools/call goes out on the session's own dispatcher (an in-memory or HTTP connection; a stdio one
+writes it to its pipe, tests/test_stdio_transport.py), not through `ClientSession.call_tool`,
 and keeps what the SDK's request machinery gave it: the session's stamp, id correlation, progress
 routing, `notifications/cancelled` on abandonment, and the same typed result. (`ClientSession.call_tool`
 refuses to run in every test here.) The connection's read stream is watched in place, without a pump."""
