@@ -7,7 +7,9 @@ streams, and streaming 2026-07-28 requests — goes to the SSE manager. The JSON
 path spares the SSE machinery a task pair and a memory stream per call, which is
 most of what a tools/call costs the transport. Of those, a plain `tools/call` goes
 to the fast lane (fastlane.py), which answers it without the SDK's session when it can,
-and leaves it to the JSON manager when it cannot.
+and leaves it to the JSON manager when it cannot. A handshake-era POST on an established
+MCP session is parsed once too: the SSE manager's lane side (handshake.py) answers a
+plain tools/call as one JSON body, and hands everything else to that manager.
 """
 
 from __future__ import annotations
@@ -21,12 +23,12 @@ from mcp.server.lowlevel import Server
 from mcp.server.streamable_http_manager import DEFAULT_MAX_REQUEST_BODY_SIZE, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import LOG_LEVEL_META_KEY
-from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway.http.fastlane import FastLane
+from gateway.http.handshake import LaneSessionManager
 from gateway.http.headers import RequestHeaders
-from gateway.http.resumable import ResumableSessionManager
 from gateway.telemetry import Tracing
 
 if TYPE_CHECKING:
@@ -34,15 +36,15 @@ if TYPE_CHECKING:
     from gateway.mcp.views import View
 
 _MODERN = frozenset(MODERN_PROTOCOL_VERSIONS)
+_HANDSHAKE = frozenset(HANDSHAKE_PROTOCOL_VERSIONS)
 
 
 def mcp_endpoint(front: Front, view: View, security: TransportSecuritySettings) -> McpEndpoint:
     """The endpoint of one view: its SDK server, and the fast lane in front of it."""
     server = front.server(view)
     traced = isinstance(front.telemetry, Tracing)
-    return McpEndpoint(
-        server, security, FastLane(front.pipeline, front.shared, front.session_ended, view, server, traced=traced)
-    )
+    lane = FastLane(front.pipeline, front.shared, front.session_ended, view, server, front.fanout, traced=traced)
+    return McpEndpoint(server, security, lane)
 
 
 class McpEndpoint:
@@ -50,8 +52,8 @@ class McpEndpoint:
 
     def __init__(self, server: Server[Any], security: TransportSecuritySettings, lane: FastLane | None = None) -> None:
         # Handshake-era sessions' SSE streams are resumable (priming event, retry, Last-Event-ID):
-        # gateway/http/resumable.py.
-        self.streaming = ResumableSessionManager(app=server, json_response=False, security_settings=security)
+        # gateway/http/resumable.py; their plain tools/calls take the lane (gateway/http/handshake.py).
+        self.streaming = LaneSessionManager(app=server, json_response=False, security_settings=security)
         self.plain = StreamableHTTPSessionManager(app=server, json_response=True, security_settings=security)
         self.lane = lane  # plain tools/calls, answered without the SDK session (gateway/http/fastlane.py)
 
@@ -78,19 +80,22 @@ class McpEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = RequestHeaders.of(scope)
         length = headers.content_length or ""
-        if (
-            scope["method"] == "POST"
-            and headers.protocol_version in _MODERN
-            and length.isdigit()
-            and int(length) <= DEFAULT_MAX_REQUEST_BODY_SIZE
-        ):
-            body, receive = await _buffered(receive)
-            message = _parsed(body) if body is not None else None
-            if message is not None and _needs_no_stream(message):
-                if self.lane is not None and await self.lane.serve(message, headers, scope, send):
+        if scope["method"] == "POST" and length.isdigit() and int(length) <= DEFAULT_MAX_REQUEST_BODY_SIZE:
+            if headers.protocol_version in _MODERN:
+                body, receive = await _buffered(receive)
+                message = _parsed(body) if body is not None else None
+                if message is not None and _needs_no_stream(message):
+                    if self.lane is not None and await self.lane.serve(message, headers, scope, send):
+                        return
+                    await self.plain.handle_request(scope, receive, send)
                     return
-                await self.plain.handle_request(scope, receive, send)
-                return
+            elif (
+                self.lane is not None and headers.mcp_session_id is not None and headers.protocol_version in _HANDSHAKE
+            ):
+                body, receive = await _buffered(receive)
+                message = _parsed(body) if body is not None else None
+                if message is not None and await self.streaming.serve(self.lane, message, headers, scope, send):
+                    return
         await self.streaming.handle_request(scope, receive, send)
 
 

@@ -91,6 +91,19 @@ def request_fields(ctx: Ctx) -> dict[str, Any]:
     }
 
 
+def cannot_ask(caller: Caller, method: str, *, can_send_request: bool) -> types.ErrorData | None:
+    """Why the client behind a request cannot be asked an input request of `method` on it, or None if it can:
+    a 2026-07-28 client is never asked mid-request, nor one whose request's channel carries no request, nor one
+    that did not declare the capability (a shared upstream declared what the gateway can relay)."""
+    if caller.modern or not can_send_request:
+        return types.ErrorData(code=types.INVALID_REQUEST, message="the client cannot receive requests")
+    if not caller.answers(method):
+        return types.ErrorData(
+            code=types.METHOD_NOT_FOUND, message=f"the client did not declare the capability {method} needs"
+        )
+    return None
+
+
 @contextlib.asynccontextmanager
 async def map_errors(modern: bool, session_ended: Callable[[], Awaitable[None]] | None = None) -> AsyncIterator[None]:
     """The one boundary between the gateway's exceptions and the MCP errors an agent is answered with.
@@ -124,12 +137,9 @@ class ContextDownstream:
 
     async def ask(self, request: types.InputRequest, key: str | None = None) -> types.InputResponse | types.ErrorData:
         ctx = self.ctx
-        if is_modern(ctx) or not ctx.session.can_send_request:
-            return types.ErrorData(code=types.INVALID_REQUEST, message="the client cannot receive requests")
-        if not caller_of(ctx).answers(request.method):  # a shared upstream declared what the gateway can relay
-            return types.ErrorData(
-                code=types.METHOD_NOT_FOUND, message=f"the client did not declare the capability {request.method} needs"
-            )
+        refused = cannot_ask(caller_of(ctx), request.method, can_send_request=ctx.session.can_send_request)
+        if refused is not None:
+            return refused
         result_type = _RESULT_TYPES[request.method]
         if isinstance(request, types.CreateMessageRequest) and request.params.tools:
             result_type = types.CreateMessageResultWithTools
