@@ -8,7 +8,11 @@ sequence) and offers `request`: one line written straight to the pipe, under the
 takes too (so lines never interleave), with an id from a space of its own (`lean-N`: never one of the
 dispatcher's integers, nor a string it would coerce to one). The reader hands the answer to that id
 straight to its waiter, as a dict; every other line reaches the SDK's read stream as `stdio_client` would
-hand it (`_parse_line`), so server requests, notifications and the SDK's own answers are untouched.
+hand it (`_parse_line`), so server requests, notifications and the SDK's own answers are untouched. An answer
+that follows lines handed to the session while its call was pending (a log line the call caused, say) goes
+through that stream too, and is settled as the session takes it: the session dispatches those lines first, as
+it would have dispatched them before resolving its own request, so a log relayed to the caller's stream is
+never overtaken by the answer that closes it.
 
 `request` keeps the dispatcher's semantics (`JSONRPCDispatcher.send_raw_request`): the progress token is the
 request id (progress notifications for it are routed to the callback and still teed to the session, as the
@@ -78,17 +82,63 @@ def bind(session: ClientSession, transport: StdioTransport) -> None:
 
 
 class _Waiter:
-    __slots__ = ("answered", "outcome", "on_progress")
+    __slots__ = ("answered", "outcome", "on_progress", "handed")
 
-    def __init__(self, on_progress: ProgressFnT | None) -> None:
+    def __init__(self, on_progress: ProgressFnT | None, handed: int) -> None:
         self.answered = anyio.Event()
         self.outcome: dict[str, Any] | ErrorData | None = None  # None once answered: the connection closed
         self.on_progress = on_progress
+        self.handed = handed  # the lines handed to the session when the request went out
 
     def settle(self, outcome: dict[str, Any] | ErrorData | None) -> None:
         if not self.answered.is_set():  # a second answer to one id is dropped, as the dispatcher drops it
             self.outcome = outcome
             self.answered.set()
+
+
+class _InOrder:
+    """A lean answer that waits its turn in the session's read stream (see the module docstring)."""
+
+    __slots__ = ("waiter", "outcome")
+
+    def __init__(self, waiter: _Waiter, outcome: dict[str, Any] | ErrorData) -> None:
+        self.waiter = waiter
+        self.outcome = outcome
+
+
+_Item = SessionMessage | Exception | _InOrder
+
+
+class _SessionStream:
+    """The session's read stream: it settles the `_InOrder` answers it passes, and hands on everything else."""
+
+    def __init__(self, inner: MemoryObjectReceiveStream[_Item]) -> None:
+        self._inner = inner
+
+    async def receive(self) -> SessionMessage | Exception:
+        while True:
+            item = await self._inner.receive()
+            if not isinstance(item, _InOrder):
+                return item
+            item.waiter.settle(item.outcome)
+
+    def __aiter__(self) -> _SessionStream:
+        return self
+
+    async def __anext__(self) -> SessionMessage | Exception:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> _SessionStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
 
 class StdioTransport:
@@ -103,7 +153,8 @@ class StdioTransport:
         self._closed = True  # until open() runs, and again once the pipes are gone
         self._shutting_down = False
         self._stdin: anyio.abc.ByteSendStream | None = None
-        self._to_session: MemoryObjectSendStream[SessionMessage | Exception] | None = None
+        self._to_session: MemoryObjectSendStream[_Item] | None = None
+        self._handed = 0  # lines handed to the session so far
         self._tg: anyio.abc.TaskGroup | None = None
 
     @contextlib.asynccontextmanager
@@ -124,7 +175,7 @@ class StdioTransport:
             cwd=server.cwd,
         )
         # As in stdio_client: no awaits until the task group is entered, or a cancellation would leak the process.
-        to_session, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+        to_session, read_stream = anyio.create_memory_object_stream[_Item](0)
         write_stream, from_session = anyio.create_memory_object_stream[SessionMessage](0)
         assert process.stdin is not None and process.stdout is not None
         self._stdin, self._to_session, self._closed = process.stdin, to_session, False
@@ -134,7 +185,7 @@ class StdioTransport:
             tg.start_soon(self._read, process, to_session)
             tg.start_soon(self._write_session, from_session, writer_done)
             try:
-                yield read_stream, write_stream
+                yield _SessionStream(read_stream), write_stream
             finally:
                 self._shutting_down = True
                 with anyio.CancelScope(shield=True):  # every wait inside is bounded (stdio_client's shutdown)
@@ -152,9 +203,7 @@ class StdioTransport:
 
     # ------------------------------------------------------------ pipes
 
-    async def _read(
-        self, process: ServerProcess, to_session: MemoryObjectSendStream[SessionMessage | Exception]
-    ) -> None:
+    async def _read(self, process: ServerProcess, to_session: MemoryObjectSendStream[_Item]) -> None:
         assert process.stdout is not None
         stdout = TextReceiveStream(
             process.stdout, encoding=self._server.encoding, errors=self._server.encoding_error_handler
@@ -167,15 +216,22 @@ class StdioTransport:
                         lines = (buffer + chunk).split("\n")
                         buffer = lines.pop()
                         for line in lines:
-                            if self._pending and _MARK in line and self._answered(line):
-                                continue
-                            item = _parse_line(line)
-                            if self._pending and isinstance(item, SessionMessage) and self._routed(item.message):
+                            answer: tuple[_Waiter, dict[str, Any] | ErrorData] | None = None
+                            if self._pending and _MARK in line:
+                                answer = self._answered(line)
+                            if answer is None:
+                                item = _parse_line(line)
+                                if self._pending and isinstance(item, SessionMessage):
+                                    answer = self._routed(item.message)
+                            if answer is not None and answer[0].handed == self._handed:
+                                answer[0].settle(answer[1])  # nothing reached the session meanwhile
                                 continue
                             try:
-                                await to_session.send(item)
+                                await to_session.send(item if answer is None else _InOrder(*answer))
                             except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                                 return
+                            if answer is None:
+                                self._handed += 1
                 finally:
                     self._lost()  # the pipe ended: every lean waiter fails now, as the dispatcher's fan-out
                     await _drain_stdout(process)
@@ -214,29 +270,28 @@ class StdioTransport:
 
     # ------------------------------------------------------------ the lean request
 
-    def _answered(self, line: str) -> bool:
-        """Settle a lean waiter from a plain result line, parsed once; anything else is left to `_parse_line`."""
+    def _answered(self, line: str) -> tuple[_Waiter, dict[str, Any]] | None:
+        """A lean waiter and its result from a plain result line, parsed once; else None (for `_parse_line`)."""
         try:
             message = pydantic_core.from_json(line)
         except ValueError:
-            return False
+            return None
         if type(message) is not dict or message.get("jsonrpc") != "2.0" or "method" in message or "error" in message:
-            return False
+            return None
         request_id, result = message.get("id"), message.get("result")
         waiter = self._pending.get(request_id) if type(request_id) is str else None
         if waiter is None or type(result) is not dict:
-            return False
-        waiter.settle(result)
-        return True
+            return None
+        return waiter, result
 
-    def _routed(self, message: JSONRPCMessage) -> bool:
-        """Settle a lean waiter from a validated answer (True), or route a lean progress notification (teed on)."""
+    def _routed(self, message: JSONRPCMessage) -> tuple[_Waiter, dict[str, Any] | ErrorData] | None:
+        """A lean waiter and its outcome from a validated answer, or None (a lean progress notification is routed
+        to its callback, and teed on)."""
         if isinstance(message, JSONRPCResponse | JSONRPCError):
             waiter = self._pending.get(message.id) if isinstance(message.id, str) else None
             if waiter is None:
-                return False
-            waiter.settle(message.result if isinstance(message, JSONRPCResponse) else message.error)
-            return True
+                return None
+            return waiter, message.result if isinstance(message, JSONRPCResponse) else message.error
         if isinstance(message, JSONRPCNotification) and message.method == "notifications/progress":
             match message.params:  # the dispatcher's own test of a progress notification
                 case {"progressToken": str() as token, "progress": int() | float() as progress, **fields} if (
@@ -252,7 +307,7 @@ class StdioTransport:
                         float(total) if isinstance(total, int | float) else None,
                         text if isinstance(text, str) else None,
                     )
-        return False
+        return None
 
     async def request(
         self,
@@ -293,7 +348,7 @@ class StdioTransport:
             line = pydantic_core.to_json(envelope, inf_nan_mode="null") + b"\n"  # model_dump_json's bytes
         except pydantic_core.PydanticSerializationError:
             return None
-        waiter = self._pending[request_id] = _Waiter(on_progress)
+        waiter = self._pending[request_id] = _Waiter(on_progress, self._handed)
         written = False
         try:
             await anyio.lowlevel.checkpoint_if_cancelled()
