@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/breakdown.py [--calls 200] [--era 2025-11-25]
     .venv/bin/python benchmarks/breakdown.py --gateway-only [--baseline DIR --rounds 3] [--era 2025-11-25]
+        [--upstream http]
 
 Runs the gateway (and the SDK floors) under valgrind's callgrind, counting instructions
 only while a client makes `--calls` sequential echo calls through /servers/everything/mcp
@@ -11,12 +12,15 @@ sees it; the floors then answer on SSE too, without the gateway's resumability: 
 no priming event). Each stage's cost is what the count drops by when that stage is turned
 into a no-op (`--without STAGE` runs the gateway with it stubbed out; see STUBS). The
 transport's cost is the SDK server's own floor (an in-process echo), the upstream client's
-is a bare SDK bridge minus that floor. Needs valgrind (Debian's package).
+is a bare SDK bridge minus that floor. With `--upstream http` the gateway-only calls go to
+/servers/everything-http/mcp instead: server-everything over streamable HTTP (the handshake era, answers
+on SSE). Needs valgrind (Debian's package).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import os
 import re
@@ -24,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -114,7 +119,29 @@ async def count(
     return total / calls
 
 
-async def gateway_only(calls: int, baseline: Path | None, rounds: int, era: str) -> None:
+@contextlib.contextmanager
+def everything_http(upstream: str) -> Iterator[str | None]:
+    """With `upstream` "http", server-everything over streamable HTTP on a free loopback port (its /mcp URL)."""
+    if upstream != "http":
+        yield None
+        return
+    port = overhead.free_port()
+    preload = overhead.REPO / "tests" / "support" / "loopback-preload.cjs"
+    process = subprocess.Popen(
+        ["node", "-r", str(preload), str(overhead.EVERYTHING), "streamableHttp"],
+        env={**os.environ, "PORT": str(port)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        overhead.wait_port(port, process, what="server-everything over HTTP")
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+async def gateway_only(calls: int, baseline: Path | None, rounds: int, era: str, upstream: str) -> None:
     """The whole gateway's instructions per call, nothing stubbed: a quick before/after of one change.
 
     With `baseline` (a source tree, e.g. `git archive <commit> | tar -x -C DIR`), this tree and that one run
@@ -123,15 +150,17 @@ async def gateway_only(calls: int, baseline: Path | None, rounds: int, era: str)
     """
     sources = {"gateway": overhead.REPO, **({"baseline": baseline} if baseline is not None else {})}
     counts: dict[str, list[float]] = {label: [] for label in sources}
-    for _ in range(rounds):
-        for label, source in sources.items():
-            with tempfile.TemporaryDirectory() as tmp:
-                port = overhead.free_port()
-                config = overhead.write_config(Path(tmp), port, unsandboxed=True)
-                program = [*stubbed_gateway([]), "serve", "--config", str(config), "--log-level", "WARNING"]
-                total = await count(program, "/servers/everything/mcp", config, port, calls, source, era)
-            counts[label].append(total)
-            print(f"{label}: {total / 1e6:.2f} Minstr/tools/call ({calls} calls)")
+    path = "/servers/everything-http/mcp" if upstream == "http" else "/servers/everything/mcp"
+    with everything_http(upstream) as url:
+        for _ in range(rounds):
+            for label, source in sources.items():
+                with tempfile.TemporaryDirectory() as tmp:
+                    port = overhead.free_port()
+                    config = overhead.write_config(Path(tmp), port, unsandboxed=True, http_upstream=url)
+                    program = [*stubbed_gateway([]), "serve", "--config", str(config), "--log-level", "WARNING"]
+                    total = await count(program, path, config, port, calls, source, era)
+                counts[label].append(total)
+                print(f"{label}: {total / 1e6:.2f} Minstr/tools/call ({calls} calls)")
     if baseline is not None or rounds > 1:
         medians = {label: statistics.median(values) for label, values in counts.items()}
         print(", ".join(f"{label} median {value / 1e6:.2f}" for label, value in medians.items()))
@@ -178,9 +207,12 @@ if __name__ == "__main__":
     parser.add_argument("--baseline", type=Path, metavar="DIR", help="with --gateway-only: also this source tree")
     parser.add_argument("--rounds", type=int, default=1, help="with --gateway-only: runs of each tree, in turn")
     parser.add_argument("--era", choices=ERAS, default="2026-07-28", help="the clients' protocol era")
+    parser.add_argument(
+        "--upstream", choices=["stdio", "http"], default="stdio", help="with --gateway-only: server-everything's"
+    )
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     args = parser.parse_args()
     if args.gateway_only:
-        anyio.run(gateway_only, args.calls, args.baseline, args.rounds, args.era)
+        anyio.run(gateway_only, args.calls, args.baseline, args.rounds, args.era, args.upstream)
     else:
         anyio.run(measure, args.calls, args.era)

@@ -143,7 +143,7 @@ def write_config(root: Path, port: int, *, unsandboxed: bool = False, http_upstr
         servers["everything-http"] = {"transport": "http", "url": http_upstream, "tools": "*"}
         echo_tools.append("everything-http.echo")
     for name, manifest in servers.items():
-        if unsandboxed:
+        if unsandboxed and manifest["transport"] == "stdio":  # an http manifest has no sandbox to turn off
             manifest["sandbox"] = "off"
         (manifests / f"{name}.yaml").write_text(yaml.safe_dump({"name": name, "owner": "b@example.com", **manifest}))
     (root / "agents.yaml").write_text(

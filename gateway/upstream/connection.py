@@ -28,7 +28,6 @@ import mcp_types as types
 from mcp import Client
 from mcp.client.session import ClientRequestContext, ClientSession, IncomingMessage
 from mcp.client.stdio import StdioServerParameters
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.message import SessionMessage
 from mcp.shared.subscriptions import event_to_notification
 from mcp_types import CLIENT_CAPABILITIES_META_KEY
@@ -41,6 +40,7 @@ from gateway.errors import UpstreamError
 from gateway.metrics import METRICS
 from gateway.upstream.caller import CALLER, Caller
 from gateway.upstream.http_client import mcp_http_client
+from gateway.upstream.http_transport import streamable_http
 from gateway.upstream.manifests import UpstreamSpec
 from gateway.upstream.stdio import StdioTransport, bind
 
@@ -432,7 +432,7 @@ async def _set_when(stop: anyio.Event, closed: anyio.Event) -> None:
 def _http_transport(url: str, http: httpx2.AsyncClient) -> Any:
     @contextlib.asynccontextmanager
     async def transport() -> AsyncIterator[Any]:
-        async with http, streamable_http_client(url, http_client=http) as streams:
+        async with http, streamable_http(url, http) as streams:
             yield streams
 
     return transport()
