@@ -34,7 +34,8 @@ class Fingerprints:
         self._key = key
 
     def of(self, value: Any) -> str:
-        """A JSON value, canonically (sorted keys): equal values, equal fingerprints, whatever their key order."""
+        """A JSON value canonically (sorted keys: equal values, equal fingerprints, whatever their key order); a
+        model (a result) as its own JSON, in its fields' order, which is fixed by its type."""
         if isinstance(value, BaseModel):
             return self.of_bytes(value.model_dump_json(by_alias=True, exclude_none=True).encode())
         return self.of_bytes(fingerprinted(value))
