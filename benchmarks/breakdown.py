@@ -10,9 +10,11 @@ in the protocol era `--era` (2026-07-28 by default: sessionless, answered as JSO
 an initialized MCP session whose calls are answered on SSE streams, as a handshake-era client
 sees it; the floors then answer on SSE too, without the gateway's resumability: no event store,
 no priming event). Each stage's cost is what the count drops by when that stage is turned
-into a no-op (`--without STAGE` runs the gateway with it stubbed out; see STUBS). The
-transport's cost is the SDK server's own floor (an in-process echo), the upstream client's
-is a bare SDK bridge minus that floor. With `--upstream http` the gateway-only calls go to
+into a no-op (`--without STAGE` runs the gateway with it stubbed out; see STUBS). The SDK
+floors (its server answering an in-process echo; a bare SDK bridge to the same stdio server) are
+printed beside the gateway for scale: the gateway's fast lane and its stdio pipes bypass most of both,
+so what is left once the stages are stubbed out (the HTTP server, the edge, the lane, the pipeline, the
+upstream pipes) is one row, the whole gateway minus its stages. With `--upstream http` the gateway-only calls go to
 /servers/everything-http/mcp instead: server-everything over streamable HTTP (the handshake era, answers
 on SSE). Needs valgrind (Debian's package).
 """
@@ -182,15 +184,9 @@ async def measure(calls: int, era: str) -> None:
             program = [*stubbed_gateway(stages), "serve", "--config", str(config), "--log-level", "WARNING"]
             label = "gateway" if not stages else f"gateway without {stages[0]}"
             rows[label] = await count(program, "/servers/everything/mcp", config, port, calls, era=era)
-    total, bridge, sdk = rows["gateway"], rows["SDK bridge to stdio"], rows["SDK server, echo in process"]
-    parts = {
-        "SDK server transport (floor)": sdk,
-        "SDK client to the upstream": bridge - sdk,
-        **{f"gateway: {stage}": total - rows[f"gateway without {stage}"] for stage in STUBS},
-    }
-    parts["gateway: the rest (edge, grant, pipeline, front)"] = (
-        total - bridge - sum(v for k, v in parts.items() if k.startswith("gateway:"))
-    )
+    total = rows["gateway"]
+    parts = {stage: total - rows[f"gateway without {stage}"] for stage in STUBS}
+    parts["the rest: HTTP server, edge, grant, fast lane, pipeline, upstream pipes"] = total - sum(parts.values())
     print(f"instructions per tools/call, {era} ({calls} calls each; millions)\n")
     print("| run | Minstr/call |\n|---|---|")
     for label, value in rows.items():
