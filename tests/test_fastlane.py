@@ -118,15 +118,22 @@ CALLS = {
 TAKEN = set(CALLS) - {"bad_arguments"}  # all but malformed requests
 
 
+# Random sequences of calls, and two that are always tried: a session stopped after two calls, and every kind.
+CALL_SEQUENCES = given(
+    calls=st.lists(st.tuples(st.sampled_from(sorted(CALLS)), st.text("abcxyz", min_size=1, max_size=8)), max_size=6)
+)
+STOPPED_AFTER_TWO = example(calls=[("granted", "a"), ("granted", "b"), ("granted", "c"), ("constraint", "d")])
+EVERY_KIND = example(calls=[(kind, "x") for kind in sorted(CALLS)])
+
 # On the aggregate view names are namespaced, and a result's resource links are renamed there.
 VIEWS = pytest.mark.parametrize(("path", "prefix"), [(PATH, ""), ("/mcp", "everything__")])
 
 
 @VIEWS
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(calls=st.lists(st.tuples(st.sampled_from(sorted(CALLS)), st.text("abcxyz", min_size=1, max_size=8)), max_size=6))
-@example(calls=[("granted", "a"), ("granted", "b"), ("granted", "c"), ("constraint", "d")])  # stopped after two
-@example(calls=[(kind, "x") for kind in sorted(CALLS)])
+@CALL_SEQUENCES
+@STOPPED_AFTER_TWO
+@EVERY_KIND
 async def test_the_lane_and_the_sdk_path_answer_and_record_alike(
     gw: Harness, sdk_reached: list[str], path: str, prefix: str, calls: list[tuple[str, str]]
 ) -> None:
@@ -266,9 +273,9 @@ def endpoint_of(gw: Harness, path: str = PATH) -> Any:
 
 @VIEWS
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(calls=st.lists(st.tuples(st.sampled_from(sorted(CALLS)), st.text("abcxyz", min_size=1, max_size=8)), max_size=6))
-@example(calls=[("granted", "a"), ("granted", "b"), ("granted", "c"), ("constraint", "d")])  # stopped after two
-@example(calls=[(kind, "x") for kind in sorted(CALLS)])
+@CALL_SEQUENCES
+@STOPPED_AFTER_TWO
+@EVERY_KIND
 async def test_in_the_handshake_era_the_lane_and_the_sdk_path_answer_and_record_alike(
     gw: Harness, sdk_reached: list[str], path: str, prefix: str, calls: list[tuple[str, str]]
 ) -> None:
@@ -410,7 +417,10 @@ async def test_a_lane_call_the_client_cancels_is_cut_and_recorded_cancelled(
     assert outcome["outcome"] == "cancelled"
 
 
-async def test_a_lane_call_whose_session_ends_is_cut(gw: Harness) -> None:
+@pytest.mark.parametrize("end", ["deleted", "revoked"])
+async def test_a_lane_call_whose_session_ends_is_cut(gw: Harness, end: str) -> None:
+    """The MCP session DELETEd mid-call: the SDK's JSON-mode 500, outcome `cancelled`. The agent session revoked
+    mid-call: as a 2026-07-28 call waiting for its JSON answer, the Errors table's 401, recorded `revoked` once."""
     token = await gw.open_session("long-bot")
     sid = gw.gateway.tokens.verify(token).sid
     written = Written(gw)
@@ -424,30 +434,17 @@ async def test_a_lane_call_whose_session_ends_is_cut(gw: Harness) -> None:
 
             tg.start_soon(call)
             allowed = await written.until("tool.call", session=sid, tool=LONG)
-            assert (await http.delete(PATH, headers=session.headers())).status_code == 200
+            if end == "deleted":
+                assert (await http.delete(PATH, headers=session.headers())).status_code == 200
+            else:
+                await gw.gateway.operations("test").end_session(sid, "revoked")
         outcome = await written.until("tool.result", call_id=allowed["call_id"])
     [answer] = answers
-    assert answer.status_code == 500 and message_of(answer)["error"]["message"].startswith("Session terminated")
-    assert outcome["outcome"] == "cancelled"
-
-
-async def test_a_lane_call_cut_by_revocation_records_revoked_and_is_answered_401(gw: Harness) -> None:
-    token = await gw.open_session("long-bot")
-    sid = gw.gateway.tokens.verify(token).sid
-    written = Written(gw)
-    async with gw.http() as http:
-        session = await McpSession(http, token).open()
-        answers: list[httpx.Response] = []
-        async with anyio.create_task_group() as tg:
-
-            async def call() -> None:
-                answers.append(await session.call(1, LONG, {"duration": 30, "steps": 30}))
-
-            tg.start_soon(call)
-            allowed = await written.until("tool.call", session=sid, tool=LONG)
-            await gw.gateway.operations("test").end_session(sid, "revoked")
-        outcome = await written.until("tool.result", call_id=allowed["call_id"])
-    [answer] = answers  # as a 2026-07-28 call waiting for its JSON answer: the Errors table's 401
-    assert answer.status_code == 401 and answer.headers["www-authenticate"].startswith('Bearer error="invalid_token"')
-    assert outcome["outcome"] == "revoked"
+    if end == "deleted":
+        assert answer.status_code == 500 and message_of(answer)["error"]["message"].startswith("Session terminated")
+        assert outcome["outcome"] == "cancelled"
+    else:
+        assert answer.status_code == 401
+        assert answer.headers["www-authenticate"].startswith('Bearer error="invalid_token"')
+        assert outcome["outcome"] == "revoked"
     assert len([r for r in gw.audit("tool.result") if r["call_id"] == allowed["call_id"]]) == 1
