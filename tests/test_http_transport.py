@@ -162,9 +162,20 @@ async def test_an_upstream_gone_mid_call_and_back_is_seen_as_through_the_sdk_tra
 ) -> None:
     ours = await gone_and_back(tmp_path / "ours")
     monkeypatch.setattr(connection, "streamable_http", sdk_transport)
-    assert ours == await gone_and_back(tmp_path / "sdk")
+    theirs = await gone_and_back(tmp_path / "sdk")
+    assert ours[:-1] == theirs[:-1]  # the restart count depends on how long the server took to come back
     unavailable = "The tool server 'remote' is unavailable; the call was not completed."
     assert ours[0] == (True, {"type": "text", "text": unavailable, "annotations": None, "meta": None})
+    # The lost connection was reconnected: the restarted server's new session answers (it once stayed on the
+    # session the restarted server no longer knew, and every later call failed).
+    back = (False, {"type": "text", "text": "Echo: back", "annotations": None, "meta": None})
+    assert ours[1] == ours[2] == back
+    assert ours[3] == [
+        ("error", "upstream server 'remote' closed the connection (it will be restarted)"),
+        ("ok", None),
+        ("ok", None),
+    ]
+    assert ours[-1] >= 1 and theirs[-1] >= 1
 
 
 # ------------------------------------------------------------------ the rest of an answered stream

@@ -153,6 +153,7 @@ class Connection:
         self._stderr_dir = stderr_dir
         self._client: Client | None = None
         self._ready = anyio.Event()
+        self._lost = anyio.Event()  # set by `lost()`: this attempt's connection is gone, reconnect
         self._stop = anyio.Event()
         self._routes: list[Downstream] = []
         self._watched: set[str] = set()
@@ -178,7 +179,7 @@ class Connection:
         backoff = BACKOFF_INITIAL
         started = False
         while not self._stop.is_set():
-            closed = anyio.Event()
+            closed = self._lost = anyio.Event()
             up_since = anyio.current_time()
             try:
                 async with contextlib.AsyncExitStack() as stack:
@@ -230,6 +231,12 @@ class Connection:
 
     def close(self) -> None:
         self._stop.set()
+
+    def lost(self) -> None:
+        """A request found the connection closed: reconnect. A stdio server's pipe ending already says so;
+        an HTTP server that went away never ends the client's streams, so without this the connection would
+        stay "up" on a session the restarted server no longer knows."""
+        self._lost.set()
 
     @property
     def closed(self) -> bool:

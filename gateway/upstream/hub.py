@@ -179,6 +179,7 @@ class Upstream:
                 ) from None
             except MCPError as exc:
                 if exc.code == types.CONNECTION_CLOSED:
+                    connection.lost()
                     raise UpstreamError(
                         f"upstream server {self.name!r} closed the connection (it will be restarted)"
                     ) from exc
