@@ -72,11 +72,10 @@ class Downstream(Protocol):
 Hook = Callable[["Connection", types.ServerNotification], Awaitable[None]]
 
 
-def _complete_by_default(item: Any) -> None:
+def complete_by_default(result: dict[str, Any]) -> None:
     """A 2026-07-28 result without `resultType` is complete (the spec: clients MUST treat an absent one so);
     the SDK's strict validation would reject it, so the tag is filled in before it looks."""
-    if isinstance(item, SessionMessage) and isinstance(item.message, JSONRPCResponse):
-        item.message.result.setdefault("resultType", "complete")
+    result.setdefault("resultType", "complete")
 
 
 class _Watched:
@@ -98,8 +97,8 @@ class _Watched:
         except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream):
             self._closed.set()
             raise anyio.EndOfStream from None
-        if self._modern():
-            _complete_by_default(item)
+        if self._modern() and isinstance(item, SessionMessage) and isinstance(item.message, JSONRPCResponse):
+            complete_by_default(item.message.result)
         return item
 
     def __aiter__(self) -> _Watched:

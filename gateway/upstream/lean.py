@@ -28,6 +28,7 @@ from mcp.shared.inbound import MCP_NAME_HEADER, encode_header_value
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from gateway.upstream import stdio
+from gateway.upstream.connection import complete_by_default
 
 
 async def call_tool(
@@ -60,7 +61,7 @@ async def call_tool(
     if pipe is not None:  # a stdio upstream: straight to its pipe (upstream/stdio.py), unless that declines
         raw = await pipe.request("tools/call", data["params"], timeout=timeout, on_progress=progress_callback)
         if raw is not None and session.protocol_version in MODERN_PROTOCOL_VERSIONS:
-            raw.setdefault("resultType", "complete")  # as the connection's watched read stream fills it in
+            complete_by_default(raw)  # as the connection's watched read stream does
     if raw is None:
         opts.setdefault("headers", {}).setdefault(MCP_NAME_HEADER, encode_header_value(name))
         if timeout is not None:
