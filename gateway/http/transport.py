@@ -79,24 +79,31 @@ class McpEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = RequestHeaders.of(scope)
-        length = headers.content_length or ""
-        if scope["method"] == "POST" and length.isdigit() and int(length) <= DEFAULT_MAX_REQUEST_BODY_SIZE:
+        if (read := await self._read_once(scope, headers, receive)) is not None:
+            message, receive = read
             if headers.protocol_version in _MODERN:
-                body, receive = await _buffered(receive)
-                message = _parsed(body) if body is not None else None
                 if message is not None and _needs_no_stream(message):
                     if self.lane is not None and await self.lane.serve(message, headers, scope, send):
                         return
                     await self.plain.handle_request(scope, receive, send)
                     return
-            elif (
-                self.lane is not None and headers.mcp_session_id is not None and headers.protocol_version in _HANDSHAKE
-            ):
-                body, receive = await _buffered(receive)
-                message = _parsed(body) if body is not None else None
-                if message is not None and await self.streaming.serve(self.lane, message, headers, scope, send):
+            elif self.lane is not None and message is not None:  # a POST on a handshake-era session
+                if await self.streaming.serve(self.lane, message, headers, scope, send):
                     return
         await self.streaming.handle_request(scope, receive, send)
+
+    async def _read_once(self, scope: Scope, headers: RequestHeaders, receive: Receive) -> tuple[Any, Receive] | None:
+        """For a POST the lane or the JSON manager may take (a 2026-07-28 one, or one on a handshake-era session
+        when there is a lane), bounded in size: its parsed body (None if it does not parse) and a `receive` that
+        hands the body over again. None for anything else, read by the SDK alone."""
+        length = headers.content_length or ""
+        if scope["method"] != "POST" or not length.isdigit() or int(length) > DEFAULT_MAX_REQUEST_BODY_SIZE:
+            return None
+        handshake = headers.mcp_session_id is not None and headers.protocol_version in _HANDSHAKE
+        if headers.protocol_version not in _MODERN and not (self.lane is not None and handshake):
+            return None
+        body, receive = await _buffered(receive)
+        return (_parsed(body) if body is not None else None), receive
 
 
 async def _buffered(receive: Receive) -> tuple[bytes | None, Receive]:
