@@ -68,8 +68,19 @@ async def test_calls_to_a_handshake_era_http_upstream_reuse_its_connection(tmp_p
     assert len(opened) <= 2  # a second one when a call comes before the last one's stream has ended
 
 
-def sdk_transport(url: str, http: httpx2.AsyncClient) -> Any:
-    return streamable_http_client(url, http_client=http)
+class SdkTransport:
+    """The SDK's own transport in place of `HttpTransport`, with no lean path."""
+
+    def __init__(self, url: str, http: httpx2.AsyncClient) -> None:
+        self._url, self._http = url, http
+
+    @contextlib.asynccontextmanager
+    async def open(self) -> AsyncIterator[Any]:
+        async with self._http, streamable_http_client(self._url, http_client=self._http) as streams:
+            yield streams
+
+    async def request(self, *args: Any, **kwargs: Any) -> None:
+        return None
 
 
 async def calls_and_records(tmp_path: Path, url: str) -> tuple[list[Any], list[dict[str, Any]]]:
@@ -106,7 +117,7 @@ async def test_answers_and_audit_records_are_the_sdk_transports(
 ) -> None:
     async with everything_http() as url:
         ours = await calls_and_records(tmp_path / "ours", url)
-        monkeypatch.setattr(connection, "streamable_http", sdk_transport)
+        monkeypatch.setattr(connection, "HttpTransport", SdkTransport)
         theirs = await calls_and_records(tmp_path / "sdk", url)
     assert ours == theirs
     (*_, timed_out, progress) = ours[0]
@@ -161,7 +172,7 @@ async def test_an_upstream_gone_mid_call_and_back_is_seen_as_through_the_sdk_tra
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ours = await gone_and_back(tmp_path / "ours")
-    monkeypatch.setattr(connection, "streamable_http", sdk_transport)
+    monkeypatch.setattr(connection, "HttpTransport", SdkTransport)
     theirs = await gone_and_back(tmp_path / "sdk")
     assert ours[:-1] == theirs[:-1]  # the restart count depends on how long the server took to come back
     unavailable = "The tool server 'remote' is unavailable; the call was not completed."
@@ -212,8 +223,8 @@ class HeldOpen:
 async def held_open() -> AsyncIterator[tuple[HeldOpen, Any, Any]]:
     server = HeldOpen()
     app = Starlette(routes=[Route("/mcp", server.post, methods=["POST"])])
-    async with serving(app) as base, mcp_http_client() as http:
-        async with http_transport.streamable_http(f"{base}/mcp", http) as (read, write):
+    async with serving(app) as base:
+        async with http_transport.HttpTransport(f"{base}/mcp", mcp_http_client()).open() as (read, write):
             yield server, read, write
 
 

@@ -21,7 +21,7 @@ from mcp.client.stdio import StdioServerParameters
 from mcp.shared.exceptions import MCPError
 from opentelemetry import trace
 
-from gateway.upstream import lean, stdio
+from gateway.upstream import lanes, lean
 from gateway.upstream.stdio import StdioTransport
 from tests.support.harness import EVERYTHING, SERVERS, dynamic_manifest, running_gateway
 from tests.test_upstream import AGENTS, children_running
@@ -71,7 +71,7 @@ async def connected(server: StdioServerParameters) -> AsyncIterator[tuple[Client
     with open(os.devnull, "w") as errlog:
         transport = StdioTransport(server, errlog)
         async with Client(transport.open(), cache=None) as client:
-            stdio.bind(client.session, transport)
+            lanes.bind(client.session, transport)
             yield client.session, transport, Wire(transport)
 
 
@@ -100,7 +100,7 @@ async def test_a_first_round_call_goes_to_the_pipe_not_the_dispatcher_and_answer
             lean_result = await lean.call_tool(session, name, arguments)
             assert "tools/call" not in dispatched.methods
             assert [line["id"] for line in wire.lines if line.get("method") == "tools/call"] == ["lean-1"]
-            monkeypatch.setattr(stdio, "lane", lambda session: None)
+            monkeypatch.setattr(lanes, "lane", lambda session: None)
             sdk_result = await lean.call_tool(session, name, arguments)
     assert "tools/call" in dispatched.methods
     assert lean_result == sdk_result
@@ -130,7 +130,7 @@ async def test_an_error_answer_raises_the_error_the_dispatcher_raises(server: St
     async with connected(server) as (session, transport, _wire):
         with anyio.fail_after(10):
             with pytest.raises(MCPError) as lean_error:
-                await transport.request("no/such-method", {}, timeout=None, on_progress=None)
+                await transport.request("no/such-method", {}, {}, timeout=None, on_progress=None)
             with pytest.raises(MCPError) as sdk_error:
                 await session._dispatcher.send_raw_request("no/such-method", {})
     assert lean_error.value.error == sdk_error.value.error
@@ -142,7 +142,7 @@ async def test_a_lean_call_past_the_read_timeout_is_cancelled_upstream_and_raise
         params = slow(session)
         with anyio.fail_after(10):
             with pytest.raises(MCPError) as lean_error:
-                await transport.request("tools/call", params, timeout=0.2, on_progress=None)
+                await transport.request("tools/call", params, {}, timeout=0.2, on_progress=None)
             with pytest.raises(MCPError) as sdk_error:
                 await session._dispatcher.send_raw_request("tools/call", params, {"timeout": 0.2})
             assert (await lean.call_tool(session, "count", {})).structured_content == {"result": 2}  # still serving
@@ -160,7 +160,7 @@ async def test_a_cancelled_caller_still_sends_the_courtesy_cancel() -> None:
             async with anyio.create_task_group() as tg:
 
                 async def call() -> None:
-                    await transport.request("tools/call", slow(session), timeout=None, on_progress=None)
+                    await transport.request("tools/call", slow(session), {}, timeout=None, on_progress=None)
 
                 tg.start_soon(call)
                 await wire.event("tools/call").wait()
@@ -176,7 +176,7 @@ async def test_a_server_that_dies_fails_every_lean_waiter_at_once_with_connectio
 
         async def call() -> None:
             with pytest.raises(MCPError) as closed:
-                await transport.request("tools/call", slow(session), timeout=None, on_progress=None)
+                await transport.request("tools/call", slow(session), {}, timeout=None, on_progress=None)
             failures.append(closed.value.error.code)
 
         with anyio.fail_after(10):
@@ -189,7 +189,7 @@ async def test_a_server_that_dies_fails_every_lean_waiter_at_once_with_connectio
                 (child,) = children_running("dynamic.py")
                 child.kill()
         with pytest.raises(MCPError) as after:
-            await transport.request("tools/call", slow(session), timeout=None, on_progress=None)
+            await transport.request("tools/call", slow(session), {}, timeout=None, on_progress=None)
     assert failures == [types.CONNECTION_CLOSED] * 2
     assert after.value.error.code == types.CONNECTION_CLOSED
 
@@ -204,7 +204,7 @@ async def test_a_stdio_upstream_killed_mid_call_is_closed_for_the_hub_and_its_re
             before = await client.call_tool("dynamic__meta", {})
             assert before.structured_content is not None
             assert before.structured_content["progress_token"] == "lean-1"  # the upstream saw a lean id
-            transport = stdio.lane(await connection.session(5))
+            transport = lanes.lane(await connection.session(5))
             assert transport is not None
             wire = Wire(transport)
             (victim,) = children_running("dynamic.py")
@@ -223,7 +223,7 @@ async def test_a_stdio_upstream_killed_mid_call_is_closed_for_the_hub_and_its_re
             assert "closed the connection" in gw.audit("tool.result")[-1]["error"]
             after = await client.call_tool("dynamic__meta", {})  # waits for the restarted server
         assert after.structured_content is not None and after.structured_content["progress_token"] == "lean-1"
-        assert stdio.lane(await connection.session(5)) is not transport and connection.restarts == 1
+        assert lanes.lane(await connection.session(5)) is not transport and connection.restarts == 1
 
 
 async def test_with_a_global_tracer_provider_the_call_goes_through_the_dispatcher(

@@ -23,7 +23,6 @@ from typing import Any, Protocol
 
 import anyio
 import anyio.abc
-import httpx2
 import mcp_types as types
 from mcp import Client
 from mcp.client.session import ClientRequestContext, ClientSession, IncomingMessage
@@ -40,9 +39,10 @@ from gateway.errors import UpstreamError
 from gateway.metrics import METRICS
 from gateway.upstream.caller import CALLER, Caller
 from gateway.upstream.http_client import mcp_http_client
-from gateway.upstream.http_transport import streamable_http
+from gateway.upstream.http_transport import HttpTransport
+from gateway.upstream.lanes import Lane, bind
 from gateway.upstream.manifests import UpstreamSpec
-from gateway.upstream.stdio import StdioTransport, bind
+from gateway.upstream.stdio import StdioTransport
 
 log = logging.getLogger("gateway.upstream")
 RESTARTS = METRICS.counter("gateway_upstream_restarts_total", "Upstream reconnects after a failure", ["server"])
@@ -183,10 +183,9 @@ class Connection:
             try:
                 async with contextlib.AsyncExitStack() as stack:
                     errlog = stack.enter_context(self._errlog())
-                    client, stdio = self._client_for(closed, errlog)
+                    client, lane = self._client_for(closed, errlog)
                     await stack.enter_async_context(client)
-                    if stdio is not None:
-                        bind(client.session, stdio)  # its first-round tools/calls go lean (upstream/lean.py)
+                    bind(client.session, lane)  # its first-round tools/calls go lean (upstream/lean.py)
                     self._client = client
                     self.protocol_version = client.protocol_version
                     _declare_per_request(client.session)
@@ -286,10 +285,10 @@ class Connection:
     def up(self) -> bool:
         return self._client is not None and self._ready.is_set()
 
-    def _client_for(self, closed: anyio.Event, errlog: Any) -> tuple[Client, StdioTransport | None]:
-        """The client for one connection attempt, and the stdio transport under it (None over HTTP)."""
+    def _client_for(self, closed: anyio.Event, errlog: Any) -> tuple[Client, Lane]:
+        """The client for one connection attempt, and the transport under it (its lean path)."""
         spec = self.spec
-        stdio: StdioTransport | None = None
+        lane: StdioTransport | HttpTransport
         if spec.transport == "stdio":
             assert spec.command is not None and spec.cwd is not None and spec.work is not None
             for directory in (spec.work, spec.work / "tmp", spec.cwd):
@@ -298,18 +297,16 @@ class Connection:
             if spec.sandbox is not None:  # the launcher restricts itself, then execs the command
                 command, args = spec.sandbox.launch(command, args)
             params = StdioServerParameters(command=command, args=args, env=spec.env, cwd=spec.cwd)
-            stdio = StdioTransport(params, errlog)
-            transport: Any = stdio.open()
+            lane = StdioTransport(params, errlog)
         else:
             assert spec.url is not None
-            http = mcp_http_client(headers=spec.headers or None)
-            transport = _http_transport(spec.url, http)
+            lane = HttpTransport(spec.url, mcp_http_client(headers=spec.headers or None))
         # The handshake declares capabilities once per connection: a per_session one declares what the client
         # that opened it declared; a shared one what the gateway can relay, each request checked against its
         # own caller (ContextDownstream.ask). On 2026-07-28 every request declares its caller's own.
         relay = self.caller.has if self.caller is not None else (lambda _capability: True)
         client = Client(
-            _watched(transport, closed, lambda: self.modern),
+            _watched(lane.open(), closed, lambda: self.modern),
             mode=self._mode(),
             sampling_callback=self._sampling if relay("sampling") else None,
             elicitation_callback=self._elicitation if relay("elicitation") else None,
@@ -318,7 +315,7 @@ class Connection:
             client_info=types.Implementation(name="mcp-identity-gateway", version=__version__),
             cache=None,
         )
-        return client, stdio
+        return client, lane
 
     def _mode(self) -> str:
         """The SDK client's `mode` for this connection's era (manifest `protocol:`)."""
@@ -433,12 +430,3 @@ def _declare_per_request(session: ClientSession) -> None:
 async def _set_when(stop: anyio.Event, closed: anyio.Event) -> None:
     await stop.wait()
     closed.set()
-
-
-def _http_transport(url: str, http: httpx2.AsyncClient) -> Any:
-    @contextlib.asynccontextmanager
-    async def transport() -> AsyncIterator[Any]:
-        async with http, streamable_http(url, http) as streams:
-            yield streams
-
-    return transport()

@@ -9,9 +9,9 @@ headers are exactly what the SDK would send), and sent through the session's own
 the same pipes, id correlation, progress routing, timeout and `notifications/cancelled` on
 abandonment — and its result is validated once, into the same result union the session uses.
 
-Over stdio the request skips the dispatcher too: the connection's own transport (gateway/upstream/stdio.py)
-writes it to the pipe and hands its answer back with the dispatcher's semantics; it declines (and the
-dispatcher sends it) when it cannot send exactly the same request.
+The request skips the dispatcher too: the connection's own transport writes it to the pipe
+(gateway/upstream/stdio.py) or POSTs it (gateway/upstream/http_transport.py) and hands its answer back with the
+dispatcher's semantics; it declines (and the dispatcher sends it) when it cannot do exactly what that would.
 
 Later rounds (input responses, request state) keep `ClientSession.call_tool`.
 """
@@ -27,7 +27,7 @@ from mcp.shared.dispatcher import CallOptions, ProgressFnT
 from mcp.shared.inbound import MCP_NAME_HEADER, encode_header_value
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from gateway.upstream import stdio
+from gateway.upstream import lanes
 from gateway.upstream.connection import complete_by_default
 
 
@@ -56,14 +56,17 @@ async def call_tool(
     opts: CallOptions = {}
     session._stamp(data, opts)  # the era's _meta and headers, the caller's capabilities (connection.py)
     timeout = session._session_read_timeout_seconds
-    pipe = stdio.lane(session)
+    headers = opts.setdefault("headers", {})
+    headers.setdefault(MCP_NAME_HEADER, encode_header_value(name))
+    transport = lanes.lane(session)
     raw = None
-    if pipe is not None:  # a stdio upstream: straight to its pipe (upstream/stdio.py), unless that declines
-        raw = await pipe.request("tools/call", data["params"], timeout=timeout, on_progress=progress_callback)
+    if transport is not None:  # straight to the pipe or the HTTP endpoint (stdio.py, http_transport.py), or declined
+        raw = await transport.request(
+            "tools/call", data["params"], headers, timeout=timeout, on_progress=progress_callback
+        )
         if raw is not None and session.protocol_version in MODERN_PROTOCOL_VERSIONS:
             complete_by_default(raw)  # as the connection's watched read stream does
     if raw is None:
-        opts.setdefault("headers", {}).setdefault(MCP_NAME_HEADER, encode_header_value(name))
         if timeout is not None:
             opts["timeout"] = timeout
         if progress_callback is not None:

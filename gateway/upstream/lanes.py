@@ -1,0 +1,194 @@
+"""What the lean tools/call paths (stdio.py, http_transport.py) share: which session has one, and keeping order.
+
+A connection binds its transport's lane to the session it opened (`bind`); upstream/lean.py asks `lane(session)`.
+A lean request's id comes from a space of its own (`lean-N`: never one of the dispatcher's integers, nor a
+string it would coerce to one). Its answer is settled straight to its waiter, unless messages of its own
+(a log line the call caused, say) were handed to the session while it was pending: then the answer goes
+through the session's read stream as an `InOrder` and is settled as the session takes it, after those
+messages, exactly the order the dispatcher would have kept. `SessionStream` is that read stream.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import anyio
+import anyio.abc
+import pydantic_core
+from mcp.client.session import ClientSession
+from mcp.shared._otel import inject_trace_context
+from mcp.shared.dispatcher import ProgressFnT
+from mcp.shared.jsonrpc_dispatcher import _shielded_progress
+from mcp.shared.message import SessionMessage
+from mcp_types import ErrorData
+from mcp_types.jsonrpc import JSONRPCError, JSONRPCMessage, JSONRPCNotification, JSONRPCResponse
+
+PREFIX = "lean-"
+MARK = f'"{PREFIX}'  # in every message that carries a lean id: those without it skip the lean parse
+
+
+def encoded(method: str, params: Mapping[str, Any], request_id: str, on_progress: ProgressFnT | None) -> bytes:
+    """The request as `send_raw_request` would write it, with the lean id (progress token too, if asked), in
+    pydantic-core's JSON: `model_dump_json`'s bytes (integers beyond 64 bits, infinities as null).
+
+    Raises:
+        pydantic_core.PydanticSerializationError: the params do not serialize.
+    """
+    out_params = dict(params)
+    meta = dict(out_params.get("_meta") or {})
+    if on_progress is not None:
+        meta["progressToken"] = request_id
+    inject_trace_context(meta)  # the current span's context, as the dispatcher's no-op span carries it
+    if meta:
+        out_params["_meta"] = meta
+    else:
+        out_params.pop("_meta", None)
+    envelope: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
+    if out_params:
+        envelope["params"] = out_params
+    return pydantic_core.to_json(envelope, inf_nan_mode="null")
+
+
+class Lane(Protocol):
+    async def request(
+        self,
+        method: str,
+        params: Mapping[str, Any],
+        headers: Mapping[str, str],
+        *,
+        timeout: float | None,
+        on_progress: ProgressFnT | None,
+    ) -> dict[str, Any] | None:
+        """The raw result, as `send_raw_request(method, params, {"headers": ..., "timeout": ...,
+        "on_progress": ...})` returns it; None, having changed nothing, when the lane cannot do what that would.
+
+        Raises:
+            MCPError: as `send_raw_request` raises it.
+        """
+        ...
+
+
+_LANES: weakref.WeakKeyDictionary[ClientSession, Lane] = weakref.WeakKeyDictionary()
+
+
+def lane(session: ClientSession) -> Lane | None:
+    """The lane under `session`, if its connection bound one (`bind`)."""
+    return _LANES.get(session)
+
+
+def bind(session: ClientSession, lane: Lane) -> None:
+    _LANES[session] = lane
+
+
+class Waiter:
+    __slots__ = ("answered", "outcome", "on_progress", "handed")
+
+    def __init__(self, on_progress: ProgressFnT | None, handed: int) -> None:
+        self.answered = anyio.Event()
+        self.outcome: dict[str, Any] | ErrorData | None = None  # None once answered: the connection closed
+        self.on_progress = on_progress
+        self.handed = handed  # what had been handed to the session when the request went out
+
+    def settle(self, outcome: dict[str, Any] | ErrorData | None) -> None:
+        if not self.answered.is_set():  # a second answer to one id is dropped, as the dispatcher drops it
+            self.outcome = outcome
+            self.answered.set()
+
+
+class InOrder:
+    """A lean answer that waits its turn in the session's read stream (see the module docstring)."""
+
+    __slots__ = ("waiter", "outcome")
+
+    def __init__(self, waiter: Waiter, outcome: dict[str, Any] | ErrorData) -> None:
+        self.waiter = waiter
+        self.outcome = outcome
+
+
+Item = SessionMessage | Exception | InOrder
+
+
+class _Receiving(Protocol):
+    async def receive(self) -> Item: ...
+
+    async def aclose(self) -> None: ...
+
+
+class SessionStream:
+    """The session's read stream: it settles the `InOrder` answers it passes, and hands on everything else."""
+
+    def __init__(self, inner: _Receiving) -> None:
+        self._inner = inner
+
+    async def receive(self) -> SessionMessage | Exception:
+        while True:
+            item = await self._inner.receive()
+            if not isinstance(item, InOrder):
+                return item
+            item.waiter.settle(item.outcome)
+
+    def __aiter__(self) -> SessionStream:
+        return self
+
+    async def __anext__(self) -> SessionMessage | Exception:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> SessionStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+def plain_answer(text: str | bytes, pending: Mapping[str, Waiter]) -> tuple[Waiter, dict[str, Any]] | None:
+    """A pending lean request's waiter and its result from a plain result message, parsed once; else None (the
+    message then takes the SDK's parse)."""
+    try:
+        message = pydantic_core.from_json(text)
+    except ValueError:
+        return None
+    if type(message) is not dict or message.get("jsonrpc") != "2.0" or "method" in message or "error" in message:
+        return None
+    request_id, result = message.get("id"), message.get("result")
+    waiter = pending.get(request_id) if type(request_id) is str else None
+    if waiter is None or type(result) is not dict:
+        return None
+    return waiter, result
+
+
+def routed(
+    message: JSONRPCMessage, pending: Mapping[str, Waiter], tg: anyio.abc.TaskGroup | None
+) -> tuple[Waiter, dict[str, Any] | ErrorData] | None:
+    """A pending lean request's waiter and its outcome from a validated answer, or None. A progress notification
+    for one goes to its callback, on a task of its own, as the dispatcher routes it (and the notification is
+    still handed on to the session, as the dispatcher tees it)."""
+    if isinstance(message, JSONRPCResponse | JSONRPCError):
+        waiter = pending.get(message.id) if isinstance(message.id, str) else None
+        if waiter is None:
+            return None
+        return waiter, message.result if isinstance(message, JSONRPCResponse) else message.error
+    if not (isinstance(message, JSONRPCNotification) and message.method == "notifications/progress"):
+        return None
+    match message.params:  # the dispatcher's own test of a progress notification
+        case {"progressToken": str() as token, "progress": int() | float() as progress, **fields} if (
+            not isinstance(progress, bool)
+            and (waiter := pending.get(token)) is not None
+            and waiter.on_progress is not None
+            and tg is not None
+        ):
+            total, text = fields.get("total"), fields.get("message")
+            tg.start_soon(
+                _shielded_progress(waiter.on_progress),
+                float(progress),
+                float(total) if isinstance(total, int | float) else None,
+                text if isinstance(text, str) else None,
+            )
+    return None
