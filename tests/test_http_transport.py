@@ -1,6 +1,7 @@
-"""A streamable-HTTP upstream's SSE answers are read to their end (gateway/upstream/http_transport.py): calls
-reuse their connection, and the gateway answers and audits exactly as over the SDK's own transport, with
-real server-everything over HTTP (the handshake era, every answer on SSE). A 2026-07-28 server that
+"""A streamable-HTTP upstream's transport (gateway/upstream/http_transport.py): calls reuse their connection,
+on the lean path and on the SDK transport's (whose SSE answers are read to their end), and the gateway answers
+and audits exactly as over the SDK's own transport, with real server-everything over HTTP (the handshake era,
+every answer on SSE). A 2026-07-28 server that
 answers in JSON (the SDK's) had its connections reused already: the SDK reads a JSON answer to its end."""
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import httpcore2._async.connection as httpcore_connection
 import httpx2
 import mcp_types as types
 import pytest
@@ -38,23 +38,28 @@ AGENTS = {"bot": {"owner": "qa@example.com", "grant": {"tools": ["remote.*", "sl
 
 @contextlib.contextmanager
 def connects_to(port: int) -> Iterator[list[int]]:
-    """Each new TCP connection this process opens to `port`, as it opens it."""
+    """Each new TCP connection this process opens to `port`, as it opens it (the lean path's and httpcore's)."""
     opened: list[int] = []
-    connect = httpcore_connection.AsyncHTTPConnection._connect
+    connect = anyio.connect_tcp
 
-    async def counted(self: Any, request: Any) -> Any:
-        if request.url.port == port:
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        if (args[1] if len(args) > 1 else kwargs.get("remote_port")) == port:
             opened.append(port)
-        return await connect(self, request)
+        return await connect(*args, **kwargs)
 
-    httpcore_connection.AsyncHTTPConnection._connect = counted  # type: ignore[method-assign]
+    anyio.connect_tcp = counted  # type: ignore[assignment]
     try:
         yield opened
     finally:
-        httpcore_connection.AsyncHTTPConnection._connect = connect  # type: ignore[method-assign]
+        anyio.connect_tcp = connect
 
 
-async def test_calls_to_a_handshake_era_http_upstream_reuse_its_connection(tmp_path: Path) -> None:
+@pytest.mark.parametrize("path", ["lean", "sdk"])
+async def test_calls_to_a_handshake_era_http_upstream_reuse_its_connection(
+    tmp_path: Path, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if path == "sdk":  # the SDK transport under the lean path, which takes the calls the lean path declines
+        monkeypatch.setattr(http_transport.HttpTransport, "request", SdkTransport.request)
     async with everything_http() as url:  # every answer on SSE
         port = httpx2.URL(url).port
         assert port is not None
