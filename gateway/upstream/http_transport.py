@@ -242,7 +242,10 @@ class HttpTransport:
         stamped = headers.get(MCP_PROTOCOL_VERSION_HEADER)
         if stamped is not None:  # the negotiated-version cache, as the SDK transport's post_writer keeps it
             self._sdk._protocol_version_header = stamped
-        head = self._head(headers, len(body))
+        try:
+            head = self._head(headers, len(body))
+        except UnicodeEncodeError:  # a header httpx2 would send as UTF-8: left to it
+            return None
         waiter = Waiter(on_progress, 0)
         stream = await self._connect()
         kept = written = False
