@@ -152,7 +152,7 @@ def plain_answer(text: str | bytes, pending: Mapping[str, Waiter]) -> tuple[Wait
     """A pending lean request's waiter and its result from a plain result message, parsed once; else None (the
     message then takes the SDK's parse)."""
     try:
-        message = pydantic_core.from_json(text)
+        message = pydantic_core.from_json(text, cache_strings="keys")  # values (texts, ids) would fill its cache
     except ValueError:
         return None
     if type(message) is not dict or message.get("jsonrpc") != "2.0" or "method" in message or "error" in message:
