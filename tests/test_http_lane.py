@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -16,6 +18,7 @@ import pytest
 from mcp import Client
 from mcp.client.session import ClientSession
 from mcp.shared.exceptions import MCPError
+from mcp_types import CONNECTION_CLOSED
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
@@ -24,6 +27,7 @@ from starlette.routing import Route
 from gateway.upstream import lanes, lean
 from gateway.upstream.http_client import mcp_http_client
 from gateway.upstream.http_transport import HttpTransport
+from tests.login.support import self_signed
 from tests.support.serving import serving
 
 pytestmark = pytest.mark.anyio
@@ -142,13 +146,13 @@ class Upstream:
 
 
 @contextlib.asynccontextmanager
-async def connected() -> AsyncIterator[tuple[ClientSession, Upstream]]:
+async def connected(tls: tuple[Path, Path] | None = None) -> AsyncIterator[tuple[ClientSession, Upstream]]:
     upstream = Upstream()
     routes = [Route(path, upstream.post, methods=["POST"]) for path in ("/mcp", "/mcp/")] + [
         Route("/mcp", upstream.get, methods=["GET"]),
         Route("/mcp", lambda r: Response(), methods=["DELETE"]),
     ]
-    async with serving(Starlette(routes=routes)) as base:
+    async with serving(Starlette(routes=routes), tls) as base:
         transport = HttpTransport(f"{base}/mcp", mcp_http_client())
         async with Client(transport.open(), mode="legacy", cache=None) as client:
             lanes.bind(client.session, transport)
@@ -198,3 +202,31 @@ async def test_a_cookie_set_on_the_lean_path_is_kept_and_sent_by_the_sdk_path() 
         await outcome(session, "echo")
     assert upstream.ids[0].startswith("lean-") and isinstance(upstream.ids[1], int)
     assert upstream.cookies == [None, "sticky=node-1"]
+
+
+async def test_an_https_endpoint_is_called_lean_with_the_sdk_clients_trust(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = self_signed(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # what httpx2's default context trusts, and so the lean path's
+    async with connected((cert, key)) as (session, upstream):
+        ours = await outcome(session, "noted")
+        with monkeypatch.context() as patched:
+            patched.setattr(lanes, "lane", lambda session: None)
+            theirs = await outcome(session, "noted")
+    assert ours == theirs and ours["content"][0]["text"] == "after a log"
+    assert upstream.ids[0].startswith("lean-") and isinstance(upstream.ids[1], int)
+
+
+async def test_an_https_endpoint_whose_certificate_is_not_trusted_is_never_sent_a_lean_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = self_signed(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    async with connected((cert, key)) as (session, upstream):
+        transport = lanes.lane(session)
+        assert isinstance(transport, HttpTransport)
+        monkeypatch.delenv("SSL_CERT_FILE")
+        transport._pool._ssl = ssl.create_default_context()  # type: ignore[union-attr]  # the system's CAs only
+        assert await outcome(session, "echo") == (CONNECTION_CLOSED, "Connection closed")
+    assert upstream.ids == []

@@ -16,8 +16,9 @@ from gateway.store.sqlite_schema import MIGRATIONS, statements
 
 
 @contextlib.asynccontextmanager
-async def serving(app: ASGIApp) -> AsyncIterator[str]:
-    """Serve `app` on a free loopback port until the block ends; yields its base URL.
+async def serving(app: ASGIApp, tls: tuple[Path, Path] | None = None) -> AsyncIterator[str]:
+    """Serve `app` on a free loopback port until the block ends; yields its base URL. With `tls` (a certificate
+    and its key) it serves HTTPS.
 
     The socket listens before the server starts, so requests that arrive early queue in the backlog.
     """
@@ -25,11 +26,12 @@ async def serving(app: ASGIApp) -> AsyncIterator[str]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
+    certs = {"ssl_certfile": str(tls[0]), "ssl_keyfile": str(tls[1])} if tls is not None else {}
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", **certs))
     async with anyio.create_task_group() as tg:
         tg.start_soon(lambda: server.serve(sockets=[sock]))
         try:
-            yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+            yield f"{'https' if tls else 'http'}://127.0.0.1:{sock.getsockname()[1]}"
         finally:
             server.should_exit = True
 
