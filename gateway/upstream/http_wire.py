@@ -11,6 +11,7 @@ status, headers, and the body as it arrives, chunked or not.
 from __future__ import annotations
 
 import select
+import socket
 import ssl
 import time
 from urllib.parse import SplitResult
@@ -36,6 +37,7 @@ class Pool:
         self._port = url.port or (443 if self.tls else 80)
         self._ssl: ssl.SSLContext | None = create_ssl_context() if self.tls else None
         self._idle: list[tuple[anyio.abc.ByteStream, float]] = []
+        self._sockets: dict[anyio.abc.ByteStream, socket.socket | None] = {}  # looked up once: `extra` builds a dict
         self.open = 0
         self._closed = False
 
@@ -51,7 +53,7 @@ class Pool:
         now = time.monotonic()
         while self._idle:
             stream, since = self._idle.pop()
-            if now - since < IDLE_SECONDS and not _readable(stream):
+            if now - since < IDLE_SECONDS and not _readable(self._sockets[stream]):
                 return stream
             await self.drop(stream)
         self.open += 1
@@ -69,6 +71,7 @@ class Pool:
         except BaseException:
             self.open -= 1
             raise
+        self._sockets[fresh] = fresh.extra(anyio.abc.SocketAttribute.raw_socket, None)
         return fresh
 
     def give_back(self, stream: anyio.abc.ByteStream) -> bool:
@@ -80,6 +83,7 @@ class Pool:
 
     async def drop(self, stream: anyio.abc.ByteStream) -> None:
         self.open -= 1
+        self._sockets.pop(stream, None)
         with anyio.CancelScope(shield=True):
             await anyio.aclose_forcefully(stream)
 
@@ -89,9 +93,8 @@ class Pool:
             await self.drop(self._idle.pop()[0])
 
 
-def _readable(stream: anyio.abc.ByteStream) -> bool:
+def _readable(sock: socket.socket | None) -> bool:
     """True when an idle connection has something to read: the server closed it (or sent what it should not)."""
-    sock = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
     if sock is None:
         return True
     poll = select.poll()
