@@ -19,7 +19,7 @@ from urllib.parse import SplitResult
 import anyio
 import anyio.abc
 import httptools
-from httpx2._config import create_ssl_context
+from httpx2 import create_ssl_context
 
 from gateway.upstream.http_client import CONNECT_TIMEOUT
 
@@ -32,10 +32,10 @@ class Pool:
     """Connections to the origin of `url`; `close()` ends them all."""
 
     def __init__(self, url: SplitResult) -> None:
-        self.tls = url.scheme == "https"
+        tls = url.scheme == "https"
         self._host = url.hostname or ""
-        self._port = url.port or (443 if self.tls else 80)
-        self._ssl: ssl.SSLContext | None = create_ssl_context() if self.tls else None
+        self._port = url.port or (443 if tls else 80)
+        self._ssl: ssl.SSLContext | None = create_ssl_context() if tls else None
         self._idle: list[tuple[anyio.abc.ByteStream, float]] = []
         self._sockets: dict[anyio.abc.ByteStream, socket.socket | None] = {}  # looked up once: `extra` builds a dict
         self.open = 0
