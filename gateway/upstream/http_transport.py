@@ -46,7 +46,6 @@ from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
-import anyio.lowlevel
 import httptools
 import httpx2
 import pydantic_core
@@ -59,7 +58,6 @@ from mcp.shared._context_streams import ContextSendStream, create_context_stream
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
 from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
-from mcp.shared.jsonrpc_dispatcher import _ABANDON_WRITE_TIMEOUT
 from mcp.shared.message import SessionMessage
 from mcp_types import (
     CONNECTION_CLOSED,
@@ -67,20 +65,30 @@ from mcp_types import (
     INVALID_REQUEST,
     METHOD_NOT_FOUND,
     PARSE_ERROR,
-    REQUEST_TIMEOUT,
     ErrorData,
     JSONRPCRequest,
     jsonrpc_message_adapter,
 )
 from mcp_types.jsonrpc import JSONRPCError, JSONRPCMessage, JSONRPCNotification, JSONRPCResponse
-from opentelemetry import trace
 from pydantic import ValidationError
 
 from gateway.upstream.http_wire import Pool, Reply
-from gateway.upstream.lanes import MARK, PREFIX, InOrder, Item, SessionStream, Waiter, encoded, plain_answer, routed
+from gateway.upstream.lanes import (
+    MARK,
+    PREFIX,
+    InOrder,
+    Item,
+    SessionStream,
+    Waiter,
+    encoded,
+    exchange,
+    plain_answer,
+    routed,
+    settled,
+    traced,
+)
 
 logger = logging.getLogger("mcp.client.streamable_http")
-_cancel_log = logging.getLogger("mcp.shared.jsonrpc_dispatcher")
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 field names
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # field values: no controls but tab
@@ -227,7 +235,7 @@ class HttpTransport:
             or http.auth is not None
             or http.cookies
             or http._mounts
-            or not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+            or traced()
             or not _valid(headers.items())
         ):
             return None
@@ -248,24 +256,24 @@ class HttpTransport:
             return None
         waiter = Waiter(on_progress, 0)
         stream = await self._connect()
-        kept = written = False
-        try:
-            await anyio.lowlevel.checkpoint_if_cancelled()
-            written = True
+
+        async def send() -> None:
             try:
                 await stream.send(head + body)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                 raise MCPError(code=CONNECTION_CLOSED, message="Connection closed") from None
-            with anyio.move_on_after(timeout) as clock:
-                outcome, reply, handed = await self._answer(stream, method, request_id, waiter)
-            if clock.cancelled_caught:
-                await self._cancel(request_id, f"timed out after {timeout}s", "timed-out", shield=False)
-                raise MCPError(code=REQUEST_TIMEOUT, message=f"Request {method!r} timed out")
+
+        kept = False
+        try:
+            outcome, reply, handed = await exchange(
+                method,
+                request_id,
+                timeout,
+                send,
+                lambda: self._answer(stream, method, request_id, waiter),
+                self._cancel,
+            )
             kept = self._release(stream, reply)
-        except anyio.get_cancelled_exc_class():
-            if written:
-                await self._cancel(request_id, "caller cancelled", "caller-cancelled", shield=True)
-            raise
         finally:
             if not kept:
                 await pool.drop(stream)
@@ -277,9 +285,7 @@ class HttpTransport:
             with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
                 await self._to_session.send(InOrder(waiter, outcome))
                 await waiter.answered.wait()
-        if isinstance(outcome, ErrorData):
-            raise MCPError(code=outcome.code, message=outcome.message, data=outcome.data)
-        return outcome
+        return settled(outcome)
 
     def _head(self, headers: Mapping[str, str], length: int) -> bytes:
         merged = self._headers.copy()
@@ -485,18 +491,11 @@ class HttpTransport:
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             raise MCPError(code=CONNECTION_CLOSED, message="Connection closed") from None
 
-    async def _cancel(self, request_id: str, reason: str, kind: str, *, shield: bool) -> None:
-        """The dispatcher's courtesy `notifications/cancelled`, through the SDK transport (bounded as there)."""
-        if self._write is None:
-            return
-        cancel = JSONRPCNotification(
-            jsonrpc="2.0", method="notifications/cancelled", params={"requestId": request_id, "reason": reason}
-        )
-        with anyio.move_on_after(_ABANDON_WRITE_TIMEOUT, shield=shield) as scope:
-            with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
-                await self._write.send(SessionMessage(cancel))
-        if scope.cancelled_caught:
-            _cancel_log.warning("courtesy cancel for %s request %r gave up: transport write blocked", kind, request_id)
+    async def _cancel(self, params: dict[str, Any]) -> None:
+        """The courtesy cancel goes through the SDK transport, which swallows it at 2026-07-28."""
+        if self._write is not None:
+            cancel = JSONRPCNotification(jsonrpc="2.0", method="notifications/cancelled", params=params)
+            await self._write.send(SessionMessage(cancel))
 
 
 class _Resumed:

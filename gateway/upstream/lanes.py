@@ -5,28 +5,100 @@ A lean request's id comes from a space of its own (`lean-N`: never one of the di
 string it would coerce to one). Its answer is settled straight to its waiter, unless messages of its own
 (a log line the call caused, say) were handed to the session while it was pending: then the answer goes
 through the session's read stream as an `InOrder` and is settled as the session takes it, after those
-messages, exactly the order the dispatcher would have kept. `SessionStream` is that read stream.
+messages, exactly the order the dispatcher would have kept. `SessionStream` is that read stream. `exchange`
+holds the dispatcher's timeout and cancellation semantics around one lean request.
+
+Private SDK members, unavoidable to reuse rather than copy: the dispatcher's `_shielded_progress` and its
+abandon-write bound.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import weakref
-from collections.abc import Mapping
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol, TypeVar
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import pydantic_core
 from mcp.client.session import ClientSession
 from mcp.shared._otel import inject_trace_context
 from mcp.shared.dispatcher import ProgressFnT
-from mcp.shared.jsonrpc_dispatcher import _shielded_progress
+from mcp.shared.exceptions import MCPError
+from mcp.shared.jsonrpc_dispatcher import _ABANDON_WRITE_TIMEOUT, _shielded_progress
 from mcp.shared.message import SessionMessage
-from mcp_types import ErrorData
+from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT, ErrorData
 from mcp_types.jsonrpc import JSONRPCError, JSONRPCMessage, JSONRPCNotification, JSONRPCResponse
+from opentelemetry import trace
+
+_cancel_log = logging.getLogger("mcp.shared.jsonrpc_dispatcher")  # the dispatcher's logger, for its cancel's line
+
+T = TypeVar("T")
 
 PREFIX = "lean-"
 MARK = f'"{PREFIX}'  # in every message that carries a lean id: those without it skip the lean parse
+
+
+def traced() -> bool:
+    """A global tracer provider is installed: the dispatcher's span would be a new one, its context on the request,
+    so the lanes decline."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
+async def exchange(
+    method: str,
+    request_id: str,
+    timeout: float | None,
+    send: Callable[[], Awaitable[None]],
+    answer: Callable[[], Awaitable[T]],
+    cancel: Callable[[dict[str, Any]], Awaitable[None]],
+) -> T:
+    """`send` a lean request, then await its `answer`, with the dispatcher's semantics (`send_raw_request`): the
+    read timeout runs from the write and ends in a courtesy `notifications/cancelled` (its params written by
+    `cancel`) and MCPError(REQUEST_TIMEOUT); a caller cancelled once the write began sends that cancel shielded.
+
+    Raises:
+        MCPError: REQUEST_TIMEOUT after `timeout`; whatever `send` and `answer` raise.
+    """
+    written = False
+    try:
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        written = True
+        await send()
+        with anyio.move_on_after(timeout) as clock:
+            answered = await answer()
+        if clock.cancelled_caught:
+            await _courtesy_cancel(cancel, request_id, f"timed out after {timeout}s", "timed-out", shield=False)
+            raise MCPError(code=REQUEST_TIMEOUT, message=f"Request {method!r} timed out")
+        return answered
+    except anyio.get_cancelled_exc_class():
+        if written:
+            await _courtesy_cancel(cancel, request_id, "caller cancelled", "caller-cancelled", shield=True)
+        raise
+
+
+async def _courtesy_cancel(
+    cancel: Callable[[dict[str, Any]], Awaitable[None]], request_id: str, reason: str, kind: str, *, shield: bool
+) -> None:
+    """Best effort, bounded like the dispatcher's."""
+    with anyio.move_on_after(_ABANDON_WRITE_TIMEOUT, shield=shield) as scope:
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+            await cancel({"requestId": request_id, "reason": reason})
+    if scope.cancelled_caught:
+        _cancel_log.warning("courtesy cancel for %s request %r gave up: transport write blocked", kind, request_id)
+
+
+def settled(outcome: dict[str, Any] | ErrorData | None) -> dict[str, Any]:
+    """A waiter's outcome as `send_raw_request` ends: the result, or the MCPError it raises (None: the connection
+    closed)."""
+    if outcome is None:
+        raise MCPError(code=CONNECTION_CLOSED, message="Connection closed")
+    if isinstance(outcome, ErrorData):
+        raise MCPError(code=outcome.code, message=outcome.message, data=outcome.data)
+    return outcome
 
 
 def encoded(method: str, params: Mapping[str, Any], request_id: str, on_progress: ProgressFnT | None) -> bytes:

@@ -22,7 +22,7 @@ once. Lines are read and written with pydantic-core, the parser and serializer t
 value (an integer beyond 64 bits, an infinity sent as null) is what the SDK path would read and write.
 
 Private SDK members, unavoidable to reuse rather than copy: the stdio helpers and timeouts of
-`mcp.client.stdio`, and the dispatcher's abandon-write bound.
+`mcp.client.stdio` (the dispatcher's, for the timeout and the courtesy cancel, in upstream/lanes.py).
 """
 
 from __future__ import annotations
@@ -53,16 +53,25 @@ from mcp.client.stdio import (
 from mcp.os.win32.utilities import ServerProcess
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
-from mcp.shared.jsonrpc_dispatcher import _ABANDON_WRITE_TIMEOUT
 from mcp.shared.message import SessionMessage
-from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT, ErrorData
-from opentelemetry import trace
+from mcp_types import CONNECTION_CLOSED, ErrorData
 
-from gateway.upstream.lanes import MARK, PREFIX, InOrder, Item, SessionStream, Waiter, encoded, plain_answer, routed
+from gateway.upstream.lanes import (
+    MARK,
+    PREFIX,
+    InOrder,
+    Item,
+    SessionStream,
+    Waiter,
+    encoded,
+    exchange,
+    plain_answer,
+    routed,
+    settled,
+    traced,
+)
 
-# Their log lines keep the SDK's logger names: stdio_client's for the pipes, the dispatcher's for a cancel.
-_pipes_log = logging.getLogger("mcp.client.stdio")
-_cancel_log = logging.getLogger("mcp.shared.jsonrpc_dispatcher")
+_pipes_log = logging.getLogger("mcp.client.stdio")  # its lines keep stdio_client's logger name
 
 
 class StdioTransport:
@@ -213,7 +222,7 @@ class StdioTransport:
         Raises:
             MCPError: the server's error answer; REQUEST_TIMEOUT after `timeout`; CONNECTION_CLOSED.
         """
-        if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        if traced():
             return None
         if self._closed:
             raise MCPError(code=CONNECTION_CLOSED, message="Connection closed")
@@ -224,39 +233,20 @@ class StdioTransport:
         except pydantic_core.PydanticSerializationError:
             return None
         waiter = self._pending[request_id] = Waiter(on_progress, self._handed)
-        written = False
-        try:
-            await anyio.lowlevel.checkpoint_if_cancelled()
-            written = True
+
+        async def send() -> None:
             try:
                 await self._send(line)
             except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
                 self._lost()
                 raise MCPError(code=CONNECTION_CLOSED, message="Connection closed") from None
-            with anyio.move_on_after(timeout) as clock:
-                await waiter.answered.wait()
-            if clock.cancelled_caught:
-                await self._cancel(request_id, f"timed out after {timeout}s", "timed-out", shield=False)
-                raise MCPError(code=REQUEST_TIMEOUT, message=f"Request {method!r} timed out")
-        except anyio.get_cancelled_exc_class():
-            if written:
-                await self._cancel(request_id, "caller cancelled", "caller-cancelled", shield=True)
-            raise
+
+        try:
+            await exchange(method, request_id, timeout, send, waiter.answered.wait, self._cancel)
         finally:
             del self._pending[request_id]
-        outcome = waiter.outcome
-        if outcome is None:
-            raise MCPError(code=CONNECTION_CLOSED, message="Connection closed")
-        if isinstance(outcome, ErrorData):
-            raise MCPError(code=outcome.code, message=outcome.message, data=outcome.data)
-        return outcome
+        return settled(waiter.outcome)
 
-    async def _cancel(self, request_id: str, reason: str, kind: str, *, shield: bool) -> None:
-        """The courtesy `notifications/cancelled` (best effort, bounded like the dispatcher's)."""
-        params = {"requestId": request_id, "reason": reason}
-        line = pydantic_core.to_json({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": params})
-        with anyio.move_on_after(_ABANDON_WRITE_TIMEOUT, shield=shield) as scope:
-            with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
-                await self._send(line + b"\n")
-        if scope.cancelled_caught:
-            _cancel_log.warning("courtesy cancel for %s request %r gave up: transport write blocked", kind, request_id)
+    async def _cancel(self, params: dict[str, Any]) -> None:
+        cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": params}
+        await self._send(pydantic_core.to_json(cancel) + b"\n")
