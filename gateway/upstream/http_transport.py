@@ -82,6 +82,7 @@ from gateway.upstream.lanes import (
     Waiter,
     encoded,
     exchange,
+    outcome_of,
     plain_answer,
     routed,
     settled,
@@ -92,6 +93,8 @@ logger = logging.getLogger("mcp.client.streamable_http")
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 field names
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # field values: no controls but tab
+
+_BROKEN = (anyio.EndOfStream, anyio.BrokenResourceError, OSError, httptools.HttpParserError)  # a reply cut off
 
 END_SECONDS = 0.25  # how long the rest of an answered stream may take to end before it is closed anyway
 
@@ -146,10 +149,6 @@ async def _read_to_end(events: AsyncIterator[object]) -> None:
 
 
 _Outcome = dict[str, Any] | ErrorData
-
-
-class _Ended(Exception):
-    """The connection failed or closed before its reply's status line: the SDK transport's task would fail."""
 
 
 class HttpTransport:
@@ -324,9 +323,7 @@ class HttpTransport:
         kept = False
         try:
             with anyio.move_on_after(END_SECONDS):
-                with contextlib.suppress(
-                    anyio.EndOfStream, anyio.BrokenResourceError, OSError, httptools.HttpParserError
-                ):
+                with contextlib.suppress(*_BROKEN):
                     while not reply.done:
                         reply.feed(await stream.receive())
             kept = reply.done and reply.keep_alive and self._pool.give_back(stream)
@@ -342,7 +339,7 @@ class HttpTransport:
         try:
             while not reply.headers_done:
                 reply.feed(await stream.receive())
-        except (anyio.EndOfStream, anyio.BrokenResourceError, OSError, httptools.HttpParserError):
+        except _BROKEN:
             raise MCPError(code=CONNECTION_CLOSED, message="Connection closed") from None
         status, content_type = reply.status, reply.header(b"content-type").lower()
         if reply.header(b"set-cookie"):  # kept as the SDK's client keeps them (its path sends them from now on)
@@ -430,7 +427,7 @@ class HttpTransport:
                 if not reply.body and not reply.done:
                     try:
                         reply.feed(await stream.receive())
-                    except (anyio.EndOfStream, anyio.BrokenResourceError, OSError, httptools.HttpParserError):
+                    except _BROKEN:
                         logger.debug("SSE stream ended", exc_info=True)
                         finished = True
                 finished = finished or reply.done
@@ -458,7 +455,7 @@ class HttpTransport:
                         error = ErrorData(code=PARSE_ERROR, message=f"Failed to parse SSE message: {exc}")
                         return error, reply, handed
                     if isinstance(message, JSONRPCResponse | JSONRPCError):  # the answer, whatever its id (as the SDK)
-                        return _outcome(message), reply, handed
+                        return outcome_of(message), reply, handed
                     routed(message, pending, self._tg)
                     await self._hand(message)
                     handed += 1
@@ -509,15 +506,11 @@ class _Resumed:
 
     async def send(self, item: SessionMessage | Exception) -> None:
         if isinstance(item, SessionMessage) and isinstance(item.message, JSONRPCResponse | JSONRPCError):
-            self._waiter.settle(_outcome(item.message))
+            self._waiter.settle(outcome_of(item.message))
             return
         if isinstance(item, SessionMessage):
             await self._transport._hand(item.message)
             self.handed += 1
-
-
-def _outcome(message: JSONRPCResponse | JSONRPCError) -> _Outcome:
-    return message.result if isinstance(message, JSONRPCResponse) else message.error
 
 
 def _valid(headers: Iterable[tuple[str, str]]) -> bool:

@@ -236,6 +236,10 @@ def plain_answer(text: str | bytes, pending: Mapping[str, Waiter]) -> tuple[Wait
     return waiter, result
 
 
+def outcome_of(message: JSONRPCResponse | JSONRPCError) -> dict[str, Any] | ErrorData:
+    return message.result if isinstance(message, JSONRPCResponse) else message.error
+
+
 def routed(
     message: JSONRPCMessage, pending: Mapping[str, Waiter], tg: anyio.abc.TaskGroup | None
 ) -> tuple[Waiter, dict[str, Any] | ErrorData] | None:
@@ -246,7 +250,7 @@ def routed(
         waiter = pending.get(message.id) if isinstance(message.id, str) else None
         if waiter is None:
             return None
-        return waiter, message.result if isinstance(message, JSONRPCResponse) else message.error
+        return waiter, outcome_of(message)
     if not (isinstance(message, JSONRPCNotification) and message.method == "notifications/progress"):
         return None
     match message.params:  # the dispatcher's own test of a progress notification
