@@ -14,7 +14,8 @@ import anyio
 import anyio.abc
 import pytest
 
-from gateway.audit.tail import readable
+from gateway.audit import tail
+from gateway.audit.tail import Follower, readable
 from gateway.cli import main
 from tests.audit.conftest import Stream, audit_running, write_calls, write_stream
 
@@ -102,6 +103,39 @@ async def test_following_shows_new_records_across_rotations(tmp_path: Path):
         (event, f"c{i}") for i in range(100, 130) for event in ("tool.call", "tool.result")
     ]
     assert len(stream.files) >= rotated_before + 5
+
+
+def test_a_file_rotated_away_while_the_follower_reopens_is_still_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two rotations close together: the second lands between the follower's listing of the rotated files and its
+    opening of the new active file (regression: that file's records were skipped)."""
+    active = tmp_path / "audit.jsonl"
+
+    def write(path: Path, *names: str) -> None:
+        with path.open("a") as out:
+            out.writelines(json.dumps({"event": "tool.call", "call_id": name}) + "\n" for name in names)
+
+    write(active, "a1")
+    follower = Follower(active)
+    assert [r["call_id"] for r in follower.poll()] == ["a1"]
+    write(active, "a2")
+    active.rename(tmp_path / "audit.000000000001.jsonl")
+    write(active, "b1")
+    listing = tail.rotated_files
+
+    def rotating_right_after(path: Path) -> list[Path]:
+        files = listing(path)
+        monkeypatch.setattr(tail, "rotated_files", listing)  # once
+        active.rename(tmp_path / "audit.000000000002.jsonl")
+        write(active, "c1")
+        return files
+
+    monkeypatch.setattr(tail, "rotated_files", rotating_right_after)
+    assert [r["call_id"] for r in follower.poll()] == ["a2", "b1", "c1"]
+    write(active, "c2")
+    assert [r["call_id"] for r in follower.poll()] == ["c2"]
+    follower.close()
 
 
 def test_control_characters_in_a_value_cannot_reach_the_terminal():
