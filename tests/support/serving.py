@@ -28,12 +28,13 @@ async def serving(app: ASGIApp, tls: tuple[Path, Path] | None = None) -> AsyncIt
     sock.listen(128)
     certs = {"ssl_certfile": str(tls[0]), "ssl_keyfile": str(tls[1])} if tls is not None else {}
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", **certs))
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(lambda: server.serve(sockets=[sock]))
-        try:
-            yield f"{'https' if tls else 'http'}://127.0.0.1:{sock.getsockname()[1]}"
-        finally:
-            server.should_exit = True
+    with sock:  # closed even if the server never started (it closes it only once it has)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: server.serve(sockets=[sock]))
+            try:
+                yield f"{'https' if tls else 'http'}://127.0.0.1:{sock.getsockname()[1]}"
+            finally:
+                server.should_exit = True
 
 
 def sqlite_at_version(path: Path, version: int) -> sqlite3.Connection:
