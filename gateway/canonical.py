@@ -26,6 +26,10 @@ from typing import Any
 import orjson
 
 _SMALLEST_EXACT = 1e-4  # orjson and Python write every finite float from here up (and 0.0) the same way
+# isinstance() tuples, built once: an `X | Y` in the call builds a new union object on every evaluation
+_SCALAR = (str, int)
+_SEQUENCE = (list, tuple)
+_CONTAINER = (dict, list, tuple)
 
 
 def chained(record: dict[str, Any]) -> bytes:
@@ -116,14 +120,15 @@ def _plain(value: Any) -> bool:
     """Whether `value` holds only types orjson writes exactly as the stdlib does."""
     if isinstance(value, dict):
         items: Any = value.values()
-    elif isinstance(value, list | tuple):
+    elif isinstance(value, _SEQUENCE):
         items = value
     else:
         return _plain_leaf(value)
     for item in items:
-        if isinstance(item, str | int) or item is None:
+        kind = type(item)
+        if kind is str or kind is int or item is None or isinstance(item, _SCALAR):  # exact types first: quicker
             continue
-        if isinstance(item, dict | list | tuple):
+        if isinstance(item, _CONTAINER):
             if not _plain(item):
                 return False
         elif not _plain_leaf(item):
@@ -132,6 +137,6 @@ def _plain(value: Any) -> bool:
 
 
 def _plain_leaf(value: Any) -> bool:
-    if isinstance(value, str | int) or value is None:
+    if isinstance(value, _SCALAR) or value is None:
         return True
     return isinstance(value, float) and (value == 0.0 or _SMALLEST_EXACT <= abs(value) < math.inf)

@@ -92,13 +92,20 @@ def draft(ts: float, event: str, instance: str, fields: dict[str, Any]) -> dict[
     return record
 
 
+_STRUCTURED = (dict, list, tuple)  # a tuple, built once (an `X | Y` is built at each evaluation)
+
+
 def capped(fields: dict[str, Any]) -> dict[str, Any]:
     """`fields` with every value over its cap replaced by its prefix, its length and its hash (see above)."""
     out: dict[str, Any] = {}
     for key, value in fields.items():
+        kind = type(value)
+        if (kind is str and len(value) <= CAP_NAME) or kind is int or value is None:  # most fields: under every cap
+            out[key] = value
+            continue
         if isinstance(value, str):
             text, cap = value, (CAP_NAME if key in NAME_FIELDS else CAP_TEXT)
-        elif isinstance(value, dict | list | tuple) and value:
+        elif isinstance(value, _STRUCTURED) and value:
             text, cap = canonical_json(value), CAP_STRUCTURED
         else:
             out[key] = value

@@ -59,6 +59,7 @@ from gateway.upstream.caller import CALLER, RELAYED, Caller
 
 log = logging.getLogger("gateway.fastlane")
 
+_ID = (int, str)  # a tuple, built once (an `X | Y` is built at each evaluation)
 _ENVELOPE = frozenset({"jsonrpc", "id", "method", "params"})
 _PARAMS = frozenset({"name", "arguments", "_meta"})
 # The envelope keys the lane knows; any other `_meta` key (a progress token, a log-level opt-in, a trace
@@ -213,7 +214,7 @@ class FastLane:
             or message["jsonrpc"] != "2.0"
             or message["method"] != "tools/call"
             or isinstance(message["id"], bool)
-            or not isinstance(message["id"], int | str)
+            or not isinstance(message["id"], _ID)
         ):
             return None
         params = message["params"]

@@ -51,6 +51,9 @@ class Names:
         self.tools, self.prompts = tools, prompts
 
 
+_RESOURCE_BLOCKS = (types.ResourceLink, types.EmbeddedResource)  # built once, unlike an `X | Y`
+
+
 class View:
     """One endpoint's projection. `server` None is the aggregate `/mcp` view."""
 
@@ -148,9 +151,7 @@ class View:
 
     def result_out(self, server: str, result: types.CallToolResult) -> types.CallToolResult:
         """Resource links and embedded resources in a tool result, named as this view names resources."""
-        if self.server is not None or not any(
-            isinstance(c, types.ResourceLink | types.EmbeddedResource) for c in result.content
-        ):
+        if self.server is not None or not any(isinstance(c, _RESOURCE_BLOCKS) for c in result.content):
             return result
         content: list[types.ContentBlock] = []
         for block in result.content:
