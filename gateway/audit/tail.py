@@ -100,16 +100,12 @@ class Follower:
         if rotated:
             records += self._read()  # what was written before the rename
             files = rotated_files(self.path)
-            mine = next((i for i, p in enumerate(files) if self.reading(p)), None)
-            done = files[mine] if mine is not None else (files[-1] if files else None)
-            for later in files[mine + 1 :] if mine is not None else []:
-                records += read_file(later)  # files that rotated away between two polls
-                done = later
+            done = next((p for p in files if self.reading(p)), files[-1] if files else None)  # the file just read
             assert self._handle is not None
             self._handle.close()
             self._open()
-            # Files that rotated away between that listing and this open (their names sort in chain order);
-            # the one now open may have rotated too: it is read on from its handle.
+            # Files that rotated away after it, between two polls or while this reopened (their names sort in
+            # chain order); the one now open may have rotated too: it is read on from its handle.
             for later in rotated_files(self.path):
                 if done is None or later.name > done.name:
                     if self.reading(later):

@@ -69,11 +69,12 @@ from mcp_types import (
     JSONRPCRequest,
     jsonrpc_message_adapter,
 )
-from mcp_types.jsonrpc import JSONRPCError, JSONRPCMessage, JSONRPCNotification, JSONRPCResponse
+from mcp_types.jsonrpc import JSONRPCError, JSONRPCMessage, JSONRPCNotification
 from pydantic import ValidationError
 
 from gateway.upstream.http_wire import Pool, Reply
 from gateway.upstream.lanes import (
+    ANSWER,
     MARK,
     PREFIX,
     InOrder,
@@ -168,7 +169,7 @@ class HttpTransport:
         self._headers["accept"] = ("accept", "application/json, text/event-stream")  # the transport's, as merged
         self._headers["content-type"] = ("content-type", "application/json")
         self._headers["accept-encoding"] = ("Accept-Encoding", "identity")  # nothing to decode on this path
-        self._declined = self._pool is None or not _valid(self._headers.values())
+        self._declined = not _valid(self._headers.values())  # set too at the endpoint's first redirect
         self._to_session: ContextSendStream[Item] | None = None
         self._write: ContextSendStream[SessionMessage] | None = None
         self._tg: anyio.abc.TaskGroup | None = None
@@ -371,7 +372,7 @@ class HttpTransport:
         except anyio.EndOfStream:
             if reply.header(b"content-length") or reply.header(b"transfer-encoding"):
                 raise MCPError(code=CONNECTION_CLOSED, message="Connection closed") from None
-        except (anyio.BrokenResourceError, OSError, httptools.HttpParserError):
+        except _BROKEN:
             raise MCPError(code=CONNECTION_CLOSED, message="Connection closed") from None
         return b"".join(reply.body)
 
@@ -454,7 +455,7 @@ class HttpTransport:
                         logger.exception("Error parsing SSE message")
                         error = ErrorData(code=PARSE_ERROR, message=f"Failed to parse SSE message: {exc}")
                         return error, reply, handed
-                    if isinstance(message, JSONRPCResponse | JSONRPCError):  # the answer, whatever its id (as the SDK)
+                    if isinstance(message, ANSWER):  # the answer, whatever its id (as the SDK)
                         return outcome_of(message), reply, handed
                     routed(message, pending, self._tg)
                     await self._hand(message)
@@ -505,7 +506,7 @@ class _Resumed:
         self.handed = 0
 
     async def send(self, item: SessionMessage | Exception) -> None:
-        if isinstance(item, SessionMessage) and isinstance(item.message, JSONRPCResponse | JSONRPCError):
+        if isinstance(item, SessionMessage) and isinstance(item.message, ANSWER):
             self._waiter.settle(outcome_of(item.message))
             return
         if isinstance(item, SessionMessage):

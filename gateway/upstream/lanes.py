@@ -240,7 +240,7 @@ def outcome_of(message: JSONRPCResponse | JSONRPCError) -> dict[str, Any] | Erro
     return message.result if isinstance(message, JSONRPCResponse) else message.error
 
 
-_ANSWER = (JSONRPCResponse, JSONRPCError)  # a tuple, built once (an `X | Y` is built at each evaluation)
+ANSWER = (JSONRPCResponse, JSONRPCError)  # a response or an error: a tuple, built once (`X | Y` is built each time)
 
 
 def routed(
@@ -249,7 +249,7 @@ def routed(
     """A pending lean request's waiter and its outcome from a validated answer, or None. A progress notification
     for one goes to its callback, on a task of its own, as the dispatcher routes it (and the notification is
     still handed on to the session, as the dispatcher tees it)."""
-    if isinstance(message, _ANSWER):
+    if isinstance(message, ANSWER):
         waiter = pending.get(message.id) if isinstance(message.id, str) else None
         if waiter is None:
             return None
