@@ -2,11 +2,13 @@
 
 Records are written at once (chainfile.py); this decides when they reach the
 disk. A writer that needs its record durable waits for the fsync that covers
-it: while the disk is fast (a moving average under INLINE_FSYNC_MAX) the writer
-fsyncs on the event loop itself, after yielding a few times so that the tasks
-ready to write share it; a slower disk moves fsyncs to the flusher, which runs
-them in a worker thread. The flusher also fsyncs everything else at most
-`batch_interval` after it was written.
+it. While the disk is fast (a moving average under INLINE_FSYNC_MAX) a writer
+alone fsyncs on the event loop itself, after yielding once to let the tasks
+ready to write share it: cheaper than a hop to a thread. When other tasks wrote
+while it yielded, or the disk is slower, the fsync goes to the flusher, which
+runs it in a worker thread while the event loop serves the others (whose
+records the next fsync then covers). The flusher also fsyncs everything else at
+most `batch_interval` after it was written.
 """
 
 from __future__ import annotations
@@ -23,8 +25,7 @@ import anyio.lowlevel
 from gateway.audit import metrics
 from gateway.audit.chainfile import ChainFile
 
-GATHER_YIELDS = 8  # an inline fsync waits while yielding still brings in records, at most this many times
-INLINE_FSYNC_MAX = 0.002  # while fsyncs take less than this (moving average), run them on the event loop:
+INLINE_FSYNC_MAX = 0.002  # while fsyncs take less than this (moving average), a lone writer runs its own on the loop:
 #                           far cheaper than a thread hop; a slower disk moves them to a worker thread
 
 
@@ -37,6 +38,7 @@ class GroupCommit:
         self.synced = 0  # seq of the last record known to be on disk
         self.running = False  # a flusher runs (else every fsync is inline)
         self.urgent = False  # a writer waits for the flusher's fsync
+        self.threaded = False  # ... and asked for it in a worker thread (others are writing: the loop keeps serving)
         self.io = anyio.Lock()  # file changes (recovery, close) never overlap an fsync
         self._requested = False
         self._fsync_seconds = 0.0  # moving average of recent fsync durations
@@ -73,8 +75,8 @@ class GroupCommit:
         Raises:
             OSError: the fsync failed (its waiters are woken all the same).
         """
-        self._requested, self.urgent = False, False
-        if self.inline():
+        threaded, self._requested, self.urgent, self.threaded = self.threaded, False, False, False
+        if self.inline() and not threaded:
             self.sync_now()
             return
         chain = self.chain
@@ -99,18 +101,18 @@ class GroupCommit:
             self._requested = True
             self._wake.set()
 
-    async def gather(self) -> None:
-        """Let the tasks that are ready write their records first, so that one fsync covers them."""
-        for _ in range(GATHER_YIELDS):
-            written = self.chain.seq
-            await anyio.lowlevel.checkpoint()
-            if self.chain.seq == written:
-                break
+    async def alone(self) -> bool:
+        """Yield once to the tasks that are ready; whether none of them wrote a record meanwhile."""
+        written = self.chain.seq
+        await anyio.lowlevel.checkpoint()
+        return self.chain.seq == written
 
-    async def wait_for_flusher(self) -> None:
-        """Wait for the flusher's next fsync (or for the sink to fail)."""
+    async def wait_for_flusher(self, *, threaded: bool = False) -> None:
+        """Wait for the flusher's next fsync (or for the sink to fail); `threaded`: in a worker thread, whatever
+        the disk's speed."""
         synced = self._synced_event
         self.urgent = True
+        self.threaded = self.threaded or threaded
         self._wake.set()
         await synced.wait()
 

@@ -214,10 +214,12 @@ class GatewaySink:
                 self._refused += 1
                 raise unavailable(self.error)
             if commit.inline() and not commit.io.locked():
-                await commit.gather()
-                if commit.synced < seq and not commit.io.locked():
-                    self._commit()  # synchronous: nothing else runs while it fsyncs, so no lock is needed
-                    await self.chain.save_checkpoint(commit.synced)
+                if await commit.alone() or not commit.running:
+                    if commit.synced < seq and not commit.io.locked():
+                        self._commit()  # synchronous: nothing else runs while it fsyncs, so no lock is needed
+                        await self.chain.save_checkpoint(commit.synced)
+                    continue
+                await commit.wait_for_flusher(threaded=True)  # others are writing: the loop serves them meanwhile
                 continue
             await commit.wait_for_flusher()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -63,6 +64,31 @@ async def test_concurrent_durable_records_share_fsyncs(gateway: Gateway, disk: s
     assert sorted(r["call_id"] for r in _records(gateway.audit.path) if r["event"] == "tool.call") == sorted(
         f"c{i}" for i in range(50)
     )
+
+
+async def test_a_lone_durable_record_is_fsynced_on_the_event_loop_and_one_written_beside_others_in_a_thread(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+):
+    """Alone, the fsync on the loop is cheaper than a thread hop; with others writing, a worker thread's fsync
+    leaves the loop serving them (their records then share the next fsync)."""
+    where: list[int] = []
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        where.append(threading.get_ident())
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    loop = threading.get_ident()
+    async with gateway.audit.run():
+        await gateway.audit.emit("tool.call", durable=True, call_id="alone")
+        assert where == [loop]
+        where.clear()
+        async with anyio.create_task_group() as tg:  # the second writes while the first yields before its fsync
+            tg.start_soon(lambda: gateway.audit.emit("tool.call", durable=True, call_id="beside"))
+            tg.start_soon(lambda: gateway.audit.emit("tool.result", call_id="other"))
+        assert where and loop not in where
+        assert gateway.audit.commit.synced >= max(r["seq"] for r in _records(gateway.audit.path))
 
 
 async def test_a_file_replaced_by_a_directory_refuses_durable_records_and_recovers(gateway: Gateway):
