@@ -38,7 +38,6 @@ class GroupCommit:
         self.synced = 0  # seq of the last record known to be on disk
         self.running = False  # a flusher runs (else every fsync is inline)
         self.urgent = False  # a writer waits for the flusher's fsync
-        self.threaded = False  # ... and asked for it in a worker thread (others are writing: the loop keeps serving)
         self.io = anyio.Lock()  # file changes (recovery, close) never overlap an fsync
         self._requested = False
         self._fsync_seconds = 0.0  # moving average of recent fsync durations
@@ -70,13 +69,14 @@ class GroupCommit:
             synced.set()
 
     async def sync(self) -> None:
-        """The flusher's fsync: on the event loop while the disk is fast (`sync_now`), else in a worker thread.
+        """The flusher's fsync: on the event loop while the disk is fast (`sync_now`) and no writer waits for it,
+        else in a worker thread.
 
         Raises:
             OSError: the fsync failed (its waiters are woken all the same).
         """
-        threaded, self._requested, self.urgent, self.threaded = self.threaded, False, False, False
-        if self.inline() and not threaded:
+        urgent, self._requested, self.urgent = self.urgent, False, False
+        if self.inline() and not urgent:  # a writer waiting: in a thread, while the loop serves the others
             self.sync_now()
             return
         chain = self.chain
@@ -107,12 +107,10 @@ class GroupCommit:
         await anyio.lowlevel.checkpoint()
         return self.chain.seq == written
 
-    async def wait_for_flusher(self, *, threaded: bool = False) -> None:
-        """Wait for the flusher's next fsync (or for the sink to fail); `threaded`: in a worker thread, whatever
-        the disk's speed."""
+    async def wait_for_flusher(self) -> None:
+        """Wait for the flusher's next fsync, run in a worker thread (or for the sink to fail)."""
         synced = self._synced_event
         self.urgent = True
-        self.threaded = self.threaded or threaded
         self._wake.set()
         await synced.wait()
 

@@ -213,15 +213,12 @@ class GatewaySink:
             if not self.healthy:
                 self._refused += 1
                 raise unavailable(self.error)
-            if commit.inline() and not commit.io.locked():
-                if await commit.alone() or not commit.running:
-                    if commit.synced < seq and not commit.io.locked():
-                        self._commit()  # synchronous: nothing else runs while it fsyncs, so no lock is needed
-                        await self.chain.save_checkpoint(commit.synced)
-                    continue
-                await commit.wait_for_flusher(threaded=True)  # others are writing: the loop serves them meanwhile
+            if commit.inline() and not commit.io.locked() and (await commit.alone() or not commit.running):
+                if commit.synced < seq and not commit.io.locked():
+                    self._commit()  # synchronous: nothing else runs while it fsyncs, so no lock is needed
+                    await self.chain.save_checkpoint(commit.synced)
                 continue
-            await commit.wait_for_flusher()
+            await commit.wait_for_flusher()  # a slow disk, or others writing: the loop serves them meanwhile
 
     def _commit(self) -> None:
         """On the event loop: a checkpoint if its interval has passed, then the fsync that makes it all durable."""
