@@ -83,7 +83,8 @@ async def test_every_audit_record_reaches_the_collector_once_across_a_refusal_an
             async with gw.client(await gw.open_session("bot")) as client:
                 assert not (await client.call_tool("dynamic__speak", {})).is_error
             await siem.until("tool.result")  # after the refused first batch was sent again
-            assert siem.posts[0] == siem.posts[1] == 3  # the same batch, retried
+            # The same batch, retried: as many events as the stream held when the pusher first read it, at most 3.
+            assert siem.posts[0] == siem.posts[1] <= 3
         # gateway.stopped was written after the pusher stopped: the restart sends it, and nothing twice.
         async with running_gateway(tmp_path, manifests=[dynamic_manifest()], agents=AGENTS, extra=settings):
             await siem.until("gateway.started", 2)
@@ -101,7 +102,9 @@ async def test_every_audit_record_reaches_the_collector_once_across_a_refusal_an
     assert {"tool.call", "tool.result", "gateway.stopped", "gateway.started"} <= {r["event"] for r in delivered}
     assert max(siem.posts) <= 3 and siem.authorizations == {SECRET_HEADER}
     said = [r.getMessage() for r in caplog.records if r.name == "gateway.audit.push"]
-    assert said[0] == f"OCSF collector {siem.url} refused 3 events (HTTP 503): retrying, nothing is dropped"
+    assert (
+        said[0] == f"OCSF collector {siem.url} refused {siem.posts[0]} events (HTTP 503): retrying, nothing is dropped"
+    )
     assert not any("Splunk" in line for line in said)  # the collector's token is sent, never logged
 
 
