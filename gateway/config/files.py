@@ -234,6 +234,19 @@ class HttpSettings(_Model):
     keep_alive: Duration = Field(5.0, gt=0)  # an idle keep-alive connection is closed after this
     header_timeout: Duration = Field(10.0, gt=0)  # a request head not complete this long after it began: closed
     max_connections: int = Field(1000, gt=0)  # open connections + requests in flight; beyond it, HTTP 503
+    # Reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (addresses or networks). None by
+    # default: the client address recorded in the audit is the TCP peer's, which no client can forge.
+    trusted_proxies: list[str] = []
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or network, e.g. 10.0.0.5 or 10.0.0.0/24") from None
+        return value
 
 
 class OcsfPushSettings(_Model):

@@ -108,4 +108,7 @@ def server_options(settings: HttpSettings, *, fast: bool | None = None) -> dict[
         "h11_max_incomplete_event_size": MAX_HEAD_BYTES,
         "timeout_keep_alive": max(1, math.ceil(settings.keep_alive)),  # uvicorn takes whole seconds
         "limit_concurrency": settings.max_connections + 1,
+        # uvicorn believes X-Forwarded-* from 127.0.0.1 by default: any local client could forge its address
+        "proxy_headers": bool(settings.trusted_proxies),
+        "forwarded_allow_ips": ",".join(settings.trusted_proxies) or None,
     }
