@@ -121,6 +121,10 @@ def test_http_upstreams_must_be_on_an_allowed_host(tmp_path: Path) -> None:
         ({"surprise": 1}, "surprise: unknown field"),
         ({"session_defaults": {"ttl": "soon"}}, "session_defaults.ttl:"),
         ({"admin_token": "${env:NO_SUCH_VARIABLE_HERE}"}, "${env:NO_SUCH_VARIABLE_HERE} is not set"),
+        *(
+            ({"http": {"trusted_proxies": [entry]}}, f"http.trusted_proxies: {entry!r} is not an IP address")
+            for entry in ["localhost", "10.0.0.300", "10.0.0.0/33", "10.0.0.5/24", ""]
+        ),
     ],
 )
 def test_a_bad_gateway_yaml_stops_startup_with_one_line(tmp_path: Path, extra: dict, message: str) -> None:

@@ -13,13 +13,9 @@ import anyio.abc
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 
-from gateway.config.files import GatewayConfig, load_gateway_config
-from gateway.errors import ConfigError
-from gateway.upstream.http_client import mcp_http_client
-from tests.support.harness import Harness, running_gateway, time_manifest, write_config
+from gateway.config.files import GatewayConfig
+from tests.support.harness import Harness, running_gateway, time_manifest
 
 pytestmark = pytest.mark.anyio
 
@@ -156,18 +152,6 @@ async def test_a_forwarded_client_address_is_believed_only_from_a_trusted_proxy(
     gateway's host could write the address of its choice into every audit record of its calls."""
     async with gateway(tmp_path, fast, **http) as gw:
         token = await gw.open_session("alice-bot")
-        forged = {"Authorization": f"Bearer {token}", "X-Forwarded-For": "203.0.113.66"}
-        async with mcp_http_client(headers=forged) as session:
-            async with Client(streamable_http_client(gw.mcp_url, http_client=session), cache=None) as client:
-                assert not (await client.call_tool("time__get_current_time", {"timezone": "UTC"})).is_error
+        async with gw.client(token, headers={"X-Forwarded-For": "203.0.113.66"}) as client:
+            assert not (await client.call_tool("time__get_current_time", {"timezone": "UTC"})).is_error
         assert {r["remote_addr"] for r in gw.audit("tool.call") + gw.audit("tool.result")} == {recorded}
-
-
-@pytest.mark.parametrize("entry", ["localhost", "10.0.0.300", "10.0.0.0/33", ""])
-def test_a_trusted_proxy_that_is_not_an_address_or_network_is_a_config_error_naming_it(
-    tmp_path: Path, entry: str
-) -> None:
-    path = write_config(tmp_path, 1, manifests=[], extra={"http": {"trusted_proxies": [entry]}})
-    with pytest.raises(ConfigError, match=r"http\.trusted_proxies") as error:
-        load_gateway_config(path)
-    assert repr(entry) in str(error.value) and "\n" not in str(error.value)

@@ -241,11 +241,13 @@ class HttpSettings(_Model):
     @field_validator("trusted_proxies")
     @classmethod
     def _addresses(cls, value: list[str]) -> list[str]:
-        for entry in value:
+        for entry in value:  # as uvicorn parses them: anything else it would take as a name no peer ever has
             try:
-                ipaddress.ip_network(entry, strict=False)
+                ipaddress.ip_network(entry)
             except ValueError:
-                raise ValueError(f"{entry!r} is not an IP address or network, e.g. 10.0.0.5 or 10.0.0.0/24") from None
+                raise ValueError(
+                    f"{entry!r} is not an IP address or network (no host bits), e.g. 10.0.0.5 or 10.0.0.0/24"
+                ) from None
         return value
 
 

@@ -129,9 +129,11 @@ async def everything_http() -> AsyncIterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def connect(url: str, token: str, *, mode: str = "auto", **kwargs: Any) -> AsyncIterator[Client]:
-    """The official SDK client on `url` with a bearer token."""
-    http = mcp_http_client(headers={"Authorization": f"Bearer {token}"})
+async def connect(
+    url: str, token: str, *, mode: str = "auto", headers: dict[str, str] | None = None, **kwargs: Any
+) -> AsyncIterator[Client]:
+    """The official SDK client on `url` with a bearer token (and `headers` on every request)."""
+    http = mcp_http_client(headers={"Authorization": f"Bearer {token}", **(headers or {})})
     async with http:
         transport = streamable_http_client(url, http_client=http)
         async with Client(transport, mode=mode, cache=None, **kwargs) as client:
