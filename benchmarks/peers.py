@@ -14,6 +14,9 @@ Each round drives every target once, in alternating order (A B C D, D C B A, ...
 client: sequential p50/p99 (after 100 warm-up calls), calls/s with 1 and N clients, and the server's CPU
 time per call under N clients: its own processes' counters (the peer's process tree, plus ContextForge's
 stdio bridge), upstream server processes excluded. RSS is the same processes' resident memory at the end.
+Two floors run beside them (`floors`, not product configurations): the same gateway with every control
+stubbed out (benchmarks/breakdown.py's stubs: what the controls sit on), and the client straight to
+server-everything over HTTP with no proxy at all (the most calls/s the client and that upstream make here).
 The table shows each figure's median over the rounds and its ratio to the gateway on the same upstream
 transport. A peer that cannot be installed or started is reported with the reason; the others still run.
 Results go to benchmarks/results/peers.json and peers.md.
@@ -39,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import breakdown
 import httpx
 import overhead
 import psutil
@@ -83,6 +87,7 @@ class Target:
     protocol: str = ""
     rounds: list[dict[str, Any]] = field(default_factory=list)
     error: str = ""
+    proxy: bool = True  # False: nothing between the client and the upstream, so no server CPU or RSS to read
 
 
 def peer_env() -> dict[str, str]:
@@ -252,6 +257,43 @@ def start_gateway(procs: Processes, root: Path) -> list[Target]:
             f"{url}/servers/everything-http/mcp",
             token=token,
             processes=own,
+        ),
+    ]
+
+
+def start_floors(procs: Processes, root: Path) -> list[Target]:
+    """The gateway with every control stubbed out, and no proxy at all (the client straight to an HTTP upstream)."""
+    port = overhead.free_port()
+    (root / "floor").mkdir()
+    config = overhead.write_config(root / "floor", port)
+    stubbed = breakdown.stubbed_gateway(list(breakdown.STUBS))
+    process = procs.start(
+        "gateway-floor",
+        [sys.executable, *stubbed, "serve", "--config", str(config), "--log-level", "WARNING"],
+        cwd=overhead.REPO,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        overhead.wait_ready(url, process)
+    except SystemExit as exc:
+        raise Unavailable(f"{exc}: {procs.last_line('gateway-floor')}") from None
+    return [
+        Target(
+            "gateway 2026-07-28, stdio, every control stubbed out",
+            "floors",
+            "stdio",
+            "auto",
+            f"{url}/servers/everything/mcp",
+            token=overhead.open_session(config),
+            processes=lambda: [overhead.gateway_process(process)],
+        ),
+        Target(
+            "no proxy: the client straight to server-everything, HTTP",
+            "floors",
+            "http",
+            "legacy",  # server-everything speaks the handshake era only
+            http_everything(procs, "direct-upstream"),
+            proxy=False,
         ),
     ]
 
@@ -439,24 +481,28 @@ async def measure(target: Target, args: argparse.Namespace) -> dict[str, Any]:
         samples = await overhead.sequential(call, args.sequential)
     rps_1 = await overhead.throughput(connect, 1, args.calls)
     cpu = await overhead.cpu_run(target.label, target.processes, connect, args)
-    return {
+    result = {
         "p50_ms": statistics.median(samples),
         "p99_ms": overhead.percentile(samples, 0.99),
         "rps_1": rps_1,
         "rps_n": cpu["calls_per_s"],
-        "cpu_ms_per_call": cpu["cpu_ms_per_call"],
-        "rss_mb": cpu["rss_mb"],
     }
+    if target.proxy:
+        result.update(cpu_ms_per_call=cpu["cpu_ms_per_call"], rss_mb=cpu["rss_mb"])
+    return result
 
 
 def start_all(procs: Processes, root: Path, args: argparse.Namespace) -> tuple[list[Target], dict[str, str]]:
     targets: list[Target] = []
     unavailable: dict[str, str] = {}
-    wanted = args.only or ["gateway", *PACKAGES]
+    wanted = args.only or ["gateway", *PACKAGES, "floors"]
     for name in wanted:
         try:
             if name == "gateway":
                 targets += start_gateway(procs, root)
+                continue
+            if name == "floors":
+                targets += start_floors(procs, root)
                 continue
             venv, version = install(name, args.reinstall)
             if name == "mcp-proxy":
@@ -491,10 +537,10 @@ async def run_rounds(targets: list[Target], args: argparse.Namespace) -> None:
                 print(f"{target.label}: {target.error}", flush=True)
                 continue
             target.rounds.append(result)
+            cpu = f", CPU {result['cpu_ms_per_call']:.2f} ms/call" if target.proxy else ""
             print(
                 f"round {round_no + 1}: {target.label}: p50 {result['p50_ms']:.2f} ms, "
-                f"{result['rps_n']:.0f} calls/s ({args.clients} clients), "
-                f"CPU {result['cpu_ms_per_call']:.2f} ms/call",
+                f"{result['rps_n']:.0f} calls/s ({args.clients} clients){cpu}",
                 flush=True,
             )
 
@@ -520,8 +566,10 @@ def summarise(targets: list[Target]) -> list[dict[str, Any]]:
             "error": target.error,
         }
         if target.rounds:
-            row.update({m: round(statistics.median(r[m] for r in target.rounds), 3) for m in METRICS})
-            row["rss_mb"] = target.rounds[-1]["rss_mb"]  # at the end, not the median: growth shows
+            measured = [m for m in METRICS if m in target.rounds[0]]
+            row.update({m: round(statistics.median(r[m] for r in target.rounds), 3) for m in measured})
+            if "rss_mb" in row:
+                row["rss_mb"] = target.rounds[-1]["rss_mb"]  # at the end, not the median: growth shows
         rows.append(row)
     for row in rows:
         reference = next(
@@ -537,7 +585,9 @@ def summarise(targets: list[Target]) -> list[dict[str, Any]]:
         )
         if reference is not None and "p50_ms" in row:
             row["vs_gateway"] = {
-                m: round(row[m] / reference[m], 2) for m in ("p50_ms", "rps_n", "cpu_ms_per_call") if reference[m]
+                m: round(row[m] / reference[m], 2)
+                for m in ("p50_ms", "rps_n", "cpu_ms_per_call")
+                if m in row and reference[m]
             }
     return rows
 
@@ -575,6 +625,25 @@ def targets_check(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def floors_check(rows: list[dict[str, Any]]) -> list[str]:
+    """Where the floors put the CPU and HTTP calls/s targets, where this run measured both sides."""
+    by = {(r["peer"], r["upstream"]): r for r in rows if "p50_ms" in r}
+    stubbed, direct = by.get(("floors", "stdio")), by.get(("floors", "http"))
+    proxy, forge = by.get(("mcp-proxy", "stdio")), by.get(("contextforge", "http"))
+    lines = []
+    if stubbed and proxy:
+        lines.append(
+            "| the gateway's CPU/call with every control stubbed out, to mcp-proxy's (the target, 0.7x, with them on) "
+            f"| {stubbed['cpu_ms_per_call'] / proxy['cpu_ms_per_call']:.2f}x |"
+        )
+    if direct and forge:
+        lines.append(
+            "| 10x ContextForge's calls/s over HTTP, to the client's straight to the upstream (no proxy) "
+            f"| {10 * forge['rps_n'] / direct['rps_n']:.2f}x |"
+        )
+    return lines
+
+
 def report(out: dict[str, Any]) -> str:
     n = out["clients"]
     lines = [
@@ -594,9 +663,11 @@ def report(out: dict[str, Any]) -> str:
             f"{r['vs_gateway'][m]:.2f}x" if m in r.get("vs_gateway", {}) else "-"
             for m in ("p50_ms", "rps_n", "cpu_ms_per_call")
         )
+        cpu = f"{r['cpu_ms_per_call']:.2f}" if "cpu_ms_per_call" in r else "-"
+        rss = f"{r['rss_mb']:.0f}" if "rss_mb" in r else "-"
         lines.append(
             f"| {r['label']} | {r['protocol']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['rps_1']:.0f} "
-            f"| {r['rps_n']:.0f} | {r['cpu_ms_per_call']:.2f} | {r['rss_mb']:.0f} | {ratios} |"
+            f"| {r['rps_n']:.0f} | {cpu} | {rss} | {ratios} |"
         )
     lines += ["", "Ratios are to the gateway in 2026-07-28 mode on the same upstream transport."]
     if out["unavailable"]:
@@ -604,6 +675,9 @@ def report(out: dict[str, Any]) -> str:
     checks = targets_check(out["rows"])
     if checks:
         lines += ["", "| issue 19 target | this run | target | |", "|---|---|---|---|", *checks]
+    bounds = floors_check(out["rows"])
+    if bounds:
+        lines += ["", "| what the floors say of the targets | this run |", "|---|---|", *bounds]
     return "\n".join(lines)
 
 
@@ -618,7 +692,7 @@ def main() -> None:
     )
     parser.add_argument("--sequential", type=int, default=300, help="sequential calls for p50/p99 (default 300)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients (default %(default)s)")
-    parser.add_argument("--only", nargs="+", choices=["gateway", *PACKAGES], help="measure only these")
+    parser.add_argument("--only", nargs="+", choices=["gateway", *PACKAGES, "floors"], help="measure only these")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 round of 100 calls each")
     parser.add_argument(
         "--short",
