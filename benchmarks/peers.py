@@ -214,21 +214,29 @@ def wait(port: int, process: subprocess.Popen[bytes], name: str, procs: Processe
         raise Unavailable(f"{exc}: {procs.last_line(name)}") from None
 
 
-def start_gateway(procs: Processes, root: Path) -> list[Target]:
-    http_url = http_everything(procs, "gateway-upstream")
+def serve_gateway(
+    procs: Processes, name: str, root: Path, program: list[str], http_upstream: str | None = None
+) -> tuple[str, str, subprocess.Popen[bytes]]:
+    """overhead.py's gateway, run by `program` (python's arguments before `serve`) with its config under `root`:
+    its URL, a session token and its process, once it is ready."""
     port = overhead.free_port()
-    config = overhead.write_config(root, port, http_upstream=http_url)
+    config = overhead.write_config(root, port, http_upstream=http_upstream)
     process = procs.start(
-        "gateway",
-        [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--log-level", "WARNING"],
+        name,
+        [sys.executable, *program, "serve", "--config", str(config), "--log-level", "WARNING"],
         cwd=overhead.REPO,
     )
     url = f"http://127.0.0.1:{port}"
     try:
         overhead.wait_ready(url, process)
     except SystemExit as exc:
-        raise Unavailable(f"{exc}: {procs.last_line('gateway')}") from None
-    token = overhead.open_session(config)
+        raise Unavailable(f"{exc}: {procs.last_line(name)}") from None
+    return url, overhead.open_session(config), process
+
+
+def start_gateway(procs: Processes, root: Path) -> list[Target]:
+    http_url = http_everything(procs, "gateway-upstream")
+    url, token, process = serve_gateway(procs, "gateway", root, ["-m", "gateway"], http_url)
     own = lambda: [overhead.gateway_process(process)]  # noqa: E731 - its children are the upstreams
     return [
         Target(
@@ -263,20 +271,9 @@ def start_gateway(procs: Processes, root: Path) -> list[Target]:
 
 def start_floors(procs: Processes, root: Path) -> list[Target]:
     """The gateway with every control stubbed out, and no proxy at all (the client straight to an HTTP upstream)."""
-    port = overhead.free_port()
     (root / "floor").mkdir()
-    config = overhead.write_config(root / "floor", port)
     stubbed = breakdown.stubbed_gateway(list(breakdown.STUBS))
-    process = procs.start(
-        "gateway-floor",
-        [sys.executable, *stubbed, "serve", "--config", str(config), "--log-level", "WARNING"],
-        cwd=overhead.REPO,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        overhead.wait_ready(url, process)
-    except SystemExit as exc:
-        raise Unavailable(f"{exc}: {procs.last_line('gateway-floor')}") from None
+    url, token, process = serve_gateway(procs, "gateway-floor", root / "floor", stubbed)
     return [
         Target(
             "gateway 2026-07-28, stdio, every control stubbed out",
@@ -284,7 +281,7 @@ def start_floors(procs: Processes, root: Path) -> list[Target]:
             "stdio",
             "auto",
             f"{url}/servers/everything/mcp",
-            token=overhead.open_session(config),
+            token=token,
             processes=lambda: [overhead.gateway_process(process)],
         ),
         Target(
