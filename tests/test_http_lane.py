@@ -74,6 +74,7 @@ class Upstream:
         self.ids: list[Any] = []
         self.cookies: list[str | None] = []
         self.resumable: dict[str, dict[str, Any]] = {}
+        self.release = anyio.Event()  # "held" answers once it is set
 
     async def post(self, request: Request) -> Response:
         message = await request.json()
@@ -90,7 +91,7 @@ class Upstream:
         if request_id is None:
             return Response(status_code=202)
         if method == "tools/list":
-            tools = [{"name": name, "inputSchema": {"type": "object"}} for name in [*TOOLS, "cookie", "moved"]]
+            tools = [{"name": name, "inputSchema": {"type": "object"}} for name in [*TOOLS, "cookie", "moved", "held"]]
             return JSONResponse({"jsonrpc": "2.0", "id": request_id, "result": {"tools": tools}})
         assert method == "tools/call" and request.headers.get("mcp-session-id") == SESSION
         self.ids.append(request_id)
@@ -132,11 +133,18 @@ class Upstream:
                 response = sse(event(answer(request_id, "with a cookie")))
                 response.set_cookie("sticky", "node-1")
                 return response
+            case "held":
+                return StreamingResponse(self.held(request_id, log), media_type="text/event-stream")
             case "moved" if request.url.path == "/mcp":
                 return RedirectResponse("/mcp/", status_code=307)
             case "moved":
                 return sse(event(answer(request_id, "moved")))
         raise AssertionError(name)
+
+    async def held(self, request_id: Any, log: dict[str, Any]) -> AsyncIterator[str]:
+        yield event(log)
+        await self.release.wait()
+        yield event(answer(request_id, "held"))
 
     async def get(self, request: Request) -> Response:
         resumed = self.resumable.pop(request.headers.get("last-event-id", ""), None)
@@ -145,14 +153,18 @@ class Upstream:
         return sse(event(resumed, "e-2"))
 
 
-@contextlib.asynccontextmanager
-async def connected(tls: tuple[Path, Path] | None = None) -> AsyncIterator[tuple[ClientSession, Upstream]]:
-    upstream = Upstream()
+def app(upstream: Upstream) -> Starlette:
     routes = [Route(path, upstream.post, methods=["POST"]) for path in ("/mcp", "/mcp/")] + [
         Route("/mcp", upstream.get, methods=["GET"]),
         Route("/mcp", lambda r: Response(), methods=["DELETE"]),
     ]
-    async with serving(Starlette(routes=routes), tls) as base:
+    return Starlette(routes=routes)
+
+
+@contextlib.asynccontextmanager
+async def connected(tls: tuple[Path, Path] | None = None) -> AsyncIterator[tuple[ClientSession, Upstream]]:
+    upstream = Upstream()
+    async with serving(app(upstream), tls) as base:
         transport = HttpTransport(f"{base}/mcp", mcp_http_client())
         async with Client(transport.open(), mode="legacy", cache=None) as client:
             lanes.bind(client.session, transport)
@@ -186,6 +198,32 @@ async def test_the_answers_that_end_a_stream_are_the_calls_own() -> None:
         assert (await outcome(session, "noted"))["content"][0]["text"] == "after a log"
         assert (await outcome(session, "resumed"))["content"][0]["text"] == "resumed"
         assert await outcome(session, "cut") == (-32000, "SSE stream ended without a response")
+
+
+async def test_a_lean_answer_that_arrives_after_its_connection_closed_is_still_the_calls() -> None:
+    """The call's log went to the session, then the connection closed (its upstream restarting, the gateway
+    stopping) before the answer came: the call gets its answer, as when the session's stream is closed under it.
+    It once failed an assertion there, which the gateway answered as an internal error."""
+    upstream, logged, got = Upstream(), anyio.Event(), []
+
+    async def on_log(params: Any) -> None:
+        logged.set()
+
+    async with serving(app(upstream)) as base, anyio.create_task_group() as tg:
+        transport = HttpTransport(f"{base}/mcp", mcp_http_client())
+        async with Client(transport.open(), mode="legacy", cache=None, logging_callback=on_log) as client:
+            lanes.bind(client.session, transport)
+            await client.session.list_tools()  # the result's check needs no session later
+
+            async def call() -> None:
+                got.append(await outcome(client.session, "held"))
+
+            tg.start_soon(call)
+            with anyio.fail_after(10):
+                await logged.wait()
+        upstream.release.set()
+    assert [result["content"][0]["text"] for result in got] == ["held"]
+    assert upstream.ids[0].startswith("lean-")
 
 
 async def test_a_redirecting_endpoint_is_left_to_the_sdk_path_which_follows_it() -> None:

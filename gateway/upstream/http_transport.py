@@ -280,10 +280,10 @@ class HttpTransport:
         if outcome is None:  # the endpoint redirected: the SDK path follows it
             self._declined = True
             return None
-        if handed:  # the call's own messages went to the session: its answer follows them
-            assert self._to_session is not None
+        to_session = self._to_session  # None once the connection has closed: no session left to keep order with
+        if handed and to_session is not None:  # the call's own messages went to the session: its answer follows them
             with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
-                await self._to_session.send(InOrder(waiter, outcome))
+                await to_session.send(InOrder(waiter, outcome))
                 await waiter.answered.wait()
         return settled(outcome)
 
