@@ -211,17 +211,19 @@ async def test_a_lean_answer_that_arrives_after_its_connection_closed_is_still_t
 
     async with serving(app(upstream)) as base, anyio.create_task_group() as tg:
         transport = HttpTransport(f"{base}/mcp", mcp_http_client())
-        async with Client(transport.open(), mode="legacy", cache=None, logging_callback=on_log) as client:
-            lanes.bind(client.session, transport)
-            await client.session.list_tools()  # the result's check needs no session later
+        try:
+            async with Client(transport.open(), mode="legacy", cache=None, logging_callback=on_log) as client:
+                lanes.bind(client.session, transport)
+                await client.session.list_tools()  # the result's check needs no session later
 
-            async def call() -> None:
-                got.append(await outcome(client.session, "held"))
+                async def call() -> None:
+                    got.append(await outcome(client.session, "held"))
 
-            tg.start_soon(call)
-            with anyio.fail_after(10):
-                await logged.wait()
-        upstream.release.set()
+                tg.start_soon(call)
+                with anyio.fail_after(10):
+                    await logged.wait()
+        finally:
+            upstream.release.set()  # the answer, once the connection has closed (or the test failed)
     assert [result["content"][0]["text"] for result in got] == ["held"]
     assert upstream.ids[0].startswith("lean-")
 
