@@ -110,5 +110,5 @@ def server_options(settings: HttpSettings, *, fast: bool | None = None) -> dict[
         "limit_concurrency": settings.max_connections + 1,
         # uvicorn believes X-Forwarded-* from 127.0.0.1 by default: any local client could forge its address
         "proxy_headers": bool(settings.trusted_proxies),
-        "forwarded_allow_ips": ",".join(settings.trusted_proxies) or None,
+        "forwarded_allow_ips": settings.trusted_proxies or None,  # uvicorn takes the list as it is
     }
